@@ -1,0 +1,18 @@
+"""afml-cache: a content-addressed disk cache for quant-research functions."""
+
+from __future__ import annotations
+
+from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.fingerprinting import register_fingerprint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SPEC_VERSION",
+    "CacheError",
+    "FingerprintError",
+    "__version__",
+    "fingerprint",
+    "register_fingerprint",
+]

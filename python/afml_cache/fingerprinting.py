@@ -1,0 +1,396 @@
+"""Fingerprint rules for values the Rust walker does not read itself.
+
+The walker (``src/bindings/walk.rs``) reads builtin values and numpy arrays directly. For any
+other value it calls :func:`_canonicalize`, which answers with a rule name and a *canonical
+form*: a value made of things the walker knows (tuples, arrays, …) that holds everything that
+makes two such values different. The rule name is hashed with the form, so two types that
+decompose alike never collide. No rule loops over data: arrays go back to Rust whole.
+
+The rules are part of the fingerprint spec (``docs/fingerprint.md``); changing what one returns
+changes digests and needs a spec version bump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import functools
+import pathlib
+import types
+import uuid
+import warnings
+import zoneinfo
+from collections import defaultdict, deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["register_fingerprint"]
+
+# How the walker reads the canonical form (kept in step with `mod kind` in walk.rs).
+_VALUE = 0  # a value to walk
+_ARROW_STREAM = 1  # an object exporting __arrow_c_stream__
+_ARROW_ARRAY = 2  # an object exporting __arrow_c_array__
+_MASKED = 3  # (values, mask): 1-d arrays, masked slots do not count
+_UNSUPPORTED = 4  # a message: the value cannot be fingerprinted
+
+Rule = tuple[int, str, Any]
+
+_registry: dict[type, Callable[[Any], Any]] = {}
+_warned_types: set[type] = set()
+
+
+def register_fingerprint(cls: type, fn: Callable[[Any], Any]) -> None:
+    """Fingerprint instances of ``cls`` (and its subclasses) by ``fn(obj)``.
+
+    ``fn`` returns any fingerprintable value that holds everything that makes two instances
+    different, e.g. ``lambda model: (model.params, model.coef_)``. The instance's qualified type
+    name is hashed with it. A registration replaces an earlier one for the same type.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_fingerprint(cls, fn): cls must be a class, got {cls!r}")
+    if not callable(fn):
+        raise TypeError(f"register_fingerprint({cls.__qualname__}, fn): fn must be callable")
+    _registry[cls] = fn
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _canonicalize(obj: Any, strict: bool) -> Rule:
+    """The rule for ``obj``: ``(how to read it, rule name, canonical form)``."""
+    cls = type(obj)
+    for base in cls.__mro__:
+        fn = _registry.get(base)
+        if fn is not None:
+            return _VALUE, f"registered:{_name(cls)}", fn(obj)
+    if hasattr(cls, "__cache_key__"):
+        return _VALUE, f"cache_key:{_name(cls)}", obj.__cache_key__()
+    exact = _EXACT_RULES.get(cls)
+    if exact is not None:
+        return exact(obj)
+    library = _LIBRARY_RULES.get(cls.__module__.partition(".")[0])
+    if library is not None:
+        found = library(obj)
+        if found is not None:
+            return found
+    found = _protocol_rule(obj, cls)
+    if found is not None:
+        return found
+    return _pickle_reduction(obj, cls, strict)
+
+
+# --- the standard library -------------------------------------------------------------------
+
+
+def _function(fn: types.FunctionType) -> Rule:
+    consts = list(fn.__code__.co_consts)
+    # The docstring is the first constant; it does not change what the function computes.
+    if consts and fn.__doc__ is not None and consts[0] == fn.__doc__:
+        consts[0] = None
+    closure = tuple(_cell_value(cell) for cell in fn.__closure__ or ())
+    code = _code_parts(fn.__code__, tuple(consts))
+    identity = (fn.__module__, fn.__qualname__)
+    return _VALUE, "function", (identity, code, fn.__defaults__, fn.__kwdefaults__, closure)
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        value = cell.cell_contents
+    except ValueError:  # a cell not yet filled
+        return ("empty cell",)
+    # A closure over a function (often itself, for recursion) counts by that function's name;
+    # walking its code again would loop.
+    if isinstance(value, types.FunctionType):
+        return ("function", value.__module__, value.__qualname__)
+    return value
+
+
+def _code_parts(code: types.CodeType, consts: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    # Line numbers, positions and the file name are left out, so moving a function within its
+    # file, or adding blank lines and comments, keeps its fingerprint.
+    return (
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_code,
+        code.co_consts if consts is None else consts,
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_exceptiontable,
+    )
+
+
+_EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
+    range: lambda r: (_VALUE, "range", (r.start, r.stop, r.step)),
+    slice: lambda s: (_VALUE, "slice", (s.start, s.stop, s.step)),
+    memoryview: lambda m: (_VALUE, "memoryview", (m.format, m.shape, m.tobytes())),
+    type(Ellipsis): lambda _: (_VALUE, "Ellipsis", None),
+    type(NotImplemented): lambda _: (_VALUE, "NotImplemented", None),
+    datetime.datetime: lambda d: (
+        _VALUE,
+        "datetime",
+        (d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, d.fold, d.tzinfo),
+    ),
+    datetime.date: lambda d: (_VALUE, "date", (d.year, d.month, d.day)),
+    datetime.time: lambda t: (
+        _VALUE,
+        "time",
+        (t.hour, t.minute, t.second, t.microsecond, t.fold, t.tzinfo),
+    ),
+    datetime.timedelta: lambda t: (_VALUE, "timedelta", (t.days, t.seconds, t.microseconds)),
+    datetime.timezone: lambda tz: (_VALUE, "timezone", (tz.utcoffset(None), tz.tzname(None))),
+    zoneinfo.ZoneInfo: lambda tz: (_VALUE, "zoneinfo", tz.key),
+    # as_tuple keeps the exponent: Decimal("1.0") and Decimal("1.00") print and round differently.
+    decimal.Decimal: lambda d: (_VALUE, "decimal", tuple(d.as_tuple())),
+    fractions.Fraction: lambda f: (_VALUE, "fraction", (f.numerator, f.denominator)),
+    uuid.UUID: lambda u: (_VALUE, "uuid", u.bytes),
+    functools.partial: lambda p: (_VALUE, "partial", (p.func, p.args, p.keywords)),
+    types.FunctionType: _function,
+    types.MethodType: lambda m: (_VALUE, "method", (m.__func__, m.__self__)),
+    types.BuiltinFunctionType: lambda f: (
+        _VALUE,
+        "builtin",
+        (
+            f.__module__,
+            f.__qualname__,
+            None if isinstance(f.__self__, types.ModuleType) else f.__self__,
+        ),
+    ),
+    types.CodeType: lambda c: (_VALUE, "code", _code_parts(c)),
+    types.ModuleType: lambda m: (_VALUE, "module", m.__name__),
+    defaultdict: lambda d: (_VALUE, "defaultdict", (d.default_factory, dict(d))),
+    deque: lambda d: (_VALUE, "deque", (list(d), d.maxlen)),
+}
+
+_BUILTIN_BASES: tuple[type, ...] = (
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    tuple,
+    list,
+    dict,
+    set,
+    frozenset,
+)
+
+
+def _protocol_rule(obj: Any, cls: type) -> Rule | None:
+    """Rules that follow from what a value is or exports rather than from its exact type."""
+    if isinstance(obj, enum.Enum):
+        return _VALUE, f"enum:{_name(cls)}", (obj.name, obj.value)
+    if dataclasses.is_dataclass(obj):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return _VALUE, f"dataclass:{_name(cls)}", fields
+    if isinstance(obj, tuple) and hasattr(cls, "_fields"):
+        return _VALUE, f"namedtuple:{_name(cls)}", (cls._fields, tuple(obj))
+    if isinstance(obj, pathlib.PurePath):
+        return _VALUE, f"path:{_name(cls)}", str(obj)
+    if hasattr(cls, "__arrow_c_stream__"):
+        return _ARROW_STREAM, f"arrow:{_name(cls)}", obj
+    if hasattr(cls, "__arrow_c_array__"):
+        return _ARROW_ARRAY, f"arrow:{_name(cls)}", obj
+    for base in _BUILTIN_BASES:
+        if isinstance(obj, base):
+            # A subclass of a builtin: its value as the builtin, plus any attributes it carries.
+            return _VALUE, f"subclass:{_name(cls)}", (base(obj), getattr(obj, "__dict__", None))
+    return None
+
+
+def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
+    name = _name(cls)
+    advice = (
+        f"give {cls.__qualname__} a __cache_key__() method or call "
+        f"afml_cache.register_fingerprint({cls.__qualname__}, fn) with a function that returns "
+        "what identifies it"
+    )
+    if strict:
+        return _UNSUPPORTED, name, f"{name} has no fingerprint rule (strict mode); {advice}"
+    try:
+        reduced = obj.__reduce_ex__(5)
+    except Exception as exc:
+        message = (
+            f"{name} cannot be fingerprinted: it has no fingerprint rule and cannot be "
+            f"pickled ({exc}); pass a value that describes it instead, or {advice}"
+        )
+        return _UNSUPPORTED, name, message
+    if cls not in _warned_types:
+        _warned_types.add(cls)
+        # stacklevel 3: past this function and _canonicalize, to the caller of fingerprint().
+        warnings.warn(
+            f"afml_cache: {name} has no fingerprint rule, so it is fingerprinted through its "
+            f"pickle reduction; {advice} to make this explicit and fast",
+            UserWarning,
+            stacklevel=3,
+        )
+    if isinstance(reduced, str):  # a global, named by its module-level name
+        return _VALUE, f"reduce:{name}", reduced
+    parts = list(reduced)
+    # Items 3 and 4, when present, are iterators over list items and dict items.
+    for i in (3, 4):
+        if len(parts) > i and parts[i] is not None:
+            parts[i] = list(parts[i])
+    return _VALUE, f"reduce:{name}", tuple(parts)
+
+
+# --- numpy ----------------------------------------------------------------------------------
+
+
+def _numpy_rule(obj: Any) -> Rule | None:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        # A 0-d array carries the scalar's dtype and bytes; the rule name keeps it apart from one.
+        return _VALUE, "numpy.scalar", np.asarray(obj)
+    if isinstance(obj, np.dtype):
+        return _VALUE, "numpy.dtype", obj.descr if obj.names is not None else obj.str
+    if isinstance(obj, np.ufunc):
+        return _VALUE, "numpy.ufunc", obj.__name__
+    if isinstance(obj, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(obj)
+        # What sits under the mask is arbitrary: fill it with the dtype's zero.
+        return _VALUE, "numpy.ma.MaskedArray", (mask, obj.filled(np.zeros((), obj.dtype)))
+    if isinstance(obj, np.ndarray):
+        return _VALUE, f"ndarray:{_name(type(obj))}", np.asarray(obj)
+    return None
+
+
+# --- pandas ---------------------------------------------------------------------------------
+
+
+def _pandas_rule(obj: Any) -> Rule | None:
+    import pandas as pd
+
+    if isinstance(obj, pd.DataFrame):
+        columns = tuple((_dtype(s.dtype), s.array) for _, s in obj.items())
+        return _VALUE, "pandas.DataFrame", (obj.columns, columns, obj.index, obj.attrs)
+    if isinstance(obj, pd.Series):
+        return (
+            _VALUE,
+            "pandas.Series",
+            (obj.name, _dtype(obj.dtype), obj.array, obj.index, obj.attrs),
+        )
+    if isinstance(obj, pd.Index):
+        return _index_rule(obj)
+    if isinstance(obj, pd.api.extensions.ExtensionArray):
+        return _extension_array_rule(obj)
+    if isinstance(obj, pd.api.extensions.ExtensionDtype):
+        return _VALUE, "pandas.dtype", _dtype(obj)
+    if obj is pd.NaT:
+        return _VALUE, "pandas.NaT", None
+    if obj is pd.NA:
+        return _VALUE, "pandas.NA", None
+    if isinstance(obj, pd.Timestamp):
+        # asm8 keeps the resolution (unit) and the UTC value; the tz is its own part.
+        return _VALUE, "pandas.Timestamp", (obj.asm8, obj.tz)
+    if isinstance(obj, pd.Timedelta):
+        return _VALUE, "pandas.Timedelta", obj.asm8
+    if isinstance(obj, pd.Period):
+        return _VALUE, "pandas.Period", (obj.ordinal, obj.freqstr)
+    if isinstance(obj, pd.Interval):
+        return _VALUE, "pandas.Interval", (obj.left, obj.right, obj.closed)
+    if isinstance(obj, pd.DateOffset):
+        return _VALUE, f"pandas.offset:{type(obj).__qualname__}", (obj.n, obj.normalize, obj.kwds)
+    return None
+
+
+def _dtype(dtype: Any) -> Any:
+    """A column dtype: numpy dtypes as themselves, pandas extension dtypes by their parameters."""
+    import numpy as np
+
+    if isinstance(dtype, np.dtype):
+        return dtype
+    # str() names the parameters (unit, tz, freq, storage); categories are part of the values.
+    na_value = getattr(dtype, "na_value", None) if hasattr(dtype, "storage") else None
+    return (type(dtype).__qualname__, str(dtype), getattr(dtype, "storage", None), na_value)
+
+
+def _index_rule(index: Any) -> Rule:
+    import pandas as pd
+
+    if isinstance(index, pd.RangeIndex):
+        return _VALUE, "pandas.RangeIndex", (index.start, index.stop, index.step, index.name)
+    if isinstance(index, pd.MultiIndex):
+        # Level values position by position: equal MultiIndexes may keep different unused
+        # levels or codes, so those never count.
+        levels = tuple(index.get_level_values(i) for i in range(index.nlevels))
+        return _VALUE, "pandas.MultiIndex", (list(index.names), levels)
+    freq = getattr(index, "freqstr", None)  # DatetimeIndex, TimedeltaIndex, PeriodIndex
+    parts = (index.name, _dtype(index.dtype), index.array, freq)
+    return _VALUE, f"pandas.Index:{type(index).__qualname__}", parts
+
+
+def _extension_array_rule(values: Any) -> Rule:
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(values, pd.arrays.NumpyExtensionArray):
+        return _VALUE, "pandas.values", values.to_numpy()
+    if isinstance(
+        values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray, pd.arrays.PeriodArray)
+    ):
+        # int64 counts since the epoch (or period ordinals); unit, tz and freq are in the dtype.
+        return _VALUE, "pandas.datetimelike", (_dtype(values.dtype), np.asarray(values.asi8))
+    if isinstance(values, pd.Categorical):
+        parts = (values.categories, values.ordered, values.codes)
+        return _VALUE, "pandas.Categorical", parts
+    if isinstance(values, pd.arrays.ArrowExtensionArray):
+        return _ARROW_STREAM, "pandas.arrow", values.__arrow_array__()
+    masked = _masked_parts(values)
+    if masked is not None:
+        return _MASKED, f"pandas.masked:{values.dtype}", masked
+    # Any other extension array: its elements as Python objects, and its dtype.
+    elements = np.asarray(values, dtype=object)
+    return _VALUE, f"pandas.array:{type(values).__qualname__}", (_dtype(values.dtype), elements)
+
+
+def _masked_parts(values: Any) -> tuple[Any, Any] | None:
+    """(values, mask) of a pandas nullable array (Int64, Float64, boolean), else None."""
+    import numpy as np
+
+    data = getattr(values, "_data", None)
+    mask = getattr(values, "_mask", None)
+    if not (isinstance(data, np.ndarray) and isinstance(mask, np.ndarray)):
+        return None
+    if data.ndim != 1 or data.dtype.hasobject:
+        return None
+    native = data.dtype.newbyteorder("=")
+    return np.ascontiguousarray(data, dtype=native), np.ascontiguousarray(mask, dtype=bool)
+
+
+# --- pyarrow and polars objects without the C data interface ---------------------------------
+
+
+def _pyarrow_rule(obj: Any) -> Rule | None:
+    import pyarrow as pa
+
+    if isinstance(obj, pa.Scalar):
+        return _VALUE, "pyarrow.Scalar", (str(obj.type), obj.as_py())
+    if isinstance(obj, pa.Schema):
+        return _VALUE, "pyarrow.Schema", obj.to_string(show_schema_metadata=True)
+    if isinstance(obj, (pa.DataType, pa.Field)):
+        # Arrow's own text for a type or field names every parameter.
+        return _VALUE, f"pyarrow.{type(obj).__qualname__}", str(obj)
+    return None
+
+
+def _pytz_rule(obj: Any) -> Rule | None:
+    zone = getattr(obj, "zone", None)
+    return (_VALUE, "pytz", zone) if isinstance(zone, str) else None
+
+
+_LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
+    "numpy": _numpy_rule,
+    "pandas": _pandas_rule,
+    "pyarrow": _pyarrow_rule,
+    "pytz": _pytz_rule,
+}

@@ -1,0 +1,400 @@
+//! Walks a Python value and feeds its canonical encoding to an [`Encoder`].
+//!
+//! Builtin values and numpy arrays are read directly here: they sit on every cache lookup and
+//! must cost microseconds. Everything else goes through the Python shim's rules
+//! (`afml_cache.fingerprinting._canonicalize`), which name a value's kind and decompose it into
+//! values this walker knows (pandas frames into column arrays, dataclasses into fields, …).
+
+use std::collections::HashSet;
+
+use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::ffi_stream::{ArrayStreamReader, FFI_ArrowArrayStream};
+use arrow_array::ArrayReader;
+use arrow_data::ArrayData;
+use arrow_schema::Field;
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::PyException;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyCapsule, PyCapsuleMethods, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList,
+    PySet, PyString, PyTuple, PyType,
+};
+
+use crate::fingerprint::array::{write_elements, write_masked, StridedBytes};
+use crate::fingerprint::arrow::write_arrow;
+use crate::fingerprint::{Encoder, Tag, PARALLEL_THRESHOLD};
+
+/// What a rule of the shim returns first: how to read the canonical form that follows.
+/// Kept in step with `afml_cache/fingerprinting.py`.
+mod kind {
+    pub const VALUE: u8 = 0;
+    pub const ARROW_STREAM: u8 = 1;
+    pub const ARROW_ARRAY: u8 = 2;
+    pub const MASKED: u8 = 3;
+    pub const UNSUPPORTED: u8 = 4;
+}
+
+/// Stack kept free before recursing, and how much to add when less is left: a list nested
+/// 100,000 deep is legal Python and must not overflow the thread's stack.
+const RED_ZONE: usize = 128 * 1024;
+const STACK_GROWTH: usize = 4 * 1024 * 1024;
+
+/// Where the walker is inside the argument, for error messages only.
+enum Step<'py> {
+    Index(usize),
+    Key(Bound<'py, PyAny>),
+    Member,
+    Rule(String),
+}
+
+pub struct Walker<'py> {
+    py: Python<'py>,
+    strict: bool,
+    path: Vec<Step<'py>>,
+    /// Addresses of the mutable containers and rule-described objects on the current path: seeing
+    /// one again means the value contains itself.
+    open: HashSet<usize>,
+}
+
+impl<'py> Walker<'py> {
+    pub fn new(py: Python<'py>, strict: bool) -> Self {
+        Self { py, strict, path: Vec::new(), open: HashSet::new() }
+    }
+
+    pub fn walk(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        stacker::maybe_grow(RED_ZONE, STACK_GROWTH, || self.walk_here(obj, enc))
+    }
+
+    fn walk_here(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        if obj.is_none() {
+            enc.tag(Tag::None);
+        } else if let Ok(b) = obj.cast_exact::<PyBool>() {
+            enc.tag(Tag::Bool);
+            enc.u8(u8::from(b.is_true()));
+        } else if let Ok(i) = obj.cast_exact::<PyInt>() {
+            self.int(i, enc)?;
+        } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            enc.tag(Tag::Float);
+            enc.f64(f.value());
+        } else if let Ok(s) = obj.cast_exact::<PyString>() {
+            self.str(s, enc)?;
+        } else if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            enc.tag(Tag::Tuple);
+            enc.len(t.len());
+            for (i, item) in t.iter().enumerate() {
+                self.within(Step::Index(i), |w| w.walk(&item, enc))?;
+            }
+        } else if let Ok(l) = obj.cast_exact::<PyList>() {
+            self.open(obj, |w| {
+                enc.tag(Tag::List);
+                enc.len(l.len());
+                for (i, item) in l.iter().enumerate() {
+                    w.within(Step::Index(i), |w| w.walk(&item, enc))?;
+                }
+                Ok(())
+            })?;
+        } else if let Ok(d) = obj.cast_exact::<PyDict>() {
+            self.open(obj, |w| {
+                let mut members = Vec::with_capacity(d.len());
+                for (k, v) in d.iter() {
+                    let mut member = Encoder::member();
+                    w.walk(&k, &mut member)?;
+                    w.within(Step::Key(k), |w| w.walk(&v, &mut member))?;
+                    members.push(member.digest());
+                }
+                enc.unordered(Tag::Dict, members);
+                Ok(())
+            })?;
+        } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            enc.tag(Tag::Bytes);
+            enc.bytes(b.as_bytes());
+        } else if let Ok(b) = obj.cast_exact::<PyByteArray>() {
+            enc.tag(Tag::ByteArray);
+            enc.bytes(&b.to_vec());
+        } else if let Ok(s) = obj.cast_exact::<PySet>() {
+            let members = self.members(s.iter())?;
+            enc.unordered(Tag::Set, members);
+        } else if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
+            let members = self.members(s.iter())?;
+            enc.unordered(Tag::FrozenSet, members);
+        } else if let Ok(c) = obj.cast_exact::<PyComplex>() {
+            enc.tag(Tag::Complex);
+            enc.f64(c.real());
+            enc.f64(c.imag());
+        } else if unsafe { numpy::npyffi::PyArray_CheckExact(self.py, obj.as_ptr()) } != 0 {
+            // SAFETY: the check above guarantees the object is an exact numpy ndarray.
+            self.ndarray(unsafe { obj.cast_unchecked::<PyUntypedArray>() }, enc)?;
+        } else if let Ok(t) = obj.cast::<PyType>() {
+            enc.tag(Tag::Type);
+            enc.str(&t.module()?.to_cow()?);
+            enc.str(&t.qualname()?.to_cow()?);
+        } else {
+            self.by_rule(obj, enc)?;
+        }
+        Ok(())
+    }
+
+    /// Ints that fit in 64 bits are written as such; larger ones as their two's-complement
+    /// little-endian bytes. Which form a value takes depends on the value alone.
+    fn int(&mut self, i: &Bound<'py, PyInt>, enc: &mut Encoder) -> PyResult<()> {
+        if let Ok(v) = i.extract::<i64>() {
+            enc.tag(Tag::Int);
+            enc.i64(v);
+            return Ok(());
+        }
+        let bits: usize = i.call_method0(intern!(self.py, "bit_length"))?.extract()?;
+        let kwargs = PyDict::new(self.py);
+        kwargs.set_item(intern!(self.py, "signed"), true)?;
+        let bytes =
+            i.call_method(intern!(self.py, "to_bytes"), (bits / 8 + 1, intern!(self.py, "little")), Some(&kwargs))?;
+        enc.tag(Tag::BigInt);
+        enc.bytes(bytes.cast::<PyBytes>()?.as_bytes());
+        Ok(())
+    }
+
+    fn str(&mut self, s: &Bound<'py, PyString>, enc: &mut Encoder) -> PyResult<()> {
+        enc.tag(Tag::Str);
+        match s.to_str() {
+            Ok(text) => enc.str(text),
+            Err(_) => {
+                // Lone surrogates are legal in Python strings but not in UTF-8.
+                let raw = s.call_method1(intern!(self.py, "encode"), ("utf-8", "surrogatepass"))?;
+                enc.bytes(raw.cast::<PyBytes>()?.as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn members(&mut self, items: impl Iterator<Item = Bound<'py, PyAny>>) -> PyResult<Vec<[u8; 32]>> {
+        items
+            .map(|item| {
+                let mut member = Encoder::member();
+                self.within(Step::Member, |w| w.walk(&item, &mut member))?;
+                Ok(member.digest())
+            })
+            .collect()
+    }
+
+    fn ndarray(&mut self, arr: &Bound<'py, PyUntypedArray>, enc: &mut Encoder) -> PyResult<()> {
+        let py = self.py;
+        let dtype = arr.dtype();
+        if dtype.is_native_byteorder() == Some(false) {
+            // A byte-swapped array equals its native copy; structured and complex dtypes swap
+            // per field, which numpy knows how to do.
+            let native_dtype = dtype.call_method1(intern!(py, "newbyteorder"), ("=",))?;
+            let native = arr.call_method1(intern!(py, "astype"), (native_dtype,))?;
+            return self.ndarray(native.cast::<PyUntypedArray>()?, enc);
+        }
+        // Only these kinds store their values inline; others (objects, numpy 2 strings) store
+        // pointers, whose bytes must never reach a key.
+        let inline = matches!(dtype.kind(), b'b' | b'i' | b'u' | b'f' | b'c' | b'm' | b'M' | b'S' | b'U' | b'V')
+            && !dtype.has_object();
+        enc.tag(if inline { Tag::NdArray } else { Tag::NdArrayObjects });
+        if dtype.has_fields() {
+            enc.u8(1);
+            self.walk(&dtype.getattr(intern!(py, "descr"))?, enc)?;
+        } else {
+            enc.u8(0);
+            enc.str(&dtype.getattr(intern!(py, "str"))?.cast::<PyString>()?.to_cow()?);
+        }
+        let shape = arr.shape();
+        enc.len(shape.len());
+        for &n in shape {
+            enc.len(n);
+        }
+        if !inline {
+            let flat = arr.call_method0(intern!(py, "ravel"))?.call_method0(intern!(py, "tolist"))?;
+            for (i, item) in flat.try_iter()?.enumerate() {
+                self.within(Step::Index(i), |w| w.walk(&item?, enc))?;
+            }
+            return Ok(());
+        }
+        let itemsize = dtype.itemsize();
+        let count: usize = shape.iter().product();
+        if count == 0 || itemsize == 0 {
+            return Ok(());
+        }
+        let strides = arr.strides();
+        // The span of memory the elements occupy, from the lowest to the highest address.
+        let (mut low, mut high) = (0isize, 0isize);
+        for (&n, &s) in shape.iter().zip(strides) {
+            let reach = (n as isize - 1) * s;
+            if reach < 0 {
+                low += reach
+            } else {
+                high += reach
+            }
+        }
+        // SAFETY: numpy guarantees every element lies in [data + low, data + high + itemsize),
+        // and `arr` stays alive (and referenced) for the whole call.
+        let bytes = unsafe {
+            let data = data_pointer(arr);
+            std::slice::from_raw_parts(data.offset(low), (high - low) as usize + itemsize)
+        };
+        let view = StridedBytes { bytes, start: (-low) as usize, itemsize, shape, strides };
+        if count * itemsize >= PARALLEL_THRESHOLD {
+            py.detach(|| write_elements(enc, view));
+        } else {
+            write_elements(enc, view);
+        }
+        Ok(())
+    }
+
+    fn by_rule(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        static CANONICALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let canonicalize = CANONICALIZE.import(self.py, "afml_cache.fingerprinting", "_canonicalize")?;
+        let answer = match canonicalize.call1((obj, self.strict)) {
+            Ok(answer) => answer,
+            Err(err) if err.is_instance_of::<PyException>(self.py) && !is_fingerprint_error(self.py, &err) => {
+                let type_name = obj.get_type().qualname().map(|q| q.to_string()).unwrap_or_default();
+                let failure = self.fail(&format!("computing the fingerprint of a {type_name} raised {err}"));
+                failure.set_cause(self.py, Some(err));
+                return Err(failure);
+            }
+            Err(err) => return Err(err),
+        };
+        let (kind, rule, payload): (u8, String, Bound<'py, PyAny>) = answer.extract()?;
+        if kind == kind::UNSUPPORTED {
+            return Err(self.fail(&payload.str()?.to_cow()?));
+        }
+        enc.tag(Tag::Canonical);
+        enc.str(&rule);
+        self.open(obj, |w| {
+            w.within(Step::Rule(rule), |w| match kind {
+                kind::VALUE => w.walk(&payload, enc),
+                kind::ARROW_STREAM => w.arrow_stream(&payload, enc),
+                kind::ARROW_ARRAY => w.arrow_array(&payload, enc),
+                kind::MASKED => w.masked(&payload, enc),
+                other => Err(w.fail(&format!("internal error: unknown rule kind {other}"))),
+            })
+        })
+    }
+
+    /// Reads an object exporting `__arrow_c_stream__` (tables, chunked arrays, polars frames).
+    fn arrow_stream(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        let capsule = obj.call_method0(intern!(self.py, "__arrow_c_stream__"))?;
+        let pointer = capsule.cast::<PyCapsule>()?.pointer_checked(Some(c"arrow_array_stream"))?;
+        // SAFETY: the capsule holds an ArrowArrayStream per the Arrow PyCapsule protocol; from_raw
+        // moves it out and leaves a released stream behind for the capsule's destructor.
+        let stream = unsafe { FFI_ArrowArrayStream::from_raw(pointer.as_ptr().cast()) };
+        let reader = ArrayStreamReader::try_new(stream).map_err(|e| self.fail(&e.to_string()))?;
+        let field = reader.field().clone();
+        let chunks = reader
+            .map(|chunk| chunk.map(|a| a.to_data()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(&e.to_string()))?;
+        self.hash_arrow(&field, &chunks, enc)
+    }
+
+    /// Reads an object exporting only `__arrow_c_array__` (one array or record batch).
+    fn arrow_array(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        let capsules = obj.call_method0(intern!(self.py, "__arrow_c_array__"))?;
+        let (schema, array): (Bound<'py, PyCapsule>, Bound<'py, PyCapsule>) = capsules.extract()?;
+        let schema_ptr = schema.pointer_checked(Some(c"arrow_schema"))?;
+        let array_ptr = array.pointer_checked(Some(c"arrow_array"))?;
+        // SAFETY: per the protocol the capsules hold an ArrowSchema and an ArrowArray. The schema
+        // stays owned by its capsule; the array is moved out, leaving a released one behind.
+        let (field, data) = unsafe {
+            let schema = &*(schema_ptr.as_ptr() as *const FFI_ArrowSchema);
+            let array = FFI_ArrowArray::from_raw(array_ptr.as_ptr().cast());
+            let field = Field::try_from(schema).map_err(|e| self.fail(&e.to_string()))?;
+            (field, from_ffi(array, schema).map_err(|e| self.fail(&e.to_string()))?)
+        };
+        self.hash_arrow(&field, &[data], enc)
+    }
+
+    fn hash_arrow(&mut self, field: &Field, chunks: &[ArrayData], enc: &mut Encoder) -> PyResult<()> {
+        self.py.detach(|| write_arrow(enc, field, chunks)).map_err(|e| self.fail(&e.to_string()))
+    }
+
+    /// `(values, mask)`: two 1-d contiguous arrays of equal length, mask of dtype bool.
+    fn masked(&mut self, payload: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        let (values, mask): (Bound<'py, PyUntypedArray>, Bound<'py, PyUntypedArray>) = payload.extract()?;
+        let (n, itemsize) = (values.len(), values.dtype().itemsize());
+        let well_formed = values.ndim() == 1
+            && values.is_c_contiguous()
+            && mask.ndim() == 1
+            && mask.is_c_contiguous()
+            && mask.len() == n
+            && mask.dtype().kind() == b'b'
+            && values.dtype().is_native_byteorder() != Some(false)
+            && !values.dtype().has_object();
+        if !well_formed {
+            return Err(self.fail("internal error: a masked rule returned arrays of the wrong form"));
+        }
+        enc.tag(Tag::Masked);
+        enc.str(&values.dtype().getattr(intern!(self.py, "str"))?.cast::<PyString>()?.to_cow()?);
+        enc.len(n);
+        // SAFETY: both arrays are C-contiguous with `n` elements and stay referenced here.
+        let (data, flags) = unsafe {
+            (
+                std::slice::from_raw_parts(data_pointer(&values), n * itemsize),
+                std::slice::from_raw_parts(data_pointer(&mask), n),
+            )
+        };
+        if n * itemsize >= PARALLEL_THRESHOLD {
+            self.py.detach(|| write_masked(enc, data, itemsize, flags));
+        } else {
+            write_masked(enc, data, itemsize, flags);
+        }
+        Ok(())
+    }
+
+    fn within<T>(&mut self, step: Step<'py>, f: impl FnOnce(&mut Self) -> PyResult<T>) -> PyResult<T> {
+        self.path.push(step);
+        let result = f(self);
+        self.path.pop();
+        result
+    }
+
+    /// Runs `f` with `obj` marked as open; meeting it again inside means a cycle.
+    fn open<T>(&mut self, obj: &Bound<'py, PyAny>, f: impl FnOnce(&mut Self) -> PyResult<T>) -> PyResult<T> {
+        let address = obj.as_ptr() as usize;
+        if !self.open.insert(address) {
+            let type_name = obj.get_type().qualname().map(|q| q.to_string()).unwrap_or_default();
+            return Err(self.fail(&format!(
+                "this {type_name} contains itself (a reference cycle), so it has no finite fingerprint; \
+                 pass a value without the cycle or give its type a __cache_key__()"
+            )));
+        }
+        let result = f(self);
+        self.open.remove(&address);
+        result
+    }
+
+    /// A `FingerprintError` whose message ends with where the walker is, e.g. `obj[1]['params'][3]`.
+    fn fail(&self, message: &str) -> PyErr {
+        let mut at = String::from("obj");
+        for step in &self.path {
+            match step {
+                Step::Index(i) => at.push_str(&format!("[{i}]")),
+                Step::Key(k) => {
+                    at.push_str(&format!("[{}]", k.repr().map(|r| r.to_string()).unwrap_or_else(|_| "?".into())))
+                }
+                Step::Member => at.push_str("{…}"),
+                Step::Rule(rule) => at.push_str(&format!("<{rule}>")),
+            }
+        }
+        match fingerprint_error_type(self.py) {
+            Ok(ty) => PyErr::from_type(ty.clone(), format!("{message} (at {at})")),
+            Err(err) => err,
+        }
+    }
+}
+
+fn fingerprint_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static FINGERPRINT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    FINGERPRINT_ERROR.import(py, "afml_cache.errors", "FingerprintError")
+}
+
+fn is_fingerprint_error(py: Python<'_>, err: &PyErr) -> bool {
+    fingerprint_error_type(py).is_ok_and(|ty| err.get_type(py).is_subclass(ty).unwrap_or(false))
+}
+
+/// The address of an array's first element.
+fn data_pointer(arr: &Bound<'_, PyUntypedArray>) -> *const u8 {
+    // SAFETY: `as_array_ptr` points at the live PyArrayObject behind `arr`.
+    unsafe { (*arr.as_array_ptr()).fields.data as *const u8 }
+}

@@ -1,0 +1,36 @@
+"""Golden vectors: the digests of spec version 1 must never change (docs/fingerprint.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+import afml_cache
+from golden.recipes import OPTIONAL_MODULES, evaluate
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / f"fingerprint_v{afml_cache.SPEC_VERSION}.json"
+VECTORS = json.loads(GOLDEN.read_text())["vectors"]
+
+
+def test_the_golden_file_belongs_to_the_current_spec_version():
+    assert json.loads(GOLDEN.read_text())["spec_version"] == afml_cache.SPEC_VERSION
+    assert len(VECTORS) >= 70
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_digest_is_unchanged(vector):
+    for alias, module in OPTIONAL_MODULES.items():
+        if f"{alias}." in vector["recipe"] and importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    assert afml_cache.fingerprint(evaluate(vector["recipe"])) == vector["digest"], (
+        f"the digest of {vector['recipe']} changed: if the fingerprint spec changed, bump "
+        "SPEC_VERSION and write new golden vectors (docs/fingerprint.md)"
+    )
+
+
+def test_golden_digests_are_all_distinct():
+    digests = [v["digest"] for v in VECTORS]
+    assert len(set(digests)) == len(digests)
