@@ -7,9 +7,9 @@ import json
 import pathlib
 
 import pytest
+from golden.recipes import OPTIONAL_MODULES, evaluate
 
 import afml_cache
-from golden.recipes import OPTIONAL_MODULES, evaluate
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / f"fingerprint_v{afml_cache.SPEC_VERSION}.json"
 VECTORS = json.loads(GOLDEN.read_text())["vectors"]

@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="afml-cache",
         description="Content-addressed disk cache for quant-research functions.",
     )
-    parser.add_argument("--version", action="version", version=f"afml-cache {afml_cache.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"afml-cache {afml_cache.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -78,7 +80,9 @@ def run_demo(rows: int) -> int:
     bars = minute_bars(rows)
     built = time.perf_counter() - start
     nbytes = int(bars.memory_usage(index=True, deep=True).sum())
-    out.write(f"afml-cache {afml_cache.__version__} (fingerprint spec v{afml_cache.SPEC_VERSION})\n")
+    out.write(
+        f"afml-cache {afml_cache.__version__} (fingerprint spec v{afml_cache.SPEC_VERSION})\n"
+    )
     out.write(
         f"Synthetic bars: {rows:,} one-minute OHLCV rows, {bars.index[0]} .. {bars.index[-1]}, "
         f"{nbytes / 1e6:,.1f} MB (built in {built:.2f} s)\n\n"
@@ -88,7 +92,8 @@ def run_demo(rows: int) -> int:
     seconds = _median_seconds(lambda: afml_cache.fingerprint(bars))
     out.write(f"fingerprint(bars)            {digest}\n")
     out.write(
-        f"  median of 5: {seconds * 1e3:.1f} ms = {nbytes / seconds / 1e9:.1f} GB/s, every byte read\n"
+        f"  median of 5: {seconds * 1e3:.1f} ms = {nbytes / seconds / 1e9:.1f} GB/s, "
+        "every byte read\n"
     )
     scalars = (20, 0.01, "close")
     per_call = _median_seconds(lambda: [afml_cache.fingerprint(scalars) for _ in range(10_000)])
@@ -116,7 +121,9 @@ def run_demo(rows: int) -> int:
 def _rebuilt(frame: Any) -> Any:
     import pandas as pd
 
-    return pd.DataFrame({name: frame[name].to_numpy(copy=True) for name in frame}, index=frame.index)
+    return pd.DataFrame(
+        {name: frame[name].to_numpy(copy=True) for name in frame}, index=frame.index
+    )
 
 
 def _with_last_close_bumped(frame: Any) -> Any:
@@ -126,8 +133,10 @@ def _with_last_close_bumped(frame: Any) -> Any:
 
 
 def _without_freq(frame: Any) -> Any:
+    import pandas as pd
+
     changed = frame.copy()
-    changed.index = changed.index._with_freq(None)
+    changed.index = pd.DatetimeIndex(changed.index, freq=None)
     return changed
 
 

@@ -23,7 +23,7 @@ import types
 import uuid
 import warnings
 import zoneinfo
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -166,6 +166,8 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     types.CodeType: lambda c: (_VALUE, "code", _code_parts(c)),
     types.ModuleType: lambda m: (_VALUE, "module", m.__name__),
     defaultdict: lambda d: (_VALUE, "defaultdict", (d.default_factory, dict(d))),
+    # Unlike dicts, OrderedDicts compare (and iterate) by order, so order counts.
+    OrderedDict: lambda d: (_VALUE, "OrderedDict", list(d.items())),
     deque: lambda d: (_VALUE, "deque", (list(d), d.maxlen)),
 }
 

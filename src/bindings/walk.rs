@@ -40,6 +40,9 @@ mod kind {
 /// 100,000 deep is legal Python and must not overflow the thread's stack.
 const RED_ZONE: usize = 128 * 1024;
 const STACK_GROWTH: usize = 4 * 1024 * 1024;
+/// Deeper values are refused: nothing real nests this deep, and it bounds the memory a runaway
+/// rule (a `__cache_key__` returning a new object of its own type) can take.
+const MAX_DEPTH: usize = 200_000;
 
 /// Where the walker is inside the argument, for error messages only.
 enum Step<'py> {
@@ -205,11 +208,14 @@ impl<'py> Walker<'py> {
             enc.len(n);
         }
         if !inline {
-            let flat = arr.call_method0(intern!(py, "ravel"))?.call_method0(intern!(py, "tolist"))?;
-            for (i, item) in flat.try_iter()?.enumerate() {
-                self.within(Step::Index(i), |w| w.walk(&item?, enc))?;
-            }
-            return Ok(());
+            // An object array can hold itself, like a list.
+            return self.open(arr.as_any(), |w| {
+                let flat = arr.call_method0(intern!(py, "ravel"))?.call_method0(intern!(py, "tolist"))?;
+                for (i, item) in flat.try_iter()?.enumerate() {
+                    w.within(Step::Index(i), |w| w.walk(&item?, enc))?;
+                }
+                Ok(())
+            });
         }
         let itemsize = dtype.itemsize();
         let count: usize = shape.iter().product();
@@ -343,6 +349,12 @@ impl<'py> Walker<'py> {
     }
 
     fn within<T>(&mut self, step: Step<'py>, f: impl FnOnce(&mut Self) -> PyResult<T>) -> PyResult<T> {
+        if self.path.len() >= MAX_DEPTH {
+            return Err(self.fail(&format!(
+                "the value is nested more than {MAX_DEPTH} levels deep (or a __cache_key__ or \
+                 registered function keeps returning new objects of its own kind); flatten it"
+            )));
+        }
         self.path.push(step);
         let result = f(self);
         self.path.pop();

@@ -13,9 +13,8 @@ import sys
 HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
-from golden.recipes import RECIPES, evaluate  # noqa: E402
-
 import afml_cache  # noqa: E402
+from golden.recipes import RECIPES, evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ RECIPES: list[tuple[str, str]] = [
     ("class", "int"),
     ("numpy int64 arange", "np.arange(10, dtype=np.int64)"),
     ("numpy float64 matrix", "np.arange(12.0).reshape(3, 4)"),
-    ("numpy fortran matrix", "np.asfortranarray(np.arange(12.0).reshape(3, 4))"),
+    ("numpy fortran matrix", "np.asfortranarray(np.arange(6.0).reshape(2, 3))"),
     ("numpy big-endian", "np.arange(5, dtype='>i4')"),
     ("numpy bool", "np.array([True, False, True])"),
     ("numpy complex128", "np.array([1 + 2j, 3 - 4j])"),

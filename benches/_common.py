@@ -1,0 +1,145 @@
+"""Shared helpers for the afml-cache benchmarks: timers, machine facts, a Markdown table.
+
+Kept small and generic on purpose so every ``benches/bench_*.py`` script can reuse it.
+Scripts are run directly (``python benches/bench_x.py``), which puts this directory on
+``sys.path`` so ``from _common import ...`` works without installing anything.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+
+def time_calls(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -> list[float]:
+    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls; seconds per call.
+
+    The garbage collector is run before each repeat and disabled while timing, like ``timeit``.
+    """
+    return time_loops(fn, loops=1, repeats=repeats, warmup=warmup)
+
+
+def time_loops(
+    fn: Callable[[], object], *, loops: int, repeats: int, warmup: int = 1
+) -> list[float]:
+    """Time ``repeats`` loops of ``loops`` calls each; returns seconds *per call* per repeat.
+
+    ``warmup`` untimed loops run first. Use this for calls too fast to time one by one.
+    """
+    for _ in range(warmup):
+        for _ in range(loops):
+            fn()
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    try:
+        for _ in range(repeats):
+            gc.collect()
+            gc.disable()
+            t0 = time.perf_counter()
+            for _ in range(loops):
+                fn()
+            samples.append((time.perf_counter() - t0) / loops)
+            if gc_was_enabled:
+                gc.enable()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples)
+
+
+def fmt_seconds(seconds: float) -> str:
+    """Human-readable duration: ``812 ns``, ``1.23 µs``, ``45.6 ms``, ``2.01 s``."""
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(other: float, reference: float) -> str:
+    """How ``other``'s time compares with ``reference``'s, e.g. ``15.2x slower``."""
+    if reference <= 0 or other <= 0:
+        return "n/a"
+    r = other / reference
+    if r >= 1.0:
+        return f"{r:.1f}x slower"
+    return f"{1.0 / r:.1f}x faster"
+
+
+def optional_import(name: str) -> Any | None:
+    """Import ``name`` or return ``None`` (with a printed note) if it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        print(f"note: {name} not importable ({exc}); its rows are skipped", file=sys.stderr)
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_facts(packages: Iterable[str] = ()) -> dict[str, str]:
+    """CPU count, CPU model, Python and the versions of ``packages`` (if installed)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    facts = {
+        "nproc": str(usable),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "getloadavg"):  # other load skews timings on a small machine
+        facts["loadavg (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    for name in packages:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            facts[name] = "not installed"
+        else:
+            facts[name] = str(getattr(mod, "__version__", "unknown"))
+    return facts
+
+
+def print_facts(facts: dict[str, str]) -> None:
+    for key, value in facts.items():
+        print(f"- {key}: {value}")
+    print()
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """Render a Markdown table with columns padded to equal width."""
+    text_rows = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out.extend(line(row) for row in text_rows)
+    return "\n".join(out)

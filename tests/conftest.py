@@ -1,0 +1,103 @@
+"""Shared helpers for the fingerprint test-suite.
+
+The helpers are exposed as fixtures so that test modules do not need to import
+this file (``tests/`` is not a package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytest
+
+import afml_cache
+
+# When a Hypothesis test fails, its pytest plugin imports libcst to suggest a patch; libcst
+# emits a DeprecationWarning at import (via mypy_extensions), which `filterwarnings = error`
+# turns into an INTERNALERROR that aborts the whole run. Import it once here, quietly.
+with warnings.catch_warnings(), contextlib.suppress(ImportError):
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import libcst  # noqa: F401
+
+# Subprocesses run the real interpreter; a hang or a crash must become a test failure, not a
+# stuck or dead pytest run.
+SUBPROCESS_TIMEOUT_S = 300
+
+
+def _digests(values: Iterable[Any]) -> list[str]:
+    return [afml_cache.fingerprint(v) for v in values]
+
+
+def assert_all_distinct(values: Iterable[Any], labels: Iterable[str] | None = None) -> list[str]:
+    """Every value must get its own digest; report the colliding pairs otherwise."""
+    values = list(values)
+    labels = list(labels) if labels is not None else [repr(v)[:80] for v in values]
+    digests = _digests(values)
+    clashes = [
+        f"{labels[i]} == {labels[j]}"
+        for i, j in itertools.combinations(range(len(values)), 2)
+        if digests[i] == digests[j]
+    ]
+    assert not clashes, "distinct values share a digest: " + "; ".join(clashes)
+    return digests
+
+
+def assert_all_same(values: Iterable[Any], labels: Iterable[str] | None = None) -> str:
+    """All values must share one digest."""
+    values = list(values)
+    labels = list(labels) if labels is not None else [repr(v)[:80] for v in values]
+    digests = _digests(values)
+    odd = [f"{lab}: {d}" for lab, d in zip(labels, digests, strict=True) if d != digests[0]]
+    assert not odd, f"expected one digest ({labels[0]}: {digests[0]}), got: " + "; ".join(odd)
+    return digests[0]
+
+
+@pytest.fixture
+def distinct() -> Callable[..., list[str]]:
+    return assert_all_distinct
+
+
+@pytest.fixture
+def same() -> Callable[..., str]:
+    return assert_all_same
+
+
+def run_python_code(
+    code: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT_S
+) -> str:
+    """Run ``code`` in a fresh interpreter and return its stdout; fail on non-zero exit.
+
+    A negative return code means the child died from a signal (e.g. a stack overflow in
+    the native extension), which is exactly the kind of failure these tests guard against.
+    """
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:  # pragma: no cover - only on a hang
+        pytest.fail(f"child interpreter did not finish within {timeout}s (hang?): {exc}")
+    assert proc.returncode == 0, (
+        f"child interpreter exited with {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+    return proc.stdout
+
+
+@pytest.fixture
+def run_python() -> Callable[..., str]:
+    return run_python_code
