@@ -70,13 +70,13 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def fmt_ratio(other: float, reference: float) -> str:
-    """How ``other``'s time compares with ``reference``'s, e.g. ``15.2x slower``."""
+    """How ``other``'s time compares with ``reference``'s, e.g. ``1.04x slower``."""
     if reference <= 0 or other <= 0:
         return "n/a"
     r = other / reference
-    if r >= 1.0:
-        return f"{r:.1f}x slower"
-    return f"{1.0 / r:.1f}x faster"
+    word = "slower" if r >= 1.0 else "faster"
+    r = max(r, 1.0 / r)
+    return f"{r:.2f}x {word}" if r < 10 else f"{r:.1f}x {word}"
 
 
 def optional_import(name: str) -> Any | None:

@@ -18,7 +18,7 @@ Each tool gets one warm-up call and then the median over repeats (7 for the big 
 joblib.hash on the array gets 3 because it is slow). GB means 1e9 bytes. A frame's size is
 ``df.memory_usage(index=True, deep=True).sum()``. The ratio column says how many times slower
 or faster each anchor is than afml-cache on the same input object. The target is the goal for
-afml-cache; every row is marked ok / MISS against it so you can also see which anchors meet it.
+afml-cache, and only afml-cache's rows are marked ok / MISS against it.
 Tools that are not installed are skipped with a note.
 """
 
@@ -259,14 +259,17 @@ def table_rows(results: list[Result]) -> list[list[str]]:
             median_cell = f"{fmt_seconds(r.median_s * r.loops)} / {r.loops:,} calls (n={r.repeats})"
             throughput = f"{r.median_s * 1e6:.2f} µs/call"
         if r.tool == AFML:
-            ratio = "1.0x (ref)"
+            ratio = "1.00x (ref)"
         elif r.case in reference:
             ratio = fmt_ratio(r.median_s, reference[r.case])
         else:
             ratio = "n/a"
-        target = TARGETS[r.case]
-        status = "ok" if target.met(r) else "MISS"
-        rows.append([r.case, r.tool, median_cell, throughput, ratio, target.label(), status])
+        # Targets are afml-cache's; anchors are there to compare against, not to pass.
+        target, status = "", ""
+        if r.tool == AFML:
+            target = TARGETS[r.case].label()
+            status = "ok" if TARGETS[r.case].met(r) else "MISS"
+        rows.append([r.case, r.tool, median_cell, throughput, ratio, target, status])
     return rows
 
 

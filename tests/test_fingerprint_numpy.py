@@ -306,3 +306,24 @@ def test_strict_mode_accepts_arrays_of_every_dtype(dtype):
 def test_strict_mode_accepts_numpy_scalars():
     for value in (np.float64(1), np.int8(1), np.bool_(False), np.datetime64(1, "s")):
         assert fingerprint(value, strict=True) == fingerprint(value)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a: np.asfortranarray(a),
+        lambda a: a[::3],
+        lambda a: a[:, ::-2],
+        lambda a: a.T,
+    ],
+    ids=["fortran", "row-step", "reversed-column-step", "transpose"],
+)
+def test_large_non_contiguous_arrays_hash_like_their_c_order_copies(view):
+    # Large enough to take the block-copy path (several 8 MiB blocks), with a row count that
+    # does not divide into whole blocks.
+    base = np.random.default_rng(3).standard_normal((300_007, 7))
+    v = view(base)
+    assert fingerprint(v) == fingerprint(np.ascontiguousarray(v))
+    changed = np.array(v)
+    changed[-1, -1] += 1.0
+    assert fingerprint(changed) != fingerprint(v)

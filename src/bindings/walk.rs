@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyCapsule, PyCapsuleMethods, PyComplex, PyDict, PyFloat, PyFrozenSet, PyInt, PyList,
-    PySet, PyString, PyTuple, PyType,
+    PySet, PySlice, PyString, PyTuple, PyType,
 };
 
 use crate::fingerprint::array::{write_elements, write_masked, StridedBytes};
@@ -43,6 +43,8 @@ const STACK_GROWTH: usize = 4 * 1024 * 1024;
 /// Deeper values are refused: nothing real nests this deep, and it bounds the memory a runaway
 /// rule (a `__cache_key__` returning a new object of its own type) can take.
 const MAX_DEPTH: usize = 200_000;
+/// Bytes of a large non-contiguous array copied to C order at a time.
+const COPY_BLOCK: usize = 8 * 1024 * 1024;
 
 /// Where the walker is inside the argument, for error messages only.
 enum Step<'py> {
@@ -222,6 +224,9 @@ impl<'py> Walker<'py> {
         if count == 0 || itemsize == 0 {
             return Ok(());
         }
+        if !arr.is_c_contiguous() && count * itemsize >= PARALLEL_THRESHOLD {
+            return self.noncontiguous_in_blocks(arr, enc);
+        }
         let strides = arr.strides();
         // The span of memory the elements occupy, from the lowest to the highest address.
         let (mut low, mut high) = (0isize, 0isize);
@@ -244,6 +249,29 @@ impl<'py> Walker<'py> {
             py.detach(|| write_elements(enc, view));
         } else {
             write_elements(enc, view);
+        }
+        Ok(())
+    }
+
+    /// A large non-contiguous array (Fortran order, a strided view): numpy copies a block of
+    /// rows at a time into C order (its strided copy is several times faster than an element
+    /// gather), and each block is hashed in turn, so the bytes fed are those of the C-order copy
+    /// while memory stays bounded by one block.
+    fn noncontiguous_in_blocks(&mut self, arr: &Bound<'py, PyUntypedArray>, enc: &mut Encoder) -> PyResult<()> {
+        static ASCONTIGUOUSARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let ascontiguousarray = ASCONTIGUOUSARRAY.import(self.py, "numpy", "ascontiguousarray")?;
+        let row_bytes = arr.shape()[1..].iter().product::<usize>() * arr.dtype().itemsize();
+        let rows_per_block = (COPY_BLOCK / row_bytes.max(1)).max(1);
+        let rows = arr.shape()[0];
+        for start in (0..rows).step_by(rows_per_block) {
+            let stop = (start + rows_per_block).min(rows);
+            let rows_slice = PySlice::new(self.py, start as isize, stop as isize, 1);
+            let block = ascontiguousarray.call1((arr.get_item(rows_slice)?,))?;
+            let block = block.cast::<PyUntypedArray>()?;
+            // SAFETY: `block` is a fresh C-contiguous copy of `shape()[0]` rows, referenced until the
+            // end of this iteration.
+            let bytes = unsafe { std::slice::from_raw_parts(data_pointer(block), block.shape()[0] * row_bytes) };
+            self.py.detach(|| enc.raw(bytes));
         }
         Ok(())
     }
