@@ -14,7 +14,8 @@ Cases and tools:
   afml_cache.fingerprint, joblib.hash, pandas.util.hash_pandas_object(df, index=True).
 - ``small_tuple``: ``(42, 3.14, "close")`` -- afml_cache.fingerprint, joblib.hash.
 
-Each tool gets one warm-up call and then the median over repeats (7 for the big cases;
+Each tool gets warm-up calls (3 for the big cases: freshly built inputs of 100 MB and more run
+slowly for their first few passes on this VM) and then the median over repeats (7 for the big cases;
 joblib.hash on the array gets 3 because it is slow). GB means 1e9 bytes. A frame's size is
 ``df.memory_usage(index=True, deep=True).sum()``. The ratio column says how many times slower
 or faster each anchor is than afml-cache on the same input object. The target is the goal for
@@ -27,7 +28,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import pickle
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +48,8 @@ from _common import (
     time_loops,
 )
 
+# Warm-up calls before timing a big case; the first passes over a fresh 100 MB+ input are slow.
+BIG_WARMUPS = 3
 AFML = "afml_cache.fingerprint"
 MIB = 2**20
 
@@ -173,6 +178,28 @@ def make_ohlcv(n: int) -> Any:
 # --------------------------------------------------------------------------- cases
 
 
+def key_anchors(obj: Any, repeats: int) -> list[Tool]:
+    """How cachier and diskcache.memoize turn the same argument into a cache key.
+
+    cachier hashes ``pickle.dumps((args, sorted kwargs))`` with SHA-256 (its default hash
+    function); diskcache.memoize builds a key tuple from the arguments and pickles it (with
+    ``pickletools.optimize``) to look it up in SQLite, at its default protocol.
+    """
+    tools: list[Tool] = []
+    if (cachier_config := optional_import("cachier.config")) is not None:
+        hash_func = cachier_config._default_hash_func
+        tools.append(Tool("cachier key (pickle+sha256)", lambda: hash_func((obj,), {}), repeats))
+    if (diskcache_core := optional_import("diskcache.core")) is not None:
+        disk = diskcache_core.Disk(tempfile.gettempdir(), pickle_protocol=pickle.HIGHEST_PROTOCOL)
+
+        def diskcache_key() -> object:
+            key = diskcache_core.args_to_key(("f",), (obj,), {}, False, set())
+            return disk.put(key)
+
+        tools.append(Tool("diskcache.memoize key (pickle)", diskcache_key, repeats))
+    return tools
+
+
 def case_array(cfg: Config, afml: Any | None) -> Iterator[Result]:
     case = "array_512mb"
     arr = make_array(cfg.array_bytes)
@@ -189,6 +216,7 @@ def case_array(cfg: Config, afml: Any | None) -> Iterator[Result]:
             return blake3.blake3(buf, max_threads=blake3.blake3.AUTO).hexdigest()
 
         tools.append(Tool("blake3 (AUTO threads)", blake3_all, cfg.big_repeats))
+    tools += key_anchors(arr, cfg.slow_repeats)
     yield from run_big(case, tools, arr.nbytes)
 
 
@@ -213,6 +241,7 @@ def case_ohlcv(cfg: Config, afml: Any | None) -> Iterator[Result]:
             cfg.big_repeats,
         )
     )
+    tools += key_anchors(df, cfg.big_repeats)
     yield from run_big(case, tools, nbytes)
 
 
@@ -225,6 +254,7 @@ def case_small(cfg: Config, afml: Any | None) -> Iterator[Result]:
         tools.append(Tool(AFML, lambda: afml.fingerprint(obj), cfg.small_repeats))
     if (joblib := optional_import("joblib")) is not None:
         tools.append(Tool("joblib.hash", lambda: joblib.hash(obj), cfg.small_repeats))
+    tools += key_anchors(obj, cfg.small_repeats)
     for tool in tools:
         print(f"  {case}: {tool.name} ...", file=sys.stderr, flush=True)
         samples = time_loops(tool.fn, loops=cfg.small_loops, repeats=tool.repeats)
@@ -234,7 +264,7 @@ def case_small(cfg: Config, afml: Any | None) -> Iterator[Result]:
 def run_big(case: str, tools: list[Tool], nbytes: int) -> Iterator[Result]:
     for tool in tools:
         print(f"  {case}: {tool.name} x{tool.repeats} ...", file=sys.stderr, flush=True)
-        samples = time_calls(tool.fn, repeats=tool.repeats, warmup=1)
+        samples = time_calls(tool.fn, repeats=tool.repeats, warmup=BIG_WARMUPS)
         yield Result(case, tool.name, tool.repeats, 1, median(samples), nbytes, samples)
 
 
@@ -304,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print("\n(--quick: sizes are smaller than the case names say)")
     print(
-        "\nmedian over n repeats after 1 warm-up; GB = 1e9 bytes; "
+        f"\nmedian over n repeats after {BIG_WARMUPS} warm-ups (big cases); GB = 1e9 bytes; "
         f"joblib.hash on the array uses n={cfg.slow_repeats} (slow)"
     )
 
