@@ -8,6 +8,7 @@ decorators exist.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -38,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         if args.rows < 2:
             parser.error("--rows must be at least 2")
-        return run_demo(args.rows)
+        try:
+            return run_demo(args.rows)
+        except BrokenPipeError:
+            # The reader went away (`afml-cache demo | head`): stop quietly, as Unix tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
     parser.print_help()
     return 2
 
