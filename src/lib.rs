@@ -1,8 +1,11 @@
-//! afml-cache's Rust core. `fingerprint` (content digests) and `error` are plain Rust with no
-//! Python types; `bindings` is the one layer that touches Python.
+//! afml-cache's Rust core. `fingerprint` (content digests), `codec` (buffer compression),
+//! `store` (entries on disk) and `error` are plain Rust with no Python types; `bindings` is the
+//! one layer that touches Python.
 
+pub mod codec;
 pub mod error;
 pub mod fingerprint;
+pub mod store;
 
 #[cfg(feature = "python")]
 mod bindings;
@@ -12,6 +15,8 @@ mod bindings;
 mod _core {
     #[pymodule_export]
     use crate::bindings::fingerprint;
+    #[pymodule_export]
+    use crate::bindings::store::{KeyLock, Store};
     #[pymodule_export]
     const SPEC_VERSION: u32 = crate::fingerprint::SPEC_VERSION;
 }

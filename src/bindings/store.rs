@@ -1,0 +1,326 @@
+//! The store, seen from Python: `afml_cache._core.Store`, used by `afml_cache.Cache`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyType};
+
+use crate::codec::{self, Compression};
+use crate::error::Error;
+use crate::store::{self, Lookup, NewEntry, Scanned, Stored};
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        Python::attach(|py| match &err {
+            Error::InvalidArgument(message) => PyValueError::new_err(message.clone()),
+            Error::Io { path, source, .. } => match error_type(py, "StoreError") {
+                Ok(ty) => PyErr::from_type(
+                    ty.clone(),
+                    (source.raw_os_error().unwrap_or(0), err.to_string(), path.display().to_string()),
+                ),
+                Err(e) => e,
+            },
+            _ => match error_type(py, "CacheError") {
+                Ok(ty) => PyErr::from_type(ty.clone(), err.to_string()),
+                Err(e) => e,
+            },
+        })
+    }
+}
+
+fn error_type<'py>(py: Python<'py>, name: &str) -> PyResult<&'py Bound<'py, PyType>> {
+    static STORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static CACHE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let cell = if name == "StoreError" { &STORE_ERROR } else { &CACHE_ERROR };
+    cell.import(py, "afml_cache.errors", name)
+}
+
+/// A cache directory on disk (see src/store/mod.rs). Thread-safe; share one per directory.
+#[pyclass(frozen, module = "afml_cache._core")]
+pub struct Store {
+    inner: store::Store,
+}
+
+/// A held single-flight lock; released by `release()`, by leaving a `with` block, or when its
+/// process dies.
+#[pyclass(module = "afml_cache._core")]
+pub struct KeyLock {
+    held: Option<store::KeyLock>,
+}
+
+#[pymethods]
+impl KeyLock {
+    fn release(&mut self) {
+        self.held = None;
+    }
+
+    #[getter]
+    fn held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&mut self, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) {
+        self.release();
+    }
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(py: Python<'_>, directory: PathBuf, size_limit: u64, eviction_policy: &str) -> PyResult<Self> {
+        let policy = eviction_policy.parse()?;
+        let inner = py.detach(|| store::Store::open(&directory, size_limit, policy))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn directory(&self) -> PathBuf {
+        self.inner.root().to_path_buf()
+    }
+
+    #[getter]
+    fn size_limit(&self) -> u64 {
+        self.inner.size_limit()
+    }
+
+    #[getter]
+    fn eviction_policy(&self) -> &'static str {
+        self.inner.policy().name()
+    }
+
+    /// Stores a value; returns `(stored, size, mac)`: `stored` is False when the entry is larger
+    /// than the whole size limit (then `mac` is None and nothing was written).
+    #[pyo3(signature = (namespace, key, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata))]
+    #[allow(clippy::too_many_arguments)]
+    fn put<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        key: &str,
+        stream: &[u8],
+        buffers: Vec<(PyBuffer<u8>, usize)>,
+        compression: &str,
+        expires: Option<f64>,
+        compute_time: f64,
+        protected: bool,
+        tags: Vec<String>,
+        time_range: Option<(i64, i64)>,
+        metadata: String,
+    ) -> PyResult<(bool, u64, Option<Bound<'py, PyBytes>>)> {
+        let compression: Compression =
+            compression.parse().map_err(|e: codec::UnknownCompression| PyValueError::new_err(e.to_string()))?;
+        let mut slices = Vec::with_capacity(buffers.len());
+        for (buffer, itemsize) in &buffers {
+            if !buffer.is_c_contiguous() {
+                return Err(PyValueError::new_err("stored buffers must be C-contiguous"));
+            }
+            // SAFETY: the PyBuffer keeps the exporter's memory alive and in place until dropped,
+            // after this call returns.
+            let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+            slices.push((bytes, *itemsize));
+        }
+        let new = NewEntry {
+            namespace,
+            key,
+            stream,
+            buffers: slices,
+            compression,
+            expires,
+            compute_time,
+            protected,
+            tags,
+            time_range,
+            metadata,
+        };
+        match py.detach(|| self.inner.put(new))? {
+            Stored::Written { bytes, mac } => Ok((true, bytes, Some(PyBytes::new(py, &mac)))),
+            Stored::TooLarge { bytes, .. } => Ok((false, bytes, None)),
+        }
+    }
+
+    /// `(stream, buffers, mac, expires)` of a verified entry, or None (a miss). Buffers come back
+    /// as fresh bytearrays, decompressed with the GIL released. Unreadable entries are removed and
+    /// logged (logger "afml_cache"), and count as misses.
+    fn get<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let found = py.detach(|| self.inner.get(namespace, key))?;
+        self.loaded(py, found)
+    }
+
+    /// Like `get` without counting a hit or miss or recording the access.
+    fn peek<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let found = py.detach(|| self.inner.peek(namespace, key))?;
+        self.loaded(py, found)
+    }
+
+    fn contains(&self, py: Python<'_>, namespace: &str, key: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.contains(namespace, key))?)
+    }
+
+    /// The MAC of the entry stored now for `key` (None if there is none).
+    fn current_mac<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self.inner.current_mac(namespace, key)?.map(|mac| PyBytes::new(py, &mac)))
+    }
+
+    /// Bumped by every change to any entry, by any process.
+    fn generation(&self) -> u64 {
+        self.inner.stats().get(store::stats::Counter::Generation)
+    }
+
+    /// Counts a hit served from a memory copy (the disk was not read).
+    fn count_hit(&self) {
+        self.inner.stats().add(store::stats::Counter::Hits, 1);
+    }
+
+    fn delete(&self, py: Python<'_>, namespace: &str, key: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.delete(namespace, key))?)
+    }
+
+    #[pyo3(signature = (namespace, key, expires))]
+    fn touch(&self, py: Python<'_>, namespace: &str, key: &str, expires: Option<f64>) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.touch(namespace, key, expires))?)
+    }
+
+    /// Every entry's metadata (without loading values), as dicts.
+    fn scan<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let entries = py.detach(|| self.inner.scan())?;
+        let out = PyList::empty(py);
+        for s in &entries {
+            out.append(scanned_dict(py, s)?)?;
+        }
+        Ok(out)
+    }
+
+    fn expire(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(py.detach(|| self.inner.expire())?)
+    }
+
+    fn clear(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(py.detach(|| self.inner.clear())?)
+    }
+
+    fn evict(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(py.detach(|| self.inner.evict())?)
+    }
+
+    /// Problems found, as dicts with `path`, `problem`, `fixed`.
+    #[pyo3(signature = (fix = false))]
+    fn check<'py>(&self, py: Python<'py>, fix: bool) -> PyResult<Bound<'py, PyList>> {
+        let problems = py.detach(|| self.inner.check(fix))?;
+        let out = PyList::empty(py);
+        for p in problems {
+            let d = PyDict::new(py);
+            d.set_item("path", p.path)?;
+            d.set_item("problem", p.problem)?;
+            d.set_item("fixed", p.fixed)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// Shared counters: hits, misses, sets, deletes, evictions, bytes, count.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use store::stats::Counter as C;
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        for (name, c) in [
+            ("hits", C::Hits),
+            ("misses", C::Misses),
+            ("sets", C::Sets),
+            ("deletes", C::Deletes),
+            ("evictions", C::Evictions),
+            ("bytes", C::Bytes),
+            ("count", C::Count),
+        ] {
+            d.set_item(name, s.get(c))?;
+        }
+        Ok(d)
+    }
+
+    /// Waits up to `timeout` seconds (GIL released) for the key's single-flight lock; None if
+    /// another holder still has it then.
+    fn lock(&self, py: Python<'_>, namespace: &str, key: &str, timeout: f64) -> PyResult<Option<KeyLock>> {
+        let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+        let held = py.detach(|| self.inner.lock(namespace, key, timeout))?;
+        Ok(held.map(|held| KeyLock { held: Some(held) }))
+    }
+
+    fn export_entry<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        key: &str,
+        archive_key: [u8; 32],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let exported = py.detach(|| self.inner.export_entry(namespace, key, &archive_key))?;
+        Ok(exported.map(|bytes| PyBytes::new(py, &bytes)))
+    }
+
+    fn import_entry(&self, py: Python<'_>, exported: &[u8], archive_key: [u8; 32]) -> PyResult<(String, String)> {
+        Ok(py.detach(|| self.inner.import_entry(exported, &archive_key))?)
+    }
+}
+
+impl Store {
+    fn loaded<'py>(&self, py: Python<'py>, found: Lookup) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(loaded) = self.loaded_status(py, found)? else { return Ok(None) };
+        let stream = PyBytes::new(py, &loaded.bytes[loaded.opened.stream.clone()]);
+        let frames: Vec<&[u8]> = loaded.opened.frames.iter().map(|r| &loaded.bytes[r.clone()]).collect();
+        let buffers = PyList::empty(py);
+        let mut targets = Vec::with_capacity(frames.len());
+        for frame in &frames {
+            let len = codec::decoded_len(frame)?;
+            let array = PyByteArray::new_with(py, len, |_| Ok(()))?;
+            // SAFETY: the bytearray is new, owned here and not shared until this call returns;
+            // its storage stays put because nothing resizes it meanwhile.
+            targets.push(unsafe { std::slice::from_raw_parts_mut(array.data(), len) });
+            buffers.append(array)?;
+        }
+        py.detach(|| frames.iter().zip(targets).try_for_each(|(frame, out)| codec::decode_into(frame, out)))?;
+        let mac = PyBytes::new(py, &loaded.mac());
+        Ok(Some((stream, buffers, mac, loaded.opened.header.expires).into_pyobject(py)?.into_any()))
+    }
+
+    fn loaded_status(&self, py: Python<'_>, found: Lookup) -> PyResult<Option<Box<store::Loaded>>> {
+        match found {
+            Lookup::Hit(loaded) => Ok(Some(loaded)),
+            Lookup::Miss => Ok(None),
+            Lookup::Removed { path, reason } => {
+                let logger = py.import("logging")?.call_method1("getLogger", ("afml_cache",))?;
+                logger.call_method1(
+                    "warning",
+                    ("removed unreadable cache entry %s (%s); it counts as a miss", path.display().to_string(), reason),
+                )?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn scanned_dict<'py>(py: Python<'py>, s: &Scanned) -> PyResult<Bound<'py, PyDict>> {
+    let h = &s.header;
+    let d = PyDict::new(py);
+    d.set_item("namespace", &h.namespace)?;
+    d.set_item("key", &h.key)?;
+    d.set_item("path", &s.path)?;
+    d.set_item("size", s.bytes)?;
+    d.set_item("value_size", h.value_size)?;
+    d.set_item("created", h.created)?;
+    d.set_item("expires", h.expires)?;
+    d.set_item("compute_time", h.compute_time)?;
+    d.set_item("protected", h.protected)?;
+    d.set_item("tags", &h.tags)?;
+    d.set_item("time_range", h.time_range)?;
+    d.set_item("metadata", &h.metadata)?;
+    d.set_item("compression", &h.compression)?;
+    d.set_item("hits", s.counters.hits)?;
+    d.set_item("last_access", (s.counters.last_access_ns > 0).then(|| s.counters.last_access_ns as f64 / 1e9))?;
+    Ok(d)
+}

@@ -1,0 +1,117 @@
+//! Where things live in a cache directory.
+//!
+//! ```text
+//! <root>/                      0700
+//!   mac.key                    32 random bytes, 0600: the key of every entry's MAC
+//!   stats                      shared counters (see stats.rs)
+//!   evict.lock                 held by the one process evicting at a time
+//!   entries/<namespace>/<k0k1>/<k2k3>/<key>.afc
+//!   locks/<k0k1>/<key>-<namespace digest>.lock      single-flight locks
+//! ```
+//! Two levels of 256 shards keep directories small up to tens of millions of entries.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const ENTRY_SUFFIX: &str = "afc";
+pub const TEMP_SUFFIX: &str = "tmp";
+
+pub fn check_key(key: &str) -> Result<()> {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "store keys are 64 lowercase hex digits (a fingerprint), got {key:?}; pass the value \
+             through afml_cache.fingerprint() first"
+        )))
+    }
+}
+
+/// A namespace as a directory name: safe characters kept, others escaped as `%XX`, long names
+/// shortened with a digest so that distinct namespaces never share a directory.
+pub fn namespace_dir(namespace: &str) -> String {
+    let mut out = String::with_capacity(namespace.len());
+    for (i, b) in namespace.bytes().enumerate() {
+        let safe = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if safe {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    if out.len() > 120 {
+        let digest = blake3::hash(namespace.as_bytes()).to_hex();
+        out.truncate(100);
+        out.push('~');
+        out.push_str(&digest[..16]);
+    }
+    out
+}
+
+pub fn entries_dir(root: &Path) -> PathBuf {
+    root.join("entries")
+}
+
+pub fn entry_path(root: &Path, namespace: &str, key: &str) -> PathBuf {
+    entries_dir(root)
+        .join(namespace_dir(namespace))
+        .join(&key[..2])
+        .join(&key[2..4])
+        .join(format!("{key}.{ENTRY_SUFFIX}"))
+}
+
+pub fn lock_path(root: &Path, namespace: &str, key: &str) -> PathBuf {
+    let ns = blake3::hash(namespace.as_bytes()).to_hex();
+    root.join("locks").join(&key[..2]).join(format!("{key}-{}.lock", &ns[..16]))
+}
+
+/// A temp file beside `path`, named after the writing process so that cleanup can tell a dead
+/// writer's leftovers from a live writer's work in progress.
+pub fn temp_path(path: &Path, sequence: u64) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
+    path.with_file_name(format!(".{name}.{}.{sequence}.{TEMP_SUFFIX}", std::process::id()))
+}
+
+/// The writer's process id, from a temp file's name.
+pub fn temp_writer(file_name: &str) -> Option<u32> {
+    let stem = file_name.strip_prefix('.')?.strip_suffix(&format!(".{TEMP_SUFFIX}"))?;
+    let mut parts = stem.rsplitn(3, '.');
+    let _sequence = parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_map_to_distinct_safe_directories() {
+        assert_eq!(namespace_dir("features.frac_diff"), "features.frac_diff");
+        assert_eq!(namespace_dir("a/b"), "a%2Fb");
+        assert_eq!(namespace_dir("../x"), "%2E.%2Fx");
+        assert_eq!(namespace_dir(""), "%00");
+        let long_a = "n".repeat(200) + "a";
+        let long_b = "n".repeat(200) + "b";
+        assert_ne!(namespace_dir(&long_a), namespace_dir(&long_b));
+        assert!(namespace_dir(&long_a).len() <= 120);
+    }
+
+    #[test]
+    fn temp_names_carry_the_writer() {
+        let t = temp_path(Path::new("/c/entries/ns/ab/cd/abcd.afc"), 7);
+        let name = t.file_name().unwrap().to_str().unwrap();
+        assert_eq!(temp_writer(name), Some(std::process::id()));
+        assert_eq!(temp_writer("abcd.afc"), None);
+    }
+
+    #[test]
+    fn keys_must_be_fingerprints() {
+        assert!(check_key(&"a1".repeat(32)).is_ok());
+        assert!(check_key("../../etc/passwd").is_err());
+        assert!(check_key(&"A1".repeat(32)).is_err());
+    }
+}

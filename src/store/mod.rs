@@ -1,0 +1,634 @@
+//! The store on disk: entries as files, the truth of the cache.
+//!
+//! Writes go to a temp file beside the entry, then an atomic rename, so a reader sees the old
+//! entry or the new one, never part of one; a writer killed at any instant leaves at most a temp
+//! file, which scans remove once its writer is gone. Reads verify the keyed MAC before anything is
+//! returned; a corrupt, truncated, foreign or older-format entry is removed and reported as a miss.
+//! Sizes are tracked in shared counters; when a write pushes the total over the limit, one process
+//! at a time scans the entries and evicts by policy down to 90% of the limit.
+
+pub mod entry;
+mod layout;
+pub mod lock;
+pub mod policy;
+pub mod stats;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::codec::{self, Compression};
+use crate::error::{Error, Result};
+pub use entry::{Counters, Header};
+pub use lock::KeyLock;
+pub use policy::{Policy, Usage};
+use stats::{Counter, Stats};
+
+/// Temp files older than this are removed by scans even if their writer seems alive (its pid
+/// may have been reused).
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// A value to store: its pickle stream and out-of-band buffers (bytes, item size).
+pub struct NewEntry<'a> {
+    pub namespace: &'a str,
+    pub key: &'a str,
+    pub stream: &'a [u8],
+    pub buffers: Vec<(&'a [u8], usize)>,
+    pub compression: Compression,
+    pub expires: Option<f64>,
+    pub compute_time: f64,
+    pub protected: bool,
+    pub tags: Vec<String>,
+    pub time_range: Option<(i64, i64)>,
+    pub metadata: String,
+}
+
+#[derive(Debug)]
+pub enum Stored {
+    /// Written; the entry file's size in bytes and its MAC (identifies this very write).
+    Written { bytes: u64, mac: [u8; 32] },
+    /// Larger than the whole size limit, so not written (it would evict everything).
+    TooLarge { bytes: u64, limit: u64 },
+}
+
+/// A verified entry.
+pub struct Loaded {
+    pub bytes: Vec<u8>,
+    pub opened: entry::Opened,
+}
+
+impl Loaded {
+    pub fn mac(&self) -> [u8; 32] {
+        self.bytes[self.bytes.len() - entry::MAC_LEN..].try_into().unwrap()
+    }
+}
+
+pub enum Lookup {
+    Hit(Box<Loaded>),
+    Miss,
+    /// The entry was unreadable and has been removed: a miss, with the reason to log.
+    Removed {
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// An entry as a scan sees it (header read without verifying the MAC: for listing and
+/// eviction, never for returning a value).
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub header: Header,
+    pub counters: Counters,
+}
+
+impl Scanned {
+    pub fn usage(&self) -> Usage {
+        Usage {
+            created: self.header.created,
+            last_access: self.counters.last_access_ns as f64 / 1e9,
+            hits: self.counters.hits,
+            bytes: self.bytes,
+            compute_time: self.header.compute_time,
+        }
+    }
+
+    pub fn is_expired(&self, now: f64) -> bool {
+        self.header.expires.is_some_and(|e| e <= now)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub problem: String,
+    pub fixed: bool,
+}
+
+pub struct Store {
+    root: PathBuf,
+    mac_key: [u8; 32],
+    stats: Stats,
+    size_limit: u64,
+    policy: Policy,
+    temp_sequence: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the cache directory `root`.
+    pub fn open(root: &Path, size_limit: u64, policy: Policy) -> Result<Self> {
+        create_private_dir(root)?;
+        let mac_key = load_or_create_mac_key(&root.join("mac.key"))?;
+        let stats = Stats::open(&root.join("stats"))?;
+        Ok(Self { root: root.to_path_buf(), mac_key, stats, size_limit, policy, temp_sequence: AtomicU64::new(0) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn size_limit(&self) -> u64 {
+        self.size_limit
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn entry_path(&self, namespace: &str, key: &str) -> Result<PathBuf> {
+        layout::check_key(key)?;
+        Ok(layout::entry_path(&self.root, namespace, key))
+    }
+
+    /// Compresses the buffers (in parallel) and writes the entry atomically. Evicts afterwards if
+    /// the cache has grown past its limit.
+    pub fn put(&self, new: NewEntry<'_>) -> Result<Stored> {
+        let path = self.entry_path(new.namespace, new.key)?;
+        let frames: Vec<Vec<u8>> =
+            new.buffers.par_iter().map(|(data, itemsize)| codec::encode(data, *itemsize, new.compression)).collect();
+        let header = Header {
+            namespace: new.namespace.to_string(),
+            key: new.key.to_string(),
+            created: now(),
+            expires: new.expires,
+            compute_time: new.compute_time,
+            value_size: (new.stream.len() + new.buffers.iter().map(|(b, _)| b.len()).sum::<usize>()) as u64,
+            protected: new.protected,
+            tags: new.tags,
+            time_range: new.time_range,
+            metadata: new.metadata,
+            compression: new.compression.name().to_string(),
+        };
+        let bytes = entry::seal(&self.mac_key, &header, new.stream, &frames, Counters::default());
+        let size = bytes.len() as u64;
+        if size > self.size_limit {
+            return Ok(Stored::TooLarge { bytes: size, limit: self.size_limit });
+        }
+        let replaced = fs::metadata(&path).map(|m| m.len()).ok();
+        self.write_atomically(&path, &bytes)?;
+        self.stats.add(Counter::Sets, 1);
+        self.stats.add(Counter::Generation, 1);
+        self.stats.add(Counter::Bytes, size);
+        match replaced {
+            Some(old) => self.stats.sub(Counter::Bytes, old),
+            None => self.stats.add(Counter::Count, 1),
+        }
+        let mac = bytes[bytes.len() - entry::MAC_LEN..].try_into().unwrap();
+        if self.stats.get(Counter::Bytes) > self.size_limit {
+            self.evict()?;
+        }
+        Ok(Stored::Written { bytes: size, mac })
+    }
+
+    /// Reads and verifies an entry; counts the hit or miss. Expired entries are removed (a miss).
+    pub fn get(&self, namespace: &str, key: &str) -> Result<Lookup> {
+        let found = self.load(namespace, key, true)?;
+        self.stats.add(if matches!(found, Lookup::Hit(_)) { Counter::Hits } else { Counter::Misses }, 1);
+        Ok(found)
+    }
+
+    /// Like `get`, without counting or recording the access (for `contains`, export, touch).
+    pub fn peek(&self, namespace: &str, key: &str) -> Result<Lookup> {
+        self.load(namespace, key, false)
+    }
+
+    fn load(&self, namespace: &str, key: &str, record_access: bool) -> Result<Lookup> {
+        let path = self.entry_path(namespace, key)?;
+        // Read-write so the access counters can be updated in place; a read-only cache still reads.
+        let file = match OpenOptions::new().read(true).write(record_access).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && record_access => {
+                File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?
+            }
+            Err(e) => return Err(Error::io("cannot open", &path, e)),
+        };
+        let mut bytes = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
+        (&file).read_to_end(&mut bytes).map_err(|e| Error::io("cannot read", &path, e))?;
+        let opened = match entry::open(&self.mac_key, &bytes) {
+            Ok(opened) if opened.header.namespace == namespace && opened.header.key == key => opened,
+            Ok(_) => return Ok(self.remove_unreadable(&path, &file, "its header names another key".into())),
+            Err(Error::CorruptEntry(reason)) => return Ok(self.remove_unreadable(&path, &file, reason)),
+            Err(e) => return Err(e),
+        };
+        if opened.header.expires.is_some_and(|e| e <= now()) {
+            if same_file(&path, &file) && fs::remove_file(&path).is_ok() {
+                self.forget(bytes.len() as u64);
+            }
+            return Ok(Lookup::Miss);
+        }
+        if record_access {
+            let counters = Counters { hits: opened.counters.hits + 1, last_access_ns: now_ns() };
+            // Best effort: the counters only steer eviction.
+            let _ = file.write_at(&counters.to_bytes(), entry::COUNTERS.start as u64);
+        }
+        Ok(Lookup::Hit(Box::new(Loaded { bytes, opened })))
+    }
+
+    fn remove_unreadable(&self, path: &Path, file: &File, reason: String) -> Lookup {
+        if same_file(path, file) && fs::remove_file(path).is_ok() {
+            self.forget(file.metadata().map(|m| m.len()).unwrap_or(0));
+        }
+        Lookup::Removed { path: path.to_path_buf(), reason }
+    }
+
+    /// Counts a removed entry file.
+    fn forget(&self, bytes: u64) {
+        self.stats.sub(Counter::Bytes, bytes);
+        self.stats.sub(Counter::Count, 1);
+        self.stats.add(Counter::Generation, 1);
+    }
+
+    /// Whether an unexpired entry exists for `key`, from its header alone (a corrupt entry can
+    /// still answer yes; `get` then finds it unreadable and misses).
+    pub fn contains(&self, namespace: &str, key: &str) -> Result<bool> {
+        let path = self.entry_path(namespace, key)?;
+        match read_header(&path) {
+            Ok(s) => Ok(s.header.namespace == namespace && s.header.key == key && !s.is_expired(now())),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The MAC of the entry currently stored for `key`, read from its last 32 bytes: a memory
+    /// copy of an entry is still current exactly when this still matches.
+    pub fn current_mac(&self, namespace: &str, key: &str) -> Result<Option<[u8; 32]>> {
+        let path = self.entry_path(namespace, key)?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot open", &path, e)),
+        };
+        let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len();
+        if len < entry::MAC_LEN as u64 {
+            return Ok(None);
+        }
+        let mut mac = [0u8; 32];
+        file.read_exact_at(&mut mac, len - entry::MAC_LEN as u64).map_err(|e| Error::io("cannot read", &path, e))?;
+        Ok(Some(mac))
+    }
+
+    pub fn delete(&self, namespace: &str, key: &str) -> Result<bool> {
+        let path = self.entry_path(namespace, key)?;
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("cannot stat", &path, e)),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.forget(size);
+                self.stats.add(Counter::Deletes, 1);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("cannot delete", &path, e)),
+        }
+    }
+
+    /// Rewrites an entry with a new expiry (`None`: never). False when there is no entry.
+    pub fn touch(&self, namespace: &str, key: &str, expires: Option<f64>) -> Result<bool> {
+        let Lookup::Hit(loaded) = self.peek(namespace, key)? else { return Ok(false) };
+        let mut header = loaded.opened.header.clone();
+        header.expires = expires;
+        let stream = &loaded.bytes[loaded.opened.stream.clone()];
+        let frames: Vec<Vec<u8>> = loaded.opened.frames.iter().map(|r| loaded.bytes[r.clone()].to_vec()).collect();
+        let bytes = entry::seal(&self.mac_key, &header, stream, &frames, loaded.opened.counters);
+        let path = self.entry_path(namespace, key)?;
+        self.write_atomically(&path, &bytes)?;
+        self.stats.add(Counter::Generation, 1);
+        let grown = bytes.len() as i64 - loaded.bytes.len() as i64;
+        if grown >= 0 {
+            self.stats.add(Counter::Bytes, grown as u64);
+        } else {
+            self.stats.sub(Counter::Bytes, (-grown) as u64);
+        }
+        Ok(true)
+    }
+
+    /// Every entry's header and counters (not verified), plus stale temp files removed on the way.
+    pub fn scan(&self) -> Result<Vec<Scanned>> {
+        let mut files = Vec::new();
+        collect_files(&layout::entries_dir(&self.root), &mut files)?;
+        let scanned: Vec<Option<Scanned>> = files
+            .par_iter()
+            .map(|path| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Some(writer) = layout::temp_writer(name) {
+                    remove_if_abandoned(path, writer);
+                    return None;
+                }
+                if !name.ends_with(layout::ENTRY_SUFFIX) {
+                    return None;
+                }
+                read_header(path).ok()
+            })
+            .collect();
+        Ok(scanned.into_iter().flatten().collect())
+    }
+
+    /// Removes entries the predicate selects; returns how many and how many bytes.
+    pub fn remove_where(&self, select: impl Fn(&Scanned) -> bool) -> Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0, 0);
+        for s in self.scan()? {
+            if select(&s) && fs::remove_file(&s.path).is_ok() {
+                self.forget(s.bytes);
+                count += 1;
+                bytes += s.bytes;
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Removes expired entries.
+    pub fn expire(&self) -> Result<u64> {
+        let now = now();
+        Ok(self.remove_where(|s| s.is_expired(now))?.0)
+    }
+
+    /// Removes every entry; resets sizes.
+    pub fn clear(&self) -> Result<u64> {
+        let (count, _) = self.remove_where(|_| true)?;
+        self.stats.set(Counter::Bytes, 0);
+        self.stats.set(Counter::Count, 0);
+        Ok(count)
+    }
+
+    /// Brings the cache under 90% of its limit: expired entries first, then by policy; protected
+    /// entries stay. Only one process evicts at a time; others skip (the evictor covers them).
+    /// Returns the number of entries evicted.
+    pub fn evict(&self) -> Result<u64> {
+        let Some(_guard) = lock::try_acquire(&self.root.join("evict.lock"))? else { return Ok(0) };
+        let mut entries = self.scan()?;
+        let mut total: u64 = entries.iter().map(|s| s.bytes).sum();
+        let target = self.size_limit / 10 * 9;
+        let now = now();
+        let policy = self.policy;
+        entries.retain(|s| !s.header.protected);
+        entries.sort_by(|a, b| {
+            (!a.is_expired(now), policy.score(&a.usage()))
+                .partial_cmp(&(!b.is_expired(now), policy.score(&b.usage())))
+                .unwrap()
+        });
+        let mut evicted = 0;
+        let mut remaining = self.stats.get(Counter::Count);
+        for victim in entries {
+            if total <= target && !victim.is_expired(now) {
+                break;
+            }
+            if fs::remove_file(&victim.path).is_ok() {
+                total -= victim.bytes;
+                evicted += 1;
+                remaining = remaining.saturating_sub(1);
+            }
+        }
+        // The scan saw the truth; set the shared sizes from it.
+        self.stats.set(Counter::Bytes, total);
+        self.stats.set(Counter::Count, remaining);
+        self.stats.add(Counter::Evictions, evicted);
+        self.stats.add(Counter::Generation, 1);
+        Ok(evicted)
+    }
+
+    /// Verifies every entry (MAC, framing, that it sits at its key's path). With `fix`, removes
+    /// what fails and abandoned temp files, and rebuilds the shared sizes from what remains.
+    pub fn check(&self, fix: bool) -> Result<Vec<Problem>> {
+        let mut files = Vec::new();
+        collect_files(&layout::entries_dir(&self.root), &mut files)?;
+        let results: Vec<(Option<Problem>, u64)> = files
+            .par_iter()
+            .map(|path| {
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Some(writer) = layout::temp_writer(name) {
+                    let fixed = fix && remove_if_abandoned(path, writer);
+                    let problem = "an unfinished temp file (its writer stopped or is still writing)";
+                    return (Some(Problem { path: path.clone(), problem: problem.into(), fixed }), 0);
+                }
+                match self.verify_file(path) {
+                    Ok(size) => (None, size),
+                    Err(why) => {
+                        let fixed = fix && fs::remove_file(path).is_ok();
+                        (Some(Problem { path: path.clone(), problem: why, fixed }), 0)
+                    }
+                }
+            })
+            .collect();
+        if fix {
+            let good: Vec<u64> = results.iter().filter(|(p, _)| p.is_none()).map(|(_, s)| *s).collect();
+            self.stats.set(Counter::Bytes, good.iter().sum());
+            self.stats.set(Counter::Count, good.len() as u64);
+            self.stats.add(Counter::Generation, 1);
+        }
+        Ok(results.into_iter().filter_map(|(p, _)| p).collect())
+    }
+
+    fn verify_file(&self, path: &Path) -> std::result::Result<u64, String> {
+        let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let opened = entry::open(&self.mac_key, &bytes).map_err(|e| e.to_string())?;
+        let expected = layout::entry_path(&self.root, &opened.header.namespace, &opened.header.key);
+        if expected != path {
+            return Err(format!("it holds the entry of another key (it belongs at {})", expected.display()));
+        }
+        for frame in &opened.frames {
+            codec::decoded_len(&bytes[frame.clone()]).map_err(|e| e.to_string())?;
+        }
+        Ok(bytes.len() as u64)
+    }
+
+    /// Waits up to `timeout` for the single-flight lock of a key.
+    pub fn lock(&self, namespace: &str, key: &str, timeout: Duration) -> Result<Option<KeyLock>> {
+        layout::check_key(key)?;
+        lock::acquire(&layout::lock_path(&self.root, namespace, key), timeout)
+    }
+
+    /// An entry re-sealed under `archive_key`, for an export archive.
+    pub fn export_entry(&self, namespace: &str, key: &str, archive_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        match self.peek(namespace, key)? {
+            Lookup::Hit(loaded) => Ok(Some(entry::reseal(archive_key, &loaded.bytes))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Verifies an exported entry with its archive's key and stores it under this cache's key.
+    /// Returns the entry's namespace and key.
+    pub fn import_entry(&self, exported: &[u8], archive_key: &[u8; 32]) -> Result<(String, String)> {
+        let opened = entry::open(archive_key, exported)?;
+        let (namespace, key) = (opened.header.namespace, opened.header.key);
+        let path = self.entry_path(&namespace, &key)?;
+        let bytes = entry::reseal(&self.mac_key, exported);
+        let replaced = fs::metadata(&path).map(|m| m.len()).ok();
+        self.write_atomically(&path, &bytes)?;
+        self.stats.add(Counter::Bytes, bytes.len() as u64);
+        self.stats.add(Counter::Generation, 1);
+        match replaced {
+            Some(old) => self.stats.sub(Counter::Bytes, old),
+            None => self.stats.add(Counter::Count, 1),
+        }
+        if self.stats.get(Counter::Bytes) > self.size_limit {
+            self.evict()?;
+        }
+        Ok((namespace, key))
+    }
+
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let temp = layout::temp_path(path, self.temp_sequence.fetch_add(1, Ordering::Relaxed));
+        let create = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp);
+        let mut file = match create() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_private_dir(path.parent().expect("entry paths have a directory"))?;
+                create().map_err(|e| Error::io("cannot create", &temp, e))?
+            }
+            Err(e) => return Err(Error::io("cannot create", &temp, e)),
+        };
+        let written = file.write_all(bytes).map_err(|e| Error::io("cannot write", &temp, e));
+        drop(file);
+        let renamed =
+            written.and_then(|()| fs::rename(&temp, path).map_err(|e| Error::io("cannot move into place", path, e)));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        renamed
+    }
+}
+
+/// Creates a directory (and its parents) readable by its owner only.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create the directory", dir, e))
+}
+
+fn load_or_create_mac_key(path: &Path) -> Result<[u8; 32]> {
+    let read = |path: &Path| -> Result<Option<[u8; 32]>> {
+        match fs::read(path) {
+            Ok(bytes) => bytes.try_into().map(Some).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{} is not a 32-byte key; remove it to start afresh (existing entries become misses)",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read the MAC key", path, e)),
+        }
+    };
+    if let Some(key) = read(path)? {
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| Error::io("cannot read", "/dev/urandom", e))?;
+    // Written to a temp file and linked into place: exactly one process's key wins, whole.
+    let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| Error::io("cannot create", &temp, e))?;
+    file.write_all(&key).map_err(|e| Error::io("cannot write", &temp, e))?;
+    drop(file);
+    let linked = fs::hard_link(&temp, path);
+    let _ = fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(path)?.ok_or_else(|| Error::io("cannot read the MAC key", path, e))
+        }
+        Err(e) => Err(Error::io("cannot create the MAC key", path, e)),
+    }
+}
+
+fn read_header(path: &Path) -> Result<Scanned> {
+    let mut file = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let bytes = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len();
+    let mut head = vec![0u8; 4096];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| Error::io("cannot read", path, e))?;
+    head.truncate(n);
+    let needed = entry::header_extent(&head)?;
+    if needed > head.len() {
+        head.resize(needed, 0);
+        let more = read_up_to(&mut file, &mut head[n..]).map_err(|e| Error::io("cannot read", path, e))?;
+        head.truncate(n + more);
+    }
+    let (header, counters) = entry::peek(&head)?;
+    Ok(Scanned { path: path.to_path_buf(), bytes, header, counters })
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => collect_files(&path, out)?,
+            Ok(t) if t.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes a temp file whose writer is gone (or that is older than any write takes).
+fn remove_if_abandoned(path: &Path, writer: u32) -> bool {
+    let writer_alive = writer == std::process::id() || process_alive(writer);
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TEMP);
+    (!writer_alive || old) && fs::remove_file(path).is_ok()
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Without /proc, only age tells an abandoned temp file.
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
+fn same_file(path: &Path, file: &File) -> bool {
+    match (fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+pub fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
