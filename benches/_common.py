@@ -12,6 +12,7 @@ import importlib
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -121,6 +122,29 @@ def machine_facts(packages: Iterable[str] = ()) -> dict[str, str]:
         else:
             facts[name] = str(getattr(mod, "__version__", "unknown"))
     return facts
+
+
+def filesystem_of(path: str) -> str:
+    """The filesystem ``path`` is on, from ``df -T``: ``"ext4 (/dev/vda, mounted on /)"``."""
+    try:
+        out = subprocess.run(
+            ["df", "-T", "-P", path], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        fields = out.splitlines()[1].split()
+        return f"{fields[1]} ({fields[0]}, mounted on {fields[-1]})"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "unknown"
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``samples``, linearly interpolated."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("percentile of no samples")
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def print_facts(facts: dict[str, str]) -> None:

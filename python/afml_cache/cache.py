@@ -9,15 +9,20 @@ pickles, and keeps the memory tier.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import json
+import logging
 import os
 import pickle
 import re
+import sys
 import tarfile
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ COMPRESSIONS = ("none", "fast", "default")
 _IN_BAND_LIMIT = 64 * 1024
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _ARCHIVE_FORMAT = "afml-cache export v1"
+_log = logging.getLogger("afml_cache")
 
 
 def parse_size(size: int | str, name: str = "size") -> int:
@@ -161,13 +167,22 @@ class Cache:
         if compression not in COMPRESSIONS:
             allowed = ", ".join(repr(c) for c in COMPRESSIONS)
             raise ValueError(f"compression={compression!r} is not a level; use one of {allowed}")
-        self.directory = Path(directory).expanduser() if directory is not None else default_directory()
+        # Every argument is checked before anything touches the disk.
+        limit = parse_size(size_limit, "size_limit")
+        self._memory = _MemoryTier(parse_size(memory_limit, "memory_limit"))
+        self.directory = (
+            Path(directory).expanduser() if directory is not None else default_directory()
+        )
         self.compression = compression
         self.namespace = namespace
-        self._store = Store(
-            self.directory, parse_size(size_limit, "size_limit"), eviction_policy
-        )
-        self._memory = _MemoryTier(parse_size(memory_limit, "memory_limit"))
+        self._store = Store(self.directory, limit, eviction_policy)
+        # Hits served from memory, not yet added to their entries' counters (which steer
+        # eviction): slot -> [hits, last access ns]. Flushed in batches, before writes and
+        # listings, and at exit.
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._pending_since = time.monotonic()
+        self._pending_lock = threading.Lock()
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
         return (
@@ -220,6 +235,8 @@ class Cache:
             raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl}")
         expires = time.time() + ttl if ttl is not None else None
         tags = [tags] if isinstance(tags, str) else list(tags)
+        self._flush_accesses()  # the write may evict: let it see every recent hit
+        generation = self._store.generation()
         stored, size, mac = self._store.put(
             self.namespace,
             digest,
@@ -243,7 +260,7 @@ class Cache:
                 stacklevel=2,
             )
             return False
-        self._remember(slot, stream, [bytes(raw) for raw, _ in buffers], mac, expires)
+        self._remember(slot, stream, [bytes(raw) for raw, _ in buffers], mac, expires, generation)
         return True
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -256,21 +273,25 @@ class Cache:
         remembered = self._memory.get(slot)
         if remembered is not None and self._still_current(slot, remembered):
             self._store.count_hit()
-            return pickle.loads(remembered.stream, buffers=[bytearray(b) for b in remembered.buffers])
+            self._note_access(slot)
+            return pickle.loads(
+                remembered.stream, buffers=[bytearray(b) for b in remembered.buffers]
+            )
+        # Read before the lookup: a change made meanwhile by another process must make this
+        # memory copy look stale, not current.
+        generation = self._store.generation()
         loaded = self._store.get(self.namespace, digest)
         if loaded is None:
             return default
         stream, buffers, mac, expires = loaded
-        self._remember(slot, stream, [bytes(b) for b in buffers], mac, expires)
+        self._remember(slot, stream, [bytes(b) for b in buffers], mac, expires, generation)
         try:
             return pickle.loads(stream, buffers=buffers)
         except Exception as exc:
             # The bytes are intact (the MAC verified) but the code they refer to changed, e.g. a
             # class was renamed: the entry is useless, so it goes, and this is a miss.
             self.delete_digest(digest)
-            import logging
-
-            logging.getLogger("afml_cache").warning(
+            _log.warning(
                 "removed cache entry %s of namespace %r: its value no longer unpickles (%s)",
                 digest,
                 self.namespace,
@@ -285,10 +306,26 @@ class Cache:
         buffers: list[bytes],
         mac: bytes,
         expires: float | None,
+        generation: int,
     ) -> None:
         nbytes = len(stream) + sum(len(b) for b in buffers)
-        generation = self._store.generation()
         self._memory.put(slot, _Remembered(stream, buffers, mac, expires, generation, nbytes))
+
+    def _note_access(self, slot: tuple[str, str]) -> None:
+        with self._pending_lock:
+            counts = self._pending.setdefault(slot, [0, 0])
+            counts[0] += 1
+            counts[1] = time.time_ns()
+            due = len(self._pending) >= 256 or time.monotonic() - self._pending_since >= 1.0
+        if due:
+            self._flush_accesses()
+
+    def _flush_accesses(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+            self._pending_since = time.monotonic()
+        for (namespace, digest), (hits, last_ns) in pending.items():
+            self._store.record_access(namespace, digest, hits, last_ns)
 
     def _still_current(self, slot: tuple[str, str], remembered: _Remembered) -> bool:
         if remembered.expires is not None and remembered.expires <= time.time():
@@ -370,6 +407,7 @@ class Cache:
         key when it was a str or int, else None), digest, size (bytes on disk), value_size,
         created, expires, last_access, hits, compute_time, tags, protected, time_range, metadata,
         compression."""
+        self._flush_accesses()
         found = []
         for raw in self._store.scan():
             if raw["namespace"] != self.namespace:
@@ -467,7 +505,9 @@ class Cache:
                 raise CacheError(f"{path} is not an afml-cache archive (no manifest.json)")
             info = json.loads(manifest)
             if info.get("format") != _ARCHIVE_FORMAT:
-                raise CacheError(f"{path} has archive format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}")
+                raise CacheError(
+                    f"{path} has archive format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}"
+                )
             archive_key = bytes.fromhex(info["key"])
             members = [m for m in archive.getmembers() if m.name.startswith("entries/")]
             progress = _Progress("import", len(members))
@@ -482,6 +522,13 @@ class Cache:
         return len(members)
 
 
+def _flush_at_exit(ref: weakref.ReferenceType[Cache]) -> None:
+    cache = ref()
+    if cache is not None:
+        with contextlib.suppress(Exception):  # exiting: the counters are only a hint
+            cache._flush_accesses()
+
+
 def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
     described: dict[str, Any] = {}
     if type(key) in (str, int):
@@ -491,7 +538,9 @@ def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
     try:
         return json.dumps(described)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be JSON-serialisable (str keys, plain values): {exc}") from None
+        raise ValueError(
+            f"metadata must be JSON-serialisable (str keys, plain values): {exc}"
+        ) from None
 
 
 def _describe(key: Any) -> str:
@@ -508,8 +557,6 @@ def _held(lock: Any) -> Iterator[bool]:
 
 
 def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = int(time.time())
@@ -534,8 +581,6 @@ class _Progress:
         self.shown = False
 
     def step(self) -> None:
-        import sys
-
         self.done_count += 1
         if time.monotonic() - self.start < 1.0 or not self.total:
             return
@@ -549,7 +594,5 @@ class _Progress:
         sys.stderr.flush()
 
     def done(self) -> None:
-        import sys
-
         if self.shown:
             sys.stderr.write("\n")

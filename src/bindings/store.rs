@@ -171,12 +171,24 @@ impl Store {
 
     /// Bumped by every change to any entry, by any process.
     fn generation(&self) -> u64 {
-        self.inner.stats().get(store::stats::Counter::Generation)
+        self.inner.generation()
     }
 
     /// Counts a hit served from a memory copy (the disk was not read).
     fn count_hit(&self) {
-        self.inner.stats().add(store::stats::Counter::Hits, 1);
+        self.inner.add_to_counter(store::Counter::Hits, 1);
+    }
+
+    /// Adds hits served from memory to an entry's own counters, which steer eviction.
+    fn record_access(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        key: &str,
+        hits: u64,
+        last_access_ns: u64,
+    ) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.record_access(namespace, key, hits, last_access_ns))?)
     }
 
     fn delete(&self, py: Python<'_>, namespace: &str, key: &str) -> PyResult<bool> {
@@ -227,8 +239,7 @@ impl Store {
 
     /// Shared counters: hits, misses, sets, deletes, evictions, bytes, count.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        use store::stats::Counter as C;
-        let s = self.inner.stats();
+        use store::Counter as C;
         let d = PyDict::new(py);
         for (name, c) in [
             ("hits", C::Hits),
@@ -239,7 +250,7 @@ impl Store {
             ("bytes", C::Bytes),
             ("count", C::Count),
         ] {
-            d.set_item(name, s.get(c))?;
+            d.set_item(name, self.inner.counter(c))?;
         }
         Ok(d)
     }

@@ -12,11 +12,11 @@
 /// item). `src.len()` must equal `dst.len()` and be a multiple of `width`.
 pub(super) fn shuffle(src: &[u8], dst: &mut [u8], width: usize) {
     debug_assert_eq!(src.len(), dst.len());
-    debug_assert!(width >= 2 && src.len() % width == 0);
+    debug_assert!(width >= 2 && src.len().is_multiple_of(width));
     match width {
         2 => shuffle2(src, dst),
         4 => shuffle4(src, dst),
-        w if w % 8 == 0 => shuffle8m(src, dst, w),
+        w if w.is_multiple_of(8) => shuffle8m(src, dst, w),
         w => shuffle_any(src, dst, w),
     }
 }
@@ -24,11 +24,11 @@ pub(super) fn shuffle(src: &[u8], dst: &mut [u8], width: usize) {
 /// The inverse of [`shuffle`], with the same length rules.
 pub(super) fn unshuffle(src: &[u8], dst: &mut [u8], width: usize) {
     debug_assert_eq!(src.len(), dst.len());
-    debug_assert!(width >= 2 && src.len() % width == 0);
+    debug_assert!(width >= 2 && src.len().is_multiple_of(width));
     match width {
         2 => unshuffle2(src, dst),
         4 => unshuffle4(src, dst),
-        w if w % 8 == 0 => unshuffle8m(src, dst, w),
+        w if w.is_multiple_of(8) => unshuffle8m(src, dst, w),
         w => unshuffle_any(src, dst, w),
     }
 }

@@ -238,3 +238,35 @@ fn compression_names_parse_and_print() {
     let err = "zstd".parse::<Compression>().unwrap_err().to_string();
     assert!(err.contains("\"zstd\"") && err.contains("\"none\", \"fast\", \"default\""), "{err}");
 }
+
+#[test]
+fn the_frame_layout_is_the_documented_one() {
+    let data: Vec<u8> = (0..10).collect();
+    let frame = encode(&data, 8, Compression::None);
+    let mut expected = vec![0xC1, 0, 0, 0];
+    expected.extend_from_slice(&10u64.to_le_bytes());
+    expected.extend_from_slice(&(CHUNK_SIZE as u32).to_le_bytes());
+    expected.extend_from_slice(&1u32.to_le_bytes());
+    expected.extend_from_slice(&(10u32 | 1 << 31).to_le_bytes());
+    expected.extend_from_slice(&data);
+    assert_eq!(frame, expected);
+
+    let frame = encode(&prices(100_000, 14), 8, Compression::Default);
+    assert_eq!(frame[..4], [0xC1, 2, 8, 0]);
+    assert_eq!(frame[12..20], [0, 0, 8, 0, 2, 0, 0, 0]); // 512 KiB chunks, 2 of them
+}
+
+#[test]
+fn a_chunk_that_does_not_decompress_fails_the_parallel_path() {
+    let data = prices(3 * CHUNK_SIZE / 8, 15);
+    for level in [Compression::Fast, Compression::Default] {
+        let mut frame = encode(&data, 8, level);
+        let payload = HEADER_LEN + 4 * 3;
+        let first = u32::from_le_bytes(frame[HEADER_LEN..HEADER_LEN + 4].try_into().unwrap()) as usize;
+        assert!(first < CHUNK_SIZE, "{level}: chunk 0 compressed");
+        // A zero token then a zero match offset: invalid LZ4.
+        frame[payload..payload + first].fill(0);
+        let err = decode_into(&frame, &mut vec![0; data.len()]).unwrap_err().to_string();
+        assert!(err.contains("chunk 0") && err.contains("does not decompress"), "{err}");
+    }
+}

@@ -18,8 +18,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLock;
 use rayon::prelude::*;
 
 use crate::codec::{self, Compression};
@@ -27,7 +29,8 @@ use crate::error::{Error, Result};
 pub use entry::{Counters, Header};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
-use stats::{Counter, Stats};
+pub use stats::Counter;
+use stats::Stats;
 
 /// Temp files older than this are removed by scans even if their writer seems alive (its pid
 /// may have been reused).
@@ -111,10 +114,30 @@ pub struct Problem {
     pub fixed: bool,
 }
 
+/// The directory's MAC key and shared counters. Replaced as a whole when the directory is
+/// replaced under a running process (e.g. `rm -rf` and a new process recreating it).
+pub struct Keyring {
+    pub mac_key: [u8; 32],
+    pub stats: Stats,
+    /// (device, inode) of mac.key: a new key file means a new directory.
+    identity: (u64, u64),
+}
+
+impl Keyring {
+    fn open(root: &Path) -> Result<Self> {
+        create_private_dir(root)?;
+        let key_path = root.join("mac.key");
+        let mac_key = load_or_create_mac_key(&key_path)?;
+        let identity = file_identity(&key_path)?;
+        Ok(Self { mac_key, stats: Stats::open(&root.join("stats"))?, identity })
+    }
+}
+
 pub struct Store {
     root: PathBuf,
-    mac_key: [u8; 32],
-    stats: Stats,
+    keyring: RwLock<Arc<Keyring>>,
+    /// Bumped each time the keyring is replaced; part of `generation()`.
+    epoch: AtomicU64,
     size_limit: u64,
     policy: Policy,
     temp_sequence: AtomicU64,
@@ -123,10 +146,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the cache directory `root`.
     pub fn open(root: &Path, size_limit: u64, policy: Policy) -> Result<Self> {
-        create_private_dir(root)?;
-        let mac_key = load_or_create_mac_key(&root.join("mac.key"))?;
-        let stats = Stats::open(&root.join("stats"))?;
-        Ok(Self { root: root.to_path_buf(), mac_key, stats, size_limit, policy, temp_sequence: AtomicU64::new(0) })
+        let keyring = Keyring::open(root)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            keyring: RwLock::new(Arc::new(keyring)),
+            epoch: AtomicU64::new(0),
+            size_limit,
+            policy,
+            temp_sequence: AtomicU64::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -141,8 +169,47 @@ impl Store {
         self.policy
     }
 
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The current keyring, after checking that the directory is still the one it was read from
+    /// (one `stat` of mac.key): a process must never seal entries with, or trust memory copies
+    /// of, a directory that was replaced under it.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        // A failed check leaves the keyring as it is; the operation reports its own error.
+        let _ = self.refresh();
+        self.keyring.read().clone()
+    }
+
+    /// Re-reads the keyring if mac.key is no longer the file it was (the directory was replaced).
+    /// Returns whether it changed.
+    pub fn refresh(&self) -> Result<bool> {
+        let key_path = self.root.join("mac.key");
+        let identity = match file_identity(&key_path) {
+            Ok(identity) => identity,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => (0, 0),
+            Err(e) => return Err(e),
+        };
+        if identity == self.keyring.read().identity {
+            return Ok(false);
+        }
+        let fresh = Arc::new(Keyring::open(&self.root)?);
+        *self.keyring.write() = fresh;
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.keyring().stats.get(counter)
+    }
+
+    /// Adds to a counter without checking the directory (for hits already validated).
+    pub fn add_to_counter(&self, counter: Counter, n: u64) {
+        self.keyring.read().stats.add(counter, n);
+    }
+
+    /// Changes whenever any entry in the directory changes (any process), or the directory is
+    /// replaced: a memory copy made at generation g is current while this still returns g.
+    pub fn generation(&self) -> u64 {
+        let ring = self.keyring();
+        (self.epoch.load(Ordering::Relaxed) << 40) ^ ring.stats.get(Counter::Generation)
     }
 
     pub fn entry_path(&self, namespace: &str, key: &str) -> Result<PathBuf> {
@@ -169,22 +236,23 @@ impl Store {
             metadata: new.metadata,
             compression: new.compression.name().to_string(),
         };
-        let bytes = entry::seal(&self.mac_key, &header, new.stream, &frames, Counters::default());
+        let ring = self.keyring();
+        let bytes = entry::seal(&ring.mac_key, &header, new.stream, &frames, Counters::default());
         let size = bytes.len() as u64;
         if size > self.size_limit {
             return Ok(Stored::TooLarge { bytes: size, limit: self.size_limit });
         }
         let replaced = fs::metadata(&path).map(|m| m.len()).ok();
         self.write_atomically(&path, &bytes)?;
-        self.stats.add(Counter::Sets, 1);
-        self.stats.add(Counter::Generation, 1);
-        self.stats.add(Counter::Bytes, size);
+        ring.stats.add(Counter::Sets, 1);
+        ring.stats.add(Counter::Generation, 1);
+        ring.stats.add(Counter::Bytes, size);
         match replaced {
-            Some(old) => self.stats.sub(Counter::Bytes, old),
-            None => self.stats.add(Counter::Count, 1),
+            Some(old) => ring.stats.sub(Counter::Bytes, old),
+            None => ring.stats.add(Counter::Count, 1),
         }
         let mac = bytes[bytes.len() - entry::MAC_LEN..].try_into().unwrap();
-        if self.stats.get(Counter::Bytes) > self.size_limit {
+        if ring.stats.get(Counter::Bytes) > self.size_limit {
             self.evict()?;
         }
         Ok(Stored::Written { bytes: size, mac })
@@ -193,7 +261,7 @@ impl Store {
     /// Reads and verifies an entry; counts the hit or miss. Expired entries are removed (a miss).
     pub fn get(&self, namespace: &str, key: &str) -> Result<Lookup> {
         let found = self.load(namespace, key, true)?;
-        self.stats.add(if matches!(found, Lookup::Hit(_)) { Counter::Hits } else { Counter::Misses }, 1);
+        self.keyring().stats.add(if matches!(found, Lookup::Hit(_)) { Counter::Hits } else { Counter::Misses }, 1);
         Ok(found)
     }
 
@@ -207,7 +275,7 @@ impl Store {
         // Read-write so the access counters can be updated in place; a read-only cache still reads.
         let file = match OpenOptions::new().read(true).write(record_access).open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
+            Err(e) if is_absent(&e) => return Ok(Lookup::Miss),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && record_access => {
                 File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?
             }
@@ -215,7 +283,12 @@ impl Store {
         };
         let mut bytes = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
         (&file).read_to_end(&mut bytes).map_err(|e| Error::io("cannot read", &path, e))?;
-        let opened = match entry::open(&self.mac_key, &bytes) {
+        let mut verified = entry::open(&self.keyring().mac_key, &bytes);
+        if matches!(verified, Err(Error::CorruptEntry(_))) && self.refresh()? {
+            // The directory was replaced since this store read its key: try the new key.
+            verified = entry::open(&self.keyring().mac_key, &bytes);
+        }
+        let opened = match verified {
             Ok(opened) if opened.header.namespace == namespace && opened.header.key == key => opened,
             Ok(_) => return Ok(self.remove_unreadable(&path, &file, "its header names another key".into())),
             Err(Error::CorruptEntry(reason)) => return Ok(self.remove_unreadable(&path, &file, reason)),
@@ -244,9 +317,22 @@ impl Store {
 
     /// Counts a removed entry file.
     fn forget(&self, bytes: u64) {
-        self.stats.sub(Counter::Bytes, bytes);
-        self.stats.sub(Counter::Count, 1);
-        self.stats.add(Counter::Generation, 1);
+        self.keyring().stats.sub(Counter::Bytes, bytes);
+        self.keyring().stats.sub(Counter::Count, 1);
+        self.keyring().stats.add(Counter::Generation, 1);
+    }
+
+    /// Adds hits served from a memory copy to the entry's counters (they steer eviction).
+    pub fn record_access(&self, namespace: &str, key: &str, hits: u64, last_access_ns: u64) -> Result<()> {
+        let path = self.entry_path(namespace, key)?;
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else { return Ok(()) };
+        let mut current = [0u8; 16];
+        if file.read_exact_at(&mut current, entry::COUNTERS.start as u64).is_ok() {
+            let before = u64::from_le_bytes(current[..8].try_into().unwrap());
+            let counters = Counters { hits: before + hits, last_access_ns };
+            let _ = file.write_at(&counters.to_bytes(), entry::COUNTERS.start as u64);
+        }
+        Ok(())
     }
 
     /// Whether an unexpired entry exists for `key`, from its header alone (a corrupt entry can
@@ -265,7 +351,7 @@ impl Store {
         let path = self.entry_path(namespace, key)?;
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(Error::io("cannot open", &path, e)),
         };
         let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len();
@@ -287,7 +373,7 @@ impl Store {
         match fs::remove_file(&path) {
             Ok(()) => {
                 self.forget(size);
-                self.stats.add(Counter::Deletes, 1);
+                self.keyring().stats.add(Counter::Deletes, 1);
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -302,15 +388,15 @@ impl Store {
         header.expires = expires;
         let stream = &loaded.bytes[loaded.opened.stream.clone()];
         let frames: Vec<Vec<u8>> = loaded.opened.frames.iter().map(|r| loaded.bytes[r.clone()].to_vec()).collect();
-        let bytes = entry::seal(&self.mac_key, &header, stream, &frames, loaded.opened.counters);
+        let bytes = entry::seal(&self.keyring().mac_key, &header, stream, &frames, loaded.opened.counters);
         let path = self.entry_path(namespace, key)?;
         self.write_atomically(&path, &bytes)?;
-        self.stats.add(Counter::Generation, 1);
+        self.keyring().stats.add(Counter::Generation, 1);
         let grown = bytes.len() as i64 - loaded.bytes.len() as i64;
         if grown >= 0 {
-            self.stats.add(Counter::Bytes, grown as u64);
+            self.keyring().stats.add(Counter::Bytes, grown as u64);
         } else {
-            self.stats.sub(Counter::Bytes, (-grown) as u64);
+            self.keyring().stats.sub(Counter::Bytes, (-grown) as u64);
         }
         Ok(true)
     }
@@ -358,8 +444,8 @@ impl Store {
     /// Removes every entry; resets sizes.
     pub fn clear(&self) -> Result<u64> {
         let (count, _) = self.remove_where(|_| true)?;
-        self.stats.set(Counter::Bytes, 0);
-        self.stats.set(Counter::Count, 0);
+        self.keyring().stats.set(Counter::Bytes, 0);
+        self.keyring().stats.set(Counter::Count, 0);
         Ok(count)
     }
 
@@ -380,7 +466,7 @@ impl Store {
                 .unwrap()
         });
         let mut evicted = 0;
-        let mut remaining = self.stats.get(Counter::Count);
+        let mut remaining = self.keyring().stats.get(Counter::Count);
         for victim in entries {
             if total <= target && !victim.is_expired(now) {
                 break;
@@ -392,10 +478,10 @@ impl Store {
             }
         }
         // The scan saw the truth; set the shared sizes from it.
-        self.stats.set(Counter::Bytes, total);
-        self.stats.set(Counter::Count, remaining);
-        self.stats.add(Counter::Evictions, evicted);
-        self.stats.add(Counter::Generation, 1);
+        self.keyring().stats.set(Counter::Bytes, total);
+        self.keyring().stats.set(Counter::Count, remaining);
+        self.keyring().stats.add(Counter::Evictions, evicted);
+        self.keyring().stats.add(Counter::Generation, 1);
         Ok(evicted)
     }
 
@@ -424,16 +510,16 @@ impl Store {
             .collect();
         if fix {
             let good: Vec<u64> = results.iter().filter(|(p, _)| p.is_none()).map(|(_, s)| *s).collect();
-            self.stats.set(Counter::Bytes, good.iter().sum());
-            self.stats.set(Counter::Count, good.len() as u64);
-            self.stats.add(Counter::Generation, 1);
+            self.keyring().stats.set(Counter::Bytes, good.iter().sum());
+            self.keyring().stats.set(Counter::Count, good.len() as u64);
+            self.keyring().stats.add(Counter::Generation, 1);
         }
         Ok(results.into_iter().filter_map(|(p, _)| p).collect())
     }
 
     fn verify_file(&self, path: &Path) -> std::result::Result<u64, String> {
         let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let opened = entry::open(&self.mac_key, &bytes).map_err(|e| e.to_string())?;
+        let opened = entry::open(&self.keyring().mac_key, &bytes).map_err(|e| e.to_string())?;
         let expected = layout::entry_path(&self.root, &opened.header.namespace, &opened.header.key);
         if expected != path {
             return Err(format!("it holds the entry of another key (it belongs at {})", expected.display()));
@@ -464,16 +550,16 @@ impl Store {
         let opened = entry::open(archive_key, exported)?;
         let (namespace, key) = (opened.header.namespace, opened.header.key);
         let path = self.entry_path(&namespace, &key)?;
-        let bytes = entry::reseal(&self.mac_key, exported);
+        let bytes = entry::reseal(&self.keyring().mac_key, exported);
         let replaced = fs::metadata(&path).map(|m| m.len()).ok();
         self.write_atomically(&path, &bytes)?;
-        self.stats.add(Counter::Bytes, bytes.len() as u64);
-        self.stats.add(Counter::Generation, 1);
+        self.keyring().stats.add(Counter::Bytes, bytes.len() as u64);
+        self.keyring().stats.add(Counter::Generation, 1);
         match replaced {
-            Some(old) => self.stats.sub(Counter::Bytes, old),
-            None => self.stats.add(Counter::Count, 1),
+            Some(old) => self.keyring().stats.sub(Counter::Bytes, old),
+            None => self.keyring().stats.add(Counter::Count, 1),
         }
-        if self.stats.get(Counter::Bytes) > self.size_limit {
+        if self.keyring().stats.get(Counter::Bytes) > self.size_limit {
             self.evict()?;
         }
         Ok((namespace, key))
@@ -490,6 +576,7 @@ impl Store {
             }
             Err(e) => return Err(Error::io("cannot create", &temp, e)),
         };
+        preallocate(&file, bytes.len());
         let written = file.write_all(bytes).map_err(|e| Error::io("cannot write", &temp, e));
         drop(file);
         let renamed =
@@ -618,6 +705,31 @@ fn process_alive(_pid: u32) -> bool {
     true
 }
 
+/// Allocates the file's blocks before writing. Renaming a file whose blocks are not yet allocated
+/// over an existing one makes ext4 write its data out first (auto_da_alloc): here 152 µs instead of
+/// 92 µs for a small entry, and 4.5 ms instead of 0.95 ms for 5 MB. Best effort: filesystems
+/// without fallocate just skip it.
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open file descriptor we own.
+    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(_file: &File, _len: usize) {}
+
+/// Errors that mean "no entry here": the file or a directory on its path is missing, or a path
+/// component is not a directory.
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory)
+}
+
+fn file_identity(path: &Path) -> Result<(u64, u64)> {
+    let m = fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
+    Ok((m.dev(), m.ino()))
+}
+
 fn same_file(path: &Path, file: &File) -> bool {
     match (fs::metadata(path), file.metadata()) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -629,6 +741,6 @@ pub fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }

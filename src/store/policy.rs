@@ -41,7 +41,9 @@ impl Policy {
             Policy::Lfu => u.hits as f64 + last_used / 1e12,
             Policy::Fifo => u.created,
             Policy::Size => -(u.bytes as f64),
-            Policy::Hybrid => u.compute_time * (u.hits as f64 + 1.0) / (u.bytes.max(1) as f64),
+            // An unknown compute time counts as 1 ms, so hybrid still prefers keeping small,
+            // popular entries when no times were recorded.
+            Policy::Hybrid => u.compute_time.max(1e-3) * (u.hits as f64 + 1.0) / (u.bytes.max(1) as f64),
         }
     }
 
