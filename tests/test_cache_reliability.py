@@ -290,7 +290,7 @@ def test_an_entry_sealed_with_another_cache_key_is_a_miss_and_never_unpickled(tm
     ours = Cache(tmp_path / "ours")
     ours.set("bystander", 1)
     digest = fingerprint("trap")
-    target = tmp_path / "ours" / "entries" / "default" / digest[:2] / digest[2:4] / f"{digest}.afc"
+    target = tmp_path / "ours" / "entries" / "default" / digest[:2] / f"{digest}.afc"
     assert foreign.relative_to(tmp_path / "foreign") == target.relative_to(tmp_path / "ours")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(foreign.read_bytes())
@@ -420,8 +420,7 @@ def distinct_prefix_keys(digest: str, count: int) -> list[str]:
     raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("level", ["shard", "sub-shard"])
-def test_a_shard_directory_that_is_a_file_makes_set_raise_store_error(tmp_path, level):
+def test_a_shard_directory_that_is_a_file_makes_set_raise_store_error(tmp_path):
     directory = tmp_path / "cache"
     cache = Cache(directory)
     digest = fingerprint("blocked")
@@ -429,8 +428,6 @@ def test_a_shard_directory_that_is_a_file_makes_set_raise_store_error(tmp_path, 
     for i, key in enumerate(bystanders):
         cache.set(key, np.full(50_000, i))
     shard = directory / "entries" / "default" / digest[:2]
-    if level == "sub-shard":
-        shard = shard / digest[2:4]
     shard.parent.mkdir(parents=True, exist_ok=True)
     shard.write_bytes(b"a file where a directory belongs")
     with pytest.raises(StoreError) as raised:

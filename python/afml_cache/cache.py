@@ -260,7 +260,7 @@ class Cache:
                 stacklevel=2,
             )
             return False
-        self._remember(slot, stream, [bytes(raw) for raw, _ in buffers], mac, expires, generation)
+        self._remember(slot, stream, [raw for raw, _ in buffers], mac, expires, generation)
         return True
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -284,7 +284,7 @@ class Cache:
         if loaded is None:
             return default
         stream, buffers, mac, expires = loaded
-        self._remember(slot, stream, [bytes(b) for b in buffers], mac, expires, generation)
+        self._remember(slot, stream, buffers, mac, expires, generation)
         try:
             return pickle.loads(stream, buffers=buffers)
         except Exception as exc:
@@ -303,13 +303,19 @@ class Cache:
         self,
         slot: tuple[str, str],
         stream: bytes,
-        buffers: list[bytes],
+        buffers: list[memoryview] | list[bytearray],
         mac: bytes,
         expires: float | None,
         generation: int,
     ) -> None:
+        """Keeps a private copy of a value's serialized form, if it fits in the memory tier (the
+        caller's buffers may be mutated later; copying what cannot be kept would be wasted)."""
         nbytes = len(stream) + sum(len(b) for b in buffers)
-        self._memory.put(slot, _Remembered(stream, buffers, mac, expires, generation, nbytes))
+        if nbytes > self._memory.limit:
+            self._memory.drop(slot)
+            return
+        copies = [bytes(b) for b in buffers]
+        self._memory.put(slot, _Remembered(stream, copies, mac, expires, generation, nbytes))
 
     def _note_access(self, slot: tuple[str, str]) -> None:
         with self._pending_lock:

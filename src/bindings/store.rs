@@ -282,21 +282,22 @@ impl Store {
 impl Store {
     fn loaded<'py>(&self, py: Python<'py>, found: Lookup) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(loaded) = self.loaded_status(py, found)? else { return Ok(None) };
-        let stream = PyBytes::new(py, &loaded.bytes[loaded.opened.stream.clone()]);
+        let stream = &loaded.bytes[loaded.opened.stream.clone()];
         let frames: Vec<&[u8]> = loaded.opened.frames.iter().map(|r| &loaded.bytes[r.clone()]).collect();
+        let (stream_array, stream_target) = fresh_bytearray(py, stream.len())?;
         let buffers = PyList::empty(py);
         let mut targets = Vec::with_capacity(frames.len());
         for frame in &frames {
-            let len = codec::decoded_len(frame)?;
-            let array = PyByteArray::new_with(py, len, |_| Ok(()))?;
-            // SAFETY: the bytearray is new, owned here and not shared until this call returns;
-            // its storage stays put because nothing resizes it meanwhile.
-            targets.push(unsafe { std::slice::from_raw_parts_mut(array.data(), len) });
+            let (array, target) = fresh_bytearray(py, codec::decoded_len(frame)?)?;
+            targets.push(target);
             buffers.append(array)?;
         }
-        py.detach(|| frames.iter().zip(targets).try_for_each(|(frame, out)| codec::decode_into(frame, out)))?;
+        py.detach(|| {
+            stream_target.copy_from_slice(stream);
+            frames.iter().zip(targets).try_for_each(|(frame, out)| codec::decode_into(frame, out))
+        })?;
         let mac = PyBytes::new(py, &loaded.mac());
-        Ok(Some((stream, buffers, mac, loaded.opened.header.expires).into_pyobject(py)?.into_any()))
+        Ok(Some((stream_array, buffers, mac, loaded.opened.header.expires).into_pyobject(py)?.into_any()))
     }
 
     fn loaded_status(&self, py: Python<'_>, found: Lookup) -> PyResult<Option<Box<store::Loaded>>> {
@@ -312,6 +313,21 @@ impl Store {
                 Ok(None)
             }
         }
+    }
+}
+
+/// A new bytearray of `len` bytes, not zero-filled (it is about to be overwritten whole), with
+/// huge pages advised, and a slice to fill it through.
+fn fresh_bytearray<'py>(py: Python<'py>, len: usize) -> PyResult<(Bound<'py, PyByteArray>, &'py mut [u8])> {
+    // SAFETY: PyByteArray_FromStringAndSize(NULL, n) returns a new bytearray of n uninitialized
+    // bytes (or NULL with an exception set); nothing reads them before the caller writes them all.
+    unsafe {
+        let raw = pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let array = Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyByteArray>();
+        let data = pyo3::ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8;
+        store::advise_huge_pages(data, len);
+        // The bytearray is new, owned here and not resized while the slice is in use.
+        Ok((array, std::slice::from_raw_parts_mut(data, len)))
     }
 }
 

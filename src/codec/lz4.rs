@@ -4,9 +4,13 @@
 //! byte at a time. Shuffled numbers are full of such matches: the high bytes of tick-rounded
 //! prices, volumes and timestamps are long runs of one byte, which LZ4 encodes as offset-1
 //! matches thousands of bytes long. On a shuffled float64 price series lz4_flex spends 90% of
-//! its time in that loop and decodes at ~0.6 GB/s per core. Here an overlapping match is
+//! its time in that loop and decodes at ~0.8 GB/s per core. Here an overlapping match is
 //! copied by doubling the repeated pattern with `copy_within`, so a run costs a few memcpys;
 //! short sequences take a fast path of fixed-size copies, like lz4_flex's.
+//!
+//! Measured per core on 512 KiB blocks (this decoder / lz4_flex 0.14 unsafe): shuffled prices
+//! 7.9 / 0.8 GB/s, shuffled int64 volumes 15.9 / 1.4, shuffled timestamps 19.4 / 1.4, zeros
+//! 55 / 0.6; unshuffled prices 3.3 / 3.6 and text 3.9 / 4.1 (short sequences: ~5-10% slower).
 //!
 //! The format is the standard LZ4 block (what `lz4_flex::block::compress_into` writes), so the
 //! tests check this decoder against lz4_flex's on the same inputs. Every read and write is a

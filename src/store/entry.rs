@@ -67,48 +67,108 @@ impl Counters {
     }
 }
 
-/// Assembles an entry. `frames` are codec frames of the value's out-of-band buffers.
-pub fn seal(mac_key: &[u8; 32], header: &Header, stream: &[u8], frames: &[Vec<u8>], counters: Counters) -> Vec<u8> {
+/// An entry ready to be written, in pieces, so that large frames are never copied into one
+/// buffer: the head (prefix, header, stream), each frame behind its length, then the MAC.
+pub struct Sealed<'a> {
+    head: Vec<u8>,
+    frames: &'a [Vec<u8>],
+    lengths: Vec<[u8; 8]>,
+    pub mac: [u8; 32],
+}
+
+impl Sealed<'_> {
+    pub fn pieces(&self) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(2 + 2 * self.frames.len());
+        out.push(self.head.as_slice());
+        for (length, frame) in self.lengths.iter().zip(self.frames) {
+            out.push(length.as_slice());
+            out.push(frame.as_slice());
+        }
+        out.push(self.mac.as_slice());
+        out
+    }
+
+    /// Bytes the entry takes on disk.
+    pub fn byte_len(&self) -> usize {
+        self.pieces().iter().map(|p| p.len()).sum()
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces().concat()
+    }
+}
+
+/// Seals an entry. `frames` are codec frames of the value's out-of-band buffers.
+pub fn seal<'a>(
+    mac_key: &[u8; 32],
+    header: &Header,
+    stream: &[u8],
+    frames: &'a [Vec<u8>],
+    counters: Counters,
+) -> Sealed<'a> {
     let header_bytes = encode_header(header);
     let payload_len = 8 + stream.len() + frames.iter().map(|f| 8 + f.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + payload_len + MAC_LEN);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&counters.to_bytes());
-    out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload_len as u64).to_le_bytes());
-    out.extend_from_slice(&header_bytes);
-    out.extend_from_slice(&(stream.len() as u64).to_le_bytes());
-    out.extend_from_slice(stream);
-    for frame in frames {
-        out.extend_from_slice(&(frame.len() as u64).to_le_bytes());
-        out.extend_from_slice(frame);
+    let mut head = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + 8 + stream.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    head.extend_from_slice(&counters.to_bytes());
+    head.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    head.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    head.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    head.extend_from_slice(&header_bytes);
+    head.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+    head.extend_from_slice(stream);
+    let lengths: Vec<[u8; 8]> = frames.iter().map(|f| (f.len() as u64).to_le_bytes()).collect();
+    let mut mac = Mac::new(mac_key);
+    mac.update(&head);
+    for (length, frame) in lengths.iter().zip(frames) {
+        mac.update(length);
+        mac.update(frame);
     }
-    let mac = mac_of(mac_key, &out);
-    out.extend_from_slice(&mac);
-    out
+    Sealed { head, frames, lengths, mac: mac.finish() }
 }
 
 /// Re-seals an entry (verified elsewhere) under another MAC key, e.g. on import.
 pub fn reseal(mac_key: &[u8; 32], entry: &[u8]) -> Vec<u8> {
     let body = &entry[..entry.len() - MAC_LEN];
-    let mut out = Vec::with_capacity(entry.len());
-    out.extend_from_slice(body);
-    out.extend_from_slice(&mac_of(mac_key, body));
-    out
+    [body, &mac_of(mac_key, body)].concat()
 }
 
 fn mac_of(mac_key: &[u8; 32], body: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_keyed(mac_key);
-    hasher.update(&body[..COUNTERS.start]);
-    let rest = &body[COUNTERS.end..];
-    if rest.len() >= PARALLEL_MAC {
-        hasher.update_rayon(rest);
-    } else {
-        hasher.update(rest);
+    let mut mac = Mac::new(mac_key);
+    mac.update(body);
+    mac.finish()
+}
+
+/// Keyed BLAKE3 over an entry's bytes, fed in order, skipping the mutable counters.
+struct Mac {
+    hasher: blake3::Hasher,
+    at: usize,
+}
+
+impl Mac {
+    fn new(mac_key: &[u8; 32]) -> Self {
+        Self { hasher: blake3::Hasher::new_keyed(mac_key), at: 0 }
     }
-    *hasher.finalize().as_bytes()
+
+    fn update(&mut self, piece: &[u8]) {
+        let start = self.at;
+        self.at += piece.len();
+        // The part of this piece that lies outside the counters (bytes 8..24 of the entry).
+        let skip_from = COUNTERS.start.saturating_sub(start).min(piece.len());
+        let skip_to = COUNTERS.end.saturating_sub(start).min(piece.len());
+        for part in [&piece[..skip_from], &piece[skip_to..]] {
+            if part.len() >= PARALLEL_MAC {
+                self.hasher.update_rayon(part);
+            } else {
+                self.hasher.update(part);
+            }
+        }
+    }
+
+    fn finish(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
 }
 
 /// The parts of a verified entry, as ranges into its bytes.
@@ -349,7 +409,7 @@ mod tests {
     #[test]
     fn an_entry_round_trips() {
         let (header, stream, frames) = sample();
-        let bytes = seal(&KEY, &header, &stream, &frames, Counters { hits: 3, last_access_ns: 9 });
+        let bytes = seal(&KEY, &header, &stream, &frames, Counters { hits: 3, last_access_ns: 9 }).to_vec();
         let opened = open(&KEY, &bytes).unwrap();
         assert_eq!(opened.header, header);
         assert_eq!(opened.counters, Counters { hits: 3, last_access_ns: 9 });
@@ -360,9 +420,18 @@ mod tests {
     }
 
     #[test]
+    fn sealing_in_pieces_macs_like_sealing_whole() {
+        let (header, stream, frames) = sample();
+        let sealed = seal(&KEY, &header, &stream, &frames, Counters { hits: 1, last_access_ns: 2 });
+        let whole = sealed.to_vec();
+        assert_eq!(sealed.byte_len(), whole.len());
+        assert_eq!(mac_of(&KEY, &whole[..whole.len() - MAC_LEN]), sealed.mac);
+    }
+
+    #[test]
     fn counters_may_change_without_breaking_the_mac() {
         let (header, stream, frames) = sample();
-        let mut bytes = seal(&KEY, &header, &stream, &frames, Counters::default());
+        let mut bytes = seal(&KEY, &header, &stream, &frames, Counters::default()).to_vec();
         bytes[COUNTERS].copy_from_slice(&Counters { hits: 99, last_access_ns: 5 }.to_bytes());
         assert_eq!(open(&KEY, &bytes).unwrap().counters.hits, 99);
     }
@@ -370,7 +439,7 @@ mod tests {
     #[test]
     fn every_flipped_bit_outside_the_counters_and_every_truncation_is_refused() {
         let (header, stream, frames) = sample();
-        let bytes = seal(&KEY, &header, &stream, &frames, Counters::default());
+        let bytes = seal(&KEY, &header, &stream, &frames, Counters::default()).to_vec();
         for i in (0..bytes.len()).filter(|i| !COUNTERS.contains(i)) {
             for bit in [0, 3, 7] {
                 let mut bad = bytes.clone();
@@ -386,7 +455,7 @@ mod tests {
     #[test]
     fn another_key_is_refused_and_reseal_fixes_it() {
         let (header, stream, frames) = sample();
-        let bytes = seal(&KEY, &header, &stream, &frames, Counters::default());
+        let bytes = seal(&KEY, &header, &stream, &frames, Counters::default()).to_vec();
         let other = [8u8; 32];
         assert!(open(&other, &bytes).is_err());
         assert!(open(&other, &reseal(&other, &bytes)).is_ok());
