@@ -21,9 +21,10 @@ lint: ## rustfmt, clippy -D warnings, ruff, and the stub check of afml_cache._co
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy.stubtest afml_cache._core
 
-bench: ## measure afml-cache beside joblib, pandas and blake3 (needs the bench extra)
+bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas and blake3
 	$(PYTHON) -m pip install -e ".[bench]"
 	$(PYTHON) benches/bench_fingerprint.py
+	$(PYTHON) benches/bench_store.py
 
 demo: ## run the demo
 	afml-cache demo

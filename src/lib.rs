@@ -1,10 +1,11 @@
 //! afml-cache's Rust core. `fingerprint` (content digests), `codec` (buffer compression),
-//! `store` (entries on disk) and `error` are plain Rust with no Python types; `bindings` is the
+//! `store` (entries on disk), `memory` and `error` are plain Rust with no Python types; `bindings` is the
 //! one layer that touches Python.
 
 pub mod codec;
 pub mod error;
 pub mod fingerprint;
+pub mod memory;
 pub mod store;
 
 #[cfg(feature = "python")]

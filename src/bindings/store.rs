@@ -325,7 +325,7 @@ fn fresh_bytearray<'py>(py: Python<'py>, len: usize) -> PyResult<(Bound<'py, PyB
         let raw = pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
         let array = Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyByteArray>();
         let data = pyo3::ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8;
-        store::advise_huge_pages(data, len);
+        crate::memory::advise_huge_pages(data, len);
         // The bytearray is new, owned here and not resized while the slice is in use.
         Ok((array, std::slice::from_raw_parts_mut(data, len)))
     }

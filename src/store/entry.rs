@@ -108,7 +108,9 @@ pub fn seal<'a>(
 ) -> Sealed<'a> {
     let header_bytes = encode_header(header);
     let payload_len = 8 + stream.len() + frames.iter().map(|f| 8 + f.len()).sum::<usize>();
-    let mut head = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + 8 + stream.len());
+    let head_len = PREFIX_LEN + header_bytes.len() + 8 + stream.len();
+    let mut head = Vec::with_capacity(head_len);
+    crate::memory::advise_huge_pages(head.as_mut_ptr(), head_len);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     head.extend_from_slice(&counters.to_bytes());

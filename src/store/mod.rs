@@ -285,7 +285,7 @@ impl Store {
         // calloc'd: large buffers arrive as untouched zero pages, so the advice applies to every
         // page the read then faults in.
         let mut bytes = vec![0u8; len];
-        advise_huge_pages(bytes.as_mut_ptr(), len);
+        crate::memory::advise_huge_pages(bytes.as_mut_ptr(), len);
         (&file).read_exact(&mut bytes).map_err(|e| Error::io("cannot read", &path, e))?;
         let mut verified = entry::open(&self.keyring().mac_key, &bytes);
         if matches!(verified, Err(Error::CorruptEntry(_))) && self.refresh()? {
@@ -747,23 +747,6 @@ fn process_alive(pid: u32) -> bool {
 fn process_alive(_pid: u32) -> bool {
     true
 }
-
-/// Asks for transparent huge pages on a fresh, large buffer before it is first written. Faulting
-/// in 4 KiB pages made reading a 34 MB entry into new memory take 17 ms here; with 2 MiB pages it
-/// takes a fifth of that (numpy gives its large arrays the same advice). Best effort.
-#[cfg(target_os = "linux")]
-pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    const HUGE: usize = 2 << 20;
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + len) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: advice on whole pages inside a live allocation; it never changes contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 
 /// Errors that mean "no entry here": the file or a directory on its path is missing, or a path
 /// component is not a directory.
