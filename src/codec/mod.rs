@@ -72,6 +72,8 @@
 //! bounded by lz4_flex's compressor (~1.9 GB/s per core on shuffled prices, ~65% of the time).
 
 mod lz4;
+#[doc(hidden)]
+pub mod samples;
 mod shuffle;
 
 use std::cell::RefCell;

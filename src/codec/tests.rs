@@ -1,37 +1,5 @@
+use super::samples::{prices, Rng};
 use super::*;
-
-/// xorshift64*: deterministic, good enough to look like noise to LZ4.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| (self.next() >> 56) as u8).collect()
-    }
-}
-
-/// A futures-like price path: multiplicative noise, rounded to 0.25 ticks.
-fn prices(n: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    let mut p = 4500.0f64;
-    let mut out = Vec::with_capacity(8 * n);
-    for _ in 0..n {
-        p = (p * (1.0 + 2e-4 * rng.unit()) * 4.0).round() / 4.0;
-        out.extend_from_slice(&p.to_le_bytes());
-    }
-    out
-}
 
 /// Bytes that alternate between a price series and noise every chunk, so a multi-chunk frame
 /// holds both compressed and raw chunks.
@@ -188,7 +156,7 @@ fn damaged_payloads_never_panic() {
     }
     let mut rng = Rng(11);
     for _ in 0..2000 {
-        let len = (rng.next() % 200) as usize;
+        let len = (rng.next_u64() % 200) as usize;
         let mut junk = rng.bytes(len);
         if len >= 2 {
             junk[0] = MAGIC_V1;

@@ -457,10 +457,11 @@ impl Store {
         let now = now();
         let policy = self.policy;
         entries.retain(|s| !s.header.protected);
+        // Expired entries first, then by score; total_cmp because a scan reads headers without
+        // verifying them, and a damaged one may hold a NaN.
         entries.sort_by(|a, b| {
-            (!a.is_expired(now), policy.score(&a.usage()))
-                .partial_cmp(&(!b.is_expired(now), policy.score(&b.usage())))
-                .unwrap()
+            let (sa, sb) = (policy.score(&a.usage()), policy.score(&b.usage()));
+            (!a.is_expired(now)).cmp(&!b.is_expired(now)).then(sa.total_cmp(&sb))
         });
         let mut evicted = 0;
         let mut remaining = self.keyring().stats.get(Counter::Count);
