@@ -67,10 +67,12 @@ impl Counters {
     }
 }
 
-/// An entry ready to be written, in pieces, so that large frames are never copied into one
-/// buffer: the head (prefix, header, stream), each frame behind its length, then the MAC.
+/// An entry ready to be written, in pieces, so that the stream and large frames are never
+/// copied into one buffer: the head (prefix, header, stream length), the stream, each frame behind
+/// its length, then the MAC.
 pub struct Sealed<'a> {
     head: Vec<u8>,
+    stream: &'a [u8],
     frames: &'a [Vec<u8>],
     lengths: Vec<[u8; 8]>,
     pub mac: [u8; 32],
@@ -78,8 +80,9 @@ pub struct Sealed<'a> {
 
 impl Sealed<'_> {
     pub fn pieces(&self) -> Vec<&[u8]> {
-        let mut out = Vec::with_capacity(2 + 2 * self.frames.len());
+        let mut out = Vec::with_capacity(3 + 2 * self.frames.len());
         out.push(self.head.as_slice());
+        out.push(self.stream);
         for (length, frame) in self.lengths.iter().zip(self.frames) {
             out.push(length.as_slice());
             out.push(frame.as_slice());
@@ -102,15 +105,13 @@ impl Sealed<'_> {
 pub fn seal<'a>(
     mac_key: &[u8; 32],
     header: &Header,
-    stream: &[u8],
+    stream: &'a [u8],
     frames: &'a [Vec<u8>],
     counters: Counters,
 ) -> Sealed<'a> {
     let header_bytes = encode_header(header);
     let payload_len = 8 + stream.len() + frames.iter().map(|f| 8 + f.len()).sum::<usize>();
-    let head_len = PREFIX_LEN + header_bytes.len() + 8 + stream.len();
-    let mut head = Vec::with_capacity(head_len);
-    crate::memory::advise_huge_pages(head.as_mut_ptr(), head_len);
+    let mut head = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + 8);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     head.extend_from_slice(&counters.to_bytes());
@@ -119,15 +120,15 @@ pub fn seal<'a>(
     head.extend_from_slice(&(payload_len as u64).to_le_bytes());
     head.extend_from_slice(&header_bytes);
     head.extend_from_slice(&(stream.len() as u64).to_le_bytes());
-    head.extend_from_slice(stream);
     let lengths: Vec<[u8; 8]> = frames.iter().map(|f| (f.len() as u64).to_le_bytes()).collect();
     let mut mac = Mac::new(mac_key);
     mac.update(&head);
+    mac.update(stream);
     for (length, frame) in lengths.iter().zip(frames) {
         mac.update(length);
         mac.update(frame);
     }
-    Sealed { head, frames, lengths, mac: mac.finish() }
+    Sealed { head, stream, frames, lengths, mac: mac.finish() }
 }
 
 /// Re-seals an entry (verified elsewhere) under another MAC key, e.g. on import.
