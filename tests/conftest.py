@@ -27,6 +27,14 @@ with warnings.catch_warnings(), contextlib.suppress(ImportError):
     warnings.simplefilter("ignore", DeprecationWarning)
     import libcst  # noqa: F401
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_decorator_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The decorators' cache lives in a temporary directory for the whole session, never in a
+    developer's own cache."""
+    afml_cache.configure(directory=tmp_path_factory.mktemp("afml-cache"))
+
+
 # Subprocesses run the real interpreter; a hang or a crash must become a test failure, not a
 # stuck or dead pytest run.
 SUBPROCESS_TIMEOUT_S = 300

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -104,6 +105,7 @@ class _Remembered:
     buffers: list[np.ndarray]
     mac: bytes
     expires: float | None
+    compute_time: float
     generation: int
     nbytes: int
 
@@ -233,7 +235,34 @@ class Cache:
         ``StoreError`` (an ``OSError``) if the disk refuses the write; entries already stored
         are never harmed.
         """
-        digest = fingerprint(key)
+        return self.set_digest(
+            fingerprint(key),
+            value,
+            ttl=ttl,
+            tags=tags,
+            protect=protect,
+            metadata=metadata,
+            compute_time=compute_time,
+            time_range=time_range,
+            label=key,
+        )
+
+    def set_digest(
+        self,
+        digest: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        protect: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        compute_time: float = 0.0,
+        time_range: tuple[int, int] | None = None,
+        label: Any = None,
+    ) -> bool:
+        """``set`` for a key's fingerprint (for callers that have computed it already, like the
+        decorators); ``label`` is the key as shown by ``keys()`` and ``entries()``."""
+        key = label
         try:
             stream, buffers = _serialize(value)
         except Exception as exc:
@@ -271,7 +300,8 @@ class Cache:
             )
             return False
         if len(stream) + sum(raw.nbytes for raw, _ in buffers) <= _REMEMBER_ON_SET:
-            self._remember(slot, stream, [raw for raw, _ in buffers], mac, expires, generation)
+            raws = [raw for raw, _ in buffers]
+            self._remember(slot, stream, raws, mac, expires, float(compute_time), generation)
         else:
             # Copying a large value costs the write a tenth of its time; the first read
             # remembers it instead.
@@ -281,25 +311,29 @@ class Cache:
     def get(self, key: Any, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default``. Each call returns a fresh object:
         mutating it never changes what later calls return."""
-        return self._lookup(fingerprint(key), default)
+        found, value, _ = self.lookup(fingerprint(key))
+        return value if found else default
 
-    def _lookup(self, digest: str, default: Any) -> Any:
+    def lookup(self, digest: str) -> tuple[bool, Any, float]:
+        """``(found, value, compute_time)`` for a key's fingerprint (for callers that have
+        computed it already, like the decorators)."""
         slot = (self.namespace, digest)
         remembered = self._memory.get(slot)
         if remembered is not None and self._still_current(slot, remembered):
             self._store.count_hit()
             self._note_access(slot)
-            return pickle.loads(remembered.stream, buffers=[_copy(b) for b in remembered.buffers])
+            value = pickle.loads(remembered.stream, buffers=[_copy(b) for b in remembered.buffers])
+            return True, value, remembered.compute_time
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
         generation = self._store.generation()
         loaded = self._store.get(self.namespace, digest)
         if loaded is None:
-            return default
-        stream, buffers, mac, expires = loaded
-        self._remember(slot, stream, buffers, mac, expires, generation)
+            return False, None, 0.0
+        stream, buffers, mac, expires, compute_time = loaded
+        self._remember(slot, stream, buffers, mac, expires, compute_time, generation)
         try:
-            return pickle.loads(stream, buffers=buffers)
+            return True, pickle.loads(stream, buffers=buffers), compute_time
         except Exception as exc:
             # The bytes are intact (the MAC verified) but the code they refer to changed, e.g. a
             # class was renamed: the entry is useless, so it goes, and this is a miss.
@@ -310,7 +344,7 @@ class Cache:
                 self.namespace,
                 exc,
             )
-            return default
+            return False, None, 0.0
 
     def _remember(
         self,
@@ -319,6 +353,7 @@ class Cache:
         buffers: list[memoryview] | list[bytearray],
         mac: bytes,
         expires: float | None,
+        compute_time: float,
         generation: int,
     ) -> None:
         """Keeps a private copy of a value's serialized form, if it fits in the memory tier (the
@@ -328,7 +363,8 @@ class Cache:
             self._memory.drop(slot)
             return
         copies = [_copy(b) for b in buffers]
-        self._memory.put(slot, _Remembered(stream, copies, mac, expires, generation, nbytes))
+        remembered = _Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
+        self._memory.put(slot, remembered)
 
     def _note_access(self, slot: tuple[str, str]) -> None:
         with self._pending_lock:
@@ -359,13 +395,19 @@ class Cache:
         self._memory.drop(slot)
         return False
 
+    def namespaced(self, namespace: str) -> Cache:
+        """A view of this cache for another namespace, sharing its directory, memory tier and
+        limits (the decorators keep one namespace per function)."""
+        view = copy.copy(self)
+        view.namespace = namespace
+        return view
+
     def __contains__(self, key: Any) -> bool:
         return self._store.contains(self.namespace, fingerprint(key))
 
     def __getitem__(self, key: Any) -> Any:
-        missing = object()
-        value = self.get(key, missing)
-        if value is missing:
+        found, value, _ = self.lookup(fingerprint(key))
+        if not found:
             raise KeyError(key)
         return value
 
@@ -417,7 +459,13 @@ class Cache:
         ``timeout`` seconds while another thread or process holds it, then enters with ``held``
         True, or False if it is still held (compute anyway, or give up). A lock whose holder
         died is free at once."""
-        return _held(self._store.lock(self.namespace, fingerprint(key), timeout))
+        return self.lock_digest(fingerprint(key), timeout)
+
+    def lock_digest(
+        self, digest: str, timeout: float = 60.0
+    ) -> contextlib.AbstractContextManager[bool]:
+        """``lock`` for a key's fingerprint."""
+        return _held(self._store.lock(self.namespace, digest, timeout))
 
     # --- many entries -------------------------------------------------------------------------
 

@@ -1,21 +1,30 @@
 """The ``afml-cache`` command.
 
-``afml-cache demo`` fingerprints a realistic minute-bar OHLCV frame the way the cache keys a
-function's arguments, and prints what it measured. It grows into the full pipeline demo once the
-decorators exist.
+``afml-cache demo`` runs an AFML research pipeline (volatility, CUSUM events, triple-barrier
+labels, fractional differentiation, rolling features) on synthetic minute bars with each step
+cached: once cold, once from the cache, and once after changing one parameter, and prints what
+each run computed and how long it took; then it shows which changes to the bars give a new key.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
+
+import pandas as pd
 
 import afml_cache
+from afml_cache import pipeline
+
+# Run 3 changes the CUSUM threshold: these steps depend on it, the others come from the cache.
+_DOWNSTREAM_OF_THRESHOLD = {"cusum_filter", "triple_barrier_labels", "training_set"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,24 +32,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="afml-cache",
         description="Content-addressed disk cache for quant-research functions.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"afml-cache {afml_cache.__version__}"
-    )
+    version = f"afml-cache {afml_cache.__version__}"
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="fingerprint a synthetic minute-bar OHLCV frame and show what the keys see",
-        description="Fingerprint a synthetic minute-bar OHLCV frame and print what it measured.",
+        help="run a cached AFML pipeline on synthetic minute bars, three times",
+        description=(
+            "Run an AFML pipeline on synthetic minute bars with every step cached: cold, from "
+            "the cache, and after changing one parameter; then show what the keys see."
+        ),
     )
     demo.add_argument(
-        "--rows", type=int, default=2_000_000, help="minute bars to generate (default 2,000,000)"
+        "--rows", type=int, default=1_500_000, help="minute bars to generate (default 1,500,000)"
+    )
+    demo.add_argument(
+        "--dir", help="cache directory for the demo (default: a temporary one, removed after)"
     )
     args = parser.parse_args(argv)
     if args.command == "demo":
-        if args.rows < 2:
-            parser.error("--rows must be at least 2")
+        if args.rows < 5_000:
+            parser.error("--rows must be at least 5,000 (the pipeline needs a few days of bars)")
         try:
-            return run_demo(args.rows)
+            return run_demo(args.rows, args.dir)
         except BrokenPipeError:
             # The reader went away (`afml-cache demo | head`): stop quietly, as Unix tools do.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -49,26 +63,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def minute_bars(rows: int, seed: int = 7) -> Any:
-    """A synthetic OHLCV frame of one-minute bars with a UTC DatetimeIndex (freq 'min')."""
-    import numpy as np
-    import pandas as pd
+def run_demo(rows: int, directory: str | None = None, out: TextIO | None = None) -> int:
+    """The demo; returns 0 when every step was computed or cached as expected."""
+    out = out or sys.stdout
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="afml-cache-demo-"))
+        afml_cache.configure(directory=directory)
+        start = time.perf_counter()
+        bars = pipeline.synthetic_minute_bars(rows)
+        built = time.perf_counter() - start
+        nbytes = int(bars.memory_usage(index=True, deep=True).sum())
+        out.write(
+            f"afml-cache {afml_cache.__version__} (fingerprint spec v{afml_cache.SPEC_VERSION}); "
+            f"cache in {directory}\n"
+            f"Synthetic bars: {rows:,} one-minute OHLCV rows, {bars.index[0]} .. "
+            f"{bars.index[-1]}, {nbytes / 1e6:,.1f} MB (built in {built:.2f} s)\n\n"
+        )
+        failures = _run_pipeline_three_times(bars, out)
+        failures += _show_what_the_keys_see(bars, nbytes, out)
+        return 1 if failures else 0
 
-    rng = np.random.default_rng(seed)
-    close = 4500.0 * np.exp(np.cumsum(rng.normal(0.0, 2e-4, rows)))
-    spread = np.abs(rng.normal(0.0, 0.5, rows))
-    open_ = np.concatenate(([close[0]], close[:-1]))
-    index = pd.date_range("2020-01-02", periods=rows, freq="min", tz="UTC", name="timestamp")
-    return pd.DataFrame(
-        {
-            "open": open_,
-            "high": np.maximum(open_, close) + spread,
-            "low": np.minimum(open_, close) - spread,
-            "close": close,
-            "volume": rng.integers(1, 500, rows).astype(np.float64),
-        },
-        index=index,
+
+def _run_pipeline_three_times(bars: pd.DataFrame, out: TextIO) -> int:
+    steps = {name: afml_cache.robust_cacheable(fn) for name, fn in pipeline.STEPS.items()}
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("run 1 (cold)", {}),
+        ("run 2 (same inputs)", {}),
+        ("run 3 (cusum_multiplier=2.5)", {"cusum_multiplier": 2.5}),
+    ]
+    timings, computed = [], []
+    for _, changes in runs:
+        before = {name: _misses(fn) for name, fn in steps.items()}
+        result = pipeline.run_pipeline(bars, steps=steps, **changes)
+        timings.append(result["timings"])
+        computed.append({name for name, fn in steps.items() if _misses(fn) > before[name]})
+
+    out.write("The pipeline, every step cached (seconds; * computed, else read from the cache):\n")
+    out.write(f"  {'step':<24}" + "".join(f"{label:>31}" for label, _ in runs) + "\n")
+    for name in steps:
+        cells = "".join(
+            f"{timings[i][name]:>30.3f}{'*' if name in computed[i] else ' '}"
+            for i in range(len(runs))
+        )
+        out.write(f"  {name:<24}{cells}\n")
+    out.write(f"  {'total':<24}" + "".join(f"{sum(t.values()):>30.3f} " for t in timings) + "\n")
+    cold, warm = sum(timings[0].values()), sum(timings[1].values())
+    out.write(f"  run 2 took {warm / cold:.1%} of run 1's time ({cold / warm:.0f}x faster)\n")
+    out.write(
+        f"  run 3 recomputed {', '.join(sorted(computed[2]))}: the steps that depend on the "
+        "changed threshold; the others came from the cache\n\n"
     )
+
+    out.write("Per-function statistics (afml_cache.get_cache_stats()):\n")
+    out.write(
+        f"  {'function':<46}{'calls':>6}{'hits':>6}{'misses':>7}{'hit rate':>10}"
+        f"{'avg compute s':>15}{'saved s':>9}{'MB':>8}\n"
+    )
+    for name, row in sorted(afml_cache.get_cache_stats().items()):
+        out.write(
+            f"  {name:<46}{row['total_calls']:>6}{row['cache_hits']:>6}{row['cache_misses']:>7}"
+            f"{row['hit_rate']:>10.0%}{row['avg_computation_time']:>15.3f}"
+            f"{row['time_saved']:>9.3f}{row['cache_size_mb']:>8.1f}\n"
+        )
+    out.write(f"  {afml_cache.cache_status()}\n\n")
+    expected = [set(steps), set(), _DOWNSTREAM_OF_THRESHOLD]
+    return sum(got != want for got, want in zip(computed, expected, strict=True))
+
+
+def _misses(fn: Any) -> int:
+    return int(fn.cache_info()["cache_misses"])
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -80,31 +144,18 @@ def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def run_demo(rows: int) -> int:
-    out = sys.stdout
-    start = time.perf_counter()
-    bars = minute_bars(rows)
-    built = time.perf_counter() - start
-    nbytes = int(bars.memory_usage(index=True, deep=True).sum())
-    out.write(
-        f"afml-cache {afml_cache.__version__} (fingerprint spec v{afml_cache.SPEC_VERSION})\n"
-    )
-    out.write(
-        f"Synthetic bars: {rows:,} one-minute OHLCV rows, {bars.index[0]} .. {bars.index[-1]}, "
-        f"{nbytes / 1e6:,.1f} MB (built in {built:.2f} s)\n\n"
-    )
-
+def _show_what_the_keys_see(bars: pd.DataFrame, nbytes: int, out: TextIO) -> int:
     digest = afml_cache.fingerprint(bars)
     seconds = _median_seconds(lambda: afml_cache.fingerprint(bars))
-    out.write(f"fingerprint(bars)            {digest}\n")
+    out.write("What a key sees of the bars:\n")
+    out.write(f"  fingerprint(bars) = {digest}\n")
     out.write(
         f"  median of 5: {seconds * 1e3:.1f} ms = {nbytes / seconds / 1e9:.1f} GB/s, "
         "every byte read\n"
     )
     scalars = (20, 0.01, "close")
     per_call = _median_seconds(lambda: [afml_cache.fingerprint(scalars) for _ in range(10_000)])
-    out.write(f"fingerprint({scalars!r}): {per_call / 10_000 * 1e6:.2f} µs per call\n\n")
-
+    out.write(f"  fingerprint({scalars!r}): {per_call / 10_000 * 1e6:.2f} µs per call\n")
     checks = [
         ("a copy", bars.copy(), True),
         ("the frame rebuilt column by column", _rebuilt(bars), True),
@@ -113,7 +164,6 @@ def run_demo(rows: int) -> int:
         ("the index without its freq", _without_freq(bars), False),
         ("columns renamed to upper case", bars.rename(columns=str.upper), False),
     ]
-    out.write("What the key sees:\n")
     failures = 0
     for label, other, expect_same in checks:
         same = afml_cache.fingerprint(other) == digest
@@ -121,26 +171,21 @@ def run_demo(rows: int) -> int:
         mark = "ok" if same == expect_same else "UNEXPECTED"
         failures += same != expect_same
         out.write(f"  {label:<45} {verdict:<22} {mark}\n")
-    return 1 if failures else 0
+    return failures
 
 
-def _rebuilt(frame: Any) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(
-        {name: frame[name].to_numpy(copy=True) for name in frame}, index=frame.index
-    )
+def _rebuilt(frame: pd.DataFrame) -> pd.DataFrame:
+    columns = {name: frame[name].to_numpy(copy=True) for name in frame}
+    return pd.DataFrame(columns, index=frame.index)
 
 
-def _with_last_close_bumped(frame: Any) -> Any:
+def _with_last_close_bumped(frame: pd.DataFrame) -> pd.DataFrame:
     changed = frame.copy()
     changed.iloc[-1, changed.columns.get_loc("close")] += 0.25
     return changed
 
 
-def _without_freq(frame: Any) -> Any:
-    import pandas as pd
-
+def _without_freq(frame: pd.DataFrame) -> pd.DataFrame:
     changed = frame.copy()
     changed.index = pd.DatetimeIndex(changed.index, freq=None)
     return changed

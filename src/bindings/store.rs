@@ -179,6 +179,35 @@ impl Store {
         self.inner.add_to_counter(store::Counter::Hits, 1);
     }
 
+    /// Counts one call of a cached function: a hit (saving `saved` seconds) or a miss (computed in
+    /// `compute` seconds). Shared by every process, kept across restarts.
+    fn record_call(&self, namespace: &str, hit: bool, compute: f64, saved: f64) -> PyResult<()> {
+        let ns = |seconds: f64| (seconds.max(0.0) * 1e9) as u64;
+        Ok(self.inner.record_call(namespace, hit, ns(compute), ns(saved))?)
+    }
+
+    /// Per function: namespace, calls, hits, misses, compute seconds, saved seconds, last access
+    /// (seconds since the epoch, or None).
+    fn function_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (namespace, [calls, hits, misses, compute, saved, last]) in self.inner.function_stats()? {
+            let d = PyDict::new(py);
+            d.set_item("namespace", namespace)?;
+            d.set_item("calls", calls)?;
+            d.set_item("hits", hits)?;
+            d.set_item("misses", misses)?;
+            d.set_item("compute_time", compute as f64 / 1e9)?;
+            d.set_item("time_saved", saved as f64 / 1e9)?;
+            d.set_item("last_accessed", (last > 0).then(|| last as f64 / 1e9))?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    fn reset_function_stats(&self) -> PyResult<()> {
+        Ok(self.inner.reset_function_stats()?)
+    }
+
     /// Adds hits served from memory to an entry's own counters, which steer eviction.
     fn record_access(
         &self,
@@ -297,7 +326,9 @@ impl Store {
             frames.iter().zip(targets).try_for_each(|(frame, out)| codec::decode_into(frame, out))
         })?;
         let mac = PyBytes::new(py, &loaded.mac());
-        Ok(Some((stream_array, buffers, mac, loaded.opened.header.expires).into_pyobject(py)?.into_any()))
+        let header = &loaded.opened.header;
+        let found = (stream_array, buffers, mac, header.expires, header.compute_time);
+        Ok(Some(found.into_pyobject(py)?.into_any()))
     }
 
     fn loaded_status(&self, py: Python<'_>, found: Lookup) -> PyResult<Option<Box<store::Loaded>>> {

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod policy;
 pub mod stats;
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 
 use crate::codec::{self, Compression};
@@ -29,8 +30,8 @@ use crate::error::{Error, Result};
 pub use entry::{Counters, Header};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
-pub use stats::Counter;
-use stats::Stats;
+pub use stats::{Counter, FunctionCounter};
+use stats::{SharedCounters, Stats};
 
 /// How often (at most) a store checks that its directory was not replaced under it: a `stat`
 /// per operation would be a third of a memory hit's cost.
@@ -123,6 +124,8 @@ pub struct Problem {
 pub struct Keyring {
     pub mac_key: [u8; 32],
     pub stats: Stats,
+    /// Counters of cached functions, by namespace, opened on first use.
+    functions: Mutex<HashMap<String, Arc<SharedCounters<FunctionCounter>>>>,
     /// (device, inode) of mac.key: a new key file means a new directory.
     identity: (u64, u64),
 }
@@ -133,7 +136,7 @@ impl Keyring {
         let key_path = root.join("mac.key");
         let mac_key = load_or_create_mac_key(&key_path)?;
         let identity = file_identity(&key_path)?;
-        Ok(Self { mac_key, stats: Stats::open(&root.join("stats"))?, identity })
+        Ok(Self { mac_key, stats: Stats::open(&root.join("stats"))?, functions: Mutex::default(), identity })
     }
 }
 
@@ -335,6 +338,78 @@ impl Store {
             let before = u64::from_le_bytes(current[..8].try_into().unwrap());
             let counters = Counters { hits: before + hits, last_access_ns };
             let _ = file.write_at(&counters.to_bytes(), entry::COUNTERS.start as u64);
+        }
+        Ok(())
+    }
+
+    /// Counts one call of the cached function of `namespace`: a hit (saving `saved_ns` of
+    /// computation) or a miss (computed in `compute_ns`).
+    pub fn record_call(&self, namespace: &str, hit: bool, compute_ns: u64, saved_ns: u64) -> Result<()> {
+        let counters = self.function_counters(namespace)?;
+        counters.add(FunctionCounter::Calls, 1);
+        if hit {
+            counters.add(FunctionCounter::Hits, 1);
+            counters.add(FunctionCounter::SavedNs, saved_ns);
+        } else {
+            counters.add(FunctionCounter::Misses, 1);
+            counters.add(FunctionCounter::ComputeNs, compute_ns);
+        }
+        counters.max(FunctionCounter::LastAccessNs, now_ns());
+        Ok(())
+    }
+
+    fn function_counters(&self, namespace: &str) -> Result<Arc<SharedCounters<FunctionCounter>>> {
+        let ring = self.keyring();
+        if let Some(found) = ring.functions.lock().get(namespace) {
+            return Ok(found.clone());
+        }
+        let dir = self.root.join("functions");
+        create_private_dir(&dir)?;
+        let stem = layout::namespace_dir(namespace);
+        // The namespace's own name beside its counters: directory names are escaped and, when
+        // long, shortened, so they cannot always be read back.
+        let name_path = dir.join(format!("{stem}.name"));
+        if !name_path.exists() {
+            fs::write(&name_path, namespace).map_err(|e| Error::io("cannot write", &name_path, e))?;
+        }
+        let counters = Arc::new(SharedCounters::open(&dir.join(format!("{stem}.stats")))?);
+        ring.functions.lock().insert(namespace.to_string(), counters.clone());
+        Ok(counters)
+    }
+
+    /// Every cached function's counters: (namespace, [calls, hits, misses, compute ns, saved ns,
+    /// last access ns]).
+    pub fn function_stats(&self) -> Result<Vec<(String, [u64; 6])>> {
+        let dir = self.root.join("functions");
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if is_absent(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for item in listing.flatten() {
+            let path = item.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("name") {
+                continue;
+            }
+            let Ok(namespace) = fs::read_to_string(&path) else { continue };
+            let c = self.function_counters(&namespace)?;
+            use FunctionCounter as F;
+            let values = [F::Calls, F::Hits, F::Misses, F::ComputeNs, F::SavedNs, F::LastAccessNs].map(|f| c.get(f));
+            out.push((namespace, values));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Sets every function's counters to zero (files stay: other processes have them mapped).
+    pub fn reset_function_stats(&self) -> Result<()> {
+        use FunctionCounter as F;
+        for (namespace, _) in self.function_stats()? {
+            let c = self.function_counters(&namespace)?;
+            for f in [F::Calls, F::Hits, F::Misses, F::ComputeNs, F::SavedNs, F::LastAccessNs] {
+                c.set(f, 0);
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! Statistics shared by every process using a cache directory: atomic counters in a
-//! memory-mapped file. Updates are single atomic instructions on shared memory, so they are never
-//! lost between processes and cost nanoseconds on the hot path.
+//! Counters shared by every process using a cache directory: u64 atomics in a memory-mapped
+//! file. Updates are single atomic instructions on shared memory, so they are never lost between
+//! processes and cost nanoseconds on the hot path. The store keeps one file of [`Counter`]s; each
+//! cached function has its own file of [`FunctionCounter`]s.
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -10,10 +11,15 @@ use memmap2::MmapMut;
 
 use crate::error::{Error, Result};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"AFMLCST1");
 const FILE_LEN: u64 = 4096;
 
-/// The counters, in file order (after the magic word).
+/// A counter's place in its file (slot 0 holds the file's magic word).
+pub trait Slot: Copy {
+    const MAGIC: u64;
+    fn index(self) -> usize;
+}
+
+/// The store's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Counter {
@@ -31,11 +37,41 @@ pub enum Counter {
     Generation,
 }
 
-pub struct Stats {
-    map: MmapMut,
+impl Slot for Counter {
+    const MAGIC: u64 = u64::from_le_bytes(*b"AFMLCST1");
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
-impl Stats {
+/// A cached function's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum FunctionCounter {
+    Calls = 1,
+    Hits,
+    Misses,
+    /// Nanoseconds spent computing on misses.
+    ComputeNs,
+    /// Nanoseconds of computation that hits avoided (the stored compute time of each hit).
+    SavedNs,
+    /// When the function was last called, in ns since the epoch (kept as a maximum).
+    LastAccessNs,
+}
+
+impl Slot for FunctionCounter {
+    const MAGIC: u64 = u64::from_le_bytes(*b"AFMLFNS1");
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+pub struct SharedCounters<S: Slot> {
+    map: MmapMut,
+    _slots: std::marker::PhantomData<S>,
+}
+
+impl<S: Slot> SharedCounters<S> {
     pub fn open(path: &Path) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -43,53 +79,60 @@ impl Stats {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| Error::io("cannot open the statistics file", path, e))?;
+            .map_err(|e| Error::io("cannot open the counters file", path, e))?;
         if file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len() < FILE_LEN {
             // Growing with zeros is safe even if another process does it at the same time.
-            file.set_len(FILE_LEN).map_err(|e| Error::io("cannot size the statistics file", path, e))?;
+            file.set_len(FILE_LEN).map_err(|e| Error::io("cannot size the counters file", path, e))?;
         }
         // SAFETY: the file is FILE_LEN bytes and only ever accessed through atomics.
-        let map =
-            unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("cannot map the statistics file", path, e))?;
-        let stats = Self { map };
-        match stats.slot(0).compare_exchange(0, MAGIC, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {}                        // a new file, now ours
-            Err(found) if found == MAGIC => {} // ours already
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("cannot map the counters file", path, e))?;
+        let counters = Self { map, _slots: std::marker::PhantomData };
+        match counters.slot(0).compare_exchange(0, S::MAGIC, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}                           // a new file, now ours
+            Err(found) if found == S::MAGIC => {} // ours already
             Err(_) => {
-                // Not our format: start from zero; `check(fix=True)` rebuilds the sizes.
-                for i in 1..=Counter::Generation as usize {
-                    stats.slot(i).store(0, Ordering::Relaxed);
+                // Not our format: start from zero; the store's sizes are rebuilt by check(fix=True).
+                for i in 1..(FILE_LEN as usize / 8) {
+                    counters.slot(i).store(0, Ordering::Relaxed);
                 }
-                stats.slot(0).store(MAGIC, Ordering::Release);
+                counters.slot(0).store(S::MAGIC, Ordering::Release);
             }
         }
-        Ok(stats)
+        Ok(counters)
     }
 
     fn slot(&self, index: usize) -> &AtomicU64 {
-        // SAFETY: the map is page-aligned and FILE_LEN bytes long; index ≤ Generation < FILE_LEN / 8.
+        assert!(index < FILE_LEN as usize / 8);
+        // SAFETY: the map is page-aligned and FILE_LEN bytes long, and index is in bounds.
         unsafe { &*(self.map.as_ptr().cast::<AtomicU64>().add(index)) }
     }
 
-    pub fn add(&self, counter: Counter, n: u64) {
-        self.slot(counter as usize).fetch_add(n, Ordering::Relaxed);
+    pub fn add(&self, counter: S, n: u64) {
+        self.slot(counter.index()).fetch_add(n, Ordering::Relaxed);
     }
 
     /// Subtracts, saturating at zero (sizes can drift below zero after a crash between writing a
     /// file and counting it; a scan sets them right).
-    pub fn sub(&self, counter: Counter, n: u64) {
-        let slot = self.slot(counter as usize);
+    pub fn sub(&self, counter: S, n: u64) {
+        let slot = self.slot(counter.index());
         let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
     }
 
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.slot(counter as usize).load(Ordering::Relaxed)
+    pub fn max(&self, counter: S, value: u64) {
+        self.slot(counter.index()).fetch_max(value, Ordering::Relaxed);
     }
 
-    pub fn set(&self, counter: Counter, value: u64) {
-        self.slot(counter as usize).store(value, Ordering::Relaxed);
+    pub fn get(&self, counter: S) -> u64 {
+        self.slot(counter.index()).load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, counter: S, value: u64) {
+        self.slot(counter.index()).store(value, Ordering::Relaxed);
     }
 }
+
+/// The store's counters file.
+pub type Stats = SharedCounters<Counter>;
 
 #[cfg(test)]
 mod tests {
@@ -109,6 +152,12 @@ mod tests {
         assert_eq!(a.get(Counter::Bytes), 0);
         drop((a, b));
         assert_eq!(Stats::open(&path).unwrap().get(Counter::Hits), 5);
+        // A file of another kind is not misread as this one.
+        let f = SharedCounters::<FunctionCounter>::open(&path).unwrap();
+        assert_eq!(f.get(FunctionCounter::Calls), 0);
+        f.max(FunctionCounter::LastAccessNs, 7);
+        f.max(FunctionCounter::LastAccessNs, 3);
+        assert_eq!(f.get(FunctionCounter::LastAccessNs), 7);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

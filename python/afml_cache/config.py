@@ -1,0 +1,183 @@
+"""Where the decorators keep their entries, how much, and whether caching is on.
+
+The decorators share one `Cache` per process, opened on first use from these settings:
+``configure(...)`` changes them (arguments are checked at once, so a bad value fails where it is
+written, not at the first cached call); ``AFML_CACHE_DIR`` (or ``AFML_CACHE``) picks the directory;
+``AFML_CACHE_DISABLE=1`` or ``with disabled():`` turns caching off. If the directory cannot be used,
+caching is disabled for the process with one warning, and functions still run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from afml_cache.cache import COMPRESSIONS, Cache, default_directory, parse_size
+from afml_cache.errors import CacheError
+
+__all__ = [
+    "CACHE_DIRS",
+    "cache_enabled",
+    "clear_afml_cache",
+    "configure",
+    "disabled",
+    "initialize_cache_system",
+    "shared_cache",
+]
+
+EVICTION_POLICIES = ("lru", "lfu", "fifo", "size", "hybrid")
+_log = logging.getLogger("afml_cache")
+
+_settings: dict[str, Any] = {
+    "directory": None,
+    "size_limit": "2GB",
+    "eviction_policy": "lru",
+    "compression": "default",
+    "memory_limit": "256MB",
+    "enabled": True,
+}
+_lock = threading.Lock()
+_shared: Cache | None = None
+_unusable: str | None = None  # why the directory could not be opened, once warned
+_disabled_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "afml_cache_disabled", default=0
+)
+
+#: The directories in use (updated in place by ``configure``). ``joblib`` names the entries
+#: directory, for code written against the original AFML cache.
+CACHE_DIRS: dict[str, Path] = {}
+
+
+def _directory() -> Path:
+    directory = _settings["directory"]
+    return Path(directory).expanduser() if directory is not None else default_directory()
+
+
+def _refresh_dirs() -> None:
+    base = _directory()
+    CACHE_DIRS.clear()
+    CACHE_DIRS.update(
+        base=base, entries=base / "entries", functions=base / "functions", joblib=base / "entries"
+    )
+
+
+_refresh_dirs()
+
+
+def configure(
+    directory: str | os.PathLike[str] | None = None,
+    size_limit: int | str | None = None,
+    eviction_policy: str | None = None,
+    enabled: bool | None = None,
+    *,
+    memory_limit: int | str | None = None,
+    compression: str | None = None,
+) -> None:
+    """Changes the decorators' cache settings; arguments left as None keep their value."""
+    if size_limit is not None:
+        parse_size(size_limit, "size_limit")
+    if memory_limit is not None:
+        parse_size(memory_limit, "memory_limit")
+    if eviction_policy is not None and eviction_policy not in EVICTION_POLICIES:
+        allowed = ", ".join(repr(p) for p in EVICTION_POLICIES)
+        raise ValueError(
+            f"eviction_policy={eviction_policy!r} is not a policy; use one of {allowed}"
+        )
+    if compression is not None and compression not in COMPRESSIONS:
+        allowed = ", ".join(repr(c) for c in COMPRESSIONS)
+        raise ValueError(f"compression={compression!r} is not a level; use one of {allowed}")
+    global _shared, _unusable
+    with _lock:
+        for name, value in (
+            ("directory", directory),
+            ("size_limit", size_limit),
+            ("eviction_policy", eviction_policy),
+            ("enabled", enabled),
+            ("memory_limit", memory_limit),
+            ("compression", compression),
+        ):
+            if value is not None:
+                _settings[name] = value
+        _shared, _unusable = None, None
+        _refresh_dirs()
+
+
+def cache_enabled() -> bool:
+    """False inside ``disabled()``, with ``AFML_CACHE_DISABLE=1``, or after
+    ``configure(enabled=False)``."""
+    if not _settings["enabled"] or _disabled_depth.get():
+        return False
+    return os.environ.get("AFML_CACHE_DISABLE", "").strip().lower() not in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Runs cached functions without the cache inside the block (this thread or task only)."""
+    token = _disabled_depth.set(_disabled_depth.get() + 1)
+    try:
+        yield
+    finally:
+        _disabled_depth.reset(token)
+
+
+def shared_cache() -> Cache | None:
+    """The decorators' cache, opened on first use; None if its directory cannot be used."""
+    global _shared, _unusable
+    cache = _shared
+    if cache is not None or _unusable is not None:
+        return cache
+    with _lock:
+        if _shared is None and _unusable is None:
+            try:
+                _shared = Cache(
+                    _directory(),
+                    size_limit=_settings["size_limit"],
+                    eviction_policy=_settings["eviction_policy"],
+                    compression=_settings["compression"],
+                    memory_limit=_settings["memory_limit"],
+                )
+            except (CacheError, OSError) as exc:
+                _unusable = str(exc)
+                warnings.warn(
+                    f"afml_cache: the cache directory {_directory()} cannot be used ({exc}); "
+                    "caching is disabled for this process and functions run uncached. Fix the "
+                    "directory or choose another with afml_cache.configure(directory=...)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return _shared
+
+
+def initialize_cache_system() -> Cache:
+    """Opens (creating if needed) the cache directory now rather than at the first cached call,
+    and returns the cache. Raises if the directory cannot be used."""
+    cache = shared_cache()
+    if cache is None:
+        raise CacheError(f"the cache directory {_directory()} cannot be used: {_unusable}")
+    _log.info("afml_cache: cache ready in %s (limit %d bytes)", cache.directory, cache.size_limit)
+    return cache
+
+
+def clear_afml_cache(warn: bool = True) -> int:
+    """Removes every cached entry and resets the per-function statistics; returns how many
+    entries were removed. ``warn=True`` logs what was cleared (logger ``afml_cache``)."""
+    cache = shared_cache()
+    if cache is None:
+        return 0
+    removed = cache.clear()
+    cache._store.reset_function_stats()
+    if warn:
+        _log.warning("afml_cache: cleared %d entries from %s", removed, cache.directory)
+    return removed

@@ -1,0 +1,444 @@
+"""`@robust_cacheable`, `@cacheable` and `@time_aware_cacheable`.
+
+The key of a call is the fingerprint of: the function's qualified name, its code fingerprint
+(its own code and, transitively, the helpers, classes and constants it uses; see codehash.py),
+the ``version=`` option, and its arguments bound to parameter names with defaults applied (so
+``f(df, 5)``, ``f(df, window=5)`` and ``f(df)`` with ``window=5`` by default are one entry), less
+the ``ignore=`` ones; time-aware functions add the time ranges of their inputs.
+
+On a miss the function runs under the key's single-flight lock: concurrent identical calls, in
+threads or processes, compute once and the others read the result. The function's exceptions
+propagate unchanged and it runs exactly once per call. When the cache fails (a result that
+cannot be pickled, a full disk, an unusable directory), the result is returned anyway with one
+warning per function.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from afml_cache import config
+from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache.cache import Cache
+from afml_cache.codehash import code_fingerprint
+from afml_cache.errors import CacheError, FingerprintError
+
+__all__ = ["cacheable", "robust_cacheable", "time_aware_cacheable"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_log = logging.getLogger("afml_cache")
+# How long a call waits for another process computing the same key before computing itself.
+LOCK_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class _Options:
+    ttl: float | None = None
+    tags: tuple[str, ...] = ()
+    ignore: frozenset[str] = frozenset()
+    version: Any = None
+    compression: str | None = None
+    cache: Cache | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class _TimeOptions:
+    time_column: str | None = None
+    start_args: tuple[str, ...] = ("start", "start_date")
+    end_args: tuple[str, ...] = ("end", "end_date")
+    live_window: datetime.timedelta = datetime.timedelta(days=1)
+    live_ttl: datetime.timedelta = datetime.timedelta(minutes=15)
+
+
+def robust_cacheable(
+    fn: F | None = None,
+    /,
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+    version: Any = None,
+    compression: str | None = None,
+    cache: Cache | None = None,
+    strict: bool = False,
+) -> Any:
+    """Caches a function's results on disk, keyed by the content of its arguments and its code.
+
+    Use bare (``@robust_cacheable``) or with options: ``ttl`` (seconds), ``tags``, ``ignore``
+    (argument names that do not affect the result, e.g. ``("verbose",)``), ``version`` (bump by
+    hand), ``compression``, ``cache`` (a `Cache` to use instead of the configured one), and
+    ``strict`` (raise `FingerprintError` for arguments with no fingerprint rule instead of
+    fingerprinting their pickle reduction).
+    """
+    options = _Options(
+        ttl=ttl,
+        tags=tuple([tags] if isinstance(tags, str) else tags),
+        ignore=frozenset([ignore] if isinstance(ignore, str) else ignore),
+        version=version,
+        compression=compression,
+        cache=cache,
+        strict=strict,
+    )
+    if fn is None:
+        return functools.partial(_decorate, options=options, time_options=None)
+    return _decorate(fn, options, None)
+
+
+#: The original name of `robust_cacheable`: existing code keeps working.
+cacheable = robust_cacheable
+
+
+def time_aware_cacheable(
+    fn: F | None = None,
+    /,
+    *,
+    time_column: str | None = None,
+    start_args: Iterable[str] = ("start", "start_date"),
+    end_args: Iterable[str] = ("end", "end_date"),
+    live_window: datetime.timedelta = datetime.timedelta(days=1),
+    live_ttl: datetime.timedelta = datetime.timedelta(minutes=15),
+    **options: Any,
+) -> Any:
+    """`robust_cacheable` for functions over time-indexed data and loaders with start/end
+    arguments: the time range of each input (a DatetimeIndex, a polars ``time_column``, or
+    start/end style arguments) is recorded with the entry and is part of the key.
+
+    ``f.invalidate(overlapping=(t0, t1))`` and ``f.invalidate(after=t)`` remove the entries whose
+    data touch those times (a vendor revised the data). An entry whose range ends within
+    ``live_window`` of when it was computed expires after ``live_ttl``: its last bars were still
+    forming. Entries wholly in the past never expire by age.
+    """
+    time_options = _TimeOptions(
+        time_column=time_column,
+        start_args=tuple(start_args),
+        end_args=tuple(end_args),
+        live_window=live_window,
+        live_ttl=live_ttl,
+    )
+    wrap = robust_cacheable(**options)
+    decorate = functools.partial(
+        _decorate, options=wrap.keywords["options"], time_options=time_options
+    )
+    return decorate if fn is None else decorate(fn)
+
+
+def _decorate(fn: Any, options: _Options, time_options: _TimeOptions | None) -> Any:
+    if isinstance(fn, (classmethod, staticmethod)):
+        return type(fn)(_decorate(fn.__func__, options, time_options))
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"{fn.__qualname__} is a generator function: its values are produced lazily and "
+            "cannot be cached; cache a function that returns a list (or other value) instead"
+        )
+    if not inspect.isfunction(fn):
+        raise TypeError(f"cacheable decorators take a function, got {fn!r}")
+    engine = _Engine(fn, options, time_options)
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await engine.call_async(args, kwargs)
+
+    else:
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return engine.call(args, kwargs)
+
+    wrapper.cache_info = engine.cache_info  # type: ignore[attr-defined]
+    wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
+    wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
+    wrapper.uncached = fn  # type: ignore[attr-defined]
+    if time_options is not None:
+        wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _Engine:
+    """What a decorated function does on each call."""
+
+    def __init__(
+        self, fn: Callable[..., Any], options: _Options, time_options: _TimeOptions | None
+    ):
+        self.fn = fn
+        self.options = options
+        self.time_options = time_options
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self.signature = inspect.signature(fn)
+        self._warned: set[str] = set()
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return {k: v for k, v in bound.arguments.items() if k not in self.options.ignore}
+
+    def _key(self, arguments: dict[str, Any], ranges: tuple[Any, ...]) -> str | None:
+        identity = ("afml-cache call", SPEC_VERSION, self.name, code_fingerprint(self.fn))
+        material = (identity, self.options.version, tuple(arguments.items()), ranges)
+        try:
+            return fingerprint(material, strict=self.options.strict)
+        except FingerprintError as exc:
+            culprit = self._culprit(arguments)
+            if self.options.strict:
+                raise FingerprintError(f"{self.name}: {culprit}: {exc}") from None
+            self._warn_once(
+                "key",
+                f"afml_cache: {self.name} runs uncached: {culprit} cannot be fingerprinted "
+                f"({exc}); give its type a __cache_key__() or register_fingerprint(), or list "
+                "the argument in ignore=",
+            )
+            return None
+
+    def _culprit(self, arguments: dict[str, Any]) -> str:
+        for name, value in arguments.items():
+            try:
+                fingerprint(value, strict=self.options.strict)
+            except FingerprintError:
+                return f"argument {name!r}"
+        return "an argument"
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def _cache(self) -> Cache | None:
+        base = self.options.cache if self.options.cache is not None else config.shared_cache()
+        return None if base is None else base.namespaced(self.name)
+
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Cache, str, _Call] | None:
+        """The cache, key and details of a call, or None when it must run uncached."""
+        if not config.cache_enabled():
+            return None
+        cache = self._cache()
+        if cache is None:
+            return None
+        arguments = self._bound(args, kwargs)
+        call = _Call()
+        if self.time_options is not None:
+            call.ranges = _time_ranges(arguments, self.time_options)
+        key = self._key(
+            arguments,
+            tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges),
+        )
+        return None if key is None else (cache, key, call)
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        prepared = self._prepare(args, kwargs)
+        if prepared is None:
+            return self.fn(*args, **kwargs)
+        cache, key, call = prepared
+        found, value, compute_time = cache.lookup(key)
+        if found:
+            self._record(cache, hit=True, seconds=compute_time)
+            return value
+        with cache.lock_digest(key, LOCK_TIMEOUT) as held:
+            if held:
+                # Another thread or process may have computed it while this one waited.
+                found, value, compute_time = cache.lookup(key)
+                if found:
+                    self._record(cache, hit=True, seconds=compute_time)
+                    return value
+            start = time.perf_counter()
+            result = self.fn(*args, **kwargs)
+            elapsed = time.perf_counter() - start
+            self._store(cache, key, result, elapsed, call)
+        return result
+
+    async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        prepared = self._prepare(args, kwargs)
+        if prepared is None:
+            return await self.fn(*args, **kwargs)
+        cache, key, call = prepared
+        found, value, compute_time = cache.lookup(key)
+        if found:
+            self._record(cache, hit=True, seconds=compute_time)
+            return value
+        # No cross-task lock: awaiting a blocking file lock would stall the event loop.
+        start = time.perf_counter()
+        result = await self.fn(*args, **kwargs)
+        self._store(cache, key, result, time.perf_counter() - start, call)
+        return result
+
+    def _store(self, cache: Cache, key: str, result: Any, elapsed: float, call: _Call) -> None:
+        self._record(cache, hit=False, seconds=elapsed)
+        ttl = self.options.ttl
+        metadata: dict[str, Any] = {"function": self.name}
+        time_range = None
+        if call.ranges:
+            metadata["time_ranges"] = [r.describe() for r in call.ranges]
+            time_range = (min(r.start_ns for r in call.ranges), max(r.end_ns for r in call.ranges))
+            live_ttl = _live_ttl(time_range[1], self.time_options)
+            if live_ttl is not None:
+                ttl = live_ttl if ttl is None else min(ttl, live_ttl)
+        try:
+            cache.set_digest(
+                key,
+                result,
+                ttl=ttl,
+                tags=self.options.tags,
+                metadata=metadata,
+                compute_time=elapsed,
+                time_range=time_range,
+            )
+        except (CacheError, OSError, ValueError) as exc:
+            self._warn_once(
+                "store",
+                f"afml_cache: the result of {self.name} was returned but not cached: {exc}",
+            )
+
+    def _record(self, cache: Cache, *, hit: bool, seconds: float) -> None:
+        try:
+            cache._store.record_call(
+                self.name, hit, 0.0 if hit else seconds, seconds if hit else 0.0
+            )
+        except OSError as exc:  # statistics are a convenience; never fail a call over them
+            _log.debug("afml_cache: could not count a call of %s: %s", self.name, exc)
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+    # --- the function's own cache --------------------------------------------------------------
+
+    def cache_info(self) -> dict[str, Any]:
+        """Calls, hits, misses, hit rate, compute and saved time, and the entries kept."""
+        from afml_cache.monitoring import function_stats
+
+        cache = self._cache()
+        found = function_stats(self.name)
+        entries = cache.entries() if cache is not None else []
+        return {
+            **found,
+            "entries": len(entries),
+            "cache_size_mb": sum(e["size"] for e in entries) / 1e6,
+        }
+
+    def cache_clear(self) -> int:
+        """Removes this function's entries; returns how many."""
+        cache = self._cache()
+        return 0 if cache is None else cache._remove(cache.entries())
+
+    def cache_entries(self) -> list[dict[str, Any]]:
+        """This function's entries, with their metadata (and time ranges, if time-aware)."""
+        cache = self._cache()
+        return [] if cache is None else cache.entries()
+
+    def invalidate(self, *, overlapping: tuple[Any, Any] | None = None, after: Any = None) -> int:
+        """Removes the entries whose data range touches ``overlapping=(t0, t1)`` or reaches past
+        ``after=t``; returns how many."""
+        if (overlapping is None) == (after is None):
+            raise ValueError("invalidate takes exactly one of overlapping=(t0, t1) or after=t")
+        if overlapping is not None:
+            low, high = (_to_ns(t) for t in overlapping)
+        else:
+            low, high = _to_ns(after), None
+        cache = self._cache()
+        if cache is None:
+            return 0
+
+        def touches(entry: dict[str, Any]) -> bool:
+            span = entry.get("time_range")
+            if span is None:
+                return False
+            start, end = span
+            return end >= low and (high is None or start <= high)
+
+        return cache._remove(e for e in cache.entries() if touches(e))
+
+
+# --- time ranges ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Range:
+    argument: str
+    start_ns: int
+    end_ns: int
+    rows: int | None
+    freq: str | None
+
+    def describe(self) -> dict[str, Any]:
+        import pandas as pd
+
+        return {
+            "argument": self.argument,
+            "start": pd.Timestamp(self.start_ns, tz="UTC").isoformat(),
+            "end": pd.Timestamp(self.end_ns, tz="UTC").isoformat(),
+            "rows": self.rows,
+            "freq": self.freq,
+        }
+
+
+@dataclass
+class _Call:
+    ranges: list[_Range] = field(default_factory=list)
+
+
+def _time_ranges(arguments: dict[str, Any], options: _TimeOptions) -> list[_Range]:
+    found = []
+    for name, value in arguments.items():
+        span = _range_of(value, options.time_column)
+        if span is not None:
+            found.append(_Range(name, *span))
+    starts = [arguments[n] for n in options.start_args if arguments.get(n) is not None]
+    ends = [arguments[n] for n in options.end_args if arguments.get(n) is not None]
+    if starts or ends:
+        start = _to_ns(starts[0]) if starts else _to_ns(ends[0])
+        end = _to_ns(ends[0]) if ends else _to_ns(starts[0])
+        found.append(_Range("start/end", start, end, None, None))
+    return found
+
+
+def _range_of(value: Any, time_column: str | None) -> tuple[int, int, int, str | None] | None:
+    import sys
+
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        index = value.index if isinstance(value, (pd.Series, pd.DataFrame)) else value
+        if isinstance(index, pd.DatetimeIndex):
+            if len(index) == 0:
+                return None
+            return _to_ns(index.min()), _to_ns(index.max()), len(index), index.freqstr
+    pl = sys.modules.get("polars")
+    if (
+        pl is not None
+        and time_column is not None
+        and isinstance(value, pl.DataFrame)
+        and time_column in value.columns
+        and value.height
+    ):
+        column = value[time_column]
+        return _to_ns(column.min()), _to_ns(column.max()), value.height, None
+    return None
+
+
+def _to_ns(t: Any) -> int:
+    """Nanoseconds since the epoch in UTC; naive times count as UTC."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(t)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return int(stamp.as_unit("ns").value)
+
+
+def _live_ttl(end_ns: int, options: _TimeOptions | None) -> float | None:
+    """``live_ttl`` in seconds if the data end within ``live_window`` of now, else None."""
+    if options is None:
+        return None
+    now_ns = time.time_ns()
+    if end_ns >= now_ns - options.live_window.total_seconds() * 1e9:
+        return options.live_ttl.total_seconds()
+    return None
