@@ -13,6 +13,7 @@ import math
 import re
 import sys
 import textwrap
+import threading
 import types
 import uuid
 from collections.abc import Callable
@@ -207,6 +208,23 @@ def test_mutable_state_counts_by_name_only(load: Loader) -> None:
     assert code_fingerprint(module.pipeline) != base
 
 
+def test_a_global_the_function_assigns_is_state(load: Loader) -> None:
+    source = """
+    CALLS = 0
+
+    def f(x):
+        global CALLS
+        CALLS += 1
+        return x
+    """
+    module = load(source)
+    base = code_fingerprint(module.f)
+    module.f(1)
+    module.f(2)
+    assert module.CALLS == 2
+    assert code_fingerprint(module.f) == base
+
+
 def test_instances_count_by_class_not_state(load: Loader) -> None:
     source = """
     class Client:
@@ -233,6 +251,19 @@ def test_a_class_it_instantiates_counts_by_its_code(load: Loader) -> None:
     assert digest_of(load, PIPELINE.replace("FACTOR = 2.0", "FACTOR = 2.5")) != base
     init = PIPELINE.replace("self.k = k", "self.k = k + 1")
     assert digest_of(load, init) != base
+
+
+def test_a_method_replaced_at_run_time_is_noticed(load: Loader) -> None:
+    module = load(PIPELINE)
+    base = code_fingerprint(module.pipeline)
+    edited = load(PIPELINE.replace("* self.FACTOR * self.k", "* self.FACTOR + self.k"))
+    original = module.Model.predict
+    module.Model.predict = edited.Model.predict
+    assert code_fingerprint(module.pipeline) != base
+    module.Model.predict = original
+    assert code_fingerprint(module.pipeline) == base
+    module.Model.FACTOR = 3.0
+    assert code_fingerprint(module.pipeline) != base
 
 
 def test_class_members_of_every_kind_count(load: Loader) -> None:
@@ -266,6 +297,18 @@ def test_class_members_of_every_kind_count(load: Loader) -> None:
     ]
     for old, new in edits:
         assert digest_of(load, source.replace(old, new), "f") != base, old
+    # Replaced at run time (the originals kept alive): a property, a static method.
+    module = load(source)
+    assert code_fingerprint(module.f) == base
+    originals = dict(vars(module.Strategy))
+    module.Strategy.size = property(lambda self: 11)
+    changed = code_fingerprint(module.f)
+    assert changed != base
+    module.Strategy.clip = staticmethod(lambda x: x)
+    assert code_fingerprint(module.f) not in {base, changed}
+    module.Strategy.size = originals["size"]
+    module.Strategy.clip = originals["clip"]
+    assert code_fingerprint(module.f) == base
 
 
 # --- recursion ------------------------------------------------------------------------------
@@ -389,6 +432,26 @@ def test_closures_count(load: Loader) -> None:
     assert code_fingerprint(edited.make(5)) != code_fingerprint(module.make(5))
 
 
+def test_a_closure_cell_rebound_is_noticed(load: Loader) -> None:
+    source = """
+    def make(window):
+        def f(x):
+            return x * window
+
+        def set_window(value):
+            nonlocal window
+            window = value
+
+        return f, set_window
+    """
+    f, set_window = load(source).make(5)
+    base = code_fingerprint(f)
+    set_window(6)
+    assert code_fingerprint(f) != base
+    set_window(5)
+    assert code_fingerprint(f) == base
+
+
 def test_defaults_count_by_value(load: Loader) -> None:
     source = """
     import datetime
@@ -447,6 +510,50 @@ def test_user_decorators_are_followed_through_their_closure(load: Loader) -> Non
     """
     base = digest_of(load, source, "f")
     assert digest_of(load, source.replace("x * 2", "x * 3"), "f") != base
+
+
+def test_cached_functions_calling_cached_functions(load: Loader) -> None:
+    """The decorator's wrapper lives in afml_cache; the function it wraps is walked."""
+    source = """
+    import afml_cache
+
+    @afml_cache.cacheable
+    def features(x):
+        return x * 2
+
+    @afml_cache.cacheable
+    def labels(x):
+        return features(x) + 1
+    """
+    module = load(source)
+    base = code_fingerprint(module.labels.__wrapped__)
+    assert code_fingerprint(module.labels.__wrapped__) == base
+    edited = load(source.replace("x * 2", "x * 3"))
+    assert code_fingerprint(edited.labels.__wrapped__) != base
+
+
+def test_dataclasses_and_enums_count_by_value(load: Loader) -> None:
+    source = """
+    import dataclasses
+    import enum
+
+    class Side(enum.Enum):
+        BUY = 1
+        SELL = -1
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        window: int = 20
+        side: Side = Side.BUY
+
+    def f(x):
+        p = Params()
+        return x * p.window * p.side.value
+    """
+    base = digest_of(load, source, "f")
+    assert digest_of(load, source, "f") == base
+    assert digest_of(load, source.replace("window: int = 20", "window: int = 30"), "f") != base
+    assert digest_of(load, source.replace("SELL = -1", "SELL = -2"), "f") != base
 
 
 def test_partials_and_methods(load: Loader) -> None:
@@ -585,7 +692,7 @@ print(code_fingerprint(module.pipeline))
 
 
 def test_digest_is_the_same_in_fresh_processes(
-    tmp_path: Path, run_python: Callable[..., str], load: Loader
+    tmp_path: Path, run_python: Callable[..., str]
 ) -> None:
     suffix = uuid.uuid4().hex
     helpers, main = f"codehash_helpers_{suffix}", f"codehash_main_{suffix}"
@@ -606,6 +713,32 @@ def test_digest_is_the_same_in_fresh_processes(
     (tmp_path / f"{helpers}.py").write_text(PIPELINE.replace("WINDOW = 20", "WINDOW = 200"))
     edited = run_python(child, env={**env, "PYTHONHASHSEED": "0"}).strip()
     assert edited != digests["0"]
+
+
+# --- threads --------------------------------------------------------------------------------
+
+
+def test_concurrent_calls_while_names_are_rebound(load: Loader) -> None:
+    module = load(PIPELINE)
+    expected = code_fingerprint(module.pipeline)
+    results: list[str] = []
+
+    def worker() -> None:
+        for _ in range(300):
+            results.append(code_fingerprint(module.pipeline))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for i in range(3000):
+        module.WINDOW = 21 if i % 2 else 20
+        module.smooth = load(PIPELINE).smooth if i % 500 == 0 else module.smooth
+    for thread in threads:
+        thread.join()
+    module.WINDOW = 20
+    assert len(results) == 8 * 300
+    assert all(HEX64.fullmatch(r) for r in results)
+    assert code_fingerprint(module.pipeline) == expected
 
 
 # --- never raises ---------------------------------------------------------------------------
@@ -646,5 +779,7 @@ def test_what_cannot_be_read_counts_by_name(load: Loader) -> None:
     first = code_fingerprint(module.f)
     assert HEX64.fullmatch(first)
     assert code_fingerprint(module.f) == first
+    # f, Odd, Odd.go, Meta and Meta.__eq__ are still walked; only the odd objects count by name.
+    assert len(codehash._walk([module.f])) == 5
     for odd in (None, 42, "text", len, math, np.sqrt, _Hostile(), lambda x: x, object()):
         assert HEX64.fullmatch(code_fingerprint(odd))  # type: ignore[arg-type]

@@ -18,11 +18,18 @@ and classes as references (below), any other value by its fingerprint in strict 
 has none, by its type's qualified name. A default counts as it was when first seen; a mutable
 default changed in place later does not change the digest.
 
-*What it refers to*, transitively. The global names the bytecode loads (``LOAD_GLOBAL``, with the
-attribute chain that follows it, so ``helpers.smooth`` is one reference), the modules it imports
-in its body (``import``/``from … import``), and the values in its closure cells, resolved through
-``fn.__globals__``, its builtins and ``fn.__closure__``. A chain is followed with ``getattr`` only
-while it passes through the user's own modules. What a reference reaches counts as:
+*What it refers to*, transitively. The global names its bytecode and that of the code nested in
+it (comprehensions, lambdas, inner functions and classes) loads (``LOAD_GLOBAL``/``LOAD_NAME``,
+with the attribute chain that follows, so ``helpers.smooth`` is one reference): this is the
+subset of ``co_names`` that names globals, without the attribute names that merely coincide with
+one. Also the modules it imports in its body (``import``/``from … import``, with the attributes
+used on them) and the values in its closure cells; resolved through ``fn.__globals__``, its
+builtins, ``sys.modules`` and ``fn.__closure__``. A chain is followed with ``getattr`` only while
+it passes through the user's own modules (``np.mean`` counts as ``np``). Names reached only
+dynamically (``globals()[name]``, ``eval``) are not seen. A module of the user's own that the
+function imports in its body and that is not imported yet is imported then, so that its code
+counts from the first call (library modules are only named, never imported). What a reference
+reaches counts as:
 
 - a function of the user's own code: a reference by qualified name, and the function is walked
   in turn (each function and class once, so recursion and mutual recursion terminate);
@@ -33,7 +40,8 @@ while it passes through the user's own modules. What a reference reaches counts 
 - an immutable constant (``int``, ``float``, ``complex``, ``bool``, ``str``, ``bytes``, ``None``,
   tuples and frozensets of these): by value; an enum member by its class, name and value;
 - a mutable object (dict, list, set, a client object, an instance of a library class): by its
-  type's qualified name only, since its state changes at run time and must not churn keys;
+  type's qualified name only, since its state changes at run time and must not churn keys; so
+  does a global the function itself assigns (``global CALLS; CALLS += 1``), whatever its type;
 - a module, function or class of the standard library or an installed package: by qualified
   name plus version (the distribution's version for packages, ``python X.Y`` for the standard
   library, the name alone when no version is found). A library callable that wraps a user
@@ -63,7 +71,18 @@ the object it resolved to (a weak reference, the object itself for constants and
 cannot be weakly referenced, or the type for objects that count by type). A call re-resolves every
 reference and compares identities, so rebinding a name (a notebook cell re-executed, a module
 reloaded, ``__code__`` swapped by autoreload) is noticed on the next call and only what changed is
-recomputed. Mutating a dict or an instance in place is deliberately not noticed.
+recomputed. Mutating a dict or an instance in place is deliberately not noticed; neither is
+assigning a new ``__defaults__`` tuple that happens to reuse the old one's address (defaults are
+checked by ``id``, to hold no reference from the cache to them), nor editing ``__kwdefaults__``
+in place.
+
+A repeated call for a function with five helpers costs a few microseconds (one dictionary lookup
+and identity test per reference, no hashing); the first call per function reads its bytecode
+and hashes it (milliseconds, once, plus the first lookup of library versions).
+
+Concurrent calls from several threads are safe without a lock: the caches are only read and
+replaced whole, every node's digest is a pure function of what it was computed from, and two
+threads computing the same node store equal values.
 """
 
 from __future__ import annotations
@@ -186,14 +205,14 @@ def _is_user_module(module: types.ModuleType) -> bool:
 
 
 def _is_user_function(fn: types.FunctionType) -> bool:
-    module_name = fn.__module__
+    module_name = _defining_module(fn)
     if _is_own_package(module_name):
         return False
     filename = fn.__code__.co_filename
     if not filename.startswith("<") or filename.startswith("<frozen"):
         return _is_user_path(filename)
     # Generated code (exec, dataclasses, namedtuple) belongs to the module it was made for.
-    module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+    module = sys.modules.get(module_name)
     if module is not None and module_name != "__main__":
         return _is_user_module(module)
     return True
@@ -244,7 +263,12 @@ def _version_of(module_name: str) -> str | None:
     top = module_name.partition(".")[0]
     if top == "builtins" or _is_stdlib_name(top):
         return "python {}.{}".format(*sys.version_info[:2])
-    for dist in (top, *_packages_distributions().get(top, ())):
+    try:
+        return importlib.metadata.version(top)
+    except Exception:
+        pass
+    # An import name that differs from its distribution's (sklearn: scikit-learn).
+    for dist in _packages_distributions().get(top, ()):
         try:
             return importlib.metadata.version(dist)
         except Exception:
@@ -296,8 +320,9 @@ def _is_constant(value: object) -> bool:
         return True
     if isinstance(value, _ATOMS) and not isinstance(value, enum.Enum):
         return True
-    if type(value) is tuple or type(value) is frozenset:
-        return all(_is_constant(item) for item in value)  # type: ignore[attr-defined]
+    # Exactly tuples and frozensets: a namedtuple or subclass may carry more than its items.
+    if isinstance(value, tuple | frozenset) and type(value) in (tuple, frozenset):
+        return all(_is_constant(item) for item in value)
     return False
 
 
@@ -351,10 +376,10 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if _is_constant(obj):
         return ("const", obj), (_SAME, _held(obj))
     cls = type(obj)
-    if cls is types.FunctionType:
-        if _is_user_function(obj):  # type: ignore[arg-type]
+    if isinstance(obj, types.FunctionType):
+        if _is_user_function(obj):
             children.append(obj)
-            return ("function", obj.__qualname__), _same(obj)  # type: ignore[attr-defined]
+            return ("function", obj.__qualname__), _same(obj)
         return _library_callable(obj, children), _same(obj)
     if isinstance(obj, type):
         if _is_user_class(obj):
@@ -364,31 +389,27 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
             return ("builtin", obj.__qualname__), _same(obj)
         return _library_callable(obj, children), _same(obj)
     if isinstance(obj, types.ModuleType):
-        if _is_user_module(obj):  # type: ignore[arg-type]
-            return ("module", obj.__name__), _same(obj)  # type: ignore[attr-defined]
-        name = obj.__name__  # type: ignore[attr-defined]
-        return ("library", name, _version_of(name)), _same(obj)
-    if cls is types.MethodType:
-        function, _ = _ref(obj.__func__, children)  # type: ignore[attr-defined]
-        owner, _ = _ref(obj.__self__, children)  # type: ignore[attr-defined]
+        if _is_user_module(obj):
+            return ("module", obj.__name__), _same(obj)
+        return ("library", obj.__name__, _version_of(obj.__name__)), _same(obj)
+    if isinstance(obj, types.MethodType):
+        function, _ = _ref(obj.__func__, children)
+        owner, _ = _ref(obj.__self__, children)
         return ("method", function, owner), _same(obj)
-    if cls is staticmethod or cls is classmethod:
-        function, _ = _ref(obj.__func__, children)  # type: ignore[attr-defined]
-        getters = (("__func__", _same(obj.__func__)[1]),)  # type: ignore[attr-defined]
+    if isinstance(obj, staticmethod | classmethod):
+        function, _ = _ref(obj.__func__, children)
+        getters: tuple[tuple[str, Getter], ...] = (("__func__", _same(obj.__func__)[1]),)
         return (cls.__name__, function), (_PARTS, (cls, getters))
-    if cls is property:
+    if isinstance(obj, property):
         names = ("fget", "fset", "fdel")
         accessors = tuple(getattr(obj, name) for name in names)
         parts = tuple(_ref(a, children)[0] if a is not None else None for a in accessors)
         getters = tuple((n, _same(a)[1]) for n, a in zip(names, accessors, strict=True))
         return ("property", *parts), (_PARTS, (cls, getters))
-    if cls is functools.partial:
-        function, _ = _ref(obj.func, children)  # type: ignore[attr-defined]
-        args = tuple(_value(a, children) for a in obj.args)  # type: ignore[attr-defined]
-        keywords = tuple(
-            (k, _value(v, children))
-            for k, v in sorted(obj.keywords.items())  # type: ignore[attr-defined]
-        )
+    if isinstance(obj, functools.partial):
+        function, _ = _ref(obj.func, children)
+        args = tuple(_value(a, children) for a in obj.args)
+        keywords = tuple((k, _value(v, children)) for k, v in sorted(obj.keywords.items()))
         return ("partial", function, args, keywords), _same(obj)
     if isinstance(obj, enum.Enum):
         owner, _ = _ref(cls, children)
@@ -408,20 +429,38 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
     module = _module_of(obj)
     if module == "builtins":
         return ("builtin", getattr(obj, "__qualname__", None) or _qualified(obj))
-    name = _qualified(obj)
-    version = _version_of(module)
-    inner = obj
+    inner = _wrapped_user_function(obj)
+    if inner is None:
+        return ("library", _qualified(obj), _version_of(module))
+    children.append(inner)
+    # A wrapper carries the wrapped function's names (functools.wraps): name it by its code.
+    if isinstance(obj, types.FunctionType):
+        module = _defining_module(obj)
+        name = f"{module}.{obj.__code__.co_qualname}"
+    else:
+        module = type(obj).__module__
+        name = _qualified(type(obj))
+    return ("wrapped", name, _version_of(module), ("function", inner.__qualname__))
+
+
+def _wrapped_user_function(obj: object) -> types.FunctionType | None:
+    inner: object = obj
     for _ in range(16):  # wrappers of wrappers; a loop of __wrapped__ must end
         try:
             inner = getattr(inner, "__wrapped__", None)
         except Exception:
-            inner = None
+            return None
         if inner is None or isinstance(inner, type):
-            break
-        if type(inner) is types.FunctionType and _is_user_function(inner):
-            children.append(inner)
-            return ("wrapped", name, version, ("function", inner.__qualname__))
-    return ("library", name, version)
+            return None
+        if isinstance(inner, types.FunctionType) and _is_user_function(inner):
+            return inner
+    return None
+
+
+def _defining_module(fn: types.FunctionType) -> str:
+    """The module whose code defined ``fn`` (``__module__`` may have been copied by wraps)."""
+    name = fn.__globals__.get("__name__")
+    return name if isinstance(name, str) else _module_of(fn)
 
 
 def _value(value: object, children: list[object]) -> Any:
@@ -492,12 +531,22 @@ def _references(code: types.CodeType) -> tuple[Ref, ...]:
             if base is None:
                 continue
             attrs = list(base[-1])
-            for following in instructions[i + 1 :]:
-                if following.opname not in _LOADS_ATTR:
-                    break
-                attrs.append(following.argval)
+            j = i + 1
+            while j < len(instructions) and instructions[j].opname in _LOADS_ATTR:
+                attrs.append(instructions[j].argval)
+                j += 1
             found[(*base[:-1], tuple(attrs))] = None
-    return tuple(found)
+    # A global the function itself assigns (`global CALLS; CALLS += 1`) is state, not a
+    # constant: it counts by type, or every call would change the digest.
+    written = {
+        ins.argval
+        for c in _code_objects(code)
+        for ins in dis.get_instructions(c)
+        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL")
+    }
+    return tuple(
+        ("state", *ref[1:]) if ref[0] == "global" and ref[1] in written else ref for ref in found
+    )
 
 
 def _last_import(instructions: list[dis.Instruction], i: int) -> int:
@@ -566,13 +615,13 @@ class _FunctionNode:
         for name, expected in self.same:
             current = scope.get(name, missing)
             if current is missing:
-                current = fn.__builtins__.get(name, missing)
-            if False:
+                current = _builtins_of(fn).get(name, missing)
+            if expected() is not current:
                 return None
         for name, check in self.names:
             current = scope.get(name, missing)
             if current is missing:
-                current = fn.__builtins__.get(name, missing)
+                current = _builtins_of(fn).get(name, missing)
             if not _matches(check, current):
                 return None
         for ref, modules, check in self.paths:
@@ -646,6 +695,10 @@ def _weak_children(children: list[object]) -> tuple[weakref.ref[Any], ...]:
     return tuple(weakref.ref(c) for c in children)
 
 
+def _builtins_of(fn: types.FunctionType) -> dict[str, Any]:
+    return fn.__builtins__  # type: ignore[attr-defined,no-any-return]  # 3.10+, not in typeshed
+
+
 def _cell_contents(cell: types.CellType) -> object:
     try:
         return cell.cell_contents
@@ -655,10 +708,10 @@ def _cell_contents(cell: types.CellType) -> object:
 
 def _start(fn: types.FunctionType, ref: Ref) -> object:
     """The object a reference starts from: a global (or builtin) name, or an imported module."""
-    if ref[0] == "global":
+    if ref[0] != "import":
         current = fn.__globals__.get(ref[1], _MISSING)
         if current is _MISSING:
-            current = fn.__builtins__.get(ref[1], _MISSING)
+            current = _builtins_of(fn).get(ref[1], _MISSING)
         return current
     return sys.modules.get(ref[2], _NOT_IMPORTED)
 
@@ -747,9 +800,9 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.digest = _digest(form, fn)
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
-        # Only the code's identity is checked again: the same failure would recur.
         node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
+        node.defaults_id = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
 
@@ -763,6 +816,12 @@ def _function_reference(
 ) -> None:
     """Resolve one reference of ``fn``: record what it counts as in ``refs`` under its label
     (the names followed), and how to check it again in ``node``."""
+    if ref[0] == "state":
+        if (ref[1],) not in refs:
+            current = _start(fn, ref)
+            node.add_name(ref[1], _of_type(current))
+            refs[(ref[1],)] = ("state", None if current is _MISSING else _qualified(type(current)))
+        return
     if ref[0] == "import":
         ref = _absolute_import(fn, ref)
         _import_if_user(ref[2])
@@ -796,7 +855,9 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
     children: list[object] = []
     try:
         members = []
-        for name, value in vars(cls).items():
+        namespace = tuple(vars(cls).items())  # one snapshot, even if another thread edits it
+        node.size = len(namespace)
+        for name, value in namespace:
             if name in _SKIPPED_CLASS_KEYS:
                 continue
             part, check = _ref(value, children)
@@ -811,6 +872,7 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
         node.same, node.members, children = [], [], []
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(cls)))
+        node.size = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
 
@@ -845,7 +907,7 @@ def _walk(roots: list[object]) -> tuple[str, ...]:
     digests: list[str] = []
     seen: set[int] = set()
     pinned: list[object] = []  # keeps each visited object alive, so its id stays its own
-    stack = roots[::-1]
+    stack: list[Any] = roots[::-1]
     nodes = _nodes
     while stack:
         obj = stack.pop()
@@ -857,7 +919,12 @@ def _walk(roots: list[object]) -> tuple[str, ...]:
             node = nodes.get(obj)
         except TypeError:  # a class whose metaclass makes it unhashable
             node = None
-        children = node.current_children(obj) if node is not None else None
+        children = None
+        if node is not None:
+            try:
+                children = node.current_children(obj)
+            except Exception:  # a module's __getattr__ that raises, say: compute afresh
+                children = None
         if node is None or children is None:
             if type(obj) is types.FunctionType:
                 node, children = _function_node(obj)
