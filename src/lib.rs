@@ -6,6 +6,7 @@ pub mod codec;
 pub mod error;
 pub mod fingerprint;
 pub mod memory;
+pub mod parallel;
 pub mod store;
 
 #[cfg(feature = "python")]

@@ -181,7 +181,7 @@ pub fn encode(data: &[u8], itemsize: usize, compression: Compression) -> Vec<u8>
     // written once, at its exact size. Nothing is zero-filled, no worst case is allocated.
     let compressed: Vec<Option<Vec<u8>>> = if method == Method::Stored {
         vec![None; chunks]
-    } else if chunks < 2 {
+    } else if chunks < 2 || !crate::parallel::available() {
         data.chunks(chunk_size).map(|chunk| encode_chunk(chunk, width)).collect()
     } else {
         data.par_chunks(chunk_size).map(|chunk| encode_chunk(chunk, width)).collect()
@@ -402,7 +402,7 @@ pub fn decode_into(frame: &[u8], out: &mut [u8]) -> Result<()> {
         )));
     }
     let width = if layout.method == Method::ShuffleLz4 { layout.width } else { 0 };
-    if layout.chunks.len() < 2 {
+    if layout.chunks.len() < 2 || !crate::parallel::available() {
         for (i, (chunk, dst)) in layout.chunks.iter().zip(out.chunks_mut(layout.chunk_size)).enumerate() {
             decode_chunk(frame, i, chunk, width, dst)?;
         }

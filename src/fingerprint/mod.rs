@@ -110,7 +110,7 @@ impl Encoder {
 
     /// Bytes with no length prefix (the caller has written what delimits them).
     pub fn raw(&mut self, b: &[u8]) {
-        if b.len() >= PARALLEL_THRESHOLD {
+        if b.len() >= PARALLEL_THRESHOLD && crate::parallel::available() {
             self.hasher.update_rayon(b);
         } else {
             self.hasher.update(b);

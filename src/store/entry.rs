@@ -161,7 +161,7 @@ impl Mac {
         let skip_from = COUNTERS.start.saturating_sub(start).min(piece.len());
         let skip_to = COUNTERS.end.saturating_sub(start).min(piece.len());
         for part in [&piece[..skip_from], &piece[skip_to..]] {
-            if part.len() >= PARALLEL_MAC {
+            if part.len() >= PARALLEL_MAC && crate::parallel::available() {
                 self.hasher.update_rayon(part);
             } else {
                 self.hasher.update(part);

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use rayon::prelude::*;
 
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
+use crate::parallel;
 pub use entry::{Counters, Header};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
@@ -236,7 +236,7 @@ impl Store {
     pub fn put(&self, new: NewEntry<'_>) -> Result<Stored> {
         let path = self.entry_path(new.namespace, new.key)?;
         let frames: Vec<Vec<u8>> =
-            new.buffers.par_iter().map(|(data, itemsize)| codec::encode(data, *itemsize, new.compression)).collect();
+            parallel::map(&new.buffers, |(data, itemsize)| codec::encode(data, *itemsize, new.compression));
         let header = Header {
             namespace: new.namespace.to_string(),
             key: new.key.to_string(),
@@ -477,20 +477,17 @@ impl Store {
     pub fn scan(&self) -> Result<Vec<Scanned>> {
         let mut files = Vec::new();
         collect_files(&layout::entries_dir(&self.root), &mut files)?;
-        let scanned: Vec<Option<Scanned>> = files
-            .par_iter()
-            .map(|path| {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let Some(writer) = layout::temp_writer(name) {
-                    remove_if_abandoned(path, writer);
-                    return None;
-                }
-                if !name.ends_with(layout::ENTRY_SUFFIX) {
-                    return None;
-                }
-                read_header(path).ok()
-            })
-            .collect();
+        let scanned: Vec<Option<Scanned>> = parallel::map(&files, |path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some(writer) = layout::temp_writer(name) {
+                remove_if_abandoned(path, writer);
+                return None;
+            }
+            if !name.ends_with(layout::ENTRY_SUFFIX) {
+                return None;
+            }
+            read_header(path).ok()
+        });
         Ok(scanned.into_iter().flatten().collect())
     }
 
@@ -563,24 +560,21 @@ impl Store {
     pub fn check(&self, fix: bool) -> Result<Vec<Problem>> {
         let mut files = Vec::new();
         collect_files(&layout::entries_dir(&self.root), &mut files)?;
-        let results: Vec<(Option<Problem>, u64)> = files
-            .par_iter()
-            .map(|path| {
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if let Some(writer) = layout::temp_writer(name) {
-                    let fixed = fix && remove_if_abandoned(path, writer);
-                    let problem = "an unfinished temp file (its writer stopped or is still writing)";
-                    return (Some(Problem { path: path.clone(), problem: problem.into(), fixed }), 0);
+        let results: Vec<(Option<Problem>, u64)> = parallel::map(&files, |path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some(writer) = layout::temp_writer(name) {
+                let fixed = fix && remove_if_abandoned(path, writer);
+                let problem = "an unfinished temp file (its writer stopped or is still writing)";
+                return (Some(Problem { path: path.clone(), problem: problem.into(), fixed }), 0);
+            }
+            match self.verify_file(path) {
+                Ok(size) => (None, size),
+                Err(why) => {
+                    let fixed = fix && fs::remove_file(path).is_ok();
+                    (Some(Problem { path: path.clone(), problem: why, fixed }), 0)
                 }
-                match self.verify_file(path) {
-                    Ok(size) => (None, size),
-                    Err(why) => {
-                        let fixed = fix && fs::remove_file(path).is_ok();
-                        (Some(Problem { path: path.clone(), problem: why, fixed }), 0)
-                    }
-                }
-            })
-            .collect();
+            }
+        });
         if fix {
             let good: Vec<u64> = results.iter().filter(|(p, _)| p.is_none()).map(|(_, s)| *s).collect();
             self.keyring().stats.set(Counter::Bytes, good.iter().sum());
