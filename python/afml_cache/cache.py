@@ -611,6 +611,8 @@ def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
 
 
 def _describe(key: Any) -> str:
+    if key is None:  # stored by fingerprint alone (the decorators)
+        return "its key"
     return f"key {key!r}" if type(key) in (str, int) else f"a {type(key).__qualname__} key"
 
 

@@ -19,6 +19,7 @@ import datetime
 import functools
 import inspect
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -318,7 +319,7 @@ class _Engine:
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
-            warnings.warn(message, UserWarning, stacklevel=4)
+            warnings.warn(message, UserWarning, stacklevel=_caller_stacklevel())
 
     # --- the function's own cache --------------------------------------------------------------
 
@@ -366,6 +367,15 @@ class _Engine:
             return end >= low and (high is None or start <= high)
 
         return cache._remove(e for e in cache.entries() if touches(e))
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside afml_cache: the
+    user's call of the decorated function."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("afml_cache"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # --- time ranges ------------------------------------------------------------------------------
@@ -456,8 +466,6 @@ def _time_ranges(arguments: dict[str, Any], options: _TimeOptions) -> list[_Rang
 
 
 def _range_of(value: Any, time_column: str | None) -> tuple[int, int, int, str | None] | None:
-    import sys
-
     pd = sys.modules.get("pandas")
     if pd is not None:
         index = value.index if isinstance(value, (pd.Series, pd.DataFrame)) else value
