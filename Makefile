@@ -25,6 +25,7 @@ bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas and blake
 	$(PYTHON) -m pip install -e ".[bench]"
 	$(PYTHON) benches/bench_fingerprint.py
 	$(PYTHON) benches/bench_store.py
+	$(PYTHON) benches/bench_decorators.py
 
 demo: ## run the demo
 	afml-cache demo
