@@ -1207,3 +1207,19 @@ def test_live_edge_entries_expire_and_past_entries_do_not(cache_dir: Path) -> No
     assert close_sum(live) == 10.0
     assert close_sum(past) == 10.0
     assert calls == [now.year]  # only the live entry expired
+
+
+def test_cache_info_reads_the_cache_the_function_uses(tmp_path):
+    # A function given its own Cache counts its calls there, not in the configured cache.
+    own = afml_cache.Cache(tmp_path / "own")
+
+    @afml_cache.robust_cacheable(cache=own)
+    def doubled(x):
+        return 2 * x
+
+    doubled(3)
+    doubled(3)
+    info = doubled.cache_info()
+    assert (info["total_calls"], info["cache_hits"], info["cache_misses"]) == (2, 1, 1)
+    assert info["entries"] == 1
+    assert info["cache_size_mb"] > 0

@@ -476,7 +476,7 @@ class Cache:
         compression."""
         self._flush_accesses()
         found = []
-        for raw in self._store.scan():
+        for raw in self._store.scan(self.namespace):
             if raw["namespace"] != self.namespace:
                 continue
             described = json.loads(raw.pop("metadata") or "{}")

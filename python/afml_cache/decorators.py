@@ -325,16 +325,12 @@ class _Engine:
 
     def cache_info(self) -> dict[str, Any]:
         """Calls, hits, misses, hit rate, compute and saved time, and the entries kept."""
-        from afml_cache.monitoring import function_stats
+        from afml_cache.monitoring import function_row
 
         cache = self._cache()
-        found = function_stats(self.name)
         entries = cache.entries() if cache is not None else []
-        return {
-            **found,
-            "entries": len(entries),
-            "cache_size_mb": sum(e["size"] for e in entries) / 1e6,
-        }
+        size = sum(e["size"] for e in entries)
+        return {**function_row(cache, self.name, size), "entries": len(entries)}
 
     def cache_clear(self) -> int:
         """Removes this function's entries; returns how many."""

@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from afml_cache import config
+from afml_cache.cache import Cache
 
-__all__ = ["cache_status", "function_stats", "get_cache_monitor", "get_cache_stats"]
+__all__ = [
+    "cache_status",
+    "function_row",
+    "function_stats",
+    "get_cache_monitor",
+    "get_cache_stats",
+]
 
 _FIELDS = (
     "function_name",
@@ -24,6 +31,16 @@ _FIELDS = (
     "cache_size_mb",
     "last_accessed",
 )
+
+
+def _empty(name: str, size_bytes: int = 0) -> dict[str, Any]:
+    return {
+        **dict.fromkeys(_FIELDS, 0),
+        "function_name": name,
+        "last_accessed": None,
+        "hit_rate": 0.0,
+        "cache_size_mb": size_bytes / 1e6,
+    }
 
 
 def _row(raw: dict[str, Any], size_bytes: int) -> dict[str, Any]:
@@ -50,7 +67,7 @@ def get_cache_stats() -> dict[str, dict[str, Any]]:
     if cache is None:
         return {}
     sizes: dict[str, int] = {}
-    for entry in cache._store.scan():
+    for entry in cache._store.scan(None):
         sizes[entry["namespace"]] = sizes.get(entry["namespace"], 0) + entry["size"]
     return {
         raw["namespace"]: _row(raw, sizes.get(raw["namespace"], 0))
@@ -59,10 +76,22 @@ def get_cache_stats() -> dict[str, dict[str, Any]]:
     }
 
 
+def function_row(cache: Cache | None, name: str, size_bytes: int) -> dict[str, Any]:
+    """The statistics of the cached function ``name`` kept in ``cache``'s directory, given the
+    bytes its entries take (zeros if it was never called, or there is no usable cache)."""
+    if cache is None:
+        return _empty(name, size_bytes)
+    for raw in cache._store.function_stats():
+        if raw["namespace"] == name:
+            return _row(raw, size_bytes)
+    return _empty(name, size_bytes)
+
+
 def function_stats(name: str) -> dict[str, Any]:
-    """The statistics of one cached function (zeros if it was never called)."""
-    empty = dict.fromkeys(_FIELDS, 0)
-    return get_cache_stats().get(name, {**empty, "function_name": name, "last_accessed": None})
+    """The statistics of one cached function of the configured cache."""
+    cache = config.shared_cache()
+    size = sum(e["size"] for e in cache._store.scan(name)) if cache is not None else 0
+    return function_row(cache, name, size)
 
 
 def cache_status() -> str:

@@ -229,9 +229,11 @@ impl Store {
         Ok(py.detach(|| self.inner.touch(namespace, key, expires))?)
     }
 
-    /// Every entry's metadata (without loading values), as dicts.
-    fn scan<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let entries = py.detach(|| self.inner.scan())?;
+    /// Every entry's metadata (without loading values), as dicts; only the entries of
+    /// `namespace` when given.
+    #[pyo3(signature = (namespace = None))]
+    fn scan<'py>(&self, py: Python<'py>, namespace: Option<&str>) -> PyResult<Bound<'py, PyList>> {
+        let entries = py.detach(|| self.inner.scan(namespace))?;
         let out = PyList::empty(py);
         for s in &entries {
             out.append(scanned_dict(py, s)?)?;

@@ -474,9 +474,14 @@ impl Store {
     }
 
     /// Every entry's header and counters (not verified), plus stale temp files removed on the way.
-    pub fn scan(&self) -> Result<Vec<Scanned>> {
+    /// `namespace` limits the scan to that namespace's directory.
+    pub fn scan(&self, namespace: Option<&str>) -> Result<Vec<Scanned>> {
+        let mut dir = layout::entries_dir(&self.root);
+        if let Some(namespace) = namespace {
+            dir.push(layout::namespace_dir(namespace));
+        }
         let mut files = Vec::new();
-        collect_files(&layout::entries_dir(&self.root), &mut files)?;
+        collect_files(&dir, &mut files)?;
         let scanned: Vec<Option<Scanned>> = parallel::map(&files, |path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if let Some(writer) = layout::temp_writer(name) {
@@ -494,7 +499,7 @@ impl Store {
     /// Removes entries the predicate selects; returns how many and how many bytes.
     pub fn remove_where(&self, select: impl Fn(&Scanned) -> bool) -> Result<(u64, u64)> {
         let (mut count, mut bytes) = (0, 0);
-        for s in self.scan()? {
+        for s in self.scan(None)? {
             if select(&s) && fs::remove_file(&s.path).is_ok() {
                 self.forget(s.bytes);
                 count += 1;
@@ -523,7 +528,7 @@ impl Store {
     /// Returns the number of entries evicted.
     pub fn evict(&self) -> Result<u64> {
         let Some(_guard) = lock::try_acquire(&self.root.join("evict.lock"))? else { return Ok(0) };
-        let mut entries = self.scan()?;
+        let mut entries = self.scan(None)?;
         let mut total: u64 = entries.iter().map(|s| s.bytes).sum();
         let target = self.size_limit / 10 * 9;
         let now = now();
