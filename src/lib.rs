@@ -21,4 +21,14 @@ mod _core {
     use crate::bindings::store::{KeyLock, Store};
     #[pymodule_export]
     const SPEC_VERSION: u32 = crate::fingerprint::SPEC_VERSION;
+
+    use pyo3::prelude::*;
+    use pyo3::types::PyTuple;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        use crate::store::{latency_bound, LATENCY_BUCKETS};
+        let bounds = PyTuple::new(m.py(), (0..LATENCY_BUCKETS).map(latency_bound))?;
+        m.add("LATENCY_BOUNDS", bounds)
+    }
 }

@@ -12,12 +12,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import copyreg
+import functools
 import io
 import json
 import logging
+import multiprocessing
+import multiprocessing.util
 import os
 import pickle
+import queue
 import re
+import struct
 import sys
 import tarfile
 import threading
@@ -25,14 +31,14 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from afml_cache._core import Store, fingerprint
+from afml_cache._core import KeyLock, Store, fingerprint
 from afml_cache.errors import CacheError
 
 __all__ = ["COMPRESSIONS", "Cache", "default_directory", "parse_size"]
@@ -41,11 +47,18 @@ COMPRESSIONS = ("none", "fast", "default")
 # Buffers smaller than this stay inside the pickle stream: framing and compressing them separately
 # costs more than it saves.
 _IN_BAND_LIMIT = 64 * 1024
+# Starts a stored stream whose buffers repeat (see _serialize).
+_REPEATS_MAGIC = b"AFMLREP1"
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _ARCHIVE_FORMAT = "afml-cache export v1"
 # Values up to this size are kept in the memory tier as soon as they are written.
 _REMEMBER_ON_SET = 8 * 1024 * 1024
+# Values with this many bytes of buffers are written behind when the caller asks (set_digest).
+_WRITE_BEHIND_MIN = 1024 * 1024
 _log = logging.getLogger("afml_cache")
+# A library's logger stays silent until the application configures logging (a user who does
+# sees every store failure at WARNING); users get each failure once through `warnings` instead.
+_log.addHandler(logging.NullHandler())
 
 
 def parse_size(size: int | str, name: str = "size") -> int:
@@ -81,8 +94,15 @@ def _copy(buffer: Any) -> np.ndarray:
 
 
 def _serialize(value: Any) -> tuple[bytes, list[tuple[memoryview, int]]]:
-    """The pickle stream and the large out-of-band buffers (bytes, item size) of ``value``."""
+    """The pickle stream and the large out-of-band buffers (bytes, item size) of ``value``.
+
+    A buffer the value holds twice (pandas keeps a Series' index in two objects over one array)
+    is stored once: the stream then starts with the order in which ``_deserialize`` hands the
+    stored buffers back to pickle.
+    """
     buffers: list[tuple[memoryview, int]] = []
+    order: list[int] = []
+    seen: dict[tuple[int, int], int] = {}
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
         try:
@@ -91,10 +111,68 @@ def _serialize(value: Any) -> tuple[bytes, list[tuple[memoryview, int]]]:
             return True
         if raw.nbytes < _IN_BAND_LIMIT:
             return True
-        buffers.append((raw, memoryview(buffer).itemsize))
+        where = (np.frombuffer(raw, dtype=np.uint8).ctypes.data, raw.nbytes)
+        if where not in seen:
+            seen[where] = len(buffers)
+            buffers.append((raw, memoryview(buffer).itemsize))
+        order.append(seen[where])
         return False
 
-    return pickle.dumps(value, protocol=5, buffer_callback=out_of_band), buffers
+    stream = io.BytesIO()
+    pickler = pickle.Pickler(stream, protocol=5, buffer_callback=out_of_band)
+    pickler.dispatch_table = _DISPATCH  # type: ignore[assignment]  # typeshed: Mapping
+    pickler.dump(value)
+    if len(order) == len(buffers):
+        return stream.getvalue(), buffers
+    header = _REPEATS_MAGIC + struct.pack(f"<I{len(order)}I", len(order), *order)
+    return header + stream.getvalue(), buffers
+
+
+def _deserialize(stream: bytes, buffers: Sequence[Any]) -> Any:
+    """The value ``_serialize`` gave ``stream`` and ``buffers`` for."""
+    if not stream.startswith(_REPEATS_MAGIC):  # a pickle stream starts with b"\x80"
+        return pickle.loads(stream, buffers=buffers)
+    start = len(_REPEATS_MAGIC)
+    (count,) = struct.unpack_from("<I", stream, start)
+    order = struct.unpack_from(f"<{count}I", stream, start + 4)
+    body = memoryview(stream)[start + 4 + 4 * count :]
+    return pickle.loads(body, buffers=[buffers[i] for i in order])
+
+
+def _reduce_ndarray(array: np.ndarray) -> Any:
+    # numpy pickles datetime64 and timedelta64 arrays in-band, which copies every DatetimeIndex
+    # into the stream; their int64 view goes out of band like any other array.
+    if array.dtype.kind in "mM" and (array.flags.c_contiguous or array.flags.f_contiguous):
+        return _datetime_array, (array.view(np.int64), array.dtype.str)
+    return array.__reduce_ex__(5)
+
+
+def _datetime_array(ints: np.ndarray, dtype: str) -> np.ndarray:
+    return ints.view(dtype)
+
+
+# Only exact ndarrays: subclasses (np.matrix, masked arrays) keep their own reductions.
+_DISPATCH = {**copyreg.dispatch_table, np.ndarray: _reduce_ndarray}
+
+
+@dataclass
+class _Entry:
+    """A value ready to store: its serialized form and the entry's header fields."""
+
+    slot: tuple[str, str]  # (namespace, digest)
+    label: Any
+    stream: bytes
+    buffers: list[tuple[Any, int]]  # (bytes, item size)
+    expires: float | None
+    compute_time: float
+    protected: bool
+    tags: list[str]
+    time_range: tuple[int, int] | None
+    metadata: str
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.stream) + sum(len(raw) for raw, _ in self.buffers)
 
 
 @dataclass
@@ -103,7 +181,7 @@ class _Remembered:
 
     stream: bytes
     buffers: list[np.ndarray]
-    mac: bytes
+    mac: bytes | None  # None while the entry is being written behind
     expires: float | None
     compute_time: float
     generation: int
@@ -120,11 +198,15 @@ class _MemoryTier:
         self._lock = threading.Lock()
 
     def get(self, slot: tuple[str, str]) -> _Remembered | None:
-        with self._lock:
-            found = self._items.get(slot)
-            if found is not None:
+        # No lock on the hot path: each OrderedDict operation is atomic under the GIL.
+        found = self._items.get(slot)
+        if found is not None:
+            # Dropped meanwhile by another thread? suppress() would cost a tenth of a hit.
+            try:  # noqa: SIM105
                 self._items.move_to_end(slot)
-            return found
+            except KeyError:
+                pass
+        return found
 
     def put(self, slot: tuple[str, str], item: _Remembered) -> None:
         with self._lock:
@@ -153,6 +235,36 @@ class _MemoryTier:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class _Accesses:
+    """Hits served from memory, not yet added to their entries' counters (which steer eviction).
+    Noted without a lock on the hot path (a hit lost to a race only blurs an eviction hint),
+    drained in batches: before writes and listings, every 256 keys or second, and at exit.
+    Shared by a cache's namespaced views."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], list[int]] = {}  # slot -> [hits, last access ns]
+        self._since = time.time_ns()
+        self._lock = threading.Lock()
+
+    def note(self, slot: tuple[str, str]) -> bool:
+        """Notes a hit; True when a drain is due."""
+        now = time.time_ns()
+        counts = self._counts.get(slot)
+        if counts is None:
+            self._counts[slot] = [1, now]
+        else:
+            counts[0] += 1
+            counts[1] = now
+        return len(self._counts) >= 256 or now - self._since >= 1_000_000_000
+
+    def drain(self) -> dict[tuple[str, str], list[int]]:
+        """The hits noted since the last drain: slot -> [hits, last access ns]."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            self._since = time.time_ns()
+        return counts
 
 
 class Cache:
@@ -188,12 +300,7 @@ class Cache:
         self.compression = compression
         self.namespace = namespace
         self._store = Store(self.directory, limit, eviction_policy)
-        # Hits served from memory, not yet added to their entries' counters (which steer
-        # eviction): slot -> [hits, last access ns]. Flushed in batches, before writes and
-        # listings, and at exit.
-        self._pending: dict[tuple[str, str], list[int]] = {}
-        self._pending_since = time.monotonic()
-        self._pending_lock = threading.Lock()
+        self._accesses = _Accesses()
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
@@ -259,54 +366,148 @@ class Cache:
         compute_time: float = 0.0,
         time_range: tuple[int, int] | None = None,
         label: Any = None,
+        behind: Callable[[Exception | None], None] | None = None,
     ) -> bool:
         """``set`` for a key's fingerprint (for callers that have computed it already, like the
-        decorators); ``label`` is the key as shown by ``keys()`` and ``entries()``."""
-        key = label
+        decorators); ``label`` is the key as shown by ``keys()`` and ``entries()``.
+
+        With ``behind``, the outcome goes to ``behind(None)`` or ``behind(error)``, called
+        exactly once, and nothing is raised. A value of a megabyte or more is written behind:
+        its buffers are copied now (the caller may mutate the original) and the process's
+        writer thread compresses and writes the copy, then calls ``behind``; a smaller value is
+        written before this returns.
+        """
+        if behind is None:
+            return self._write(
+                self._entry(
+                    digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
+                )
+            )
+        try:
+            entry = self._entry(
+                digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
+            )
+            if sum(raw.nbytes for raw, _ in entry.buffers) >= _WRITE_BEHIND_MIN:
+                # The copy doubles as the memory tier's, so a hit right after needs no disk.
+                entry.buffers = [(_copy(raw), itemsize) for raw, itemsize in entry.buffers]
+                self._remember(
+                    entry.slot,
+                    entry.stream,
+                    [copy for copy, _ in entry.buffers],
+                    None,
+                    entry.expires,
+                    entry.compute_time,
+                    self._store.generation(),
+                    copied=True,
+                )
+                _WRITER.submit(functools.partial(self._write_behind, entry, behind))
+                return True
+        except Exception as exc:
+            behind(exc)
+            return False
+        return self._write_behind(entry, behind)
+
+    def _entry(
+        self,
+        digest: str,
+        value: Any,
+        ttl: float | None,
+        tags: Iterable[str],
+        protect: bool,
+        metadata: Mapping[str, Any] | None,
+        compute_time: float,
+        time_range: tuple[int, int] | None,
+        label: Any,
+    ) -> _Entry:
         try:
             stream, buffers = _serialize(value)
         except Exception as exc:
             raise CacheError(
-                f"cannot store a {type(value).__qualname__} under {_describe(key)}: it cannot "
+                f"cannot store a {type(value).__qualname__} under {_describe(label)}: it cannot "
                 f"be pickled ({exc}); store something picklable"
             ) from exc
         if ttl is not None and ttl <= 0:
             raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl}")
-        expires = time.time() + ttl if ttl is not None else None
-        tags = [tags] if isinstance(tags, str) else list(tags)
+        return _Entry(
+            slot=(self.namespace, digest),
+            label=label,
+            stream=stream,
+            buffers=buffers,
+            expires=time.time() + ttl if ttl is not None else None,
+            compute_time=float(compute_time),
+            protected=bool(protect),
+            tags=[tags] if isinstance(tags, str) else list(tags),
+            time_range=time_range,
+            metadata=_metadata_text(label, metadata),
+        )
+
+    def _put(self, entry: _Entry) -> tuple[bool, int, bytes, int]:
+        """Writes an entry: (stored, size on disk, MAC, the generation before the write)."""
         self._flush_accesses()  # the write may evict: let it see every recent hit
         generation = self._store.generation()
         stored, size, mac = self._store.put(
-            self.namespace,
-            digest,
-            stream,
-            buffers,
+            *entry.slot,
+            entry.stream,
+            entry.buffers,
             compression=self.compression,
-            expires=expires,
-            compute_time=float(compute_time),
-            protected=bool(protect),
-            tags=tags,
-            time_range=time_range,
-            metadata=_metadata_text(key, metadata),
+            expires=entry.expires,
+            compute_time=entry.compute_time,
+            protected=entry.protected,
+            tags=entry.tags,
+            time_range=entry.time_range,
+            metadata=entry.metadata,
         )
-        slot = (self.namespace, digest)
+        return stored, size, mac, generation
+
+    def _keep(self, entry: _Entry, mac: bytes, generation: int) -> None:
+        """Remembers a value just written, unless it is large: copying it would cost the write
+        a tenth of its time, and the first read remembers it instead."""
+        if entry.nbytes <= _REMEMBER_ON_SET:
+            raws = [raw for raw, _ in entry.buffers]
+            self._remember(
+                entry.slot, entry.stream, raws, mac, entry.expires, entry.compute_time, generation
+            )
+        else:
+            self._memory.drop(entry.slot)
+
+    def _write(self, entry: _Entry) -> bool:
+        stored, size, mac, generation = self._put(entry)
         if not stored:
-            self._memory.drop(slot)
+            self._memory.drop(entry.slot)
             warnings.warn(
-                f"afml_cache: the value for {_describe(key)} takes {size:,} bytes on disk, more "
-                f"than the whole size_limit ({self.size_limit:,} bytes), so it was not stored",
+                f"afml_cache: the value for {_describe(entry.label)} takes {size:,} bytes on "
+                f"disk, more than the whole size_limit ({self.size_limit:,} bytes), so it was "
+                "not stored",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return False
-        if len(stream) + sum(raw.nbytes for raw, _ in buffers) <= _REMEMBER_ON_SET:
-            raws = [raw for raw, _ in buffers]
-            self._remember(slot, stream, raws, mac, expires, float(compute_time), generation)
-        else:
-            # Copying a large value costs the write a tenth of its time; the first read
-            # remembers it instead.
-            self._memory.drop(slot)
+        self._keep(entry, mac, generation)
         return True
+
+    def _write_behind(self, entry: _Entry, behind: Callable[[Exception | None], None]) -> bool:
+        """Writes an entry for ``set_digest(behind=...)`` (on the writer thread if its buffers
+        were copied) and reports the outcome to ``behind``."""
+        error: Exception | None = None
+        try:
+            stored, size, mac, generation = self._put(entry)
+            if not stored:
+                error = CacheError(
+                    f"the value takes {size:,} bytes on disk, more than the whole size_limit "
+                    f"({self.size_limit:,} bytes)"
+                )
+            else:
+                remembered = self._memory.get(entry.slot)
+                if remembered is not None and remembered.stream is entry.stream:
+                    remembered.mac = mac  # written behind: from now on checked against the file
+                else:
+                    self._keep(entry, mac, generation)
+        except Exception as exc:  # reported through behind(), never lost on the writer thread
+            error = exc
+        if error is not None:
+            self._memory.drop(entry.slot)
+        behind(error)
+        return error is None
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The value stored under ``key``, or ``default``. Each call returns a fresh object:
@@ -322,7 +523,7 @@ class Cache:
         if remembered is not None and self._still_current(slot, remembered):
             self._store.count_hit()
             self._note_access(slot)
-            value = pickle.loads(remembered.stream, buffers=[_copy(b) for b in remembered.buffers])
+            value = _deserialize(remembered.stream, [_copy(b) for b in remembered.buffers])
             return True, value, remembered.compute_time
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
@@ -333,7 +534,7 @@ class Cache:
         stream, buffers, mac, expires, compute_time = loaded
         self._remember(slot, stream, buffers, mac, expires, compute_time, generation)
         try:
-            return True, pickle.loads(stream, buffers=buffers), compute_time
+            return True, _deserialize(stream, buffers), compute_time
         except Exception as exc:
             # The bytes are intact (the MAC verified) but the code they refer to changed, e.g. a
             # class was renamed: the entry is useless, so it goes, and this is a miss.
@@ -350,36 +551,32 @@ class Cache:
         self,
         slot: tuple[str, str],
         stream: bytes,
-        buffers: list[memoryview] | list[bytearray],
-        mac: bytes,
+        buffers: Sequence[Any],
+        mac: bytes | None,
         expires: float | None,
         compute_time: float,
         generation: int,
+        *,
+        copied: bool = False,
     ) -> None:
         """Keeps a private copy of a value's serialized form, if it fits in the memory tier (the
-        caller's buffers may be mutated later; copying what cannot be kept would be wasted)."""
+        caller's buffers may be mutated later; copying what cannot be kept would be wasted).
+        ``copied``: the buffers are private copies already. ``mac`` is None while the entry is
+        being written behind."""
         nbytes = len(stream) + sum(len(b) for b in buffers)
         if nbytes > self._memory.limit:
             self._memory.drop(slot)
             return
-        copies = [_copy(b) for b in buffers]
+        copies = list(buffers) if copied else [_copy(b) for b in buffers]
         remembered = _Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
         self._memory.put(slot, remembered)
 
     def _note_access(self, slot: tuple[str, str]) -> None:
-        with self._pending_lock:
-            counts = self._pending.setdefault(slot, [0, 0])
-            counts[0] += 1
-            counts[1] = time.time_ns()
-            due = len(self._pending) >= 256 or time.monotonic() - self._pending_since >= 1.0
-        if due:
+        if self._accesses.note(slot):
             self._flush_accesses()
 
     def _flush_accesses(self) -> None:
-        with self._pending_lock:
-            pending, self._pending = self._pending, {}
-            self._pending_since = time.monotonic()
-        for (namespace, digest), (hits, last_ns) in pending.items():
+        for (namespace, digest), (hits, last_ns) in self._accesses.drain().items():
             self._store.record_access(namespace, digest, hits, last_ns)
 
     def _still_current(self, slot: tuple[str, str], remembered: _Remembered) -> bool:
@@ -403,6 +600,7 @@ class Cache:
         return view
 
     def __contains__(self, key: Any) -> bool:
+        _WRITER.flush()
         return self._store.contains(self.namespace, fingerprint(key))
 
     def __getitem__(self, key: Any) -> Any:
@@ -424,6 +622,7 @@ class Cache:
 
     def delete_digest(self, digest: str) -> bool:
         self._memory.drop((self.namespace, digest))
+        _WRITER.flush()  # a pending write must not bring the entry back
         return self._store.delete(self.namespace, digest)
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
@@ -452,6 +651,7 @@ class Cache:
         digest = fingerprint(key)
         expires = time.time() + ttl if ttl is not None else None
         self._memory.drop((self.namespace, digest))
+        _WRITER.flush()
         return self._store.touch(self.namespace, digest, expires)
 
     def lock(self, key: Any, timeout: float = 60.0) -> contextlib.AbstractContextManager[bool]:
@@ -465,7 +665,12 @@ class Cache:
         self, digest: str, timeout: float = 60.0
     ) -> contextlib.AbstractContextManager[bool]:
         """``lock`` for a key's fingerprint."""
-        return _held(self._store.lock(self.namespace, digest, timeout))
+        return _held(self.acquire_digest(digest, timeout))
+
+    def acquire_digest(self, digest: str, timeout: float = 60.0) -> KeyLock | None:
+        """The key's lock, held until its ``release()`` (or None if still held elsewhere after
+        ``timeout`` seconds), for callers that hand it on, like the decorators."""
+        return self._store.lock(self.namespace, digest, timeout)
 
     # --- many entries -------------------------------------------------------------------------
 
@@ -474,6 +679,7 @@ class Cache:
         key when it was a str or int, else None), digest, size (bytes on disk), value_size,
         created, expires, last_access, hits, compute_time, tags, protected, time_range, metadata,
         compression."""
+        _WRITER.flush()
         self._flush_accesses()
         found = []
         for raw in self._store.scan(self.namespace):
@@ -515,6 +721,8 @@ class Cache:
 
     def expire(self) -> int:
         """Removes expired entries (of every namespace); returns how many."""
+        _WRITER.flush()
+        _WRITER.flush()
         self._memory.clear()
         return self._store.expire()
 
@@ -526,6 +734,7 @@ class Cache:
     def stats(self) -> dict[str, int]:
         """Counters shared by every process using the directory: hits, misses, sets, deletes,
         evictions, bytes (on disk), count (entries); plus this process's memory tier."""
+        _WRITER.flush()
         counts = dict(self._store.stats())
         counts["memory_bytes"] = self._memory.nbytes
         counts["memory_count"] = len(self._memory)
@@ -533,12 +742,14 @@ class Cache:
 
     def volume(self) -> int:
         """Bytes of entries on disk."""
+        _WRITER.flush()
         return int(self._store.stats()["bytes"])
 
     def check(self, fix: bool = False) -> list[dict[str, Any]]:
         """Verifies every entry (MAC, framing, location) and reports problems as dicts with
         ``path``, ``problem`` and ``fixed``. With ``fix=True`` bad entries and abandoned temp
         files are removed and the shared size counters are rebuilt from the files."""
+        _WRITER.flush()
         if fix:
             self._memory.clear()
         return [dict(p, path=str(p["path"])) for p in self._store.check(fix)]
@@ -547,6 +758,7 @@ class Cache:
 
     def export(self, path: str | os.PathLike[str]) -> int:
         """Writes every entry of this namespace into one archive file; returns how many."""
+        _WRITER.flush()
         archive_key = os.urandom(32)
         entries = self.entries()
         progress = _Progress("export", len(entries))
@@ -587,6 +799,60 @@ class Cache:
             progress.done()
         self._memory.clear()
         return len(members)
+
+
+class _Writer:
+    """The process's writer thread for values written behind (``set_digest(behind=...)``):
+    jobs run one at a time, in order. ``flush`` waits for every job submitted so far; it runs at
+    exit, before listings, and at the end of multiprocessing workers (which skip atexit)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="afml-cache-writer", daemon=True
+                )
+                self._thread.start()
+                if multiprocessing.parent_process() is not None:
+                    # A multiprocessing child leaves through os._exit: atexit never runs there.
+                    multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # jobs report their own failures; this is a last resort
+                _log.exception("afml_cache: a background write failed")
+            finally:
+                self._jobs.task_done()
+
+    def flush(self) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._jobs.join()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's jobs and thread are the parent's (a job's lock, held
+        through an inherited descriptor, must not be released here)."""
+        self._jobs = queue.Queue()
+        self._thread = None
+        self._lock = threading.Lock()
+
+
+_WRITER = _Writer()
+atexit.register(_WRITER.flush)
+os.register_at_fork(after_in_child=_WRITER.after_fork)
+
+
+def flush_writes() -> None:
+    """Waits until every value this process wrote behind is on disk."""
+    _WRITER.flush()
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[Cache]) -> None:

@@ -22,22 +22,31 @@ import logging
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from afml_cache import config
-from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache._core import SPEC_VERSION, KeyLock, fingerprint
 from afml_cache.cache import Cache
 from afml_cache.codehash import code_fingerprint
 from afml_cache.errors import CacheError, FingerprintError
 
-__all__ = ["cacheable", "robust_cacheable", "time_aware_cacheable"]
+__all__ = ["cacheable", "cached_functions", "robust_cacheable", "time_aware_cacheable"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("afml_cache")
 # How long a call waits for another process computing the same key before computing itself.
 LOCK_TIMEOUT = 600.0
+# Every decorated function alive in this process, for maintenance (smart_cache_clear).
+_DECORATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def cached_functions() -> list[Callable[..., Any]]:
+    """The decorated functions alive in this process, by qualified name. Each has
+    ``__afml_cache__``, its engine: ``name``, ``code_fingerprint()`` and ``cache()``."""
+    return sorted(_DECORATED, key=lambda f: f.__afml_cache__.name)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,10 @@ def _decorate(fn: Any, options: _Options, time_options: _TimeOptions | None) -> 
     wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
     wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
     wrapper.uncached = fn  # type: ignore[attr-defined]
+    wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
     if time_options is not None:
         wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
+    _DECORATED.add(wrapper)
     return wrapper
 
 
@@ -178,6 +189,9 @@ class _Engine:
         self._warned: set[str] = set()
         self._view: tuple[Cache, Cache] | None = None  # (base cache, this function's view)
         self._binder = _FastBinder.for_signature(self.signature)
+        self._known_identity: tuple[str, str] | None = None  # (code fingerprint, identity)
+        # Failures to store results, found on the writer thread, warned at the next call.
+        self._failures: list[str] = []
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -191,10 +205,19 @@ class _Engine:
             return {k: v for k, v in arguments.items() if k not in self.options.ignore}
         return arguments
 
+    def _identity(self) -> str:
+        """The digest of what makes this function's keys its own: its name, code and
+        ``version=``, recomputed only when the code fingerprint changes."""
+        code = code_fingerprint(self.fn)
+        known = self._known_identity
+        if known is None or known[0] != code:
+            material = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
+            known = self._known_identity = (code, fingerprint(material))
+        return known[1]
+
     def _key(self, arguments: dict[str, Any], ranges: tuple[Any, ...]) -> str | None:
-        identity = ("afml-cache call", SPEC_VERSION, self.name, code_fingerprint(self.fn))
-        material = (identity, self.options.version, tuple(arguments.items()), ranges)
         try:
+            material = (self._identity(), tuple(arguments.items()), ranges)
             return fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
             culprit = self._culprit(arguments)
@@ -218,7 +241,12 @@ class _Engine:
 
     # --- calls --------------------------------------------------------------------------------
 
-    def _cache(self) -> Cache | None:
+    def code_fingerprint(self) -> str:
+        """The fingerprint of the function's current code (what its entries record)."""
+        return code_fingerprint(self.fn)
+
+    def cache(self) -> Cache | None:
+        """This function's view of its cache (None while caching is unusable)."""
         base = self.options.cache if self.options.cache is not None else config.shared_cache()
         if base is None:
             return None
@@ -233,7 +261,7 @@ class _Engine:
         """The cache, key and details of a call, or None when it must run uncached."""
         if not config.cache_enabled():
             return None
-        cache = self._cache()
+        cache = self.cache()
         if cache is None:
             return None
         arguments = self._bound(args, kwargs)
@@ -245,46 +273,80 @@ class _Engine:
         return None if key is None else (cache, key, call)
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        start = time.perf_counter()
+        if self._failures:
+            self._report_failures()
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return self.fn(*args, **kwargs)
         cache, key, call = prepared
         found, value, compute_time = cache.lookup(key)
         if found:
-            self._record(cache, hit=True, seconds=compute_time)
+            self._record_hit(cache, key, compute_time, start)
             return value
-        with cache.lock_digest(key, LOCK_TIMEOUT) as held:
-            if held:
+        lock = self._lock(cache, key)
+        try:
+            if lock is not None:
                 # Another thread or process may have computed it while this one waited.
                 found, value, compute_time = cache.lookup(key)
                 if found:
-                    self._record(cache, hit=True, seconds=compute_time)
+                    self._record_hit(cache, key, compute_time, start)
                     return value
-            start = time.perf_counter()
+            computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
-            elapsed = time.perf_counter() - start
-            self._store(cache, key, result, elapsed, call)
+            elapsed = time.perf_counter() - computing
+            # A value written behind keeps the lock until it is on disk: whoever waits for the
+            # key then finds it there.
+            self._store(cache, key, result, elapsed, call, lock)
+            lock = None
+        finally:
+            if lock is not None:
+                lock.release()
+        self._record_miss(cache, key, elapsed, start)
         return result
 
+    def _lock(self, cache: Cache, key: str) -> KeyLock | None:
+        """The key's single-flight lock; None if another caller kept it past LOCK_TIMEOUT or
+        the lock cannot be taken (then this call computes unguarded)."""
+        try:
+            return cache.acquire_digest(key, LOCK_TIMEOUT)
+        except (CacheError, OSError) as exc:
+            self._warn_once("lock", f"afml_cache: {self.name} computes without its lock: {exc}")
+            return None
+
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        start = time.perf_counter()
+        if self._failures:
+            self._report_failures()
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return await self.fn(*args, **kwargs)
         cache, key, call = prepared
         found, value, compute_time = cache.lookup(key)
         if found:
-            self._record(cache, hit=True, seconds=compute_time)
+            self._record_hit(cache, key, compute_time, start)
             return value
         # No cross-task lock: awaiting a blocking file lock would stall the event loop.
-        start = time.perf_counter()
+        computing = time.perf_counter()
         result = await self.fn(*args, **kwargs)
-        self._store(cache, key, result, time.perf_counter() - start, call)
+        elapsed = time.perf_counter() - computing
+        self._store(cache, key, result, elapsed, call)
+        self._record_miss(cache, key, elapsed, start)
         return result
 
-    def _store(self, cache: Cache, key: str, result: Any, elapsed: float, call: _Call) -> None:
-        self._record(cache, hit=False, seconds=elapsed)
+    def _store(
+        self,
+        cache: Cache,
+        key: str,
+        result: Any,
+        elapsed: float,
+        call: _Call,
+        lock: KeyLock | None = None,
+    ) -> None:
+        """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
         ttl = self.options.ttl
-        metadata: dict[str, Any] = {"function": self.name}
+        # The code fingerprint lets smart_cache_clear find entries of code that has changed.
+        metadata: dict[str, Any] = {"function": self.name, "code": code_fingerprint(self.fn)}
         time_range = None
         if call.ranges:
             metadata["time_ranges"] = [r.describe() for r in call.ranges]
@@ -292,29 +354,56 @@ class _Engine:
             live_ttl = _live_ttl(time_range[1], self.time_options)
             if live_ttl is not None:
                 ttl = live_ttl if ttl is None else min(ttl, live_ttl)
-        try:
-            cache.set_digest(
-                key,
-                result,
-                ttl=ttl,
-                tags=self.options.tags,
-                metadata=metadata,
-                compute_time=elapsed,
-                time_range=time_range,
-            )
-        except (CacheError, OSError, ValueError) as exc:
-            self._warn_once(
-                "store",
-                f"afml_cache: the result of {self.name} was returned but not cached: {exc}",
-            )
 
-    def _record(self, cache: Cache, *, hit: bool, seconds: float) -> None:
+        def behind(error: Exception | None) -> None:  # on the writer thread if written behind
+            if lock is not None:
+                lock.release()
+            if error is not None:
+                self._not_stored(error)
+
+        cache.set_digest(
+            key,
+            result,
+            ttl=ttl,
+            tags=self.options.tags,
+            metadata=metadata,
+            compute_time=elapsed,
+            time_range=time_range,
+            behind=behind,
+        )
+        if self._failures:  # written now and failed: warn at this call
+            self._report_failures()
+
+    def _not_stored(self, error: Exception) -> None:
+        """Notes a failure to store a result: logged now, warned once on the user's thread."""
+        message = f"the result of {self.name} was returned but not cached: {error}"
+        _log.warning("%s", message)
+        self._failures.append(message)
+
+    def _report_failures(self) -> None:
+        failures, self._failures = self._failures, []
+        if failures:
+            self._warn_once("store", f"afml_cache: {failures[0]}")
+
+    def _record_hit(self, cache: Cache, key: str, saved: float, start: float) -> None:
+        latency = time.perf_counter() - start
+        self._record(cache, True, 0.0, saved, latency)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("hit %s [%s] in %.6f s", self.name, key[:16], latency)
+
+    def _record_miss(self, cache: Cache, key: str, compute: float, start: float) -> None:
+        latency = time.perf_counter() - start
+        self._record(cache, False, compute, 0.0, latency)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("miss %s [%s]: computed in %.6f s", self.name, key[:16], compute)
+
+    def _record(
+        self, cache: Cache, hit: bool, compute: float, saved: float, latency: float
+    ) -> None:
         try:
-            cache._store.record_call(
-                self.name, hit, 0.0 if hit else seconds, seconds if hit else 0.0
-            )
+            cache._store.record_call(self.name, hit, compute, saved, latency)
         except OSError as exc:  # statistics are a convenience; never fail a call over them
-            _log.debug("afml_cache: could not count a call of %s: %s", self.name, exc)
+            _log.debug("could not count a call of %s: %s", self.name, exc)
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
@@ -327,19 +416,19 @@ class _Engine:
         """Calls, hits, misses, hit rate, compute and saved time, and the entries kept."""
         from afml_cache.monitoring import function_row
 
-        cache = self._cache()
+        cache = self.cache()
         entries = cache.entries() if cache is not None else []
         size = sum(e["size"] for e in entries)
         return {**function_row(cache, self.name, size), "entries": len(entries)}
 
     def cache_clear(self) -> int:
         """Removes this function's entries; returns how many."""
-        cache = self._cache()
+        cache = self.cache()
         return 0 if cache is None else cache._remove(cache.entries())
 
     def cache_entries(self) -> list[dict[str, Any]]:
         """This function's entries, with their metadata (and time ranges, if time-aware)."""
-        cache = self._cache()
+        cache = self.cache()
         return [] if cache is None else cache.entries()
 
     def invalidate(self, *, overlapping: tuple[Any, Any] | None = None, after: Any = None) -> int:
@@ -351,7 +440,7 @@ class _Engine:
             low, high = (_to_ns(t) for t in overlapping)
         else:
             low, high = _to_ns(after), None
-        cache = self._cache()
+        cache = self.cache()
         if cache is None:
             return 0
 
@@ -428,6 +517,8 @@ class _FastBinder:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The arguments by name in parameter order, or None to let inspect decide."""
+        if not kwargs and len(args) == len(self.names):  # every argument given by position
+            return dict(zip(self.names, args, strict=True))
         if len(args) > self.positional:
             return None
         given = dict(zip(self.names, args, strict=False))

@@ -11,7 +11,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyType};
 
 use crate::codec::{self, Compression};
 use crate::error::Error;
-use crate::store::{self, Lookup, NewEntry, Scanned, Stored};
+use crate::store::{self, CallRecord, Lookup, NewEntry, Scanned, Stored};
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -181,24 +181,28 @@ impl Store {
 
     /// Counts one call of a cached function: a hit (saving `saved` seconds) or a miss (computed in
     /// `compute` seconds). Shared by every process, kept across restarts.
-    fn record_call(&self, namespace: &str, hit: bool, compute: f64, saved: f64) -> PyResult<()> {
+    fn record_call(&self, namespace: &str, hit: bool, compute: f64, saved: f64, latency: f64) -> PyResult<()> {
         let ns = |seconds: f64| (seconds.max(0.0) * 1e9) as u64;
-        Ok(self.inner.record_call(namespace, hit, ns(compute), ns(saved))?)
+        let call = CallRecord { hit, compute_ns: ns(compute), saved_ns: ns(saved), latency_ns: ns(latency) };
+        Ok(self.inner.record_call(namespace, call)?)
     }
 
     /// Per function: namespace, calls, hits, misses, compute seconds, saved seconds, last access
-    /// (seconds since the epoch, or None).
+    /// (seconds since the epoch, or None), and the latency histograms of hits and misses (calls
+    /// per bucket of `LATENCY_BOUNDS`).
     fn function_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for (namespace, [calls, hits, misses, compute, saved, last]) in self.inner.function_stats()? {
+        for f in self.inner.function_stats()? {
             let d = PyDict::new(py);
-            d.set_item("namespace", namespace)?;
-            d.set_item("calls", calls)?;
-            d.set_item("hits", hits)?;
-            d.set_item("misses", misses)?;
-            d.set_item("compute_time", compute as f64 / 1e9)?;
-            d.set_item("time_saved", saved as f64 / 1e9)?;
-            d.set_item("last_accessed", (last > 0).then(|| last as f64 / 1e9))?;
+            d.set_item("namespace", &f.namespace)?;
+            d.set_item("calls", f.calls)?;
+            d.set_item("hits", f.hits)?;
+            d.set_item("misses", f.misses)?;
+            d.set_item("compute_time", f.compute_ns as f64 / 1e9)?;
+            d.set_item("time_saved", f.saved_ns as f64 / 1e9)?;
+            d.set_item("last_accessed", (f.last_access_ns > 0).then(|| f.last_access_ns as f64 / 1e9))?;
+            d.set_item("hit_latency", &f.hit_latency)?;
+            d.set_item("miss_latency", &f.miss_latency)?;
             out.append(d)?;
         }
         Ok(out)

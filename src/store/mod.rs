@@ -30,7 +30,7 @@ use crate::parallel;
 pub use entry::{Counters, Header};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
-pub use stats::{Counter, FunctionCounter};
+pub use stats::{latency_bound, Counter, FunctionCounter, LATENCY_BUCKETS};
 use stats::{SharedCounters, Stats};
 
 /// How often (at most) a store checks that its directory was not replaced under it: a `stat`
@@ -110,6 +110,34 @@ impl Scanned {
     pub fn is_expired(&self, now: f64) -> bool {
         self.header.expires.is_some_and(|e| e <= now)
     }
+}
+
+/// One call of a cached function, as its statistics count it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRecord {
+    pub hit: bool,
+    /// Time spent computing (misses).
+    pub compute_ns: u64,
+    /// Computation a hit avoided: the entry's stored compute time.
+    pub saved_ns: u64,
+    /// The whole call, as the caller saw it.
+    pub latency_ns: u64,
+}
+
+/// A cached function's counters, as [`Store::function_stats`] reads them.
+#[derive(Debug, Clone)]
+pub struct FunctionStats {
+    pub namespace: String,
+    pub calls: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub compute_ns: u64,
+    pub saved_ns: u64,
+    /// ns since the epoch; 0 if never called.
+    pub last_access_ns: u64,
+    /// Calls per latency bucket (see [`latency_bound`]).
+    pub hit_latency: Vec<u64>,
+    pub miss_latency: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -343,17 +371,18 @@ impl Store {
     }
 
     /// Counts one call of the cached function of `namespace`: a hit (saving `saved_ns` of
-    /// computation) or a miss (computed in `compute_ns`).
-    pub fn record_call(&self, namespace: &str, hit: bool, compute_ns: u64, saved_ns: u64) -> Result<()> {
+    /// computation) or a miss (computed in `compute_ns`), which took `latency_ns` in all.
+    pub fn record_call(&self, namespace: &str, call: CallRecord) -> Result<()> {
         let counters = self.function_counters(namespace)?;
         counters.add(FunctionCounter::Calls, 1);
-        if hit {
+        if call.hit {
             counters.add(FunctionCounter::Hits, 1);
-            counters.add(FunctionCounter::SavedNs, saved_ns);
+            counters.add(FunctionCounter::SavedNs, call.saved_ns);
         } else {
             counters.add(FunctionCounter::Misses, 1);
-            counters.add(FunctionCounter::ComputeNs, compute_ns);
+            counters.add(FunctionCounter::ComputeNs, call.compute_ns);
         }
+        counters.add_latency(call.hit, call.latency_ns);
         counters.max(FunctionCounter::LastAccessNs, now_ns());
         Ok(())
     }
@@ -377,9 +406,8 @@ impl Store {
         Ok(counters)
     }
 
-    /// Every cached function's counters: (namespace, [calls, hits, misses, compute ns, saved ns,
-    /// last access ns]).
-    pub fn function_stats(&self) -> Result<Vec<(String, [u64; 6])>> {
+    /// Every cached function's counters, by namespace.
+    pub fn function_stats(&self) -> Result<Vec<FunctionStats>> {
         let dir = self.root.join("functions");
         let listing = match fs::read_dir(&dir) {
             Ok(listing) => listing,
@@ -394,22 +422,26 @@ impl Store {
             }
             let Ok(namespace) = fs::read_to_string(&path) else { continue };
             let c = self.function_counters(&namespace)?;
-            use FunctionCounter as F;
-            let values = [F::Calls, F::Hits, F::Misses, F::ComputeNs, F::SavedNs, F::LastAccessNs].map(|f| c.get(f));
-            out.push((namespace, values));
+            out.push(FunctionStats {
+                calls: c.get(FunctionCounter::Calls),
+                hits: c.get(FunctionCounter::Hits),
+                misses: c.get(FunctionCounter::Misses),
+                compute_ns: c.get(FunctionCounter::ComputeNs),
+                saved_ns: c.get(FunctionCounter::SavedNs),
+                last_access_ns: c.get(FunctionCounter::LastAccessNs),
+                hit_latency: c.latency(true),
+                miss_latency: c.latency(false),
+                namespace,
+            });
         }
-        out.sort();
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         Ok(out)
     }
 
     /// Sets every function's counters to zero (files stay: other processes have them mapped).
     pub fn reset_function_stats(&self) -> Result<()> {
-        use FunctionCounter as F;
-        for (namespace, _) in self.function_stats()? {
-            let c = self.function_counters(&namespace)?;
-            for f in [F::Calls, F::Hits, F::Misses, F::ComputeNs, F::SavedNs, F::LastAccessNs] {
-                c.set(f, 0);
-            }
+        for stats in self.function_stats()? {
+            self.function_counters(&stats.namespace)?.reset();
         }
         Ok(())
     }

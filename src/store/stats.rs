@@ -66,6 +66,39 @@ impl Slot for FunctionCounter {
     }
 }
 
+/// Buckets of a latency histogram: 4 per doubling from 1 µs, so a percentile read from them is
+/// within 19% of the true value; the last bucket (past nine days) is open-ended.
+pub const LATENCY_BUCKETS: usize = 160;
+/// Where the histograms of hits and of misses start in a function's counters file (after the
+/// [`FunctionCounter`]s, with room to add more of those).
+const LATENCY_SLOTS: [usize; 2] = [64, 64 + LATENCY_BUCKETS];
+
+/// The upper bound, in seconds, of latency bucket `i` (infinite for the last).
+pub fn latency_bound(i: usize) -> f64 {
+    if i + 1 >= LATENCY_BUCKETS {
+        f64::INFINITY
+    } else {
+        1e-6 * (i as f64 / 4.0).exp2()
+    }
+}
+
+/// The bucket of a call that took `ns` nanoseconds: the first whose bound is not below it.
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns <= 1_000 {
+        return 0;
+    }
+    let quarters = (4.0 * (ns as f64 / 1_000.0).log2()).ceil() as usize;
+    // Rounding can put a value on a bound one bucket too high or low; settle it exactly.
+    let mut i = quarters.min(LATENCY_BUCKETS - 1);
+    while i > 0 && ns as f64 <= latency_bound(i - 1) * 1e9 {
+        i -= 1;
+    }
+    while (ns as f64) > latency_bound(i) * 1e9 {
+        i += 1;
+    }
+    i
+}
+
 pub struct SharedCounters<S: Slot> {
     map: MmapMut,
     _slots: std::marker::PhantomData<S>,
@@ -131,6 +164,26 @@ impl<S: Slot> SharedCounters<S> {
     }
 }
 
+impl SharedCounters<FunctionCounter> {
+    /// Counts a call of `ns` nanoseconds in the histogram of hits or of misses.
+    pub fn add_latency(&self, hit: bool, ns: u64) {
+        self.slot(LATENCY_SLOTS[usize::from(!hit)] + latency_bucket(ns)).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The histogram of hits or of misses: calls per bucket.
+    pub fn latency(&self, hit: bool) -> Vec<u64> {
+        let start = LATENCY_SLOTS[usize::from(!hit)];
+        (start..start + LATENCY_BUCKETS).map(|i| self.slot(i).load(Ordering::Relaxed)).collect()
+    }
+
+    /// Sets every counter and histogram to zero.
+    pub fn reset(&self) {
+        for i in 1..(FILE_LEN as usize / 8) {
+            self.slot(i).store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The store's counters file.
 pub type Stats = SharedCounters<Counter>;
 
@@ -158,6 +211,33 @@ mod tests {
         f.max(FunctionCounter::LastAccessNs, 7);
         f.max(FunctionCounter::LastAccessNs, 3);
         assert_eq!(f.get(FunctionCounter::LastAccessNs), 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn latency_buckets_hold_what_their_bounds_say() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1_000), 0);
+        assert_eq!(latency_bucket(1_001), 1);
+        assert_eq!(latency_bucket(2_000), 4); // 1 µs · 2^(4/4)
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for ns in (0..40).map(|e| 3u64.pow(e / 2) * (1 + e as u64 % 2)) {
+            let i = latency_bucket(ns);
+            assert!(ns as f64 <= latency_bound(i) * 1e9, "{ns} ns above bucket {i}");
+            assert!(i == 0 || ns as f64 > latency_bound(i - 1) * 1e9, "{ns} ns belongs below bucket {i}");
+        }
+        let dir = std::env::temp_dir().join(format!("afml-latency-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = SharedCounters::<FunctionCounter>::open(&dir.join("f.stats")).unwrap();
+        f.add_latency(true, 1_500);
+        f.add_latency(false, 3_000_000_000);
+        f.add(FunctionCounter::Calls, 2);
+        assert_eq!(f.latency(true)[latency_bucket(1_500)], 1);
+        assert_eq!(f.latency(false).iter().sum::<u64>(), 1);
+        assert_eq!(f.latency(true).iter().sum::<u64>(), 1);
+        f.reset();
+        assert_eq!(f.get(FunctionCounter::Calls), 0);
+        assert_eq!(f.latency(false).iter().sum::<u64>(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
