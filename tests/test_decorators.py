@@ -807,6 +807,121 @@ def test_single_flight_across_spawned_processes(worker_env: dict[str, str], tmp_
     assert counted(Path(counter)) == ["slow_square 12"]
 
 
+# --- writing behind ------------------------------------------------------------------------------
+# Results of a megabyte or more are copied at the call and written by a background thread, which
+# holds the key's lock until the entry is on disk.
+
+
+def test_a_result_written_behind_is_a_private_copy(cache_dir: Path, tmp_path: Path) -> None:
+    counter = str(tmp_path / "computed.txt")
+    result = decorated.big_block(3, counter)
+    result[:] = -1.0  # at once, while the write may still be in flight
+    afml_cache.flush_writes()
+    (entry,) = decorated.big_block.cache_entries()
+    assert Path(entry["path"]).is_file()
+    afml_cache.configure(directory=cache_dir)  # a fresh process's view: nothing in memory
+    again = decorated.big_block(3, counter)
+    assert np.array_equal(again, np.full(512 * 1024, 3.0))
+    assert counted(Path(counter)) == ["big_block 3"]
+
+
+def test_a_call_waiting_on_a_write_behind_finds_the_entry(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = str(tmp_path / "computed.txt")
+    put = afml_cache.Cache._put
+
+    def slow_put(self: afml_cache.Cache, entry: object) -> object:
+        time.sleep(0.5)  # the writer thread dawdles; the next caller must wait, not recompute
+        return put(self, entry)
+
+    monkeypatch.setattr(afml_cache.Cache, "_put", slow_put)
+    decorated.big_block(4, counter)
+    afml_cache.configure(directory=cache_dir)  # no memory tier: only the disk can answer
+    assert np.array_equal(decorated.big_block(4, counter), np.full(512 * 1024, 4.0))
+    assert counted(Path(counter)) == ["big_block 4"]
+    info = decorated.big_block.cache_info()
+    assert (info["cache_hits"], info["cache_misses"]) == (1, 1)
+
+
+def test_a_failed_write_behind_is_logged_warned_once_and_frees_the_key(
+    cache_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    counter = str(tmp_path / "computed.txt")
+
+    def full_disk(self: afml_cache.Cache, entry: object) -> object:
+        raise afml_cache.StoreError(28, "No space left on device", str(cache_dir))
+
+    monkeypatch.setattr(afml_cache.Cache, "_put", full_disk)
+    with caplog.at_level(logging.WARNING, logger="afml_cache"):
+        assert decorated.big_block(5, counter)[0] == 5.0
+        afml_cache.flush_writes()
+    name = "helpers.decorated.big_block"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the result of {name} was returned but not cached: [Errno 28] No space left on device: "
+        f"'{cache_dir}'"
+    ]
+    with pytest.warns(UserWarning, match="big_block was returned but not cached") as caught:
+        assert decorated.big_block(5, counter)[0] == 5.0  # the lock was released: no wait
+        afml_cache.flush_writes()
+        decorated.big_block(6, counter)
+        afml_cache.flush_writes()
+        decorated.big_block(7, counter)
+    assert len(user_warnings(caught)) == 1
+    assert caught[0].filename == __file__
+    assert counted(Path(counter)) == ["big_block 5"] * 2 + ["big_block 6", "big_block 7"]
+    assert decorated.big_block.cache_entries() == []
+
+
+def test_a_small_result_that_cannot_be_stored_warns_at_the_call(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(self: afml_cache.Cache, entry: object) -> object:
+        raise afml_cache.StoreError(30, "Read-only file system", str(cache_dir))
+
+    @robust_cacheable
+    def double(x: int) -> int:
+        return 2 * x
+
+    monkeypatch.setattr(afml_cache.Cache, "_put", read_only)
+    with pytest.warns(UserWarning, match="double was returned but not cached") as caught:
+        assert [double(1), double(1), double(2)] == [2, 2, 4]
+    assert len(user_warnings(caught)) == 1
+    assert caught[0].filename == __file__
+    assert double.cache_info()["cache_misses"] == 3
+
+
+@pytest.mark.parametrize("how", ["spawn", "fork", "script"])
+def test_processes_finish_their_writes_before_they_exit(
+    how: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    counter = str(tmp_path / "computed.txt")
+    directory = worker_env["AFML_CACHE_DIR"]
+    if how != "script":  # forked multiprocessing workers leave through os._exit, skipping atexit
+        with multiprocessing.get_context(how).Pool(1) as pool:
+            total = pool.apply(decorated.big_block_sum, (directory, 8, counter, 0.5))
+            assert total == 8.0 * 512 * 1024
+            pool.close()
+            pool.join()
+    else:
+        script = (
+            "import sys; from helpers import decorated; "
+            "decorated.big_block_sum(sys.argv[2], 8, sys.argv[1], 0.5)"
+        )
+        subprocess.run(
+            [sys.executable, "-c", script, counter, directory],
+            env=worker_env,
+            check=True,
+            timeout=WORKER_TIMEOUT_S,
+        )
+    afml_cache.configure(directory=directory)
+    assert decorated.big_block(8, counter)[0] == 8.0
+    assert counted(Path(counter)) == ["big_block 8"]
+
+
 # --- code changes --------------------------------------------------------------------------------
 
 MODULE_SOURCE = """\
@@ -908,6 +1023,12 @@ STAT_FIELDS = {
     "time_saved",
     "cache_size_mb",
     "last_accessed",
+    "hit_latency_p50",
+    "hit_latency_p95",
+    "hit_latency_p99",
+    "miss_latency_p50",
+    "miss_latency_p95",
+    "miss_latency_p99",
 }
 
 
@@ -947,6 +1068,13 @@ def test_statistics_of_a_scripted_sequence(cache_dir: Path) -> None:
     assert row["cache_size_mb"] > 0
     assert before - 1 <= row["last_accessed"] <= after + 1
     assert len(calls) == 3
+    # Every call landed in its latency histogram; misses slept 0.02 s, so their median did too.
+    (raw,) = [
+        r for r in slow_add.__afml_cache__.cache()._store.function_stats() if r["namespace"] == name
+    ]
+    assert (sum(raw["hit_latency"]), sum(raw["miss_latency"])) == (3, 3)
+    assert row["miss_latency_p50"] >= 0.02 / 1.19
+    assert row["hit_latency_p50"] < row["miss_latency_p50"]
 
     info = slow_add.cache_info()
     assert {k: info[k] for k in STAT_FIELDS} == {k: row[k] for k in STAT_FIELDS}

@@ -57,3 +57,25 @@ def call_square_many(directory: str, counter: str, calls: int, distinct: int) ->
     afml_cache.configure(directory=directory)
     for i in range(calls):
         assert square(i % distinct, counter) == (i % distinct) ** 2
+
+
+@robust_cacheable(ignore=("counter",))
+def big_block(seed: int, counter: str) -> np.ndarray:
+    """A 4 MB result: large enough to be written behind."""
+    mark(counter, f"big_block {seed}")
+    return np.full(512 * 1024, float(seed))
+
+
+def big_block_sum(directory: str, seed: int, counter: str, write_delay: float = 0.0) -> float:
+    """A worker entry point: ``big_block`` in the cache in ``directory``; its write behind
+    takes ``write_delay`` seconds longer, so the process ends while it is still in flight."""
+    afml_cache.configure(directory=directory)
+    if write_delay:
+        put = afml_cache.Cache._put
+
+        def slow_put(self: afml_cache.Cache, entry: Any) -> Any:
+            time.sleep(write_delay)
+            return put(self, entry)
+
+        afml_cache.Cache._put = slow_put  # type: ignore[method-assign]
+    return float(big_block(seed, counter).sum())
