@@ -7,6 +7,7 @@ this file (``tests/`` is not a package).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import itertools
 import os
 import subprocess
@@ -28,12 +29,15 @@ with warnings.catch_warnings(), contextlib.suppress(ImportError):
     import libcst  # noqa: F401
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_decorator_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """The decorators' cache lives in a temporary directory for the whole session, never in a
-    developer's own cache."""
-    afml_cache.configure(directory=tmp_path_factory.mktemp("afml-cache"))
-
+# The decorators' cache lives in a temporary directory for the whole session, never in a
+# developer's own cache: afml-cache's pytest plugin does it. pytest loads it from the installed
+# package's entry point; where that is missing (metadata installed before the entry point was
+# added, or PYTEST_DISABLE_PLUGIN_AUTOLOAD set) it is loaded here, and only then: pytest refuses
+# to register one plugin under two names.
+if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or not importlib.metadata.entry_points(
+    group="pytest11", name="afml_cache"
+):
+    pytest_plugins = ["afml_cache.pytest_plugin"]
 
 # Subprocesses run the real interpreter; a hang or a crash must become a test failure, not a
 # stuck or dead pytest run.

@@ -142,7 +142,8 @@ def _deserialize(stream: bytes, buffers: Sequence[Any]) -> Any:
 def _reduce_ndarray(array: np.ndarray) -> Any:
     # numpy pickles datetime64 and timedelta64 arrays in-band, which copies every DatetimeIndex
     # into the stream; their int64 view goes out of band like any other array.
-    if array.dtype.kind in "mM" and (array.flags.c_contiguous or array.flags.f_contiguous):
+    contiguous = array.flags.c_contiguous or array.flags.f_contiguous
+    if array.dtype.kind in "mM" and array.dtype.isnative and contiguous:
         return _datetime_array, (array.view(np.int64), array.dtype.str)
     return array.__reduce_ex__(5)
 
@@ -756,19 +757,25 @@ class Cache:
 
     # --- archives -----------------------------------------------------------------------------
 
-    def export(self, path: str | os.PathLike[str]) -> int:
-        """Writes every entry of this namespace into one archive file; returns how many."""
+    def export(self, path: str | os.PathLike[str], *, every_namespace: bool = False) -> int:
+        """Writes every entry of this namespace (of the whole directory with
+        ``every_namespace=True``) into one archive file; returns how many."""
         _WRITER.flush()
         archive_key = os.urandom(32)
-        entries = self.entries()
+        self._flush_accesses()
+        entries = [
+            e
+            for e in self._store.scan(None if every_namespace else self.namespace)
+            if every_namespace or e["namespace"] == self.namespace  # shortened names can share
+        ]
         progress = _Progress("export", len(entries))
         count = 0
         with tarfile.open(path, "w") as archive:
             manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
             _add_member(archive, "manifest.json", json.dumps(manifest).encode())
             for entry in entries:
-                sealed = self._store.export_entry(self.namespace, entry["digest"], archive_key)
-                if sealed is not None:
+                sealed = self._store.export_entry(entry["namespace"], entry["key"], archive_key)
+                if sealed is not None:  # None: removed by another process meanwhile
                     _add_member(archive, f"entries/{count:09d}.afc", sealed)
                     count += 1
                 progress.step()
@@ -908,16 +915,18 @@ def _read_member(archive: tarfile.TarFile, name: str) -> bytes | None:
 
 
 class _Progress:
-    """A one-line progress bar on stderr for long exports and imports (after 1 s)."""
+    """A one-line progress bar on stderr for long exports and imports (after 1 s, and only when
+    a person watches stderr: logs and pipes get no carriage-return noise)."""
 
     def __init__(self, what: str, total: int) -> None:
         self.what, self.total, self.done_count = what, total, 0
         self.start = time.monotonic()
         self.shown = False
+        self.watched = sys.stderr.isatty()
 
     def step(self) -> None:
         self.done_count += 1
-        if time.monotonic() - self.start < 1.0 or not self.total:
+        if not self.watched or time.monotonic() - self.start < 1.0 or not self.total:
             return
         self.shown = True
         width = 30

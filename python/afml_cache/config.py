@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,22 @@ def configure(
         ):
             if value is not None:
                 _settings[name] = value
+        _shared, _unusable = None, None
+        _refresh_dirs()
+
+
+def settings() -> dict[str, Any]:
+    """A copy of the current settings (``directory`` is None for the default one), to put back
+    later with `restore_settings`, as test harnesses do."""
+    with _lock:
+        return dict(_settings)
+
+
+def restore_settings(saved: Mapping[str, Any]) -> None:
+    """Puts back settings taken with `settings()`; the cache reopens at the next cached call."""
+    global _shared, _unusable
+    with _lock:
+        _settings.update(saved)
         _shared, _unusable = None, None
         _refresh_dirs()
 

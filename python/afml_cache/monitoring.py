@@ -187,14 +187,15 @@ def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
     return rows, sum(sizes.values())
 
 
-def get_cache_stats() -> dict[str, FunctionStats]:
-    """Statistics of every cached function, by qualified name: ``function_name``,
+def get_cache_stats(cache: Cache | None = None) -> dict[str, FunctionStats]:
+    """Statistics of every cached function of ``cache``'s directory (default: the configured
+    cache), by qualified name: ``function_name``,
     ``total_calls``, ``cache_hits``, ``cache_misses``, ``hit_rate``, ``avg_computation_time``
     (seconds per miss), ``time_saved`` (seconds), ``cache_size_mb`` (10^6 bytes),
     ``last_accessed`` (seconds since the epoch), and the latency percentiles of whole calls
     ``hit_latency_p50``, ``_p95``, ``_p99`` and ``miss_latency_p50``, ``_p95``, ``_p99``
     (seconds, None without such calls; see `latency_percentiles` for their accuracy)."""
-    return _collect(config.shared_cache())[0]
+    return _collect(cache if cache is not None else config.shared_cache())[0]
 
 
 def function_row(cache: Cache | None, name: str, size_bytes: int) -> FunctionStats:

@@ -188,8 +188,8 @@ impl Store {
     }
 
     /// Per function: namespace, calls, hits, misses, compute seconds, saved seconds, last access
-    /// (seconds since the epoch, or None), and the latency histograms of hits and misses (calls
-    /// per bucket of `LATENCY_BOUNDS`).
+    /// (seconds since the epoch, or None), and the latency of whole calls that hit and missed:
+    /// total seconds and histograms (calls per bucket of `LATENCY_BOUNDS`).
     fn function_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for f in self.inner.function_stats()? {
@@ -201,6 +201,8 @@ impl Store {
             d.set_item("compute_time", f.compute_ns as f64 / 1e9)?;
             d.set_item("time_saved", f.saved_ns as f64 / 1e9)?;
             d.set_item("last_accessed", (f.last_access_ns > 0).then(|| f.last_access_ns as f64 / 1e9))?;
+            d.set_item("hit_latency_sum", f.hit_latency_ns as f64 / 1e9)?;
+            d.set_item("miss_latency_sum", f.miss_latency_ns as f64 / 1e9)?;
             d.set_item("hit_latency", &f.hit_latency)?;
             d.set_item("miss_latency", &f.miss_latency)?;
             out.append(d)?;

@@ -135,6 +135,9 @@ pub struct FunctionStats {
     pub saved_ns: u64,
     /// ns since the epoch; 0 if never called.
     pub last_access_ns: u64,
+    /// Total time of the calls that hit, and that missed.
+    pub hit_latency_ns: u64,
+    pub miss_latency_ns: u64,
     /// Calls per latency bucket (see [`latency_bound`]).
     pub hit_latency: Vec<u64>,
     pub miss_latency: Vec<u64>,
@@ -383,6 +386,8 @@ impl Store {
             counters.add(FunctionCounter::ComputeNs, call.compute_ns);
         }
         counters.add_latency(call.hit, call.latency_ns);
+        let latency_sum = if call.hit { FunctionCounter::HitLatencyNs } else { FunctionCounter::MissLatencyNs };
+        counters.add(latency_sum, call.latency_ns);
         counters.max(FunctionCounter::LastAccessNs, now_ns());
         Ok(())
     }
@@ -429,6 +434,8 @@ impl Store {
                 compute_ns: c.get(FunctionCounter::ComputeNs),
                 saved_ns: c.get(FunctionCounter::SavedNs),
                 last_access_ns: c.get(FunctionCounter::LastAccessNs),
+                hit_latency_ns: c.get(FunctionCounter::HitLatencyNs),
+                miss_latency_ns: c.get(FunctionCounter::MissLatencyNs),
                 hit_latency: c.latency(true),
                 miss_latency: c.latency(false),
                 namespace,

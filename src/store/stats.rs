@@ -57,6 +57,9 @@ pub enum FunctionCounter {
     SavedNs,
     /// When the function was last called, in ns since the epoch (kept as a maximum).
     LastAccessNs,
+    /// Nanoseconds of whole calls that hit, and that missed (the sums of the histograms).
+    HitLatencyNs,
+    MissLatencyNs,
 }
 
 impl Slot for FunctionCounter {

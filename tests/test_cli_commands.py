@@ -1,0 +1,550 @@
+"""The `afml-cache` subcommands other than `demo`: stats, health, clear, prune, export, import,
+report, bench, and their exit codes, JSON output and errors.
+
+Commands run in-process through `cli.main([...])` (output captured by capsys) and, where the
+process boundary matters (exit status, the console script), as a real subprocess. Each test
+builds its cache directory with real entries: decorated functions called with known arguments,
+and `Cache.set`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import afml_cache
+from afml_cache import cli
+from afml_cache.cache import Cache
+from afml_cache.monitoring import get_cache_health
+
+CHILD_TIMEOUT_S = 300
+
+
+@pytest.fixture(autouse=True)
+def restore_configuration() -> Iterator[None]:
+    """The commands point the decorators' configuration at their --dir; put it back."""
+    previous = afml_cache.CACHE_DIRS["base"]
+    yield
+    afml_cache.configure(directory=previous)
+
+
+class Filled:
+    """A cache directory holding: 2 entries of ``double`` (3 calls: 1 hit, 2 misses), 1 entry of
+    ``triple`` (tagged ``features``; 1 call), and 2 plain entries in the ``default`` namespace
+    (``"plain"`` tagged ``features``, ``"other"`` untagged)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.cache = Cache(directory)
+
+        @afml_cache.robust_cacheable(cache=self.cache)
+        def double(x: int) -> int:
+            return 2 * x
+
+        @afml_cache.robust_cacheable(cache=self.cache, tags=("features",))
+        def triple(x: int) -> int:
+            return 3 * x
+
+        double(1), double(1), double(2), triple(5)
+        self.cache.set("plain", [1, 2, 3], tags=["features"])
+        self.cache.set("other", {"a": 1})
+        self.double, self.triple = double, triple
+        self.double_name = double.__afml_cache__.name
+        self.triple_name = triple.__afml_cache__.name
+
+    def entries(self) -> set[tuple[str, str]]:
+        """(namespace, digest) of every entry on disk now."""
+        return {(e["namespace"], e["key"]) for e in self.cache._store.scan(None)}
+
+    def entries_of(self, namespace: str) -> set[tuple[str, str]]:
+        return {(ns, digest) for ns, digest in self.entries() if ns == namespace}
+
+    def tagged(self, tag: str) -> set[tuple[str, str]]:
+        scanned = self.cache._store.scan(None)
+        return {(e["namespace"], e["key"]) for e in scanned if tag in e["tags"]}
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Filled:
+    return Filled(tmp_path / "cache")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code, out, _ = run(capsys, *argv, "--json")
+    return code, json.loads(out)  # the whole of stdout is one JSON document
+
+
+def run_child(*argv: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "afml_cache.cli", *argv],
+        capture_output=True,
+        text=True,
+        stdin=stdin,
+        timeout=CHILD_TIMEOUT_S,
+    )
+
+
+# --- stats ------------------------------------------------------------------------------------
+
+
+def test_stats_json_has_every_function_and_the_directory_counters(filled, capsys):
+    code, document = run_json(capsys, "stats", "--dir", str(filled.directory))
+    assert code == 0
+    assert document["directory"] == str(filled.directory)
+    scanned = filled.cache._store.scan(None)
+    assert document["store"]["count"] == 5
+    assert document["store"]["bytes"] == sum(e["size"] for e in scanned)
+    assert set(document["functions"]) == {filled.double_name, filled.triple_name}
+    double = document["functions"][filled.double_name]
+    assert (double["total_calls"], double["cache_hits"], double["cache_misses"]) == (3, 1, 2)
+    assert double["hit_rate"] == pytest.approx(1 / 3)
+    size = sum(e["size"] for e in scanned if e["namespace"] == filled.double_name)
+    assert double["cache_size_mb"] == size / 1e6
+    assert double["hit_latency_p50"] > 0 and double["miss_latency_p50"] > 0
+    triple = document["functions"][filled.triple_name]
+    assert (triple["total_calls"], triple["cache_hits"], triple["hit_latency_p50"]) == (1, 0, None)
+
+
+def test_stats_text_shows_a_row_per_function_and_the_totals(filled, capsys):
+    code, out, err = run(capsys, "stats", "--dir", str(filled.directory))
+    assert (code, err) == (0, "")
+    assert f"Cache directory: {filled.directory}" in out
+    assert "5 entries" in out
+    row = next(line for line in out.splitlines() if line.startswith(filled.double_name))
+    assert row.split()[1:5] == ["3", "1", "2", "33.3%"]
+    assert "2 functions, 4 calls, hit rate 25.0%" in out
+
+
+def test_stats_of_a_directory_without_calls_says_so(tmp_path, capsys):
+    Cache(tmp_path / "cache").set("k", 1)
+    code, out, _ = run(capsys, "stats", "--dir", str(tmp_path / "cache"))
+    assert code == 0
+    assert "No cached function has been called with this cache directory yet." in out
+
+
+def test_a_missing_directory_exits_3_and_is_not_created(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code, out, err = run(capsys, "stats", "--dir", str(missing))
+    assert (code, out) == (3, "")
+    assert f"no cache at {missing}: the directory does not exist" in err
+    assert not missing.exists()
+    code, document = run_json(capsys, "health", "--dir", str(missing))
+    assert code == 3
+    assert document["exit_code"] == 3
+    assert document["error"].startswith(f"no cache at {missing}")
+
+
+def test_a_directory_that_is_not_a_cache_is_left_untouched(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "clear", "--dir", str(tmp_path), "--yes")
+    assert code == 3
+    assert f"{tmp_path} is not an afml-cache directory (it has no mac.key)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+def _damage(entry_path: str) -> None:
+    raw = bytearray(Path(entry_path).read_bytes())
+    raw[-1] ^= 0xFF
+    Path(entry_path).write_bytes(bytes(raw))
+
+
+def test_health_of_a_sound_cache_exits_0_with_the_report(filled, capsys):
+    code, out, _ = run(capsys, "health", "--dir", str(filled.directory))
+    assert code == 0
+    assert "Verified every entry (5): no problems." in out
+    assert "CACHE HEALTH REPORT" in out
+    code, document = run_json(capsys, "health", "--dir", str(filled.directory))
+    assert code == 0
+    assert (document["problems"], document["fixed"], document["entries"]) == ([], 0, 5)
+    report = document["report"]
+    assert (report["functions"], report["total_calls"], report["cache_hits"]) == (2, 4, 1)
+    # The command points the configuration at --dir: the same report, as names.
+    health = get_cache_health()
+    assert report["top_performers"] == [r["function_name"] for r in health.top_performers]
+    assert report["worst_performers"] == [r["function_name"] for r in health.worst_performers]
+    assert report["recommendations"] == health.recommendations
+    assert {*report["top_performers"], *report["worst_performers"]} == {
+        filled.double_name,
+        filled.triple_name,
+    }
+
+
+def test_health_reports_a_damaged_entry_and_fix_removes_it(filled, capsys):
+    victim = next(e for e in filled.cache._store.scan(None) if e["namespace"] == "default")
+    _damage(str(victim["path"]))
+
+    code, document = run_json(capsys, "health", "--dir", str(filled.directory))
+    assert code == 1
+    assert [(p["path"], p["fixed"]) for p in document["problems"]] == [(str(victim["path"]), False)]
+    assert Path(victim["path"]).exists()
+
+    code, out, _ = run(capsys, "health", "--dir", str(filled.directory), "--fix")
+    assert code == 1  # problems were found, even though they are fixed now
+    assert f"fixed: {victim['path']}" in out
+    assert not Path(victim["path"]).exists()
+
+    code, document = run_json(capsys, "health", "--dir", str(filled.directory))
+    assert (code, document["problems"], document["entries"]) == (0, [], 4)
+
+
+# --- clear ------------------------------------------------------------------------------------
+
+
+def test_clear_function_removes_exactly_that_functions_entries(filled, capsys):
+    before = filled.entries()
+    doubles = filled.entries_of(filled.double_name)
+    assert len(doubles) == 2
+    code, document = run_json(
+        capsys, "clear", "--dir", str(filled.directory), "--function", filled.double_name
+    )
+    assert code == 0
+    assert (document["entries_removed"], document["errors"]) == (2, [])
+    assert filled.entries() == before - doubles
+
+
+def test_clear_tag_removes_the_tagged_entries_of_every_namespace(filled, capsys):
+    before = filled.entries()
+    tagged = filled.tagged("features")
+    assert {ns for ns, _ in tagged} == {filled.triple_name, "default"}
+    code, out, _ = run(capsys, "clear", "--dir", str(filled.directory), "--tag", "features")
+    assert code == 0
+    assert out.startswith("Removed 2 entries")
+    assert filled.entries() == before - tagged
+
+
+def test_clear_older_than_removes_the_entries_created_before_the_cutoff(
+    filled, capsys, monkeypatch
+):
+    created = {(e["namespace"], e["key"]): e["created"] for e in filled.cache._store.scan(None)}
+    ordered = sorted(created, key=created.get)
+    # "Now" is 1 h after a moment between the third and fourth entries' creation: the first
+    # three are older than 1 h, the last two are not.
+    middle = (created[ordered[2]] + created[ordered[3]]) / 2
+    assert created[ordered[2]] < middle < created[ordered[3]]
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(time=lambda: middle + 3600))
+    code, document = run_json(capsys, "clear", "--dir", str(filled.directory), "--older-than", "1h")
+    assert (code, document["entries_removed"]) == (0, 3)
+    assert filled.entries() == set(ordered[3:])
+
+
+def test_clear_filters_combine(filled, capsys):
+    before = filled.entries()
+    triples = filled.entries_of(filled.triple_name)
+    code, document = run_json(
+        capsys,
+        "clear",
+        "--dir",
+        str(filled.directory),
+        "--tag",
+        "features",
+        "--function",
+        filled.triple_name,
+    )
+    assert (code, document["entries_removed"]) == (0, 1)
+    assert filled.entries() == before - triples
+
+
+def test_clear_of_an_unknown_function_is_a_usage_error_with_a_suggestion(filled, capsys):
+    short = filled.double_name.rsplit(".", 1)[1]
+    code, _, err = run(capsys, "clear", "--dir", str(filled.directory), "--function", short)
+    assert code == 2
+    assert f"no cached function is named {short!r}" in err
+    assert f"did you mean {filled.double_name}?" in err
+    assert len(filled.entries()) == 5
+
+
+def test_clear_everything_needs_yes_when_not_interactive(filled):
+    refused = run_child("clear", "--dir", str(filled.directory))
+    assert refused.returncode == 2
+    assert "removing every entry needs --yes when not run from a terminal" in refused.stderr
+    assert refused.stdout == ""
+    assert len(filled.entries()) == 5
+
+    done = run_child("clear", "--dir", str(filled.directory), "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["entries_removed"] == 5
+    assert filled.entries() == set()
+    # Like clear_afml_cache(): the statistics go too.
+    counts = {raw["namespace"]: raw["calls"] for raw in filled.cache._store.function_stats()}
+    assert counts == {filled.double_name: 0, filled.triple_name: 0}
+
+
+def test_clear_everything_asks_on_a_terminal_and_keeps_all_unless_confirmed(
+    filled, capsys, monkeypatch
+):
+    class Terminal:
+        def __init__(self, answer: str) -> None:
+            self.answer = answer
+
+        def isatty(self) -> bool:
+            return True
+
+        def readline(self) -> str:
+            return self.answer
+
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    code, out, err = run(capsys, "clear", "--dir", str(filled.directory))
+    assert (code, out) == (1, "")
+    assert "Remove all 5 entries" in err and "not confirmed; nothing was removed" in err
+    assert len(filled.entries()) == 5
+
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    code, out, _ = run(capsys, "clear", "--dir", str(filled.directory))
+    assert code == 0
+    assert out.startswith("Removed 5 entries")
+    assert filled.entries() == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30d", 30 * 86400), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("1.5h", 5400)],
+)
+def test_durations(text, seconds):
+    assert cli._duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "30x", "d", "-1d", "0s", "1 day"])
+def test_a_bad_duration_is_a_usage_error_naming_the_forms(filled, capsys, text):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["clear", "--dir", str(filled.directory), f"--older-than={text}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --older-than" in err
+    assert "30d, 12h, 90m, 3600s" in err or "more than zero" in err
+    assert len(filled.entries()) == 5
+
+
+# --- prune ------------------------------------------------------------------------------------
+
+
+def test_prune_removes_least_recently_used_entries_until_the_cache_fits(tmp_path, capsys):
+    cache = Cache(tmp_path / "cache")
+    for name in ("first", "second", "third"):
+        cache.set(name, name * 1000)
+    scanned = sorted(cache._store.scan(None), key=lambda e: e["created"])
+    total = sum(e["size"] for e in scanned)
+    limit = str(total - 1)  # one byte too many: the oldest entry must go, and only it
+
+    code, document = run_json(
+        capsys, "prune", "--dir", str(tmp_path / "cache"), "--max-size", limit, "--dry-run"
+    )
+    assert (code, document["entries_removed"], document["dry_run"]) == (0, 1, True)
+    assert len(cache._store.scan(None)) == 3
+
+    code, document = run_json(
+        capsys, "prune", "--dir", str(tmp_path / "cache"), "--max-size", limit
+    )
+    assert code == 0
+    assert document["entries_removed"] == 1
+    assert document["reasons"] == {"over_max_size": 1}
+    assert document["bytes_after"] == total - scanned[0]["size"]
+    assert {e["key"] for e in cache._store.scan(None)} == {e["key"] for e in scanned[1:]}
+
+
+def test_prune_needs_a_limit_and_sizes_must_be_sizes(filled, capsys):
+    code, _, err = run(capsys, "prune", "--dir", str(filled.directory))
+    assert code == 2
+    assert "--max-size SIZE and/or --max-age AGE" in err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["prune", "--dir", str(filled.directory), "--max-size", "lots"])
+    assert exited.value.code == 2
+    assert "'lots' is not a size; write it like 500MB, 2GB" in capsys.readouterr().err
+
+
+# --- export and import ------------------------------------------------------------------------
+
+
+def _described(cache: Cache) -> dict[tuple[str, str], tuple[Any, ...]]:
+    return {
+        (e["namespace"], e["key"]): (e["tags"], e["metadata"], e["value_size"], e["compute_time"])
+        for e in cache._store.scan(None)
+    }
+
+
+def test_export_then_import_into_a_new_directory_gives_equal_entries(filled, tmp_path, capsys):
+    archive = tmp_path / "cache.tar"
+    code, document = run_json(capsys, "export", str(archive), "--dir", str(filled.directory))
+    assert (code, document["entries"]) == (0, 5)
+    assert archive.is_file()
+
+    target = tmp_path / "elsewhere" / "cache"
+    code, out, _ = run(capsys, "import", str(archive), "--dir", str(target))
+    assert code == 0
+    assert out == f"Imported 5 entries from {archive} into {target}.\n"
+    copy = Cache(target)
+    assert _described(copy) == _described(filled.cache)
+    for namespace, digest in filled.entries():
+        found, value, _ = copy.namespaced(namespace).lookup(digest)
+        assert found
+        assert value == filled.cache.namespaced(namespace).lookup(digest)[1]
+    # A decorated function pointed at the imported cache hits.
+    again = afml_cache.robust_cacheable(cache=copy)(filled.double.__afml_cache__.fn)
+    assert again(2) == 4
+    assert again.cache_info()["cache_hits"] == 1
+
+
+def test_export_of_one_function(filled, tmp_path, capsys):
+    archive = tmp_path / "double.tar"
+    code, document = run_json(
+        capsys,
+        "export",
+        str(archive),
+        "--dir",
+        str(filled.directory),
+        "--function",
+        filled.double_name,
+    )
+    assert (code, document["entries"]) == (0, 2)
+    code, _ = run_json(capsys, "import", str(archive), "--dir", str(tmp_path / "copy"))
+    assert code == 0
+    copied = Cache(tmp_path / "copy")._store.scan(None)
+    assert {(e["namespace"], e["key"]) for e in copied} == filled.entries_of(filled.double_name)
+
+
+def test_import_of_something_else_fails_clearly(filled, tmp_path, capsys):
+    bogus = tmp_path / "bogus.tar"
+    bogus.write_bytes(b"not a tar archive at all" * 100)
+    code, _, err = run(capsys, "import", str(bogus), "--dir", str(filled.directory))
+    assert code == 1
+    assert f"could not import {bogus}" in err
+    code, _, err = run(
+        capsys, "import", str(tmp_path / "absent.tar"), "--dir", str(filled.directory)
+    )
+    assert code == 2
+    assert "is not a file" in err
+    assert len(filled.entries()) == 5
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def test_report_writes_html_with_charts_and_csv_with_a_row_per_function(filled, tmp_path, capsys):
+    page = tmp_path / "report.html"
+    code, out, _ = run(capsys, "report", str(page), "--dir", str(filled.directory))
+    assert code == 0
+    assert out == f"Wrote the report of {filled.directory} to {page}.\n"
+    text = page.read_text(encoding="utf-8")
+    assert "<svg" in text
+    assert html.escape(filled.double_name) in text
+
+    table = tmp_path / "report.csv"
+    code, document = run_json(capsys, "report", str(table), "--dir", str(filled.directory))
+    assert (code, document["file"]) == (0, str(table))
+    frame = pd.read_csv(table)
+    assert sorted(frame["function_name"]) == sorted([filled.double_name, filled.triple_name])
+    assert frame.set_index("function_name").loc[filled.double_name, "total_calls"] == 3
+
+
+def test_report_with_an_unknown_suffix_is_a_usage_error(filled, tmp_path, capsys):
+    code, _, err = run(capsys, "report", str(tmp_path / "r.txt"), "--dir", str(filled.directory))
+    assert code == 2
+    assert "name it FILE.html or FILE.csv" in err
+    assert not (tmp_path / "r.txt").exists()
+
+
+# --- the process: exit codes, help, interruption ----------------------------------------------
+
+
+def test_help_lists_commands_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("stats", "health", "clear", "prune", "export", "import", "report", "serve"):
+        assert f"    {command} " in out
+    for code in ("0 ", "1 ", "2 ", "3 ", "130"):
+        assert f"\n  {code}" in out
+
+
+@pytest.mark.parametrize("command", ["stats", "health", "clear", "prune", "export", "bench"])
+def test_every_subcommand_has_help_with_dir_and_examples(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "--dir PATH" in out
+    assert "examples:\n  afml-cache " + command in out
+
+
+def test_keyboard_interrupt_exits_130(filled, capsys, monkeypatch):
+    def interrupted(args: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_stats", interrupted)
+    code, out, err = run(capsys, "stats", "--dir", str(filled.directory))
+    assert (code, out) == (130, "")
+    assert "afml-cache stats: interrupted" in err
+
+
+def test_the_command_in_a_subprocess(filled):
+    done = run_child("stats", "--dir", str(filled.directory), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["functions"][filled.double_name]["cache_hits"] == 1
+    missing = run_child("health", "--dir", str(filled.directory / "missing"))
+    assert (missing.returncode, missing.stdout) == (3, "")
+    usage = run_child("clear", "--dir", str(filled.directory), "--older-than", "soon")
+    assert usage.returncode == 2
+    assert "'soon' is not a duration" in usage.stderr
+
+
+@pytest.mark.skipif(shutil.which("afml-cache") is None, reason="console script not installed")
+def test_the_console_script(filled):
+    done = subprocess.run(
+        ["afml-cache", "stats", "--dir", str(filled.directory), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["store"]["count"] == 5
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def test_bench_quick_measures_every_case_beside_the_installed_tools(tmp_path, capsys):
+    code, document = run_json(capsys, "bench", "--quick", "--dir", str(tmp_path))
+    assert code == 0
+    assert list(tmp_path.iterdir()) == []  # its temporary caches are gone
+    cases = {
+        "fingerprint_frame",
+        "set_small",
+        "get_small",
+        "set_array",
+        "get_array",
+        "decorated_hit_scalars",
+    }
+    assert {r["case"] for r in document["results"] if r["tool"] == "afml-cache"} == cases
+    assert all(r["median_seconds"] > 0 for r in document["results"])
+    assert document["frame_rows"] == 200_000
+    assert document["array_bytes"] == 10 * 1024 * 1024
+    installed = {n for n, v in document["machine"]["versions"].items() if v is not None}
+    hit_tools = {r["tool"] for r in document["results"] if r["case"] == "decorated_hit_scalars"}
+    expected = {"afml-cache"}
+    for module, tool in (
+        ("joblib", "joblib.Memory"),
+        ("diskcache", "diskcache.memoize"),
+        ("cachier", "cachier"),
+    ):
+        if module in installed:
+            expected.add(tool)
+    assert hit_tools == expected
