@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import importlib
 import json
@@ -42,6 +41,7 @@ import afml_cache
 from afml_cache import config, pipeline
 from afml_cache.cache import Cache, parse_size
 from afml_cache.errors import CacheError
+from afml_cache.report import format_when
 
 # Run 3 changes the CUSUM threshold: these steps depend on it, the others come from the cache.
 _DOWNSTREAM_OF_THRESHOLD = {"cusum_filter", "triple_barrier_labels", "training_set"}
@@ -423,13 +423,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "never"
-    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M")
-
-
 # --- stats ------------------------------------------------------------------------------------
 
 
@@ -465,7 +458,7 @@ def _stats(args: argparse.Namespace) -> int:
             f"{report.format_duration(row['time_saved']):>9} {row['cache_size_mb']:>9,.2f} "
             f"{report.format_latency(row.get('hit_latency_p50')):>9} "
             f"{report.format_latency(row.get('miss_latency_p50')):>9}  "
-            f"{_when(row['last_accessed'])}\n"
+            f"{format_when(row['last_accessed'])}\n"
         )
     calls = sum(r["total_calls"] for r in rows.values())
     hits = sum(r["cache_hits"] for r in rows.values())

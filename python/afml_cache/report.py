@@ -17,6 +17,7 @@ __all__ = [
     "bar_chart_svg",
     "format_duration",
     "format_latency",
+    "format_when",
     "functions_table_html",
     "health_html",
     "health_text",
@@ -66,7 +67,8 @@ def format_latency(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
-def _when(epoch: float | None) -> str:
+def format_when(epoch: float | None) -> str:
+    """``2026-11-21 09:47 UTC`` for seconds since the epoch; ``never`` for None."""
     if epoch is None:
         return "never"
     moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
@@ -82,7 +84,7 @@ def _ranked(rows: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def _stale_lines(health: CacheHealth) -> list[str]:
     return [
-        f"- {row['function_name']}: last used {_when(row['last_accessed'])}, "
+        f"- {row['function_name']}: last used {format_when(row['last_accessed'])}, "
         f"{row['cache_size_mb']:.2f} MB"
         for row in health.stale_caches
     ]
@@ -207,7 +209,7 @@ def functions_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
                 (format_latency(row["avg_computation_time"]), True),
                 (format_duration(row["time_saved"]), True),
                 (f"{row['cache_size_mb']:,.3f}", True),
-                (_when(row["last_accessed"]), False),
+                (format_when(row["last_accessed"]), False),
                 *((format_latency(row[key]), True) for key, _ in _LATENCY_COLUMNS),
             )
             for row in rows
@@ -281,7 +283,7 @@ def report_html(health: CacheHealth) -> str:
         details = ["<h2>Functions</h2>", functions_table_html(rows), "<h2>Charts</h2>", *charts]
     else:
         details = ["<p>No cached function has been called with this cache directory yet.</p>"]
-    generated = _when(health.generated)
+    generated = format_when(health.generated)
     return "\n".join(
         [
             "<!DOCTYPE html>",
