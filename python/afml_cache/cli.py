@@ -778,6 +778,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise _Failure(f"{parent} is not a directory; give an existing one with --dir", UNUSABLE)
     with tempfile.TemporaryDirectory(prefix="afml-cache-bench-", dir=parent) as directory:
         document = run_bench(Path(directory), quick=args.quick)
+        afml_cache.flush_writes()  # before the directory goes
     if args.json:
         _write_json(document)
     else:
@@ -960,6 +961,8 @@ def run_demo(rows: int, directory: str | None = None, out: TextIO | None = None)
     with contextlib.ExitStack() as stack:
         if directory is None:
             directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="afml-cache-demo-"))
+        # Results still being written behind must land before the directory is removed.
+        stack.callback(afml_cache.flush_writes)
         afml_cache.configure(directory=directory)
         start = time.perf_counter()
         bars = pipeline.synthetic_minute_bars(rows)

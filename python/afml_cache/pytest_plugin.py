@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from afml_cache import config as afml_config
-from afml_cache.cache import Cache
+from afml_cache.cache import Cache, flush_writes
 
 __all__ = ["MODES", "CacheFixture"]
 
@@ -142,6 +142,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if session is None:
         return
     del config.stash[_SESSION]
+    flush_writes()  # results written behind land before the directory goes
     for name, value in session.saved_env.items():
         if value is None:
             os.environ.pop(name, None)
