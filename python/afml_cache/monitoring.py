@@ -309,8 +309,10 @@ def analyze_cache_patterns(
     frequent_calls: int = 100,
     candidate_calls: int = 50,
     candidate_hit_rate: float = 0.3,
-) -> dict[str, list[str]]:
-    """Cached functions that need attention, as sorted lists of qualified names:
+) -> dict[str, list[dict[str, Any]]]:
+    """Cached functions that need attention, by qualified name. Each list holds, for each
+    function, as in the original AFML cache's guide, a dict of ``function``, ``calls``,
+    ``hit_rate``, ``size_mb`` and ``last_accessed``:
 
     - ``high_miss_rate_functions``: hit rate below ``low_hit_rate`` over more than
       ``min_calls`` calls (their arguments rarely repeat);
@@ -329,7 +331,20 @@ def analyze_cache_patterns(
         candidate_calls=candidate_calls,
         candidate_hit_rate=candidate_hit_rate,
     )
-    return _patterns(get_cache_stats().values(), limits, time.time())
+    stats = get_cache_stats()
+    return {
+        pattern: [
+            {
+                "function": name,
+                "calls": stats[name]["total_calls"],
+                "hit_rate": stats[name]["hit_rate"],
+                "size_mb": stats[name]["cache_size_mb"],
+                "last_accessed": stats[name]["last_accessed"],
+            }
+            for name in names
+        ]
+        for pattern, names in _patterns(stats.values(), limits, time.time()).items()
+    }
 
 
 # --- the health report ------------------------------------------------------------------------
