@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -365,15 +367,18 @@ def test_in_a_notebook_print_cache_health_displays_html_once(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ipython = pytest.importorskip("IPython")
-    import IPython.display
-
+    # A stand-in for a Jupyter kernel's IPython: what print_cache_health looks for and calls.
     class Kernel:
         kernel = object()
 
     shown: list[Any] = []
-    monkeypatch.setattr(ipython, "get_ipython", lambda: Kernel())
-    monkeypatch.setattr(IPython.display, "display", shown.append)
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: Kernel()  # type: ignore[attr-defined]
+    display = types.ModuleType("IPython.display")
+    display.display = shown.append  # type: ignore[attr-defined]
+    ipython.display = display  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
     assert afml_cache.print_cache_health() is None
     assert capsys.readouterr().out == ""
     assert len(shown) == 1 and isinstance(shown[0], afml_cache.CacheHealth)
