@@ -116,7 +116,11 @@ def test_stats_json_has_every_function_and_the_directory_counters(filled, capsys
     assert double["hit_rate"] == pytest.approx(1 / 3)
     size = sum(e["size"] for e in scanned if e["namespace"] == filled.double_name)
     assert double["cache_size_mb"] == size / 1e6
-    assert double["hit_latency_p50"] > 0 and double["miss_latency_p50"] > 0
+    # The latency percentiles are the monitor's, read from the same shared histograms.
+    expected = afml_cache.get_cache_stats(filled.cache)[filled.double_name]
+    for field in ("hit_latency_p50", "miss_latency_p50", "miss_latency_p99"):
+        assert double[field] == expected[field]
+        assert double[field] is not None
     triple = document["functions"][filled.triple_name]
     assert (triple["total_calls"], triple["cache_hits"], triple["hit_latency_p50"]) == (1, 0, None)
 
