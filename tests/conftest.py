@@ -14,7 +14,8 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,17 @@ if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD") or not importlib.metadata.en
     group="pytest11", name="afml_cache"
 ):
     pytest_plugins = ["afml_cache.pytest_plugin"]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh cache directory for the decorators, for this test only."""
+    previous = afml_cache.CACHE_DIRS["base"]
+    directory = tmp_path / "cache"
+    afml_cache.configure(directory=directory)
+    yield directory
+    afml_cache.configure(directory=previous)
+
 
 # Subprocesses run the real interpreter; a hang or a crash must become a test failure, not a
 # stuck or dead pytest run.

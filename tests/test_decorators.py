@@ -46,16 +46,6 @@ WORKER_TIMEOUT_S = 60
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path):
-    """A fresh cache directory for the decorators, for this test only."""
-    previous = afml_cache.CACHE_DIRS["base"]
-    directory = tmp_path / "cache"
-    afml_cache.configure(directory=directory)
-    yield directory
-    afml_cache.configure(directory=previous)
-
-
-@pytest.fixture
 def worker_env(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for other processes: the same cache directory, and ``helpers`` importable."""
     monkeypatch.setenv("AFML_CACHE_DIR", str(cache_dir))

@@ -15,7 +15,7 @@ import textwrap
 import time
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,6 @@ from afml_cache.cache import Cache
 from afml_cache.errors import StoreError
 
 CHILD_TIMEOUT_S = 120
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path) -> Iterator[Path]:
-    previous = afml_cache.CACHE_DIRS["base"]
-    directory = tmp_path / "cache"
-    afml_cache.configure(directory=directory)
-    yield directory
-    afml_cache.configure(directory=previous)
 
 
 @pytest.fixture

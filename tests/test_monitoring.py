@@ -28,16 +28,6 @@ from afml_cache.monitoring import REPORT_COLUMNS, latency_percentiles
 
 
 @pytest.fixture
-def cache_dir(tmp_path: Path):
-    """A fresh cache directory for the decorators, for this test only."""
-    previous = afml_cache.CACHE_DIRS["base"]
-    directory = tmp_path / "cache"
-    afml_cache.configure(directory=directory)
-    yield directory
-    afml_cache.configure(directory=previous)
-
-
-@pytest.fixture
 def cache(cache_dir: Path) -> afml_cache.Cache:
     shared = config.shared_cache()
     assert shared is not None
