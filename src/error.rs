@@ -27,6 +27,10 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
+    /// A cache directory that someone else could write: using it would let them choose what
+    /// this process unpickles.
+    #[error("refusing the cache directory: {path} {problem}; {fix}")]
+    Untrusted { path: std::path::PathBuf, problem: String, fix: String },
 }
 
 impl Error {

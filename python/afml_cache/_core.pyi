@@ -2,9 +2,9 @@
 
 import os
 from types import TracebackType
-from typing import Any, final
+from typing import Any, BinaryIO, final
 
-__all__ = ["LATENCY_BOUNDS", "SPEC_VERSION", "KeyLock", "Store", "fingerprint"]
+__all__ = ["LATENCY_BOUNDS", "SPEC_VERSION", "KeyLock", "StagedImport", "Store", "fingerprint"]
 
 SPEC_VERSION: int
 #: Upper bounds in seconds of the latency buckets of `Store.function_stats` (the last is inf).
@@ -33,7 +33,12 @@ class Store:
     """A cache directory on disk."""
 
     def __new__(
-        cls, directory: str | os.PathLike[str], size_limit: int, eviction_policy: str
+        cls,
+        directory: str | os.PathLike[str],
+        size_limit: int,
+        eviction_policy: str,
+        *,
+        trust_group: bool = False,
     ) -> Store: ...
     @property
     def directory(self) -> str: ...
@@ -82,4 +87,13 @@ class Store:
     def stats(self) -> dict[str, int]: ...
     def lock(self, namespace: str, key: str, timeout: float) -> KeyLock | None: ...
     def export_entry(self, namespace: str, key: str, archive_key: bytes) -> bytes | None: ...
-    def import_entry(self, exported: bytes, archive_key: bytes) -> tuple[str, str]: ...
+    def stage_import(self, source: BinaryIO, archive_key: bytes) -> StagedImport: ...
+
+@final
+class StagedImport:
+    @property
+    def namespace(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...

@@ -74,10 +74,20 @@ impl KeyLock {
 
 #[pymethods]
 impl Store {
+    /// `trust_group`: accept a directory its group can write (a team cache), not only one that
+    /// its owner alone can; a directory anyone else could write is refused (`CacheError`).
     #[new]
-    fn new(py: Python<'_>, directory: PathBuf, size_limit: u64, eviction_policy: &str) -> PyResult<Self> {
+    #[pyo3(signature = (directory, size_limit, eviction_policy, *, trust_group = false))]
+    fn new(
+        py: Python<'_>,
+        directory: PathBuf,
+        size_limit: u64,
+        eviction_policy: &str,
+        trust_group: bool,
+    ) -> PyResult<Self> {
         let policy = eviction_policy.parse()?;
-        let inner = py.detach(|| store::Store::open(&directory, size_limit, policy))?;
+        let trust = if trust_group { store::Trust::Group } else { store::Trust::Owner };
+        let inner = py.detach(|| store::Store::open(&directory, size_limit, policy, trust))?;
         Ok(Self { inner })
     }
 
@@ -311,8 +321,76 @@ impl Store {
         Ok(exported.map(|bytes| PyBytes::new(py, &bytes)))
     }
 
-    fn import_entry(&self, py: Python<'_>, exported: &[u8], archive_key: [u8; 32]) -> PyResult<(String, String)> {
-        Ok(py.detach(|| self.inner.import_entry(exported, &archive_key))?)
+    /// Reads one exported entry from `source` (a binary file object holding exactly its bytes,
+    /// read in chunks, GIL released between them), verifies it against `archive_key` and stages
+    /// it: nothing is visible until `commit()`.
+    fn stage_import(slf: Py<Self>, py: Python<'_>, source: Py<PyAny>, archive_key: [u8; 32]) -> PyResult<StagedImport> {
+        let mut reader = PyReader { source, error: None };
+        let staged = py.detach(|| slf.get().inner.stage_import(&mut reader, &archive_key));
+        match (staged, reader.error) {
+            (_, Some(error)) => Err(error), // the file object's own exception, as it came
+            (staged, None) => Ok(StagedImport { store: slf, staged: Some(staged?) }),
+        }
+    }
+}
+
+/// An archive's entry, verified and written beside its place by `Store.stage_import`.
+/// `commit()` moves it into place; discarded or dropped uncommitted, it leaves nothing behind.
+#[pyclass(module = "afml_cache._core")]
+pub struct StagedImport {
+    store: Py<Store>,
+    staged: Option<store::Staged>,
+}
+
+#[pymethods]
+impl StagedImport {
+    #[getter]
+    fn namespace(&self) -> Option<&str> {
+        self.staged.as_ref().map(|s| s.namespace.as_str())
+    }
+
+    #[getter]
+    fn key(&self) -> Option<&str> {
+        self.staged.as_ref().map(|s| s.key.as_str())
+    }
+
+    fn commit(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Some(staged) = self.staged.take() {
+            let store = self.store.get();
+            py.detach(|| store.inner.commit_import(staged))?;
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.staged = None;
+    }
+}
+
+/// A Python binary file object as a `Read`; its exception is kept to be raised as it came.
+struct PyReader {
+    source: Py<PyAny>,
+    error: Option<PyErr>,
+}
+
+impl std::io::Read for PyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Python::attach(|py| {
+            let read = self.source.bind(py).call_method1("read", (buf.len(),));
+            match read.and_then(|data| data.cast_into::<PyBytes>().map_err(PyErr::from)) {
+                Ok(data) => {
+                    let data = data.as_bytes();
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    Ok(n)
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    self.error = Some(error);
+                    Err(std::io::Error::other(message))
+                }
+            }
+        })
     }
 }
 

@@ -144,17 +144,17 @@ fn mac_of(mac_key: &[u8; 32], body: &[u8]) -> [u8; 32] {
 }
 
 /// Keyed BLAKE3 over an entry's bytes, fed in order, skipping the mutable counters.
-struct Mac {
+pub(crate) struct Mac {
     hasher: blake3::Hasher,
     at: usize,
 }
 
 impl Mac {
-    fn new(mac_key: &[u8; 32]) -> Self {
+    pub(crate) fn new(mac_key: &[u8; 32]) -> Self {
         Self { hasher: blake3::Hasher::new_keyed(mac_key), at: 0 }
     }
 
-    fn update(&mut self, piece: &[u8]) {
+    pub(crate) fn update(&mut self, piece: &[u8]) {
         let start = self.at;
         self.at += piece.len();
         // The part of this piece that lies outside the counters (bytes 8..24 of the entry).
@@ -169,7 +169,7 @@ impl Mac {
         }
     }
 
-    fn finish(&self) -> [u8; 32] {
+    pub(crate) fn finish(&self) -> [u8; 32] {
         *self.hasher.finalize().as_bytes()
     }
 }

@@ -7,16 +7,18 @@
 //! Sizes are tracked in shared counters; when a write pushes the total over the limit, one process
 //! at a time scans the entries and evicts by policy down to 90% of the limit.
 
+mod archive;
 pub mod entry;
 mod layout;
 pub mod lock;
 pub mod policy;
 pub mod stats;
+mod trust;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,11 +29,13 @@ use parking_lot::{Mutex, RwLock};
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::parallel;
+pub use archive::Staged;
 pub use entry::{Counters, Header};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
 pub use stats::{latency_bound, Counter, FunctionCounter, LATENCY_BUCKETS};
 use stats::{SharedCounters, Stats};
+pub use trust::Trust;
 
 /// How often (at most) a store checks that its directory was not replaced under it: a `stat`
 /// per operation would be a third of a memory hit's cost.
@@ -162,12 +166,19 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    fn open(root: &Path) -> Result<Self> {
-        create_private_dir(root)?;
+    /// Refuses a directory others could write before reading or creating anything in it.
+    fn open(root: &Path, trust: Trust) -> Result<Self> {
+        trust.create_dir(root)?;
+        trust.check_dir(root)?;
+        let entries = layout::entries_dir(root);
+        trust.create_dir(&entries)?;
+        trust.check_dir(&entries)?;
         let key_path = root.join("mac.key");
-        let mac_key = load_or_create_mac_key(&key_path)?;
+        let mac_key = load_or_create_mac_key(&key_path, trust)?;
+        trust.check_key(&key_path)?;
         let identity = file_identity(&key_path)?;
-        Ok(Self { mac_key, stats: Stats::open(&root.join("stats"))?, functions: Mutex::default(), identity })
+        let stats = Stats::open(&root.join("stats"), trust)?;
+        Ok(Self { mac_key, stats, functions: Mutex::default(), identity })
     }
 }
 
@@ -179,13 +190,15 @@ pub struct Store {
     last_check_ns: AtomicU64,
     size_limit: u64,
     policy: Policy,
+    trust: Trust,
     temp_sequence: AtomicU64,
 }
 
 impl Store {
-    /// Opens (creating if needed) the cache directory `root`.
-    pub fn open(root: &Path, size_limit: u64, policy: Policy) -> Result<Self> {
-        let keyring = Keyring::open(root)?;
+    /// Opens (creating if needed) the cache directory `root`; refuses it (`Error::Untrusted`) if
+    /// anyone `trust` does not cover could write it.
+    pub fn open(root: &Path, size_limit: u64, policy: Policy, trust: Trust) -> Result<Self> {
+        let keyring = Keyring::open(root, trust)?;
         Ok(Self {
             root: root.to_path_buf(),
             keyring: RwLock::new(Arc::new(keyring)),
@@ -193,6 +206,7 @@ impl Store {
             last_check_ns: AtomicU64::new(now_ns()),
             size_limit,
             policy,
+            trust,
             temp_sequence: AtomicU64::new(0),
         })
     }
@@ -235,7 +249,7 @@ impl Store {
         if identity == self.keyring.read().identity {
             return Ok(false);
         }
-        let fresh = Arc::new(Keyring::open(&self.root)?);
+        let fresh = Arc::new(Keyring::open(&self.root, self.trust)?);
         *self.keyring.write() = fresh;
         self.epoch.fetch_add(1, Ordering::Relaxed);
         Ok(true)
@@ -333,8 +347,8 @@ impl Store {
             Err(e) => return Err(e),
         };
         if opened.header.expires.is_some_and(|e| e <= now()) {
-            if same_file(&path, &file) && fs::remove_file(&path).is_ok() {
-                self.forget(bytes.len() as u64);
+            if same_file(&path, &file) {
+                self.remove(&path);
             }
             return Ok(Lookup::Miss);
         }
@@ -347,17 +361,37 @@ impl Store {
     }
 
     fn remove_unreadable(&self, path: &Path, file: &File, reason: String) -> Lookup {
-        if same_file(path, file) && fs::remove_file(path).is_ok() {
-            self.forget(file.metadata().map(|m| m.len()).unwrap_or(0));
+        if same_file(path, file) {
+            self.remove(path);
         }
         Lookup::Removed { path: path.to_path_buf(), reason }
     }
 
-    /// Counts a removed entry file.
-    fn forget(&self, bytes: u64) {
-        self.keyring().stats.sub(Counter::Bytes, bytes);
-        self.keyring().stats.sub(Counter::Count, 1);
-        self.keyring().stats.add(Counter::Generation, 1);
+    /// Removes the entry file at `path` and counts it; returns its size (None if there was
+    /// none, or it could not be removed).
+    fn remove(&self, path: &Path) -> Option<u64> {
+        let bytes = self.take(path).ok()??;
+        let ring = self.keyring();
+        ring.stats.sub(Counter::Bytes, bytes);
+        ring.stats.sub(Counter::Count, 1);
+        ring.stats.add(Counter::Generation, 1);
+        Some(bytes)
+    }
+
+    /// Moves the file at `path` aside, then deletes it; returns the size of exactly the file it
+    /// removed, though another process may replace the entry at any instant: the shared sizes
+    /// stay equal to the files on disk only if every removal subtracts what it removed.
+    fn take(&self, path: &Path) -> std::io::Result<Option<u64>> {
+        let aside = layout::temp_path(path, self.temp_sequence.fetch_add(1, Ordering::Relaxed));
+        match fs::rename(path, &aside) {
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let bytes = fs::metadata(&aside).map(|m| m.len()).unwrap_or(0);
+        // If this fails, scans remove the temp file later.
+        let _ = fs::remove_file(&aside);
+        Ok(Some(bytes))
     }
 
     /// Adds hits served from a memory copy to the entry's counters (they steer eviction).
@@ -398,15 +432,23 @@ impl Store {
             return Ok(found.clone());
         }
         let dir = self.root.join("functions");
-        create_private_dir(&dir)?;
+        self.trust.create_dir(&dir)?;
         let stem = layout::namespace_dir(namespace);
         // The namespace's own name beside its counters: directory names are escaped and, when
         // long, shortened, so they cannot always be read back.
         let name_path = dir.join(format!("{stem}.name"));
         if !name_path.exists() {
-            fs::write(&name_path, namespace).map_err(|e| Error::io("cannot write", &name_path, e))?;
+            let written = match self.trust.create_new(&name_path, self.trust.file_mode()) {
+                Ok(mut file) => file.write_all(namespace.as_bytes()).inspect_err(|_| {
+                    // An empty name (a full disk) would never be written again.
+                    let _ = fs::remove_file(&name_path);
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(e),
+            };
+            written.map_err(|e| Error::io("cannot write", &name_path, e))?;
         }
-        let counters = Arc::new(SharedCounters::open(&dir.join(format!("{stem}.stats")))?);
+        let counters = Arc::new(SharedCounters::open(&dir.join(format!("{stem}.stats")), self.trust)?);
         ring.functions.lock().insert(namespace.to_string(), counters.clone());
         Ok(counters)
     }
@@ -483,18 +525,16 @@ impl Store {
 
     pub fn delete(&self, namespace: &str, key: &str) -> Result<bool> {
         let path = self.entry_path(namespace, key)?;
-        let size = match fs::metadata(&path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("cannot stat", &path, e)),
-        };
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                self.forget(size);
-                self.keyring().stats.add(Counter::Deletes, 1);
+        match self.take(&path) {
+            Ok(Some(bytes)) => {
+                let ring = self.keyring();
+                ring.stats.sub(Counter::Bytes, bytes);
+                ring.stats.sub(Counter::Count, 1);
+                ring.stats.add(Counter::Generation, 1);
+                ring.stats.add(Counter::Deletes, 1);
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(None) => Ok(false),
             Err(e) => Err(Error::io("cannot delete", &path, e)),
         }
     }
@@ -539,10 +579,9 @@ impl Store {
     pub fn remove_where(&self, select: impl Fn(&Scanned) -> bool) -> Result<(u64, u64)> {
         let (mut count, mut bytes) = (0, 0);
         for s in self.scan(None)? {
-            if select(&s) && fs::remove_file(&s.path).is_ok() {
-                self.forget(s.bytes);
+            if let Some(removed) = select(&s).then(|| self.remove(&s.path)).flatten() {
                 count += 1;
-                bytes += s.bytes;
+                bytes += removed;
             }
         }
         Ok((count, bytes))
@@ -554,19 +593,17 @@ impl Store {
         Ok(self.remove_where(|s| s.is_expired(now))?.0)
     }
 
-    /// Removes every entry; resets sizes.
+    /// Removes every entry. The sizes go down by what was removed, not to zero: other
+    /// processes may be writing meanwhile.
     pub fn clear(&self) -> Result<u64> {
-        let (count, _) = self.remove_where(|_| true)?;
-        self.keyring().stats.set(Counter::Bytes, 0);
-        self.keyring().stats.set(Counter::Count, 0);
-        Ok(count)
+        Ok(self.remove_where(|_| true)?.0)
     }
 
     /// Brings the cache under 90% of its limit: expired entries first, then by policy; protected
     /// entries stay. Only one process evicts at a time; others skip (the evictor covers them).
     /// Returns the number of entries evicted.
     pub fn evict(&self) -> Result<u64> {
-        let Some(_guard) = lock::try_acquire(&self.root.join("evict.lock"))? else { return Ok(0) };
+        let Some(_guard) = lock::try_acquire(&self.root.join("evict.lock"), self.trust)? else { return Ok(0) };
         let mut entries = self.scan(None)?;
         let mut total: u64 = entries.iter().map(|s| s.bytes).sum();
         let target = self.size_limit / 10 * 9;
@@ -580,22 +617,18 @@ impl Store {
             (!a.is_expired(now)).cmp(&!b.is_expired(now)).then(sa.total_cmp(&sb))
         });
         let mut evicted = 0;
-        let mut remaining = self.keyring().stats.get(Counter::Count);
+        // Each removal subtracts its own size from the shared sizes: setting them from this scan
+        // would drop what other processes wrote since it.
         for victim in entries {
             if total <= target && !victim.is_expired(now) {
                 break;
             }
-            if fs::remove_file(&victim.path).is_ok() {
-                total -= victim.bytes;
+            if self.remove(&victim.path).is_some() {
+                total = total.saturating_sub(victim.bytes);
                 evicted += 1;
-                remaining = remaining.saturating_sub(1);
             }
         }
-        // The scan saw the truth; set the shared sizes from it.
-        self.keyring().stats.set(Counter::Bytes, total);
-        self.keyring().stats.set(Counter::Count, remaining);
         self.keyring().stats.add(Counter::Evictions, evicted);
-        self.keyring().stats.add(Counter::Generation, 1);
         Ok(evicted)
     }
 
@@ -644,7 +677,7 @@ impl Store {
     /// Waits up to `timeout` for the single-flight lock of a key.
     pub fn lock(&self, namespace: &str, key: &str, timeout: Duration) -> Result<Option<KeyLock>> {
         layout::check_key(key)?;
-        lock::acquire(&layout::lock_path(&self.root, namespace, key), timeout)
+        lock::acquire(&layout::lock_path(&self.root, namespace, key), timeout, self.trust)
     }
 
     /// An entry re-sealed under `archive_key`, for an export archive.
@@ -655,23 +688,16 @@ impl Store {
         }
     }
 
-    /// Verifies an exported entry with its archive's key and stores it under this cache's key.
-    /// Returns the entry's namespace and key.
-    pub fn import_entry(&self, exported: &[u8], archive_key: &[u8; 32]) -> Result<(String, String)> {
-        let opened = entry::open(archive_key, exported)?;
-        let (namespace, key) = (opened.header.namespace, opened.header.key);
-        let path = self.entry_path(&namespace, &key)?;
-        let ring = self.keyring();
-        let bytes = entry::reseal(&ring.mac_key, exported);
-        self.install(&ring, &path, &[&bytes])?;
-        Ok((namespace, key))
-    }
-
-    /// Writes an entry into place and counts it (replacing an entry counts only the difference);
-    /// evicts if the directory is now over its limit.
+    /// Writes an entry into place and counts it.
     fn install(&self, ring: &Keyring, path: &Path, pieces: &[&[u8]]) -> Result<()> {
         let replaced = self.write_atomically(path, pieces)?;
-        ring.stats.add(Counter::Bytes, pieces.iter().map(|p| p.len() as u64).sum());
+        self.count_installed(ring, pieces.iter().map(|p| p.len() as u64).sum(), replaced)
+    }
+
+    /// Counts an entry of `size` bytes just moved into place (replacing an entry counts only the
+    /// difference); evicts if the directory is now over its limit.
+    fn count_installed(&self, ring: &Keyring, size: u64, replaced: Option<u64>) -> Result<()> {
+        ring.stats.add(Counter::Bytes, size);
         ring.stats.add(Counter::Generation, 1);
         match replaced {
             Some(old) => ring.stats.sub(Counter::Bytes, old),
@@ -686,16 +712,7 @@ impl Store {
     /// Writes `pieces` to a temp file beside `path` and swaps it into place; returns the size of
     /// the entry it replaced, if any.
     fn write_atomically(&self, path: &Path, pieces: &[&[u8]]) -> Result<Option<u64>> {
-        let temp = layout::temp_path(path, self.temp_sequence.fetch_add(1, Ordering::Relaxed));
-        let create = || OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp);
-        let mut file = match create() {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_private_dir(path.parent().expect("entry paths have a directory"))?;
-                create().map_err(|e| Error::io("cannot create", &temp, e))?
-            }
-            Err(e) => return Err(Error::io("cannot create", &temp, e)),
-        };
+        let (temp, mut file) = self.new_temp(path)?;
         let written = pieces.iter().try_for_each(|piece| file.write_all(piece));
         drop(file);
         let replaced = written
@@ -706,13 +723,30 @@ impl Store {
         }
         replaced
     }
+
+    /// A new temp file beside `path` (its directory created if need be), private to the cache.
+    fn new_temp(&self, path: &Path) -> Result<(PathBuf, File)> {
+        let temp = layout::temp_path(path, self.temp_sequence.fetch_add(1, Ordering::Relaxed));
+        let create = || self.trust.create_new(&temp, self.trust.file_mode());
+        let file = match create() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.trust.create_dir(path.parent().expect("entry paths have a directory"))?;
+                create().map_err(|e| Error::io("cannot create", &temp, e))?
+            }
+            Err(e) => return Err(Error::io("cannot create", &temp, e)),
+        };
+        Ok((temp, file))
+    }
 }
 
 /// Moves `temp` to `path` atomically (a reader finds the old entry or the new one, never
-/// neither) and returns the size of the entry it replaced. An existing entry is swapped with the
-/// temp file (`renameat2(RENAME_EXCHANGE)`), then removed from the temp name: renaming over an
-/// existing file instead makes ext4 write the new file's data out first (`auto_da_alloc`),
-/// 150 µs instead of 30 µs for a small entry here.
+/// neither) and returns the size of exactly the entry it replaced, so that concurrent writers of
+/// one key count the sizes right. An existing entry is swapped with the temp file
+/// (`renameat2(RENAME_EXCHANGE)`), then removed from the temp name: renaming over an existing
+/// file instead makes ext4 write the new file's data out first (`auto_da_alloc`), 150 µs instead
+/// of 30 µs for a small entry here. A new entry is renamed without replacing
+/// (`RENAME_NOREPLACE`): if another writer got there first, it is swapped after all.
 #[cfg(target_os = "linux")]
 fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     use std::ffi::CString;
@@ -720,22 +754,33 @@ fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     let c_temp = CString::new(temp.as_os_str().as_bytes())?;
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: two valid NUL-terminated paths, relative to the working directory if relative.
-    let swapped = unsafe {
-        libc::renameat2(libc::AT_FDCWD, c_temp.as_ptr(), libc::AT_FDCWD, c_path.as_ptr(), libc::RENAME_EXCHANGE)
-    };
-    if swapped == 0 {
-        let old = fs::metadata(temp).map(|m| m.len()).ok();
-        let _ = fs::remove_file(temp);
-        return Ok(old);
+    let rename =
+        |flags| unsafe { libc::renameat2(libc::AT_FDCWD, c_temp.as_ptr(), libc::AT_FDCWD, c_path.as_ptr(), flags) };
+    loop {
+        if rename(libc::RENAME_EXCHANGE) == 0 {
+            let old = fs::metadata(temp).map(|m| m.len()).ok();
+            let _ = fs::remove_file(temp);
+            return Ok(old);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOENT) if rename(libc::RENAME_NOREPLACE) == 0 => return Ok(None),
+            Some(libc::ENOENT) => {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(err);
+                }
+            }
+            // A filesystem without exchange: a plain rename (two writers of one new key may then
+            // both count it).
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                let old = fs::metadata(path).map(|m| m.len()).ok();
+                fs::rename(temp, path)?;
+                return Ok(old);
+            }
+            _ => return Err(err),
+        }
     }
-    let err = std::io::Error::last_os_error();
-    // No entry yet (ENOENT), or a filesystem without exchange: a plain rename.
-    if !matches!(err.raw_os_error(), Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
-        return Err(err);
-    }
-    let old = fs::metadata(path).map(|m| m.len()).ok();
-    fs::rename(temp, path)?;
-    Ok(old)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -745,16 +790,7 @@ fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     Ok(old)
 }
 
-/// Creates a directory (and its parents) readable by its owner only.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create the directory", dir, e))
-}
-
-fn load_or_create_mac_key(path: &Path) -> Result<[u8; 32]> {
+fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {
     let read = |path: &Path| -> Result<Option<[u8; 32]>> {
         match fs::read(path) {
             Ok(bytes) => bytes.try_into().map(Some).map_err(|_| {
@@ -776,13 +812,8 @@ fn load_or_create_mac_key(path: &Path) -> Result<[u8; 32]> {
         .map_err(|e| Error::io("cannot read", "/dev/urandom", e))?;
     // Written to a temp file and linked into place: exactly one process's key wins, whole.
     let temp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(|e| Error::io("cannot create", &temp, e))?;
+    let _ = fs::remove_file(&temp); // left by a process of this pid that died here
+    let mut file = trust.create_new(&temp, trust.file_mode()).map_err(|e| Error::io("cannot create", &temp, e))?;
     file.write_all(&key).map_err(|e| Error::io("cannot write", &temp, e))?;
     drop(file);
     let linked = fs::hard_link(&temp, path);

@@ -3,12 +3,14 @@
 //! processes and cost nanoseconds on the hot path. The store keeps one file of [`Counter`]s; each
 //! cached function has its own file of [`FunctionCounter`]s.
 
-use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
+use super::trust::Trust;
 use crate::error::{Error, Result};
 
 const FILE_LEN: u64 = 4096;
@@ -108,17 +110,19 @@ pub struct SharedCounters<S: Slot> {
 }
 
 impl<S: Slot> SharedCounters<S> {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("cannot open the counters file", path, e))?;
-        if file.metadata().map_err(|e| Error::io("cannot stat", path, e))?.len() < FILE_LEN {
-            // Growing with zeros is safe even if another process does it at the same time.
-            file.set_len(FILE_LEN).map_err(|e| Error::io("cannot size the counters file", path, e))?;
+    pub fn open(path: &Path, trust: Trust) -> Result<Self> {
+        let file = trust.open_or_create(path, trust.shared_mode())?;
+        let meta = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?;
+        // A sparse file would be given its pages only when the map is first written, and on a
+        // full filesystem that write kills the process (SIGBUS). Allocated now, a full disk is an
+        // error here. Growing with zeros is safe even if another process does it at once.
+        if meta.blocks() * 512 < FILE_LEN {
+            // SAFETY: a valid descriptor and range.
+            let failed = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_LEN as libc::off_t) };
+            if failed != 0 {
+                let error = std::io::Error::from_raw_os_error(failed);
+                return Err(Error::io("cannot allocate the counters file", path, error));
+            }
         }
         // SAFETY: the file is FILE_LEN bytes and only ever accessed through atomics.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("cannot map the counters file", path, e))?;
@@ -147,11 +151,10 @@ impl<S: Slot> SharedCounters<S> {
         self.slot(counter.index()).fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Subtracts, saturating at zero (sizes can drift below zero after a crash between writing a
-    /// file and counting it; a scan sets them right).
+    /// Subtracts, wrapping: one process may count a file's removal before another counts its
+    /// creation, and the two must cancel out in any order. `get` reads a value below zero as 0.
     pub fn sub(&self, counter: S, n: u64) {
-        let slot = self.slot(counter.index());
-        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+        self.slot(counter.index()).fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn max(&self, counter: S, value: u64) {
@@ -159,7 +162,13 @@ impl<S: Slot> SharedCounters<S> {
     }
 
     pub fn get(&self, counter: S) -> u64 {
-        self.slot(counter.index()).load(Ordering::Relaxed)
+        let value = self.slot(counter.index()).load(Ordering::Relaxed);
+        // No counter reaches 2^63; above it is a wrapped negative (see `sub`).
+        if value > i64::MAX as u64 {
+            0
+        } else {
+            value
+        }
     }
 
     pub fn set(&self, counter: S, value: u64) {
@@ -199,17 +208,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("afml-stats-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("stats");
-        let a = Stats::open(&path).unwrap();
-        let b = Stats::open(&path).unwrap();
+        let a = Stats::open(&path, Trust::Owner).unwrap();
+        let b = Stats::open(&path, Trust::Owner).unwrap();
         a.add(Counter::Hits, 2);
         b.add(Counter::Hits, 3);
         b.sub(Counter::Bytes, 10);
         assert_eq!(a.get(Counter::Hits), 5);
         assert_eq!(a.get(Counter::Bytes), 0);
+        // A removal counted before its creation cancels out.
+        a.add(Counter::Bytes, 15);
+        assert_eq!(b.get(Counter::Bytes), 5);
+        // Allocated, not sparse: a full disk cannot fault a write into the map.
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= FILE_LEN);
         drop((a, b));
-        assert_eq!(Stats::open(&path).unwrap().get(Counter::Hits), 5);
+        assert_eq!(Stats::open(&path, Trust::Owner).unwrap().get(Counter::Hits), 5);
         // A file of another kind is not misread as this one.
-        let f = SharedCounters::<FunctionCounter>::open(&path).unwrap();
+        let f = SharedCounters::<FunctionCounter>::open(&path, Trust::Owner).unwrap();
         assert_eq!(f.get(FunctionCounter::Calls), 0);
         f.max(FunctionCounter::LastAccessNs, 7);
         f.max(FunctionCounter::LastAccessNs, 3);
@@ -231,7 +245,7 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("afml-latency-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let f = SharedCounters::<FunctionCounter>::open(&dir.join("f.stats")).unwrap();
+        let f = SharedCounters::<FunctionCounter>::open(&dir.join("f.stats"), Trust::Owner).unwrap();
         f.add_latency(true, 1_500);
         f.add_latency(false, 3_000_000_000);
         f.add(FunctionCounter::Calls, 2);

@@ -1,0 +1,224 @@
+"""The store never kills or blocks the user's process: a full filesystem is an error, not a
+SIGBUS; a forked child holds none of its parent's locks; the shared counters stay equal to what
+is on disk while processes write and evict at the same time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from afml_cache import Cache, fingerprint
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts a tmpfs)")
+
+
+def entry_files(directory: Path) -> list[Path]:
+    return sorted((directory / "entries").rglob("*.afc"))
+
+
+# --- a full filesystem --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs mounted at ``where`` for the block."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def fill(filesystem: Path, free_pages: int) -> None:
+    """Fills a filesystem with one-page files until exactly ``free_pages`` pages are free."""
+    filler = filesystem / "filler"
+    filler.mkdir()
+    page = os.sysconf("SC_PAGE_SIZE")
+    for i in range(100_000):
+        try:
+            (filler / str(i)).write_bytes(b"x" * page)
+        except OSError:
+            (filler / str(i)).unlink(missing_ok=True)
+            break
+    for i in range(free_pages):
+        (filler / str(i)).unlink()
+
+
+@needs_root
+def test_a_new_cache_on_a_full_filesystem_is_a_store_error_not_a_crash(run_python, tmp_path):
+    with tmpfs(tmp_path / "fs") as fs:
+        fill(fs, free_pages=1)  # room for mac.key, none for the counters
+        out = run_python(
+            f"""
+            import afml_cache
+            try:
+                afml_cache.Cache({str(fs / "cache")!r})
+                print("opened")
+            except afml_cache.StoreError as exc:
+                print("StoreError", exc.errno)
+            """
+        )
+    assert out.split() == ["StoreError", "28"]  # ENOSPC
+
+
+@needs_root
+@pytest.mark.parametrize("free_pages", [1, 4])
+def test_decorated_calls_on_a_full_filesystem_compute_and_return(run_python, tmp_path, free_pages):
+    """One free page: the new directory cannot be used (one warning, uncached). Four: the key,
+    the counters, the entry and the function's name fit; the function's counters do not."""
+    with tmpfs(tmp_path / "fs") as fs:
+        fill(fs, free_pages)
+        out = run_python(
+            f"""
+            import warnings, afml_cache
+            afml_cache.configure(directory={str(fs / "cache")!r})
+            calls = []
+
+            @afml_cache.cacheable
+            def double(x):
+                calls.append(x)
+                return 2 * x
+
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                print(double(4), double(4), len(calls))
+            print(len(warned), [str(w.message) for w in warned])
+            """
+        )
+    results, warned = out.splitlines()
+    if free_pages == 1:
+        assert results.split() == ["8", "8", "2"]
+        assert warned.startswith("1 ") and "cannot be used" in warned
+    else:
+        assert results.split() == ["8", "8", "1"]
+        assert warned == "0 []"
+
+
+# --- fork ---------------------------------------------------------------------------------------
+
+
+FORKED_CHILD = """
+import os, subprocess, sys, threading, numpy as np, afml_cache
+directory, how = sys.argv[1], sys.argv[2]
+cache = afml_cache.Cache(directory)
+key = afml_cache.fingerprint("k")
+lock = cache.acquire_digest(key, 0)
+if how == "writing behind":
+    writing, may_finish = threading.Event(), threading.Event()
+
+    def behind(*outcome, lock=lock):  # on the writer thread, the entry on disk, the lock held
+        writing.set()
+        may_finish.wait()
+        lock.release()
+
+    cache.set_digest(key, np.arange(1_000_000), behind=behind)
+    del lock
+    writing.wait()
+read, write = os.pipe()
+child = os.fork()
+if child == 0:  # a long-lived child: a pool worker, a server
+    os.close(write)
+    os.read(read, 1)
+    mine = afml_cache.Cache(directory).acquire_digest(key, 0)
+    os._exit(0 if mine is not None else 3)
+os.close(read)
+if how == "writing behind":
+    may_finish.set()
+    afml_cache.flush_writes()
+else:
+    lock.release()
+code = f"import afml_cache; print(afml_cache.Cache({directory!r}).acquire_digest({key!r}, 0))"
+other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+os.write(write, b"x")
+_, status = os.waitpid(child, 0)
+print("held" if other.stdout.strip() == "None" else "free", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("how", ["writing behind", "computing"])
+def test_a_forked_child_holds_none_of_its_parents_locks(tmp_path, how):
+    """A child forked while the parent holds a key's lock shares the lock's open file: once the
+    parent releases it, another process (and the child itself) takes the key at once."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORKED_CHILD), str(tmp_path / "cache"), how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert out.split() == ["free", "0"]
+
+
+KILLED_PARENT = """
+import os, signal, sys, time, afml_cache
+lock = afml_cache.Cache(sys.argv[1]).acquire_digest(afml_cache.fingerprint("k"), 0)
+child = os.fork()
+if child == 0:
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    time.sleep(120)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_lock_of_a_killed_parent_is_free_while_its_forked_child_lives(tmp_path):
+    directory = tmp_path / "cache"
+    killed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILLED_PARENT), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    child = int(killed.stdout)
+    try:
+        held = Cache(directory).acquire_digest(fingerprint("k"), 0)
+        assert held is not None
+        held.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+# --- counters under concurrent eviction ---------------------------------------------------------
+
+CHURN = """
+import os, sys, numpy as np
+from afml_cache import Cache, fingerprint
+cache = Cache(sys.argv[1], size_limit="256KB", memory_limit=1)
+rng = np.random.default_rng(int(sys.argv[2]))
+for i in range(400):
+    key = int(rng.integers(0, 80))
+    if i % 9 == 0:
+        cache.delete(key)
+    else:
+        cache.set(key, rng.bytes(int(rng.integers(2_000, 12_000))))
+"""
+
+
+def test_shared_counters_equal_the_files_on_disk_after_concurrent_writes_and_evictions(
+    tmp_path,
+):
+    directory = tmp_path / "cache"
+    Cache(directory)
+    workers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHURN), str(directory), str(seed)])
+        for seed in range(4)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0, 0, 0]
+    stats = Cache(directory).stats()
+    assert stats["evictions"] > 0
+    files = entry_files(directory)
+    assert stats["count"] == len(files)
+    assert stats["bytes"] == sum(f.stat().st_size for f in files)
