@@ -130,7 +130,8 @@ KEY_PAIRS = {
     "bytes": (b"\x00\x01", bytes([0, 1])),
     "None": (None, None),
     "nested tuple": ((1, ("a", 2.5), None), (1, ("a", 2.5), None)),
-    "dict": ({"pt_sl": (1, 2), "min_ret": 0.01}, {"min_ret": 0.01, "pt_sl": (1, 2)}),
+    # Insertion order counts (fingerprint spec v2): an equal dict in the same order.
+    "dict": ({"pt_sl": (1, 2), "min_ret": 0.01}, dict([("pt_sl", (1, 2)), ("min_ret", 0.01)])),
     "frozenset": (frozenset({1, 2, 3}), frozenset({3, 2, 1})),
     "date": (dt.date(2024, 1, 2), dt.date(2024, 1, 2)),
     "numpy array": (np.arange(1000.0), np.arange(1000.0)),

@@ -1,4 +1,6 @@
-"""Golden vectors: the digests of spec version 1 must never change (docs/fingerprint.md)."""
+"""Golden vectors: the digests of the current spec version must never change
+(docs/fingerprint.md). Older versions' files stay as history: every digest changes with the
+version (it keys the hash), so only their recipes are checked, to be pinned still."""
 
 from __future__ import annotations
 
@@ -34,3 +36,12 @@ def test_digest_is_unchanged(vector):
 def test_golden_digests_are_all_distinct():
     digests = [v["digest"] for v in VECTORS]
     assert len(set(digests)) == len(digests)
+
+
+@pytest.mark.parametrize("version", range(1, afml_cache.SPEC_VERSION))
+def test_older_versions_are_kept_and_their_recipes_still_pinned(version):
+    older = json.loads((GOLDEN.parent / f"fingerprint_v{version}.json").read_text())
+    assert older["spec_version"] == version
+    current = {v["name"]: v["recipe"] for v in VECTORS}
+    assert {v["name"]: v["recipe"] for v in older["vectors"]}.items() <= current.items()
+    assert not {v["digest"] for v in older["vectors"]} & {v["digest"] for v in VECTORS}

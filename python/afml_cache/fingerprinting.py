@@ -19,6 +19,7 @@ import enum
 import fractions
 import functools
 import pathlib
+import sys
 import types
 import uuid
 import warnings
@@ -35,6 +36,7 @@ _ARROW_STREAM = 1  # an object exporting __arrow_c_stream__
 _ARROW_ARRAY = 2  # an object exporting __arrow_c_array__
 _MASKED = 3  # (values, mask): 1-d arrays, masked slots do not count
 _UNSUPPORTED = 4  # a message: the value cannot be fingerprinted
+_ARROW_SCHEMA = 5  # an object exporting __arrow_c_schema__ (a field, schema or type)
 
 Rule = tuple[int, str, Any]
 
@@ -87,26 +89,16 @@ def _canonicalize(obj: Any, strict: bool) -> Rule:
 
 
 def _function(fn: types.FunctionType) -> Rule:
-    consts = list(fn.__code__.co_consts)
-    # The docstring is the first constant; it does not change what the function computes.
-    if consts and fn.__doc__ is not None and consts[0] == fn.__doc__:
-        consts[0] = None
-    closure = tuple(_cell_value(cell) for cell in fn.__closure__ or ())
-    code = _code_parts(fn.__code__, tuple(consts))
-    identity = (fn.__module__, fn.__qualname__)
-    return _VALUE, "function", (identity, code, fn.__defaults__, fn.__kwdefaults__, closure)
+    # The same code fingerprint as a decorated function's (helpers, classes, constants), plus
+    # the mutable globals and closure cells it reads, as they are now.
+    from afml_cache.codehash import function_key
+
+    return _VALUE, "function", function_key(fn)
 
 
-def _cell_value(cell: types.CellType) -> Any:
-    try:
-        value = cell.cell_contents
-    except ValueError:  # a cell not yet filled
-        return ("empty cell",)
-    # A closure over a function (often itself, for recursion) counts by that function's name;
-    # walking its code again would loop.
-    if isinstance(value, types.FunctionType):
-        return ("function", value.__module__, value.__qualname__)
-    return value
+def _wrapper(obj: Any) -> Rule:
+    # functools.lru_cache/cache: by the function it wraps, which decides what it returns.
+    return _VALUE, "wrapped", (_name(type(obj)), obj.__wrapped__)
 
 
 def _code_parts(code: types.CodeType, consts: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
@@ -133,16 +125,22 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     memoryview: lambda m: (_VALUE, "memoryview", (m.format, m.shape, m.tobytes())),
     type(Ellipsis): lambda _: (_VALUE, "Ellipsis", None),
     type(NotImplemented): lambda _: (_VALUE, "NotImplemented", None),
+    # The UTC offset counts beside the tzinfo: one pytz zone object's wall times an hour apart
+    # (01:30 EDT and EST) are told apart only by it.
     datetime.datetime: lambda d: (
         _VALUE,
         "datetime",
-        (d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, d.fold, d.tzinfo),
+        (
+            (d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, d.fold),
+            d.tzinfo,
+            d.utcoffset(),
+        ),
     ),
     datetime.date: lambda d: (_VALUE, "date", (d.year, d.month, d.day)),
     datetime.time: lambda t: (
         _VALUE,
         "time",
-        (t.hour, t.minute, t.second, t.microsecond, t.fold, t.tzinfo),
+        ((t.hour, t.minute, t.second, t.microsecond, t.fold), t.tzinfo, t.utcoffset()),
     ),
     datetime.timedelta: lambda t: (_VALUE, "timedelta", (t.days, t.seconds, t.microseconds)),
     datetime.timezone: lambda tz: (_VALUE, "timezone", (tz.utcoffset(None), tz.tzname(None))),
@@ -152,6 +150,7 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     fractions.Fraction: lambda f: (_VALUE, "fraction", (f.numerator, f.denominator)),
     uuid.UUID: lambda u: (_VALUE, "uuid", u.bytes),
     functools.partial: lambda p: (_VALUE, "partial", (p.func, p.args, p.keywords)),
+    functools._lru_cache_wrapper: _wrapper,
     types.FunctionType: _function,
     types.MethodType: lambda m: (_VALUE, "method", (m.__func__, m.__self__)),
     types.BuiltinFunctionType: lambda f: (
@@ -192,20 +191,44 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"enum:{_name(cls)}", (obj.name, obj.value)
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        return _VALUE, f"dataclass:{_name(cls)}", fields
+        return _VALUE, f"dataclass:{_name(cls)}", (fields, _attributes(obj, skip=fields))
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         return _VALUE, f"namedtuple:{_name(cls)}", (cls._fields, tuple(obj))
     if isinstance(obj, pathlib.PurePath):
         return _VALUE, f"path:{_name(cls)}", str(obj)
+    numpy = sys.modules.get("numpy")  # an ndarray subclass defined outside numpy
+    if numpy is not None and isinstance(obj, numpy.ndarray):
+        return _numpy_rule(obj)
     if hasattr(cls, "__arrow_c_stream__"):
         return _ARROW_STREAM, f"arrow:{_name(cls)}", obj
     if hasattr(cls, "__arrow_c_array__"):
         return _ARROW_ARRAY, f"arrow:{_name(cls)}", obj
+    # A subclass of a builtin: its value as the builtin, plus any attributes it carries.
+    if isinstance(obj, defaultdict):
+        value: Any = (obj.default_factory, dict(obj))
+        return _VALUE, f"subclass:{_name(cls)}", (value, _attributes(obj))
     for base in _BUILTIN_BASES:
         if isinstance(obj, base):
-            # A subclass of a builtin: its value as the builtin, plus any attributes it carries.
-            return _VALUE, f"subclass:{_name(cls)}", (base(obj), getattr(obj, "__dict__", None))
+            return _VALUE, f"subclass:{_name(cls)}", (base(obj), _attributes(obj))
     return None
+
+
+def _attributes(obj: Any, skip: Any = ()) -> tuple[tuple[str, Any], ...] | None:
+    """An instance's attributes (``__dict__`` and set ``__slots__``) sorted by name, leaving out
+    the names in ``skip``; None when it has none. The order they were set in does not count."""
+    found = dict(getattr(obj, "__dict__", None) or {})
+    for klass in type(obj).__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            # Private slots are stored under their mangled name.
+            private = slot.startswith("__") and not slot.endswith("__")
+            name = f"_{klass.__name__.lstrip('_')}{slot}" if private else slot
+            if hasattr(obj, name):  # an unset slot has no value to count
+                found[name] = getattr(obj, name)
+    items = tuple(sorted(((k, v) for k, v in found.items() if k not in skip), key=lambda kv: kv[0]))
+    return items or None
 
 
 def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
@@ -237,6 +260,10 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
     if isinstance(reduced, str):  # a global, named by its module-level name
         return _VALUE, f"reduce:{name}", reduced
     parts = list(reduced)
+    # The state is most often the instance's __dict__: the order attributes were set in does
+    # not change the object, so it does not count (dicts inside it keep their order).
+    if len(parts) > 2 and isinstance(parts[2], dict) and all(isinstance(k, str) for k in parts[2]):
+        parts[2] = tuple(sorted(parts[2].items(), key=lambda kv: kv[0]))
     # Items 3 and 4, when present, are iterators over list items and dict items.
     for i in (3, 4):
         if len(parts) > i and parts[i] is not None:
@@ -256,14 +283,38 @@ def _numpy_rule(obj: Any) -> Rule | None:
     if isinstance(obj, np.dtype):
         return _VALUE, "numpy.dtype", obj.descr if obj.names is not None else obj.str
     if isinstance(obj, np.ufunc):
-        return _VALUE, "numpy.ufunc", obj.__name__
+        return _ufunc_rule(obj)
+    if isinstance(obj, np.busdaycalendar):
+        return _VALUE, "numpy.busdaycalendar", (obj.weekmask, obj.holidays)
     if isinstance(obj, np.ma.MaskedArray):
         mask = np.ma.getmaskarray(obj)
-        # What sits under the mask is arbitrary: fill it with the dtype's zero.
-        return _VALUE, "numpy.ma.MaskedArray", (mask, obj.filled(np.zeros((), obj.dtype)))
+        # What sits under the mask is arbitrary: fill it with the dtype's zero. fill_value
+        # decides filled(), and a hard mask decides what assignments do.
+        data = obj.filled(np.zeros((), obj.dtype))
+        parts = (mask, data, obj.fill_value, obj.hardmask)
+        return _VALUE, f"numpy.ma:{_name(type(obj))}", parts
+    if isinstance(obj, np.memmap):
+        # Its attributes say which file backs it, not what it holds.
+        return _VALUE, "ndarray:numpy.memmap", np.asarray(obj)
     if isinstance(obj, np.ndarray):
-        return _VALUE, f"ndarray:{_name(type(obj))}", np.asarray(obj)
+        return _VALUE, f"ndarray:{_name(type(obj))}", (np.asarray(obj), _attributes(obj))
     return None
+
+
+def _ufunc_rule(ufunc: Any) -> Rule:
+    """numpy's ufuncs by name; an ``np.frompyfunc`` ufunc by the function it calls."""
+    if not ufunc.__name__.endswith(" (vectorized)"):
+        return _VALUE, "numpy.ufunc", ufunc.__name__
+    from afml_cache.codehash import _frompyfunc_function
+
+    function = _frompyfunc_function(ufunc)
+    if function is None:
+        message = (
+            f"the np.frompyfunc ufunc {ufunc.__name__!r} does not show the function it calls; "
+            "pass that function instead"
+        )
+        return _UNSUPPORTED, "numpy.frompyfunc", message
+    return _VALUE, "numpy.frompyfunc", (function, ufunc.nin, ufunc.nout)
 
 
 # --- pandas ---------------------------------------------------------------------------------
@@ -274,13 +325,12 @@ def _pandas_rule(obj: Any) -> Rule | None:
 
     if isinstance(obj, pd.DataFrame):
         columns = tuple((_dtype(s.dtype), s.array) for _, s in obj.items())
-        return _VALUE, "pandas.DataFrame", (obj.columns, columns, obj.index, obj.attrs)
+        flags = obj.flags.allows_duplicate_labels
+        return _VALUE, "pandas.DataFrame", (obj.columns, columns, obj.index, obj.attrs, flags)
     if isinstance(obj, pd.Series):
-        return (
-            _VALUE,
-            "pandas.Series",
-            (obj.name, _dtype(obj.dtype), obj.array, obj.index, obj.attrs),
-        )
+        flags = obj.flags.allows_duplicate_labels
+        parts = (obj.name, _dtype(obj.dtype), obj.array, obj.index, obj.attrs, flags)
+        return _VALUE, "pandas.Series", parts
     if isinstance(obj, pd.Index):
         return _index_rule(obj)
     if isinstance(obj, pd.api.extensions.ExtensionArray):
@@ -300,8 +350,11 @@ def _pandas_rule(obj: Any) -> Rule | None:
         return _VALUE, "pandas.Period", (obj.ordinal, obj.freqstr)
     if isinstance(obj, pd.Interval):
         return _VALUE, "pandas.Interval", (obj.left, obj.right, obj.closed)
-    if isinstance(obj, pd.DateOffset):
-        return _VALUE, f"pandas.offset:{type(obj).__qualname__}", (obj.n, obj.normalize, obj.kwds)
+    if isinstance(obj, pd.offsets.BaseOffset):
+        # kwds holds the whole definition (holidays, weekmask, calendar, business hours, …),
+        # which freqstr leaves out.
+        definition = tuple(sorted(obj.kwds.items(), key=lambda kv: kv[0]))
+        return _VALUE, f"pandas.offset:{type(obj).__qualname__}", (obj.n, obj.normalize, definition)
     return None
 
 
@@ -313,7 +366,10 @@ def _dtype(dtype: Any) -> Any:
         return dtype
     # str() names the parameters (unit, tz, freq, storage); categories are part of the values.
     na_value = getattr(dtype, "na_value", None) if hasattr(dtype, "storage") else None
-    return (type(dtype).__qualname__, str(dtype), getattr(dtype, "storage", None), na_value)
+    # A fixed-offset tz is named by a free label (two datetime.timezone can share one).
+    tz = getattr(dtype, "tz", None)
+    offset = tz.utcoffset(None) if tz is not None else None
+    return (type(dtype).__qualname__, str(dtype), getattr(dtype, "storage", None), na_value, offset)
 
 
 def _index_rule(index: Any) -> Rule:
@@ -326,7 +382,9 @@ def _index_rule(index: Any) -> Rule:
         # levels or codes, so those never count.
         levels = tuple(index.get_level_values(i) for i in range(index.nlevels))
         return _VALUE, "pandas.MultiIndex", (list(index.names), levels)
-    freq = getattr(index, "freqstr", None)  # DatetimeIndex, TimedeltaIndex, PeriodIndex
+    # DatetimeIndex, TimedeltaIndex, PeriodIndex: the offset itself, as freqstr leaves out
+    # holidays, weekmasks and business hours.
+    freq = getattr(index, "freq", None)
     parts = (index.name, _dtype(index.dtype), index.array, freq)
     return _VALUE, f"pandas.Index:{type(index).__qualname__}", parts
 
@@ -376,18 +434,21 @@ def _pyarrow_rule(obj: Any) -> Rule | None:
     import pyarrow as pa
 
     if isinstance(obj, pa.Scalar):
-        return _VALUE, "pyarrow.Scalar", (str(obj.type), obj.as_py())
-    if isinstance(obj, pa.Schema):
-        return _VALUE, "pyarrow.Schema", obj.to_string(show_schema_metadata=True)
-    if isinstance(obj, (pa.DataType, pa.Field)):
-        # Arrow's own text for a type or field names every parameter.
-        return _VALUE, f"pyarrow.{type(obj).__qualname__}", str(obj)
+        # As a one-element array: as_py() would drop what Python cannot hold (nanoseconds).
+        return _ARROW_ARRAY, "pyarrow.Scalar", pa.repeat(obj, 1)
+    if isinstance(obj, (pa.Schema, pa.DataType, pa.Field)):
+        # Through the C interface: every parameter, nested field and metadata entry.
+        return _ARROW_SCHEMA, f"pyarrow.{type(obj).__qualname__}", obj
     return None
 
 
 def _pytz_rule(obj: Any) -> Rule | None:
     zone = getattr(obj, "zone", None)
-    return (_VALUE, "pytz", zone) if isinstance(zone, str) else None
+    if not isinstance(zone, str):
+        return None
+    # A localized zone object holds one offset (EDT or EST); times ask it, not the calendar.
+    state = tuple(getattr(obj, name, None) for name in ("_utcoffset", "_dst", "_tzname"))
+    return _VALUE, "pytz", (zone, state)
 
 
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {

@@ -23,7 +23,7 @@ use pyo3::types::{
 };
 
 use crate::fingerprint::array::{write_elements, write_masked, StridedBytes};
-use crate::fingerprint::arrow::write_arrow;
+use crate::fingerprint::arrow::{write_arrow, write_arrow_field};
 use crate::fingerprint::{Encoder, Tag, PARALLEL_THRESHOLD};
 
 /// What a rule of the shim returns first: how to read the canonical form that follows.
@@ -34,6 +34,7 @@ mod kind {
     pub const ARROW_ARRAY: u8 = 2;
     pub const MASKED: u8 = 3;
     pub const UNSUPPORTED: u8 = 4;
+    pub const ARROW_SCHEMA: u8 = 5;
 }
 
 /// Stack kept free before recursing, and how much to add when less is left: a list nested
@@ -102,14 +103,12 @@ impl<'py> Walker<'py> {
             })?;
         } else if let Ok(d) = obj.cast_exact::<PyDict>() {
             self.open(obj, |w| {
-                let mut members = Vec::with_capacity(d.len());
+                enc.tag(Tag::Dict);
+                enc.len(d.len());
                 for (k, v) in d.iter() {
-                    let mut member = Encoder::member();
-                    w.walk(&k, &mut member)?;
-                    w.within(Step::Key(k), |w| w.walk(&v, &mut member))?;
-                    members.push(member.digest());
+                    w.walk(&k, enc)?;
+                    w.within(Step::Key(k), |w| w.walk(&v, enc))?;
                 }
-                enc.unordered(Tag::Dict, members);
                 Ok(())
             })?;
         } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
@@ -301,6 +300,7 @@ impl<'py> Walker<'py> {
                 kind::ARROW_STREAM => w.arrow_stream(&payload, enc),
                 kind::ARROW_ARRAY => w.arrow_array(&payload, enc),
                 kind::MASKED => w.masked(&payload, enc),
+                kind::ARROW_SCHEMA => w.arrow_schema(&payload, enc),
                 other => Err(w.fail(&format!("internal error: unknown rule kind {other}"))),
             })
         })
@@ -337,6 +337,16 @@ impl<'py> Walker<'py> {
             (field, from_ffi(array, schema).map_err(|e| self.fail(&e.to_string()))?)
         };
         self.hash_arrow(&field, &[data], enc)
+    }
+
+    /// Reads an object exporting `__arrow_c_schema__` (a field, schema or type without data).
+    fn arrow_schema(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
+        let capsule = obj.call_method0(intern!(self.py, "__arrow_c_schema__"))?;
+        let pointer = capsule.cast::<PyCapsule>()?.pointer_checked(Some(c"arrow_schema"))?;
+        // SAFETY: per the protocol the capsule holds an ArrowSchema, which stays owned by it.
+        let schema = unsafe { &*(pointer.as_ptr() as *const FFI_ArrowSchema) };
+        let field = Field::try_from(schema).map_err(|e| self.fail(&e.to_string()))?;
+        write_arrow_field(enc, &field).map_err(|e| self.fail(&e.to_string()))
     }
 
     fn hash_arrow(&mut self, field: &Field, chunks: &[ArrayData], enc: &mut Encoder) -> PyResult<()> {

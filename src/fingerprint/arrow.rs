@@ -4,6 +4,8 @@
 //! Each column keeps two running digests: the positions of its missing slots and the bytes of
 //! its present values. Chunks are fed one after another into the same digests, so how the data is
 //! chunked or sliced never changes the result, and whatever sits in a null slot never counts.
+//! Dictionary-encoded columns also count their dictionaries (order, unused entries), which
+//! decide pandas' categories, each time a chunk brings a different one.
 
 use arrow_buffer::{bit_util, NullBuffer};
 use arrow_data::ArrayData;
@@ -27,6 +29,12 @@ pub fn write_arrow(enc: &mut Encoder, field: &Field, chunks: &[ArrayData]) -> Re
     Ok(())
 }
 
+/// Writes an Arrow field, schema or type on its own (no data).
+pub fn write_arrow_field(enc: &mut Encoder, field: &Field) -> Result<()> {
+    enc.tag(Tag::ArrowField);
+    write_field(enc, field)
+}
+
 enum Layout {
     /// Fixed-width values (numbers, temporal types, decimals): hashed straight from the buffer.
     Fixed(usize),
@@ -43,6 +51,42 @@ struct Column {
     null_count: u64,
     nulls: Encoder,
     values: Encoder,
+    /// For element columns whose type holds a dictionary: the chunks' dictionaries.
+    dictionaries: Option<Dictionaries>,
+}
+
+/// The dictionaries of a column's chunks, each counted when it differs from the previous
+/// chunk's, so slices of one array (which share its dictionary) hash like the whole array.
+struct Dictionaries {
+    digest: Encoder,
+    /// The previous chunk's dictionaries and their digest. All chunks stay alive while they are
+    /// hashed, so dictionaries in the same memory are the same and need no second reading.
+    last: Option<(Vec<ArrayData>, [u8; 32])>,
+}
+
+impl Dictionaries {
+    fn feed(&mut self, data: &ArrayData) -> Result<()> {
+        let mut found = Vec::new();
+        dictionaries_in(data, &mut found);
+        if let Some((last, _)) = &self.last {
+            if last.len() == found.len() && last.iter().zip(&found).all(|(a, b)| a.ptr_eq(b)) {
+                return Ok(());
+            }
+        }
+        let mut entries = Vec::new();
+        for values in &found {
+            entries.extend_from_slice(&(values.len() as u64).to_le_bytes());
+            for i in 0..values.len() {
+                encode_present(values, i, &mut entries)?;
+            }
+        }
+        let digest = *blake3::hash(&entries).as_bytes();
+        if self.last.as_ref().is_none_or(|(_, last)| *last != digest) {
+            self.digest.raw(&digest);
+        }
+        self.last = Some((found, digest));
+        Ok(())
+    }
 }
 
 impl Column {
@@ -60,7 +104,9 @@ impl Column {
                 }
             },
         };
-        Ok(Self { layout, len: 0, null_count: 0, nulls: Encoder::member(), values: Encoder::member() })
+        let dictionaries = (matches!(layout, Layout::Elements) && holds_dictionary(data_type))
+            .then(|| Dictionaries { digest: Encoder::member(), last: None });
+        Ok(Self { layout, len: 0, null_count: 0, nulls: Encoder::member(), values: Encoder::member(), dictionaries })
     }
 
     /// Feeds one chunk. `nulls` are the chunk's missing slots, including those inherited from a
@@ -112,6 +158,9 @@ impl Column {
                 }
             }
             Layout::Elements => {
+                if let Some(dictionaries) = &mut self.dictionaries {
+                    dictionaries.feed(data)?;
+                }
                 let mut block = Vec::new();
                 for i in (0..len).filter(|&i| !is_null(i)) {
                     encode_element(data, i, &mut block)?;
@@ -129,6 +178,9 @@ impl Column {
         enc.u64(self.null_count);
         enc.raw(&self.nulls.digest());
         enc.raw(&self.values.digest());
+        if let Some(dictionaries) = &self.dictionaries {
+            enc.raw(&dictionaries.digest.digest());
+        }
         if let Layout::Struct(children) = &self.layout {
             for child in children {
                 child.finish(enc);
@@ -208,6 +260,31 @@ fn encode_element(data: &ArrayData, i: usize, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Whether a type is, or nests, a dictionary.
+fn holds_dictionary(data_type: &DataType) -> bool {
+    use DataType as D;
+    match data_type {
+        D::Dictionary(..) => true,
+        D::List(f) | D::LargeList(f) | D::FixedSizeList(f, _) | D::Map(f, _) => holds_dictionary(f.data_type()),
+        D::Struct(fields) => fields.iter().any(|f| holds_dictionary(f.data_type())),
+        _ => false,
+    }
+}
+
+/// Collects the values of every dictionary in `data`, depth first. Slicing never reaches a
+/// dictionary: it applies to the keys.
+fn dictionaries_in(data: &ArrayData, found: &mut Vec<ArrayData>) {
+    if let DataType::Dictionary(..) = data.data_type() {
+        let values = &data.child_data()[0];
+        found.push(values.clone());
+        dictionaries_in(values, found);
+    } else {
+        for child in data.child_data() {
+            dictionaries_in(child, found);
+        }
+    }
+}
+
 fn encode_children(child: &ArrayData, range: std::ops::Range<usize>, out: &mut Vec<u8>) -> Result<()> {
     out.extend_from_slice(&(range.len() as u64).to_le_bytes());
     for k in range {
@@ -258,6 +335,10 @@ fn write_field(enc: &mut Encoder, field: &Field) -> Result<()> {
     enc.str(field.name());
     enc.u8(u8::from(field.is_nullable()));
     write_type(enc, field.data_type())?;
+    if let Some(ordered) = field.dict_is_ordered() {
+        // The ordered flag decides whether categories compare (pandas' `max()`, sorting).
+        enc.u8(u8::from(ordered));
+    }
     // Metadata can change what consumers do with the data (pyarrow restores a pandas index from
     // it), so it counts; sorted, because it is a map.
     let mut metadata: Vec<_> = field.metadata().iter().collect();
@@ -449,14 +530,22 @@ mod tests {
     }
 
     #[test]
-    fn dictionaries_count_by_their_values_not_their_codes() {
+    fn dictionaries_count_their_order_and_unused_entries() {
         let dt = DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8));
         let field = Field::new("d", dt, true);
-        let a: DictionaryArray<Int8Type> = vec!["x", "y", "x"].into_iter().collect();
-        let keys = arrow_array::Int8Array::from(vec![1, 0, 1]);
-        let values: ArrayRef = Arc::new(StringArray::from(vec!["y", "x"]));
-        let b = DictionaryArray::<Int8Type>::try_new(keys, values).unwrap();
-        assert_eq!(one(&field, Arc::new(a)), one(&field, Arc::new(b)));
+        let dictionary = |keys: Vec<i8>, values: Vec<&str>| -> ArrayRef {
+            let values: ArrayRef = Arc::new(StringArray::from(values));
+            Arc::new(DictionaryArray::<Int8Type>::try_new(arrow_array::Int8Array::from(keys), values).unwrap())
+        };
+        let a = dictionary(vec![0, 1, 0], vec!["x", "y"]);
+        let reordered = dictionary(vec![1, 0, 1], vec!["y", "x"]);
+        let unused = dictionary(vec![0, 1, 0], vec!["x", "y", "z"]);
+        assert_ne!(one(&field, a.clone()), one(&field, reordered));
+        assert_ne!(one(&field, a.clone()), one(&field, unused));
+        // Slices share their array's dictionary, so chunking still does not count.
+        assert_eq!(one(&field, a.clone()), digest(&field, &[a.slice(0, 1), a.slice(1, 2)]));
+        let ordered = field.clone().with_dict_is_ordered(true);
+        assert_ne!(one(&field, a.clone()), one(&ordered, a));
     }
 
     #[test]

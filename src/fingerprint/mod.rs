@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 /// Version of the canonical encoding. It is mixed into every digest through the BLAKE3
 /// key-derivation context, so digests of different spec versions never coincide. Bump it (and
 /// the context below) whenever any encoding rule changes; the golden vectors enforce this.
-pub const SPEC_VERSION: u32 = 1;
-const CONTEXT: &str = "afml-cache 2026-11-21 fingerprint spec v1";
+pub const SPEC_VERSION: u32 = 2;
+const CONTEXT: &str = "afml-cache 2026-12-01 fingerprint spec v2";
 
 /// Inputs at least this large are hashed with BLAKE3's multi-threaded tree mode. Below it the
 /// cost of waking rayon's workers exceeds the gain (BLAKE3's documentation puts the break-even
@@ -37,6 +37,7 @@ pub enum Tag {
     ByteArray = 0x08,
     Tuple = 0x10,
     List = 0x11,
+    /// Items in insertion order: code that iterates a dict (`pd.DataFrame(features)`) depends on it.
     Dict = 0x12,
     Set = 0x13,
     FrozenSet = 0x14,
@@ -51,6 +52,8 @@ pub enum Tag {
     Masked = 0x32,
     /// Arrow data imported through the C data interface (one array or a stream of them).
     Arrow = 0x33,
+    /// An Arrow field, schema or type imported through the C data interface, without data.
+    ArrowField = 0x34,
 }
 
 /// Streams a canonical encoding into BLAKE3.
@@ -117,7 +120,7 @@ impl Encoder {
         }
     }
 
-    /// An unordered collection (dict, set): its members' digests, sorted, so that insertion
+    /// An unordered collection (set, frozenset): its members' digests, sorted, so that insertion
     /// order and `PYTHONHASHSEED` never matter.
     pub fn unordered(&mut self, tag: Tag, mut members: Vec<[u8; 32]>) {
         members.sort_unstable();

@@ -5,6 +5,8 @@ The expressions build their values deterministically from the names in `evaluate
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import decimal
 import fractions
@@ -102,9 +104,103 @@ RECIPES: list[tuple[str, str]] = [
     ("pyarrow list", "pa.array([[1, 2], None, []])"),
     ("polars frame", "pl.DataFrame({'a': [1, 2], 's': ['x', None]})"),
     ("polars series", "pl.Series('x', [1.0, None, 2.0])"),
+    # Spec v2: each recipe below pins a rule that v1 left out (docs/fingerprint.md).
+    ("dict reordered", "{'symbols': ['ES', 'NQ'], 'pt_sl': (1, 2), 'window': 20}"),
+    (
+        "datetime pytz EDT",
+        "pytz.timezone('America/New_York').localize(datetime.datetime(2021, 11, 7, 1, 30),"
+        " is_dst=True)",
+    ),
+    (
+        "datetime pytz EST",
+        "pytz.timezone('America/New_York').localize(datetime.datetime(2021, 11, 7, 1, 30),"
+        " is_dst=False)",
+    ),
+    (
+        "time pytz EST",
+        "datetime.time(1, 30, tzinfo=pytz.timezone('America/New_York').localize("
+        "datetime.datetime(2021, 11, 7, 1, 30), is_dst=False).tzinfo)",
+    ),
+    ("timezone named offset", "datetime.timezone(datetime.timedelta(hours=2), 'desk')"),
+    (
+        "pandas index named offset",
+        "pd.DatetimeIndex(['2024-01-01T00:00Z']).tz_convert("
+        "datetime.timezone(datetime.timedelta(hours=2), 'desk'))",
+    ),
+    (
+        "pandas custom business day",
+        "pd.offsets.CustomBusinessDay(holidays=['2024-01-03'], weekmask='Mon Tue Wed Thu')",
+    ),
+    ("pandas business hour", "pd.offsets.BusinessHour(start='10:00', end='18:00')"),
+    (
+        "pandas index custom business days",
+        "pd.date_range('2024-01-01', periods=3,"
+        " freq=pd.offsets.CustomBusinessDay(holidays=['2024-01-03']))",
+    ),
+    ("numpy busdaycalendar", "np.busdaycalendar(weekmask='1111100', holidays=['2024-01-03'])"),
+    (
+        "numpy masked fill and hard mask",
+        "np.ma.array([1.0, 2.0], mask=[False, True], fill_value=-1.0, hard_mask=True)",
+    ),
+    ("numpy subclass attribute", "Tagged(np.arange(3), 'usd')"),
+    ("dataclass extra attribute", "with_attributes(Config(20), scale=2.0)"),
+    ("str subclass slot", "with_attributes(Symbol('ES'), exchange='CME')"),
+    ("defaultdict subclass", "Counts(float, a=1.0)"),
+    (
+        "pandas frame flags",
+        "pd.DataFrame({'a': [1, 2]}).set_flags(allows_duplicate_labels=False)",
+    ),
+    (
+        "pyarrow dictionary ordered unused",
+        "pa.DictionaryArray.from_arrays(pa.array([1, 0, 1], pa.int8()), ['x', 'y', 'z'],"
+        " ordered=True)",
+    ),
+    (
+        "pyarrow chunked dictionaries",
+        "pa.chunked_array([pa.array(['x', 'y']).dictionary_encode(),"
+        " pa.array(['y', 'z']).dictionary_encode()])",
+    ),
+    ("pyarrow field metadata", "pa.field('px', pa.float64(), metadata={'unit': 'usd'})"),
+    (
+        "pyarrow schema long metadata",
+        "pa.schema([('a', pa.int64())], metadata={'note': 'x' * 200})",
+    ),
+    ("pyarrow struct type", "pa.struct([pa.field('a', pa.int64(), metadata={'unit': 'usd'})])"),
+    ("pyarrow time64 ns scalar", "pa.scalar(1, pa.time64('ns'))"),
 ]
 
-OPTIONAL_MODULES = {"pa": "pyarrow", "pl": "polars"}
+OPTIONAL_MODULES = {"pa": "pyarrow", "pl": "polars", "pytz": "pytz"}
+
+
+class Tagged(np.ndarray):
+    """An ndarray subclass with an attribute."""
+
+    def __new__(cls, values: Any, info: str) -> Tagged:
+        obj = np.asarray(values).view(cls)
+        obj.info = info
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.info = getattr(obj, "info", None)
+
+
+@dataclasses.dataclass
+class Config:
+    window: int
+
+
+class Symbol(str):
+    __slots__ = ("exchange",)
+
+
+class Counts(collections.defaultdict):
+    pass
+
+
+def with_attributes(obj: Any, **attributes: Any) -> Any:
+    for name, value in attributes.items():
+        setattr(obj, name, value)
+    return obj
 
 
 def evaluate(recipe: str) -> Any:
@@ -118,6 +214,11 @@ def evaluate(recipe: str) -> Any:
         "zoneinfo": zoneinfo,
         "np": np,
         "pd": pd,
+        "Tagged": Tagged,
+        "Config": Config,
+        "Symbol": Symbol,
+        "Counts": Counts,
+        "with_attributes": with_attributes,
     }
     for alias, module in OPTIONAL_MODULES.items():
         if f"{alias}." in recipe:
