@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 
 from afml_cache import codehash
-from afml_cache.codehash import code_fingerprint
+from afml_cache.codehash import code_fingerprint, code_state, function_key
+from afml_cache.errors import FingerprintError
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -196,16 +197,119 @@ def test_tuple_and_frozenset_constants_count_by_value(load: Loader) -> None:
     assert digest_of(load, source.replace('"sell"', '"short"'), "f") != base
 
 
-def test_mutable_state_counts_by_name_only(load: Loader) -> None:
+def test_mutable_state_is_read_at_each_call_not_hashed_into_the_digest(load: Loader) -> None:
     module = load(PIPELINE)
-    base = code_fingerprint(module.pipeline)
+    base, live = code_state(module.pipeline)
+    assert base == code_fingerprint(module.pipeline)
+    assert live == (("COUNTS", module.COUNTS),)
     module.pipeline(np.arange(5.0))  # mutates COUNTS
     module.COUNTS["other"] = [1, 2, 3]
-    assert code_fingerprint(module.pipeline) == base
-    module.COUNTS = {"calls": 99}  # rebound to another dict: still a dict
-    assert code_fingerprint(module.pipeline) == base
+    assert code_state(module.pipeline) == (base, (("COUNTS", module.COUNTS),))
+    module.COUNTS = {"calls": 99}  # rebound to another dict: read afresh, same digest
+    assert code_state(module.pipeline) == (base, (("COUNTS", {"calls": 99}),))
     module.COUNTS = [0]  # now a list: the name points to another kind of thing
     assert code_fingerprint(module.pipeline) != base
+
+
+def test_values_that_cannot_change_are_hashed_once_not_read_per_call(load: Loader) -> None:
+    source = """
+    import dataclasses
+    import datetime
+
+    import numpy as np
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        window: int = 20
+
+    def clip(x):
+        return min(x, 1)
+
+    CFG = Config()
+    START = datetime.date(2020, 1, 1)
+    SCALE = np.int64(3)
+    STEPS = (clip, abs)
+
+    def f(x):
+        for step in STEPS:
+            x = step(x)
+        return x * CFG.window * SCALE, START
+    """
+    module = load(source)
+    base, live = code_state(module.f)
+    assert live == ()
+    for old, new in [("window: int = 20", "window: int = 21"), ("(2020, 1, 1)", "(2020, 1, 2)")]:
+        assert digest_of(load, source.replace(old, new), "f") != base
+    assert digest_of(load, source.replace("np.int64(3)", "np.int64(4)"), "f") != base
+    assert digest_of(load, source.replace("min(x, 1)", "min(x, 2)"), "f") != base
+
+
+def test_live_values_are_found_through_every_path(load: Loader) -> None:
+    cfg = load('PARAMS = {"k": 1}\n', name=f"cfg_{uuid.uuid4().hex}")
+    module = load(f"""
+    import {cfg.__name__} as cfg
+
+    LEVELS = [1.0]
+
+    class Model:
+        TABLE = {{"a": 1}}
+
+    def level(scale=[2.0]):
+        return LEVELS[0] * scale[0]
+
+    def make(weights):
+        def f(x):
+            return x * cfg.PARAMS["k"] + level() + Model.TABLE["a"] + sum(weights)
+        return f
+    """)
+    weights = [1, 2]
+    _, live = code_state(module.make(weights))
+    found = dict(live)
+    assert found["weights"] is weights
+    assert found["cfg.PARAMS"] is cfg.PARAMS
+    assert found["LEVELS"] is module.LEVELS
+    assert found["level.__defaults__[0]"] == [2.0]
+    assert found["Model.TABLE"] is module.Model.TABLE
+
+
+def test_containers_only_written_to_are_not_live(load: Loader) -> None:
+    module = load("""
+    LOG = []
+    SEEN = set()
+    COUNTS = {"n": 0}
+
+    def f(x):
+        LOG.append(x if x > 0 else -x)
+        SEEN.add(len(str(x)))
+        COUNTS["n"] += 1
+        return x
+
+    def g(x):
+        LOG.append(x)
+        return len(LOG)
+    """)
+    assert codehash._written_only(module.f.__code__) == frozenset({"LOG", "SEEN"})
+    assert [name for name, _ in code_state(module.f)[1]] == ["COUNTS"]
+    assert [name for name, _ in code_state(module.g)[1]] == ["LOG"]
+
+
+def test_a_library_function_as_a_value_counts_by_name_and_version() -> None:
+    module, digest, live = function_key(textwrap.dedent)
+    assert (module, live) == ("textwrap", ())
+    assert digest == function_key(textwrap.dedent)[1] != function_key(textwrap.indent)[1]
+
+
+def test_a_function_as_a_value_whose_code_cannot_be_read_has_no_key(load: Loader) -> None:
+    module = load("""
+    HOSTILE = None
+
+    def f(x):
+        return HOSTILE, x
+    """)
+    module.HOSTILE = _Hostile()
+    with pytest.raises(FingerprintError, match="cannot be read"):
+        function_key(module.f)
+    assert HEX64.fullmatch(code_fingerprint(module.f))  # a decorated function counts it by name
 
 
 def test_a_global_the_function_assigns_is_state(load: Loader) -> None:
@@ -342,7 +446,7 @@ def test_a_deep_chain_of_helpers_does_not_hit_the_recursion_limit(load: Loader) 
     lines.append(f"def h{depth}(x):\n    return x\n")
     module = load("\n".join(lines))
     assert HEX64.fullmatch(code_fingerprint(module.h0))
-    assert len(codehash._walk([module.h0])) == depth + 1
+    assert len(codehash._walk([module.h0])[0]) == depth + 1
 
 
 # --- notebooks ------------------------------------------------------------------------------
@@ -638,7 +742,7 @@ def test_library_references_count_by_name_and_version(
     base = code_fingerprint(module.f)
     assert digest_of(load, source, "f") == base
     # Only f itself is walked: nothing inside numpy, pandas or math.
-    assert len(codehash._walk([module.f])) == 1
+    assert len(codehash._walk([module.f])[0]) == 1
     # A library's internals being patched does not count...
     monkeypatch.setattr(np, "mean", np.median)
     monkeypatch.setattr(pd.DataFrame, "sum", pd.DataFrame.max)
@@ -660,7 +764,7 @@ def test_afml_cache_itself_is_not_user_code(load: Loader) -> None:
     assert not codehash._is_user_module(codehash)
     assert not codehash._is_user_function(codehash.code_fingerprint)
     module = load("import afml_cache\n\ndef f(x):\n    return afml_cache.fingerprint(x)\n")
-    assert len(codehash._walk([module.f])) == 1
+    assert len(codehash._walk([module.f])[0]) == 1
 
 
 def test_what_counts_as_user_code(tmp_path: Path) -> None:
@@ -780,6 +884,6 @@ def test_what_cannot_be_read_counts_by_name(load: Loader) -> None:
     assert HEX64.fullmatch(first)
     assert code_fingerprint(module.f) == first
     # f, Odd, Odd.go, Meta and Meta.__eq__ are still walked; only the odd objects count by name.
-    assert len(codehash._walk([module.f])) == 5
+    assert len(codehash._walk([module.f])[0]) == 5
     for odd in (None, 42, "text", len, math, np.sqrt, _Hostile(), lambda x: x, object()):
         assert HEX64.fullmatch(code_fingerprint(odd))  # type: ignore[arg-type]

@@ -2,6 +2,9 @@
 
 :func:`code_fingerprint` answers with 64 hex digits that change when any code the function
 depends on changes, and stay when only comments, blank lines, docstrings or line positions do.
+:func:`code_state` adds the *live values*: what the code reads that can change in place (a
+``PARAMS`` dict, a module-level array, a list in a closure), as it is at the call, for the key to
+hold by content. The rules for users are in ``docs/code_fingerprint.md``.
 
 What counts
 -----------
@@ -13,10 +16,7 @@ exception table; never line numbers, positions or the file name). The docstring
 docstrings of the functions defined inside it. Its qualified name counts; its module does not
 (a caller keys on the function's identity separately).
 
-*Its defaults and keyword defaults*, each by value: immutable constants as themselves, functions
-and classes as references (below), any other value by its fingerprint in strict mode, or, when it
-has none, by its type's qualified name. A default counts as it was when first seen; a mutable
-default changed in place later does not change the digest.
+*Its defaults and keyword defaults*, each as a reference (below).
 
 *What it refers to*, transitively. The global names its bytecode and that of the code nested in
 it (comprehensions, lambdas, inner functions and classes) loads (``LOAD_GLOBAL``/``LOAD_NAME``,
@@ -34,14 +34,18 @@ reaches counts as:
 - a function of the user's own code: a reference by qualified name, and the function is walked
   in turn (each function and class once, so recursion and mutual recursion terminate);
 - a class of the user's own code: its bases, metaclass and every entry of its ``__dict__``
-  (methods, static and class methods, property accessors, nested classes, class-level
-  constants by value, other attributes by type), walked the same way; an *instance* of a user
-  class counts by its class (the class's code counts, never the instance's state);
+  (methods, static and class methods, property accessors, nested classes, class attributes),
+  each by these rules, walked the same way; an *instance* of a user class also walks its class;
 - an immutable constant (``int``, ``float``, ``complex``, ``bool``, ``str``, ``bytes``, ``None``,
-  tuples and frozensets of these): by value; an enum member by its class, name and value;
-- a mutable object (dict, list, set, a client object, an instance of a library class): by its
-  type's qualified name only, since its state changes at run time and must not churn keys; so
-  does a global the function itself assigns (``global CALLS; CALLS += 1``), whatever its type;
+  tuples and frozensets of these): by value; an enum member by its class, name and value; a
+  tuple of functions and constants: each item by these rules;
+- any other value with a fingerprint (``afml_cache.fingerprint(value, strict=True)``): by value
+  when it cannot change (`_is_frozen`: dates, numpy scalars, ``pd.Timestamp``, frozen dataclasses
+  and namedtuples of such values), computed once; otherwise it is *live*: the digest holds its
+  type, and `code_state` returns the value itself on each call. A list, set, dict or deque the
+  code only writes to (``LOG.append(x)`` as a statement, see `_written_only`) counts by type;
+- a value with no fingerprint (a client, a lock): by its type's qualified name; so does a global
+  the function itself assigns (``global CALLS; CALLS += 1``), whatever its type;
 - a module, function or class of the standard library or an installed package: by qualified
   name plus version (the distribution's version for packages, ``python X.Y`` for the standard
   library, the name alone when no version is found). A library callable that wraps a user
@@ -50,7 +54,8 @@ reaches counts as:
 - a builtin: by name. ``functools.partial``: its function, positional and keyword arguments;
   a bound method: its function and what it is bound to;
 - anything the walker cannot read: its qualified name (and a debug line on the ``afml_cache``
-  logger). ``code_fingerprint`` never raises.
+  logger). ``code_fingerprint`` never raises; `function_key`, for a function passed as a value,
+  raises `FingerprintError` instead, since a name alone cannot tell two functions apart.
 
 *The user's own code* is any module whose file lies outside the standard library
 (``sysconfig`` ``stdlib``/``platstdlib``) and outside every ``site-packages``/``dist-packages``
@@ -71,14 +76,15 @@ the object it resolved to (a weak reference, the object itself for constants and
 cannot be weakly referenced, or the type for objects that count by type). A call re-resolves every
 reference and compares identities, so rebinding a name (a notebook cell re-executed, a module
 reloaded, ``__code__`` swapped by autoreload) is noticed on the next call and only what changed is
-recomputed. Mutating a dict or an instance in place is deliberately not noticed; neither is
-assigning a new ``__defaults__`` tuple that happens to reuse the old one's address (defaults are
-checked by ``id``, to hold no reference from the cache to them), nor editing ``__kwdefaults__``
-in place.
+recomputed. Mutating a dict or an instance in place does not change the digest: live values are
+read again on every call instead, through the path recorded for each (a global name, an
+attribute chain, a closure cell, a default, a class attribute). Assigning a new ``__defaults__``
+tuple that happens to reuse the old one's address is not noticed (defaults are checked by
+``id``, to hold no reference from the cache to them), nor is editing ``__kwdefaults__`` in place.
 
-A repeated call for a function with five helpers costs a few microseconds (one dictionary lookup
-and identity test per reference, no hashing); the first call per function reads its bytecode
-and hashes it (milliseconds, once, plus the first lookup of library versions).
+A repeated call for a function with five helpers costs one dictionary lookup and identity test
+per reference and no hashing, plus reading each live value; the first call per function reads
+its bytecode and hashes it (once, plus the first lookup of library versions).
 
 Concurrent calls from several threads are safe without a lock: the caches are only read and
 replaced whole, every node's digest is a pure function of what it was computed from, and two
@@ -87,10 +93,16 @@ threads computing the same node store equal values.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import datetime
+import decimal
 import dis
 import enum
+import fractions
 import functools
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -98,18 +110,23 @@ import inspect
 import itertools
 import logging
 import os
+import pathlib
 import site
 import sys
 import sysconfig
+import threading
 import types
+import uuid
 import weakref
-from collections.abc import Callable, Iterator
+import zoneinfo
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
+from afml_cache.errors import FingerprintError
 from afml_cache.fingerprinting import _code_parts
 
-__all__ = ["code_fingerprint"]
+__all__ = ["arguments_code", "code_fingerprint", "code_state", "function_key"]
 
 _log = logging.getLogger("afml_cache")
 
@@ -130,6 +147,7 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
         "__weakref__",
         "__firstlineno__",
         "__static_attributes__",
+        "__slotnames__",  # copyreg caches it on the class when an instance is first pickled
     }
 )
 _COMPREHENSIONS: Final = frozenset({"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"})
@@ -144,6 +162,9 @@ _PARTS: Final = 2
 
 Getter = Callable[[], Any]
 Check = tuple[int, Any]
+# A value counted by its content at each call: what names it (`PARAMS`, `cfg.PARAMS`), and how to
+# read it from the function or class that refers to it.
+Live = tuple[str, Callable[[Any], Any]]
 
 # --- where code comes from --------------------------------------------------------------------
 
@@ -326,6 +347,45 @@ def _is_constant(value: object) -> bool:
     return False
 
 
+# Values of these types cannot change once made: they count by value, computed once.
+_FROZEN_TYPES: Final = (
+    datetime.date,  # and datetime, pd.Timestamp
+    datetime.time,
+    datetime.timedelta,  # and pd.Timedelta
+    datetime.timezone,
+    zoneinfo.ZoneInfo,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    range,
+    pathlib.PurePath,
+)
+
+
+def _is_frozen(value: object) -> bool:
+    """Values that cannot change in place and hold nothing that can: constants, dates and
+    times, numpy scalars, frozen dataclasses and namedtuples of such values."""
+    if _is_constant(value) or isinstance(value, _FROZEN_TYPES):
+        return True
+    if value is NotImplemented or value is Ellipsis:
+        return True
+    np = sys.modules.get("numpy")
+    # A void scalar can be a view into an array.
+    if np is not None and isinstance(value, np.generic | np.dtype):
+        return not isinstance(value, np.void)
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.Period | pd.DateOffset):
+        return True
+    if isinstance(value, tuple) and not hasattr(value, "__dict__"):  # tuples and namedtuples
+        return all(_is_frozen(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        params = getattr(type(value), "__dataclass_params__", None)
+        return bool(getattr(params, "frozen", False)) and all(
+            _is_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)
+        )
+    return False
+
+
 def _held(obj: object) -> Getter:
     """A getter that holds ``obj``: for constants and sentinels, and objects that cannot be
     weakly referenced."""
@@ -361,13 +421,22 @@ def _matches(check: Check, current: object) -> bool:
 def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
     """What ``obj``, reached through a reference, counts as, and how to check it again.
 
-    User functions and classes found are appended to ``children``, to be walked in turn.
+    User functions and classes found are appended to ``children``, to be walked in turn. A part
+    that `_is_live` counts by the content the value has at each call.
     """
     try:
         return _classify(obj, children)
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(obj), exc)
         return ("unknown", _qualified(obj)), _same(obj)
+
+
+def _live(obj: object) -> Any:
+    return ("live", _qualified(type(obj)))
+
+
+def _is_live(part: Any) -> bool:
+    return type(part) is tuple and bool(part) and part[0] == "live"
 
 
 def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
@@ -395,6 +464,8 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if isinstance(obj, types.MethodType):
         function, _ = _ref(obj.__func__, children)
         owner, _ = _ref(obj.__self__, children)
+        if _is_live(owner):  # bound to an object whose state counts
+            return _live(obj), _same(obj)
         return ("method", function, owner), _same(obj)
     if isinstance(obj, staticmethod | classmethod):
         function, _ = _ref(obj.__func__, children)
@@ -408,19 +479,37 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("property", *parts), (_PARTS, (cls, getters))
     if isinstance(obj, functools.partial):
         function, _ = _ref(obj.func, children)
-        args = tuple(_value(a, children) for a in obj.args)
-        keywords = tuple((k, _value(v, children)) for k, v in sorted(obj.keywords.items()))
+        args = tuple(_ref(a, children)[0] for a in obj.args)
+        keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
+        if any(_is_live(p) for p in (*args, *(v for _, v in keywords))):
+            return _live(obj), _same(obj)
         return ("partial", function, args, keywords), _same(obj)
     if isinstance(obj, enum.Enum):
         owner, _ = _ref(cls, children)
         value = obj.value if _is_constant(obj.value) else _qualified(obj.value)
         return ("enum", owner, obj.name, value), _same(obj)
+    if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
+        items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
+        if any(_is_live(item) for item in items):
+            return _live(obj), _same(obj)
+        return ("tuple", items), _same(obj)
     if _is_user_class(cls):
         children.append(cls)
-        return ("instance", cls.__qualname__), _of_type(obj)
-    if callable(obj) and isinstance(getattr(obj, "__name__", None), str):
+    elif callable(obj) and isinstance(getattr(obj, "__name__", None), str):
         return _library_callable(obj, children), _same(obj)
-    return ("object", _qualified(cls)), _of_type(obj)
+    return _by_content(obj)
+
+
+def _by_content(obj: object) -> tuple[Any, Check]:
+    """A value: by value, computed once, if it cannot change; by its content at each call if it
+    has a fingerprint; by its type's qualified name if it has none (a client, a lock)."""
+    try:
+        digest = fingerprint(obj, strict=True)
+    except FingerprintError:
+        return ("object", _qualified(type(obj))), _of_type(obj)
+    if _is_frozen(obj):
+        return ("value", _qualified(type(obj)), digest), _same(obj)
+    return _live(obj), _of_type(obj)
 
 
 def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
@@ -447,7 +536,7 @@ def _wrapped_user_function(obj: object) -> types.FunctionType | None:
     inner: object = obj
     for _ in range(16):  # wrappers of wrappers; a loop of __wrapped__ must end
         try:
-            inner = getattr(inner, "__wrapped__", None)
+            inner = getattr(inner, "__wrapped__", None) or _frompyfunc_function(inner)
         except Exception:
             return None
         if inner is None or isinstance(inner, type):
@@ -457,33 +546,19 @@ def _wrapped_user_function(obj: object) -> types.FunctionType | None:
     return None
 
 
+def _frompyfunc_function(obj: object) -> types.FunctionType | None:
+    """The function an ``np.frompyfunc`` ufunc calls: it holds it without naming it."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.ufunc) or not obj.__name__.endswith(" (vectorized)"):
+        return None
+    functions = [r for r in gc.get_referents(obj) if isinstance(r, types.FunctionType)]
+    return functions[0] if len(functions) == 1 else None
+
+
 def _defining_module(fn: types.FunctionType) -> str:
     """The module whose code defined ``fn`` (``__module__`` may have been copied by wraps)."""
     name = fn.__globals__.get("__name__")
     return name if isinstance(name, str) else _module_of(fn)
-
-
-def _value(value: object, children: list[object]) -> Any:
-    """A default or a partial's argument: by value."""
-    try:
-        return _by_value(value, children)
-    except Exception as exc:
-        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(value), exc)
-        return ("unknown", _qualified(value))
-
-
-def _by_value(value: object, children: list[object]) -> Any:
-    if _is_constant(value):
-        return ("const", value)
-    if callable(value) or isinstance(value, types.ModuleType | enum.Enum):
-        return _ref(value, children)[0]
-    cls = type(value)
-    if _is_user_class(cls):
-        children.append(cls)
-    try:
-        return ("value", _qualified(cls), fingerprint(value, strict=True))
-    except Exception:
-        return ("object", _qualified(cls))
 
 
 # --- what a code object refers to -----------------------------------------------------------------
@@ -549,6 +624,62 @@ def _references(code: types.CodeType) -> tuple[Ref, ...]:
     )
 
 
+# Methods of list, set, dict and deque that change the container without reading its content
+# into what they return (None): `calls.append(x)` as a statement does not make a result depend
+# on `calls`.
+_WRITES: Final = frozenset(
+    {"append", "extend", "insert", "add", "update", "clear", "appendleft", "extendleft"}
+)
+_WRITTEN_TYPES: Final = (list, set, dict, collections.deque)
+_LOADS_VARIABLE: Final = frozenset(
+    {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_FROM_DICT_OR_GLOBALS"}
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _written_only(code: types.CodeType) -> frozenset[str]:
+    """The global and free variable names ``code`` (and the code nested in it) only writes to
+    with statements like ``log.append(x)``, never reading them otherwise."""
+    written: set[str] = set()
+    read: set[str] = set()
+    for c in _code_objects(code):
+        instructions = list(dis.get_instructions(c))
+        for i, ins in enumerate(instructions):
+            if ins.opname in _LOADS_VARIABLE:
+                name = ins.argval
+                (written if _is_write_statement(instructions, i) else read).add(name)
+    return frozenset(written - read)
+
+
+def _is_write_statement(instructions: list[dis.Instruction], i: int) -> bool:
+    """Whether the value loaded at ``i`` is used only as ``value.<write method>(...)`` whose
+    result is thrown away: the stack is followed to the call that consumes it, along one path
+    (the compiler keeps the stack depth equal where paths meet)."""
+    following = instructions[i + 1] if i + 1 < len(instructions) else None
+    if following is None or following.opname not in _LOADS_ATTR or following.argval not in _WRITES:
+        return False
+    at = {ins.offset: k for k, ins in enumerate(instructions)}
+    depth, j = 0, i
+    while j < len(instructions):
+        ins = instructions[j]
+        if ins.opname == "JUMP_FORWARD":  # the end of one branch of `a if c else b`
+            j = at.get(ins.argval, len(instructions))
+            continue
+        if "BACKWARD" in ins.opname:
+            return False
+        try:
+            depth += dis.stack_effect(ins.opcode, ins.arg, jump=False)
+        except ValueError:
+            depth += dis.stack_effect(ins.opcode)
+        if depth < 1:
+            return False
+        if depth == 1 and ins.opname.startswith("CALL"):
+            after = instructions[j + 1] if j + 1 < len(instructions) else None
+            return after is not None and after.opname == "POP_TOP"
+        j += 1
+    return False
+
+
 def _last_import(instructions: list[dis.Instruction], i: int) -> int:
     while i > 0 and instructions[i].opname != "IMPORT_NAME":
         i -= 1
@@ -583,8 +714,10 @@ class _FunctionNode:
         "defaults_id",
         "digest",
         "kwdefaults_id",
+        "live",
         "names",
         "paths",
+        "readable",
         "same",
     )
 
@@ -600,6 +733,8 @@ class _FunctionNode:
         self.cells: list[Check] = []
         self.children: tuple[weakref.ref[Any], ...] = ()
         self.digest = ""
+        self.live: list[Live] = []  # values counted by their content at each call
+        self.readable = True  # False when something reached could only be named
 
     def current_children(self, fn: types.FunctionType) -> list[object] | None:
         """The functions and classes to walk next, or None when the digest no longer holds."""
@@ -646,7 +781,17 @@ class _FunctionNode:
 
 
 class _ClassNode:
-    __slots__ = ("bases", "children", "digest", "members", "metaclass", "same", "size")
+    __slots__ = (
+        "bases",
+        "children",
+        "digest",
+        "live",
+        "members",
+        "metaclass",
+        "readable",
+        "same",
+        "size",
+    )
 
     def __init__(self, cls: type) -> None:
         self.size = len(vars(cls))
@@ -656,6 +801,8 @@ class _ClassNode:
         self.metaclass: Getter = _same(type(cls))[1]
         self.children: tuple[weakref.ref[Any], ...] = ()
         self.digest = ""
+        self.live: list[Live] = []
+        self.readable = True
 
     def current_children(self, cls: type) -> list[object] | None:
         namespace = vars(cls)
@@ -787,24 +934,91 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         for ref in _cached_references(fn.__code__):
             _function_reference(fn, ref, node, refs, children)
         cells = []
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
-            part, check = _ref(_cell_contents(cell), children)
+        for i, (name, cell) in enumerate(
+            zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True)
+        ):
+            value = _cell_contents(cell)
+            part, check = _ref(value, children)
+            part = _unless_written_only(fn, name, value, part)
+            if _is_live(part):
+                node.live.append((name, _cell_reader(i)))
             node.cells.append(check)
             cells.append((name, part))
-        defaults = tuple(_value(d, children) for d in fn.__defaults__ or ())
+        defaults = tuple(_ref(d, children)[0] for d in fn.__defaults__ or ())
+        for i, part in enumerate(defaults):
+            if _is_live(part):
+                node.live.append((f"{fn.__qualname__}.__defaults__[{i}]", _default_reader(i)))
         kwdefaults = tuple(
-            (k, _value(v, children)) for k, v in sorted((fn.__kwdefaults__ or {}).items())
+            (k, _ref(v, children)[0]) for k, v in sorted((fn.__kwdefaults__ or {}).items())
         )
+        for name, part in kwdefaults:
+            if _is_live(part):
+                node.live.append(
+                    (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
+                )
         references = tuple(refs.items())
         form = ("function", fn.__qualname__, own, defaults, kwdefaults, references, tuple(cells))
         node.digest = _digest(form, fn)
+        node.readable = _readable(form)
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
         node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
+        node.live, node.readable = [], False
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
         node.defaults_id = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
+    """A list, set, dict or deque the function only appends or adds to (a log, a call counter)
+    counts by type: its content does not decide the result."""
+    if _is_live(part) and type(value) in _WRITTEN_TYPES and name in _written_only(fn.__code__):
+        return ("written", _qualified(type(value)))
+    return part
+
+
+def _cell_reader(i: int) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__closure__[i].cell_contents  # type: ignore[index]
+
+
+def _default_reader(i: int) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__defaults__[i]  # type: ignore[index]
+
+
+def _kwdefault_reader(name: str) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__kwdefaults__[name]  # type: ignore[index]
+
+
+def _global_reader(name: str) -> Callable[[types.FunctionType], Any]:
+    def read(fn: types.FunctionType) -> Any:
+        value = fn.__globals__.get(name, _MISSING)
+        return _builtins_of(fn).get(name) if value is _MISSING else value
+
+    return read
+
+
+def _path_reader(ref: Ref) -> Callable[[types.FunctionType], Any]:
+    def read(fn: types.FunctionType) -> Any:
+        current = _start(fn, ref)
+        for attr in ref[-1]:
+            current = getattr(current, attr, None)
+        return current
+
+    return read
+
+
+def _member_reader(name: str) -> Callable[[type], Any]:
+    return lambda cls: vars(cls).get(name)
+
+
+def _readable(form: Any) -> bool:
+    """False when a part of ``form`` could only be named (``("unknown", name)``)."""
+    if type(form) is not tuple:
+        return True
+    if form and form[0] == "unknown":
+        return False
+    return all(_readable(item) for item in form)
 
 
 def _function_reference(
@@ -843,10 +1057,19 @@ def _function_reference(
         check: Check = (_SAME, _held(_NOT_IMPORTED))
     else:
         part, check = _ref(current, children)
+        if ref[0] == "global" and not modules:
+            part = _unless_written_only(fn, ref[1], current, part)
+    followed = (*ref[:-1], ref[-1][: len(modules)])
     if ref[0] == "global" and not modules:
         node.add_name(ref[1], check)
+        if _is_live(part):
+            node.live.append((ref[1], _global_reader(ref[1])))
     else:
-        node.paths.append(((*ref[:-1], ref[-1][: len(modules)]), tuple(modules), check))
+        node.paths.append((followed, tuple(modules), check))
+        if _is_live(part):
+            node.live.append(
+                (".".join(label[1:] if ref[0] == "import" else label), _path_reader(followed))
+            )
     refs[label] = part
 
 
@@ -861,16 +1084,23 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
             if name in _SKIPPED_CLASS_KEYS:
                 continue
             part, check = _ref(value, children)
+            if _is_live(part) and name.startswith("__") and name.endswith("__"):
+                # Made with the class from its code (`__annotations__`): by type.
+                part = ("object", _qualified(type(value)))
             node.add_member(name, check)
+            if _is_live(part):
+                node.live.append((f"{cls.__qualname__}.{name}", _member_reader(name)))
             members.append((name, part))
         members.sort(key=lambda item: item[0])
         bases = tuple(_ref(b, children)[0] for b in cls.__bases__)
         metaclass, _ = _ref(type(cls), children)
         form = ("class", cls.__qualname__, bases, metaclass, tuple(members))
         node.digest = _digest(form, cls)
+        node.readable = _readable(form)
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
         node.same, node.members, children = [], [], []
+        node.live, node.readable = [], False
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(cls)))
         node.size = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
@@ -901,10 +1131,23 @@ _combined: dict[tuple[str, ...], str] = {}
 _COMBINED_LIMIT: Final = 4096
 
 
-def _walk(roots: list[object]) -> tuple[str, ...]:
+_building = threading.local()  # ids of the objects whose nodes this thread is computing
+
+
+# The values a function or class refers to that count by content, with the object to read them
+# from.
+Found = list[tuple[list[Live], object]]
+# What a walk found: the digest of each function and class reached, the values that count by
+# content, and whether all was readable.
+Walked = tuple[tuple[str, ...], Found, bool]
+
+
+def _walk(roots: list[object]) -> Walked:
     """The digests of every function and class reachable from ``roots``, each once, depth
-    first."""
+    first, and the values among what they refer to that count by content."""
     digests: list[str] = []
+    live: Found = []
+    readable = True
     seen: set[int] = set()
     pinned: list[object] = []  # keeps each visited object alive, so its id stays its own
     stack: list[Any] = roots[::-1]
@@ -926,16 +1169,53 @@ def _walk(roots: list[object]) -> tuple[str, ...]:
             except Exception:  # a module's __getattr__ that raises, say: compute afresh
                 children = None
         if node is None or children is None:
-            if type(obj) is types.FunctionType:
-                node, children = _function_node(obj)
-            else:
-                node, children = _class_node(obj)
+            node, children = _build(obj)
             with contextlib.suppress(TypeError):  # not weakly referenceable: recomputed each call
                 nodes[obj] = node
         digests.append(node.digest)
+        if node.live:
+            live.append((node.live, obj))
+        if not node.readable:
+            readable = False
         if children:
             stack.extend(reversed(children))
-    return tuple(digests)
+    return tuple(digests), live, readable
+
+
+def _build(obj: object) -> tuple[_FunctionNode | _ClassNode, list[object]]:
+    building: set[int] = getattr(_building, "ids", None) or set()
+    _building.ids = building
+    building.add(id(obj))
+    try:
+        if type(obj) is types.FunctionType:
+            return _function_node(obj)
+        return _class_node(obj)  # type: ignore[arg-type]
+    finally:
+        building.discard(id(obj))
+
+
+def _combine(digests: tuple[str, ...]) -> str:
+    combined = _combined.get(digests)
+    if combined is None:
+        combined = fingerprint((_FORMAT, "function", digests))
+        if len(_combined) >= _COMBINED_LIMIT:
+            _combined.clear()
+        _combined[digests] = combined
+    return combined
+
+
+def _current(live: Found) -> tuple[tuple[str, Any], ...]:
+    """The values that count by content, as they are now, each with the name it is read by."""
+    if not live:
+        return ()
+    values = []
+    for entries, owner in live:
+        for label, read in entries:
+            try:
+                values.append((label, read(owner)))
+            except Exception as exc:  # rebound or deleted by another thread since the walk
+                raise FingerprintError(f"cannot read {label}: {exc!r}") from None
+    return tuple(values)
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
@@ -943,24 +1223,85 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
 
     It changes when the code of ``fn`` or of any user function, class or module-level constant
     it depends on changes, and stays when only comments, blank lines, docstrings or line
-    positions do. It never raises: what cannot be read counts by name.
+    positions do. Values that count by content (see `code_state`) are not in it. It never
+    raises: what cannot be read counts by name.
     """
     try:
         if isinstance(fn, types.MethodType):
             fn = fn.__func__
         if type(fn) is types.FunctionType:
             # Fast path: the walk checks every node's inputs; the combination is memoised.
-            digests = _walk([fn])
-            combined = _combined.get(digests)
-            if combined is None:
-                combined = fingerprint((_FORMAT, "function", digests))
-                if len(_combined) >= _COMBINED_LIMIT:
-                    _combined.clear()
-                _combined[digests] = combined
-            return combined
+            return _combine(_walk([fn])[0])
         children: list[object] = []
         head, _ = _ref(fn, children)
-        return fingerprint((_FORMAT, "object", _digest((head,), fn), _walk(children)))
+        return fingerprint((_FORMAT, "object", _digest((head,), fn), _walk(children)[0]))
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
         return fingerprint((_FORMAT, "unknown", _qualified(fn)))
+
+
+def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The code fingerprint of a function or user class, and the values it reads that count by
+    their content at this moment (mutable globals, closure cells, class attributes, defaults),
+    each as ``(name, value)``: a key holds both.
+
+    Raises `FingerprintError` only when a value cannot be read (a race with another thread).
+    """
+    digests, live, _ = _walk([obj])
+    return _combine(digests), _current(live)
+
+
+def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
+    """What a function passed as a value counts as: its module, its code fingerprint and the
+    values it reads that count by content, as for a decorated function. A cached function counts
+    as the function it caches; a library function by its name and version (and the user
+    function it wraps, if any), as when code refers to it.
+
+    Raises `FingerprintError` when some of the code it reaches cannot be read: a function that
+    cannot be told apart from another must not share its entries.
+    """
+    if _is_own_package(_defining_module(fn)):
+        wrapped = getattr(fn, "__wrapped__", None)
+        if type(wrapped) is types.FunctionType:
+            fn = wrapped
+    module = _defining_module(fn)
+    if id(fn) in (getattr(_building, "ids", None) or ()):
+        # Reached again while its own node is being computed: that node counts its code.
+        return (module, fn.__qualname__, "being counted")
+    if _is_user_function(fn):
+        digests, live, readable = _walk([fn])
+    else:
+        children: list[object] = []
+        library = fingerprint(_library_callable(fn, children), strict=True)
+        digests, live, readable = _walk(children)
+        digests = (library, *digests)
+    if not readable:
+        raise FingerprintError(
+            f"the code of {module}.{fn.__qualname__} reaches objects that cannot be read, so it "
+            "cannot be told apart from other functions; pass a function of your own code, or "
+            "list the argument in ignore="
+        )
+    return (module, _combine(digests), _current(live))
+
+
+_library_types: set[type] = set()  # argument types known not to be the user's own classes
+
+
+def arguments_code(values: Iterable[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """The code states (`code_state`) of the user classes among ``values``, given as classes or
+    through an instance (``self``, a strategy object): a value's fingerprint names its class but
+    does not read its methods."""
+    states = []
+    for value in values:
+        cls = type(value)
+        if cls in _library_types:  # on nearly every hit: ints, strings, arrays, frames
+            continue
+        if isinstance(value, type):  # a class passed as an argument
+            cls = value
+            if not _is_user_class(cls):
+                continue
+        elif not _is_user_class(cls):
+            _library_types.add(cls)
+            continue
+        states.append(code_state(cls))
+    return tuple(states)

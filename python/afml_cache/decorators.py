@@ -1,10 +1,14 @@
 """`@robust_cacheable`, `@cacheable` and `@time_aware_cacheable`.
 
-The key of a call is the fingerprint of: the function's qualified name, its code fingerprint
+The key of a call is the fingerprint of: the function's name (`function_name`: its module and
+qualified name, with the script's or notebook's path for ``__main__``), its code fingerprint
 (its own code and, transitively, the helpers, classes and constants it uses; see codehash.py),
-the ``version=`` option, and its arguments bound to parameter names with defaults applied (so
-``f(df, 5)``, ``f(df, window=5)`` and ``f(df)`` with ``window=5`` by default are one entry), less
-the ``ignore=`` ones; time-aware functions add the time ranges of their inputs.
+the content of the mutable globals and closure cells that code reads, as of the call (less
+``ignore_globals=``), the ``version=`` option, the code of the user classes among its arguments,
+and its arguments bound to parameter names with defaults applied (so ``f(df, 5)``,
+``f(df, window=5)`` and ``f(df)`` with ``window=5`` by default are one entry), less the
+``ignore=`` ones; time-aware functions add the time ranges of their inputs. The rules are in
+docs/code_fingerprint.md.
 
 On a miss the function runs under the key's single-flight lock: concurrent identical calls, in
 threads or processes, compute once and the others read the result. The function's exceptions
@@ -15,25 +19,37 @@ warning per function.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import functools
 import inspect
 import logging
+import os
 import sys
+import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from afml_cache import config
 from afml_cache._core import SPEC_VERSION, KeyLock, fingerprint
-from afml_cache.cache import Cache
-from afml_cache.codehash import code_fingerprint
+from afml_cache.cache import Cache, check_compression, check_ttl
+from afml_cache.codehash import arguments_code, code_fingerprint, code_state
 from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.report import format_latency, format_size
 
-__all__ = ["cacheable", "cached_functions", "robust_cacheable", "time_aware_cacheable"]
+__all__ = [
+    "cacheable",
+    "cached_functions",
+    "function_name",
+    "robust_cacheable",
+    "time_aware_cacheable",
+    "watch_calls",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("afml_cache")
@@ -41,6 +57,25 @@ _log = logging.getLogger("afml_cache")
 LOCK_TIMEOUT = 600.0
 # Every decorated function alive in this process, for maintenance (smart_cache_clear).
 _DECORATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+# The outcomes of cached calls in this thread or task, while `watch_calls` collects them.
+_WATCHING: contextvars.ContextVar[list[tuple[_Engine, bool]] | None] = contextvars.ContextVar(
+    "afml_cache_watching", default=None
+)
+
+
+@contextlib.contextmanager
+def watch_calls() -> Iterator[list[tuple[_Engine, bool]]]:
+    """Collects ``(engine, hit)`` for each cached call that finishes in this thread or task
+    inside the block, inner calls before the outer ones; a call that ran uncached adds nothing.
+    The pytest plugin judges one call by it, whatever other threads and processes do."""
+    seen: list[tuple[_Engine, bool]] = []
+    token = _WATCHING.set(seen)
+    try:
+        yield seen
+    finally:
+        _WATCHING.reset(token)
 
 
 def cached_functions() -> list[Callable[..., Any]]:
@@ -56,8 +91,9 @@ class _Options:
     ignore: frozenset[str] = frozenset()
     version: Any = None
     compression: str | None = None
-    cache: Cache | None = None
+    cache: Cache | _CacheAddress | None = None  # an address once the function has travelled
     strict: bool = False
+    ignore_globals: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -80,6 +116,7 @@ def robust_cacheable(
     compression: str | None = None,
     cache: Cache | None = None,
     strict: bool = False,
+    ignore_globals: Iterable[str] = (),
 ) -> Any:
     """Caches a function's results on disk, keyed by the content of its arguments and its code.
 
@@ -87,20 +124,32 @@ def robust_cacheable(
     (argument names that do not affect the result, e.g. ``("verbose",)``), ``version`` (bump by
     hand), ``compression``, ``cache`` (a `Cache` to use instead of the configured one), and
     ``strict`` (raise `FingerprintError` for arguments with no fingerprint rule instead of
-    fingerprinting their pickle reduction).
+    fingerprinting their pickle reduction), and ``ignore_globals`` (names of globals whose
+    content must not count, e.g. ``("CALLS", "cfg.LOG")`` for a counter or log it only writes).
     """
     options = _Options(
-        ttl=ttl,
+        ttl=check_ttl(ttl),
         tags=tuple([tags] if isinstance(tags, str) else tags),
         ignore=frozenset([ignore] if isinstance(ignore, str) else ignore),
         version=version,
-        compression=compression,
+        compression=None if compression is None else check_compression(compression),
         cache=cache,
         strict=strict,
+        ignore_globals=_global_names(ignore_globals),
     )
     if fn is None:
         return functools.partial(_decorate, options=options, time_options=None)
     return _decorate(fn, options, None)
+
+
+def _global_names(names: Iterable[str]) -> frozenset[str]:
+    found = frozenset([names] if isinstance(names, str) else names)
+    for name in found:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"ignore_globals takes names of globals as strings (e.g. ('CALLS',)), got {name!r}"
+            )
+    return found
 
 
 #: The original name of `robust_cacheable`: existing code keeps working.
@@ -179,12 +228,17 @@ class _Engine:
     """What a decorated function does on each call."""
 
     def __init__(
-        self, fn: Callable[..., Any], options: _Options, time_options: _TimeOptions | None
+        self,
+        fn: Callable[..., Any],
+        options: _Options,
+        time_options: _TimeOptions | None,
+        name: str | None = None,
+        origin_code: str | None = None,
     ):
         self.fn = fn
         self.options = options
         self.time_options = time_options
-        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self.name = name if name is not None else function_name(fn)
         self.signature = inspect.signature(fn)
         self._warned: set[str] = set()
         self._view: tuple[Cache, Cache] | None = None  # (base cache, this function's view)
@@ -192,35 +246,70 @@ class _Engine:
         self._known_identity: tuple[str, str] | None = None  # (code fingerprint, identity)
         # Failures to store results, found on the writer thread, warned at the next call.
         self._failures: list[str] = []
+        # Landed by value: (the code fingerprint here on landing, the origin's). What the code
+        # reaches was rebuilt by value too and may fingerprint differently here (IPython's
+        # `open` does); while it is as it landed, it is the code the origin fingerprinted, and
+        # the origin's entries are this function's.
+        self._landed = None if origin_code is None else (code_fingerprint(fn), origin_code)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A function of __main__ (a script, a notebook) travels by value with its engine
+        # (cloudpickle: loky, Dask): what it is travels, its open cache, locks and pending
+        # warnings stay behind and are rebuilt where it lands. The name travels as it is: there,
+        # __main__ is another program.
+        options = self.options
+        if options.cache is not None:
+            options = replace(options, cache=_CacheAddress.of(options.cache))
+        origin_code = self._as_origin(code_fingerprint(self.fn))
+        return (_Engine, (self.fn, options, self.time_options, self.name, origin_code))
+
+    def _as_origin(self, code: str) -> str:
+        """``code``, a code fingerprint computed in this process, as the process the function
+        came from computed it (see ``_landed``)."""
+        landed = self._landed
+        return landed[1] if landed is not None and code == landed[0] else code
 
     # --- keys ---------------------------------------------------------------------------------
 
-    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """The arguments by name, defaults applied; None for a call the function rejects."""
         arguments = self._binder.bind(args, kwargs) if self._binder is not None else None
-        if arguments is None:  # an unusual signature or call: inspect binds (and explains errors)
-            bound = self.signature.bind(*args, **kwargs)
+        if arguments is None:  # an unusual signature or call: inspect binds
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError:  # the function, called uncached, raises Python's own error
+                return None
             bound.apply_defaults()
             arguments = dict(bound.arguments)
         if self.options.ignore:
             return {k: v for k, v in arguments.items() if k not in self.options.ignore}
         return arguments
 
-    def _identity(self) -> str:
+    def _identity(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
         """The digest of what makes this function's keys its own: its name, code and
-        ``version=``, recomputed only when the code fingerprint changes."""
-        code = code_fingerprint(self.fn)
+        ``version=``, recomputed only when the code fingerprint changes; and the values its code
+        reads that count by their content now (mutable globals, closure cells), less
+        ``ignore_globals``."""
+        code, live = code_state(self.fn)
+        code = self._as_origin(code)
         known = self._known_identity
         if known is None or known[0] != code:
             material = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
             known = self._known_identity = (code, fingerprint(material))
-        return known[1]
+        if live and self.options.ignore_globals:
+            live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
+        return known[1], live
 
     def _key(self, arguments: dict[str, Any], ranges: tuple[Any, ...]) -> str | None:
+        live: tuple[tuple[str, Any], ...] = ()
         try:
-            material = (self._identity(), tuple(arguments.items()), ranges)
+            identity, live = self._identity()
+            # Classes among the arguments (or their instances' classes) count by their code.
+            classes = arguments_code(arguments.values())
+            material = (identity, live, classes, tuple(arguments.items()), ranges)
             return fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
-            culprit = self._culprit(arguments)
+            culprit = self._culprit(arguments, live)
             if self.options.strict:
                 raise FingerprintError(f"{self.name}: {culprit}: {exc}") from None
             self._warn_once(
@@ -231,28 +320,46 @@ class _Engine:
             )
             return None
 
-    def _culprit(self, arguments: dict[str, Any]) -> str:
+    def _culprit(self, arguments: dict[str, Any], live: tuple[tuple[str, Any], ...]) -> str:
         for name, value in arguments.items():
             try:
                 fingerprint(value, strict=self.options.strict)
             except FingerprintError:
                 return f"argument {name!r}"
+        for name, value in live:
+            try:
+                fingerprint(value, strict=self.options.strict)
+            except FingerprintError:
+                return f"global {name!r} (list it in ignore_globals= if it must not count)"
         return "an argument"
 
     # --- calls --------------------------------------------------------------------------------
 
     def code_fingerprint(self) -> str:
         """The fingerprint of the function's current code (what its entries record)."""
-        return code_fingerprint(self.fn)
+        return self._as_origin(code_fingerprint(self.fn))
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The key of the call ``f(*args, **kwargs)``; None when it would run uncached."""
+        prepared = self._prepare(args, kwargs)
+        return None if prepared is None else prepared[1]
 
     def cache(self) -> Cache | None:
         """This function's view of its cache (None while caching is unusable)."""
-        base = self.options.cache if self.options.cache is not None else config.shared_cache()
+        base = self.options.cache
+        if base is None:
+            base = config.shared_cache()
+        elif isinstance(base, _CacheAddress):
+            try:
+                base = base.open()
+            except (CacheError, OSError) as exc:
+                self._warn_once("open", f"afml_cache: {self.name} runs uncached: {exc}")
+                return None
         if base is None:
             return None
         view = self._view
         if view is None or view[0] is not base:  # the first call, or configure() changed it
-            view = self._view = (base, base.namespaced(self.name))
+            view = self._view = (base, base.namespaced(self.name, self.options.compression))
         return view[1]
 
     def _prepare(
@@ -265,6 +372,8 @@ class _Engine:
         if cache is None:
             return None
         arguments = self._bound(args, kwargs)
+        if arguments is None:
+            return None
         call = _NO_RANGES
         if self.time_options is not None:
             call = _Call(_time_ranges(arguments, self.time_options))
@@ -280,7 +389,7 @@ class _Engine:
         if prepared is None:
             return self.fn(*args, **kwargs)
         cache, key, call = prepared
-        found, value, compute_time = cache.lookup(key)
+        found, value, compute_time = self._lookup(cache, key)
         if found:
             self._record_hit(cache, key, compute_time, start)
             return value
@@ -288,7 +397,7 @@ class _Engine:
         try:
             if lock is not None:
                 # Another thread or process may have computed it while this one waited.
-                found, value, compute_time = cache.lookup(key)
+                found, value, compute_time = self._lookup(cache, key)
                 if found:
                     self._record_hit(cache, key, compute_time, start)
                     return value
@@ -304,6 +413,15 @@ class _Engine:
                 lock.release()
         self._record_miss(cache, key, elapsed, start)
         return result
+
+    def _lookup(self, cache: Cache, key: str) -> tuple[bool, Any, float]:
+        """``cache.lookup``, where an entry that cannot be read (permission denied, a directory
+        in its place) is a miss with one warning: the call computes."""
+        try:
+            return cache.lookup(key)
+        except (CacheError, OSError) as exc:
+            self._warn_once("store", f"afml_cache: {self.name} computes again: {exc}")
+            return False, None, 0.0
 
     def _lock(self, cache: Cache, key: str) -> KeyLock | None:
         """The key's single-flight lock; None if another caller kept it past LOCK_TIMEOUT or
@@ -322,7 +440,7 @@ class _Engine:
         if prepared is None:
             return await self.fn(*args, **kwargs)
         cache, key, call = prepared
-        found, value, compute_time = cache.lookup(key)
+        found, value, compute_time = self._lookup(cache, key)
         if found:
             self._record_hit(cache, key, compute_time, start)
             return value
@@ -346,7 +464,7 @@ class _Engine:
         """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
         ttl = self.options.ttl
         # The code fingerprint lets smart_cache_clear find entries of code that has changed.
-        metadata: dict[str, Any] = {"function": self.name, "code": code_fingerprint(self.fn)}
+        metadata: dict[str, Any] = {"function": self.name, "code": self.code_fingerprint()}
         time_range = None
         if call.ranges:
             metadata["time_ranges"] = [r.describe() for r in call.ranges]
@@ -355,11 +473,14 @@ class _Engine:
             if live_ttl is not None:
                 ttl = live_ttl if ttl is None else min(ttl, live_ttl)
 
-        def behind(error: Exception | None) -> None:  # on the writer thread if written behind
+        def behind(error: Exception | None, size: int) -> None:  # on the writer thread if behind
             if lock is not None:
                 lock.release()
             if error is not None:
                 self._not_stored(error)
+            if config.verbosity() >= 1:
+                stored = "not stored" if error is not None else f"stored {format_size(size)}"
+                _say(f"miss {self.name}: computed in {format_latency(elapsed)}, {stored}")
 
         cache.set_digest(
             key,
@@ -388,6 +509,9 @@ class _Engine:
     def _record_hit(self, cache: Cache, key: str, saved: float, start: float) -> None:
         latency = time.perf_counter() - start
         self._record(cache, True, 0.0, saved, latency)
+        if config.verbosity() >= 2:
+            took = format_latency(saved)
+            _say(f"hit {self.name} in {format_latency(latency)} (computing took {took})")
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("hit %s [%s] in %.6f s", self.name, key[:16], latency)
 
@@ -400,6 +524,9 @@ class _Engine:
     def _record(
         self, cache: Cache, hit: bool, compute: float, saved: float, latency: float
     ) -> None:
+        watching = _WATCHING.get()
+        if watching is not None:
+            watching.append((self, hit))
         try:
             cache._store.record_call(self.name, hit, compute, saved, latency)
         except OSError as exc:  # statistics are a convenience; never fail a call over them
@@ -427,9 +554,17 @@ class _Engine:
         return 0 if cache is None else cache._remove(cache.entries())
 
     def cache_entries(self) -> list[dict[str, Any]]:
-        """This function's entries, with their metadata (and time ranges, if time-aware)."""
+        """This function's entries, with their metadata (and, if time-aware, ``time_range``:
+        the first and last moment of their data, as UTC ``pd.Timestamp``s)."""
         cache = self.cache()
-        return [] if cache is None else cache.entries()
+        entries = [] if cache is None else cache.entries()
+        for entry in entries:
+            if entry.get("time_range") is not None:  # stored as ns since the epoch
+                import pandas as pd
+
+                start, end = entry["time_range"]
+                entry["time_range"] = (pd.Timestamp(start, tz="UTC"), pd.Timestamp(end, tz="UTC"))
+        return entries
 
     def invalidate(self, *, overlapping: tuple[Any, Any] | None = None, after: Any = None) -> int:
         """Removes the entries whose data range touches ``overlapping=(t0, t1)`` or reaches past
@@ -452,6 +587,80 @@ class _Engine:
             return end >= low and (high is None or start <= high)
 
         return cache._remove(e for e in cache.entries() if touches(e))
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """The name a decorated function's entries and statistics are kept under: its module and
+    qualified name, and for a function of ``__main__`` the path of the script or notebook that
+    defines it (``__main__[/home/ana/labels.ipynb].load_data``), so that two programs' functions
+    of one name never share entries, statistics or maintenance. ``__main__`` without a known
+    path (a REPL, ``python -c``) keeps the plain name."""
+    module = fn.__module__
+    # A script's functions are __mp_main__'s in the processes multiprocessing spawns.
+    if module not in ("__main__", "__mp_main__"):
+        return f"{module}.{fn.__qualname__}"
+    # A wrapper made with functools.wraps (mlflow_cached's) names the program of what it wraps.
+    path = _program_path(getattr(inspect.unwrap(fn), "__globals__", {}))
+    where = "" if path is None else f"[{path}]"
+    return f"__main__{where}.{fn.__qualname__}"
+
+
+def _program_path(namespace: dict[str, Any]) -> str | None:
+    """The file ``__main__`` runs: the notebook as the kernel reports it (VS Code, then Jupyter's
+    session name), else the script."""
+    for marker in ("__vsc_ipynb_file__", "__session__", "__file__"):
+        path = namespace.get(marker)
+        if isinstance(path, str) and path:
+            return os.path.realpath(path)
+    path = os.environ.get("JPY_SESSION_NAME")  # a Jupyter kernel that does not set __session__
+    return os.path.realpath(path) if path else None
+
+
+@dataclass(frozen=True)
+class _CacheAddress:
+    """Where a `Cache` given as ``cache=`` is, and its settings: what travels with a function
+    pickled by value, to open the same directory where it lands."""
+
+    directory: str
+    size_limit: int
+    eviction_policy: str
+    compression: str
+    memory_limit: int
+
+    @classmethod
+    def of(cls, cache: Cache) -> _CacheAddress:
+        return cls(
+            str(cache.directory),
+            cache.size_limit,
+            cache.eviction_policy,
+            cache.compression,
+            cache.memory_limit,
+        )
+
+    def open(self) -> Cache:
+        """The process's one `Cache` at this address (every function that lands with it
+        shares its memory tier and store)."""
+        with _OPENED_LOCK:
+            cache = _OPENED.get(self)
+            if cache is None:
+                cache = _OPENED[self] = Cache(
+                    self.directory,
+                    self.size_limit,
+                    self.eviction_policy,
+                    self.compression,
+                    self.memory_limit,
+                )
+            return cache
+
+
+_OPENED: dict[_CacheAddress, Cache] = {}
+_OPENED_LOCK = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One line of ``verbose`` output, on stderr as it is now (pytest's capture, a notebook's)."""
+    with contextlib.suppress(OSError, ValueError):  # a closed stderr: the call goes on
+        print(f"[afml_cache] {line}", file=sys.stderr, flush=True)
 
 
 def _caller_stacklevel() -> int:
@@ -517,7 +726,7 @@ class _FastBinder:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The arguments by name in parameter order, or None to let inspect decide."""
-        if not kwargs and len(args) == len(self.names):  # every argument given by position
+        if not kwargs and len(args) == self.positional == len(self.names):  # all by position
             return dict(zip(self.names, args, strict=True))
         if len(args) > self.positional:
             return None
@@ -546,8 +755,13 @@ def _time_ranges(arguments: dict[str, Any], options: _TimeOptions) -> list[_Rang
     starts = [arguments[n] for n in options.start_args if arguments.get(n) is not None]
     ends = [arguments[n] for n in options.end_args if arguments.get(n) is not None]
     if starts or ends:
-        start = _to_ns(starts[0]) if starts else _to_ns(ends[0])
-        end = _to_ns(ends[0]) if ends else _to_ns(starts[0])
+        try:
+            start = _to_ns(starts[0]) if starts else _to_ns(ends[0])
+            end = _to_ns(ends[0]) if ends else _to_ns(starts[0])
+        except (TypeError, ValueError, OverflowError):
+            # `start="latest"`, or a value the function reads its own way: the call is keyed
+            # by its arguments as usual; it just has no time range.
+            return found
         found.append(_Range("start/end", start, end, None, None))
     return found
 

@@ -1,0 +1,646 @@
+"""A hit is never wrong: everything a cached result depends on is in its key (issue 9).
+
+Each test runs a real decorated function, changes something its result depends on (a global, a
+closure cell, a class, a function passed in), calls it again and compares the cached result with
+the uncached computation. Notebook code is imitated with ``exec`` in a namespace named
+``__main__``; module code is written to a temporary directory and imported from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import afml_cache
+
+Loader = Callable[..., types.ModuleType]
+
+
+@pytest.fixture
+def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loader:
+    """Write ``source`` to a fresh file and import it under a fresh (or the given) name."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    counter = itertools.count()
+
+    def load(source: str, name: str | None = None) -> types.ModuleType:
+        name = name or f"wrong_hits_{uuid.uuid4().hex}"
+        directory = tmp_path / f"m{next(counter)}"
+        directory.mkdir()
+        path = directory / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(directory))
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+class Notebook:
+    """Cells run one after the other in one ``__main__`` namespace, as in Jupyter."""
+
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {"__name__": "__main__"}
+        self.cells = itertools.count()
+
+    def run(self, cell: str) -> None:
+        name = f"<ipython-input-{next(self.cells)}-{uuid.uuid4().hex[:8]}>"
+        exec(compile(textwrap.dedent(cell), name, "exec"), self.namespace)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.namespace[name]
+
+
+def same(got: Any, want: Any) -> None:
+    if isinstance(got, pd.DataFrame):
+        pd.testing.assert_frame_equal(got, want)
+    elif isinstance(got, pd.Series):
+        pd.testing.assert_series_equal(got, want)
+    elif isinstance(got, pd.Index):
+        pd.testing.assert_index_equal(got, want)
+    else:
+        np.testing.assert_equal(got, want)
+
+
+def check(f: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the decorated ``f`` and assert its result equals the uncached computation."""
+    got = f(*args, **kwargs)
+    same(got, f.uncached(*args, **kwargs))
+    return got
+
+
+def hits(f: Any) -> int:
+    return int(f.cache_info()["cache_hits"])
+
+
+# --- globals ------------------------------------------------------------------------------------
+
+
+def test_a_global_dict_edited_in_a_cell_is_a_miss(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import numpy as np
+    from afml_cache import cacheable
+
+    CONFIG = {"window": 2}
+
+    @cacheable
+    def smooth(x):
+        return np.convolve(x, np.ones(CONFIG["window"]), "valid")
+    """)
+    x = np.arange(10.0)
+    check(nb["smooth"], x)
+    nb.run('CONFIG["window"] = 3')
+    check(nb["smooth"], x)
+    nb.run('CONFIG["window"] = 2')
+    check(nb["smooth"], x)
+    assert hits(nb["smooth"]) == 1
+
+
+def test_a_module_array_edited_in_place_is_a_miss(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import numpy as np
+    from afml_cache import cacheable
+
+    WEIGHTS = np.array([1.0, 2.0, 3.0])
+
+    @cacheable
+    def score(x):
+        return float(WEIGHTS @ x)
+    """)
+    x = np.ones(3)
+    assert check(module.score, x) == 6.0
+    module.WEIGHTS[0] = 10.0
+    assert check(module.score, x) == 15.0
+
+
+def test_params_edited_on_disk_are_a_miss_after_a_restart(cache_dir: Path, tmp_path: Path) -> None:
+    source = textwrap.dedent("""
+    from afml_cache import cacheable
+
+    PARAMS = {"k": 1.0}
+
+    @cacheable
+    def scaled(x):
+        return x * PARAMS["k"]
+    """)
+    directory = tmp_path / "project"
+    directory.mkdir()
+    module = directory / "research_params.py"
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    script = "import research_params; print(research_params.scaled(2.0))"
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=directory,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    module.write_text(source)
+    assert run() == "2.0"
+    assert run() == "2.0"
+    module.write_text(source.replace('{"k": 1.0}', '{"k": 3.0}'))
+    assert run() == "6.0"
+
+
+@pytest.mark.parametrize(
+    ("setup", "before", "after"),
+    [
+        (
+            "import dataclasses\n"
+            "@dataclasses.dataclass(frozen=True)\n"
+            "class Config:\n    window: int\n",
+            "Config(window=20)",
+            "Config(window=50)",
+        ),
+        (
+            "import typing\nclass Config(typing.NamedTuple):\n    window: int\n",
+            "Config(20)",
+            "Config(50)",
+        ),
+        ("import datetime\n", "datetime.date(2020, 1, 20)", "datetime.date(2020, 2, 19)"),
+        ("import numpy as np\n", "np.int64(20)", "np.int64(50)"),
+        ("import pandas as pd\n", 'pd.Timestamp("2020-01-20")', 'pd.Timestamp("2020-02-19")'),
+    ],
+    ids=["frozen-dataclass", "namedtuple", "date", "np.int64", "pd.Timestamp"],
+)
+def test_an_immutable_global_rebound_in_a_cell_is_a_miss(
+    cache_dir: Path, setup: str, before: str, after: str
+) -> None:
+    nb = Notebook()
+    nb.run(setup)
+    nb.run(f"CFG = {before}")
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def f(x):
+        return repr(CFG) + str(x)
+    """)
+    first = check(nb["f"], 1)
+    nb.run(f"CFG = {after}")
+    second = check(nb["f"], 1)
+    assert first != second
+    nb.run(f"CFG = {before}")
+    check(nb["f"], 1)
+    assert hits(nb["f"]) == 1
+
+
+def test_a_tuple_of_helpers_counts_their_code(cache_dir: Path) -> None:
+    nb = Notebook()
+    helper = "def clip(x):\n    return min(x, 1)\n"
+    nb.run(helper)
+    nb.run("STEPS = (clip,)")
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def run(x):
+        for step in STEPS:
+            x = step(x)
+        return x
+    """)
+    assert check(nb["run"], 5) == 1
+    nb.run(helper.replace("min(x, 1)", "min(x, 2)"))
+    nb.run("STEPS = (clip,)")
+    assert check(nb["run"], 5) == 2
+
+
+def test_a_dict_of_helpers_counts_their_code(cache_dir: Path) -> None:
+    nb = Notebook()
+    helper = "def clip(x):\n    return min(x, 1)\n"
+    nb.run(helper)
+    nb.run('STEPS = {"clip": clip}')
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def run(x):
+        return STEPS["clip"](x)
+    """)
+    assert check(nb["run"], 5) == 1
+    nb.run(helper.replace("min(x, 1)", "min(x, 2)"))
+    nb.run('STEPS["clip"] = clip')
+    assert check(nb["run"], 5) == 2
+
+
+def test_globals_read_through_a_helper_and_a_user_module(cache_dir: Path, load: Loader) -> None:
+    cfg = load('PARAMS = {"k": 1.0}\n', name=f"cfg_{uuid.uuid4().hex}")
+    module = load(f"""
+    import {cfg.__name__} as cfg
+    from afml_cache import cacheable
+
+    LEVELS = [1.0]
+
+    def level():
+        return LEVELS[0]
+
+    @cacheable
+    def f(x):
+        return x * cfg.PARAMS["k"] + level()
+    """)
+    assert check(module.f, 2.0) == 3.0
+    cfg.PARAMS["k"] = 3.0
+    assert check(module.f, 2.0) == 7.0
+    module.LEVELS[0] = 10.0
+    assert check(module.f, 2.0) == 16.0
+
+
+def test_objects_without_a_fingerprint_count_by_type_and_name(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load("""
+    import threading
+    from afml_cache import cacheable
+
+    LOCK = threading.Lock()
+
+    @cacheable
+    def f(x):
+        with LOCK:
+            return x + 1
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(module.f, 1) == 2
+        assert check(module.f, 1) == 2
+    assert hits(module.f) == 1
+
+
+def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    from afml_cache import cacheable
+
+    CALLS = {"n": 0}
+    LOG = []
+
+    @cacheable(ignore_globals=("CALLS",))
+    def f(x):
+        CALLS["n"] += 1
+        return x * 2
+
+    @cacheable
+    def g(x):
+        CALLS["n"] += 1
+        return x * 2
+
+    @cacheable
+    def h(x):
+        LOG.append(x)  # only written to: its content cannot decide the result
+        return x * 2
+    """)
+    for fn in (module.f, module.g, module.h):
+        assert fn(1) == 2
+        assert fn(1) == 2
+    assert (hits(module.f), hits(module.g), hits(module.h)) == (1, 0, 1)
+    assert module.CALLS == {"n": 3} and module.LOG == [1]
+
+
+def test_ignore_globals_must_be_names() -> None:
+    with pytest.raises(TypeError, match="ignore_globals takes names of globals"):
+        afml_cache.cacheable(ignore_globals=(1,))
+
+
+# --- closures, classes, functions as arguments ------------------------------------------------
+
+
+def test_factory_closures_over_numpy_scalars_are_separate(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import numpy as np
+    from afml_cache import cacheable
+
+    def make_feature(window):
+        @cacheable
+        def feature(x):
+            return np.convolve(x, np.ones(int(window)), "valid")
+        return feature
+    """)
+    x = np.arange(30.0)
+    features = {w: module.make_feature(w) for w in np.arange(5, 25, 5)}
+    for feature in features.values():
+        check(feature, x)
+
+
+def test_factory_closures_over_timestamps_and_lists(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import pandas as pd
+    from afml_cache import cacheable
+
+    def make_loader(start):
+        @cacheable
+        def load(n):
+            return pd.date_range(start, periods=n, freq="D")
+        return load
+
+    def make_weighted(weights):
+        @cacheable
+        def weighted(x):
+            return sum(w * x for w in weights)
+        return weighted
+    """)
+    check(module.make_loader(pd.Timestamp("2020-01-01")), 3)
+    check(module.make_loader(pd.Timestamp("2023-06-01")), 3)
+    assert check(module.make_weighted([1, 2, 3]), 1.0) == 6.0
+    weights = [10, 20, 30]
+    weighted = module.make_weighted(weights)
+    assert check(weighted, 1.0) == 60.0
+    weights.append(40)
+    assert check(weighted, 1.0) == 100.0
+
+
+STRATEGY = """
+import dataclasses
+from afml_cache import cacheable
+
+@dataclasses.dataclass
+class Strategy:
+    FEE = 0.0
+    threshold: float = 1.0
+
+    def signal(self, x):
+        return x > self.threshold
+
+    @cacheable
+    def backtest(self, x):
+        return float(self.signal(x)) - self.FEE
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("x > self.threshold", "x >= self.threshold"), ("FEE = 0.0", "FEE = 0.5")],
+    ids=["method-through-self", "class-constant"],
+)
+def test_class_code_reached_through_self_counts(cache_dir: Path, old: str, new: str) -> None:
+    nb = Notebook()
+    nb.run(STRATEGY)
+    check(nb["Strategy"].backtest, nb["Strategy"](), 1.0)
+    nb.run(STRATEGY.replace(old, new))
+    check(nb["Strategy"].backtest, nb["Strategy"](), 1.0)
+
+
+def test_a_class_passed_as_an_argument_counts_by_its_code(cache_dir: Path) -> None:
+    nb = Notebook()
+    scaler = "class Scaler:\n    def transform(self, x):\n        return x * 2\n"
+    nb.run(scaler)
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def use_scaler(cls, x):
+        return cls().transform(x)
+
+    def make_model(k):
+        class Model:
+            def predict(self, x):
+                return x * k
+        return Model
+    """)
+    assert check(nb["use_scaler"], nb["Scaler"], 1) == 2
+    nb.run(scaler.replace("x * 2", "x * 3"))
+    assert check(nb["use_scaler"], nb["Scaler"], 1) == 3
+    predict = nb["use_scaler"]
+    nb.run("Model1, Model2 = make_model(1), make_model(2)")
+    # Not `transform` but `predict`: the code differs, so these must not share an entry.
+    nb.run("Model1.transform = Model1.predict; Model2.transform = Model2.predict")
+    assert check(predict, nb["Model1"], 5) == 5
+    assert check(predict, nb["Model2"], 5) == 10
+
+
+def test_a_function_argument_counts_its_globals(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    from afml_cache import cacheable
+    SCALE = 2
+
+    @cacheable
+    def transform(x, fn):
+        return fn(x)
+    """)
+    nb.run("out = transform(1, lambda d: d * SCALE)")
+    assert nb["out"] == 2
+    nb.run("SCALE = 3")
+    nb.run("out = transform(1, lambda d: d * SCALE)")
+    assert nb["out"] == 3
+
+
+def test_a_function_held_in_a_wrappers_closure_counts_by_code(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load("""
+    import functools
+    from afml_cache import cacheable
+
+    def shift_by(n):
+        def shift(x):
+            return x + n
+        return shift
+
+    def logged(fn):
+        @functools.wraps(fn)
+        def wrapper(x):
+            return fn(x)
+        return wrapper
+
+    @cacheable
+    def apply(fn, x):
+        return fn(x)
+    """)
+    assert check(module.apply, module.logged(module.shift_by(1)), 1) == 2
+    assert check(module.apply, module.logged(module.shift_by(100)), 1) == 101
+
+
+def test_an_lru_cache_argument_counts_by_the_code_it_wraps(cache_dir: Path) -> None:
+    nb = Notebook()
+    helper = "import functools\n@functools.lru_cache\ndef table(n):\n    return n * 2\n"
+    nb.run(helper)
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def apply(fn, x):
+        return fn(x)
+    """)
+    assert check(nb["apply"], nb["table"], 1) == 2
+    nb.run(helper.replace("n * 2", "n * 3"))
+    assert check(nb["apply"], nb["table"], 1) == 3
+
+
+def test_frompyfunc_ufuncs_count_by_the_function_they_wrap(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import numpy as np
+    from afml_cache import cacheable
+
+    @cacheable
+    def apply(fn, x):
+        return fn(x).astype(float)
+    """)
+    x = np.arange(3.0)
+    check(nb["apply"], np.frompyfunc(lambda v: v + 1, 1, 1), x)
+    check(nb["apply"], np.frompyfunc(lambda v: v + 2, 1, 1), x)
+
+
+def test_a_decorated_function_as_an_argument_counts_by_its_function(cache_dir: Path) -> None:
+    nb = Notebook()
+    feature = "@cacheable\ndef feature(x):\n    return x * 2\n"
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def apply(fn, x):
+        return fn(x)
+    """)
+    nb.run(feature)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(nb["apply"], nb["feature"], 1) == 2
+        assert check(nb["apply"], nb["feature"], 1) == 2
+        assert hits(nb["apply"]) == 1
+        nb.run(feature.replace("x * 2", "x * 3"))
+        assert check(nb["apply"], nb["feature"], 1) == 3
+
+
+class Unreadable:
+    """An object every question to which fails: the code walker can only name it."""
+
+    def __getattribute__(self, name: str) -> Any:
+        raise RuntimeError(f"no {name}")
+
+
+def test_a_function_argument_that_cannot_be_read_runs_uncached(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load("""
+    from afml_cache import cacheable
+
+    THING = None
+
+    def helper(x):
+        return THING is not None, x
+
+    @cacheable
+    def apply(fn, x):
+        return fn(x)
+    """)
+    module.THING = Unreadable()
+    with pytest.warns(UserWarning, match="runs uncached: argument 'fn'") as caught:
+        assert module.apply(module.helper, 1) == (True, 1)
+        assert module.apply(module.helper, 1) == (True, 1)
+    assert len(caught) == 1
+    assert module.apply.cache_entries() == []
+
+
+# --- the decorator never changes what a call means ------------------------------------------
+
+
+def test_a_call_the_function_rejects_raises_the_same_error(cache_dir: Path) -> None:
+    def f(a: int, *, b: int = 1) -> int:
+        return a + b
+
+    cached = afml_cache.cacheable(f)
+    assert cached(1, b=5) == 6
+    with pytest.raises(TypeError) as expected:
+        f(1, 5)  # type: ignore[misc]
+    with pytest.raises(TypeError) as got:
+        cached(1, 5)
+    assert str(got.value) == str(expected.value)
+
+
+def test_a_start_it_cannot_read_means_no_time_range(cache_dir: Path) -> None:
+    @afml_cache.time_aware_cacheable
+    def load_bars(symbol: str, start: str = "latest", end: str | None = None) -> str:
+        return f"{symbol} from {start}"
+
+    assert load_bars("ES", start="latest") == "ES from latest"
+    assert load_bars("ES", start="latest") == "ES from latest"
+    assert load_bars("ES", start="2020-01-01", end="recent") == "ES from 2020-01-01"
+    assert hits(load_bars) == 1
+    entries = load_bars.cache_entries()
+    assert all(e.get("time_range") is None for e in entries)
+
+
+# --- the law: cached equals uncached ------------------------------------------------------------
+
+PROPERTY_CELL = """
+from afml_cache import cacheable
+
+PARAMS = {"k": 1}
+LEVELS = [0]
+
+class Model:
+    FEE = 0
+
+    def predict(self, x):
+        return x * PARAMS["k"] + self.FEE
+
+def make_adder(weights):
+    def add(x):
+        return x + sum(weights)
+    return add
+
+ADDER_WEIGHTS = [1]
+ADDER = make_adder(ADDER_WEIGHTS)
+
+@cacheable
+def run(x, fn=None):
+    out = Model().predict(x) + LEVELS[0] + ADDER(x)
+    return out if fn is None else fn(out)
+"""
+
+steps = st.one_of(
+    st.tuples(st.just("PARAMS['k'] = {}"), st.integers(-3, 3)),
+    st.tuples(st.just("LEVELS[0] = {}"), st.integers(-3, 3)),
+    st.tuples(st.just("Model.FEE = {}"), st.integers(-3, 3)),
+    st.tuples(st.just("ADDER_WEIGHTS.append({})"), st.integers(-3, 3)),
+    st.tuples(st.just("ADDER_WEIGHTS.clear()  # {}"), st.just(0)),
+    st.tuples(st.just("CALL {}"), st.integers(-3, 3)),
+    st.tuples(st.just("CALL_FN {}"), st.integers(-3, 3)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(steps, min_size=1, max_size=12))
+def test_cached_results_equal_uncached_over_edits(
+    tmp_path_factory: pytest.TempPathFactory, program: list[tuple[str, int]]
+) -> None:
+    previous = afml_cache.CACHE_DIRS["base"]
+    afml_cache.configure(directory=tmp_path_factory.mktemp("cache"))
+    try:
+        nb = Notebook()
+        nb.run(PROPERTY_CELL)
+        for template, value in program:
+            if template == "CALL {}":
+                check(nb["run"], value)
+            elif template == "CALL_FN {}":
+                nb.run(f"FN = lambda y: y * {value % 3} + LEVELS[0]")
+                check(nb["run"], value, nb["FN"])
+            else:
+                nb.run(template.format(value))
+    finally:
+        afml_cache.configure(directory=previous)
