@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -245,3 +246,44 @@ def test_serve_of_a_missing_directory_exits_3(tmp_path):
     )
     assert done.returncode == 3
     assert not (tmp_path / "no").exists()
+
+
+# --- idle and half-open connections ---------------------------------------------------------
+
+
+def _connect(server: CacheServer) -> socket.socket:
+    host, port = server.server_address[:2]
+    return socket.create_connection((host, port), timeout=TIMEOUT_S)
+
+
+def test_health_answers_while_150_idle_connections_are_open_on_bounded_threads(served):
+    threads_before = threading.active_count()
+    idle = [_connect(served.server) for _ in range(150)]
+    try:
+        # Answered behind the 150 in the accept queue: the server has taken every one of them.
+        for _ in range(3):
+            status, _, body = fetch(served.url + "health")
+            assert status == 200
+            assert json.loads(body)["status"] == "ok"
+        # A thread per idle connection would be 150 more threads.
+        assert threading.active_count() - threads_before <= 16
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(tmp_path):
+    server = make_server(Cache(tmp_path / "cache"), "127.0.0.1", 0, idle_timeout=0.3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with _connect(server) as idle, _connect(server) as slow:
+            slow.sendall(b"GET /health HTTP/1.0\r\n")  # a request that never ends
+            assert idle.recv(1) == b""  # closed by the server (recv times out otherwise)
+            assert slow.recv(1 << 16) == b""  # a worker waits no longer than that either
+            status, _, _ = fetch(server.url + "health")
+            assert status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT_S)

@@ -17,19 +17,21 @@ import functools
 import io
 import json
 import logging
+import math
 import multiprocessing
 import multiprocessing.util
+import numbers
 import os
 import pickle
 import queue
 import re
 import struct
-import sys
 import tarfile
 import threading
 import time
 import warnings
 import weakref
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,10 +40,18 @@ from typing import Any
 
 import numpy as np
 
-from afml_cache._core import KeyLock, Store, fingerprint
-from afml_cache.errors import CacheError
+from afml_cache._core import KeyLock, StagedImport, Store, fingerprint
+from afml_cache.errors import CacheError, StoreError
+from afml_cache.progress import progress
 
-__all__ = ["COMPRESSIONS", "Cache", "default_directory", "parse_size"]
+__all__ = [
+    "COMPRESSIONS",
+    "Cache",
+    "check_compression",
+    "check_ttl",
+    "default_directory",
+    "parse_size",
+]
 
 COMPRESSIONS = ("none", "fast", "default")
 # Buffers smaller than this stay inside the pickle stream: framing and compressing them separately
@@ -50,7 +60,11 @@ _IN_BAND_LIMIT = 64 * 1024
 # Starts a stored stream whose buffers repeat (see _serialize).
 _REPEATS_MAGIC = b"AFMLREP1"
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+# The store counts bytes in 64 bits; no disk comes near this.
+_MAX_SIZE = 2**63 - 1
 _ARCHIVE_FORMAT = "afml-cache export v1"
+# The largest manifest.json an import reads (export writes a few hundred bytes).
+_MANIFEST_LIMIT = 64 * 1024
 # Values up to this size are kept in the memory tier as soon as they are written.
 _REMEMBER_ON_SET = 8 * 1024 * 1024
 # Values with this many bytes of buffers are written behind when the caller asks (set_digest).
@@ -74,7 +88,42 @@ def parse_size(size: int | str, name: str = "size") -> int:
         size = int(float(match.group(1)) * _UNITS[match.group(2)])
     if size <= 0:
         raise ValueError(f"{name} must be positive, got {size}")
+    if size > _MAX_SIZE:
+        raise ValueError(f"{name}={size!r} is more than any disk holds; give at most 8 EiB")
     return size
+
+
+def check_ttl(ttl: Any) -> float | None:
+    """``ttl`` in seconds, or None (the entry stays until it is evicted or removed).
+
+    Refused: nan and inf (they would mean "never" while looking like a time), bools (``True``
+    would mean one second), strings, zero and negative numbers.
+    """
+    if ttl is None:
+        return None
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, numbers.Real)
+        or not math.isfinite(ttl)
+        or ttl <= 0
+    ):
+        raise ValueError(
+            f"ttl={ttl!r} is not a time to live; give a positive number of seconds (a finite "
+            "int or float), or None to keep entries until they are evicted"
+        )
+    return float(ttl)
+
+
+def check_compression(compression: Any) -> str:
+    """``compression`` if it is one of `COMPRESSIONS`."""
+    if compression not in COMPRESSIONS:
+        allowed = ", ".join(repr(c) for c in COMPRESSIONS)
+        raise ValueError(f"compression={compression!r} is not a level; use one of {allowed}")
+    return str(compression)
+
+
+#: What an environment variable that turns something on may say.
+TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 def default_directory() -> Path:
@@ -277,6 +326,11 @@ class Cache:
     it is under 90% of the limit; protected entries are never evicted. ``compression`` is
     ``none``, ``fast`` (lz4) or ``default`` (byte shuffle + lz4). Several processes may share one
     directory. ``namespace`` separates families of keys (the decorators use one per function).
+
+    A directory, ``entries/`` or ``mac.key`` that another user could write (or read the key of)
+    is refused with a ``CacheError`` naming the fix: whoever can write the directory can make
+    this process unpickle. ``trust_group=True`` (default: ``AFML_CACHE_TRUST_GROUP=1``) accepts a
+    directory its group can write, for a team cache on one machine; world-writable never.
     """
 
     def __init__(
@@ -288,10 +342,9 @@ class Cache:
         memory_limit: int | str = "256MB",
         *,
         namespace: str = "default",
+        trust_group: bool | None = None,
     ) -> None:
-        if compression not in COMPRESSIONS:
-            allowed = ", ".join(repr(c) for c in COMPRESSIONS)
-            raise ValueError(f"compression={compression!r} is not a level; use one of {allowed}")
+        check_compression(compression)
         # Every argument is checked before anything touches the disk.
         limit = parse_size(size_limit, "size_limit")
         self._memory = _MemoryTier(parse_size(memory_limit, "memory_limit"))
@@ -300,8 +353,12 @@ class Cache:
         )
         self.compression = compression
         self.namespace = namespace
-        self._store = Store(self.directory, limit, eviction_policy)
+        if trust_group is None:
+            trust_group = os.environ.get("AFML_CACHE_TRUST_GROUP", "").strip().lower() in TRUE_WORDS
+        self._store = Store(self.directory, limit, eviction_policy, trust_group=trust_group)
         self._accesses = _Accesses()
+        # Namespaces whose values stopped unpickling, warned once (shared by namespaced views).
+        self._unpickle_warned: set[str] = set()
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
@@ -367,16 +424,16 @@ class Cache:
         compute_time: float = 0.0,
         time_range: tuple[int, int] | None = None,
         label: Any = None,
-        behind: Callable[[Exception | None], None] | None = None,
+        behind: Callable[[Exception | None, int], None] | None = None,
     ) -> bool:
         """``set`` for a key's fingerprint (for callers that have computed it already, like the
         decorators); ``label`` is the key as shown by ``keys()`` and ``entries()``.
 
-        With ``behind``, the outcome goes to ``behind(None)`` or ``behind(error)``, called
-        exactly once, and nothing is raised. A value of a megabyte or more is written behind:
-        its buffers are copied now (the caller may mutate the original) and the process's
-        writer thread compresses and writes the copy, then calls ``behind``; a smaller value is
-        written before this returns.
+        With ``behind``, the outcome goes to ``behind(None, size on disk)`` or
+        ``behind(error, 0)``, called exactly once, and nothing is raised. A value of a megabyte
+        or more is written behind: its buffers are copied now (the caller may mutate the
+        original) and the process's writer thread compresses and writes the copy, then calls
+        ``behind``; a smaller value is written before this returns.
         """
         if behind is None:
             return self._write(
@@ -404,7 +461,7 @@ class Cache:
                 _WRITER.submit(functools.partial(self._write_behind, entry, behind))
                 return True
         except Exception as exc:
-            behind(exc)
+            behind(exc, 0)
             return False
         return self._write_behind(entry, behind)
 
@@ -420,6 +477,7 @@ class Cache:
         time_range: tuple[int, int] | None,
         label: Any,
     ) -> _Entry:
+        ttl = check_ttl(ttl)
         try:
             stream, buffers = _serialize(value)
         except Exception as exc:
@@ -427,8 +485,6 @@ class Cache:
                 f"cannot store a {type(value).__qualname__} under {_describe(label)}: it cannot "
                 f"be pickled ({exc}); store something picklable"
             ) from exc
-        if ttl is not None and ttl <= 0:
-            raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl}")
         return _Entry(
             slot=(self.namespace, digest),
             label=label,
@@ -486,10 +542,11 @@ class Cache:
         self._keep(entry, mac, generation)
         return True
 
-    def _write_behind(self, entry: _Entry, behind: Callable[[Exception | None], None]) -> bool:
+    def _write_behind(self, entry: _Entry, behind: Callable[[Exception | None, int], None]) -> bool:
         """Writes an entry for ``set_digest(behind=...)`` (on the writer thread if its buffers
         were copied) and reports the outcome to ``behind``."""
         error: Exception | None = None
+        size = 0
         try:
             stored, size, mac, generation = self._put(entry)
             if not stored:
@@ -507,7 +564,7 @@ class Cache:
             error = exc
         if error is not None:
             self._memory.drop(entry.slot)
-        behind(error)
+        behind(error, 0 if error is not None else size)
         return error is None
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -522,9 +579,13 @@ class Cache:
         slot = (self.namespace, digest)
         remembered = self._memory.get(slot)
         if remembered is not None and self._still_current(slot, remembered):
+            try:
+                value = _deserialize(remembered.stream, [_copy(b) for b in remembered.buffers])
+            except Exception as exc:
+                self._drop_unusable(digest, exc)
+                return False, None, 0.0
             self._store.count_hit()
             self._note_access(slot)
-            value = _deserialize(remembered.stream, [_copy(b) for b in remembered.buffers])
             return True, value, remembered.compute_time
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
@@ -537,16 +598,23 @@ class Cache:
         try:
             return True, _deserialize(stream, buffers), compute_time
         except Exception as exc:
-            # The bytes are intact (the MAC verified) but the code they refer to changed, e.g. a
-            # class was renamed: the entry is useless, so it goes, and this is a miss.
-            self.delete_digest(digest)
-            _log.warning(
-                "removed cache entry %s of namespace %r: its value no longer unpickles (%s)",
-                digest,
-                self.namespace,
-                exc,
-            )
+            self._drop_unusable(digest, exc)
             return False, None, 0.0
+
+    def _drop_unusable(self, digest: str, error: Exception) -> None:
+        """Removes an entry whose value no longer unpickles, from memory and disk alike. The
+        bytes are intact (the MAC verified) but the code they refer to changed, e.g. a class was
+        renamed: the entry is useless, so it goes, and the lookup is a miss."""
+        self.delete_digest(digest)
+        message = (
+            f"afml_cache: removed an entry of {self.namespace!r} whose value no longer "
+            f"unpickles ({type(error).__name__}: {error}); it is computed again. A class or "
+            "function the value refers to was probably renamed or moved"
+        )
+        _log.warning("%s (entry %s)", message, digest)
+        if self.namespace not in self._unpickle_warned:
+            self._unpickle_warned.add(self.namespace)
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     def _remember(
         self,
@@ -593,11 +661,14 @@ class Cache:
         self._memory.drop(slot)
         return False
 
-    def namespaced(self, namespace: str) -> Cache:
+    def namespaced(self, namespace: str, compression: str | None = None) -> Cache:
         """A view of this cache for another namespace, sharing its directory, memory tier and
-        limits (the decorators keep one namespace per function)."""
+        limits (the decorators keep one namespace per function); ``compression`` (None: this
+        cache's) is the level of the entries the view writes."""
         view = copy.copy(self)
         view.namespace = namespace
+        if compression is not None:
+            view.compression = check_compression(compression)
         return view
 
     def __contains__(self, key: Any) -> bool:
@@ -622,8 +693,8 @@ class Cache:
         return self.delete_digest(fingerprint(key))
 
     def delete_digest(self, digest: str) -> bool:
-        self._memory.drop((self.namespace, digest))
         _WRITER.flush()  # a pending write must not bring the entry back
+        self._memory.drop((self.namespace, digest))
         return self._store.delete(self.namespace, digest)
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
@@ -643,16 +714,18 @@ class Cache:
         tags: Iterable[str] = (),
     ) -> int:
         """Stores every ``(key, value)``; returns how many were stored."""
+        check_ttl(ttl)  # refused before anything is stored
         pairs = items.items() if isinstance(items, Mapping) else items
         tags = list(tags)
         return sum(self.set(key, value, ttl=ttl, tags=tags) for key, value in pairs)
 
     def touch(self, key: Any, ttl: float | None = None) -> bool:
         """Gives an entry a new time to live (``None``: never expires); False if absent."""
+        ttl = check_ttl(ttl)
         digest = fingerprint(key)
         expires = time.time() + ttl if ttl is not None else None
-        self._memory.drop((self.namespace, digest))
         _WRITER.flush()
+        self._memory.drop((self.namespace, digest))
         return self._store.touch(self.namespace, digest, expires)
 
     def lock(self, key: Any, timeout: float = 60.0) -> contextlib.AbstractContextManager[bool]:
@@ -723,12 +796,12 @@ class Cache:
     def expire(self) -> int:
         """Removes expired entries (of every namespace); returns how many."""
         _WRITER.flush()
-        _WRITER.flush()
         self._memory.clear()
         return self._store.expire()
 
     def clear(self) -> int:
         """Removes every entry of every namespace in the directory; returns how many."""
+        _WRITER.flush()  # a value pending behind must not reappear after the clear
         self._memory.clear()
         return self._store.clear()
 
@@ -768,44 +841,77 @@ class Cache:
             for e in self._store.scan(None if every_namespace else self.namespace)
             if every_namespace or e["namespace"] == self.namespace  # shortened names can share
         ]
-        progress = _Progress("export", len(entries))
         count = 0
         with tarfile.open(path, "w") as archive:
             manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
             _add_member(archive, "manifest.json", json.dumps(manifest).encode())
-            for entry in entries:
+            for entry in progress(entries, "export"):
                 sealed = self._store.export_entry(entry["namespace"], entry["key"], archive_key)
                 if sealed is not None:  # None: removed by another process meanwhile
                     _add_member(archive, f"entries/{count:09d}.afc", sealed)
                     count += 1
-                progress.step()
-        progress.done()
         return count
 
     def import_(self, path: str | os.PathLike[str]) -> int:
-        """Adds the entries of an archive written by ``export``; returns how many. Each entry
-        is verified against the archive's key before it is stored."""
-        with tarfile.open(path, "r") as archive:
-            manifest = _read_member(archive, "manifest.json")
-            if manifest is None:
-                raise CacheError(f"{path} is not an afml-cache archive (no manifest.json)")
-            info = json.loads(manifest)
-            if info.get("format") != _ARCHIVE_FORMAT:
-                raise CacheError(
-                    f"{path} has archive format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}"
-                )
-            archive_key = bytes.fromhex(info["key"])
-            members = [m for m in archive.getmembers() if m.name.startswith("entries/")]
-            progress = _Progress("import", len(members))
-            for member in members:
-                data = archive.extractfile(member)
-                if data is None:
-                    raise CacheError(f"{path}: {member.name} is not a file")
-                self._store.import_entry(data.read(), archive_key)
-                progress.step()
-            progress.done()
+        """Adds the entries of an archive written by ``export``; returns how many.
+
+        All or nothing: each entry streams (in bounded memory, whatever its size) into a temp
+        file beside its place while it is checked against the archive's key and sealed with this
+        cache's; only once every entry has passed are they moved into place. A damaged entry, a
+        member that is not a plain file (a link) or a manifest without a key raise
+        ``CacheError`` naming it, and nothing is imported.
+        """
+        try:
+            with tarfile.open(path, "r") as archive:
+                staged = self._stage_archive(path, archive)
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            # Not a tar archive, damaged between members, or this cache's disk failed.
+            raise CacheError(f"could not import {path}: {exc}; nothing was imported") from None
+        for entry in staged:
+            entry.commit()
         self._memory.clear()
-        return len(members)
+        return len(staged)
+
+    def _stage_archive(
+        self, path: str | os.PathLike[str], archive: tarfile.TarFile
+    ) -> list[StagedImport]:
+        """Every entry of an archive, verified and staged; after a failure none stays staged."""
+        staged: list[StagedImport] = []
+        try:
+            members = archive.getmembers()
+            for member in members:
+                if not member.isfile():
+                    raise CacheError(
+                        f"could not import {path}: its member {member.name} is "
+                        f"{_member_kind(member)}, not a file (export writes only files); "
+                        "nothing was imported"
+                    )
+            archive_key = _archive_key(path, archive, members)
+            entries = [m for m in members if m.name.startswith("entries/")]
+            for member in progress(entries, "import"):
+                staged.append(self._stage_member(path, archive, member, archive_key))
+        except BaseException:
+            for entry in staged:
+                entry.discard()
+            raise
+        return staged
+
+    def _stage_member(
+        self,
+        path: str | os.PathLike[str],
+        archive: tarfile.TarFile,
+        member: tarfile.TarInfo,
+        archive_key: bytes,
+    ) -> StagedImport:
+        try:
+            return self._store.stage_import(archive.extractfile(member), archive_key)
+        except StoreError:
+            raise  # this cache's disk failed, not the archive; the message names the file
+        except (CacheError, OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            raise CacheError(
+                f"could not import {path}: its member {member.name} is damaged ({exc}); "
+                "nothing was imported"
+            ) from None
 
 
 class _Writer:
@@ -906,37 +1012,39 @@ def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     archive.addfile(info, io.BytesIO(data))
 
 
-def _read_member(archive: tarfile.TarFile, name: str) -> bytes | None:
-    try:
-        member = archive.extractfile(name)
-    except KeyError:
-        return None
-    return member.read() if member is not None else None
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link to {member.linkname}"
+    if member.islnk():
+        return f"a hard link to {member.linkname}"
+    return "a directory" if member.isdir() else "a device, fifo or other special file"
 
 
-class _Progress:
-    """A one-line progress bar on stderr for long exports and imports (after 1 s, and only when
-    a person watches stderr: logs and pipes get no carriage-return noise)."""
-
-    def __init__(self, what: str, total: int) -> None:
-        self.what, self.total, self.done_count = what, total, 0
-        self.start = time.monotonic()
-        self.shown = False
-        self.watched = sys.stderr.isatty()
-
-    def step(self) -> None:
-        self.done_count += 1
-        if not self.watched or time.monotonic() - self.start < 1.0 or not self.total:
-            return
-        self.shown = True
-        width = 30
-        filled = width * self.done_count // self.total
-        sys.stderr.write(
-            f"\rafml-cache {self.what}: [{'#' * filled}{'.' * (width - filled)}] "
-            f"{self.done_count}/{self.total}"
+def _archive_key(
+    path: str | os.PathLike[str], archive: tarfile.TarFile, members: list[tarfile.TarInfo]
+) -> bytes:
+    """The key an archive's entries are sealed with, from its manifest."""
+    manifest = next((m for m in members if m.name == "manifest.json"), None)
+    if manifest is None:
+        raise CacheError(
+            f"could not import {path}: it is not an afml-cache archive (no manifest.json)"
         )
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
+    where = f"could not import {path}: its manifest.json"
+    if manifest.size > _MANIFEST_LIMIT:
+        raise CacheError(f"{where} takes {manifest.size:,} bytes; export writes a few hundred")
+    source = archive.extractfile(manifest)
+    try:
+        info = json.loads(source.read() if source is not None else b"")
+    except ValueError as exc:
+        raise CacheError(f"{where} is not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise CacheError(f"{where} is not a JSON object")
+    if info.get("format") != _ARCHIVE_FORMAT:
+        raise CacheError(f"{where} names format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}")
+    key = info.get("key")
+    if not isinstance(key, str) or re.fullmatch(r"[0-9a-fA-F]{64}", key) is None:
+        raise CacheError(
+            f'{where} has no archive key (64 hex digits under "key"), so its entries cannot be '
+            "verified; nothing was imported. Export the archive again"
+        )
+    return bytes.fromhex(key)

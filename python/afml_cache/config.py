@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from afml_cache.cache import COMPRESSIONS, Cache, default_directory, parse_size
+from afml_cache.cache import TRUE_WORDS, Cache, check_compression, default_directory, parse_size
 from afml_cache.errors import CacheError
 
 __all__ = [
@@ -42,6 +42,8 @@ _settings: dict[str, Any] = {
     "compression": "default",
     "memory_limit": "256MB",
     "enabled": True,
+    "trust_group": None,  # None: AFML_CACHE_TRUST_GROUP decides
+    "verbose": None,  # None: AFML_CACHE_VERBOSE decides
 }
 _lock = threading.Lock()
 _shared: Cache | None = None
@@ -79,8 +81,17 @@ def configure(
     *,
     memory_limit: int | str | None = None,
     compression: str | None = None,
+    verbose: int | None = None,
+    trust_group: bool | None = None,
 ) -> None:
-    """Changes the decorators' cache settings; arguments left as None keep their value."""
+    """Changes the decorators' cache settings; arguments left as None keep their value.
+
+    ``verbose`` (default 0, or ``AFML_CACHE_VERBOSE``): 1 writes one line on stderr per miss
+    (the function, how long it computed, the size stored), 2 one per hit too. ``trust_group``
+    (default ``AFML_CACHE_TRUST_GROUP``): accept a directory its group can write, for a team
+    cache; every member of the group can then make every other unpickle (docs/store.md)."""
+    if verbose is not None:
+        _check_verbose(verbose)
     if size_limit is not None:
         parse_size(size_limit, "size_limit")
     if memory_limit is not None:
@@ -90,9 +101,13 @@ def configure(
         raise ValueError(
             f"eviction_policy={eviction_policy!r} is not a policy; use one of {allowed}"
         )
-    if compression is not None and compression not in COMPRESSIONS:
-        allowed = ", ".join(repr(c) for c in COMPRESSIONS)
-        raise ValueError(f"compression={compression!r} is not a level; use one of {allowed}")
+    if compression is not None:
+        check_compression(compression)
+    if enabled is not None and not isinstance(enabled, bool):
+        # "no" or 0 would silently mean something: only True and False do.
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    if trust_group is not None and not isinstance(trust_group, bool):
+        raise TypeError(f"trust_group must be True or False, got {trust_group!r}")
     global _shared, _unusable
     with _lock:
         for name, value in (
@@ -102,6 +117,8 @@ def configure(
             ("enabled", enabled),
             ("memory_limit", memory_limit),
             ("compression", compression),
+            ("trust_group", trust_group),
+            ("verbose", None if verbose is None else int(verbose)),
         ):
             if value is not None:
                 _settings[name] = value
@@ -142,8 +159,52 @@ def cache_enabled() -> bool:
 _ENVIRON_BYTES: dict[bytes, bytes] | None = (
     getattr(os.environ, "_data", None) if os.name == "posix" else None
 )
-_TRUE = ("1", "true", "yes", "on")
+_TRUE = TRUE_WORDS
 _TRUE_BYTES = tuple(t.encode() for t in _TRUE)
+
+
+VERBOSITY = (0, 1, 2)
+# AFML_CACHE_VERBOSE as last read (bytes on POSIX, as for AFML_CACHE_DISABLE), and its level.
+_env_verbose: tuple[bytes | str | None, int] = (None, 0)
+
+
+def _check_verbose(level: object) -> None:
+    if level in VERBOSITY and isinstance(level, (bool, int)):  # True and False count as 1 and 0
+        return
+    raise ValueError(
+        f"verbose={level!r} is not a verbosity; use 0 (quiet), 1 (a line per miss) or 2 (a line "
+        "per miss and per hit)"
+    )
+
+
+def verbosity() -> int:
+    """How much the decorators write on stderr: ``configure(verbose=)``, else
+    ``AFML_CACHE_VERBOSE``, else 0."""
+    level = _settings["verbose"]
+    if level is not None:
+        return level
+    global _env_verbose
+    if _ENVIRON_BYTES is not None:
+        raw: bytes | str | None = _ENVIRON_BYTES.get(b"AFML_CACHE_VERBOSE")
+    else:
+        raw = os.environ.get("AFML_CACHE_VERBOSE")
+    if raw == _env_verbose[0]:
+        return _env_verbose[1]
+    text = os.fsdecode(raw or "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        level = 0
+    elif text in _TRUE or text == "2":
+        level = 2 if text == "2" else 1
+    else:
+        level = 0
+        warnings.warn(
+            f"afml_cache: AFML_CACHE_VERBOSE={text!r} is not a verbosity; use 0 (quiet), 1 (a "
+            "line per miss) or 2 (a line per miss and per hit). Staying quiet",
+            UserWarning,
+            stacklevel=3,
+        )
+    _env_verbose = (raw, level)
+    return level
 
 
 @contextlib.contextmanager
@@ -171,6 +232,7 @@ def shared_cache() -> Cache | None:
                     eviction_policy=_settings["eviction_policy"],
                     compression=_settings["compression"],
                     memory_limit=_settings["memory_limit"],
+                    trust_group=_settings["trust_group"],
                 )
             except (CacheError, OSError) as exc:
                 _unusable = str(exc)

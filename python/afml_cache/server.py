@@ -10,19 +10,31 @@
 
 Other paths answer 404, other methods than GET and HEAD 405. The server only reads: nothing a
 request says can change the cache. It listens on loopback unless told otherwise.
+
+Idle and half-open clients cannot take it down: a connection waits in one watcher thread until its
+request arrives, and only then does one of a few worker threads answer it; a connection that
+sends nothing (or never finishes its request) for ``idle_timeout`` seconds is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import ipaddress
 import json
 import logging
 import os
+import queue
+import selectors
 import socket
+import threading
+import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +54,12 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 #: The port ``afml-cache serve`` listens on by default (near other Prometheus exporters').
 DEFAULT_PORT = 9464
+#: Threads answering requests, and how long a connection may stay silent before it is closed.
+DEFAULT_WORKERS = 4
+DEFAULT_IDLE_TIMEOUT = 10.0
+# Connections waiting for their request beyond this many: the oldest is closed (a bound on the
+# file descriptors idle clients can hold).
+_MAX_WAITING = 512
 _ENDPOINTS = ("/metrics", "/health", "/stats")
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -100,17 +118,106 @@ def health_document(cache: Cache | None) -> dict[str, Any]:
     }
 
 
-class CacheServer(ThreadingHTTPServer):
+class CacheServer(HTTPServer):
     """Serves ``/metrics``, ``/health`` and ``/stats`` of ``cache`` (None: the configured cache,
-    looked up at each request). ``server_address`` holds the bound host and port."""
+    looked up at each request). ``server_address`` holds the bound host and port.
 
-    daemon_threads = True  # a slow client never keeps the process from exiting
+    ``workers`` threads answer requests; connections wait for their request in one watcher
+    thread, and one silent for ``idle_timeout`` seconds is closed, so idle clients cost a file
+    descriptor each, never a thread.
+    """
 
-    def __init__(self, address: tuple[str, int], cache: Cache | None = None) -> None:
+    request_queue_size = 128  # the listen backlog: bursts of probes are queued, not refused
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        cache: Cache | None = None,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        if workers < 1 or not idle_timeout > 0:
+            raise ValueError(
+                f"workers={workers!r} and idle_timeout={idle_timeout!r} must be positive"
+            )
         self._cache = cache
+        self.idle_timeout = float(idle_timeout)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        # Ready before binding: a failed bind calls server_close(), which stops all of this.
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="afml-cache-serve")
+        self._arrivals: queue.SimpleQueue[tuple[socket.socket, Any]] = queue.SimpleQueue()
+        self._wake_watcher, self._wake = socket.socketpair()
+        self._wake.setblocking(False)
+        self._closing = threading.Event()
+        self._watcher = threading.Thread(
+            target=self._watch, name="afml-cache-serve-watcher", daemon=True
+        )
+        self._watcher.start()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Called by serve_forever for each accepted connection: it waits for its request in the
+        # watcher, not in a thread of its own.
+        self._arrivals.put((request, client_address))
+        self._nudge()
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(OSError):  # already nudged (a full buffer), or closing
+            self._wake.send(b"\0")
+
+    def _watch(self) -> None:
+        """Hands each connection to a worker once its request arrives; closes the silent."""
+        waiting: OrderedDict[socket.socket, tuple[float, Any]] = OrderedDict()  # oldest first
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_watcher, selectors.EVENT_READ)
+            while not self._closing.is_set():
+                first = next(iter(waiting.values()), None)
+                wait = None if first is None else max(0.0, first[0] - time.monotonic())
+                for key, _ in selector.select(wait):
+                    connection = key.fileobj
+                    if connection is self._wake_watcher:
+                        self._wake_watcher.recv(4096)
+                        continue
+                    assert isinstance(connection, socket.socket)
+                    selector.unregister(connection)
+                    _, address = waiting.pop(connection)
+                    self._workers.submit(self._answer, connection, address)
+                while not self._arrivals.empty():
+                    connection, address = self._arrivals.get()
+                    if len(waiting) >= _MAX_WAITING:
+                        oldest, _ = waiting.popitem(last=False)
+                        selector.unregister(oldest)
+                        self.shutdown_request(oldest)
+                    selector.register(connection, selectors.EVENT_READ)
+                    waiting[connection] = (time.monotonic() + self.idle_timeout, address)
+                now = time.monotonic()
+                while waiting and next(iter(waiting.values()))[0] <= now:
+                    silent, _ = waiting.popitem(last=False)
+                    selector.unregister(silent)
+                    self.shutdown_request(silent)
+        for connection in waiting:
+            self.shutdown_request(connection)
+
+    def _answer(self, connection: socket.socket, address: Any) -> None:
+        try:
+            self.finish_request(connection, address)
+        except Exception:
+            self.handle_error(connection, address)
+        finally:
+            self.shutdown_request(connection)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._closing.set()
+        self._nudge()
+        self._watcher.join()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._wake.close()
+        self._wake_watcher.close()
+        while not self._arrivals.empty():  # accepted after the watcher stopped
+            self.shutdown_request(self._arrivals.get()[0])
 
     @property
     def cache(self) -> Cache | None:
@@ -125,11 +232,16 @@ class CacheServer(ThreadingHTTPServer):
 
 
 def make_server(
-    cache: Cache | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
+    cache: Cache | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
 ) -> CacheServer:
     """A `CacheServer` bound to ``host:port`` (port 0: any free port), not yet serving: call
-    ``serve_forever()`` (in a thread, if need be) and ``shutdown()``."""
-    return CacheServer((host, port), cache)
+    ``serve_forever()`` (in a thread, if need be), then ``shutdown()`` and ``server_close()``."""
+    return CacheServer((host, port), cache, workers=workers, idle_timeout=idle_timeout)
 
 
 def is_loopback(host: str) -> bool:
@@ -145,6 +257,11 @@ def is_loopback(host: str) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: CacheServer
     server_version = "afml-cache"
+
+    def setup(self) -> None:
+        # A request that stops halfway frees its worker after the idle timeout too.
+        self.timeout = self.server.idle_timeout
+        super().setup()
 
     def do_GET(self) -> None:
         self._answer(send_body=True)
@@ -228,4 +345,6 @@ def _json_bytes(document: Any) -> bytes:
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, datetime.datetime):  # a statistic's last_accessed, a pd.Timestamp
+        return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
