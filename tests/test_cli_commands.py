@@ -115,7 +115,7 @@ def test_stats_json_has_every_function_and_the_directory_counters(filled, capsys
     assert (double["total_calls"], double["cache_hits"], double["cache_misses"]) == (3, 1, 2)
     assert double["hit_rate"] == pytest.approx(1 / 3)
     size = sum(e["size"] for e in scanned if e["namespace"] == filled.double_name)
-    assert double["cache_size_mb"] == size / 1e6
+    assert double["cache_size_mb"] == size / 2**20
     # The latency percentiles are the monitor's, read from the same shared histograms.
     expected = afml_cache.get_cache_stats(filled.cache)[filled.double_name]
     for field in ("hit_latency_p50", "miss_latency_p50", "miss_latency_p99"):
@@ -454,8 +454,8 @@ def test_report_writes_html_with_charts_and_csv_with_a_row_per_function(filled, 
     code, document = run_json(capsys, "report", str(table), "--dir", str(filled.directory))
     assert (code, document["file"]) == (0, str(table))
     frame = pd.read_csv(table)
-    assert sorted(frame["function_name"]) == sorted([filled.double_name, filled.triple_name])
-    assert frame.set_index("function_name").loc[filled.double_name, "total_calls"] == 3
+    assert sorted(frame["function"]) == sorted([filled.double_name, filled.triple_name])
+    assert frame.set_index("function").loc[filled.double_name, "calls"] == 3
 
 
 def test_report_with_an_unknown_suffix_is_a_usage_error(filled, tmp_path, capsys):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
+import io
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from afml_cache.cache import Cache
 from afml_cache.errors import StoreError
 
 CHILD_TIMEOUT_S = 120
+MB = 2**20  # the MB of every size in a report, as in "500MB"
 
 
 @pytest.fixture
@@ -65,7 +68,7 @@ def report(
 ) -> dict[str, Any]:
     return {
         "cleared_functions": cleared,
-        "size_cleared_mb": pytest.approx(sum(e["size"] for e in entries) / 1e6),
+        "size_cleared_mb": pytest.approx(sum(e["size"] for e in entries) / MB),
         "entries_removed": len(entries),
         "errors": [],
         "dry_run": dry_run,
@@ -122,12 +125,12 @@ def test_max_size_removes_least_recently_used_first(
     cache: Cache, four_entries: dict[str, dict[str, Any]]
 ) -> None:
     sizes = {k: e["size"] for k, e in four_entries.items()}
-    limit = (sizes["c"] + sizes["d"] + sizes["a"]) / 1e6
+    limit = (sizes["c"] + sizes["d"] + sizes["a"]) / MB
     result = afml_cache.maintain_cache(max_size_mb=limit)
     assert result == report(["m.x"], [four_entries["b"]], {"over_max_size": 1}, dry_run=False)
     assert remaining(cache) == [("m.x", "a"), ("m.y", "c"), ("m.y", "d")]
 
-    result = afml_cache.maintain_cache(max_size_mb=(sizes["a"] + sizes["d"] - 1) / 1e6)
+    result = afml_cache.maintain_cache(max_size_mb=(sizes["a"] + sizes["d"] - 1) / MB)
     gone = [four_entries["c"], four_entries["d"]]
     assert result == report(["m.y"], gone, {"over_max_size": 2}, dry_run=False)
     assert remaining(cache) == [("m.x", "a")]
@@ -140,9 +143,9 @@ def test_protected_entries_stay_over_max_size_and_the_report_says_so(cache: Cach
     gone = put(cache, "m.x", "go")
     result = afml_cache.maintain_cache(max_size_mb=0)
     assert result["entries_removed"] == 1
-    assert result["size_cleared_mb"] == pytest.approx(gone["size"] / 1e6)
+    assert result["size_cleared_mb"] == pytest.approx(gone["size"] / MB)
     assert result["errors"] == [
-        f"{kept['size'] / 1e6:,.2f} MB remain, more than max_size_mb=0: the rest is protected "
+        f"{kept['size'] / MB:,.2f} MB remain, more than max_size_mb=0: the rest is protected "
         "entries or entries that could not be removed"
     ]
     assert remaining(cache) == [("m.x", "keep")]
@@ -155,7 +158,7 @@ def test_a_dry_run_removes_nothing_and_reports_what_would_go(
     before = remaining(cache)
     at(monkeypatch, time.time() + 3600)
     sizes = {k: e["size"] for k, e in four_entries.items()}
-    limit = (sizes["d"] + sizes["a"]) / 1e6
+    limit = (sizes["d"] + sizes["a"]) / MB
     planned = afml_cache.maintain_cache(auto_clear=False, max_size_mb=limit)
     assert planned["dry_run"] is True
     assert planned["reasons"] == {"expired": 1, "over_max_size": 2}
@@ -182,7 +185,7 @@ def test_a_failing_entry_is_reported_and_the_rest_still_removed(
     at(monkeypatch, time.time() + 3600)
     result = afml_cache.maintain_cache()
     assert result["entries_removed"] == 1
-    assert result["size_cleared_mb"] == pytest.approx(gone["size"] / 1e6)
+    assert result["size_cleared_mb"] == pytest.approx(gone["size"] / MB)
     [error] = result["errors"]
     assert error.startswith(f"m.x: entry {stuck['digest']} could not be removed: ")
     assert "Permission denied" in error
@@ -239,10 +242,17 @@ def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loader:
     monkeypatch.syspath_prepend(str(directory))
 
     def load(name: str, factor: int) -> types.ModuleType:
-        path = directory / f"{name}.py"
+        parent, _, last = name.rpartition(".")
+        folder = directory / parent if parent else directory
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{last}.py"
         path.write_text(SOURCE.format(factor=factor))
         if name in sys.modules:
             return importlib.reload(sys.modules[name])
+        if parent and parent not in sys.modules:  # its package, where reload looks for it
+            package = types.ModuleType(parent)
+            package.__path__ = [str(folder)]
+            monkeypatch.setitem(sys.modules, parent, package)
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -288,7 +298,7 @@ def test_smart_clear_removes_entries_of_changed_code(cache: Cache, load: Loader,
     result = afml_cache.smart_cache_clear(target)
     assert result == {
         "cleared_functions": [name],
-        "size_cleared_mb": pytest.approx(sum(old_sizes) / 1e6),
+        "size_cleared_mb": pytest.approx(sum(old_sizes) / MB),
         "entries_removed": 3,
         "errors": [],
         "dry_run": False,
@@ -351,6 +361,33 @@ def test_maintenance_also_removes_entries_of_changed_code(cache: Cache, load: Lo
     assert {**planned, "dry_run": False} == done
     assert entries_of(module.feature) == 1
     assert ("someone.elses", "k") in remaining(cache)
+
+
+def test_a_module_is_named_by_its_last_components_when_unambiguous(
+    cache: Cache, load: Loader
+) -> None:
+    package = unique("afml")
+    labeling = load(f"{package}.labeling", factor=2)
+    fast = load(f"{package}.labeling_fast", factor=2)
+    labeling.feature(1)
+    fast.feature(1)
+    labeling = edit(load, labeling, factor=5)
+    fast = edit(load, fast, factor=5)
+    result = afml_cache.smart_cache_clear("labeling")  # the usage guide's call
+    assert result["cleared_functions"] == [f"{package}.labeling.feature"]
+    assert (entries_of(labeling.feature), entries_of(fast.feature)) == (0, 1)
+    assert afml_cache.smart_cache_clear(f"{package}.labeling_fast")["entries_removed"] == 1
+
+
+def test_a_module_name_ending_several_modules_lists_them(cache: Cache, load: Loader) -> None:
+    first, second = unique("research"), unique("desk")
+    load(f"{first}.labeling", factor=2).feature(1)
+    load(f"{second}.labeling", factor=2).feature(1)
+    candidates = ", ".join(sorted([f"{first}.labeling", f"{second}.labeling"]))
+    with pytest.raises(ValueError, match=f"'labeling' names several modules: {candidates}; "):
+        afml_cache.smart_cache_clear("labeling")
+    # The longer name says which.
+    assert afml_cache.smart_cache_clear(f"{first}.labeling")["errors"] == []
 
 
 def test_smart_clear_refuses_what_it_cannot_resolve(cache_dir: Path) -> None:
@@ -429,3 +466,115 @@ def test_maintenance_while_another_process_reads_and_writes(
     assert int(out) > 48
     assert removed > 0
     assert cache.check() == []
+
+
+# --- prune --dry-run ------------------------------------------------------------------------
+
+
+def test_prune_dry_run_says_what_would_remain(
+    cache: Cache, four_entries: dict[str, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from afml_cache import cli
+    from afml_cache.report import format_size
+
+    sizes = {k: e["size"] for k, e in four_entries.items()}
+    total = sum(sizes.values())
+    limit = str(sizes["d"] + sizes["a"])  # b and c would go
+    argv = ["prune", "--dir", str(cache.directory), "--max-size", limit, "--dry-run"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    would_remain = format_size(sizes["d"] + sizes["a"])
+    assert out == (
+        f"Would remove 2 entries ({format_size(sizes['b'] + sizes['c'])}; 2 over max size) "
+        f"from {cache.directory}; {would_remain} would remain of {format_size(total)}.\n"
+    )
+    assert cli.main([*argv, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["bytes_after"] == sizes["d"] + sizes["a"]
+    assert len(remaining(cache)) == 4  # a dry run
+    assert cli.main(argv[:-1]) == 0
+    assert capsys.readouterr().out.endswith(f"; {would_remain} remain.\n")
+    assert remaining(cache) == [("m.x", "a"), ("m.y", "d")]
+
+
+# --- progress -------------------------------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """A stderr a person watches."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def watched(monkeypatch: pytest.MonkeyPatch) -> Terminal:
+    """Makes stderr a terminal, and short work show its progress. Called in the test itself:
+    pytest sets its own stderr again between a fixture and the test."""
+    from afml_cache import progress
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(progress, "SHOW_AFTER_SECONDS", 0.0)
+    return screen
+
+
+def test_export_import_and_maintenance_show_progress_on_a_terminal(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = watched(monkeypatch)
+    for key in "abc":
+        put(cache, "m.x", key)
+    archive = tmp_path / "all.tar"
+    assert cache.export(archive, every_namespace=True) == 3
+    assert "afml-cache export: 100%" in terminal.getvalue()
+    assert "3/3" in terminal.getvalue()
+    other = Cache(tmp_path / "other")
+    assert other.import_(archive) == 3
+    assert "afml-cache import: 100%" in terminal.getvalue()
+    afml_cache.maintain_cache(max_size_mb=0)
+    assert "afml-cache maintain: 100%" in terminal.getvalue()
+    assert remaining(cache) == []
+
+
+def test_progress_is_silent_in_pipes_and_without_tqdm(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afml_cache import progress
+
+    monkeypatch.setattr(progress, "SHOW_AFTER_SECONDS", 0.0)
+    put(cache, "m.x", "a")
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    assert cache.export(tmp_path / "piped.tar", every_namespace=True) == 1
+    assert piped.getvalue() == ""
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # not installed: `import` fails
+    assert cache.export(tmp_path / "quiet.tar", every_namespace=True) == 1
+    assert screen.getvalue() == ""
+    assert Cache(tmp_path / "back").import_(tmp_path / "quiet.tar") == 1
+
+
+NOTEBOOK_CELL = """
+import afml_cache
+from afml_cache import progress
+progress.SHOW_AFTER_SECONDS = 0.0
+cache = afml_cache.Cache({directory!r})
+for key in range(5):
+    cache.set(key, key)
+print("exported", cache.export({archive!r}))
+"""
+
+
+def test_progress_shows_in_a_jupyter_notebook(tmp_path: Path) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    cell = NOTEBOOK_CELL.format(directory=str(tmp_path / "cache"), archive=str(tmp_path / "a.tar"))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    NotebookClient(notebook, timeout=CHILD_TIMEOUT_S, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    shown = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for o in outputs)
+    assert "exported 5" in shown
+    # A widget where ipywidgets is installed, else tqdm's text bar in the cell's output.
+    assert "afml-cache export" in shown or "widget-view" in shown, outputs

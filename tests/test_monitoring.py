@@ -24,7 +24,7 @@ import pytest
 import afml_cache
 from afml_cache import config
 from afml_cache._core import LATENCY_BOUNDS
-from afml_cache.monitoring import REPORT_COLUMNS, latency_percentiles
+from afml_cache.monitoring import REPORT_COLUMNS, STATS_FIELDS, latency_percentiles
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_a_decorated_function_counts_calls_and_latencies(cache_dir: Path) -> Non
     for kind in ("hit", "miss"):
         p50, p95, p99 = (row[f"{kind}_latency_p{q}"] for q in (50, 95, 99))
         assert 0 < p50 <= p95 <= p99
-    assert set(row) == set(REPORT_COLUMNS)
+    assert set(row) == set(STATS_FIELDS)
 
 
 # --- statistics objects ---------------------------------------------------------------------
@@ -159,9 +159,68 @@ def test_function_stats_read_as_keys_and_attributes(cache: afml_cache.Cache) -> 
     assert stats.avg_computation_time == pytest.approx(0.5)
     with pytest.raises(AttributeError, match="no field 'calls'; fields: function_name, "):
         _ = stats.calls
-    never = afml_cache.get_cache_monitor().get_function_stats("m.never_called")
+
+
+def test_an_unknown_function_name_is_a_key_error_with_close_matches(
+    cache: afml_cache.Cache,
+) -> None:
+    record(cache, "afml.labeling.triple_barrier", hits=1, misses=1)
+    record(cache, "afml.features.frac_diff", hits=0, misses=1)
+    monitor = afml_cache.get_cache_monitor()
+    with pytest.raises(
+        KeyError,
+        match=r"'afml\.labeling\.triple_barier'.*did you mean "
+        r"afml\.labeling\.triple_barrier\?",
+    ):
+        monitor.get_function_stats("afml.labeling.triple_barier")
+    with pytest.raises(KeyError, match="no cached function is named 'nothing_like_it'"):
+        monitor.get_function_stats("nothing_like_it")
+
+
+def test_a_short_name_finds_the_one_function_it_ends_with(cache: afml_cache.Cache) -> None:
+    record(cache, "afml.labeling.triple_barrier", hits=1, misses=1)
+    record(cache, "afml.labeling.triple_barrier_fast", hits=0, misses=1)
+    monitor = afml_cache.get_cache_monitor()
+    full = monitor.get_function_stats("afml.labeling.triple_barrier")
+    assert monitor.get_function_stats("triple_barrier") == full
+    assert monitor.get_function_stats("labeling.triple_barrier") == full
+    assert full.function_name == "afml.labeling.triple_barrier"
+    # A name ending a dotted component only: "barrier" is no function's name.
+    with pytest.raises(KeyError, match="no cached function is named 'barrier'"):
+        monitor.get_function_stats("barrier")
+
+
+def test_a_short_name_of_several_functions_lists_them(cache: afml_cache.Cache) -> None:
+    record(cache, "afml.labeling.triple_barrier", hits=1, misses=1)
+    record(cache, "research.triple_barrier", hits=0, misses=1)
+    with pytest.raises(
+        KeyError,
+        match=r"'triple_barrier' names several cached functions: "
+        r"afml\.labeling\.triple_barrier, research\.triple_barrier; ",
+    ):
+        afml_cache.get_cache_monitor().get_function_stats("triple_barrier")
+
+
+def test_a_decorated_function_not_called_yet_has_zero_statistics(cache_dir: Path) -> None:
+    @afml_cache.robust_cacheable
+    def never_called(x: int) -> int:
+        return x
+
+    name = f"{never_called.__module__}.{never_called.__qualname__}"
+    never = afml_cache.get_cache_monitor().get_function_stats(name)
     assert (never.total_calls, never.hit_rate, never.last_accessed) == (0, 0.0, None)
     assert never.hit_latency_p50 is None
+
+
+def test_times_are_utc_timestamps(cache: afml_cache.Cache) -> None:
+    before = pd.Timestamp.now(tz="UTC")
+    record(cache, "m.when", hits=0, misses=12)
+    after = pd.Timestamp.now(tz="UTC")
+    when = afml_cache.get_cache_stats()["m.when"]["last_accessed"]
+    assert isinstance(when, pd.Timestamp) and str(when.tz) == "UTC"
+    assert before - pd.Timedelta("1s") <= when <= after
+    (missing,) = afml_cache.analyze_cache_patterns()["high_miss_rate_functions"]
+    assert missing["last_accessed"] == when
 
 
 def test_the_monitor_lists_every_called_function(cache: afml_cache.Cache) -> None:
@@ -176,42 +235,47 @@ def test_the_monitor_lists_every_called_function(cache: afml_cache.Cache) -> Non
 # --- the efficiency table -------------------------------------------------------------------
 
 DTYPES = {
-    "function_name": "str",
-    "total_calls": "int64",
-    "cache_hits": "int64",
-    "cache_misses": "int64",
+    "function": "str",
+    "calls": "int64",
+    "hits": "int64",
+    "misses": "int64",
     "hit_rate": "float64",
-    "avg_computation_time": "float64",
-    "time_saved": "float64",
+    "avg_time_ms": "float64",
     "cache_size_mb": "float64",
-    "last_accessed": "datetime64[ns, UTC]",
-    **{f"{k}_latency_p{q}": "float64" for k in ("hit", "miss") for q in (50, 95, 99)},
+    "last_access": "datetime64[ns, UTC]",
+    "time_saved": "float64",
+    **{f"{k}_latency_p{q}_ms": "float64" for k in ("hit", "miss") for q in (50, 95, 99)},
 }
 
 
-def test_efficiency_report_has_one_numeric_row_per_function(cache: afml_cache.Cache) -> None:
+def test_efficiency_report_has_the_guides_columns_one_numeric_row_per_function(
+    cache: afml_cache.Cache,
+) -> None:
     before = pd.Timestamp.now(tz="UTC")
     record(cache, "m.mostly_hits", hits=9, misses=1, compute=2.0)
-    record(cache, "m.always_new", hits=0, misses=4, compute=0.25)
+    record(cache, "m.always_new", hits=0, misses=4, compute=0.25, latency=3e-6)
     record(cache, "m.quarter", hits=1, misses=3, compute=1.0)
     size = store_bytes(cache, "m.quarter", "k", 5000)
     after = pd.Timestamp.now(tz="UTC")
 
     frame = afml_cache.get_cache_efficiency_report()
-    assert list(frame.columns) == list(REPORT_COLUMNS)
+    assert list(frame.columns) == list(REPORT_COLUMNS) == list(DTYPES)
     assert {c: str(t) for c, t in frame.dtypes.items()} == DTYPES
-    assert list(frame["function_name"]) == ["m.always_new", "m.mostly_hits", "m.quarter"]
-    assert list(frame["total_calls"]) == [4, 10, 4]
-    assert list(frame["cache_hits"]) == [0, 9, 1]
-    assert list(frame["cache_misses"]) == [4, 1, 3]
+    assert list(frame["function"]) == ["m.always_new", "m.mostly_hits", "m.quarter"]
+    assert list(frame["calls"]) == [4, 10, 4]
+    assert list(frame["hits"]) == [0, 9, 1]
+    assert list(frame["misses"]) == [4, 1, 3]
     assert list(frame["hit_rate"]) == pytest.approx([0.0, 0.9, 0.25])
-    assert list(frame["avg_computation_time"]) == pytest.approx([0.25, 2.0, 1.0])
+    assert list(frame["avg_time_ms"]) == pytest.approx([250.0, 2000.0, 1000.0])
     assert list(frame["time_saved"]) == pytest.approx([0.0, 18.0, 1.0])
-    assert list(frame["cache_size_mb"]) == pytest.approx([0.0, 0.0, size / 1e6])
-    assert frame["last_accessed"].between(before - pd.Timedelta("1s"), after).all()
-    assert frame["hit_latency_p50"].isna().tolist() == [True, False, False]
-    # Numbers sort as numbers.
-    ranked = frame.sort_values("hit_rate", ascending=False)["function_name"].tolist()
+    assert list(frame["cache_size_mb"]) == pytest.approx([0.0, 0.0, size / 2**20])
+    assert frame["last_access"].between(before - pd.Timedelta("1s"), after).all()
+    assert frame["hit_latency_p50_ms"].isna().tolist() == [True, False, False]
+    stats = afml_cache.get_cache_stats()["m.always_new"]
+    assert frame["miss_latency_p50_ms"][0] == pytest.approx(1e3 * stats["miss_latency_p50"])
+    # The migration guide's ranking, and numbers sort as numbers.
+    assert frame.sort_values("calls", ascending=False)["function"].iloc[0] == "m.mostly_hits"
+    ranked = frame.sort_values("hit_rate", ascending=False)["function"].tolist()
     assert ranked == ["m.mostly_hits", "m.quarter", "m.always_new"]
 
 
@@ -260,12 +324,13 @@ def test_patterns_with_the_default_thresholds(patterned: afml_cache.Cache) -> No
         "size_mb": 0.0,
         "last_accessed": stats["last_accessed"],
     }
+    assert isinstance(candidate["last_accessed"], pd.Timestamp)
 
 
 def test_pattern_thresholds_are_configurable(patterned: afml_cache.Cache) -> None:
     patterns = afml_cache.analyze_cache_patterns(
         min_calls=5,
-        large_mb=0.002,
+        large_mb=0.002,  # MB of 2**20 bytes: the 3000-byte entry's 0.00286
         frequent_calls=50,
         candidate_calls=19,
         candidate_hit_rate=0.31,
@@ -399,13 +464,13 @@ def test_csv_report_has_the_report_columns_and_one_row_per_function(
     back = pd.read_csv(target)
     expected = afml_cache.get_cache_efficiency_report()
     assert list(back.columns) == list(REPORT_COLUMNS)
-    assert back["function_name"].tolist() == expected["function_name"].tolist()
-    for column in ("total_calls", "cache_hits", "cache_misses"):
+    assert back["function"].tolist() == expected["function"].tolist()
+    for column in ("calls", "hits", "misses"):
         assert back[column].tolist() == expected[column].tolist()
-    for column in ("hit_rate", "time_saved", "cache_size_mb", "miss_latency_p99"):
+    for column in ("hit_rate", "time_saved", "cache_size_mb", "miss_latency_p99_ms"):
         assert back[column].tolist() == pytest.approx(expected[column].tolist())
-    parsed = pd.to_datetime(back["last_accessed"], utc=True, format="ISO8601")
-    assert (parsed - expected["last_accessed"]).abs().max() < pd.Timedelta("1ms")
+    parsed = pd.to_datetime(back["last_access"], utc=True, format="ISO8601")
+    assert (parsed - expected["last_access"]).abs().max() < pd.Timedelta("1ms")
 
 
 @pytest.mark.parametrize("name", ["report.html", "REPORT.HTM"])
@@ -446,3 +511,51 @@ def test_report_format_must_be_named_by_the_suffix(cache_dir: Path, tmp_path: Pa
 def test_cache_status_still_summarises_in_one_line(cache: afml_cache.Cache) -> None:
     record(cache, "m.one", hits=3, misses=1, compute=40.0)
     assert afml_cache.cache_status() == "Hit rate: 75.0% | Tracked functions: 1 | Saved: 2.0 min"
+
+
+def test_time_ranges_of_entries_are_utc_timestamps(cache_dir: Path) -> None:
+    @afml_cache.time_aware_cacheable
+    def mean(df: pd.DataFrame) -> float:
+        return float(df["value"].mean())
+
+    days = pd.date_range("2024-01-01", periods=10, freq="D", tz="America/New_York")
+    mean(pd.DataFrame({"value": np.arange(10.0)}, index=days))
+    (entry,) = mean.cache_entries()
+    start, end = entry["time_range"]
+    assert (start, end) == (days[0], days[-1])
+    assert str(start.tz) == str(end.tz) == "UTC"
+    assert "Timestamp('2024-01-01 05:00:00+0000', tz='UTC')" in repr(entry)
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+
+def test_sizes_use_the_units_sizes_are_given_in(cache_dir: Path) -> None:
+    # "2GB" is 2 * 2**30 bytes when configured: reports show it as 2.0 GB, and every MB in a
+    # report is 2**20 bytes, as in "500MB".
+    afml_cache.configure(directory=cache_dir, size_limit="2GB")
+    cache = config.shared_cache()
+    assert cache is not None
+    record(cache, "m.sized", hits=1, misses=1)
+    size = store_bytes(cache, "m.sized", "k", 3 * 2**20)
+    text = str(afml_cache.get_cache_health())
+    assert f"  Total Cache Size:    {size / 2**20:.2f} MB (limit 2.0 GB)" in text.splitlines()
+    assert afml_cache.get_cache_stats()["m.sized"]["cache_size_mb"] == size / 2**20
+    assert "of 2.0 GB" in afml_cache.get_cache_health()._repr_html_()
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1,023 B"),
+        (1536, "1.50 KB"),
+        (5 * 2**20, "5.00 MB"),
+        (2 * 2**30, "2.0 GB"),
+        (int(1.5 * 2**40), "1.5 TB"),
+    ],
+)
+def test_format_size(nbytes: int, text: str) -> None:
+    from afml_cache.report import format_size
+
+    assert format_size(nbytes) == text

@@ -274,6 +274,79 @@ def test_assert_hit_and_assert_miss(suite: Suite) -> None:
     assert sorted(suite.runs()) == ["5", "6", "7"]
 
 
+# A cached function that other callers use while the assertions run: another process calls it
+# in the middle of the call judged, and a thread calls it in a loop.
+BUSY = """
+    import subprocess
+    import sys
+    import threading
+
+    from afml_cache import robust_cacheable
+
+
+    @robust_cacheable
+    def shifted(x):
+        if x == 5:
+            command = "from busy import shifted; shifted(6)"
+            subprocess.run([sys.executable, "-c", command], check=True)
+        return x + 1
+
+
+    def test_a_miss_while_another_process_calls_the_function(afml_cache):
+        assert afml_cache.assert_miss(shifted, 5) == 6
+        assert afml_cache.assert_hit(shifted, 5) == 6
+
+
+    def test_hits_while_another_thread_calls_the_function(afml_cache):
+        stop = threading.Event()
+
+        def call_others():
+            i = 0
+            while not stop.is_set():
+                shifted(100 + i % 7)
+                i += 1
+
+        assert afml_cache.assert_miss(shifted, 50) == 51
+        other = threading.Thread(target=call_others)
+        other.start()
+        try:
+            for _ in range(100):
+                assert afml_cache.assert_hit(shifted, 50) == 51
+            assert afml_cache.assert_miss(shifted, 51) == 52
+        finally:
+            stop.set()
+            other.join()
+"""
+
+
+def test_assertions_judge_the_call_not_the_functions_counters(suite: Suite) -> None:
+    suite.pytester.makepyfile(busy=BUSY)
+    result = suite.run("-n", "2", "busy.py")
+    result.assert_outcomes(passed=2)
+
+
+def test_assertions_name_a_nested_call_hit_apart(suite: Suite) -> None:
+    # The outer call computes (a miss) while the inner call of the same function is a hit: the
+    # assertion judges the outer call.
+    suite.pytester.makepyfile(
+        test_nested="""
+            from afml_cache import robust_cacheable
+
+
+            @robust_cacheable
+            def fib(n):
+                return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+            def test_nested(afml_cache):
+                assert afml_cache.assert_miss(fib, 3) == 2
+                assert afml_cache.assert_miss(fib, 4) == 3  # fib(3) and fib(2) inside: hits
+                assert afml_cache.assert_hit(fib, 4) == 3
+        """
+    )
+    suite.run().assert_outcomes(passed=1)
+
+
 def test_xdist_workers_share_one_directory(suite: Suite) -> None:
     # --dist each runs the test in both workers: whichever calls first computes (the other
     # waits on the key's lock or finds the entry), so the function runs once in all.

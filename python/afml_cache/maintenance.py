@@ -4,7 +4,8 @@
 Both work entry by entry and are safe while other processes use the cache: an entry another
 process is reading stays readable to it (the store replaces and removes files atomically), one
 already removed by someone else is skipped, and a failure on one entry is reported in the result's
-``errors`` and does not stop the rest. Sizes are in MB of 10^6 bytes, like ``cache_size_mb``.
+``errors`` and does not stop the rest. Sizes are in MB of 2**20 bytes, like ``cache_size_mb``
+and sizes written like ``"500MB"``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from afml_cache import config
 from afml_cache.cache import Cache
 from afml_cache.decorators import cached_functions
 from afml_cache.errors import CacheError
+from afml_cache.monitoring import names_ending_with
+from afml_cache.progress import progress
+from afml_cache.report import MB
 
 __all__ = ["maintain_cache", "smart_cache_clear"]
 
@@ -60,7 +64,7 @@ class _Removal:
     def result(self) -> dict[str, Any]:
         return {
             "cleared_functions": sorted(self.functions),
-            "size_cleared_mb": self.bytes / 1e6,
+            "size_cleared_mb": self.bytes / MB,
             "entries_removed": self.count,
             "errors": self.errors,
             "dry_run": self.dry_run,
@@ -163,7 +167,7 @@ def maintain_cache(
     now = time.time()
     oldest = now - max_age_days * _DAY if max_age_days is not None else None
     kept = []
-    for entry in entries:
+    for entry in progress(entries, "maintain"):
         reason = _reason(entry, now, oldest, codes.get(entry["namespace"]))
         namespace, digest, size = entry["namespace"], entry["key"], entry["size"]
         if reason is None or not removal.remove(cache, namespace, digest, size, reason):
@@ -174,7 +178,7 @@ def maintain_cache(
         _log.info(
             "afml_cache: maintenance removed %d entries (%.1f MB) from %s",
             removal.count,
-            removal.bytes / 1e6,
+            removal.bytes / MB,
             cache.directory,
         )
     return removal.result()
@@ -200,7 +204,7 @@ def _shrink(
     cache: Cache, kept: list[dict[str, Any]], max_size_mb: float, removal: _Removal
 ) -> None:
     """Removes the least recently used unprotected entries until ``kept`` fits the limit."""
-    limit = max_size_mb * 1e6
+    limit = max_size_mb * MB
     total = sum(e["size"] for e in kept)
     for entry in sorted((e for e in kept if not e["protected"]), key=_last_used):
         if total <= limit:
@@ -210,7 +214,7 @@ def _shrink(
             total -= size
     if total > limit:
         removal.errors.append(
-            f"{total / 1e6:,.2f} MB remain, more than max_size_mb={max_size_mb}: the rest is "
+            f"{total / MB:,.2f} MB remain, more than max_size_mb={max_size_mb}: the rest is "
             "protected entries or entries that could not be removed"
         )
 
@@ -230,22 +234,35 @@ def _targets(module_or_function: Any) -> list[Callable[..., Any]]:
             "smart_cache_clear takes a decorated function, a module, a module's name or None "
             f"(every decorated function), got {module_or_function!r}"
         )
-    # Exact module names only: 'labeling' never matches 'afml.labeling' or 'labeling_v2'.
-    found = [fn for fn in cached_functions() if fn.__module__ == name]
-    if not found and isinstance(module_or_function, str) and name not in sys.modules:
-        raise ValueError(
-            f"smart_cache_clear({name!r}): no module of that name is imported; give the "
-            "module's full name as in its import (e.g. 'afml.labeling'), after importing it"
-        )
-    return found
+    live = cached_functions()
+    if isinstance(module_or_function, str):
+        # The guide's smart_cache_clear('labeling'): a module named by its last components,
+        # when they name one module with decorated functions ('afml.labeling', never
+        # 'afml.labeling_fast').
+        imported = {fn.__module__ for fn in live if fn.__module__ in sys.modules}
+        named = names_ending_with(name, imported)
+        if len(named) > 1:
+            raise ValueError(
+                f"smart_cache_clear({name!r}): {name!r} names several modules: "
+                f"{', '.join(named)}; give the one you mean in full"
+            )
+        if not named and name not in sys.modules:
+            raise ValueError(
+                f"smart_cache_clear({name!r}): no module of that name is imported; give the "
+                "module's name as in its import (e.g. 'afml.labeling'), after importing it"
+            )
+        name = named[0] if named else name
+    return [fn for fn in live if fn.__module__ == name]
 
 
 def smart_cache_clear(module_or_function: Any = None) -> dict[str, Any]:
     """Removes the entries whose code fingerprint no longer matches the current code of their
     function: entries that can never be hit again, since the code is part of every key.
 
-    ``module_or_function`` is a decorated function, a module (or its exact ``__name__``) to
-    cover its decorated functions, or None for every decorated function alive in this process.
+    ``module_or_function`` is a decorated function, a module to cover its decorated functions
+    (or its name: in full, or its last components when they name one module with decorated
+    functions, so ``'labeling'`` is ``afml.labeling``; several raise ValueError listing them),
+    or None for every decorated function alive in this process.
     Entries stored without a code fingerprint (by older versions) count as outdated. If several
     versions of a function are alive (a notebook redefined it), entries of any of them stay.
 

@@ -4,12 +4,14 @@ reports built on them: the health report, the efficiency table, pattern analysis
 The counts live in the cache directory (shared counters updated atomically by every process), so
 they are correct across processes and restarts: every hit and miss is counted, none is lost at
 exit. Latencies are kept as histograms (4 buckets per doubling of time, from 1 µs), from which
-the percentiles here are estimated.
+the percentiles here are estimated. Moments are UTC ``pd.Timestamp``s; sizes are in MB of 2**20
+bytes, the unit of sizes written like ``"500MB"``.
 """
 
 from __future__ import annotations
 
 import bisect
+import difflib
 import itertools
 import math
 import os
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from afml_cache import config, report
 from afml_cache._core import LATENCY_BOUNDS
 from afml_cache.cache import Cache
+from afml_cache.progress import in_notebook
+from afml_cache.report import MB
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +44,7 @@ __all__ = [
     "get_cache_monitor",
     "get_cache_stats",
     "latency_percentiles",
+    "names_ending_with",
     "print_cache_health",
 ]
 
@@ -58,9 +63,25 @@ _QUANTILES = (0.5, 0.95, 0.99)
 _LATENCY_FIELDS = tuple(
     f"{kind}_latency_p{round(q * 100)}" for kind in ("hit", "miss") for q in _QUANTILES
 )
+#: The fields of a function's statistics (`get_cache_stats`), in order.
+STATS_FIELDS = _FIELDS + _LATENCY_FIELDS
+# The efficiency table speaks the original guide's words: its column, the statistics field it
+# is read from, and the factor to its unit (per-call times in ms, as the guide's avg_time_ms).
+_REPORT = (
+    ("function", "function_name", None),
+    ("calls", "total_calls", None),
+    ("hits", "cache_hits", None),
+    ("misses", "cache_misses", None),
+    ("hit_rate", "hit_rate", 1.0),
+    ("avg_time_ms", "avg_computation_time", 1e3),
+    ("cache_size_mb", "cache_size_mb", 1.0),
+    ("last_access", "last_accessed", None),
+    ("time_saved", "time_saved", 1.0),
+    *((f"{field}_ms", field, 1e3) for field in _LATENCY_FIELDS),
+)
 #: The columns of `get_cache_efficiency_report` and of exported CSV reports, in order.
-REPORT_COLUMNS = _FIELDS + _LATENCY_FIELDS
-_INT_COLUMNS = ("total_calls", "cache_hits", "cache_misses")
+REPORT_COLUMNS = tuple(column for column, _, _ in _REPORT)
+_INT_COLUMNS = ("calls", "hits", "misses")
 _TOP = 5  # functions listed among the top and worst performers
 _GOOD_HIT_RATE = 0.5  # the health report's line between top and worst performers
 _REPORT_SUFFIXES = {".csv": "csv", ".html": "html", ".htm": "html"}
@@ -148,10 +169,17 @@ def _empty(name: str, size_bytes: int = 0) -> FunctionStats:
             "hit_rate": 0.0,
             "avg_computation_time": 0.0,
             "time_saved": 0.0,
-            "cache_size_mb": size_bytes / 1e6,
+            "cache_size_mb": size_bytes / MB,
             **dict.fromkeys(_LATENCY_FIELDS),
         }
     )
+
+
+def _moment(epoch: float | None) -> pd.Timestamp | None:
+    """The UTC timestamp of seconds since the epoch (None stays None)."""
+    import pandas as pd
+
+    return None if epoch is None else pd.Timestamp(epoch, unit="s", tz="UTC")
 
 
 def _row(raw: dict[str, Any], size_bytes: int) -> FunctionStats:
@@ -165,8 +193,8 @@ def _row(raw: dict[str, Any], size_bytes: int) -> FunctionStats:
             "hit_rate": hits / calls if calls else 0.0,
             "avg_computation_time": raw["compute_time"] / misses if misses else 0.0,
             "time_saved": raw["time_saved"],
-            "cache_size_mb": size_bytes / 1e6,
-            "last_accessed": raw["last_accessed"],
+            "cache_size_mb": size_bytes / MB,
+            "last_accessed": _moment(raw["last_accessed"]),
             **_latencies(raw),
         }
     )
@@ -191,8 +219,8 @@ def get_cache_stats(cache: Cache | None = None) -> dict[str, FunctionStats]:
     """Statistics of every cached function of ``cache``'s directory (default: the configured
     cache), by qualified name: ``function_name``,
     ``total_calls``, ``cache_hits``, ``cache_misses``, ``hit_rate``, ``avg_computation_time``
-    (seconds per miss), ``time_saved`` (seconds), ``cache_size_mb`` (10^6 bytes),
-    ``last_accessed`` (seconds since the epoch), and the latency percentiles of whole calls
+    (seconds per miss), ``time_saved`` (seconds), ``cache_size_mb`` (2**20 bytes),
+    ``last_accessed`` (a UTC ``pd.Timestamp``), and the latency percentiles of whole calls
     ``hit_latency_p50``, ``_p95``, ``_p99`` and ``miss_latency_p50``, ``_p95``, ``_p99``
     (seconds, None without such calls; see `latency_percentiles` for their accuracy)."""
     return _collect(cache if cache is not None else config.shared_cache())[0]
@@ -209,11 +237,62 @@ def function_row(cache: Cache | None, name: str, size_bytes: int) -> FunctionSta
     return _empty(name, size_bytes)
 
 
+def names_ending_with(name: str, known: Iterable[str]) -> list[str]:
+    """The dotted names in ``known`` that ``name`` designates, sorted: ``name`` itself if
+    known, else those it ends by whole components (``labeling`` ends ``afml.labeling``, never
+    ``afml.labeling_fast``)."""
+    known = set(known)
+    if name in known:
+        return [name]
+    return sorted(k for k in known if k.endswith("." + name))
+
+
+def _known_functions(cache: Cache) -> set[str]:
+    """The functions ``cache`` knows: counted, with entries, or decorated in a module imported
+    in this process, with their entries in its directory."""
+    from afml_cache.decorators import cached_functions
+
+    known = {raw["namespace"] for raw in cache._store.function_stats()}
+    known |= {entry["namespace"] for entry in cache._store.scan(None)}
+    here = Path(cache.directory).resolve()
+    for fn in cached_functions():
+        if fn.__module__ not in sys.modules:  # its module is gone: nobody can name it
+            continue
+        engine = fn.__afml_cache__  # type: ignore[attr-defined]
+        view = engine.cache()
+        if view is not None and Path(view.directory).resolve() == here:
+            known.add(engine.name)
+    return known
+
+
 def function_stats(name: str) -> FunctionStats:
-    """The statistics of one cached function of the configured cache."""
+    """The statistics of one cached function of the configured cache, named in full
+    (``afml.labeling.triple_barrier``) or by the last components of its name when they name
+    only one function (``triple_barrier``). Zeros for a function not called yet, or when there
+    is no usable cache directory.
+
+    Raises KeyError for a name the cache does not know (with the names that look like it), and
+    for a short name of several functions (listing them)."""
     cache = config.shared_cache()
-    size = sum(e["size"] for e in cache._store.scan(name)) if cache is not None else 0
-    return function_row(cache, name, size)
+    if cache is None:
+        return _empty(name)
+    known = _known_functions(cache)
+    found = names_ending_with(name, known)
+    if len(found) > 1:
+        raise KeyError(
+            f"{name!r} names several cached functions: {', '.join(found)}; give the one you "
+            "mean in full"
+        )
+    if not found:
+        alike = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(alike)}?)" if alike else ""
+        raise KeyError(
+            f"no cached function is named {name!r} in {cache.directory}{hint}; give the "
+            "qualified name (module.qualname) as get_cache_stats() lists it, or its last "
+            "components"
+        )
+    (full,) = found
+    return function_row(cache, full, sum(e["size"] for e in cache._store.scan(full)))
 
 
 def cache_status() -> str:
@@ -235,27 +314,32 @@ def cache_status() -> str:
 def _frame(rows: Iterable[FunctionStats]) -> pd.DataFrame:
     import pandas as pd
 
-    frame = pd.DataFrame(list(rows), columns=list(REPORT_COLUMNS))
-    for column in REPORT_COLUMNS:
-        if column == "function_name":
-            frame[column] = frame[column].astype(str)
+    rows = list(rows)
+    columns: dict[str, pd.Series] = {}
+    for column, field_name, factor in _REPORT:
+        values = pd.Series([row[field_name] for row in rows], dtype=object)
+        if column == "function":
+            columns[column] = values.astype(str)
         elif column in _INT_COLUMNS:
-            frame[column] = frame[column].astype("int64")
-        elif column == "last_accessed":
-            seconds = frame[column].astype("float64")
-            stamps = pd.to_datetime(seconds, unit="s", utc=True)
-            frame[column] = stamps.astype("datetime64[ns, UTC]")
+            columns[column] = values.astype("int64")
+        elif column == "last_access":
+            columns[column] = pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
         else:
-            frame[column] = frame[column].astype("float64")  # None becomes NaN
-    return frame
+            columns[column] = values.astype("float64") * factor  # None becomes NaN
+    return pd.DataFrame(columns, columns=list(REPORT_COLUMNS))
 
 
 def get_cache_efficiency_report() -> pd.DataFrame:
     """The statistics of every cached function as a DataFrame, one row per function (ordered by
-    name), with the columns of `get_cache_stats` (`REPORT_COLUMNS`): counts as int64, rates,
-    times (seconds) and sizes (MB) as float64 (NaN for a latency without calls), and
-    ``last_accessed`` as ``datetime64[ns, UTC]``. Empty, with those columns, when no cached
-    function has been called."""
+    name), in the original guide's columns: ``function``, ``calls``, ``hits``, ``misses``
+    (int64), ``hit_rate`` (a fraction), ``avg_time_ms`` (compute time per miss),
+    ``cache_size_mb``, ``last_access`` (``datetime64[ns, UTC]``), then ``time_saved``
+    (seconds) and the latency percentiles of whole calls in ms, ``hit_latency_p50_ms`` ...
+    ``miss_latency_p99_ms`` (NaN without such calls). Numbers are float64, so they sort as
+    numbers. Empty, with those columns, when no cached function has been called.
+
+    The columns carry only the guide's names (``calls``, not also `get_cache_stats`'s
+    ``total_calls``): one name per quantity in a table people print and sort."""
     return _frame(get_cache_stats().values())
 
 
@@ -277,7 +361,7 @@ def _patterns(
     rows: Iterable[FunctionStats], limits: _Thresholds, now: float
 ) -> dict[str, list[str]]:
     rows = sorted(rows, key=lambda r: r["function_name"])
-    unused_before = now - limits.unused_days * 86400
+    unused_before = _moment(now - limits.unused_days * 86400)
 
     def names(select: Any) -> list[str]:
         return [r["function_name"] for r in rows if select(r)]
@@ -312,12 +396,12 @@ def analyze_cache_patterns(
 ) -> dict[str, list[dict[str, Any]]]:
     """Cached functions that need attention, by qualified name. Each list holds, for each
     function, as in the original AFML cache's guide, a dict of ``function``, ``calls``,
-    ``hit_rate``, ``size_mb`` and ``last_accessed``:
+    ``hit_rate``, ``size_mb`` and ``last_accessed`` (a UTC ``pd.Timestamp``):
 
     - ``high_miss_rate_functions``: hit rate below ``low_hit_rate`` over more than
       ``min_calls`` calls (their arguments rarely repeat);
     - ``unused_caches``: not called for more than ``unused_days`` days;
-    - ``large_caches``: entries taking more than ``large_mb`` MB (10^6 bytes);
+    - ``large_caches``: entries taking more than ``large_mb`` MB (2**20 bytes);
     - ``frequently_accessed``: more than ``frequent_calls`` calls;
     - ``optimization_candidates``: more than ``candidate_calls`` calls with a hit rate below
       ``candidate_hit_rate`` (caching costs them more than it saves, or a key is too fine).
@@ -382,7 +466,7 @@ class CacheHealth:
 
     @property
     def size_mb(self) -> float:
-        return self.size_bytes / 1e6
+        return self.size_bytes / MB
 
     @property
     def top_performers(self) -> list[FunctionStats]:
@@ -424,18 +508,20 @@ class CacheHealth:
             megabytes = sum(r["cache_size_mb"] for r in self.stale_caches)
             advice.append(
                 f"{len(self.stale_caches)} function(s) unused for over {self.unused_days:g} days "
-                f"keep {megabytes:,.2f} MB: clear them with f.cache_clear(), or run "
-                "maintain_cache(max_age_days=...)."
+                f"keep {report.format_size(megabytes * MB)}: clear them with f.cache_clear(), "
+                "or run maintain_cache(max_age_days=...)."
             )
         for name in self.patterns["large_caches"]:
             advice.append(
-                f"{name} keeps {by_name[name]['cache_size_mb']:,.1f} MB: give it a ttl=, or run "
+                f"{name} keeps {report.format_size(by_name[name]['cache_size_mb'] * MB)}: give it "
+                "a ttl=, or run "
                 "maintain_cache(max_size_mb=...)."
             )
         if self.size_limit and self.size_bytes > 0.9 * self.size_limit:
             advice.append(
-                f"The cache holds {self.size_mb:,.1f} MB of its {self.size_limit / 1e6:,.0f} MB "
-                "limit, so entries are being evicted: raise it with "
+                f"The cache holds {report.format_size(self.size_bytes)} of its "
+                f"{report.format_size(self.size_limit)} limit, so entries are being evicted: "
+                "raise it with "
                 "afml_cache.configure(size_limit=...) if hits are being lost."
             )
         return advice or ["Nothing to do: the cache looks healthy."]
@@ -446,7 +532,7 @@ class CacheHealth:
     def __repr__(self) -> str:
         return (
             f"<CacheHealth {len(self.functions)} functions, {self.total_calls:,} calls, "
-            f"hit rate {self.hit_rate:.1%}, {self.size_mb:,.2f} MB>"
+            f"hit rate {self.hit_rate:.1%}, {report.format_size(self.size_bytes)}>"
         )
 
     def _repr_html_(self) -> str:
@@ -476,15 +562,6 @@ def get_cache_health(*, unused_days: float = 7) -> CacheHealth:
     )
 
 
-def _in_notebook() -> bool:
-    """True inside a Jupyter kernel (IPython with a kernel attached), which can show HTML."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def print_cache_health(file: TextIO | None = None) -> None:
     """Shows the cache health report (see `get_cache_health`).
 
@@ -494,7 +571,7 @@ def print_cache_health(file: TextIO | None = None) -> None:
     `get_cache_health` for the report as an object.
     """
     health = get_cache_health()
-    if file is None and _in_notebook():
+    if file is None and in_notebook():
         from IPython.display import display
 
         display(health)
@@ -510,8 +587,10 @@ class CacheMonitor:
     """Per-function statistics of the configured cache, and reports to share."""
 
     def get_function_stats(self, name: str) -> FunctionStats:
-        """The statistics of the function with qualified name ``name`` (zeros if never
-        called); fields read as keys or attributes: ``stats.hit_rate``."""
+        """The statistics of the function ``name``, its qualified name or the last components
+        of it (`function_stats`); fields read as keys or attributes: ``stats.hit_rate``.
+        Raises KeyError, with the names that look alike, for a function the cache does not
+        know."""
         return function_stats(name)
 
     def get_all_function_stats(self) -> dict[str, FunctionStats]:
@@ -522,7 +601,7 @@ class CacheMonitor:
         """Writes a report of every cached function to ``path``; returns the path.
 
         The suffix picks the format: ``.csv``, one row per function with the columns of
-        `get_cache_efficiency_report` (``last_accessed`` in ISO 8601, UTC); ``.html`` or
+        `get_cache_efficiency_report` (``last_access`` in ISO 8601, UTC); ``.html`` or
         ``.htm``, a self-contained page (no network, no scripts) with the health summary, the
         per-function table, and charts of hit rate, size and time saved per function.
         """

@@ -32,6 +32,7 @@ import pytest
 
 from afml_cache import config as afml_config
 from afml_cache.cache import Cache, flush_writes
+from afml_cache.decorators import watch_calls
 
 __all__ = ["MODES", "CacheFixture"]
 
@@ -189,9 +190,8 @@ class CacheFixture:
     """The session's `Cache` (its methods and attributes are available directly; ``.cache`` is
     the `Cache` itself), with assertions about single calls of cached functions.
 
-    A call counts as a hit or a miss by the function's statistics, which every process using the
-    directory updates: if another process (an xdist worker) calls the same function at the same
-    moment, the assertion fails saying so rather than guessing.
+    A call is judged by its own outcome, seen in the thread that makes it: other tests, threads
+    and xdist workers calling the same function at the same moment never change the verdict.
     """
 
     def __init__(self, cache: Cache) -> None:
@@ -233,28 +233,23 @@ def _assert_outcome(
             f"(@pytest.mark.{_MARKER}, afml_cache.disabled(), AFML_CACHE_DISABLE or "
             "--afml-cache=off), so the call can be neither a hit nor a miss"
         )
-    before = f.cache_info()  # type: ignore[attr-defined]
-    result = f(*args, **kwargs)
-    after = f.cache_info()  # type: ignore[attr-defined]
-    hits = after["cache_hits"] - before["cache_hits"]
-    misses = after["cache_misses"] - before["cache_misses"]
-    if (hits, misses) == ((1, 0) if expected == "hit" else (0, 1)):
-        return result
-    if (hits, misses) == (0, 1):
-        happened = "it was a miss: the function ran and its result was stored"
-    elif (hits, misses) == (1, 0):
+    with watch_calls() as seen:
+        result = f(*args, **kwargs)
+    # This call's own outcome: the last of this function's calls to finish in this thread (the
+    # inner calls of a recursive function finish first); other threads' and processes' calls
+    # of the function are never seen.
+    outcomes = [hit for called, hit in seen if called is engine]
+    if not outcomes:
+        happened = (
+            "it ran uncached (an argument without a fingerprint, or the cache directory cannot "
+            "be used; see the warnings)"
+        )
+    elif outcomes[-1]:
         happened = "it was a hit: the result came from the cache, computed by an earlier call"
-    elif (hits, misses) == (0, 0):
-        happened = (
-            "it ran uncached: no hit or miss was counted (an argument without a fingerprint, "
-            "or the cache directory cannot be used; see the warnings)"
-        )
     else:
-        happened = (
-            f"its counters moved by {hits} hits and {misses} misses during the call: another "
-            "process (an xdist worker?) called it at the same time; give this test arguments "
-            "no other test uses"
-        )
+        happened = "it was a miss: the function ran and its result was stored"
+    if outcomes and outcomes[-1] == (expected == "hit"):
+        return result
     raise AssertionError(f"expected a cache {expected} for {call}, but {happened}")
 
 

@@ -1,5 +1,8 @@
 """How the monitoring reports look: terminal text, HTML for Jupyter, and the exported HTML page
-with its charts (inline SVG drawn here: the page needs no network, script or stylesheet)."""
+with its charts (inline SVG drawn here: the page needs no network, script or stylesheet).
+
+Sizes are shown in the units sizes are given in (``size_limit="2GB"``, ``--max-size 500MB``):
+1 KB = 1024 bytes, so a "2GB" limit reads 2.0 GB."""
 
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ if TYPE_CHECKING:
     from afml_cache.monitoring import CacheHealth
 
 __all__ = [
+    "MB",
     "bar_chart_svg",
     "format_duration",
     "format_latency",
+    "format_size",
     "format_when",
     "functions_table_html",
     "health_html",
@@ -24,6 +29,8 @@ __all__ = [
     "report_html",
 ]
 
+#: Bytes in a MB of every report (``cache_size_mb``, ``max_size_mb``, ...), as in ``"500MB"``.
+MB = 2**20
 _RULE = "=" * 70
 # Inline so the page stands alone; kept small and readable in light and dark viewers.
 _STYLE = """
@@ -67,12 +74,29 @@ def format_latency(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
-def format_when(epoch: float | None) -> str:
-    """``2026-11-21 09:47 UTC`` for seconds since the epoch; ``never`` for None."""
-    if epoch is None:
+def format_size(nbytes: float) -> str:
+    """``1,023 B``, ``1.50 KB``, ``245.67 MB``, ``2.0 GB``, ``1.5 TB`` (1 KB = 1024 bytes)."""
+    if nbytes < 1024:
+        return f"{nbytes:,.0f} B"
+    if nbytes < MB:
+        return f"{nbytes / 1024:,.2f} KB"
+    if nbytes < 1024 * MB:
+        return f"{nbytes / MB:,.2f} MB"
+    if nbytes < 1024**2 * MB:
+        return f"{nbytes / (1024 * MB):,.1f} GB"
+    return f"{nbytes / (1024**2 * MB):,.1f} TB"
+
+
+def format_when(moment: datetime.datetime | float | None) -> str:
+    """``2026-11-21 09:47 UTC`` for a datetime (a ``pd.Timestamp``; naive ones count as UTC)
+    or seconds since the epoch; ``never`` for None."""
+    if moment is None:
         return "never"
-    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+    if not isinstance(moment, datetime.datetime):
+        moment = datetime.datetime.fromtimestamp(moment, tz=datetime.UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _ranked(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -96,7 +120,7 @@ def _stale_lines(health: CacheHealth) -> list[str]:
 def health_text(health: CacheHealth) -> str:
     """The health report as plain text, 70 columns wide."""
     where = str(health.directory) if health.directory is not None else "no usable directory"
-    limit = f" (limit {health.size_limit / 1e6:,.0f} MB)" if health.size_limit else ""
+    limit = f" (limit {format_size(health.size_limit)})" if health.size_limit else ""
     lines = [
         _RULE,
         "CACHE HEALTH REPORT",
@@ -107,7 +131,7 @@ def health_text(health: CacheHealth) -> str:
         f"  Total Functions:     {len(health.functions):,}",
         f"  Total Calls:         {health.total_calls:,}",
         f"  Overall Hit Rate:    {health.hit_rate:.1%}",
-        f"  Total Cache Size:    {health.size_mb:,.2f} MB{limit}",
+        f"  Total Cache Size:    {format_size(health.size_bytes)}{limit}",
         f"  Time Saved:          {format_duration(health.time_saved)}",
     ]
     sections = (
@@ -153,7 +177,7 @@ def _list(items: Sequence[str], ordered: bool = False) -> str:
 def health_html(health: CacheHealth) -> str:
     """The health report as an HTML fragment (what Jupyter shows)."""
     where = str(health.directory) if health.directory is not None else "no usable directory"
-    limit = f" of {health.size_limit / 1e6:,.0f} MB" if health.size_limit else ""
+    limit = f" of {format_size(health.size_limit)}" if health.size_limit else ""
     summary = _table(
         ("", ""),
         [
@@ -161,7 +185,7 @@ def health_html(health: CacheHealth) -> str:
             (("Functions", False), (f"{len(health.functions):,}", True)),
             (("Calls", False), (f"{health.total_calls:,}", True)),
             (("Hit rate", False), (f"{health.hit_rate:.1%}", True)),
-            (("Size on disk", False), (f"{health.size_mb:,.2f} MB{limit}", True)),
+            (("Size on disk", False), (f"{format_size(health.size_bytes)}{limit}", True)),
             (("Time saved", False), (format_duration(health.time_saved), True)),
         ],
     )

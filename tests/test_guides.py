@@ -1,0 +1,423 @@
+"""The guides' code, as written, with only ``afml.cache`` renamed to ``afml_cache``.
+
+The code blocks are read from the guides themselves (../shared/seeds/000_*.txt, the usage guide,
+and 001_*.txt, the migration guide), compiled under a file name of their own (so their functions
+have source, as in a notebook cell) and run on synthetic OHLCV minute bars. Blocks that need what
+is not built here (MLflow, backtests, the ``schedule`` package) or that are not valid Python are
+left out; each test says which guide lines it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import linecache
+import re
+import sys
+import textwrap
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import afml_cache
+from afml_cache import pipeline
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+README = Path(__file__).resolve().parents[1] / "README.md"
+_BLOCK = re.compile(r"^(#{2,4} [^\n]*)$|^```python\n(.*?)^```", re.M | re.S)
+
+
+def guide_blocks(prefix: str) -> dict[str, list[str]]:
+    """The ```python blocks of the guide whose file starts with ``prefix``, by the heading they
+    follow, with the package renamed."""
+    (path,) = SEEDS.glob(f"{prefix}_*.txt")
+    blocks: dict[str, list[str]] = {}
+    heading = ""
+    for match in _BLOCK.finditer(path.read_text(encoding="utf-8")):
+        if match.group(1):
+            heading = match.group(1).lstrip("# ").strip()
+        else:
+            blocks.setdefault(heading, []).append(
+                match.group(2).replace("afml.cache", "afml_cache")
+            )
+    return blocks
+
+
+USAGE = guide_blocks("000")
+MIGRATION = guide_blocks("001")
+
+
+def run_block(code: str, namespace: dict[str, Any], label: str) -> dict[str, Any]:
+    """Runs ``code`` in ``namespace`` as a notebook cell would: its functions have source."""
+    filename = f"<guide: {label}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    exec(compile(code, filename, "exec"), namespace)
+    return namespace
+
+
+def up_to(code: str, marker: str) -> str:
+    """The lines of ``code`` before the line containing ``marker``."""
+    lines = code.splitlines(True)
+    return "".join(lines[: next(i for i, line in enumerate(lines) if marker in line)])
+
+
+def stats_of(function_name: str) -> dict[str, Any]:
+    (row,) = [r for name, r in afml_cache.get_cache_stats().items() if name == function_name]
+    return row
+
+
+@pytest.fixture(scope="module")
+def bars() -> pd.DataFrame:
+    """Two months of synthetic one-minute OHLCV bars from 2024-01-01, UTC."""
+    frame = pipeline.synthetic_minute_bars(90_000)
+    when = pd.date_range("2024-01-01", periods=len(frame), freq="min", tz="UTC", name="time")
+    return frame.set_axis(when)
+
+
+@pytest.fixture
+def cell(cache_dir: Path, bars: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh notebook namespace with the names the guides' snippets take as given."""
+    monkeypatch.chdir(tmp_path)  # the guides write their reports into the working directory
+    return {
+        "__name__": "guide_notebook",
+        "pd": pd,
+        "np": np,
+        "Path": Path,
+        "prices": bars,
+        "labels": np.sign(bars["close"].diff(20).fillna(0.0)),
+        "features": bars["close"].rolling(20).mean().to_frame("sma"),
+    }
+
+
+@pytest.fixture
+def afml_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """An importable ``afml.labeling`` with a cached ``triple_barrier``, and an
+    ``afml.labeling_fast`` beside it, as the usage guide's examples name them."""
+    root = tmp_path / "src"
+    (root / "afml").mkdir(parents=True)
+    (root / "afml" / "__init__.py").write_text("")
+    for name in ("labeling", "labeling_fast"):
+        (root / "afml" / f"{name}.py").write_text(
+            textwrap.dedent(
+                """
+                import numpy as np
+                from afml_cache import robust_cacheable
+
+                @robust_cacheable
+                def triple_barrier(close, pt_sl=(1, 1), horizon=20):
+                    move = close.shift(-horizon) / close - 1
+                    return np.sign(move.where(move.abs() > 0.001 * pt_sl[0], 0.0))
+                """
+            )
+        )
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    yield importlib.import_module("afml.labeling")
+    for name in ("afml.labeling_fast", "afml.labeling", "afml"):
+        sys.modules.pop(name, None)
+
+
+# --- module paths -----------------------------------------------------------------------------
+
+
+def test_the_guides_module_paths_import_the_same_objects() -> None:
+    from afml_cache.cache_monitoring import (
+        CacheMonitor,
+        analyze_cache_patterns,
+        get_cache_efficiency_report,
+        get_cache_monitor,
+        get_cache_stats,
+        print_cache_health,
+    )
+    from afml_cache.robust_cache_keys import robust_cacheable, time_aware_cacheable
+    from afml_cache.selective_cleaner import maintain_cache, smart_cache_clear
+
+    assert robust_cacheable is afml_cache.robust_cacheable
+    assert time_aware_cacheable is afml_cache.time_aware_cacheable
+    assert print_cache_health is afml_cache.print_cache_health
+    assert get_cache_efficiency_report is afml_cache.get_cache_efficiency_report
+    assert analyze_cache_patterns is afml_cache.analyze_cache_patterns
+    assert get_cache_stats is afml_cache.get_cache_stats
+    assert isinstance(get_cache_monitor(), CacheMonitor)
+    assert smart_cache_clear is afml_cache.smart_cache_clear
+    assert maintain_cache is afml_cache.maintain_cache
+
+
+def test_the_migration_guides_init_imports_what_is_built() -> None:
+    # Step 2's relative imports, from the package, but for the modules of later issues
+    # (MLflow, backtests).
+    (code,) = MIGRATION["Step 2: Update `__init__.py`"]
+    built = up_to(code, "# MLflow integration")
+    built += up_to(code[code.index("# Cache monitoring") :], "# Add to __all__")
+    namespace = run_block(built.replace("from .", "from afml_cache."), {}, "001 step 2")
+    assert namespace["robust_cacheable"] is afml_cache.robust_cacheable
+    assert namespace["get_cache_efficiency_report"] is afml_cache.get_cache_efficiency_report
+
+
+# --- the usage guide --------------------------------------------------------------------------
+
+
+def test_basic_usage_computes_once(cell: dict[str, Any]) -> None:
+    run_block(USAGE["Standard Caching (Original System)"][0], cell, "000 basic usage")
+    pd.testing.assert_series_equal(cell["labels1"], cell["labels"])
+    pd.testing.assert_series_equal(cell["labels2"], cell["labels"])
+    row = stats_of("guide_notebook.compute_triple_barrier_labels")
+    assert (row["total_calls"], row["cache_hits"], row["cache_misses"]) == (2, 1, 1)
+
+
+def test_robust_cacheable_hits_equal_frames(cell: dict[str, Any]) -> None:
+    run_block(USAGE["Using Robust Cacheable"][0], cell, "000 robust cacheable")
+    pd.testing.assert_frame_equal(cell["features2"], cell["features1"])
+    row = stats_of("guide_notebook.extract_features")
+    assert (row["cache_hits"], row["cache_misses"]) == (1, 1)
+
+
+def test_time_aware_caching_keeps_months_apart(cell: dict[str, Any]) -> None:
+    run_block(USAGE["Time-Series Aware Caching"][0], cell, "000 time-aware")
+    prices = cell["prices"]
+    january = prices["2024-01-01":"2024-01-31"]
+    pd.testing.assert_frame_equal(cell["vol_jan"], january.rolling(20).std())
+    pd.testing.assert_frame_equal(
+        cell["vol_feb"], prices["2024-02-01":"2024-02-28"].rolling(20).std()
+    )
+    assert stats_of("guide_notebook.compute_volatility")["cache_misses"] == 2
+    # Asked again, January is a hit and equal to the uncached result.
+    again = cell["compute_volatility"](january)
+    pd.testing.assert_frame_equal(again, cell["compute_volatility"].uncached(january))
+    assert stats_of("guide_notebook.compute_volatility")["cache_hits"] == 1
+
+
+def some_activity(cell: dict[str, Any]) -> None:
+    """Calls that give the monitoring blocks something to show: a function that hits and one
+    whose arguments never repeat (a high miss rate)."""
+    run_block(USAGE["Standard Caching (Original System)"][0], cell, "000 basic usage")
+    run_block(
+        "from afml_cache import robust_cacheable\n\n"
+        "@robust_cacheable\n"
+        "def rolling_mean(prices, window):\n"
+        "    return prices['close'].rolling(window).mean()\n\n"
+        "for window in range(2, 14):\n"
+        "    rolling_mean(prices, window)\n",
+        cell,
+        "activity",
+    )
+
+
+def test_the_monitoring_blocks(cell: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    some_activity(cell)
+    run_block(USAGE["Health Report"][0], cell, "000 health report")
+    assert "CACHE HEALTH REPORT" in capsys.readouterr().out
+    run_block(USAGE["Detailed Analysis"][0], cell, "000 detailed analysis")
+    df = cell["df"]
+    assert list(df.columns[:8]) == [
+        "function",
+        "calls",
+        "hits",
+        "misses",
+        "hit_rate",
+        "avg_time_ms",
+        "cache_size_mb",
+        "last_access",
+    ]
+    printed = capsys.readouterr().out
+    assert "guide_notebook.rolling_mean" in printed
+    run_block(USAGE["Pattern Analysis"][0], cell, "000 pattern analysis")
+    printed = capsys.readouterr().out
+    assert "Functions with poor cache performance:" in printed
+    assert "  - guide_notebook.rolling_mean: 0.0% hit rate" in printed
+    run_block(USAGE["Export Reports"][0], cell, "000 export reports")
+    assert pd.read_csv("cache_report.csv")["calls"].sum() == 14
+    assert Path("cache_report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_function_specific_analysis(
+    cell: dict[str, Any], afml_package: types.ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    close = cell["prices"]["close"]
+    first = afml_package.triple_barrier(close)
+    pd.testing.assert_series_equal(afml_package.triple_barrier(close), first)
+    run_block(USAGE["Function-Specific Analysis"][0], cell, "000 function-specific")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:3] == [
+        "Function: afml.labeling.triple_barrier",
+        "Total Calls: 2",
+        "Hit Rate: 50.0%",
+    ]
+    # The short name the health report's example uses finds the same function.
+    monitor = afml_cache.get_cache_monitor()
+    assert monitor.get_function_stats("triple_barrier") == cell["stats"]
+
+
+def test_cache_maintenance_clears_the_changed_labeling_module(
+    cell: dict[str, Any], afml_package: types.ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fast = importlib.import_module("afml.labeling_fast")
+    close = cell["prices"]["close"]
+    afml_package.triple_barrier(close)
+    fast.triple_barrier(close)
+    for module in (afml_package, fast):  # both modules are edited
+        path = Path(module.__file__)
+        path.write_text(path.read_text().replace("0.001", "0.002"))
+        importlib.reload(module)
+    gc.collect()  # the old versions are gone, as after a kernel restart
+    blocks = USAGE["2. Cache Maintenance"][0]
+    run_block(blocks, cell, "000 cache maintenance")
+    # maintain_cache(auto_clear=True) already removed both modules' outdated entries: this is
+    # what the guide prints; smart_cache_clear('labeling') then found nothing left.
+    assert capsys.readouterr().out.startswith("Cleared 2 functions\nFreed ")
+    assert afml_package.triple_barrier.cache_entries() == []
+    assert fast.triple_barrier.cache_entries() == []
+
+
+def test_smart_cache_clear_labeling_is_afml_labeling_only(
+    cell: dict[str, Any], afml_package: types.ModuleType
+) -> None:
+    fast = importlib.import_module("afml.labeling_fast")
+    close = cell["prices"]["close"]
+    afml_package.triple_barrier(close)
+    fast.triple_barrier(close)
+    for module in (afml_package, fast):
+        path = Path(module.__file__)
+        path.write_text(path.read_text().replace("0.001", "0.002"))
+        importlib.reload(module)
+    gc.collect()
+    (imports, *_) = USAGE["2. Cache Maintenance"][0].splitlines(True)  # its import line
+    run_block(imports + "smart_cache_clear('labeling')\n", cell, "000 smart_cache_clear")
+    assert sys.modules["afml.labeling"].triple_barrier.cache_entries() == []
+    assert len(sys.modules["afml.labeling_fast"].triple_barrier.cache_entries()) == 1
+
+
+def test_monitor_regularly_and_troubleshooting(
+    cell: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    some_activity(cell)
+    # Up to the `schedule` package's part, which is not ours.
+    run_block(up_to(USAGE["3. Monitor Regularly"][0], "import schedule"), cell, "000 monitor")
+    assert capsys.readouterr().out.startswith("Hit rate: 7.1% | Tracked functions: 2 |")
+    run_block(USAGE["Low Hit Rate?"][0], cell, "000 low hit rate")
+    assert [f["function"] for f in cell["patterns"]["high_miss_rate_functions"]] == [
+        "guide_notebook.rolling_mean"
+    ]
+    run_block(USAGE["Cache Too Large?"][0], cell, "000 cache too large")
+    assert cell["report"]["errors"] == []
+    run_block(USAGE["Cache Not Working?"][0], cell, "000 cache not working")
+    printed = capsys.readouterr().out
+    assert "guide_notebook.compute_triple_barrier_labels" in printed
+    assert f"Cache location: {afml_cache.CACHE_DIRS['joblib']}" in printed
+    assert afml_cache.get_cache_stats() == {}
+
+
+# --- the migration guide ----------------------------------------------------------------------
+
+
+def test_phase_2_sorts_the_efficiency_report_by_calls(
+    cell: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    some_activity(cell)
+    run_block(MIGRATION["Phase 1: Add Monitoring (No code changes)"][0], cell, "001 phase 1")
+    assert "CACHE HEALTH REPORT" in capsys.readouterr().out
+    run_block(MIGRATION["Phase 2: Upgrade High-Value Functions"][0], cell, "001 phase 2")
+    shown = capsys.readouterr().out.splitlines()
+    assert "guide_notebook.rolling_mean" in shown[1]  # 12 calls, before the 2 of the other
+    ranked = cell["df"].sort_values("calls", ascending=False)
+    assert ranked["calls"].tolist() == [12, 2]
+
+
+def test_verify_nothing_breaks_and_the_patterns(
+    cell: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_block(MIGRATION["Verify Nothing Breaks"][0], cell, "001 backward compatibility")
+    assert "Backward compatibility verified" in capsys.readouterr().out
+    # The patterns' snippets take their decorators as imported already.
+    run_block("from afml_cache import robust_cacheable, time_aware_cacheable\n", cell, "imports")
+    for heading in (
+        "Pattern 1: DataFrame-Heavy Functions",
+        "Pattern 2: Time-Series Functions",
+        "Pattern 3: Expensive Labeling",
+    ):
+        run_block(MIGRATION[heading][0], cell, f"001 {heading}")
+    prices = cell["prices"]
+    pd.testing.assert_frame_equal(cell["compute_indicators"](prices, 5), prices.rolling(5).mean())
+    pd.testing.assert_series_equal(cell["triple_barrier_labels"](prices, None), cell["labels"])
+    some_activity(cell)
+    run_block(MIGRATION["Issue 3: Cache Performance Degradation"][0], cell, "001 issue 3")
+    assert "  guide_notebook.rolling_mean: 0.0%" in capsys.readouterr().out
+
+
+def test_issue_4_up_to_the_summary_the_api_does_not_have(cell: dict[str, Any]) -> None:
+    some_activity(cell)
+    code = MIGRATION["Issue 4: Cache Directory Conflicts"][0]
+    run_block(up_to(code, "# Verify clean state"), cell, "001 issue 4")
+    assert afml_cache.get_cache_stats() == {}
+    with pytest.raises(ImportError, match="get_cache_summary"):
+        run_block(code, cell, "001 issue 4, as written")
+
+
+def test_the_benchmark_script(cell: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    run_block(MIGRATION["Benchmark Script"][0], cell, "001 benchmark")
+    out = capsys.readouterr().out
+    assert out.count("Speedup:") == 2
+    assert [r["decorator"] for r in cell["results"]] == [
+        "cacheable (original)",
+        "robust_cacheable (new)",
+    ]
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+
+def readme_block(containing: str) -> str:
+    found = [b for b in re.findall(r"^```python\n(.*?)^```", README.read_text(), re.M | re.S)]
+    (block,) = [b for b in found if containing in b]
+    return block
+
+
+def test_the_loguru_recipe_with_the_readme_bridge_logs_hits_and_misses(
+    tmp_path: Path, run_python: Any
+) -> None:
+    recipe = up_to(USAGE["5. Debugging Cache Issues"][0], "# Check what's being cached")
+    bridge = readme_block("loguru")
+    script = "\n".join(
+        [
+            recipe,
+            bridge,
+            "import afml_cache",
+            f"afml_cache.configure(directory={str(tmp_path / 'cache')!r})",
+            "@afml_cache.robust_cacheable",
+            "def spread(high, low):",
+            "    return high - low",
+            "assert spread(3.0, 1.0) == spread(3.0, 1.0) == 2.0",
+        ]
+    )
+    with contextlib.chdir(tmp_path):
+        run_python(script)
+    log = (tmp_path / "cache_debug.log").read_text()
+    lines = [line for line in log.splitlines() if ".spread" in line]
+    assert len(lines) == 2, log
+    assert "| DEBUG" in lines[0] and "- miss " in lines[0]
+    assert "| DEBUG" in lines[1] and "- hit " in lines[1]
+
+
+def test_without_the_bridge_the_recipe_gets_nothing(tmp_path: Path, run_python: Any) -> None:
+    # Why the README's bridge is needed: we log through the standard logging module.
+    recipe = up_to(USAGE["5. Debugging Cache Issues"][0], "# Check what's being cached")
+    with contextlib.chdir(tmp_path):
+        run_python(
+            recipe
+            + "import afml_cache\n"
+            + f"afml_cache.configure(directory={str(tmp_path / 'cache')!r})\n"
+            + "@afml_cache.robust_cacheable\ndef spread(high, low):\n    return high - low\n"
+            + "spread(3.0, 1.0)\n"
+        )
+    assert "spread" not in (tmp_path / "cache_debug.log").read_text()
+
+
+def test_readme_states_the_guide_compatibility() -> None:
+    text = README.read_text()
+    assert "afml_cache.cache_monitoring" in text and "afml_cache.selective_cleaner" in text
