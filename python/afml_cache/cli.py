@@ -1,9 +1,9 @@
 """The ``afml-cache`` command: see, tend and serve a cache directory from a terminal or a script.
 
 ``afml-cache stats``, ``health``, ``clear``, ``prune``, ``export``, ``import``, ``report``,
-``serve``, ``bench`` and ``demo``; ``afml-cache COMMAND --help`` explains each. Every command
-takes ``--dir`` and the reporting ones ``--json`` (one JSON document on stdout, messages on
-stderr). Exit codes are listed in ``afml-cache --help``.
+``backtests``, ``serve``, ``bench`` and ``demo``; ``afml-cache COMMAND --help`` explains each.
+Every command takes ``--dir`` and the reporting ones ``--json`` (one JSON document on stdout,
+messages on stderr). Exit codes are listed in ``afml-cache --help``.
 
 ``afml-cache demo`` runs an AFML research pipeline (volatility, CUSUM events, triple-barrier
 labels, fractional differentiation, rolling features) on synthetic minute bars with each step
@@ -41,7 +41,7 @@ import afml_cache
 from afml_cache import config, pipeline
 from afml_cache.cache import Cache, parse_size
 from afml_cache.errors import CacheError
-from afml_cache.report import format_when
+from afml_cache.report import MB, format_size, format_when
 
 # Run 3 changes the CUSUM threshold: these steps depend on it, the others come from the cache.
 _DOWNSTREAM_OF_THRESHOLD = {"cusum_filter", "triple_barrier_labels", "training_set"}
@@ -281,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("file", metavar="FILE", help="the report to write: .html, .htm or .csv")
     report.set_defaults(run=_report)
 
+    backtests = command(
+        "backtests",
+        "list cached backtest runs, the best parameters, or write their HTML report",
+        "List the backtest runs cached by cached_backtest or BacktestCache: each strategy's "
+        "newest runs, or with --best METRIC its top runs by that metric (sharpe_ratio finds "
+        "'Sharpe Ratio'). --report FILE.html writes a self-contained page instead: the runs "
+        "ranked, the top runs' equity curves, and a heatmap when two parameters vary.",
+        "  afml-cache backtests\n"
+        "  afml-cache backtests --strategy sma_cross --best sharpe_ratio --top 3\n"
+        "  afml-cache backtests --report backtests.html --best sharpe_ratio\n",
+        scripted,
+    )
+    backtests.add_argument("--strategy", metavar="S", help="only the runs of this strategy")
+    backtests.add_argument("--best", metavar="METRIC", help="rank the runs by this metric")
+    backtests.add_argument(
+        "--top", metavar="N", type=int, default=10, help="how many runs to show (default 10)"
+    )
+    backtests.add_argument("--report", metavar="FILE", help="write the HTML report to FILE")
+    backtests.set_defaults(run=_backtests)
+
     from afml_cache.server import DEFAULT_HOST, DEFAULT_PORT
 
     serve = command(
@@ -412,10 +432,6 @@ def _interactive_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def _mb(size: float) -> str:
-    return f"{size / 1e6:,.2f} MB"
-
-
 def _count(n: int, noun: str) -> str:
     """``1 entry``, ``5 entries``, ``1,200 calls``."""
     if n == 1:
@@ -438,8 +454,8 @@ def _stats(args: argparse.Namespace) -> int:
     store, rows = document["store"], document["functions"]
     _write(
         f"Cache directory: {document['directory']}\n"
-        f"  {store['count']:,} entries, {_mb(store['bytes'])}; {store['evictions']:,} evicted "
-        "so far\n\n"
+        f"  {store['count']:,} entries, {format_size(store['bytes'])}; "
+        f"{store['evictions']:,} evicted so far\n\n"
     )
     if not rows:
         _write("No cached function has been called with this cache directory yet.\n")
@@ -565,7 +581,9 @@ def _clear(args: argparse.Namespace) -> int:
             }
         )
     else:
-        _write(f"Removed {_count(removed, 'entry')} ({_mb(size)}) from {cache.directory}.\n")
+        _write(
+            f"Removed {_count(removed, 'entry')} ({format_size(size)}) from {cache.directory}.\n"
+        )
         for error in errors:
             sys.stderr.write(f"afml-cache clear: could not remove {error}\n")
     return PROBLEMS if errors else OK
@@ -597,7 +615,7 @@ def _clear_everything(cache: Cache, args: argparse.Namespace) -> int:
                 USAGE,
             )
         sys.stderr.write(
-            f"Remove all {count:,} entries ({_mb(size)}) and the statistics from "
+            f"Remove all {count:,} entries ({format_size(size)}) and the statistics from "
             f"{cache.directory}? [y/N] "
         )
         sys.stderr.flush()
@@ -618,7 +636,7 @@ def _clear_everything(cache: Cache, args: argparse.Namespace) -> int:
         )
     else:
         _write(
-            f"Removed {_count(removed, 'entry')} ({_mb(size)}) and the statistics from "
+            f"Removed {_count(removed, 'entry')} ({format_size(size)}) and the statistics from "
             f"{cache.directory}.\n"
         )
     return OK
@@ -633,12 +651,16 @@ def _prune(args: argparse.Namespace) -> int:
     if args.max_size is None and args.max_age is None:
         raise _Failure("say what to prune to: --max-size SIZE and/or --max-age AGE", USAGE)
     cache = _open_cache(args)
+    before = cache.volume()
     result = maintain_cache(
         auto_clear=not args.dry_run,
-        max_size_mb=args.max_size / 1e6 if args.max_size is not None else None,
+        max_size_mb=args.max_size / MB if args.max_size is not None else None,
         max_age_days=args.max_age / 86400 if args.max_age is not None else None,
     )
-    document = {"directory": str(cache.directory), **result, "bytes_after": cache.volume()}
+    cleared = round(result["size_cleared_mb"] * MB)
+    # A dry run removed nothing: what would remain is what is there less what would go.
+    after = before - cleared if args.dry_run else cache.volume()
+    document = {"directory": str(cache.directory), **result, "bytes_after": after}
     if args.json:
         _write_json(document)
     else:
@@ -646,11 +668,15 @@ def _prune(args: argparse.Namespace) -> int:
         reasons = ", ".join(
             f"{n:,} {why.replace('_', ' ')}" for why, n in result["reasons"].items()
         )
+        rest = (
+            f"{format_size(after)} would remain of {format_size(before)}"
+            if args.dry_run
+            else f"{format_size(after)} remain"
+        )
         _write(
             f"{verb} {_count(result['entries_removed'], 'entry')} "
-            f"({result['size_cleared_mb']:,.2f} MB"
-            f"{'; ' + reasons if reasons else ''}) from {cache.directory}; "
-            f"{_mb(document['bytes_after'])} remain.\n"
+            f"({format_size(cleared)}{'; ' + reasons if reasons else ''}) "
+            f"from {cache.directory}; {rest}.\n"
         )
         for error in result["errors"]:
             sys.stderr.write(f"afml-cache prune: {error}\n")
@@ -684,8 +710,8 @@ def _import(args: argparse.Namespace) -> int:
     cache = _open_cache(args, create=True)
     try:
         count = cache.import_(args.file)
-    except (CacheError, OSError, tarfile.TarError, ValueError) as exc:
-        raise _Failure(f"could not import {args.file}: {exc}", PROBLEMS) from None
+    except CacheError as exc:  # it names the archive, the member and what is wrong
+        raise _Failure(str(exc), PROBLEMS) from None
     if args.json:
         _write_json({"directory": str(cache.directory), "file": args.file, "entries": count})
     else:
@@ -711,6 +737,25 @@ def _report(args: argparse.Namespace) -> int:
         _write_json({"directory": str(cache.directory), "file": str(written)})
     else:
         _write(f"Wrote the report of {cache.directory} to {written}.\n")
+    return OK
+
+
+def _backtests(args: argparse.Namespace) -> int:
+    from afml_cache.backtest_cache import BacktestCache, backtests_command
+
+    backtests = BacktestCache(_open_cache(args))
+    try:
+        document, text = backtests_command(
+            backtests, args.strategy, args.best, args.top, args.report
+        )
+    except (KeyError, ValueError) as exc:
+        raise _Failure(str(exc.args[0]), USAGE) from None
+    except OSError as exc:
+        raise _Failure(f"could not write {args.report}: {exc}", PROBLEMS) from None
+    if args.json:
+        _write_json(document)
+    else:
+        _write(text)
     return OK
 
 
