@@ -1,7 +1,7 @@
 # One entry point for the usual chores; CI runs `make test`.
 PYTHON ?= python3
 
-.PHONY: help build test lint bench demo
+.PHONY: help build test lint rust-components bench demo
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -9,23 +9,32 @@ help: ## list the targets
 build: ## build the extension (release) and install the package in editable mode
 	$(PYTHON) -m pip install -e .
 
-test: ## install what the tests need, build in release mode, run cargo test and pytest
+test: ## install what tests and lint need, build in release mode, lint, cargo test, pytest
 	$(PYTHON) -m pip install -e ".[test]"
+	$(MAKE) lint
 	cargo test --lib
 	$(PYTHON) -m pytest
 
-lint: ## rustfmt, clippy -D warnings, ruff, and the stub check of afml_cache._core
+lint: rust-components ## rustfmt, clippy -D warnings, ruff, and the stub check of afml_cache._core
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy.stubtest afml_cache._core
 
-bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas and blake3
-	$(PYTHON) -m pip install -e ".[bench]"
+# A toolchain installed with a minimal rustup profile lacks clippy and rustfmt: add them then only.
+rust-components:
+	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 \
+		|| rustup component add clippy rustfmt
+
+bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas, blake3 and MLflow
+	$(PYTHON) -m pip install -e ".[bench,mlflow]"
 	$(PYTHON) benches/bench_fingerprint.py
 	$(PYTHON) benches/bench_store.py
 	$(PYTHON) benches/bench_decorators.py
+	$(PYTHON) benches/bench_machine.py
+	$(PYTHON) benches/bench_backtest.py
+	$(PYTHON) benches/bench_mlflow.py
 
 demo: ## run the demo
 	afml-cache demo

@@ -59,6 +59,16 @@ def median(samples: Sequence[float]) -> float:
     return statistics.median(samples)
 
 
+def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """The median time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def fmt_seconds(seconds: float) -> str:
     """Human-readable duration: ``812 ns``, ``1.23 µs``, ``45.6 ms``, ``2.01 s``."""
     if seconds < 1e-6:

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import afml_cache
-from afml_cache.cli import main, run_demo
+from afml_cache.cli import main
+from afml_cache.demo import run_demo
 
 
 @pytest.fixture

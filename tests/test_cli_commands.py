@@ -1,5 +1,5 @@
 """The `afml-cache` subcommands other than `demo`: stats, health, clear, prune, export, import,
-report, bench, and their exit codes, JSON output and errors.
+report, and their exit codes, JSON output and errors.
 
 Commands run in-process through `cli.main([...])` (output captured by capsys) and, where the
 process boundary matters (exit status, the console script), as a real subprocess. Each test
@@ -479,7 +479,7 @@ def test_help_lists_commands_and_exit_codes(capsys):
         assert f"\n  {code}" in out
 
 
-@pytest.mark.parametrize("command", ["stats", "health", "clear", "prune", "export", "bench"])
+@pytest.mark.parametrize("command", ["stats", "health", "clear", "prune", "export"])
 def test_every_subcommand_has_help_with_dir_and_examples(command, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main([command, "--help"])
@@ -520,35 +520,3 @@ def test_the_console_script(filled):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["store"]["count"] == 5
-
-
-# --- bench ------------------------------------------------------------------------------------
-
-
-def test_bench_quick_measures_every_case_beside_the_installed_tools(tmp_path, capsys):
-    code, document = run_json(capsys, "bench", "--quick", "--dir", str(tmp_path))
-    assert code == 0
-    assert list(tmp_path.iterdir()) == []  # its temporary caches are gone
-    cases = {
-        "fingerprint_frame",
-        "set_small",
-        "get_small",
-        "set_array",
-        "get_array",
-        "decorated_hit_scalars",
-    }
-    assert {r["case"] for r in document["results"] if r["tool"] == "afml-cache"} == cases
-    assert all(r["median_seconds"] > 0 for r in document["results"])
-    assert document["frame_rows"] == 200_000
-    assert document["array_bytes"] == 10 * 1024 * 1024
-    installed = {n for n, v in document["machine"]["versions"].items() if v is not None}
-    hit_tools = {r["tool"] for r in document["results"] if r["case"] == "decorated_hit_scalars"}
-    expected = {"afml-cache"}
-    for module, tool in (
-        ("joblib", "joblib.Memory"),
-        ("diskcache", "diskcache.memoize"),
-        ("cachier", "cachier"),
-    ):
-        if module in installed:
-            expected.add(tool)
-    assert hit_tools == expected

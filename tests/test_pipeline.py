@@ -1,4 +1,4 @@
-"""The AFML pipeline steps (`afml_cache.pipeline`) against the book's reference loops."""
+"""The AFML pipeline steps (`afml_cache.demo.pipeline`) against the book's reference loops."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afml_cache import pipeline
-from afml_cache.pipeline import (
+from afml_cache.demo import pipeline
+from afml_cache.demo.pipeline import (
     BARRIERS,
     STEPS,
     cusum_filter,

@@ -1,9 +1,10 @@
-"""The exceptions afml-cache raises. All derive from `CacheError`; each also derives from the
-builtin that fits, so `except TypeError` keeps working around a fingerprint failure."""
+"""The exceptions afml-cache raises and the warning it issues. Every error derives from
+`CacheError` and also from the builtin that fits, so `except TypeError` keeps working around a
+fingerprint failure; every warning is a `CacheWarning`, so users filter them by class."""
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "FingerprintError", "StoreError"]
+__all__ = ["CacheError", "CacheWarning", "FingerprintError", "StoreError"]
 
 
 class CacheError(Exception):
@@ -20,3 +21,10 @@ class StoreError(CacheError, OSError):
 
     ``errno`` and ``filename`` say what failed where; entries already stored are unharmed.
     """
+
+
+class CacheWarning(UserWarning):
+    """Something the user must see once: a cache failure that degraded to computing again, an
+    argument fingerprinted through its pickle reduction, a setting that was not understood.
+
+    ``warnings.filterwarnings("ignore", category=afml_cache.CacheWarning)`` silences them all."""

@@ -1,6 +1,7 @@
 //! The one layer that touches Python: it walks Python values, hands bytes, shapes and Arrow
 //! data to the core with the GIL released for heavy work, and turns failures into exceptions.
 
+mod error;
 pub mod store;
 mod walk;
 

@@ -6,38 +6,10 @@ use std::time::Duration;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 
 use crate::codec::{self, Compression};
-use crate::error::Error;
 use crate::store::{self, CallRecord, Lookup, NewEntry, Scanned, Stored};
-
-impl From<Error> for PyErr {
-    fn from(err: Error) -> PyErr {
-        Python::attach(|py| match &err {
-            Error::InvalidArgument(message) => PyValueError::new_err(message.clone()),
-            Error::Io { path, source, .. } => match error_type(py, "StoreError") {
-                Ok(ty) => PyErr::from_type(
-                    ty.clone(),
-                    (source.raw_os_error().unwrap_or(0), err.to_string(), path.display().to_string()),
-                ),
-                Err(e) => e,
-            },
-            _ => match error_type(py, "CacheError") {
-                Ok(ty) => PyErr::from_type(ty.clone(), err.to_string()),
-                Err(e) => e,
-            },
-        })
-    }
-}
-
-fn error_type<'py>(py: Python<'py>, name: &str) -> PyResult<&'py Bound<'py, PyType>> {
-    static STORE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    static CACHE_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    let cell = if name == "StoreError" { &STORE_ERROR } else { &CACHE_ERROR };
-    cell.import(py, "afml_cache.errors", name)
-}
 
 /// A cache directory on disk (see src/store/mod.rs). Thread-safe; share one per directory.
 #[pyclass(frozen, module = "afml_cache._core")]
@@ -269,10 +241,18 @@ impl Store {
         Ok(py.detach(|| self.inner.evict())?)
     }
 
-    /// Problems found, as dicts with `path`, `problem`, `fixed`.
-    #[pyo3(signature = (fix = false))]
-    fn check<'py>(&self, py: Python<'py>, fix: bool) -> PyResult<Bound<'py, PyList>> {
-        let problems = py.detach(|| self.inner.check(fix))?;
+    /// Problems found, as dicts with `path`, `problem`, `fixed`. `progress(done, total)` is
+    /// called about a hundred times as files are verified; an error it raises is ignored.
+    #[pyo3(signature = (fix = false, progress = None))]
+    fn check<'py>(&self, py: Python<'py>, fix: bool, progress: Option<Py<PyAny>>) -> PyResult<Bound<'py, PyList>> {
+        let report = |done: usize, total: usize| {
+            if let Some(callback) = &progress {
+                if done == total || done.is_multiple_of((total / 100).max(1)) {
+                    Python::attach(|py| drop(callback.call1(py, (done, total))));
+                }
+            }
+        };
+        let problems = py.detach(|| self.inner.check_with_progress(fix, &report))?;
         let out = PyList::empty(py);
         for p in problems {
             let d = PyDict::new(py);

@@ -22,6 +22,7 @@ use pyo3::types::{
     PySet, PySlice, PyString, PyTuple, PyType,
 };
 
+use super::error::{fingerprint_error, is_fingerprint_error};
 use crate::fingerprint::array::{write_elements, write_masked, StridedBytes};
 use crate::fingerprint::arrow::{write_arrow, write_arrow_field};
 use crate::fingerprint::{Encoder, Tag, PARALLEL_THRESHOLD};
@@ -427,20 +428,8 @@ impl<'py> Walker<'py> {
                 Step::Rule(rule) => at.push_str(&format!("<{rule}>")),
             }
         }
-        match fingerprint_error_type(self.py) {
-            Ok(ty) => PyErr::from_type(ty.clone(), format!("{message} (at {at})")),
-            Err(err) => err,
-        }
+        fingerprint_error(self.py, format!("{message} (at {at})"))
     }
-}
-
-fn fingerprint_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static FINGERPRINT_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    FINGERPRINT_ERROR.import(py, "afml_cache.errors", "FingerprintError")
-}
-
-fn is_fingerprint_error(py: Python<'_>, err: &PyErr) -> bool {
-    fingerprint_error_type(py).is_ok_and(|ty| err.get_type(py).is_subclass(ty).unwrap_or(false))
 }
 
 /// The address of an array's first element.
