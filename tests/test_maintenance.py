@@ -536,6 +536,15 @@ def test_export_import_and_maintenance_show_progress_on_a_terminal(
     assert remaining(cache) == []
 
 
+def test_check_shows_progress_on_a_terminal(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = watched(monkeypatch)
+    for key in "abcd":
+        put(cache, "m.x", key)
+    assert cache.check() == []
+    assert "afml-cache check: 100%" in terminal.getvalue()
+    assert "4/4" in terminal.getvalue()
+
+
 def test_progress_is_silent_in_pipes_and_without_tqdm(
     cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

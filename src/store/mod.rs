@@ -13,6 +13,8 @@ mod layout;
 pub mod lock;
 pub mod policy;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 mod trust;
 
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -635,22 +637,19 @@ impl Store {
     /// Verifies every entry (MAC, framing, that it sits at its key's path). With `fix`, removes
     /// what fails and abandoned temp files, and rebuilds the shared sizes from what remains.
     pub fn check(&self, fix: bool) -> Result<Vec<Problem>> {
+        self.check_with_progress(fix, &|_, _| {})
+    }
+
+    /// `check`, calling `progress(done, total)` as files are verified (from worker threads).
+    pub fn check_with_progress(&self, fix: bool, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Problem>> {
         let mut files = Vec::new();
         collect_files(&layout::entries_dir(&self.root), &mut files)?;
+        let total = files.len();
+        let done = AtomicUsize::new(0);
         let results: Vec<(Option<Problem>, u64)> = parallel::map(&files, |path| {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if let Some(writer) = layout::temp_writer(name) {
-                let fixed = fix && remove_if_abandoned(path, writer);
-                let problem = "an unfinished temp file (its writer stopped or is still writing)";
-                return (Some(Problem { path: path.clone(), problem: problem.into(), fixed }), 0);
-            }
-            match self.verify_file(path) {
-                Ok(size) => (None, size),
-                Err(why) => {
-                    let fixed = fix && fs::remove_file(path).is_ok();
-                    (Some(Problem { path: path.clone(), problem: why, fixed }), 0)
-                }
-            }
+            let result = self.check_file(path, fix);
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+            result
         });
         if fix {
             let good: Vec<u64> = results.iter().filter(|(p, _)| p.is_none()).map(|(_, s)| *s).collect();
@@ -659,6 +658,23 @@ impl Store {
             self.keyring().stats.add(Counter::Generation, 1);
         }
         Ok(results.into_iter().filter_map(|(p, _)| p).collect())
+    }
+
+    /// One file of `check`: its problem, if any, and its size when it is a good entry.
+    fn check_file(&self, path: &Path, fix: bool) -> (Option<Problem>, u64) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if let Some(writer) = layout::temp_writer(name) {
+            let fixed = fix && remove_if_abandoned(path, writer);
+            let problem = "an unfinished temp file (its writer stopped or is still writing)";
+            return (Some(Problem { path: path.to_path_buf(), problem: problem.into(), fixed }), 0);
+        }
+        match self.verify_file(path) {
+            Ok(size) => (None, size),
+            Err(why) => {
+                let fixed = fix && fs::remove_file(path).is_ok();
+                (Some(Problem { path: path.to_path_buf(), problem: why, fixed }), 0)
+            }
+        }
     }
 
     fn verify_file(&self, path: &Path) -> std::result::Result<u64, String> {
