@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from afml_cache._core import KeyLock, StagedImport, Store, fingerprint
-from afml_cache.errors import CacheError, StoreError
-from afml_cache.progress import progress
+from afml_cache.errors import CacheError, CacheWarning, StoreError
+from afml_cache.progress import progress, progress_callback
 
 __all__ = [
     "COMPRESSIONS",
@@ -225,9 +225,16 @@ class _Entry:
         return len(self.stream) + sum(len(raw) for raw, _ in self.buffers)
 
 
+# Numbers cannot change in place: the memory tier may hand one object to every hit (strings
+# and bytes would be held twice, unaccounted).
+_IMMUTABLE = frozenset({int, float, complex, bool, type(None)})
+
+
 @dataclass
 class _Remembered:
-    """A value held in memory as its serialized form, never as the live object a caller got."""
+    """A value held in memory as its serialized form, never as the live object a caller got;
+    once unpickled, a number (`_IMMUTABLE`) is kept too, as ``(value,)``, to spare each later
+    hit the unpickling."""
 
     stream: bytes
     buffers: list[np.ndarray]
@@ -236,6 +243,7 @@ class _Remembered:
     compute_time: float
     generation: int
     nbytes: int
+    immutable: tuple[Any] | None = None
 
 
 class _MemoryTier:
@@ -535,7 +543,7 @@ class Cache:
                 f"afml_cache: the value for {_describe(entry.label)} takes {size:,} bytes on "
                 f"disk, more than the whole size_limit ({self.size_limit:,} bytes), so it was "
                 "not stored",
-                UserWarning,
+                CacheWarning,
                 stacklevel=3,
             )
             return False
@@ -579,13 +587,19 @@ class Cache:
         slot = (self.namespace, digest)
         remembered = self._memory.get(slot)
         if remembered is not None and self._still_current(slot, remembered):
-            try:
-                value = _deserialize(remembered.stream, [_copy(b) for b in remembered.buffers])
-            except Exception as exc:
-                self._drop_unusable(digest, exc)
-                return False, None, 0.0
+            if remembered.immutable is not None:
+                value = remembered.immutable[0]
+            else:
+                try:
+                    value = _deserialize(remembered.stream, list(map(_copy, remembered.buffers)))
+                except Exception as exc:
+                    self._drop_unusable(digest, exc)
+                    return False, None, 0.0
+                if type(value) in _IMMUTABLE:
+                    remembered.immutable = (value,)
             self._store.count_hit()
-            self._note_access(slot)
+            if self._accesses.note(slot):
+                self._flush_accesses()
             return True, value, remembered.compute_time
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
@@ -614,7 +628,7 @@ class Cache:
         _log.warning("%s (entry %s)", message, digest)
         if self.namespace not in self._unpickle_warned:
             self._unpickle_warned.add(self.namespace)
-            warnings.warn(message, UserWarning, stacklevel=4)
+            warnings.warn(message, CacheWarning, stacklevel=4)
 
     def _remember(
         self,
@@ -640,10 +654,6 @@ class Cache:
         remembered = _Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
         self._memory.put(slot, remembered)
 
-    def _note_access(self, slot: tuple[str, str]) -> None:
-        if self._accesses.note(slot):
-            self._flush_accesses()
-
     def _flush_accesses(self) -> None:
         for (namespace, digest), (hits, last_ns) in self._accesses.drain().items():
             self._store.record_access(namespace, digest, hits, last_ns)
@@ -660,6 +670,11 @@ class Cache:
             return True
         self._memory.drop(slot)
         return False
+
+    def generation(self) -> int:
+        """A number that changes whenever any entry of the directory changes, in any process:
+        what was read from this cache at generation g is current while this still returns g."""
+        return self._store.generation()
 
     def namespaced(self, namespace: str, compression: str | None = None) -> Cache:
         """A view of this cache for another namespace, sharing its directory, memory tier and
@@ -826,7 +841,8 @@ class Cache:
         _WRITER.flush()
         if fix:
             self._memory.clear()
-        return [dict(p, path=str(p["path"])) for p in self._store.check(fix)]
+        problems = self._store.check(fix, progress_callback("check"))
+        return [dict(p, path=str(p["path"])) for p in problems]
 
     # --- archives -----------------------------------------------------------------------------
 

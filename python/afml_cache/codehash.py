@@ -119,7 +119,7 @@ import types
 import uuid
 import weakref
 import zoneinfo
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
@@ -750,13 +750,13 @@ class _FunctionNode:
         for name, expected in self.same:
             current = scope.get(name, missing)
             if current is missing:
-                current = _builtins_of(fn).get(name, missing)
+                current = fn.__builtins__.get(name, missing)  # type: ignore[attr-defined]
             if expected() is not current:
                 return None
         for name, check in self.names:
             current = scope.get(name, missing)
             if current is missing:
-                current = _builtins_of(fn).get(name, missing)
+                current = fn.__builtins__.get(name, missing)  # type: ignore[attr-defined]
             if not _matches(check, current):
                 return None
         for ref, modules, check in self.paths:
@@ -771,7 +771,7 @@ class _FunctionNode:
             for cell, check in zip(fn.__closure__ or (), self.cells, strict=False):
                 if not _matches(check, _cell_contents(cell)):
                     return None
-        return _alive(self.children)
+        return _alive(self.children) if self.children else []
 
     def add_name(self, name: str, check: Check) -> None:
         if check[0] == _SAME:
@@ -1152,6 +1152,9 @@ def _walk(roots: list[object]) -> Walked:
     pinned: list[object] = []  # keeps each visited object alive, so its id stays its own
     stack: list[Any] = roots[::-1]
     nodes = _nodes
+    # WeakKeyDictionary.get is `data.get(ref(key))` in Python: calling the dict directly saves a
+    # frame for every function and class reached, on every call.
+    stored, ref = nodes.data, weakref.ref
     while stack:
         obj = stack.pop()
         if id(obj) in seen:
@@ -1159,8 +1162,8 @@ def _walk(roots: list[object]) -> Walked:
         seen.add(id(obj))
         pinned.append(obj)
         try:
-            node = nodes.get(obj)
-        except TypeError:  # a class whose metaclass makes it unhashable
+            node = stored.get(ref(obj))
+        except TypeError:  # not weakly referenceable, or a metaclass that makes it unhashable
             node = None
         children = None
         if node is not None:
@@ -1206,8 +1209,6 @@ def _combine(digests: tuple[str, ...]) -> str:
 
 def _current(live: Found) -> tuple[tuple[str, Any], ...]:
     """The values that count by content, as they are now, each with the name it is read by."""
-    if not live:
-        return ()
     values = []
     for entries, owner in live:
         for label, read in entries:
@@ -1248,7 +1249,7 @@ def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, An
     Raises `FingerprintError` only when a value cannot be read (a race with another thread).
     """
     digests, live, _ = _walk([obj])
-    return _combine(digests), _current(live)
+    return _combine(digests), _current(live) if live else ()
 
 
 def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
@@ -1287,14 +1288,16 @@ def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
 _library_types: set[type] = set()  # argument types known not to be the user's own classes
 
 
-def arguments_code(values: Iterable[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+def arguments_code(values: Collection[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
     """The code states (`code_state`) of the user classes among ``values``, given as classes or
     through an instance (``self``, a strategy object): a value's fingerprint names its class but
     does not read its methods."""
+    if _library_types.issuperset(map(type, values)):  # nearly every hit: ints, strings, frames
+        return ()
     states = []
     for value in values:
         cls = type(value)
-        if cls in _library_types:  # on nearly every hit: ints, strings, arrays, frames
+        if cls in _library_types:
             continue
         if isinstance(value, type):  # a class passed as an argument
             cls = value

@@ -39,12 +39,13 @@ from afml_cache import config
 from afml_cache._core import SPEC_VERSION, KeyLock, fingerprint
 from afml_cache.cache import Cache, check_compression, check_ttl
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
-from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.errors import CacheError, CacheWarning, FingerprintError
 from afml_cache.report import format_latency, format_size
 
 __all__ = [
     "cacheable",
     "cached_functions",
+    "caller_stacklevel",
     "function_name",
     "robust_cacheable",
     "time_aware_cacheable",
@@ -285,28 +286,25 @@ class _Engine:
             return {k: v for k, v in arguments.items() if k not in self.options.ignore}
         return arguments
 
-    def _identity(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
-        """The digest of what makes this function's keys its own: its name, code and
-        ``version=``, recomputed only when the code fingerprint changes; and the values its code
-        reads that count by their content now (mutable globals, closure cells), less
-        ``ignore_globals``."""
-        code, live = code_state(self.fn)
-        code = self._as_origin(code)
-        known = self._known_identity
-        if known is None or known[0] != code:
-            material = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
-            known = self._known_identity = (code, fingerprint(material))
-        if live and self.options.ignore_globals:
-            live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
-        return known[1], live
-
     def _key(self, arguments: dict[str, Any], ranges: tuple[Any, ...]) -> str | None:
+        """The digest of: what makes this function's keys its own (its name, code and
+        ``version=``, recomputed only when the code fingerprint changes); the values its code
+        reads that count by their content now (mutable globals, closure cells), less
+        ``ignore_globals``; the code of the user classes among the arguments (or their
+        instances' classes); the arguments; the time ranges. None when it runs uncached."""
         live: tuple[tuple[str, Any], ...] = ()
         try:
-            identity, live = self._identity()
-            # Classes among the arguments (or their instances' classes) count by their code.
+            code, live = code_state(self.fn)
+            if self._landed is not None:
+                code = self._as_origin(code)
+            known = self._known_identity
+            if known is None or known[0] != code:
+                own = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
+                known = self._known_identity = (code, fingerprint(own))
+            if live and self.options.ignore_globals:
+                live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
             classes = arguments_code(arguments.values())
-            material = (identity, live, classes, tuple(arguments.items()), ranges)
+            material = (known[1], live, classes, tuple(arguments.items()), ranges)
             return fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
             culprit = self._culprit(arguments, live)
@@ -374,10 +372,10 @@ class _Engine:
         arguments = self._bound(args, kwargs)
         if arguments is None:
             return None
-        call = _NO_RANGES
+        call, ranges = _NO_RANGES, ()
         if self.time_options is not None:
             call = _Call(_time_ranges(arguments, self.time_options))
-        ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
+            ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
         key = self._key(arguments, ranges)
         return None if key is None else (cache, key, call)
 
@@ -535,7 +533,7 @@ class _Engine:
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
-            warnings.warn(message, UserWarning, stacklevel=_caller_stacklevel())
+            warnings.warn(message, CacheWarning, stacklevel=caller_stacklevel())
 
     # --- the function's own cache --------------------------------------------------------------
 
@@ -663,9 +661,9 @@ def _say(line: str) -> None:
         print(f"[afml_cache] {line}", file=sys.stderr, flush=True)
 
 
-def _caller_stacklevel() -> int:
+def caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning at the first frame outside afml_cache: the
-    user's call of the decorated function."""
+    user's call of the decorated function (for the integrations' warnings too)."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_globals.get("__name__", "").startswith("afml_cache"):
         frame, level = frame.f_back, level + 1
