@@ -162,6 +162,26 @@ def test_a_backtest_defined_in_a_script_runs_in_joblib_workers(cache_dir, tmp_pa
     assert sorted((tmp_path / "script.txt").read_text().split()) == ["0", "1", "2"]
 
 
+def test_a_script_backtest_with_its_own_cache_runs_in_joblib_workers(tmp_path, run_python):
+    # It travels by value with the decorators' engine, which sends the cache's address.
+    script = f"""
+        import numpy as np
+        from joblib import Parallel, delayed
+        import afml_cache
+        from afml_cache import cached_backtest
+
+        @cached_backtest("own_cache", cache=afml_cache.Cache({str(tmp_path / "own")!r}))
+        def backtest(data, params):
+            return {{"total": float(data.sum()) * params}}
+
+        data = np.arange(10.0)
+        print(Parallel(n_jobs=2)(delayed(backtest)(data, p) for p in [1, 2, 1, 2]))
+        print(len(backtest.runs()))
+    """
+    out, runs = run_python(script).split("\n")[:2]
+    assert (out, runs) == (str([{"total": 45.0 * p} for p in (1, 2) * 2]), "2")
+
+
 def test_a_sweep_killed_halfway_resumes_where_it_stopped(cache_dir, counter):
     for params in hb.GRID[:3]:
         hb.run_sma(GOOG, params, counter)
@@ -214,6 +234,25 @@ def test_extra_arguments_and_parameter_types_are_in_the_key(cache_dir):
     assert backtest(data, np.int64(1)) == {"total": 1.0}  # numpy scalar parameters
     assert len(calls) == 4
     assert len(backtest.runs()) == 4
+
+
+def test_a_script_backtest_is_named_and_keyed_as_robust_cacheable_names_and_keys_it(cache_dir):
+    # As a script defines it: its runs carry the script's path, like its decorated functions.
+    code = (
+        "from afml_cache import cached_backtest\n"
+        "@cached_backtest('script_strategy', strict=True)\n"
+        "def backtest(data, params):\n"
+        "    return {'total': float(sum(data)) * params}\n"
+    )
+    defined = {"__name__": "__main__", "__file__": "/home/ana/sweep.py"}
+    exec(code, defined)
+    backtest = defined["backtest"]
+    assert backtest([1.0, 2.0], 2) == backtest.uncached([1.0, 2.0], 2) == {"total": 6.0}
+    runs = BacktestCache().runs(function="__main__[/home/ana/sweep.py].backtest")
+    assert list(runs.index) == [backtest.last_run_id]
+    # A key failure names the argument, as robust_cacheable's does.
+    with pytest.raises(afml_cache.FingerprintError, match=r"backtest: argument 'params'"):
+        backtest([1.0], threading.Lock())
 
 
 def test_editing_the_strategy_class_recomputes(cache_dir, tmp_path, monkeypatch):

@@ -361,6 +361,24 @@ def test_log_hits_false_records_no_run_for_a_hit(tracking: MLflowCache) -> None:
     assert computed[0].data.params["values.shape"] == "(50,)"
 
 
+def test_a_script_function_is_tagged_with_the_name_its_entries_have(
+    tracking: MLflowCache,
+) -> None:
+    code = (
+        "from afml_cache import mlflow_cached\n"
+        "@mlflow_cached(log_model=False)\n"
+        "def score(n):\n"
+        "    return {'total': float(n)}\n"
+    )
+    defined: dict[str, Any] = {"__name__": "__main__", "__file__": "/home/ana/train.py"}
+    exec(code, defined)
+    score = defined["score"]
+    assert score(3) == score.uncached(3) == {"total": 3.0}
+    [computed], _ = runs_by_hit(tracking)
+    name = "__main__[/home/ana/train.py].score"
+    assert computed.data.tags["afml_cache.function"] == name == score.__afml_cache__.name
+
+
 def test_experiment_run_as_the_guide_writes_it(tracking: MLflowCache) -> None:
     param_grid = [{"window": w} for w in (5, 10, 20)]
     data = pd.Series(np.sin(np.arange(200) / 7.0))

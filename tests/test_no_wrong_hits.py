@@ -211,6 +211,91 @@ def test_an_immutable_global_rebound_in_a_cell_is_a_miss(
     assert hits(nb["f"]) == 1
 
 
+# Globals with no fingerprint rule until they had one: the setup, the value with a hole for one
+# of two arguments (which give different results), and what the cached function returns.
+NAMESPACE_PATTERN_OPERATOR = {
+    "SimpleNamespace": (
+        "import types",
+        "types.SimpleNamespace(window={})",
+        (2, 5),
+        "CFG.window * x",
+    ),
+    "argparse.Namespace": (
+        "import argparse",
+        "argparse.Namespace(window={})",
+        (2, 5),
+        "CFG.window * x",
+    ),
+    "re-flags": ("import re", 're.compile("a+", {})', (0, "re.I"), 'len(CFG.findall("aAa" * x))'),
+    "re-pattern": ("import re", "re.compile({!r})", ("a+", "a*"), 'len(CFG.findall("ab" * x))'),
+    "itemgetter": ("import operator", "operator.itemgetter({})", (0, 1), "CFG([x, 2 * x])"),
+    "attrgetter": (
+        "import operator",
+        "operator.attrgetter({!r})",
+        ("real", "imag"),
+        "CFG(complex(x, 2 * x))",
+    ),
+    "methodcaller": (
+        "import operator",
+        'operator.methodcaller("count", {})',
+        (1, 2),
+        "CFG([1, 2, 2, 2, x])",
+    ),
+    "methodcaller-kwargs": (
+        "import operator",
+        'operator.methodcaller("split", maxsplit={})',
+        (1, 2),
+        'len(CFG("a b c d" * x))',
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(NAMESPACE_PATTERN_OPERATOR))
+def test_a_namespace_pattern_or_operator_global_rebound_in_a_cell_is_a_miss(
+    cache_dir: Path, kind: str
+) -> None:
+    setup, template, values, use = NAMESPACE_PATTERN_OPERATOR[kind]
+    before, after = (template.format(v) for v in values)
+    nb = Notebook()
+    nb.run(setup)
+    nb.run(f"CFG = {before}")
+    nb.run(f"""
+    from afml_cache import cacheable
+
+    @cacheable
+    def f(x):
+        return {use}
+    """)
+    first = check(nb["f"], 1)
+    nb.run(f"CFG = {after}")
+    second = check(nb["f"], 1)
+    assert first != second
+    nb.run(f"CFG = {before}")
+    check(nb["f"], 1)
+    assert hits(nb["f"]) == 1
+
+
+@pytest.mark.parametrize("namespace", ["types.SimpleNamespace", "argparse.Namespace"])
+def test_a_namespace_edited_in_place_is_a_miss(cache_dir: Path, namespace: str) -> None:
+    nb = Notebook()
+    nb.run(f"""
+    import argparse, types
+    from afml_cache import cacheable
+
+    cfg = {namespace}(window=2)
+
+    @cacheable
+    def f(x):
+        return cfg.window * x
+    """)
+    assert check(nb["f"], 3) == 6
+    nb.run("cfg.window = 5")
+    assert check(nb["f"], 3) == 15
+    nb.run("cfg.window = 2")
+    assert check(nb["f"], 3) == 6
+    assert hits(nb["f"]) == 1
+
+
 def test_a_tuple_of_helpers_counts_their_code(cache_dir: Path) -> None:
     nb = Notebook()
     helper = "def clip(x):\n    return min(x, 1)\n"

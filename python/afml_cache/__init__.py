@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from afml_cache._core import SPEC_VERSION, fingerprint
 from afml_cache.backtest_cache import (
     BacktestCache,
@@ -18,7 +20,7 @@ from afml_cache.config import (
     initialize_cache_system,
 )
 from afml_cache.decorators import cacheable, robust_cacheable, time_aware_cacheable
-from afml_cache.errors import CacheError, FingerprintError, StoreError
+from afml_cache.errors import CacheError, CacheWarning, FingerprintError, StoreError
 from afml_cache.fingerprinting import register_fingerprint
 from afml_cache.maintenance import maintain_cache, smart_cache_clear
 from afml_cache.mlflow_integration import (
@@ -40,7 +42,8 @@ from afml_cache.monitoring import (
 )
 from afml_cache.production import setup_production_cache
 
-__version__ = "0.1.0"
+# Written once, in Cargo.toml; maturin puts it in the package metadata.
+__version__ = importlib.metadata.version("afml-cache")
 
 __all__ = [
     "CACHE_DIRS",
@@ -51,6 +54,7 @@ __all__ = [
     "Cache",
     "CacheError",
     "CacheHealth",
+    "CacheWarning",
     "FingerprintError",
     "MLflowCache",
     "StoreError",

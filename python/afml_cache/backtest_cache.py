@@ -39,9 +39,9 @@ import pandas as pd
 
 from afml_cache import config
 from afml_cache._core import SPEC_VERSION, fingerprint
-from afml_cache.cache import Cache, flush_writes
-from afml_cache.codehash import arguments_code, code_state
-from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.cache import Cache, check_ttl, flush_writes
+from afml_cache.decorators import _Engine, _Options
+from afml_cache.errors import CacheError, CacheWarning
 
 __all__ = [
     "NAMESPACE",
@@ -240,8 +240,9 @@ class BacktestCache:
             self._fixed = Cache(directory, namespace=NAMESPACE)
         else:
             self._fixed = None  # follows configure(): the decorators' cache at each use
-        # The last listing and the store generation it was read at (see _entries).
-        self._listed: tuple[Any, int, list[tuple[dict[str, Any], dict[str, Any]]]] | None = None
+        self._view: tuple[Cache, Cache] | None = None  # (the decorators' cache, its view)
+        # The last listing, the view it was read from and its generation then (see _entries).
+        self._listed: tuple[Cache, int, list[tuple[dict[str, Any], dict[str, Any]]]] | None = None
 
     def __repr__(self) -> str:
         where = self._fixed.directory if self._fixed is not None else "the configured cache"
@@ -258,7 +259,10 @@ class BacktestCache:
                 f"the cache directory {config.CACHE_DIRS['base']} cannot be used, so backtests "
                 "cannot be cached; fix it or choose another with afml_cache.configure(directory=)"
             )
-        return shared.namespaced(NAMESPACE)
+        view = self._view
+        if view is None or view[0] is not shared:  # the first use, or configure() changed it
+            view = self._view = (shared, shared.namespaced(NAMESPACE))
+        return view[1]
 
     # --- runs ---------------------------------------------------------------------------------
 
@@ -301,7 +305,7 @@ class BacktestCache:
         except (CacheError, OSError, ValueError) as exc:
             warnings.warn(
                 f"afml_cache: the backtest {strategy_name!r} was not cached: {exc}",
-                UserWarning,
+                CacheWarning,
                 stacklevel=2,
             )
         return run_id
@@ -546,15 +550,15 @@ class BacktestCache:
         which every change to any entry by any process bumps, moves on."""
         cache = self.cache
         flush_writes()  # values this process is still writing behind count
-        store, generation = cache._store, cache._store.generation()
+        generation = cache.generation()
         listed = self._listed
-        if listed is None or listed[0] is not store or listed[1] != generation:
+        if listed is None or listed[0] is not cache or listed[1] != generation:
             found = []
             for entry in cache.entries():
                 meta = entry.get("metadata")
                 if isinstance(meta, dict) and "kind" in meta:
                     found.append((entry, meta))
-            listed = self._listed = (store, generation, found)
+            listed = self._listed = (cache, generation, found)
         return [(e, m) for e, m in listed[2] if kind is None or m["kind"] == kind]
 
 
@@ -706,49 +710,42 @@ def cached_backtest(
     ``ignore_globals``, ``version``, ``cache`` and ``strict``.
     """
     _check_strategy(strategy_name)
+    save_trades = bool(save_trades)
+    # The decorators' options: their engine names and keys each call. The version holds what
+    # else a run depends on, and keeps runs apart from robust_cacheable's entries.
     options = _Options(
-        strategy=strategy_name,
-        save_trades=bool(save_trades),
-        ttl=ttl,
+        ttl=check_ttl(ttl),
         tags=tuple([tags] if isinstance(tags, str) else tags),
         ignore=frozenset([ignore] if isinstance(ignore, str) else ignore),
+        version=("afml_cache.cached_backtest", strategy_name, save_trades, version),
+        cache=cache,
+        strict=strict,
         ignore_globals=frozenset(
             [ignore_globals] if isinstance(ignore_globals, str) else ignore_globals
         ),
-        version=version,
-        cache=cache,
-        strict=strict,
     )
-    if ttl is not None and not (_number(ttl) is not None and 0 < ttl < math.inf):
-        raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
-    return functools.partial(BacktestFunction, options=options)
 
+    def decorate(fn: Callable[..., Any]) -> BacktestFunction:
+        if not inspect.isfunction(fn):
+            raise TypeError(f"cached_backtest decorates a function, got {fn!r}")
+        return BacktestFunction(_Engine(fn, options, None), strategy_name, save_trades)
 
-@dataclass(frozen=True)
-class _Options:
-    strategy: str
-    save_trades: bool
-    ttl: float | None
-    tags: tuple[str, ...]
-    ignore: frozenset[str]
-    ignore_globals: frozenset[str]
-    version: Any
-    cache: Cache | None
-    strict: bool
+    return decorate
 
 
 class BacktestFunction:
     """A function decorated with `cached_backtest`: call it as the function itself."""
 
-    def __init__(self, fn: Callable[..., Any], options: _Options) -> None:
-        if not inspect.isfunction(fn):
-            raise TypeError(f"cached_backtest decorates a function, got {fn!r}")
-        functools.update_wrapper(self, fn)
-        self.uncached = fn
-        self._options = options
-        self._name = f"{fn.__module__}.{fn.__qualname__}"
-        self._signature = inspect.signature(fn)
-        names = list(self._signature.parameters)
+    def __init__(self, engine: _Engine, strategy: str, save_trades: bool) -> None:
+        functools.update_wrapper(self, engine.fn)
+        self.uncached = engine.fn
+        # robust_cacheable's engine: the function's name, its keys and its cache; this class
+        # keeps its own lookup, lock and store, as runs are kept apart from other entries.
+        self._engine = engine
+        self._strategy = strategy
+        self._save_trades = save_trades
+        self._name = engine.name
+        names = list(engine.signature.parameters)
         self._data_name: str | None = names[0] if names else None
         # The parameters: an argument named params (the guides'), else the second one.
         self._params_name: str | None = "params" if "params" in names else None
@@ -758,22 +755,22 @@ class BacktestFunction:
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
-        return f"<cached_backtest({self._options.strategy!r}) {self._name}>"
+        return f"<cached_backtest({self._strategy!r}) {self._name}>"
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else types.MethodType(self, instance)
 
     def __reduce__(self) -> Any:
         # By reference where an importable module holds this object, as pickle does for
-        # functions. Else by value, the function and the options, for workers that rebuild it:
-        # a script's or notebook's `__main__` is not the workers' (cloudpickle sends the code).
+        # functions. Else by value, with the engine, for workers that rebuild it: a script's or
+        # notebook's `__main__` is not the workers' (cloudpickle sends the code).
         qualname: str = self.uncached.__qualname__
         found: Any = sys.modules.get(self.__module__)
         for part in qualname.split("."):
             found = getattr(found, part, None)
         if found is self and self.__module__ != "__main__":
             return _decorated, (self.__module__, qualname)
-        return BacktestFunction, (self.uncached, self._options)
+        return BacktestFunction, (self._engine, self._strategy, self._save_trades)
 
     @property
     def last_run_id(self) -> str | None:
@@ -785,23 +782,18 @@ class BacktestFunction:
         cache = self._cache()
         if cache is None:
             return _frame([])
-        return BacktestCache(cache).runs(self._options.strategy, function=self._name)
+        return BacktestCache(cache).runs(self._strategy, function=self._name)
 
     def _cache(self) -> Cache | None:
-        base = self._options.cache if self._options.cache is not None else config.shared_cache()
-        return None if base is None else base.namespaced(NAMESPACE)
+        view = self._engine.cache()
+        return None if view is None else view.namespaced(NAMESPACE)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._local.run_id = None
         fn = self.uncached
         cache = self._cache() if config.cache_enabled() else None
-        if cache is None:
-            return fn(*args, **kwargs)
-        bound = self._signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        run_id = self._run_id(arguments)
-        if run_id is None:
+        run_id = None if cache is None else self._engine.key(args, kwargs)
+        if cache is None or run_id is None:
             return fn(*args, **kwargs)
         stored = self._lookup(cache, run_id)
         if stored is not None:
@@ -817,45 +809,12 @@ class BacktestFunction:
             start = time.perf_counter()
             result = fn(*args, **kwargs)
             elapsed = time.perf_counter() - start
-            if self._record(cache, run_id, arguments, result, elapsed):
+            if self._record(cache, run_id, args, kwargs, result, elapsed):
                 self._local.run_id = run_id
         finally:
             if lock is not None:
                 lock.release()
         return result
-
-    def _run_id(self, arguments: dict[str, Any]) -> str | None:
-        options = self._options
-        keyed = tuple((k, v) for k, v in arguments.items() if k not in options.ignore)
-        try:
-            # As robust_cacheable keys a call: the code and the values it reads now (mutable
-            # globals, closure cells), and the code of classes passed as arguments.
-            code, live = code_state(self.uncached)
-            live = tuple(item for item in live if item[0] not in options.ignore_globals)
-            classes = arguments_code(v for _, v in keyed)
-            material = (
-                "afml-cache backtest call",
-                SPEC_VERSION,
-                options.strategy,
-                self._name,
-                code,
-                live,
-                classes,
-                options.version,
-                options.save_trades,
-                keyed,
-            )
-            return fingerprint(material, strict=options.strict)
-        except FingerprintError as exc:
-            if options.strict:
-                raise FingerprintError(f"{self._name}: {exc}") from None
-            self._warn_once(
-                "key",
-                f"afml_cache: {self._name} runs uncached: an argument cannot be fingerprinted "
-                f"({exc}); give its type a __cache_key__() or register_fingerprint(), or list "
-                "the argument in ignore=",
-            )
-            return None
 
     def _lookup(self, cache: Cache, run_id: str) -> BacktestResult | None:
         try:
@@ -873,21 +832,30 @@ class BacktestFunction:
             return None
 
     def _record(
-        self, cache: Cache, run_id: str, arguments: dict[str, Any], result: Any, elapsed: float
+        self,
+        cache: Cache,
+        run_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        elapsed: float,
     ) -> bool:
         """Stores the run; on any failure warns once and returns False (the result stands)."""
-        options = self._options
+        options = self._engine.options
         try:
+            bound = self._engine.signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
             metrics, trades, equity = _parts(result)
-            value = result if options.save_trades else _without_trades(result)
+            value = result if self._save_trades else _without_trades(result)
             data = arguments.get(self._data_name) if self._data_name else None
             parameters = arguments.get(self._params_name) if self._params_name else None
             run = BacktestResult(
                 run_id=run_id,
-                strategy=options.strategy,
+                strategy=self._strategy,
                 parameters=parameters,
                 metrics=metrics,
-                trades=trades if options.save_trades else None,
+                trades=trades if self._save_trades else None,
                 equity_curve=equity,
                 data_range=_range_stamps(_data_range(data)),
                 value=value,
@@ -913,7 +881,7 @@ class BacktestFunction:
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def _decorated(module: str, qualname: str) -> Any:

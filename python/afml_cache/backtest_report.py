@@ -4,56 +4,32 @@ the metric when two parameters vary."""
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from afml_cache.report import format_when
+from afml_cache.report import STYLE, escape, format_when, table
 
 __all__ = ["equity_chart_svg", "heatmap_svg", "report_html"]
 
 # Colour-blind-safe (Okabe-Ito), in the order the top runs get them.
 _COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000")
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fff; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table.afml-cache { border-collapse: collapse; font-size: 0.9em; }
-table.afml-cache th, table.afml-cache td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; }
-table.afml-cache th { text-align: left; background: #f4f4f4; }
-table.afml-cache td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure.afml-chart { margin: 1.2em 0; } figure.afml-chart figcaption { font-weight: 600; }
-svg text { font-family: system-ui, sans-serif; font-size: 12px; fill: #222; }
+# The reports' style, and the legend, axes and grid of the charts here.
+_STYLE = (
+    STYLE
+    + """
 .afml-bt-legend span { display: inline-block; margin-right: 1.2em; font-size: 0.85em; }
 .afml-bt-legend i { display: inline-block; width: 1.4em; height: 0.3em; margin-right: 0.35em;
   vertical-align: middle; }
 svg .axis { stroke: #888; stroke-width: 1; } svg .grid { stroke: #e6e6e6; stroke-width: 1; }
 svg text.small { font-size: 11px; fill: #555; }
 """
+)
 _RANKED_ROWS = 20
 _OTHER_METRICS = 5
 _CURVE_POINTS = 600
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, bool]]]) -> str:
-    """An HTML table; each cell is (text, numeric). Every text is escaped here."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="num">{_e(t)}</td>' if num else f"<td>{_e(t)}</td>" for t, num in row)
-        + "</tr>"
-        for row in rows
-    )
-    return (
-        f'<table class="afml-cache afml-bt-ranked"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
-    )
 
 
 def _fmt(value: Any) -> str:
@@ -92,7 +68,7 @@ def _ranked_table(ranked: pd.DataFrame, metric: str, params: list[str]) -> str:
         )
     more = len(ranked) - _RANKED_ROWS
     tail = f"<p>… and {more:,} more runs.</p>" if more > 0 else ""
-    return _table(header, rows) + tail
+    return table(header, rows, "afml-bt-ranked") + tail
 
 
 def equity_chart_svg(curves: Sequence[tuple[str, pd.Series]], title: str) -> str:
@@ -121,23 +97,23 @@ def equity_chart_svg(curves: Sequence[tuple[str, pd.Series]], title: str) -> str
         return top + plot_h * (1 - (y - y_low) / y_span)
 
     parts = [
-        f'<figure class="afml-chart afml-bt-equity"><figcaption>{_e(title)}</figcaption>',
+        f'<figure class="afml-chart afml-bt-equity"><figcaption>{escape(title)}</figcaption>',
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_e(title)}">',
+        f'aria-label="{escape(title)}">',
     ]
     for i in range(5):  # horizontal grid lines with their equity values
         y = y_low + y_span * i / 4
         parts.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{py(y):.1f}" '
             f'y2="{py(y):.1f}"/><text class="small" x="{left - 6}" y="{py(y) + 4:.1f}" '
-            f'text-anchor="end">{_e(_fmt(y))}</text>'
+            f'text-anchor="end">{escape(_fmt(y))}</text>'
         )
     for i in range(5):  # x ticks: dates, or bar numbers
         x = x_low + x_span * i / 4
         text = pd.Timestamp(int(x)).strftime("%Y-%m-%d") if timed else f"{x:,.0f}"
         parts.append(
             f'<text class="small" x="{px(x):.1f}" y="{height - 12}" '
-            f'text-anchor="middle">{_e(text)}</text>'
+            f'text-anchor="middle">{escape(text)}</text>'
         )
     parts.append(
         f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>'
@@ -150,9 +126,9 @@ def equity_chart_svg(curves: Sequence[tuple[str, pd.Series]], title: str) -> str
         points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(curve_x, curve_y, strict=True))
         parts.append(
             f'<polyline class="afml-bt-curve" fill="none" stroke="{colour}" stroke-width="1.6" '
-            f'points="{points}"><title>{_e(label)}</title></polyline>'
+            f'points="{points}"><title>{escape(label)}</title></polyline>'
         )
-        legend.append(f'<span><i style="background:{colour}"></i>{_e(label)}</span>')
+        legend.append(f'<span><i style="background:{colour}"></i>{escape(label)}</span>')
     parts.append("</svg>")
     parts.append(f'<div class="afml-bt-legend">{"".join(legend)}</div></figure>')
     return "".join(parts)
@@ -179,24 +155,25 @@ def heatmap_svg(ranked: pd.DataFrame, metric: str, x_param: str, y_param: str) -
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     title = f"{metric} by {x_name} and {y_name}"
     parts = [
-        f'<figure class="afml-chart afml-bt-heatmap"><figcaption>{_e(title)}</figcaption>',
+        f'<figure class="afml-chart afml-bt-heatmap"><figcaption>{escape(title)}</figcaption>',
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{_e(title)}">',
+        f'aria-label="{escape(title)}">',
         f'<text x="{left + cell_w * len(grid.columns) / 2:.0f}" y="14" '
-        f'text-anchor="middle">{_e(x_name)}</text>',
+        f'text-anchor="middle">{escape(x_name)}</text>',
         f'<text x="14" y="{top + cell_h * len(grid.index) / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 14 {top + cell_h * len(grid.index) / 2:.0f})">{_e(y_name)}</text>',
+        f'transform="rotate(-90 14 {top + cell_h * len(grid.index) / 2:.0f})">'
+        f"{escape(y_name)}</text>",
     ]
     for j, column in enumerate(grid.columns):
         parts.append(
             f'<text class="small" x="{left + cell_w * j + cell_w / 2:.0f}" y="{top - 6}" '
-            f'text-anchor="middle">{_e(_fmt(column))}</text>'
+            f'text-anchor="middle">{escape(_fmt(column))}</text>'
         )
     for i, row_value in enumerate(grid.index):
         y = top + cell_h * i
         parts.append(
             f'<text class="small" x="{left - 6}" y="{y + cell_h / 2 + 4:.0f}" '
-            f'text-anchor="end">{_e(_fmt(row_value))}</text>'
+            f'text-anchor="end">{escape(_fmt(row_value))}</text>'
         )
         for j, column in enumerate(grid.columns):
             value = values[i, j]
@@ -208,10 +185,10 @@ def heatmap_svg(ranked: pd.DataFrame, metric: str, x_param: str, y_param: str) -
                 fill, ink = _colour(fraction), "#fff" if fraction > 0.6 else "#222"
             label = f"{x_name}={_fmt(column)}, {y_name}={_fmt(row_value)}: {_fmt(value)}"
             parts.append(
-                f'<g class="afml-bt-cell"><title>{_e(label)}</title>'
+                f'<g class="afml-bt-cell"><title>{escape(label)}</title>'
                 f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" '
                 f'fill="{fill}"/><text x="{x + cell_w / 2 - 1:.0f}" y="{y + cell_h / 2 + 4:.0f}" '
-                f'text-anchor="middle" style="fill:{ink}">{_e(_fmt(value))}</text></g>'
+                f'text-anchor="middle" style="fill:{ink}">{escape(_fmt(value))}</text></g>'
             )
     parts.append("</svg></figure>")
     return "".join(parts)
@@ -229,8 +206,8 @@ def _varying(ranked: pd.DataFrame) -> list[str]:
 def _section(name: str, ranked: pd.DataFrame, curves: Mapping[str, pd.Series], metric: str) -> str:
     params = [c for c in ranked.columns if c.startswith("param_")]
     parts = [
-        f'<section class="afml-bt-strategy"><h2>{_e(name)}</h2>',
-        f"<p>{len(ranked):,} runs, ranked by {_e(metric)} (largest first; runs without it "
+        f'<section class="afml-bt-strategy"><h2>{escape(name)}</h2>',
+        f"<p>{len(ranked):,} runs, ranked by {escape(metric)} (largest first; runs without it "
         "last).</p>",
     ]
     if ranked.empty:
@@ -249,7 +226,7 @@ def _section(name: str, ranked: pd.DataFrame, curves: Mapping[str, pd.Series], m
         parts.append(heatmap_svg(ranked, metric, varying[0], varying[1]))
     elif len(varying) > 2:
         shown = ", ".join(v[len("param_") :] for v in varying)
-        parts.append(f"<p>No heatmap: {len(varying)} parameters vary ({_e(shown)}).</p>")
+        parts.append(f"<p>No heatmap: {len(varying)} parameters vary ({escape(shown)}).</p>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -272,7 +249,7 @@ def report_html(
             "<title>afml-cache backtests</title>",
             f"<style>{_STYLE}</style></head><body>",
             "<h1>afml-cache backtests</h1>",
-            f"<p>{_e(directory)} · generated {_e(now)}</p>",
+            f"<p>{escape(directory)} · generated {escape(now)}</p>",
             *body,
             "</body></html>",
             "",

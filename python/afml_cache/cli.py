@@ -1,50 +1,38 @@
 """The ``afml-cache`` command: see, tend and serve a cache directory from a terminal or a script.
 
 ``afml-cache stats``, ``health``, ``clear``, ``prune``, ``export``, ``import``, ``report``,
-``backtests``, ``serve``, ``bench`` and ``demo``; ``afml-cache COMMAND --help`` explains each.
+``backtests``, ``serve`` and ``demo``; ``afml-cache COMMAND --help`` explains each.
 Every command takes ``--dir`` and the reporting ones ``--json`` (one JSON document on stdout,
 messages on stderr). Exit codes are listed in ``afml-cache --help``.
 
-``afml-cache demo`` runs an AFML research pipeline (volatility, CUSUM events, triple-barrier
-labels, fractional differentiation, rolling features) on synthetic minute bars with each step
-cached: once cold, once from the cache, and once after changing one parameter, and prints what
-each run computed and how long it took; then it shows which changes to the bars give a new key.
+``afml-cache demo`` runs the demo in `afml_cache.demo`. The benchmark that measures this
+machine beside joblib, diskcache and cachier is ``benches/bench_machine.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import importlib
 import json
 import logging
 import os
-import platform
 import re
 import signal
-import statistics
 import sys
 import tarfile
-import tempfile
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import numpy as np
-import pandas as pd
+from typing import Any
 
 import afml_cache
-from afml_cache import config, pipeline
+from afml_cache import config
 from afml_cache.cache import Cache, parse_size
+from afml_cache.demo import run_demo
 from afml_cache.errors import CacheError
 from afml_cache.report import MB, format_size, format_when
-
-# Run 3 changes the CUSUM threshold: these steps depend on it, the others come from the cache.
-_DOWNSTREAM_OF_THRESHOLD = {"cusum_filter", "triple_barrier_labels", "training_set"}
 
 OK, PROBLEMS, USAGE, UNUSABLE, INTERRUPTED = 0, 1, 2, 3, 130
 # The command never evicts on its own: only `prune` removes entries to fit a size.
@@ -321,24 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the port (default {DEFAULT_PORT}; 0 picks a free one)",
     )
     serve.set_defaults(run=_serve)
-
-    bench = command(
-        "bench",
-        "measure afml-cache on this machine (beside joblib, diskcache, cachier)",
-        "Measure, as medians of repeats: fingerprinting a 1,000,000-row frame, storing and "
-        "reading a small value and a 100 MB array, and a decorated function's hit with "
-        "scalar arguments; beside joblib.Memory, diskcache and cachier where installed. The "
-        "caches live in a temporary directory inside --dir (default: the system's temporary "
-        "directory), removed afterwards: the disk measured is the one --dir is on.",
-        "  afml-cache bench\n  afml-cache bench --quick --json\n",
-        scripted,
-    )
-    bench.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smaller frame (200,000 rows) and array (10 MB), fewer repeats",
-    )
-    bench.set_defaults(run=_bench)
 
     demo = commands.add_parser(
         "demo",
@@ -810,324 +780,6 @@ def _stop_on_sigterm() -> Callable[[], None]:
         signal.signal(signal.SIGTERM, previous)
 
     return restore
-
-
-# --- bench ------------------------------------------------------------------------------------
-
-_AFML = "afml-cache"
-
-
-def _bench(args: argparse.Namespace) -> int:
-    parent = Path(args.dir).expanduser() if args.dir else None
-    if parent is not None and not parent.is_dir():
-        raise _Failure(f"{parent} is not a directory; give an existing one with --dir", UNUSABLE)
-    with tempfile.TemporaryDirectory(prefix="afml-cache-bench-", dir=parent) as directory:
-        document = run_bench(Path(directory), quick=args.quick)
-        afml_cache.flush_writes()  # before the directory goes
-    if args.json:
-        _write_json(document)
-    else:
-        _write(_bench_text(document))
-    return OK
-
-
-def _bench_scalars(window: int, threshold: float, column: str) -> float:
-    """The function cached in the decorated-hit case: cheap, so the time measured is the
-    cache's."""
-    return window * threshold + len(column)
-
-
-def _optional(name: str) -> Any | None:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-def _per_call(fn: Callable[[], object], loops: int, repeats: int) -> float:
-    """The median over ``repeats`` of the time per call of ``loops`` calls, after a warm-up."""
-    fn()
-    return _median_seconds(lambda: [fn() for _ in range(loops)], repeats) / loops
-
-
-def run_bench(directory: Path, *, quick: bool = False) -> dict[str, Any]:
-    """Measures afml-cache (and joblib, diskcache, cachier where installed) with caches in
-    ``directory``; returns the machine's facts and one result per case and tool."""
-    rows, megabytes, repeats, loops = (
-        (200_000, 10, 3, 1_000) if quick else (1_000_000, 100, 7, 10_000)
-    )
-    joblib, diskcache, cachier = (_optional(n) for n in ("joblib", "diskcache", "cachier"))
-    results: list[dict[str, Any]] = []
-
-    def measure(case: str, tool: str, seconds: float, nbytes: int | None = None) -> None:
-        if _interactive_progress():
-            sys.stderr.write(f"afml-cache bench: {case}, {tool}: {_fmt_time(seconds)}\n")
-        results.append({"case": case, "tool": tool, "median_seconds": seconds, "bytes": nbytes})
-
-    bars = pipeline.synthetic_minute_bars(rows)
-    frame_bytes = int(bars.memory_usage(index=True, deep=True).sum())
-    measure(
-        "fingerprint_frame",
-        _AFML,
-        _median_seconds(lambda: afml_cache.fingerprint(bars), repeats),
-        frame_bytes,
-    )
-    if joblib is not None:
-        hashed = _median_seconds(lambda: joblib.hash(bars), repeats)
-        measure("fingerprint_frame", "joblib.hash", hashed, frame_bytes)
-
-    small = {"window": 20, "threshold": 0.01, "column": "close"}
-    rng = np.random.default_rng(5)
-    array = np.cumsum(rng.normal(0, 1e-4, megabytes * 1024 * 1024 // 8)) + 4500.0
-    # A memory tier that holds nothing: reads come from the disk store, as in a new process.
-    stores: dict[str, Any] = {_AFML: Cache(directory / "afml-store", memory_limit=1)}
-    if diskcache is not None:
-        stores["diskcache.Cache"] = diskcache.Cache(str(directory / "diskcache-store"))
-    for tool, store in stores.items():
-        for case, value, count in (("small", small, loops // 10), ("array", array, 1)):
-            store.set(case, value)
-            write = _per_call(functools.partial(store.set, case, value), count, repeats)
-            measure(f"set_{case}", tool, write, _nbytes(value))
-            read = _per_call(functools.partial(store.get, case), count, repeats)
-            measure(f"get_{case}", tool, read, _nbytes(value))
-
-    decorators: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
-        _AFML: afml_cache.robust_cacheable(cache=Cache(directory / "afml-decorated"))
-    }
-    if joblib is not None:
-        decorators["joblib.Memory"] = joblib.Memory(str(directory / "joblib"), verbose=0).cache
-    if diskcache is not None:
-        memo = diskcache.Cache(str(directory / "diskcache"))
-        stores["diskcache.memoize"] = memo
-        decorators["diskcache.memoize"] = memo.memoize()
-    if cachier is not None:
-        decorators["cachier"] = cachier.cachier(cache_dir=str(directory / "cachier"))
-    for tool, decorate in decorators.items():
-        cached = decorate(_bench_scalars)
-        hit = _per_call(functools.partial(cached, 20, 0.01, "close"), loops, repeats)
-        measure("decorated_hit_scalars", tool, hit)
-    for store in stores.values():
-        if hasattr(store, "close"):  # diskcache's SQLite connections
-            store.close()
-
-    order = list(_CASES)
-    results.sort(key=lambda r: order.index(r["case"]))  # stable: afml-cache first in each case
-    return {
-        "afml_cache": afml_cache.__version__,
-        "machine": _machine(directory),
-        "quick": quick,
-        "repeats": repeats,
-        "frame_rows": rows,
-        "array_bytes": int(array.nbytes),
-        "results": results,
-    }
-
-
-def _nbytes(value: Any) -> int | None:
-    return int(value.nbytes) if isinstance(value, np.ndarray) else None
-
-
-def _machine(directory: Path) -> dict[str, Any]:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 0
-    versions = {}
-    for name in ("numpy", "pandas", "joblib", "diskcache", "cachier"):
-        module = sys.modules.get(name) or _optional(name)
-        versions[name] = getattr(module, "__version__", None) if module is not None else None
-    return {
-        "cpus": cpus,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "directory": str(directory),
-        "versions": versions,
-    }
-
-
-_CASES = {
-    "fingerprint_frame": "fingerprint a {rows:,}-row frame",
-    "set_small": "store a small dict",
-    "get_small": "read a small dict (from disk)",
-    "set_array": "store a {mb:,.0f} MB float64 array",
-    "get_array": "read a {mb:,.0f} MB float64 array (from disk)",
-    "decorated_hit_scalars": "decorated hit, f(20, 0.01, 'close')",
-}
-
-
-def _bench_text(document: dict[str, Any]) -> str:
-    machine = document["machine"]
-    installed = [f"{n} {v}" for n, v in machine["versions"].items() if v is not None]
-    lines = [
-        f"afml-cache {document['afml_cache']} on {machine['cpus']} CPUs, {machine['platform']}, "
-        f"Python {machine['python']} ({', '.join(installed)})",
-        f"caches in {machine['directory']} (removed); medians of {document['repeats']} repeats",
-        "",
-        f"  {'case':<44} {'tool':<18} {'median':>10} {'rate':>10} {'time vs afml':>14}",
-    ]
-    reference = {r["case"]: r["median_seconds"] for r in document["results"] if r["tool"] == _AFML}
-    array_mb = document["array_bytes"] / 2**20
-    previous = None
-    for r in document["results"]:
-        label = _CASES[r["case"]].format(rows=document["frame_rows"], mb=array_mb)
-        if r["case"] == previous:
-            label = ""
-        previous = r["case"]
-        rate = f"{r['bytes'] / r['median_seconds'] / 1e9:.2f} GB/s" if r["bytes"] else ""
-        ratio = r["median_seconds"] / reference[r["case"]]
-        versus = "" if r["tool"] == _AFML else f"{ratio:.2f}x"
-        lines.append(
-            f"  {label:<44} {r['tool']:<18} {_fmt_time(r['median_seconds']):>10} {rate:>10} "
-            f"{versus:>14}"
-        )
-    missing = [n for n in ("joblib", "diskcache", "cachier") if machine["versions"][n] is None]
-    if missing:
-        lines.append(f"\n(not installed, so not compared: {', '.join(missing)})")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt_time(seconds: float) -> str:
-    """``812 ns``, ``8.61 µs``, ``45.6 ms``, ``2.01 s``."""
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.2f} µs"
-    if seconds < 1.0:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
-
-
-# --- demo -------------------------------------------------------------------------------------
-
-
-def run_demo(rows: int, directory: str | None = None, out: TextIO | None = None) -> int:
-    """The demo; returns 0 when every step was computed or cached as expected."""
-    out = out or sys.stdout
-    with contextlib.ExitStack() as stack:
-        if directory is None:
-            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="afml-cache-demo-"))
-        # Results still being written behind must land before the directory is removed.
-        stack.callback(afml_cache.flush_writes)
-        afml_cache.configure(directory=directory)
-        start = time.perf_counter()
-        bars = pipeline.synthetic_minute_bars(rows)
-        built = time.perf_counter() - start
-        nbytes = int(bars.memory_usage(index=True, deep=True).sum())
-        out.write(
-            f"afml-cache {afml_cache.__version__} (fingerprint spec v{afml_cache.SPEC_VERSION}); "
-            f"cache in {directory}\n"
-            f"Synthetic bars: {rows:,} one-minute OHLCV rows, {bars.index[0]} .. "
-            f"{bars.index[-1]}, {nbytes / 1e6:,.1f} MB (built in {built:.2f} s)\n\n"
-        )
-        failures = _run_pipeline_three_times(bars, out)
-        failures += _show_what_the_keys_see(bars, nbytes, out)
-        return 1 if failures else 0
-
-
-def _run_pipeline_three_times(bars: pd.DataFrame, out: TextIO) -> int:
-    steps = {name: afml_cache.robust_cacheable(fn) for name, fn in pipeline.STEPS.items()}
-    runs: list[tuple[str, dict[str, Any]]] = [
-        ("run 1 (cold)", {}),
-        ("run 2 (same inputs)", {}),
-        ("run 3 (cusum_multiplier=2.5)", {"cusum_multiplier": 2.5}),
-    ]
-    timings, computed = [], []
-    for _, changes in runs:
-        before = {name: _misses(fn) for name, fn in steps.items()}
-        result = pipeline.run_pipeline(bars, steps=steps, **changes)
-        timings.append(result["timings"])
-        computed.append({name for name, fn in steps.items() if _misses(fn) > before[name]})
-
-    out.write("The pipeline, every step cached (seconds; * computed, else read from the cache):\n")
-    out.write(f"  {'step':<24}" + "".join(f"{label:>31}" for label, _ in runs) + "\n")
-    for name in steps:
-        cells = "".join(
-            f"{timings[i][name]:>30.3f}{'*' if name in computed[i] else ' '}"
-            for i in range(len(runs))
-        )
-        out.write(f"  {name:<24}{cells}\n")
-    out.write(f"  {'total':<24}" + "".join(f"{sum(t.values()):>30.3f} " for t in timings) + "\n")
-    cold, warm = sum(timings[0].values()), sum(timings[1].values())
-    out.write(f"  run 2 took {warm / cold:.1%} of run 1's time ({cold / warm:.0f}x faster)\n")
-    out.write(
-        f"  run 3 recomputed {', '.join(sorted(computed[2]))}: the steps that depend on the "
-        "changed threshold; the others came from the cache\n\n"
-    )
-
-    out.write("Per-function statistics (afml_cache.get_cache_stats()):\n")
-    out.write(
-        f"  {'function':<46}{'calls':>6}{'hits':>6}{'misses':>7}{'hit rate':>10}"
-        f"{'avg compute s':>15}{'saved s':>9}{'MB':>8}\n"
-    )
-    for name, row in sorted(afml_cache.get_cache_stats().items()):
-        out.write(
-            f"  {name:<46}{row['total_calls']:>6}{row['cache_hits']:>6}{row['cache_misses']:>7}"
-            f"{row['hit_rate']:>10.0%}{row['avg_computation_time']:>15.3f}"
-            f"{row['time_saved']:>9.3f}{row['cache_size_mb']:>8.1f}\n"
-        )
-    out.write(f"  {afml_cache.cache_status()}\n\n")
-    expected = [set(steps), set(), _DOWNSTREAM_OF_THRESHOLD]
-    return sum(got != want for got, want in zip(computed, expected, strict=True))
-
-
-def _misses(fn: Any) -> int:
-    return int(fn.cache_info()["cache_misses"])
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _show_what_the_keys_see(bars: pd.DataFrame, nbytes: int, out: TextIO) -> int:
-    digest = afml_cache.fingerprint(bars)
-    seconds = _median_seconds(lambda: afml_cache.fingerprint(bars))
-    out.write("What a key sees of the bars:\n")
-    out.write(f"  fingerprint(bars) = {digest}\n")
-    out.write(
-        f"  median of 5: {seconds * 1e3:.1f} ms = {nbytes / seconds / 1e9:.1f} GB/s, "
-        "every byte read\n"
-    )
-    scalars = (20, 0.01, "close")
-    per_call = _median_seconds(lambda: [afml_cache.fingerprint(scalars) for _ in range(10_000)])
-    out.write(f"  fingerprint({scalars!r}): {per_call / 10_000 * 1e6:.2f} µs per call\n")
-    checks = [
-        ("a copy", bars.copy(), True),
-        ("the frame rebuilt column by column", _rebuilt(bars), True),
-        ("one close price changed in the last bar", _with_last_close_bumped(bars), False),
-        ("the index in New York time (same instants)", bars.tz_convert("America/New_York"), False),
-        ("the index without its freq", _without_freq(bars), False),
-        ("columns renamed to upper case", bars.rename(columns=str.upper), False),
-    ]
-    failures = 0
-    for label, other, expect_same in checks:
-        same = afml_cache.fingerprint(other) == digest
-        verdict = "same digest (a hit)" if same else "new digest (a miss)"
-        mark = "ok" if same == expect_same else "UNEXPECTED"
-        failures += same != expect_same
-        out.write(f"  {label:<45} {verdict:<22} {mark}\n")
-    return failures
-
-
-def _rebuilt(frame: pd.DataFrame) -> pd.DataFrame:
-    columns = {name: frame[name].to_numpy(copy=True) for name in frame}
-    return pd.DataFrame(columns, index=frame.index)
-
-
-def _with_last_close_bumped(frame: pd.DataFrame) -> pd.DataFrame:
-    changed = frame.copy()
-    changed.iloc[-1, changed.columns.get_loc("close")] += 0.25
-    return changed
-
-
-def _without_freq(frame: pd.DataFrame) -> pd.DataFrame:
-    changed = frame.copy()
-    changed.index = pd.DatetimeIndex(changed.index, freq=None)
-    return changed
 
 
 if __name__ == "__main__":

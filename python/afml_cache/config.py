@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from afml_cache.cache import TRUE_WORDS, Cache, check_compression, default_directory, parse_size
-from afml_cache.errors import CacheError
+from afml_cache.errors import CacheError, CacheWarning
 
 __all__ = [
     "CACHE_DIRS",
@@ -200,7 +200,7 @@ def verbosity() -> int:
         warnings.warn(
             f"afml_cache: AFML_CACHE_VERBOSE={text!r} is not a verbosity; use 0 (quiet), 1 (a "
             "line per miss) or 2 (a line per miss and per hit). Staying quiet",
-            UserWarning,
+            CacheWarning,
             stacklevel=3,
         )
     _env_verbose = (raw, level)
@@ -240,7 +240,7 @@ def shared_cache() -> Cache | None:
                     f"afml_cache: the cache directory {_directory()} cannot be used ({exc}); "
                     "caching is disabled for this process and functions run uncached. Fix the "
                     "directory or choose another with afml_cache.configure(directory=...)",
-                    UserWarning,
+                    CacheWarning,
                     stacklevel=3,
                 )
         return _shared

@@ -18,7 +18,9 @@ import decimal
 import enum
 import fractions
 import functools
+import operator
 import pathlib
+import re
 import sys
 import types
 import uuid
@@ -27,6 +29,8 @@ import zoneinfo
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from typing import Any
+
+from afml_cache.errors import CacheWarning
 
 __all__ = ["register_fingerprint"]
 
@@ -168,6 +172,13 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     # Unlike dicts, OrderedDicts compare (and iterate) by order, so order counts.
     OrderedDict: lambda d: (_VALUE, "OrderedDict", list(d.items())),
     deque: lambda d: (_VALUE, "deque", (list(d), d.maxlen)),
+    # A pattern is what it was compiled from; flags hold re.I, re.M, ... (and str's re.U).
+    re.Pattern: lambda p: (_VALUE, "re.Pattern", (p.pattern, p.flags)),
+    # Their reduction is how they were made: the items, attribute names, or method name and
+    # arguments (keyword arguments in a partial).
+    operator.itemgetter: lambda g: (_VALUE, "operator.itemgetter", g.__reduce__()),
+    operator.attrgetter: lambda g: (_VALUE, "operator.attrgetter", g.__reduce__()),
+    operator.methodcaller: lambda c: (_VALUE, "operator.methodcaller", c.__reduce__()),
 }
 
 _BUILTIN_BASES: tuple[type, ...] = (
@@ -196,6 +207,12 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"namedtuple:{_name(cls)}", (cls._fields, tuple(obj))
     if isinstance(obj, pathlib.PurePath):
         return _VALUE, f"path:{_name(cls)}", str(obj)
+    # A namespace is its attributes, in the order they were set, as a dict is its items.
+    argparse = sys.modules.get("argparse")  # its Namespace exists only once it is imported
+    if isinstance(obj, types.SimpleNamespace) or (
+        argparse is not None and isinstance(obj, argparse.Namespace)
+    ):
+        return _VALUE, f"namespace:{_name(cls)}", dict(vars(obj))
     numpy = sys.modules.get("numpy")  # an ndarray subclass defined outside numpy
     if numpy is not None and isinstance(obj, numpy.ndarray):
         return _numpy_rule(obj)
@@ -254,7 +271,7 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
         warnings.warn(
             f"afml_cache: {name} has no fingerprint rule, so it is fingerprinted through its "
             f"pickle reduction; {advice} to make this explicit and fast",
-            UserWarning,
+            CacheWarning,
             stacklevel=3,
         )
     if isinstance(reduced, str):  # a global, named by its module-level name

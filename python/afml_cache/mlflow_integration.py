@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from afml_cache import config
 from afml_cache._core import fingerprint
-from afml_cache.decorators import _caller_stacklevel, robust_cacheable
-from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.decorators import caller_stacklevel, function_name, robust_cacheable
+from afml_cache.errors import CacheError, CacheWarning, FingerprintError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -601,7 +601,7 @@ def _warn_process_once(what: str, message: str) -> None:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, UserWarning, stacklevel=_caller_stacklevel())
+    warnings.warn(message, CacheWarning, stacklevel=caller_stacklevel())
 
 
 # --- the decorator ----------------------------------------------------------------------------
@@ -629,7 +629,7 @@ class _Function:
         ignore: frozenset[str],
     ) -> None:
         self.fn = fn
-        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self.name = function_name(fn)
         self.run_name = fn.__name__
         self.signature = inspect.signature(fn)
         self.tags = tags

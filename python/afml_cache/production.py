@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 from afml_cache import config
+from afml_cache.errors import CacheWarning
 from afml_cache.maintenance import maintain_cache
 from afml_cache.mlflow_integration import DEFAULT_EXPERIMENT, MLFLOW_AVAILABLE, setup_mlflow_cache
 from afml_cache.monitoring import get_cache_monitor
@@ -49,7 +50,7 @@ def setup_production_cache(
             warnings.warn(
                 "afml_cache: MLflow is not installed, so runs are not tracked; install it with "
                 "pip install 'afml-cache[mlflow]', or pass enable_mlflow=False",
-                UserWarning,
+                CacheWarning,
                 stacklevel=2,
             )
         else:
@@ -61,7 +62,7 @@ def setup_production_cache(
                 warnings.warn(
                     f"afml_cache: MLflow could not be set up ({type(exc).__name__}: {exc}); "
                     "runs are not tracked. Fix it and call setup_mlflow_cache() to resume",
-                    UserWarning,
+                    CacheWarning,
                     stacklevel=2,
                 )
     maintenance = maintain_cache(auto_clear=True, max_size_mb=max_cache_size_mb)

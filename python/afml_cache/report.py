@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MB",
+    "STYLE",
     "bar_chart_svg",
+    "escape",
     "format_duration",
     "format_latency",
     "format_size",
@@ -27,13 +29,14 @@ __all__ = [
     "health_html",
     "health_text",
     "report_html",
+    "table",
 ]
 
 #: Bytes in a MB of every report (``cache_size_mb``, ``max_size_mb``, ...), as in ``"500MB"``.
 MB = 2**20
 _RULE = "=" * 70
-# Inline so the page stands alone; kept small and readable in light and dark viewers.
-_STYLE = """
+#: The pages' inline style (so a page stands alone), small and readable in light and dark viewers.
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; background: #fff; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table.afml-cache { border-collapse: collapse; font-size: 0.9em; }
@@ -153,32 +156,40 @@ def health_text(health: CacheHealth) -> str:
 # --- HTML -------------------------------------------------------------------------------------
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``value`` as text safe in HTML content and attribute values."""
     return html.escape(str(value), quote=True)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, bool]]]) -> str:
-    """An HTML table; each cell is (text, numeric). Every text is escaped here."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[tuple[str, bool]]], css_class: str = ""
+) -> str:
+    """An HTML table; each cell is (text, numeric). Every text is escaped here. ``css_class``
+    is added to the table's ``afml-cache`` class."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>"
-        + "".join(f'<td class="num">{_e(t)}</td>' if num else f"<td>{_e(t)}</td>" for t, num in row)
+        + "".join(
+            f'<td class="num">{escape(t)}</td>' if num else f"<td>{escape(t)}</td>"
+            for t, num in row
+        )
         + "</tr>"
         for row in rows
     )
-    return f'<table class="afml-cache"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    classes = f"afml-cache {css_class}".strip()
+    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _list(items: Sequence[str], ordered: bool = False) -> str:
     tag = "ol" if ordered else "ul"
-    return f"<{tag}>" + "".join(f"<li>{_e(i)}</li>" for i in items) + f"</{tag}>"
+    return f"<{tag}>" + "".join(f"<li>{escape(i)}</li>" for i in items) + f"</{tag}>"
 
 
 def health_html(health: CacheHealth) -> str:
     """The health report as an HTML fragment (what Jupyter shows)."""
     where = str(health.directory) if health.directory is not None else "no usable directory"
     limit = f" of {format_size(health.size_limit)}" if health.size_limit else ""
-    summary = _table(
+    summary = table(
         ("", ""),
         [
             (("Directory", False), (where, False)),
@@ -202,7 +213,7 @@ def health_html(health: CacheHealth) -> str:
     )
     for title, items, ordered in sections:
         if items:
-            parts += [f"<h4>{_e(title)}</h4>", _list(items, ordered)]
+            parts += [f"<h4>{escape(title)}</h4>", _list(items, ordered)]
     parts.append("</div>")
     return "".join(parts)
 
@@ -221,7 +232,7 @@ def functions_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
         "last accessed",
         *(label for _, label in _LATENCY_COLUMNS),
     )
-    return _table(
+    return table(
         header,
         (
             (
@@ -259,19 +270,19 @@ def bar_chart_svg(
     height = top * 2 + len(labels) * (bar + gap)
     total_width = label_room + width + text_room
     parts = [
-        f'<figure class="afml-chart"><figcaption>{_e(title)}</figcaption>',
+        f'<figure class="afml-chart"><figcaption>{escape(title)}</figcaption>',
         f'<svg width="{total_width}" height="{height}" viewBox="0 0 {total_width} {height}" '
-        f'role="img" aria-label="{_e(title)}">',
+        f'role="img" aria-label="{escape(title)}">',
     ]
     for i, (label, short, value, text) in enumerate(zip(labels, shown, clean, texts, strict=True)):
         y = top + i * (bar + gap)
         length = width * value / biggest if biggest > 0 else 0.0
         parts.append(
-            f"<g><title>{_e(label)}: {_e(text)}</title>"
-            f'<text x="{label_room - 6}" y="{y + 13}" text-anchor="end">{_e(short)}</text>'
+            f"<g><title>{escape(label)}: {escape(text)}</title>"
+            f'<text x="{label_room - 6}" y="{y + 13}" text-anchor="end">{escape(short)}</text>'
             f'<rect x="{label_room}" y="{y}" width="{length:.1f}" height="{bar}" '
             'fill="#4c78a8"/>'
-            f'<text x="{label_room + length + 4:.1f}" y="{y + 13}">{_e(text)}</text></g>'
+            f'<text x="{label_room + length + 4:.1f}" y="{y + 13}">{escape(text)}</text></g>'
         )
     parts.append("</svg></figure>")
     return "".join(parts)
@@ -313,9 +324,9 @@ def report_html(health: CacheHealth) -> str:
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
             "<title>afml-cache report</title>",
-            f"<style>{_STYLE}</style></head><body>",
+            f"<style>{STYLE}</style></head><body>",
             "<h1>afml-cache report</h1>",
-            f"<p>Generated {_e(generated)}.</p>",
+            f"<p>Generated {escape(generated)}.</p>",
             health_html(health),
             *details,
             "</body></html>",

@@ -5,13 +5,17 @@ The expressions build their values deterministically from the names in `evaluate
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import datetime
 import decimal
 import fractions
 import functools
+import operator
 import pathlib
+import re
+import types
 import uuid
 import zoneinfo
 from typing import Any
@@ -167,6 +171,13 @@ RECIPES: list[tuple[str, str]] = [
     ),
     ("pyarrow struct type", "pa.struct([pa.field('a', pa.int64(), metadata={'unit': 'usd'})])"),
     ("pyarrow time64 ns scalar", "pa.scalar(1, pa.time64('ns'))"),
+    ("simple namespace", "types.SimpleNamespace(window=20, symbols=['ES', 'NQ'])"),
+    ("argparse namespace", "argparse.Namespace(window=20, symbols=['ES', 'NQ'])"),
+    ("regex pattern", "re.compile(r'^(ES|NQ)[HMUZ]\\d$')"),
+    ("regex pattern flags", "re.compile(rb'es', re.IGNORECASE)"),
+    ("operator itemgetter", "operator.itemgetter('close', 1)"),
+    ("operator attrgetter", "operator.attrgetter('index.freq', 'name')"),
+    ("operator methodcaller", "operator.methodcaller('rolling', 20, min_periods=5)"),
 ]
 
 OPTIONAL_MODULES = {"pa": "pyarrow", "pl": "polars", "pytz": "pytz"}
@@ -205,11 +216,15 @@ def with_attributes(obj: Any, **attributes: Any) -> Any:
 
 def evaluate(recipe: str) -> Any:
     namespace: dict[str, Any] = {
+        "argparse": argparse,
         "datetime": datetime,
         "decimal": decimal,
         "fractions": fractions,
         "functools": functools,
+        "operator": operator,
         "pathlib": pathlib,
+        "re": re,
+        "types": types,
         "uuid": uuid,
         "zoneinfo": zoneinfo,
         "np": np,
