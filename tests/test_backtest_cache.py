@@ -762,3 +762,19 @@ def test_storing_an_instance_does_not_change_its_class_code_fingerprint(cache_di
         make_model(1.0, calls)
         assert make_model(1.0, calls).weight == 1.0
     assert len(calls) == 1
+
+
+def test_runs_are_pickled_under_the_guides_module_path() -> None:
+    # Entries hold runs pickled by class path: the path must stay the guide's, whichever module
+    # defines the classes, or entries written by one layout stop loading under another.
+    import pickle
+
+    from afml_cache.backtest_cache import WalkForwardSplit
+
+    run = BacktestResult("id", "sma_cross", {"fast": 5}, {"sharpe_ratio": 1.0}, created=1.0)
+    split = WalkForwardSplit("wf", 0, 2, [1, 2], [3], created=1.0)
+    for value in (run, split):
+        stream = pickle.dumps(value, protocol=5)
+        assert b"afml_cache.backtest_cache" in stream
+        assert b"afml_cache.backtest_runs" not in stream
+        assert pickle.loads(stream) == value

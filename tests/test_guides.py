@@ -259,6 +259,15 @@ def test_function_specific_analysis(
     assert monitor.get_function_stats("triple_barrier") == cell["stats"]
 
 
+def edit(module: types.ModuleType, old: str, new: str) -> None:
+    """Edits a module's source and reloads it, as a user editing a file and re-running does."""
+    path = Path(str(module.__file__))
+    path.write_text(path.read_text().replace(old, new))
+    # The edit keeps the size and may keep the second: the bytecode cache would hide it.
+    Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
+    importlib.reload(module)
+
+
 def test_cache_maintenance_clears_the_changed_labeling_module(
     cell: dict[str, Any], afml_package: types.ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,9 +276,7 @@ def test_cache_maintenance_clears_the_changed_labeling_module(
     afml_package.triple_barrier(close)
     fast.triple_barrier(close)
     for module in (afml_package, fast):  # both modules are edited
-        path = Path(module.__file__)
-        path.write_text(path.read_text().replace("0.001", "0.002"))
-        importlib.reload(module)
+        edit(module, "0.001", "0.002")
     gc.collect()  # the old versions are gone, as after a kernel restart
     blocks = USAGE["2. Cache Maintenance"][0]
     run_block(blocks, cell, "000 cache maintenance")
@@ -288,9 +295,7 @@ def test_smart_cache_clear_labeling_is_afml_labeling_only(
     afml_package.triple_barrier(close)
     fast.triple_barrier(close)
     for module in (afml_package, fast):
-        path = Path(module.__file__)
-        path.write_text(path.read_text().replace("0.001", "0.002"))
-        importlib.reload(module)
+        edit(module, "0.001", "0.002")
     gc.collect()
     (imports, *_) = USAGE["2. Cache Maintenance"][0].splitlines(True)  # its import line
     run_block(imports + "smart_cache_clear('labeling')\n", cell, "000 smart_cache_clear")

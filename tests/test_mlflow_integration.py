@@ -538,3 +538,17 @@ def test_against_a_real_tracking_server(
     finally:
         mlflow.set_tracking_uri(previous)
         setup_mlflow_cache(tracking_uri=store["uri"])
+
+
+def test_tracked_results_are_pickled_under_the_guides_module_path() -> None:
+    # A tracked function's entry holds a _Computed pickled by class path: it must stay the
+    # guide's module, whichever module defines the class, or written entries stop loading.
+    import pickle
+
+    from afml_cache.mlflow_integration import _Computed
+
+    computed = _Computed([1.0], "run", {"a": "1"}, {"m": 1.0}, "k" * 64)
+    stream = pickle.dumps(computed, protocol=5)
+    assert b"afml_cache.mlflow_integration" in stream
+    assert b"afml_cache.mlflow_tracking" not in stream
+    assert pickle.loads(stream) == computed

@@ -1,10 +1,8 @@
 """`Cache`: values on disk keyed by the content of their keys, with a memory tier in front.
 
-Values are pickled (protocol 5) with their large buffers (numpy arrays, DataFrame columns, Arrow
-buffers) kept out of band: the Rust store compresses those in parallel and restores them into
-fresh writable buffers, so a hit costs little more than reading the file. The disk store does the
-heavy lifting (atomic writes, MAC checks, eviction, shared statistics); this module binds keys,
-pickles, and keeps the memory tier.
+`afml_cache._store` owns the disk store and what sits next to it (serialization with large
+buffers out of band, the memory tier, the writer thread, archives); this module binds keys to
+digests, checks arguments, and decides when the memory tier's copy of an entry is current.
 """
 
 from __future__ import annotations
@@ -12,37 +10,34 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import copyreg
 import functools
-import io
 import json
 import logging
 import math
-import multiprocessing
-import multiprocessing.util
 import numbers
 import os
-import pickle
-import queue
 import re
-import struct
-import tarfile
-import threading
 import time
 import warnings
 import weakref
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from afml_cache._core import fingerprint
+from afml_cache._store import KeyLock, Store
+from afml_cache._store.archive import import_archive, write_archive
+from afml_cache._store.memory import Accesses, MemoryTier, Remembered
+from afml_cache._store.serialize import IMMUTABLE, copy_buffer, serialize
 
-from afml_cache._core import KeyLock, StagedImport, Store, fingerprint
-from afml_cache.errors import CacheError, CacheWarning, StoreError
-from afml_cache.progress import progress, progress_callback
+# Values pickled before serialization moved to _store name their datetime arrays' rebuilder here.
+from afml_cache._store.serialize import _datetime_array as _datetime_array
+from afml_cache._store.serialize import deserialize as _deserialize
+from afml_cache._store.writer import WRITER as _WRITER
+from afml_cache._store.writer import flush_writes as flush_writes
+from afml_cache.errors import CacheError, CacheWarning
+from afml_cache.progress import progress_callback
 
 __all__ = [
     "COMPRESSIONS",
@@ -50,21 +45,14 @@ __all__ = [
     "check_compression",
     "check_ttl",
     "default_directory",
+    "flush_writes",
     "parse_size",
 ]
 
 COMPRESSIONS = ("none", "fast", "default")
-# Buffers smaller than this stay inside the pickle stream: framing and compressing them separately
-# costs more than it saves.
-_IN_BAND_LIMIT = 64 * 1024
-# Starts a stored stream whose buffers repeat (see _serialize).
-_REPEATS_MAGIC = b"AFMLREP1"
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 # The store counts bytes in 64 bits; no disk comes near this.
 _MAX_SIZE = 2**63 - 1
-_ARCHIVE_FORMAT = "afml-cache export v1"
-# The largest manifest.json an import reads (export writes a few hundred bytes).
-_MANIFEST_LIMIT = 64 * 1024
 # Values up to this size are kept in the memory tier as soon as they are written.
 _REMEMBER_ON_SET = 8 * 1024 * 1024
 # Values with this many bytes of buffers are written behind when the caller asks (set_digest).
@@ -136,75 +124,6 @@ def default_directory() -> Path:
     return Path(base) / "afml_cache"
 
 
-def _copy(buffer: Any) -> np.ndarray:
-    """A private, writable copy of a buffer. numpy allocates large arrays on huge pages, which
-    here makes copying 40 MB take a fifth of the time a bytes copy does (page faults dominate)."""
-    return np.frombuffer(buffer, dtype=np.uint8).copy()
-
-
-def _serialize(value: Any) -> tuple[bytes, list[tuple[memoryview, int]]]:
-    """The pickle stream and the large out-of-band buffers (bytes, item size) of ``value``.
-
-    A buffer the value holds twice (pandas keeps a Series' index in two objects over one array)
-    is stored once: the stream then starts with the order in which ``_deserialize`` hands the
-    stored buffers back to pickle.
-    """
-    buffers: list[tuple[memoryview, int]] = []
-    order: list[int] = []
-    seen: dict[tuple[int, int], int] = {}
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:  # not contiguous: leave it in the stream
-            return True
-        if raw.nbytes < _IN_BAND_LIMIT:
-            return True
-        where = (np.frombuffer(raw, dtype=np.uint8).ctypes.data, raw.nbytes)
-        if where not in seen:
-            seen[where] = len(buffers)
-            buffers.append((raw, memoryview(buffer).itemsize))
-        order.append(seen[where])
-        return False
-
-    stream = io.BytesIO()
-    pickler = pickle.Pickler(stream, protocol=5, buffer_callback=out_of_band)
-    pickler.dispatch_table = _DISPATCH  # type: ignore[assignment]  # typeshed: Mapping
-    pickler.dump(value)
-    if len(order) == len(buffers):
-        return stream.getvalue(), buffers
-    header = _REPEATS_MAGIC + struct.pack(f"<I{len(order)}I", len(order), *order)
-    return header + stream.getvalue(), buffers
-
-
-def _deserialize(stream: bytes, buffers: Sequence[Any]) -> Any:
-    """The value ``_serialize`` gave ``stream`` and ``buffers`` for."""
-    if not stream.startswith(_REPEATS_MAGIC):  # a pickle stream starts with b"\x80"
-        return pickle.loads(stream, buffers=buffers)
-    start = len(_REPEATS_MAGIC)
-    (count,) = struct.unpack_from("<I", stream, start)
-    order = struct.unpack_from(f"<{count}I", stream, start + 4)
-    body = memoryview(stream)[start + 4 + 4 * count :]
-    return pickle.loads(body, buffers=[buffers[i] for i in order])
-
-
-def _reduce_ndarray(array: np.ndarray) -> Any:
-    # numpy pickles datetime64 and timedelta64 arrays in-band, which copies every DatetimeIndex
-    # into the stream; their int64 view goes out of band like any other array.
-    contiguous = array.flags.c_contiguous or array.flags.f_contiguous
-    if array.dtype.kind in "mM" and array.dtype.isnative and contiguous:
-        return _datetime_array, (array.view(np.int64), array.dtype.str)
-    return array.__reduce_ex__(5)
-
-
-def _datetime_array(ints: np.ndarray, dtype: str) -> np.ndarray:
-    return ints.view(dtype)
-
-
-# Only exact ndarrays: subclasses (np.matrix, masked arrays) keep their own reductions.
-_DISPATCH = {**copyreg.dispatch_table, np.ndarray: _reduce_ndarray}
-
-
 @dataclass
 class _Entry:
     """A value ready to store: its serialized form and the entry's header fields."""
@@ -223,106 +142,6 @@ class _Entry:
     @property
     def nbytes(self) -> int:
         return len(self.stream) + sum(len(raw) for raw, _ in self.buffers)
-
-
-# Numbers cannot change in place: the memory tier may hand one object to every hit (strings
-# and bytes would be held twice, unaccounted).
-_IMMUTABLE = frozenset({int, float, complex, bool, type(None)})
-
-
-@dataclass
-class _Remembered:
-    """A value held in memory as its serialized form, never as the live object a caller got;
-    once unpickled, a number (`_IMMUTABLE`) is kept too, as ``(value,)``, to spare each later
-    hit the unpickling."""
-
-    stream: bytes
-    buffers: list[np.ndarray]
-    mac: bytes | None  # None while the entry is being written behind
-    expires: float | None
-    compute_time: float
-    generation: int
-    nbytes: int
-    immutable: tuple[Any] | None = None
-
-
-class _MemoryTier:
-    """Recently used values, bounded in bytes, least recently used dropped first."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.nbytes = 0
-        self._items: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, slot: tuple[str, str]) -> _Remembered | None:
-        # No lock on the hot path: each OrderedDict operation is atomic under the GIL.
-        found = self._items.get(slot)
-        if found is not None:
-            # Dropped meanwhile by another thread? suppress() would cost a tenth of a hit.
-            try:  # noqa: SIM105
-                self._items.move_to_end(slot)
-            except KeyError:
-                pass
-        return found
-
-    def put(self, slot: tuple[str, str], item: _Remembered) -> None:
-        with self._lock:
-            self._drop_locked(slot)
-            if item.nbytes > self.limit:
-                return
-            self._items[slot] = item
-            self.nbytes += item.nbytes
-            while self.nbytes > self.limit:
-                _, oldest = self._items.popitem(last=False)
-                self.nbytes -= oldest.nbytes
-
-    def drop(self, slot: tuple[str, str]) -> None:
-        with self._lock:
-            self._drop_locked(slot)
-
-    def _drop_locked(self, slot: tuple[str, str]) -> None:
-        old = self._items.pop(slot, None)
-        if old is not None:
-            self.nbytes -= old.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _Accesses:
-    """Hits served from memory, not yet added to their entries' counters (which steer eviction).
-    Noted without a lock on the hot path (a hit lost to a race only blurs an eviction hint),
-    drained in batches: before writes and listings, every 256 keys or second, and at exit.
-    Shared by a cache's namespaced views."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], list[int]] = {}  # slot -> [hits, last access ns]
-        self._since = time.time_ns()
-        self._lock = threading.Lock()
-
-    def note(self, slot: tuple[str, str]) -> bool:
-        """Notes a hit; True when a drain is due."""
-        now = time.time_ns()
-        counts = self._counts.get(slot)
-        if counts is None:
-            self._counts[slot] = [1, now]
-        else:
-            counts[0] += 1
-            counts[1] = now
-        return len(self._counts) >= 256 or now - self._since >= 1_000_000_000
-
-    def drain(self) -> dict[tuple[str, str], list[int]]:
-        """The hits noted since the last drain: slot -> [hits, last access ns]."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
-            self._since = time.time_ns()
-        return counts
 
 
 class Cache:
@@ -355,7 +174,7 @@ class Cache:
         check_compression(compression)
         # Every argument is checked before anything touches the disk.
         limit = parse_size(size_limit, "size_limit")
-        self._memory = _MemoryTier(parse_size(memory_limit, "memory_limit"))
+        self._memory = MemoryTier(parse_size(memory_limit, "memory_limit"))
         self.directory = (
             Path(directory).expanduser() if directory is not None else default_directory()
         )
@@ -364,7 +183,10 @@ class Cache:
         if trust_group is None:
             trust_group = os.environ.get("AFML_CACHE_TRUST_GROUP", "").strip().lower() in TRUE_WORDS
         self._store = Store(self.directory, limit, eviction_policy, trust_group=trust_group)
-        self._accesses = _Accesses()
+        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
+        # shared per-function statistics; the store's own method, as it runs on every call.
+        self.record_call = self._store.record_call
+        self._accesses = Accesses()
         # Namespaces whose values stopped unpickling, warned once (shared by namespaced views).
         self._unpickle_warned: set[str] = set()
         atexit.register(_flush_at_exit, weakref.ref(self))
@@ -455,7 +277,7 @@ class Cache:
             )
             if sum(raw.nbytes for raw, _ in entry.buffers) >= _WRITE_BEHIND_MIN:
                 # The copy doubles as the memory tier's, so a hit right after needs no disk.
-                entry.buffers = [(_copy(raw), itemsize) for raw, itemsize in entry.buffers]
+                entry.buffers = [(copy_buffer(raw), itemsize) for raw, itemsize in entry.buffers]
                 self._remember(
                     entry.slot,
                     entry.stream,
@@ -487,7 +309,7 @@ class Cache:
     ) -> _Entry:
         ttl = check_ttl(ttl)
         try:
-            stream, buffers = _serialize(value)
+            stream, buffers = serialize(value)
         except Exception as exc:
             raise CacheError(
                 f"cannot store a {type(value).__qualname__} under {_describe(label)}: it cannot "
@@ -508,7 +330,7 @@ class Cache:
 
     def _put(self, entry: _Entry) -> tuple[bool, int, bytes, int]:
         """Writes an entry: (stored, size on disk, MAC, the generation before the write)."""
-        self._flush_accesses()  # the write may evict: let it see every recent hit
+        self.flush_accesses()  # the write may evict: let it see every recent hit
         generation = self._store.generation()
         stored, size, mac = self._store.put(
             *entry.slot,
@@ -591,15 +413,17 @@ class Cache:
                 value = remembered.immutable[0]
             else:
                 try:
-                    value = _deserialize(remembered.stream, list(map(_copy, remembered.buffers)))
+                    value = _deserialize(
+                        remembered.stream, list(map(copy_buffer, remembered.buffers))
+                    )
                 except Exception as exc:
                     self._drop_unusable(digest, exc)
                     return False, None, 0.0
-                if type(value) in _IMMUTABLE:
+                if type(value) in IMMUTABLE:
                     remembered.immutable = (value,)
             self._store.count_hit()
             if self._accesses.note(slot):
-                self._flush_accesses()
+                self.flush_accesses()
             return True, value, remembered.compute_time
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
@@ -650,15 +474,16 @@ class Cache:
         if nbytes > self._memory.limit:
             self._memory.drop(slot)
             return
-        copies = list(buffers) if copied else [_copy(b) for b in buffers]
-        remembered = _Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
+        copies = list(buffers) if copied else [copy_buffer(b) for b in buffers]
+        remembered = Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
         self._memory.put(slot, remembered)
 
-    def _flush_accesses(self) -> None:
+    def flush_accesses(self) -> None:
+        """Adds the hits served from memory to their entries' counters (which steer eviction)."""
         for (namespace, digest), (hits, last_ns) in self._accesses.drain().items():
             self._store.record_access(namespace, digest, hits, last_ns)
 
-    def _still_current(self, slot: tuple[str, str], remembered: _Remembered) -> bool:
+    def _still_current(self, slot: tuple[str, str], remembered: Remembered) -> bool:
         if remembered.expires is not None and remembered.expires <= time.time():
             self._memory.drop(slot)
             return False
@@ -769,7 +594,7 @@ class Cache:
         created, expires, last_access, hits, compute_time, tags, protected, time_range, metadata,
         compression."""
         _WRITER.flush()
-        self._flush_accesses()
+        self.flush_accesses()
         found = []
         for raw in self._store.scan(self.namespace):
             if raw["namespace"] != self.namespace:
@@ -795,17 +620,19 @@ class Cache:
 
     def invalidate_by_tag(self, tag: str) -> int:
         """Removes the entries carrying ``tag``; returns how many."""
-        return self._remove(e for e in self.entries() if tag in e["tags"])
+        return self.remove_entries(e for e in self.entries() if tag in e["tags"])
 
     def invalidate_by_pattern(self, pattern: str | re.Pattern[str]) -> int:
         """Removes the entries whose str key matches ``pattern`` (``re.search``); returns how
         many. Entries stored under keys that are not strings are never matched."""
         regex = re.compile(pattern)
-        return self._remove(
+        return self.remove_entries(
             e for e in self.entries() if isinstance(e["key"], str) and regex.search(e["key"])
         )
 
-    def _remove(self, entries: Iterable[dict[str, Any]]) -> int:
+    def remove_entries(self, entries: Iterable[dict[str, Any]]) -> int:
+        """Removes the entries (as listed by ``entries()``) of this namespace; returns how many
+        were there."""
         return sum(self.delete_digest(e["digest"]) for e in list(entries))
 
     def expire(self) -> int:
@@ -820,10 +647,35 @@ class Cache:
         self._memory.clear()
         return self._store.clear()
 
-    def stats(self) -> dict[str, int]:
+    def scan(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The store's record of every entry in the directory (of ``namespace`` and any name
+        shortened to the same file name, when given), without loading values: namespace, key
+        (the digest), size, created, expires, last_access, hits, ... as the core reports them."""
+        return self._store.scan(namespace)
+
+    def function_stats(self) -> list[dict[str, Any]]:
+        """The call statistics of every function (namespace) shared through the directory."""
+        return self._store.function_stats()
+
+    def reset_function_stats(self) -> None:
+        """Sets every function's call statistics back to zero."""
+        self._store.reset_function_stats()
+
+    def sizes_by_namespace(self) -> dict[str, int]:
+        """Bytes on disk of each namespace's entries."""
+        return self._store.sizes_by_namespace()
+
+    def same_store(self, other: Cache) -> bool:
+        """True when ``other`` keeps its entries in this cache's directory."""
+        return self._store.same_directory(other._store)
+
+    def stats(self, *, wait_for_writes: bool = True) -> dict[str, int]:
         """Counters shared by every process using the directory: hits, misses, sets, deletes,
-        evictions, bytes (on disk), count (entries); plus this process's memory tier."""
-        _WRITER.flush()
+        evictions, bytes (on disk), count (entries); plus this process's memory tier.
+        ``wait_for_writes=False`` counts now, without waiting for values written behind (a
+        metrics scrape must not wait on a large write)."""
+        if wait_for_writes:
+            _WRITER.flush()
         counts = dict(self._store.stats())
         counts["memory_bytes"] = self._memory.nbytes
         counts["memory_count"] = len(self._memory)
@@ -850,23 +702,13 @@ class Cache:
         """Writes every entry of this namespace (of the whole directory with
         ``every_namespace=True``) into one archive file; returns how many."""
         _WRITER.flush()
-        archive_key = os.urandom(32)
-        self._flush_accesses()
+        self.flush_accesses()
         entries = [
             e
             for e in self._store.scan(None if every_namespace else self.namespace)
             if every_namespace or e["namespace"] == self.namespace  # shortened names can share
         ]
-        count = 0
-        with tarfile.open(path, "w") as archive:
-            manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
-            _add_member(archive, "manifest.json", json.dumps(manifest).encode())
-            for entry in progress(entries, "export"):
-                sealed = self._store.export_entry(entry["namespace"], entry["key"], archive_key)
-                if sealed is not None:  # None: removed by another process meanwhile
-                    _add_member(archive, f"entries/{count:09d}.afc", sealed)
-                    count += 1
-        return count
+        return write_archive(self._store, entries, path)
 
     def import_(self, path: str | os.PathLike[str]) -> int:
         """Adds the entries of an archive written by ``export``; returns how many.
@@ -877,118 +719,16 @@ class Cache:
         member that is not a plain file (a link) or a manifest without a key raise
         ``CacheError`` naming it, and nothing is imported.
         """
-        try:
-            with tarfile.open(path, "r") as archive:
-                staged = self._stage_archive(path, archive)
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-            # Not a tar archive, damaged between members, or this cache's disk failed.
-            raise CacheError(f"could not import {path}: {exc}; nothing was imported") from None
-        for entry in staged:
-            entry.commit()
+        imported = import_archive(self._store, path)
         self._memory.clear()
-        return len(staged)
-
-    def _stage_archive(
-        self, path: str | os.PathLike[str], archive: tarfile.TarFile
-    ) -> list[StagedImport]:
-        """Every entry of an archive, verified and staged; after a failure none stays staged."""
-        staged: list[StagedImport] = []
-        try:
-            members = archive.getmembers()
-            for member in members:
-                if not member.isfile():
-                    raise CacheError(
-                        f"could not import {path}: its member {member.name} is "
-                        f"{_member_kind(member)}, not a file (export writes only files); "
-                        "nothing was imported"
-                    )
-            archive_key = _archive_key(path, archive, members)
-            entries = [m for m in members if m.name.startswith("entries/")]
-            for member in progress(entries, "import"):
-                staged.append(self._stage_member(path, archive, member, archive_key))
-        except BaseException:
-            for entry in staged:
-                entry.discard()
-            raise
-        return staged
-
-    def _stage_member(
-        self,
-        path: str | os.PathLike[str],
-        archive: tarfile.TarFile,
-        member: tarfile.TarInfo,
-        archive_key: bytes,
-    ) -> StagedImport:
-        try:
-            return self._store.stage_import(archive.extractfile(member), archive_key)
-        except StoreError:
-            raise  # this cache's disk failed, not the archive; the message names the file
-        except (CacheError, OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-            raise CacheError(
-                f"could not import {path}: its member {member.name} is damaged ({exc}); "
-                "nothing was imported"
-            ) from None
-
-
-class _Writer:
-    """The process's writer thread for values written behind (``set_digest(behind=...)``):
-    jobs run one at a time, in order. ``flush`` waits for every job submitted so far; it runs at
-    exit, before listings, and at the end of multiprocessing workers (which skip atexit)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="afml-cache-writer", daemon=True
-                )
-                self._thread.start()
-                if multiprocessing.parent_process() is not None:
-                    # A multiprocessing child leaves through os._exit: atexit never runs there.
-                    multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
-        self._jobs.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except Exception:  # jobs report their own failures; this is a last resort
-                _log.exception("afml_cache: a background write failed")
-            finally:
-                self._jobs.task_done()
-
-    def flush(self) -> None:
-        if self._thread is not None and threading.current_thread() is not self._thread:
-            self._jobs.join()
-
-    def after_fork(self) -> None:
-        """In a forked child: the parent's jobs and thread are the parent's (a job's lock, held
-        through an inherited descriptor, must not be released here)."""
-        self._jobs = queue.Queue()
-        self._thread = None
-        self._lock = threading.Lock()
-
-
-_WRITER = _Writer()
-atexit.register(_WRITER.flush)
-os.register_at_fork(after_in_child=_WRITER.after_fork)
-
-
-def flush_writes() -> None:
-    """Waits until every value this process wrote behind is on disk."""
-    _WRITER.flush()
+        return imported
 
 
 def _flush_at_exit(ref: weakref.ReferenceType[Cache]) -> None:
     cache = ref()
     if cache is not None:
         with contextlib.suppress(Exception):  # exiting: the counters are only a hint
-            cache._flush_accesses()
+            cache.flush_accesses()
 
 
 def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
@@ -1018,49 +758,3 @@ def _held(lock: Any) -> Iterator[bool]:
     finally:
         if lock is not None:
             lock.release()
-
-
-def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = int(time.time())
-    info.mode = 0o600
-    archive.addfile(info, io.BytesIO(data))
-
-
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return f"a symbolic link to {member.linkname}"
-    if member.islnk():
-        return f"a hard link to {member.linkname}"
-    return "a directory" if member.isdir() else "a device, fifo or other special file"
-
-
-def _archive_key(
-    path: str | os.PathLike[str], archive: tarfile.TarFile, members: list[tarfile.TarInfo]
-) -> bytes:
-    """The key an archive's entries are sealed with, from its manifest."""
-    manifest = next((m for m in members if m.name == "manifest.json"), None)
-    if manifest is None:
-        raise CacheError(
-            f"could not import {path}: it is not an afml-cache archive (no manifest.json)"
-        )
-    where = f"could not import {path}: its manifest.json"
-    if manifest.size > _MANIFEST_LIMIT:
-        raise CacheError(f"{where} takes {manifest.size:,} bytes; export writes a few hundred")
-    source = archive.extractfile(manifest)
-    try:
-        info = json.loads(source.read() if source is not None else b"")
-    except ValueError as exc:
-        raise CacheError(f"{where} is not JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise CacheError(f"{where} is not a JSON object")
-    if info.get("format") != _ARCHIVE_FORMAT:
-        raise CacheError(f"{where} names format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}")
-    key = info.get("key")
-    if not isinstance(key, str) or re.fullmatch(r"[0-9a-fA-F]{64}", key) is None:
-        raise CacheError(
-            f'{where} has no archive key (64 hex digits under "key"), so its entries cannot be '
-            "verified; nothing was imported. Export the archive again"
-        )
-    return bytes.fromhex(key)

@@ -522,7 +522,7 @@ def _clear(args: argparse.Namespace) -> int:
     cache = _open_cache(args)
     if args.function is None and args.tag is None and args.older_than is None:
         return _clear_everything(cache, args)
-    entries = cache._store.scan(None)
+    entries = cache.scan(None)
     if args.function is not None:
         _check_function_name(cache, entries, args.function)
     cutoff = time.time() - args.older_than if args.older_than is not None else None
@@ -563,7 +563,7 @@ def _check_function_name(cache: Cache, entries: list[dict[str, Any]], name: str)
     """A name that is neither among the entries nor the statistics is a typo, not 'nothing to
     clear': say so, with the names that end like it."""
     known = {e["namespace"] for e in entries}
-    known |= {raw["namespace"] for raw in cache._store.function_stats()}
+    known |= {raw["namespace"] for raw in cache.function_stats()}
     if name in known:
         return
     alike = sorted(n for n in known if n.endswith("." + name) or n.endswith(name))
@@ -659,7 +659,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     cache = _open_cache(args)
     if args.function is not None:
-        _check_function_name(cache, cache._store.scan(args.function), args.function)
+        _check_function_name(cache, cache.scan(args.function), args.function)
     try:
         if args.function is not None:
             count = cache.namespaced(args.function).export(args.file)

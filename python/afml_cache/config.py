@@ -263,7 +263,7 @@ def clear_afml_cache(warn: bool = True) -> int:
     if cache is None:
         return 0
     removed = cache.clear()
-    cache._store.reset_function_stats()
+    cache.reset_function_stats()
     if warn:
         _log.warning("afml_cache: cleared %d entries from %s", removed, cache.directory)
     return removed

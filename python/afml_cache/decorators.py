@@ -2,7 +2,7 @@
 
 The key of a call is the fingerprint of: the function's name (`function_name`: its module and
 qualified name, with the script's or notebook's path for ``__main__``), its code fingerprint
-(its own code and, transitively, the helpers, classes and constants it uses; see codehash.py),
+(its own code and, transitively, the helpers, classes and constants it uses; see codehash/),
 the content of the mutable globals and closure cells that code reads, as of the call (less
 ``ignore_globals=``), the ``version=`` option, the code of the user classes among its arguments,
 and its arguments bound to parameter names with defaults applied (so ``f(df, 5)``,
@@ -36,7 +36,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from afml_cache import config
-from afml_cache._core import SPEC_VERSION, KeyLock, fingerprint
+from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache._store import KeyLock
 from afml_cache.cache import Cache, check_compression, check_ttl
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
 from afml_cache.errors import CacheError, CacheWarning, FingerprintError
@@ -526,7 +527,7 @@ class _Engine:
         if watching is not None:
             watching.append((self, hit))
         try:
-            cache._store.record_call(self.name, hit, compute, saved, latency)
+            cache.record_call(self.name, hit, compute, saved, latency)
         except OSError as exc:  # statistics are a convenience; never fail a call over them
             _log.debug("could not count a call of %s: %s", self.name, exc)
 
@@ -549,7 +550,7 @@ class _Engine:
     def cache_clear(self) -> int:
         """Removes this function's entries; returns how many."""
         cache = self.cache()
-        return 0 if cache is None else cache._remove(cache.entries())
+        return 0 if cache is None else cache.remove_entries(cache.entries())
 
     def cache_entries(self) -> list[dict[str, Any]]:
         """This function's entries, with their metadata (and, if time-aware, ``time_range``:
@@ -584,7 +585,7 @@ class _Engine:
             start, end = span
             return end >= low and (high is None or start <= high)
 
-        return cache._remove(e for e in cache.entries() if touches(e))
+        return cache.remove_entries(e for e in cache.entries() if touches(e))
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -76,10 +76,6 @@ def _engine(fn: Callable[..., Any]) -> Any:
     return fn.__afml_cache__  # type: ignore[attr-defined]
 
 
-def _same_directory(a: Cache, b: Cache) -> bool:
-    return a._store is b._store or Path(a.directory).resolve() == Path(b.directory).resolve()
-
-
 def _current_codes(
     functions: Iterable[Callable[..., Any]], cache: Cache, removal: _Removal
 ) -> dict[str, set[str] | None]:
@@ -91,7 +87,7 @@ def _current_codes(
     for fn in functions:
         engine = _engine(fn)
         view = engine.cache()
-        if view is None or not _same_directory(view, cache):
+        if view is None or not view.same_store(cache):
             continue
         try:
             code = engine.code_fingerprint()
@@ -157,9 +153,9 @@ def maintain_cache(
             f"no usable cache directory ({config.CACHE_DIRS['base']}); nothing was maintained"
         )
         return removal.result()
-    cache._flush_accesses()  # least recently used must count this process's memory hits
+    cache.flush_accesses()  # least recently used must count this process's memory hits
     try:
-        entries = cache._store.scan(None)
+        entries = cache.scan(None)
     except (OSError, CacheError) as exc:
         removal.errors.append(f"cannot list the entries of {cache.directory}: {exc}")
         return removal.result()

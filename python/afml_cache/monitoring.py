@@ -204,12 +204,10 @@ def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
     """The statistics of every called function, by name, and the bytes of all entries."""
     if cache is None:
         return {}, 0
-    sizes: dict[str, int] = {}
-    for entry in cache._store.scan(None):
-        sizes[entry["namespace"]] = sizes.get(entry["namespace"], 0) + entry["size"]
+    sizes = cache.sizes_by_namespace()
     rows = {
         raw["namespace"]: _row(raw, sizes.get(raw["namespace"], 0))
-        for raw in sorted(cache._store.function_stats(), key=lambda raw: raw["namespace"])
+        for raw in sorted(cache.function_stats(), key=lambda raw: raw["namespace"])
         if raw["calls"]
     }
     return rows, sum(sizes.values())
@@ -231,7 +229,7 @@ def function_row(cache: Cache | None, name: str, size_bytes: int) -> FunctionSta
     bytes its entries take (zeros if it was never called, or there is no usable cache)."""
     if cache is None:
         return _empty(name, size_bytes)
-    for raw in cache._store.function_stats():
+    for raw in cache.function_stats():
         if raw["namespace"] == name:
             return _row(raw, size_bytes)
     return _empty(name, size_bytes)
@@ -252,8 +250,8 @@ def _known_functions(cache: Cache) -> set[str]:
     in this process, with their entries in its directory."""
     from afml_cache.decorators import cached_functions
 
-    known = {raw["namespace"] for raw in cache._store.function_stats()}
-    known |= {entry["namespace"] for entry in cache._store.scan(None)}
+    known = {raw["namespace"] for raw in cache.function_stats()}
+    known |= {entry["namespace"] for entry in cache.scan(None)}
     here = Path(cache.directory).resolve()
     for fn in cached_functions():
         if fn.__module__ not in sys.modules:  # its module is gone: nobody can name it
@@ -292,7 +290,7 @@ def function_stats(name: str) -> FunctionStats:
             "components"
         )
     (full,) = found
-    return function_row(cache, full, sum(e["size"] for e in cache._store.scan(full)))
+    return function_row(cache, full, sum(e["size"] for e in cache.scan(full)))
 
 
 def cache_status() -> str:

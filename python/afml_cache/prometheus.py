@@ -84,11 +84,8 @@ class CacheCollector(Collector):
         cache = self.cache
         if cache is None:
             return
-        store = cache._store
-        sizes: dict[str, int] = {}
-        for entry in store.scan(None):
-            sizes[entry["namespace"]] = sizes.get(entry["namespace"], 0) + entry["size"]
-        calls = {raw["namespace"]: raw for raw in store.function_stats() if raw["calls"]}
+        sizes = cache.sizes_by_namespace()
+        calls = {raw["namespace"]: raw for raw in cache.function_stats() if raw["calls"]}
         families = _families()
         hits, misses, latency, hit_rate, size, saved, evictions = families
         for name in sorted(calls.keys() | sizes.keys()):
@@ -101,7 +98,7 @@ class CacheCollector(Collector):
             hit_rate.add_metric([name], raw["hits"] / raw["calls"] if raw["calls"] else 0.0)
             size.add_metric([name], sizes.get(name, 0))
             saved.add_metric([name], raw["time_saved"])
-        evictions.add_metric([], store.stats()["evictions"])
+        evictions.add_metric([], cache.stats(wait_for_writes=False)["evictions"])
         yield from families
 
 

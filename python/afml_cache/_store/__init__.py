@@ -1,0 +1,76 @@
+"""The one owner of the Rust store on the Python side: entries by digest in one directory.
+
+`Store` is the only user of ``_core.Store``; its submodules hold what turns values into entries
+and back (`serialize`), the memory tier (`memory`), the writer thread (`writer`) and archives
+(`archive`). `afml_cache.cache.Cache` binds keys to digests over it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from afml_cache import _core
+from afml_cache._core import KeyLock
+
+__all__ = ["KeyLock", "Store"]
+
+
+class Store:
+    """Entries by ``(namespace, digest)`` in ``directory``, shared by every process using it:
+    lookup, put, lock, delete, touch, scan, per-function call statistics, generation."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        size_limit: int,
+        eviction_policy: str,
+        *,
+        trust_group: bool,
+    ) -> None:
+        core = _core.Store(directory, size_limit, eviction_policy, trust_group=trust_group)
+        self._core = core
+        self.directory = Path(directory)
+        # The core's methods, bound once: a hit calls them with no Python layer in between.
+        self.get = core.get
+        self.put = core.put
+        self.contains = core.contains
+        self.current_mac = core.current_mac
+        self.generation = core.generation
+        self.count_hit = core.count_hit
+        self.record_access = core.record_access
+        self.record_call = core.record_call
+        self.function_stats = core.function_stats
+        self.reset_function_stats = core.reset_function_stats
+        self.lock = core.lock
+        self.delete = core.delete
+        self.touch = core.touch
+        self.scan = core.scan
+        self.expire = core.expire
+        self.clear = core.clear
+        self.check = core.check
+        self.stats = core.stats
+        self.export_entry = core.export_entry
+        self.stage_import = core.stage_import
+
+    @property
+    def size_limit(self) -> int:
+        return self._core.size_limit
+
+    @property
+    def eviction_policy(self) -> str:
+        return self._core.eviction_policy
+
+    def same_directory(self, other: Store) -> bool:
+        """True when both stores keep their entries in one directory."""
+        return other is self or self.directory.resolve() == other.directory.resolve()
+
+    def sizes_by_namespace(self) -> dict[str, int]:
+        """Bytes on disk of each namespace's entries."""
+        sizes: dict[str, int] = {}
+        for entry in self.scan(None):
+            sizes[entry["namespace"]] = sizes.get(entry["namespace"], 0) + entry["size"]
+        return sizes
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.directory)!r})"

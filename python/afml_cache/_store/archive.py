@@ -1,0 +1,142 @@
+"""Archives: entries sealed with a one-off key into a tar file, and imported all or nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from afml_cache._core import StagedImport
+from afml_cache.errors import CacheError, StoreError
+from afml_cache.progress import progress
+
+if TYPE_CHECKING:
+    from afml_cache._store import Store
+
+_ARCHIVE_FORMAT = "afml-cache export v1"
+# The largest manifest.json an import reads (export writes a few hundred bytes).
+_MANIFEST_LIMIT = 64 * 1024
+
+
+def write_archive(store: Store, entries: list[dict[str, Any]], path: str | os.PathLike[str]) -> int:
+    """Writes ``entries`` (records from ``Store.scan``) into one archive file; returns how many
+    were written (an entry removed meanwhile by another process is skipped)."""
+    archive_key = os.urandom(32)
+    count = 0
+    with tarfile.open(path, "w") as archive:
+        manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
+        _add_member(archive, "manifest.json", json.dumps(manifest).encode())
+        for entry in progress(entries, "export"):
+            sealed = store.export_entry(entry["namespace"], entry["key"], archive_key)
+            if sealed is not None:  # None: removed by another process meanwhile
+                _add_member(archive, f"entries/{count:09d}.afc", sealed)
+                count += 1
+    return count
+
+
+def import_archive(store: Store, path: str | os.PathLike[str]) -> int:
+    """Adds the entries of an archive written by ``write_archive``; returns how many. All or
+    nothing: see ``Cache.import_``."""
+    try:
+        with tarfile.open(path, "r") as archive:
+            staged = _stage_archive(store, path, archive)
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        # Not a tar archive, damaged between members, or this cache's disk failed.
+        raise CacheError(f"could not import {path}: {exc}; nothing was imported") from None
+    for entry in staged:
+        entry.commit()
+    return len(staged)
+
+
+def _stage_archive(
+    store: Store, path: str | os.PathLike[str], archive: tarfile.TarFile
+) -> list[StagedImport]:
+    """Every entry of an archive, verified and staged; after a failure none stays staged."""
+    staged: list[StagedImport] = []
+    try:
+        members = archive.getmembers()
+        for member in members:
+            if not member.isfile():
+                raise CacheError(
+                    f"could not import {path}: its member {member.name} is "
+                    f"{_member_kind(member)}, not a file (export writes only files); "
+                    "nothing was imported"
+                )
+        archive_key = _archive_key(path, archive, members)
+        entries = [m for m in members if m.name.startswith("entries/")]
+        for member in progress(entries, "import"):
+            staged.append(_stage_member(store, path, archive, member, archive_key))
+    except BaseException:
+        for entry in staged:
+            entry.discard()
+        raise
+    return staged
+
+
+def _stage_member(
+    store: Store,
+    path: str | os.PathLike[str],
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    archive_key: bytes,
+) -> StagedImport:
+    try:
+        return store.stage_import(archive.extractfile(member), archive_key)
+    except StoreError:
+        raise  # this cache's disk failed, not the archive; the message names the file
+    except (CacheError, OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        raise CacheError(
+            f"could not import {path}: its member {member.name} is damaged ({exc}); "
+            "nothing was imported"
+        ) from None
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o600
+    archive.addfile(info, io.BytesIO(data))
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link to {member.linkname}"
+    if member.islnk():
+        return f"a hard link to {member.linkname}"
+    return "a directory" if member.isdir() else "a device, fifo or other special file"
+
+
+def _archive_key(
+    path: str | os.PathLike[str], archive: tarfile.TarFile, members: list[tarfile.TarInfo]
+) -> bytes:
+    """The key an archive's entries are sealed with, from its manifest."""
+    manifest = next((m for m in members if m.name == "manifest.json"), None)
+    if manifest is None:
+        raise CacheError(
+            f"could not import {path}: it is not an afml-cache archive (no manifest.json)"
+        )
+    where = f"could not import {path}: its manifest.json"
+    if manifest.size > _MANIFEST_LIMIT:
+        raise CacheError(f"{where} takes {manifest.size:,} bytes; export writes a few hundred")
+    source = archive.extractfile(manifest)
+    try:
+        info = json.loads(source.read() if source is not None else b"")
+    except ValueError as exc:
+        raise CacheError(f"{where} is not JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise CacheError(f"{where} is not a JSON object")
+    if info.get("format") != _ARCHIVE_FORMAT:
+        raise CacheError(f"{where} names format {info.get('format')!r}, not {_ARCHIVE_FORMAT!r}")
+    key = info.get("key")
+    if not isinstance(key, str) or re.fullmatch(r"[0-9a-fA-F]{64}", key) is None:
+        raise CacheError(
+            f'{where} has no archive key (64 hex digits under "key"), so its entries cannot be '
+            "verified; nothing was imported. Export the archive again"
+        )
+    return bytes.fromhex(key)

@@ -1,0 +1,68 @@
+"""The process's writer thread, for values written behind."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import multiprocessing.util
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+_log = logging.getLogger("afml_cache")
+
+
+class Writer:
+    """Runs the jobs of values written behind (``Cache.set_digest(behind=...)``) one at a time,
+    in order. ``flush`` waits for every job submitted so far; it runs at exit, before listings,
+    and at the end of multiprocessing workers (which skip atexit)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="afml-cache-writer", daemon=True
+                )
+                self._thread.start()
+                if multiprocessing.parent_process() is not None:
+                    # A multiprocessing child leaves through os._exit: atexit never runs there.
+                    multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # jobs report their own failures; this is a last resort
+                _log.exception("afml_cache: a background write failed")
+            finally:
+                self._jobs.task_done()
+
+    def flush(self) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._jobs.join()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's jobs and thread are the parent's (a job's lock, held
+        through an inherited descriptor, must not be released here)."""
+        self._jobs = queue.Queue()
+        self._thread = None
+        self._lock = threading.Lock()
+
+
+WRITER = Writer()
+atexit.register(WRITER.flush)
+os.register_at_fork(after_in_child=WRITER.after_fork)
+
+
+def flush_writes() -> None:
+    """Waits until every value this process wrote behind is on disk."""
+    WRITER.flush()

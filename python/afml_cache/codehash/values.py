@@ -1,0 +1,276 @@
+"""How a value a function refers to counts in its code fingerprint: by value, by content at
+each call (*live*), by type, by name and version, or walked in turn; and how each is checked
+again on a later call."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import functools
+import gc
+import itertools
+import logging
+import pathlib
+import sys
+import types
+import uuid
+import weakref
+import zoneinfo
+from collections.abc import Callable
+from typing import Any, Final
+
+from afml_cache._core import fingerprint
+from afml_cache.codehash.scope import (
+    _defining_module,
+    _is_user_class,
+    _is_user_function,
+    _is_user_module,
+    _module_of,
+    _qualified,
+    _version_of,
+)
+from afml_cache.errors import FingerprintError
+
+_log = logging.getLogger("afml_cache")
+
+
+_MISSING: Final = object()  # a name that resolves to nothing
+_EMPTY_CELL: Final = object()  # a closure cell not filled yet
+
+_ATOMS: Final = (int, float, complex, str, bytes)
+
+# How a reference is checked again on a later call: the object it resolves to must be the
+# expected one (`_SAME`), or of the expected type (`_TYPE`), or wrap the same functions (`_PARTS`,
+# for staticmethod/classmethod/property, which cannot be weakly referenced).
+_SAME: Final = 0
+_TYPE: Final = 1
+_PARTS: Final = 2
+
+Getter = Callable[[], Any]
+Check = tuple[int, Any]
+
+# --- values ---------------------------------------------------------------------------------------
+
+
+def _is_constant(value: object) -> bool:
+    """Immutable values that count by value: numbers, strings, bytes, None, and tuples and
+    frozensets of them."""
+    if value is None:
+        return True
+    if isinstance(value, _ATOMS) and not isinstance(value, enum.Enum):
+        return True
+    # Exactly tuples and frozensets: a namedtuple or subclass may carry more than its items.
+    if isinstance(value, tuple | frozenset) and type(value) in (tuple, frozenset):
+        return all(_is_constant(item) for item in value)
+    return False
+
+
+# Values of these types cannot change once made: they count by value, computed once.
+_FROZEN_TYPES: Final = (
+    datetime.date,  # and datetime, pd.Timestamp
+    datetime.time,
+    datetime.timedelta,  # and pd.Timedelta
+    datetime.timezone,
+    zoneinfo.ZoneInfo,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+    range,
+    pathlib.PurePath,
+)
+
+
+def _is_frozen(value: object) -> bool:
+    """Values that cannot change in place and hold nothing that can: constants, dates and
+    times, numpy scalars, frozen dataclasses and namedtuples of such values."""
+    if _is_constant(value) or isinstance(value, _FROZEN_TYPES):
+        return True
+    if value is NotImplemented or value is Ellipsis:
+        return True
+    np = sys.modules.get("numpy")
+    # A void scalar can be a view into an array.
+    if np is not None and isinstance(value, np.generic | np.dtype):
+        return not isinstance(value, np.void)
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.Period | pd.DateOffset):
+        return True
+    if isinstance(value, tuple) and not hasattr(value, "__dict__"):  # tuples and namedtuples
+        return all(_is_frozen(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        params = getattr(type(value), "__dataclass_params__", None)
+        return bool(getattr(params, "frozen", False)) and all(
+            _is_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)
+        )
+    return False
+
+
+def _held(obj: object) -> Getter:
+    """A getter that holds ``obj``: for constants and sentinels, and objects that cannot be
+    weakly referenced."""
+    return itertools.repeat(obj).__next__
+
+
+def _same(obj: object) -> Check:
+    try:
+        return _SAME, weakref.ref(obj)
+    except TypeError:
+        return _SAME, _held(obj)
+
+
+def _of_type(obj: object) -> Check:
+    return _TYPE, _same(type(obj))[1]
+
+
+def _matches(check: Check, current: object) -> bool:
+    mode, expected = check
+    if mode == _SAME:
+        return expected() is current
+    if mode == _TYPE:
+        return expected() is type(current)
+    kind, parts = expected
+    if type(current) is not kind:
+        return False
+    return all(getattr(current, name, _MISSING) is get() for name, get in parts)
+
+
+# --- references -----------------------------------------------------------------------------------
+
+
+def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
+    """What ``obj``, reached through a reference, counts as, and how to check it again.
+
+    User functions and classes found are appended to ``children``, to be walked in turn. A part
+    that `_is_live` counts by the content the value has at each call.
+    """
+    try:
+        return _classify(obj, children)
+    except Exception as exc:
+        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(obj), exc)
+        return ("unknown", _qualified(obj)), _same(obj)
+
+
+def _live(obj: object) -> Any:
+    return ("live", _qualified(type(obj)))
+
+
+def _is_live(part: Any) -> bool:
+    return type(part) is tuple and bool(part) and part[0] == "live"
+
+
+def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
+    if obj is _MISSING or obj is _EMPTY_CELL:
+        return ("missing",), (_SAME, _held(obj))
+    if _is_constant(obj):
+        return ("const", obj), (_SAME, _held(obj))
+    cls = type(obj)
+    if isinstance(obj, types.FunctionType):
+        if _is_user_function(obj):
+            children.append(obj)
+            return ("function", obj.__qualname__), _same(obj)
+        return _library_callable(obj, children), _same(obj)
+    if isinstance(obj, type):
+        if _is_user_class(obj):
+            children.append(obj)
+            return ("class", obj.__qualname__), _same(obj)
+        if obj.__module__ == "builtins":
+            return ("builtin", obj.__qualname__), _same(obj)
+        return _library_callable(obj, children), _same(obj)
+    if isinstance(obj, types.ModuleType):
+        if _is_user_module(obj):
+            return ("module", obj.__name__), _same(obj)
+        return ("library", obj.__name__, _version_of(obj.__name__)), _same(obj)
+    if isinstance(obj, types.MethodType):
+        function, _ = _ref(obj.__func__, children)
+        owner, _ = _ref(obj.__self__, children)
+        if _is_live(owner):  # bound to an object whose state counts
+            return _live(obj), _same(obj)
+        return ("method", function, owner), _same(obj)
+    if isinstance(obj, staticmethod | classmethod):
+        function, _ = _ref(obj.__func__, children)
+        getters: tuple[tuple[str, Getter], ...] = (("__func__", _same(obj.__func__)[1]),)
+        return (cls.__name__, function), (_PARTS, (cls, getters))
+    if isinstance(obj, property):
+        names = ("fget", "fset", "fdel")
+        accessors = tuple(getattr(obj, name) for name in names)
+        parts = tuple(_ref(a, children)[0] if a is not None else None for a in accessors)
+        getters = tuple((n, _same(a)[1]) for n, a in zip(names, accessors, strict=True))
+        return ("property", *parts), (_PARTS, (cls, getters))
+    if isinstance(obj, functools.partial):
+        function, _ = _ref(obj.func, children)
+        args = tuple(_ref(a, children)[0] for a in obj.args)
+        keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
+        if any(_is_live(p) for p in (*args, *(v for _, v in keywords))):
+            return _live(obj), _same(obj)
+        return ("partial", function, args, keywords), _same(obj)
+    if isinstance(obj, enum.Enum):
+        owner, _ = _ref(cls, children)
+        value = obj.value if _is_constant(obj.value) else _qualified(obj.value)
+        return ("enum", owner, obj.name, value), _same(obj)
+    if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
+        items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
+        if any(_is_live(item) for item in items):
+            return _live(obj), _same(obj)
+        return ("tuple", items), _same(obj)
+    if _is_user_class(cls):
+        children.append(cls)
+    elif callable(obj) and isinstance(getattr(obj, "__name__", None), str):
+        return _library_callable(obj, children), _same(obj)
+    return _by_content(obj)
+
+
+def _by_content(obj: object) -> tuple[Any, Check]:
+    """A value: by value, computed once, if it cannot change; by its content at each call if it
+    has a fingerprint; by its type's qualified name if it has none (a client, a lock)."""
+    try:
+        digest = fingerprint(obj, strict=True)
+    except FingerprintError:
+        return ("object", _qualified(type(obj))), _of_type(obj)
+    if _is_frozen(obj):
+        return ("value", _qualified(type(obj)), digest), _same(obj)
+    return _live(obj), _of_type(obj)
+
+
+def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
+    """A function, class or callable of a library: by name and version, plus the user function
+    it wraps, if any (a cached function, an ``lru_cache``)."""
+    module = _module_of(obj)
+    if module == "builtins":
+        return ("builtin", getattr(obj, "__qualname__", None) or _qualified(obj))
+    inner = _wrapped_user_function(obj)
+    if inner is None:
+        return ("library", _qualified(obj), _version_of(module))
+    children.append(inner)
+    # A wrapper carries the wrapped function's names (functools.wraps): name it by its code.
+    if isinstance(obj, types.FunctionType):
+        module = _defining_module(obj)
+        name = f"{module}.{obj.__code__.co_qualname}"
+    else:
+        module = type(obj).__module__
+        name = _qualified(type(obj))
+    return ("wrapped", name, _version_of(module), ("function", inner.__qualname__))
+
+
+def _wrapped_user_function(obj: object) -> types.FunctionType | None:
+    inner: object = obj
+    for _ in range(16):  # wrappers of wrappers; a loop of __wrapped__ must end
+        try:
+            inner = getattr(inner, "__wrapped__", None) or _frompyfunc_function(inner)
+        except Exception:
+            return None
+        if inner is None or isinstance(inner, type):
+            return None
+        if isinstance(inner, types.FunctionType) and _is_user_function(inner):
+            return inner
+    return None
+
+
+def _frompyfunc_function(obj: object) -> types.FunctionType | None:
+    """The function an ``np.frompyfunc`` ufunc calls: it holds it without naming it."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.ufunc) or not obj.__name__.endswith(" (vectorized)"):
+        return None
+    functions = [r for r in gc.get_referents(obj) if isinstance(r, types.FunctionType)]
+    return functions[0] if len(functions) == 1 else None

@@ -1,0 +1,645 @@
+"""The walk over the functions and classes a function reaches, with the cache of their nodes,
+and the public answers: `code_fingerprint`, `code_state`, `function_key`, `arguments_code`."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import sys
+import threading
+import types
+import weakref
+from collections.abc import Callable, Collection
+from typing import Any, Final
+
+from afml_cache._core import fingerprint
+from afml_cache.codehash.bytecode import (
+    _WRITTEN_TYPES,
+    Ref,
+    _cached_references,
+    _code_digest,
+    _written_only,
+)
+from afml_cache.codehash.scope import (
+    _defining_module,
+    _is_own_package,
+    _is_stdlib_name,
+    _is_user_class,
+    _is_user_function,
+    _is_user_module,
+    _packages_distributions,
+    _qualified,
+    _version_of,
+)
+from afml_cache.codehash.values import (
+    _EMPTY_CELL,
+    _MISSING,
+    _SAME,
+    Check,
+    Getter,
+    _held,
+    _is_live,
+    _library_callable,
+    _matches,
+    _of_type,
+    _ref,
+    _same,
+)
+from afml_cache.errors import FingerprintError
+
+_log = logging.getLogger("afml_cache")
+
+
+# Part of every digest; bump it when what is hashed changes.
+_FORMAT: Final = "afml-cache code fingerprint v1"
+
+_NOT_IMPORTED: Final = object()  # a module an import statement names, not imported yet
+_SKIPPED_CLASS_KEYS: Final = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "__dict__",
+        "__weakref__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__slotnames__",  # copyreg caches it on the class when an instance is first pickled
+    }
+)
+# A value counted by its content at each call: what names it (`PARAMS`, `cfg.PARAMS`), and how to
+# read it from the function or class that refers to it.
+Live = tuple[str, Callable[[Any], Any]]
+
+# --- the nodes of the walk: functions and classes -------------------------------------------------
+
+
+class _FunctionNode:
+    """What a function's digest was computed from, to tell on a later call whether it holds."""
+
+    __slots__ = (
+        "cells",
+        "children",
+        "code",
+        "defaults_id",
+        "digest",
+        "kwdefaults_id",
+        "live",
+        "names",
+        "paths",
+        "readable",
+        "same",
+    )
+
+    def __init__(self, fn: types.FunctionType) -> None:
+        self.code = fn.__code__
+        self.defaults_id = id(fn.__defaults__)
+        self.kwdefaults_id = id(fn.__kwdefaults__)
+        # Global names not followed further: those that must resolve to the same object (most),
+        # and the others (by type, or wrapping the same functions).
+        self.same: list[tuple[str, Getter]] = []
+        self.names: list[tuple[str, Check]] = []
+        self.paths: list[tuple[Ref, tuple[Getter, ...], Check]] = []  # chains and imports
+        self.cells: list[Check] = []
+        self.children: tuple[weakref.ref[Any], ...] = ()
+        self.digest = ""
+        self.live: list[Live] = []  # values counted by their content at each call
+        self.readable = True  # False when something reached could only be named
+
+    def current_children(self, fn: types.FunctionType) -> list[object] | None:
+        """The functions and classes to walk next, or None when the digest no longer holds."""
+        # This runs for every function reached on every call: keep it to lookups and `is`.
+        if (
+            fn.__code__ is not self.code
+            or id(fn.__defaults__) != self.defaults_id
+            or id(fn.__kwdefaults__) != self.kwdefaults_id
+        ):
+            return None
+        missing = _MISSING
+        scope = fn.__globals__
+        for name, expected in self.same:
+            current = scope.get(name, missing)
+            if current is missing:
+                current = fn.__builtins__.get(name, missing)  # type: ignore[attr-defined]
+            if expected() is not current:
+                return None
+        for name, check in self.names:
+            current = scope.get(name, missing)
+            if current is missing:
+                current = fn.__builtins__.get(name, missing)  # type: ignore[attr-defined]
+            if not _matches(check, current):
+                return None
+        for ref, modules, check in self.paths:
+            current = _start(fn, ref)
+            for module, attr in zip(modules, ref[-1], strict=False):
+                if current is not module():
+                    return None
+                current = getattr(current, attr, missing)
+            if not _matches(check, current):
+                return None
+        if self.cells:
+            for cell, check in zip(fn.__closure__ or (), self.cells, strict=False):
+                if not _matches(check, _cell_contents(cell)):
+                    return None
+        return _alive(self.children) if self.children else []
+
+    def add_name(self, name: str, check: Check) -> None:
+        if check[0] == _SAME:
+            self.same.append((name, check[1]))
+        else:
+            self.names.append((name, check))
+
+
+class _ClassNode:
+    __slots__ = (
+        "bases",
+        "children",
+        "digest",
+        "live",
+        "members",
+        "metaclass",
+        "readable",
+        "same",
+        "size",
+    )
+
+    def __init__(self, cls: type) -> None:
+        self.size = len(vars(cls))
+        self.same: list[tuple[str, Getter]] = []
+        self.members: list[tuple[str, Check]] = []
+        self.bases: tuple[Getter, ...] = tuple(_same(b)[1] for b in cls.__bases__)
+        self.metaclass: Getter = _same(type(cls))[1]
+        self.children: tuple[weakref.ref[Any], ...] = ()
+        self.digest = ""
+        self.live: list[Live] = []
+        self.readable = True
+
+    def current_children(self, cls: type) -> list[object] | None:
+        namespace = vars(cls)
+        if len(namespace) != self.size or type(cls) is not self.metaclass():
+            return None
+        bases = cls.__bases__
+        if len(bases) != len(self.bases):
+            return None
+        for base, expected in zip(bases, self.bases, strict=True):
+            if base is not expected():
+                return None
+        missing = _MISSING
+        for name, expected in self.same:
+            if namespace.get(name, missing) is not expected():
+                return None
+        for name, check in self.members:
+            if not _matches(check, namespace.get(name, missing)):
+                return None
+        return _alive(self.children)
+
+    def add_member(self, name: str, check: Check) -> None:
+        if check[0] == _SAME:
+            self.same.append((name, check[1]))
+        else:
+            self.members.append((name, check))
+
+
+def _alive(refs: tuple[weakref.ref[Any], ...]) -> list[object] | None:
+    children = [r() for r in refs]
+    for child in children:
+        if child is None:  # gone: what refers to it must have changed
+            return None
+    return children
+
+
+def _weak_children(children: list[object]) -> tuple[weakref.ref[Any], ...]:
+    return tuple(weakref.ref(c) for c in children)
+
+
+def _builtins_of(fn: types.FunctionType) -> dict[str, Any]:
+    return fn.__builtins__  # type: ignore[attr-defined,no-any-return]  # 3.10+, not in typeshed
+
+
+def _cell_contents(cell: types.CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY_CELL
+
+
+def _start(fn: types.FunctionType, ref: Ref) -> object:
+    """The object a reference starts from: a global (or builtin) name, or an imported module."""
+    if ref[0] != "import":
+        current = fn.__globals__.get(ref[1], _MISSING)
+        if current is _MISSING:
+            current = _builtins_of(fn).get(ref[1], _MISSING)
+        return current
+    return sys.modules.get(ref[2], _NOT_IMPORTED)
+
+
+def _absolute_import(fn: types.FunctionType, ref: Ref) -> Ref:
+    _, level, name, attrs = ref
+    if level:
+        package = fn.__globals__.get("__package__") or ""
+        try:
+            name = importlib.util.resolve_name("." * level + name, package)
+        except Exception:
+            name = "." * level + name
+    return ("import", 0, name, attrs)
+
+
+def _import_if_user(name: str) -> None:
+    """Import a module a function imports in its body, if it is the user's own and not
+    imported yet, so its functions can be read. Library modules are named, never imported."""
+    if name in sys.modules or not name or name.startswith("."):
+        return
+    top = name.partition(".")[0]
+    if _is_stdlib_name(top) or _packages_distributions().get(top) or _is_own_package(top):
+        return
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        _log.debug("afml_cache: code fingerprint cannot import %s: %r", name, exc)
+
+
+def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]:
+    node = _FunctionNode(fn)
+    children: list[object] = []
+    try:
+        doc = fn.__doc__
+        own = _code_digest(fn.__code__, doc if isinstance(doc, str) else None)
+        refs: dict[tuple[str, ...], Any] = {}
+        for ref in _cached_references(fn.__code__):
+            _function_reference(fn, ref, node, refs, children)
+        cells = []
+        for i, (name, cell) in enumerate(
+            zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True)
+        ):
+            value = _cell_contents(cell)
+            part, check = _ref(value, children)
+            part = _unless_written_only(fn, name, value, part)
+            if _is_live(part):
+                node.live.append((name, _cell_reader(i)))
+            node.cells.append(check)
+            cells.append((name, part))
+        defaults = tuple(_ref(d, children)[0] for d in fn.__defaults__ or ())
+        for i, part in enumerate(defaults):
+            if _is_live(part):
+                node.live.append((f"{fn.__qualname__}.__defaults__[{i}]", _default_reader(i)))
+        kwdefaults = tuple(
+            (k, _ref(v, children)[0]) for k, v in sorted((fn.__kwdefaults__ or {}).items())
+        )
+        for name, part in kwdefaults:
+            if _is_live(part):
+                node.live.append(
+                    (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
+                )
+        references = tuple(refs.items())
+        form = ("function", fn.__qualname__, own, defaults, kwdefaults, references, tuple(cells))
+        node.digest = _digest(form, fn)
+        node.readable = _readable(form)
+    except Exception as exc:
+        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
+        node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
+        node.live, node.readable = [], False
+        node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
+        node.defaults_id = -1  # never holds: tried again on the next call
+    node.children = _weak_children(children)
+    return node, children
+
+
+def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
+    """A list, set, dict or deque the function only appends or adds to (a log, a call counter)
+    counts by type: its content does not decide the result."""
+    if _is_live(part) and type(value) in _WRITTEN_TYPES and name in _written_only(fn.__code__):
+        return ("written", _qualified(type(value)))
+    return part
+
+
+def _cell_reader(i: int) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__closure__[i].cell_contents  # type: ignore[index]
+
+
+def _default_reader(i: int) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__defaults__[i]  # type: ignore[index]
+
+
+def _kwdefault_reader(name: str) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__kwdefaults__[name]  # type: ignore[index]
+
+
+def _global_reader(name: str) -> Callable[[types.FunctionType], Any]:
+    def read(fn: types.FunctionType) -> Any:
+        value = fn.__globals__.get(name, _MISSING)
+        return _builtins_of(fn).get(name) if value is _MISSING else value
+
+    return read
+
+
+def _path_reader(ref: Ref) -> Callable[[types.FunctionType], Any]:
+    def read(fn: types.FunctionType) -> Any:
+        current = _start(fn, ref)
+        for attr in ref[-1]:
+            current = getattr(current, attr, None)
+        return current
+
+    return read
+
+
+def _member_reader(name: str) -> Callable[[type], Any]:
+    return lambda cls: vars(cls).get(name)
+
+
+def _readable(form: Any) -> bool:
+    """False when a part of ``form`` could only be named (``("unknown", name)``)."""
+    if type(form) is not tuple:
+        return True
+    if form and form[0] == "unknown":
+        return False
+    return all(_readable(item) for item in form)
+
+
+def _function_reference(
+    fn: types.FunctionType,
+    ref: Ref,
+    node: _FunctionNode,
+    refs: dict[tuple[str, ...], Any],
+    children: list[object],
+) -> None:
+    """Resolve one reference of ``fn``: record what it counts as in ``refs`` under its label
+    (the names followed), and how to check it again in ``node``."""
+    if ref[0] == "state":
+        if (ref[1],) not in refs:
+            current = _start(fn, ref)
+            node.add_name(ref[1], _of_type(current))
+            refs[(ref[1],)] = ("state", None if current is _MISSING else _qualified(type(current)))
+        return
+    if ref[0] == "import":
+        ref = _absolute_import(fn, ref)
+        _import_if_user(ref[2])
+        label: tuple[str, ...] = ("import", ref[2])
+    else:
+        label = (ref[1],)
+    current = _start(fn, ref)
+    modules: list[Getter] = []
+    for attr in ref[-1]:
+        if not (isinstance(current, types.ModuleType) and _is_user_module(current)):
+            break
+        modules.append(weakref.ref(current))
+        current = getattr(current, attr, _MISSING)
+        label = (*label, attr)
+    if label in refs:  # `np.mean` and `np.std` both stop at `np`
+        return
+    if current is _NOT_IMPORTED:
+        part: Any = ("library", ref[2], _version_of(ref[2]))
+        check: Check = (_SAME, _held(_NOT_IMPORTED))
+    else:
+        part, check = _ref(current, children)
+        if ref[0] == "global" and not modules:
+            part = _unless_written_only(fn, ref[1], current, part)
+    followed = (*ref[:-1], ref[-1][: len(modules)])
+    if ref[0] == "global" and not modules:
+        node.add_name(ref[1], check)
+        if _is_live(part):
+            node.live.append((ref[1], _global_reader(ref[1])))
+    else:
+        node.paths.append((followed, tuple(modules), check))
+        if _is_live(part):
+            node.live.append(
+                (".".join(label[1:] if ref[0] == "import" else label), _path_reader(followed))
+            )
+    refs[label] = part
+
+
+def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
+    node = _ClassNode(cls)
+    children: list[object] = []
+    try:
+        members = []
+        namespace = tuple(vars(cls).items())  # one snapshot, even if another thread edits it
+        node.size = len(namespace)
+        for name, value in namespace:
+            if name in _SKIPPED_CLASS_KEYS:
+                continue
+            part, check = _ref(value, children)
+            if _is_live(part) and name.startswith("__") and name.endswith("__"):
+                # Made with the class from its code (`__annotations__`): by type.
+                part = ("object", _qualified(type(value)))
+            node.add_member(name, check)
+            if _is_live(part):
+                node.live.append((f"{cls.__qualname__}.{name}", _member_reader(name)))
+            members.append((name, part))
+        members.sort(key=lambda item: item[0])
+        bases = tuple(_ref(b, children)[0] for b in cls.__bases__)
+        metaclass, _ = _ref(type(cls), children)
+        form = ("class", cls.__qualname__, bases, metaclass, tuple(members))
+        node.digest = _digest(form, cls)
+        node.readable = _readable(form)
+    except Exception as exc:
+        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
+        node.same, node.members, children = [], [], []
+        node.live, node.readable = [], False
+        node.digest = fingerprint((_FORMAT, "unknown", _qualified(cls)))
+        node.size = -1  # never holds: tried again on the next call
+    node.children = _weak_children(children)
+    return node, children
+
+
+def _digest(form: tuple[Any, ...], owner: object) -> str:
+    try:
+        return fingerprint(form, strict=True)
+    except Exception as exc:
+        # A constant the fingerprint cannot read (nested too deep, say): count it by type.
+        _log.debug("afml_cache: code fingerprint of %s: %r", _qualified(owner), exc)
+        return fingerprint(_constants_by_type(form), strict=True)
+
+
+def _constants_by_type(form: Any) -> Any:
+    if type(form) is tuple:
+        if len(form) == 2 and form[0] == "const":
+            return ("const-type", _qualified(type(form[1])))
+        return tuple(_constants_by_type(item) for item in form)
+    return form
+
+
+# --- the walk -------------------------------------------------------------------------------------
+
+_nodes: weakref.WeakKeyDictionary[Any, _FunctionNode | _ClassNode] = weakref.WeakKeyDictionary()
+_combined: dict[tuple[str, ...], str] = {}
+_COMBINED_LIMIT: Final = 4096
+
+
+_building = threading.local()  # ids of the objects whose nodes this thread is computing
+
+
+# The values a function or class refers to that count by content, with the object to read them
+# from.
+Found = list[tuple[list[Live], object]]
+# What a walk found: the digest of each function and class reached, the values that count by
+# content, and whether all was readable.
+Walked = tuple[tuple[str, ...], Found, bool]
+
+
+def _walk(roots: list[object]) -> Walked:
+    """The digests of every function and class reachable from ``roots``, each once, depth
+    first, and the values among what they refer to that count by content."""
+    digests: list[str] = []
+    live: Found = []
+    readable = True
+    seen: set[int] = set()
+    pinned: list[object] = []  # keeps each visited object alive, so its id stays its own
+    stack: list[Any] = roots[::-1]
+    nodes = _nodes
+    # WeakKeyDictionary.get is `data.get(ref(key))` in Python: calling the dict directly saves a
+    # frame for every function and class reached, on every call.
+    stored, ref = nodes.data, weakref.ref
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        pinned.append(obj)
+        try:
+            node = stored.get(ref(obj))
+        except TypeError:  # not weakly referenceable, or a metaclass that makes it unhashable
+            node = None
+        children = None
+        if node is not None:
+            try:
+                children = node.current_children(obj)
+            except Exception:  # a module's __getattr__ that raises, say: compute afresh
+                children = None
+        if node is None or children is None:
+            node, children = _build(obj)
+            with contextlib.suppress(TypeError):  # not weakly referenceable: recomputed each call
+                nodes[obj] = node
+        digests.append(node.digest)
+        if node.live:
+            live.append((node.live, obj))
+        if not node.readable:
+            readable = False
+        if children:
+            stack.extend(reversed(children))
+    return tuple(digests), live, readable
+
+
+def _build(obj: object) -> tuple[_FunctionNode | _ClassNode, list[object]]:
+    building: set[int] = getattr(_building, "ids", None) or set()
+    _building.ids = building
+    building.add(id(obj))
+    try:
+        if type(obj) is types.FunctionType:
+            return _function_node(obj)
+        return _class_node(obj)  # type: ignore[arg-type]
+    finally:
+        building.discard(id(obj))
+
+
+def _combine(digests: tuple[str, ...]) -> str:
+    combined = _combined.get(digests)
+    if combined is None:
+        combined = fingerprint((_FORMAT, "function", digests))
+        if len(_combined) >= _COMBINED_LIMIT:
+            _combined.clear()
+        _combined[digests] = combined
+    return combined
+
+
+def _current(live: Found) -> tuple[tuple[str, Any], ...]:
+    """The values that count by content, as they are now, each with the name it is read by."""
+    values = []
+    for entries, owner in live:
+        for label, read in entries:
+            try:
+                values.append((label, read(owner)))
+            except Exception as exc:  # rebound or deleted by another thread since the walk
+                raise FingerprintError(f"cannot read {label}: {exc!r}") from None
+    return tuple(values)
+
+
+def code_fingerprint(fn: Callable[..., Any]) -> str:
+    """The 64-hex-digit fingerprint of what ``fn`` computes (see the module docstring).
+
+    It changes when the code of ``fn`` or of any user function, class or module-level constant
+    it depends on changes, and stays when only comments, blank lines, docstrings or line
+    positions do. Values that count by content (see `code_state`) are not in it. It never
+    raises: what cannot be read counts by name.
+    """
+    try:
+        if isinstance(fn, types.MethodType):
+            fn = fn.__func__
+        if type(fn) is types.FunctionType:
+            # Fast path: the walk checks every node's inputs; the combination is memoised.
+            return _combine(_walk([fn])[0])
+        children: list[object] = []
+        head, _ = _ref(fn, children)
+        return fingerprint((_FORMAT, "object", _digest((head,), fn), _walk(children)[0]))
+    except Exception as exc:
+        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
+        return fingerprint((_FORMAT, "unknown", _qualified(fn)))
+
+
+def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The code fingerprint of a function or user class, and the values it reads that count by
+    their content at this moment (mutable globals, closure cells, class attributes, defaults),
+    each as ``(name, value)``: a key holds both.
+
+    Raises `FingerprintError` only when a value cannot be read (a race with another thread).
+    """
+    digests, live, _ = _walk([obj])
+    return _combine(digests), _current(live) if live else ()
+
+
+def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
+    """What a function passed as a value counts as: its module, its code fingerprint and the
+    values it reads that count by content, as for a decorated function. A cached function counts
+    as the function it caches; a library function by its name and version (and the user
+    function it wraps, if any), as when code refers to it.
+
+    Raises `FingerprintError` when some of the code it reaches cannot be read: a function that
+    cannot be told apart from another must not share its entries.
+    """
+    if _is_own_package(_defining_module(fn)):
+        wrapped = getattr(fn, "__wrapped__", None)
+        if type(wrapped) is types.FunctionType:
+            fn = wrapped
+    module = _defining_module(fn)
+    if id(fn) in (getattr(_building, "ids", None) or ()):
+        # Reached again while its own node is being computed: that node counts its code.
+        return (module, fn.__qualname__, "being counted")
+    if _is_user_function(fn):
+        digests, live, readable = _walk([fn])
+    else:
+        children: list[object] = []
+        library = fingerprint(_library_callable(fn, children), strict=True)
+        digests, live, readable = _walk(children)
+        digests = (library, *digests)
+    if not readable:
+        raise FingerprintError(
+            f"the code of {module}.{fn.__qualname__} reaches objects that cannot be read, so it "
+            "cannot be told apart from other functions; pass a function of your own code, or "
+            "list the argument in ignore="
+        )
+    return (module, _combine(digests), _current(live))
+
+
+_library_types: set[type] = set()  # argument types known not to be the user's own classes
+
+
+def arguments_code(values: Collection[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """The code states (`code_state`) of the user classes among ``values``, given as classes or
+    through an instance (``self``, a strategy object): a value's fingerprint names its class but
+    does not read its methods."""
+    if _library_types.issuperset(map(type, values)):  # nearly every hit: ints, strings, frames
+        return ()
+    states = []
+    for value in values:
+        cls = type(value)
+        if cls in _library_types:
+            continue
+        if isinstance(value, type):  # a class passed as an argument
+            cls = value
+            if not _is_user_class(cls):
+                continue
+        elif not _is_user_class(cls):
+            _library_types.add(cls)
+            continue
+        states.append(code_state(cls))
+    return tuple(states)
