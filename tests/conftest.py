@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import itertools
 import os
 import subprocess
 import sys
 import textwrap
+import types
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -82,6 +85,30 @@ def assert_all_same(values: Iterable[Any], labels: Iterable[str] | None = None) 
     odd = [f"{lab}: {d}" for lab, d in zip(labels, digests, strict=True) if d != digests[0]]
     assert not odd, f"expected one digest ({labels[0]}: {digests[0]}), got: " + "; ".join(odd)
     return digests[0]
+
+
+@pytest.fixture
+def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., types.ModuleType]:
+    """``load(source, name=None)``: writes ``source`` to a fresh file and imports it under a
+    fresh (or the given) module name, as user code a decorated function lives in."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    counter = itertools.count()
+
+    def load(source: str, name: str | None = None) -> types.ModuleType:
+        name = name or f"user_code_{uuid.uuid4().hex}"
+        directory = tmp_path / f"m{next(counter)}"
+        directory.mkdir()
+        path = directory / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(directory))
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

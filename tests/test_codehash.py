@@ -7,8 +7,6 @@ the user's own code; notebook code is imitated with ``exec`` in a namespace name
 from __future__ import annotations
 
 import functools
-import importlib.util
-import itertools
 import math
 import re
 import sys
@@ -68,30 +66,6 @@ def pipeline(x):
     COUNTS["calls"] += 1
     return Model(3).predict(x) + scale(x)
 '''
-
-
-@pytest.fixture
-def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loader:
-    """Write ``source`` to a fresh file and import it under a fresh module name."""
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    counter = itertools.count()
-
-    def load(source: str, name: str | None = None) -> types.ModuleType:
-        n = next(counter)
-        name = name or f"codehash_case_{uuid.uuid4().hex}"
-        directory = tmp_path / f"v{n}"
-        directory.mkdir()
-        path = directory / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        monkeypatch.syspath_prepend(str(directory))
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 def digest_of(load: Loader, source: str, name: str = "pipeline") -> str:

@@ -8,7 +8,6 @@ the uncached computation. Notebook code is imitated with ``exec`` in a namespace
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -30,29 +29,6 @@ from hypothesis import strategies as st
 import afml_cache
 
 Loader = Callable[..., types.ModuleType]
-
-
-@pytest.fixture
-def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Loader:
-    """Write ``source`` to a fresh file and import it under a fresh (or the given) name."""
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    counter = itertools.count()
-
-    def load(source: str, name: str | None = None) -> types.ModuleType:
-        name = name or f"wrong_hits_{uuid.uuid4().hex}"
-        directory = tmp_path / f"m{next(counter)}"
-        directory.mkdir()
-        path = directory / f"{name}.py"
-        path.write_text(textwrap.dedent(source))
-        monkeypatch.syspath_prepend(str(directory))
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 class Notebook:
