@@ -7,13 +7,15 @@ and cachier, in one run.
 Cases:
 - ``frame_hit``: a hit of ``f(bars)`` where ``bars`` is a 1M-row OHLCV frame and ``f`` returns
   a Series (the call must hash the whole frame to find its key). Target ≤ 10 ms.
-- ``scalars_hit``: a hit of ``f(20, 0.01, "close")``. Target ≤ 5 µs.
+- ``scalars_hit``: a hit of ``f(20, 0.01, "close")``. Target: at least 5x faster than
+  ``diskcache.memoize`` in the same run (issue 15, goal 5); ≤ 5 µs without diskcache.
 - ``global_dict_hit``: the same hit for a function that also reads ``PARAMS``, a module-level
   dict of 10 items: its content is part of every key, so each hit fingerprints it. afml-cache
   only (the others do not key on globals). Target: ``scalars_hit`` plus fingerprinting
   ``PARAMS`` plus 1 µs (reading it).
 - ``first_call``: a miss of ``f(bars)`` in a warm process (the function was called before on
-  other data), against the function run uncached plus fingerprinting its argument. Target ≤ 1.2 x.
+  other data), against the function run uncached plus fingerprinting its argument. Target
+  ≤ 1.3 x (issue 15, goal 4).
   Each repeat calls ``f`` on its own copy of the bars with one price changed, so each is a miss.
 
 Each tool caches in a fresh temporary directory; medians over repeats after warm-ups.
@@ -44,6 +46,10 @@ from _common import (
 )
 
 AFML = "afml-cache"
+# Issue 15's goals: a first call within this many times (uncached call + fingerprint), and a
+# scalar hit this many times faster than diskcache.memoize's.
+FIRST_CALL_RATIO = 1.3
+SCALAR_HIT_SPEEDUP = 5
 
 
 def make_bars(n: int) -> pd.DataFrame:
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             samples = time_loops(
                 lambda f=cached_sum: f(20, 0.01, "close"), loops=loops, repeats=repeats
             )
-            results.append(("scalars_hit", tool, median(samples), "<= 5 µs"))
+            results.append(("scalars_hit", tool, median(samples), ""))
             if tool == AFML:
                 cached_params = decorate(scalar_sum_params)
                 cached_params(20, 0.01, "close")
@@ -156,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(directory, ignore_errors=True)
 
     reference = {case: t for case, tool, t, _ in results if tool == AFML}
+    diskcache_hit = next(
+        (t for case, tool, t, _ in results if (case, tool) == ("scalars_hit", "diskcache.memoize")),
+        None,
+    )
     targets = {
         "frame_hit": 10e-3,
-        "scalars_hit": 5e-6,
+        "scalars_hit": diskcache_hit / SCALAR_HIT_SPEEDUP if diskcache_hit else 5e-6,
         "global_dict_hit": reference["scalars_hit"] + params_hashing + 1e-6,
-        "first_call": 1.2 * (uncached + hashing),
+        "first_call": FIRST_CALL_RATIO * (uncached + hashing),
     }
     rows_out = []
     for case, tool, seconds, target in results:
@@ -170,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             status = "ok" if seconds <= targets[case] else "MISS"
             if case == "first_call":
-                target = f"<= 1.2 x {fmt_seconds(uncached + hashing)}"
+                times = seconds / (uncached + hashing)
+                target = (
+                    f"<= {FIRST_CALL_RATIO} x {fmt_seconds(uncached + hashing)} (now {times:.2f} x)"
+                )
+            elif case == "scalars_hit" and diskcache_hit:
+                target = f">= {SCALAR_HIT_SPEEDUP} x faster than diskcache.memoize"
+            elif case == "scalars_hit":
+                target = "<= 5 µs"
             elif case == "global_dict_hit":
                 target = f"<= scalars_hit + {fmt_seconds(params_hashing + 1e-6)}"
         ratio = "1.00x (ref)" if tool == AFML else fmt_ratio(seconds, reference[case])

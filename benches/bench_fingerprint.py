@@ -13,6 +13,11 @@ Cases and tools:
 - ``ohlcv_2m``: 2,000,000 one-minute OHLCV bars with a tz-aware DatetimeIndex --
   afml_cache.fingerprint, joblib.hash, pandas.util.hash_pandas_object(df, index=True).
 - ``small_tuple``: ``(42, 3.14, "close")`` -- afml_cache.fingerprint, joblib.hash.
+- ``goals`` (issue 15): each row times afml-cache and its anchor alternately, call by call, so
+  both see the same machine load: the OHLCV frame and the 512 MiB array against blake3-py over
+  the same bytes as one buffer with all threads, and a decorated hit with a 1M-row frame
+  argument (bench_decorators' bars and function) against blake3-py over the argument's bytes.
+  It prints its own table: work | afml-cache | anchor | ratio | goal.
 
 Each tool gets warm-up calls (3 for the big cases: freshly built inputs of 100 MB and more run
 slowly for their first few passes on this VM) and then the median over repeats (7 for the big cases;
@@ -29,8 +34,10 @@ import argparse
 import gc
 import json
 import pickle
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -275,6 +282,101 @@ CASES: dict[str, Callable[[Config, Any | None], Iterator[Result]]] = {
 }
 
 
+# --------------------------------------------------------------------------- goals (issue 15)
+
+
+def alternating(
+    work: Callable[[], object], anchor: Callable[[], object], repeats: int
+) -> tuple[float, float]:
+    """Median seconds of ``work`` and ``anchor``, timed in turn after warm-ups."""
+    for _ in range(BIG_WARMUPS):
+        work()
+        anchor()
+    work_s: list[float] = []
+    anchor_s: list[float] = []
+    for _ in range(repeats):
+        gc.collect()
+        for fn, samples in ((work, work_s), (anchor, anchor_s)):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return median(work_s), median(anchor_s)
+
+
+def one_buffer(frame: Any) -> np.ndarray:
+    """A frame's index and column bytes, concatenated: what blake3-py hashes in one call."""
+    parts = [np.ascontiguousarray(frame.index.asi8).view(np.uint8)]
+    parts += [np.ascontiguousarray(frame[c].to_numpy()).view(np.uint8) for c in frame.columns]
+    return np.concatenate(parts)
+
+
+Timing = Callable[[np.ndarray], Callable[[], object]]
+
+
+def goal_rows(cfg: Config, afml: Any, blake3: Any) -> list[list[str]]:
+    def blake3_of(buf: np.ndarray) -> Callable[[], object]:
+        return lambda: blake3.blake3(buf, max_threads=blake3.blake3.AUTO).digest()
+
+    repeats = 3 * cfg.big_repeats  # alternating pairs: more of them steady the medians
+    rows = []
+    # One input at a time: each row's function drops its input before the next is built.
+    for row in (frame_row, array_row, decorated_hit_row):
+        rows.append(row(cfg, afml, blake3_of, repeats))
+        gc.collect()
+    return rows
+
+
+def frame_row(cfg: Config, afml: Any, blake3_of: Timing, repeats: int) -> list[str]:
+    frame = make_ohlcv(cfg.ohlcv_rows)
+    buf = one_buffer(frame)
+    work, anchor = alternating(lambda: afml.fingerprint(frame), blake3_of(buf), repeats)
+    return [
+        f"fingerprint, {cfg.ohlcv_rows:,}-row OHLCV frame ({buf.nbytes / 1e6:.0f} MB)",
+        f"{buf.nbytes / work / 1e9:.2f} GB/s",
+        f"blake3-py, same bytes as one buffer, all threads: {buf.nbytes / anchor / 1e9:.2f} GB/s",
+        f"{anchor / work:.2f}x",
+        ">= 0.9x",
+    ]
+
+
+def array_row(cfg: Config, afml: Any, blake3_of: Timing, repeats: int) -> list[str]:
+    arr = make_array(cfg.array_bytes)
+    work, anchor = alternating(
+        lambda: afml.fingerprint(arr), blake3_of(arr.view(np.uint8)), repeats
+    )
+    return [
+        f"fingerprint, {arr.nbytes / MIB:.0f} MiB float64 array",
+        f"{arr.nbytes / work / 1e9:.2f} GB/s",
+        f"blake3-py, all threads: {arr.nbytes / anchor / 1e9:.2f} GB/s",
+        f"{anchor / work:.2f}x",
+        ">= 1.0x",
+    ]
+
+
+def decorated_hit_row(cfg: Config, afml: Any, blake3_of: Timing, repeats: int) -> list[str]:
+    from bench_decorators import make_bars, returns
+
+    rows = cfg.ohlcv_rows // 2
+    bars = make_bars(rows)
+    directory = tempfile.mkdtemp(prefix="afml-bench-fp-")
+    try:
+        afml.configure(directory=directory)
+        cached = afml.robust_cacheable(returns)
+        cached(bars.iloc[:1000])  # one-time costs (opening the store) on other data
+        cached(bars)
+        buf = one_buffer(bars)
+        work, anchor = alternating(lambda: cached(bars), blake3_of(buf), repeats)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return [
+        f"decorated hit, {rows:,}-row frame argument",
+        f"{work * 1e3:.1f} ms",
+        f"blake3-py over the input ({buf.nbytes / 1e6:.0f} MB): {anchor * 1e3:.1f} ms",
+        f"{work / anchor:.2f}x the hash",
+        "<= 1.15x",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -307,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--only", choices=sorted(CASES), help="run a single case")
+    parser.add_argument("--only", choices=[*sorted(CASES), "goals"], help="run a single case")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
 
@@ -325,12 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         results.extend(case(cfg, afml))
         gc.collect()  # drop this case's input (e.g. the 512 MiB array) before the next
 
-    print(
-        markdown_table(
-            ["case", "tool", "median", "throughput", "ratio vs afml-cache", "target", "status"],
-            table_rows(results),
+    if results:
+        print(
+            markdown_table(
+                ["case", "tool", "median", "throughput", "ratio vs afml-cache", "target", "status"],
+                table_rows(results),
+            )
         )
-    )
+    blake3 = optional_import("blake3")
+    if afml is not None and blake3 is not None and args.only in (None, "goals"):
+        print("\n## Issue 15 goals (afml-cache and its anchor timed alternately)\n")
+        print(
+            markdown_table(
+                ["work", "afml-cache", "anchor in the same run", "ratio", "goal"],
+                goal_rows(cfg, afml, blake3),
+            )
+        )
     if args.quick:
         print("\n(--quick: sizes are smaller than the case names say)")
     print(

@@ -23,6 +23,12 @@ Cases and tools:
   through a ``memory_limit=1`` one (from disk). ``diskcache.Cache.set/get`` (pickled into a
   value file), ``joblib.dump/load`` raw and with ``compress=("zlib", 3)``, and with
   ``("lz4", 3)`` if the lz4 package is installed. cachier: skipped (no direct store API).
+- ``large``: one large float64 array (a random walk on a 0.25 tick), stored and read back by
+  afml-cache (``Cache.set`` / ``Cache.get`` from disk, ``memory_limit=1``) and by
+  ``np.save`` / ``np.load`` in the same directory: 1 GiB at the default compression and 512 MB
+  with ``compression="none"`` (64 MiB each with --quick). Each operation runs in a fresh
+  interpreter (all tools alternating, ``large_repeats`` times) that reports its time and its
+  peak resident memory beyond the value (``ru_maxrss``; for reads, beyond the value returned).
 - ``get_vs_entries``: the median and p95 latency of disk hits (``memory_limit=1``) on random
   existing keys of a directory holding N small entries, N = 1,000; 10,000; 100,000 and, with
   ``--full-scale``, 1,000,000; diskcache at the same N.
@@ -87,6 +93,8 @@ class Config:
     slow_repeats: int  # joblib with zlib on the frame
     scale_ns: tuple[int, ...]
     scale_gets: int  # random gets timed one by one at each N
+    large_cases: tuple[tuple[int, str], ...]  # (bytes, compression) of the large case
+    large_repeats: int
 
 
 FULL = Config(
@@ -98,6 +106,8 @@ FULL = Config(
     slow_repeats=3,
     scale_ns=(1_000, 10_000, 100_000),
     scale_gets=5_000,
+    large_cases=((2**30, "default"), (512 * 10**6, "none")),
+    large_repeats=3,
 )
 QUICK = Config(
     small_loops=500,
@@ -108,6 +118,8 @@ QUICK = Config(
     slow_repeats=2,
     scale_ns=(1_000, 10_000),
     scale_gets=1_000,
+    large_cases=((64 * 2**20, "default"), (64 * 2**20, "none")),
+    large_repeats=2,
 )
 FULL_SCALE_N = 1_000_000
 
@@ -171,7 +183,10 @@ class Scaled:
 
 WRITE_TARGET_GBPS = 2.0
 READ_TARGET_GBPS = 3.0
-SIZE_TARGET = 0.56  # compression="default" only
+SIZE_TARGETS = {"default": 0.56, "max": 0.45}
+LARGE_SET_TARGET = 0.5  # x np.save
+LARGE_GET_TARGET = 0.8  # x np.load
+LARGE_MEMORY_TARGET = 0.2  # memory beyond the value, x the value
 
 
 # --------------------------------------------------------------------------- helpers
@@ -416,7 +431,7 @@ def case_ohlcv(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Stored]:
     key = "ES 1min 2020-2022"
     tools: list[BigTool] = []
     if afml is not None:
-        for level in ("none", "fast", "default"):
+        for level in ("none", "fast", "default", "max"):
             directory = dirs.new(f"ohlcv-{level}")
             writer = afml.Cache(directory, compression=level)
             reader = afml.Cache(directory, memory_limit=1)
@@ -428,7 +443,7 @@ def case_ohlcv(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Stored]:
                     lambda w=writer: sum(e["size"] for e in w.entries()),
                     cfg.big_repeats,
                     afml=True,
-                    size_target=SIZE_TARGET if level == "default" else None,
+                    size_target=SIZE_TARGETS.get(level),
                 )
             )
     if (diskcache := optional_import("diskcache")) is not None:
@@ -486,6 +501,148 @@ def case_ohlcv(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Stored]:
         )
         gc.collect()
     return results
+
+
+# --------------------------------------------------------------------------- large
+
+# Runs one operation in a fresh interpreter: prints its seconds and peak memory beyond the value.
+_LARGE_STEP = """
+import json, resource, sys, time
+import numpy as np
+
+tool, step, directory, nbytes, level = sys.argv[1:6]
+nbytes = int(nbytes)
+# Resident bytes now, after resetting the peak (VmHWM) to it: what peak() then reports is
+# the coming operation's own high-water mark, not an import's or the set-up's.
+def resident():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+def peak():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+path = directory + "/walk.npy"
+if tool == "afml":
+    import afml_cache
+    cache = afml_cache.Cache(directory + "/cache", compression=level, memory_limit=1,
+                             size_limit=4 * nbytes)
+if step == "set":
+    n = nbytes // 8
+    value = np.empty(n)
+    rng = np.random.default_rng(7)
+    last = 4000.0
+    for start in range(0, n, 1 << 22):  # filled in place: the peak so far is the value alone
+        part = last + 0.25 * np.cumsum(rng.integers(-2, 3, min(1 << 22, n - start), dtype=np.int8))
+        value[start : start + len(part)] = part
+        last = part[-1]
+    del part
+    before = resident()
+    t0 = time.perf_counter()
+    np.save(path, value) if tool == "np" else cache.set("walk", value)
+    seconds = time.perf_counter() - t0
+else:
+    before = resident()
+    t0 = time.perf_counter()
+    value = np.load(path) if tool == "np" else cache.get("walk")
+    seconds = time.perf_counter() - t0
+    before += value.nbytes
+    assert value.nbytes == nbytes and value[0] != 0
+print(json.dumps([seconds, (peak() - before) / nbytes]))
+"""
+
+
+@dataclass
+class Large:
+    """A row of large: one size and level, afml-cache beside np.save / np.load."""
+
+    work: str
+    nbytes: int
+    level: str
+    stored_bytes: int
+    times: dict[str, list[float]]  # "afml set", "np set", "afml get", "np get" -> seconds
+    memory: dict[str, float]  # "afml set", "afml get" -> the worst peak beyond the value
+
+
+def _large_step(
+    tool: str, step: str, directory: str, nbytes: int, level: str
+) -> tuple[float, float]:
+    import subprocess
+
+    args = [sys.executable, "-c", _LARGE_STEP, tool, step, directory, str(nbytes), level]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"large: {tool} {step} failed:\n{done.stderr[-2000:]}")
+    seconds, beyond = json.loads(done.stdout)
+    return seconds, beyond
+
+
+def case_large(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Large]:
+    if afml is None:
+        return []
+    results = []
+    for nbytes, level in cfg.large_cases:
+        work = (
+            f"{nbytes / 2**30:g} GiB random walk, {level}"
+            if nbytes >= 2**30
+            else (f"{nbytes / 1e6:.0f} MB random walk, {level}")
+        )
+        directory = dirs.new("large")
+        times: dict[str, list[float]] = {}
+        memory: dict[str, float] = {}
+        for repeat in range(cfg.large_repeats):
+            for step in ("set", "get"):
+                for tool in ("np", "afml"):
+                    progress(f"large: {work}: {tool} {step} ({repeat + 1}/{cfg.large_repeats}) ...")
+                    seconds, beyond = _large_step(tool, step, directory, nbytes, level)
+                    times.setdefault(f"{tool} {step}", []).append(seconds)
+                    if tool == "afml":
+                        memory[f"afml {step}"] = max(memory.get(f"afml {step}", 0.0), beyond)
+        stored = tree_bytes(
+            os.path.join(directory, "cache"), skip=lambda n: not n.endswith(".entry")
+        )
+        if stored == 0:  # the entry's file name is the store's business: count every file
+            stored = tree_bytes(os.path.join(directory, "cache"))
+        results.append(Large(work, nbytes, level, stored, times, memory))
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+def large_rows(results: list[Large]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        for step, anchor, target in (
+            ("set", "np.save", LARGE_SET_TARGET),
+            ("get", "np.load", LARGE_GET_TARGET),
+        ):
+            ours, theirs = median(r.times[f"afml {step}"]), median(r.times[f"np {step}"])
+            ratio = theirs / ours  # throughput ratio: afml-cache's GB/s over the anchor's
+            beyond = r.memory[f"afml {step}"]
+            met = ratio >= target and beyond <= LARGE_MEMORY_TARGET
+            rows.append(
+                [
+                    f"`Cache.{step}`, {r.work}",
+                    f"{r.nbytes / ours / 1e9:.2f} GB/s",
+                    f"{anchor}: {r.nbytes / theirs / 1e9:.2f} GB/s",
+                    f"{ratio:.2f}x",
+                    f"+{beyond:.2f}x",
+                    f"{r.stored_bytes / r.nbytes:.3f}",
+                    f">= {target:g}x, memory <= +{LARGE_MEMORY_TARGET:g}x",
+                    "ok" if met else "MISS",
+                ]
+            )
+    return rows
+
+
+LARGE_HEADERS = [
+    "work",
+    "afml-cache",
+    "anchor (same disk)",
+    "ratio",
+    "memory beyond the value",
+    "size on disk",
+    "target",
+    "status",
+]
 
 
 # --------------------------------------------------------------------------- get_vs_entries
@@ -645,6 +802,7 @@ CASES: dict[str, Callable[[Config, Any | None, TempDirs], list[Any]]] = {
     "small_get": case_small_get,
     "small_set": case_small_set,
     "ohlcv_1m": case_ohlcv,
+    "large": case_large,
     "get_vs_entries": case_scaling,
 }
 
@@ -728,6 +886,14 @@ def main(argv: list[str] | None = None) -> int:
         if not _has("lz4"):
             notes.append('joblib compress=("lz4", 3): skipped, the lz4 package is not installed.')
         print("\n" + "\n".join(notes) + "\n")
+    if results.get("large"):
+        print("## Large values: afml-cache beside np.save / np.load on the same disk\n")
+        print(markdown_table(LARGE_HEADERS, large_rows(results["large"])))
+        print(
+            f"\nmedian of {cfg.large_repeats} runs, each operation in a fresh interpreter; ratio = "
+            "afml-cache's throughput / the anchor's; memory = peak resident memory beyond the "
+            "value (worst run); size = bytes on disk / bytes of the array.\n"
+        )
     if results.get("get_vs_entries"):
         print("## Disk-hit get latency vs number of entries\n")
         print(

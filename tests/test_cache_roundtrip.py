@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from afml_cache import Cache
 
-COMPRESSIONS = ["none", "fast", "default"]
+COMPRESSIONS = ["none", "fast", "default", "max"]
 OUT_OF_BAND = 64 * 1024  # buffers at least this large travel beside the pickle stream
 CHUNK = 512 * 1024  # the codec's chunk size: buffers larger than this are cut into pieces
 

@@ -7,8 +7,6 @@ mod walk;
 
 use pyo3::prelude::*;
 
-use crate::fingerprint::Encoder;
-
 /// The 64-hex-digit BLAKE3 content fingerprint of `obj` (see docs/fingerprint.md).
 ///
 /// Equal content gives equal digests in any process, session or machine; any change to a value,
@@ -18,7 +16,5 @@ use crate::fingerprint::Encoder;
 #[pyfunction]
 #[pyo3(signature = (obj, *, strict = false))]
 pub fn fingerprint(py: Python<'_>, obj: &Bound<'_, PyAny>, strict: bool) -> PyResult<String> {
-    let mut enc = Encoder::new();
-    walk::Walker::new(py, strict).walk(obj, &mut enc)?;
-    Ok(enc.hex())
+    walk::Walker::new(py, strict).hex(obj)
 }

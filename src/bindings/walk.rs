@@ -25,6 +25,7 @@ use pyo3::types::{
 use super::error::{fingerprint_error, is_fingerprint_error};
 use crate::fingerprint::array::{write_elements, write_masked, StridedBytes};
 use crate::fingerprint::arrow::{write_arrow, write_arrow_field};
+use crate::fingerprint::pieces::Pieces;
 use crate::fingerprint::{Encoder, Tag, PARALLEL_THRESHOLD};
 
 /// What a rule of the shim returns first: how to read the canonical form that follows.
@@ -63,11 +64,21 @@ pub struct Walker<'py> {
     /// Addresses of the mutable containers and rule-described objects on the current path: seeing
     /// one again means the value contains itself.
     open: HashSet<usize>,
+    /// Arrays whose buffers the encoder hashes later ([`Encoder::defer_pieces`]): they stay
+    /// alive as long as the walker, which must outlive the encoder's settling.
+    deferred: Vec<Bound<'py, PyAny>>,
 }
 
 impl<'py> Walker<'py> {
     pub fn new(py: Python<'py>, strict: bool) -> Self {
-        Self { py, strict, path: Vec::new(), open: HashSet::new() }
+        Self { py, strict, path: Vec::new(), open: HashSet::new(), deferred: Vec::new() }
+    }
+
+    /// The digest of `obj`: walks it, then hashes the deferred buffers with the GIL released.
+    pub fn hex(mut self, obj: &Bound<'py, PyAny>) -> PyResult<String> {
+        let mut enc = Encoder::new();
+        self.walk(obj, &mut enc)?;
+        Ok(self.py.detach(|| enc.hex()))
     }
 
     pub fn walk(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
@@ -177,7 +188,7 @@ impl<'py> Walker<'py> {
             .map(|item| {
                 let mut member = Encoder::member();
                 self.within(Step::Member, |w| w.walk(&item, &mut member))?;
-                Ok(member.digest())
+                Ok(self.py.detach(|| member.digest()))
             })
             .collect()
     }
@@ -245,7 +256,12 @@ impl<'py> Walker<'py> {
             std::slice::from_raw_parts(data.offset(low), (high - low) as usize + itemsize)
         };
         let view = StridedBytes { bytes, start: (-low) as usize, itemsize, shape, strides };
-        if count * itemsize >= PARALLEL_THRESHOLD {
+        if count * itemsize >= PARALLEL_THRESHOLD && arr.is_c_contiguous() {
+            self.deferred.push(arr.as_any().clone());
+            // SAFETY: `deferred` keeps the array, and so its buffer, alive until the walker is
+            // dropped, after the encoder settles (`hex`, `members`).
+            unsafe { enc.defer_pieces(&bytes[view.start..view.start + count * itemsize]) };
+        } else if count * itemsize >= PARALLEL_THRESHOLD {
             py.detach(|| write_elements(enc, view));
         } else {
             write_elements(enc, view);
@@ -255,14 +271,15 @@ impl<'py> Walker<'py> {
 
     /// A large non-contiguous array (Fortran order, a strided view): numpy copies a block of
     /// rows at a time into C order (its strided copy is several times faster than an element
-    /// gather), and each block is hashed in turn, so the bytes fed are those of the C-order copy
-    /// while memory stays bounded by one block.
+    /// gather), and each block is written as the next part of the pieces, so the digest is the
+    /// C-order copy's while memory stays bounded by one block.
     fn noncontiguous_in_blocks(&mut self, arr: &Bound<'py, PyUntypedArray>, enc: &mut Encoder) -> PyResult<()> {
         static ASCONTIGUOUSARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let ascontiguousarray = ASCONTIGUOUSARRAY.import(self.py, "numpy", "ascontiguousarray")?;
         let row_bytes = arr.shape()[1..].iter().product::<usize>() * arr.dtype().itemsize();
         let rows_per_block = (COPY_BLOCK / row_bytes.max(1)).max(1);
         let rows = arr.shape()[0];
+        let mut pieces = Pieces::new();
         for start in (0..rows).step_by(rows_per_block) {
             let stop = (start + rows_per_block).min(rows);
             let rows_slice = PySlice::new(self.py, start as isize, stop as isize, 1);
@@ -271,8 +288,9 @@ impl<'py> Walker<'py> {
             // SAFETY: `block` is a fresh C-contiguous copy of `shape()[0]` rows, referenced until the
             // end of this iteration.
             let bytes = unsafe { std::slice::from_raw_parts(data_pointer(block), block.shape()[0] * row_bytes) };
-            self.py.detach(|| enc.raw(bytes));
+            self.py.detach(|| pieces.write(enc, bytes));
         }
+        pieces.finish(enc);
         Ok(())
     }
 

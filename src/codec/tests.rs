@@ -1,4 +1,4 @@
-use super::samples::{prices, Rng};
+use super::samples::{prices, volumes, Rng};
 use super::*;
 
 /// Bytes that alternate between a price series and noise every chunk, so a multi-chunk frame
@@ -97,6 +97,24 @@ fn shuffle_compresses_prices_clearly_better_than_fast() {
 }
 
 #[test]
+fn max_packs_market_columns_tighter_than_default() {
+    let minutes: Vec<u8> =
+        (0..1i64 << 18).flat_map(|i| (1_600_000_000_000_000_000 + i * 60_000_000_000).to_le_bytes()).collect();
+    for (name, data) in [("prices", prices(1 << 18, 4)), ("volumes", volumes(1 << 18, 5)), ("minutes", minutes)] {
+        let default = round_trip(&data, 8, Compression::Default).len() as f64;
+        let max = round_trip(&data, 8, Compression::Max).len() as f64;
+        assert!(max < 0.9 * default, "{name}: max {max} bytes vs default {default}");
+    }
+}
+
+#[test]
+fn max_admits_ratios_past_lz4s_limit() {
+    // zstd has no 255x bound: the parser must not apply LZ4's to it.
+    let frame = round_trip(&vec![7; 3 * CHUNK_SIZE + 5], 8, Compression::Max);
+    assert!(frame.len() < 3 * CHUNK_SIZE / 1000, "{} bytes", frame.len());
+}
+
+#[test]
 fn truncated_frames_are_errors() {
     let small = prices(300, 5);
     let big = mixed(2 * CHUNK_SIZE + 77, 6);
@@ -117,7 +135,9 @@ fn truncated_frames_are_errors() {
 
 /// Damage to the header or the chunk table is an error, unless the damaged frame still
 /// decodes to exactly the original bytes: the method byte of a frame whose chunks are all
-/// stored raw can say "stored" or "lz4" alike.
+/// stored raw can say "stored" or "lz4" alike. The one exception is a `max` chunk's delta bit
+/// (bit 30 of its table entry): a single bit with nothing to check it against, guarded, like
+/// every other byte of a stored value, by the entry's MAC.
 #[test]
 fn damaged_headers_and_tables_are_errors_or_harmless() {
     let small = prices(300, 8);
@@ -131,7 +151,12 @@ fn damaged_headers_and_tables_are_errors_or_harmless() {
                     let mut bad = frame.clone();
                     bad[at] ^= flip;
                     let harmless = at == 1 && decoded(&bad).as_ref() == Some(data);
-                    assert!(harmless || rejected(&bad), "{level}, {} bytes: byte {at} ^ {flip:#04x}", data.len());
+                    let delta_bit = level == Compression::Max && at >= HEADER_LEN && at % 4 == 3 && flip == 0x40;
+                    assert!(
+                        harmless || delta_bit || rejected(&bad),
+                        "{level}, {} bytes: byte {at} ^ {flip:#04x}",
+                        data.len()
+                    );
                 }
             }
         }
@@ -143,7 +168,7 @@ fn damaged_payloads_never_panic() {
     // LZ4 cannot notice every flipped literal (the store's MAC does); it must only never panic
     // or write out of bounds, and a wrong size must be an error.
     let data = prices(2000, 10);
-    for level in [Compression::Fast, Compression::Default] {
+    for level in [Compression::Fast, Compression::Default, Compression::Max] {
         let frame = encode(&data, 8, level);
         let mut out = vec![0; data.len()];
         for at in HEADER_LEN + 4..frame.len() {
@@ -227,10 +252,10 @@ fn the_frame_layout_is_the_documented_one() {
 #[test]
 fn a_chunk_that_does_not_decompress_fails_the_parallel_path() {
     let data = prices(3 * CHUNK_SIZE / 8, 15);
-    for level in [Compression::Fast, Compression::Default] {
+    for level in [Compression::Fast, Compression::Default, Compression::Max] {
         let mut frame = encode(&data, 8, level);
         let payload = HEADER_LEN + 4 * 3;
-        let first = u32::from_le_bytes(frame[HEADER_LEN..HEADER_LEN + 4].try_into().unwrap()) as usize;
+        let first = (u32::from_le_bytes(frame[HEADER_LEN..HEADER_LEN + 4].try_into().unwrap()) & LEN_MASK) as usize;
         assert!(first < CHUNK_SIZE, "{level}: chunk 0 compressed");
         // A zero token then a zero match offset: invalid LZ4.
         frame[payload..payload + first].fill(0);

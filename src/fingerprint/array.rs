@@ -1,9 +1,11 @@
 //! Element bytes of n-dimensional arrays, always in C order, whatever the memory layout.
 //!
-//! A C-contiguous array is fed to BLAKE3 straight from its buffer (no copy, multi-threaded when
-//! large). Any other layout (Fortran order, slices with steps, negative strides, broadcast views)
-//! is gathered into C order block by block, so a view hashes exactly like its contiguous copy.
+//! Element bytes are bulk data, written as pieces (see [`super::pieces`]). A C-contiguous array
+//! is hashed straight from its buffer (no copy, multi-threaded when large). Any other layout
+//! (Fortran order, slices with steps, negative strides, broadcast views) is gathered into C order
+//! block by block, so a view hashes exactly like its contiguous copy.
 
+use super::pieces::{write_pieces, Pieces};
 use super::Encoder;
 
 /// How many gathered bytes are fed to the hasher at once for non-contiguous arrays.
@@ -37,7 +39,7 @@ impl StridedBytes<'_> {
     }
 }
 
-/// Feeds the elements of `view` to `enc` in C order.
+/// Writes `pieces(element bytes of view in C order)`.
 pub fn write_elements(enc: &mut Encoder, view: StridedBytes<'_>) {
     let count = view.element_count();
     if count == 0 || view.itemsize == 0 {
@@ -45,59 +47,70 @@ pub fn write_elements(enc: &mut Encoder, view: StridedBytes<'_>) {
     }
     if view.is_c_contiguous() {
         let len = count * view.itemsize;
-        enc.raw(&view.bytes[view.start..view.start + len]);
+        write_pieces(enc, &view.bytes[view.start..view.start + len]);
         return;
     }
-    let mut block = Vec::with_capacity(GATHER_BLOCK.min(count * view.itemsize));
-    gather(enc, &view, 0, view.start as isize, &mut block);
-    if !block.is_empty() {
-        enc.raw(&block);
-    }
+    let mut out =
+        Gathered { enc, pieces: Pieces::new(), block: Vec::with_capacity(GATHER_BLOCK.min(count * view.itemsize)) };
+    gather(&mut out, &view, 0, view.start as isize);
+    let Gathered { enc, mut pieces, block } = out;
+    pieces.write(enc, &block);
+    pieces.finish(enc);
 }
 
-fn gather(enc: &mut Encoder, view: &StridedBytes<'_>, dim: usize, offset: isize, block: &mut Vec<u8>) {
+/// Where gathered bytes go: a block, written as the next part of the pieces when full.
+struct Gathered<'e> {
+    enc: &'e mut Encoder,
+    pieces: Pieces,
+    block: Vec<u8>,
+}
+
+fn gather(out: &mut Gathered<'_>, view: &StridedBytes<'_>, dim: usize, offset: isize) {
     let n = view.shape[dim];
     let stride = view.strides[dim];
     let last = dim + 1 == view.shape.len();
     if last && stride == view.itemsize as isize {
         let begin = offset as usize;
-        push(enc, block, &view.bytes[begin..begin + n * view.itemsize]);
+        out.push(&view.bytes[begin..begin + n * view.itemsize]);
         return;
     }
     for i in 0..n {
         let at = offset + i as isize * stride;
         if last {
             let begin = at as usize;
-            push(enc, block, &view.bytes[begin..begin + view.itemsize]);
+            out.push(&view.bytes[begin..begin + view.itemsize]);
         } else {
-            gather(enc, view, dim + 1, at, block);
+            gather(out, view, dim + 1, at);
         }
     }
 }
 
-fn push(enc: &mut Encoder, block: &mut Vec<u8>, bytes: &[u8]) {
-    if block.len() + bytes.len() > GATHER_BLOCK && !block.is_empty() {
-        enc.raw(block);
-        block.clear();
-    }
-    if bytes.len() >= GATHER_BLOCK {
-        enc.raw(bytes);
-    } else {
-        block.extend_from_slice(bytes);
+impl Gathered<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.block.len() + bytes.len() > GATHER_BLOCK && !self.block.is_empty() {
+            self.pieces.write(self.enc, &self.block);
+            self.block.clear();
+        }
+        if bytes.len() >= GATHER_BLOCK {
+            self.pieces.write(self.enc, bytes);
+        } else {
+            self.block.extend_from_slice(bytes);
+        }
     }
 }
 
-/// Feeds `mask` (one byte per element, non-zero = missing), then the elements of `data` with
+/// Writes `pieces(mask)` (one byte 0/1 per element, 1 = missing), then `pieces(values)` with
 /// every missing slot zeroed: what sits under a mask is arbitrary and must never count.
 pub fn write_masked(enc: &mut Encoder, data: &[u8], itemsize: usize, mask: &[u8]) {
     debug_assert_eq!(data.len(), mask.len() * itemsize);
     let normalized: Vec<u8> = mask.iter().map(|&m| u8::from(m != 0)).collect();
-    enc.raw(&normalized);
+    write_pieces(enc, &normalized);
     if itemsize == 0 {
         return;
     }
     let per_block = (GATHER_BLOCK / itemsize).max(1);
     let mut block = Vec::with_capacity(per_block * itemsize);
+    let mut pieces = Pieces::new();
     for (values, missing) in data.chunks(per_block * itemsize).zip(mask.chunks(per_block)) {
         block.clear();
         block.extend_from_slice(values);
@@ -106,8 +119,9 @@ pub fn write_masked(enc: &mut Encoder, data: &[u8], itemsize: usize, mask: &[u8]
                 slot.fill(0);
             }
         }
-        enc.raw(&block);
+        pieces.write(enc, &block);
     }
+    pieces.finish(enc);
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use arrow_buffer::{bit_util, NullBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, IntervalUnit, TimeUnit};
 
+use super::pieces::Pieces;
 use super::{Encoder, Tag};
 use crate::error::{Error, Result};
 
@@ -50,7 +51,7 @@ struct Column {
     len: u64,
     null_count: u64,
     nulls: Encoder,
-    values: Encoder,
+    values: Values,
     /// For element columns whose type holds a dictionary: the chunks' dictionaries.
     dictionaries: Option<Dictionaries>,
 }
@@ -89,6 +90,27 @@ impl Dictionaries {
     }
 }
 
+/// A column's present values: bulk data, so `H(pieces(values))`.
+struct Values {
+    enc: Encoder,
+    pieces: Pieces,
+}
+
+impl Values {
+    fn new() -> Self {
+        Self { enc: Encoder::member(), pieces: Pieces::new() }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.pieces.write(&mut self.enc, bytes);
+    }
+
+    fn digest(&mut self) -> [u8; 32] {
+        self.pieces.finish(&mut self.enc);
+        self.enc.digest()
+    }
+}
+
 impl Column {
     fn new(data_type: &DataType) -> Result<Self> {
         let layout = match data_type {
@@ -106,7 +128,7 @@ impl Column {
         };
         let dictionaries = (matches!(layout, Layout::Elements) && holds_dictionary(data_type))
             .then(|| Dictionaries { digest: Encoder::member(), last: None });
-        Ok(Self { layout, len: 0, null_count: 0, nulls: Encoder::member(), values: Encoder::member(), dictionaries })
+        Ok(Self { layout, len: 0, null_count: 0, nulls: Encoder::member(), values: Values::new(), dictionaries })
     }
 
     /// Feeds one chunk. `nulls` are the chunk's missing slots, including those inherited from a
@@ -127,7 +149,7 @@ impl Column {
                 let start = data.offset() * w;
                 let bytes = &data.buffers()[0].as_slice()[start..start + len * w];
                 if nulls.is_none() {
-                    self.values.raw(bytes);
+                    self.values.write(bytes);
                 } else {
                     let mut block = Vec::with_capacity(BLOCK.min(bytes.len()));
                     for (i, slot) in bytes.chunks_exact(w).enumerate() {
@@ -138,7 +160,7 @@ impl Column {
                         }
                         flush_if_full(&mut self.values, &mut block);
                     }
-                    self.values.raw(&block);
+                    self.values.write(&block);
                 }
             }
             Layout::Boolean => {
@@ -148,7 +170,7 @@ impl Column {
                     block.push(u8::from(!is_null(i) && bit_util::get_bit(bits, data.offset() + i)));
                     flush_if_full(&mut self.values, &mut block);
                 }
-                self.values.raw(&block);
+                self.values.write(&block);
             }
             Layout::Struct(children) => {
                 for (child, child_data) in children.iter_mut().zip(data.child_data()) {
@@ -166,22 +188,22 @@ impl Column {
                     encode_element(data, i, &mut block)?;
                     flush_if_full(&mut self.values, &mut block);
                 }
-                self.values.raw(&block);
+                self.values.write(&block);
             }
         }
         self.len += len as u64;
         Ok(())
     }
 
-    fn finish(&self, enc: &mut Encoder) {
+    fn finish(&mut self, enc: &mut Encoder) {
         enc.u64(self.len);
         enc.u64(self.null_count);
         enc.raw(&self.nulls.digest());
         enc.raw(&self.values.digest());
-        if let Some(dictionaries) = &self.dictionaries {
+        if let Some(dictionaries) = &mut self.dictionaries {
             enc.raw(&dictionaries.digest.digest());
         }
-        if let Layout::Struct(children) = &self.layout {
+        if let Layout::Struct(children) = &mut self.layout {
             for child in children {
                 child.finish(enc);
             }
@@ -189,9 +211,9 @@ impl Column {
     }
 }
 
-fn flush_if_full(enc: &mut Encoder, block: &mut Vec<u8>) {
+fn flush_if_full(values: &mut Values, block: &mut Vec<u8>) {
     if block.len() >= BLOCK {
-        enc.raw(block);
+        values.write(block);
         block.clear();
     }
 }

@@ -7,17 +7,18 @@
 
 pub mod array;
 pub mod arrow;
+pub mod pieces;
 
 use std::sync::OnceLock;
 
 /// Version of the canonical encoding. It is mixed into every digest through the BLAKE3
 /// key-derivation context, so digests of different spec versions never coincide. Bump it (and
 /// the context below) whenever any encoding rule changes; the golden vectors enforce this.
-pub const SPEC_VERSION: u32 = 2;
-const CONTEXT: &str = "afml-cache 2026-12-01 fingerprint spec v2";
+pub const SPEC_VERSION: u32 = 3;
+const CONTEXT: &str = "afml-cache 2026-12-01 fingerprint spec v3";
 
-/// Inputs at least this large are hashed with BLAKE3's multi-threaded tree mode. Below it the
-/// cost of waking rayon's workers exceeds the gain (BLAKE3's documentation puts the break-even
+/// Inputs at least this large are hashed on rayon's threads (pieces of bulk data, or BLAKE3's
+/// tree mode for other bytes). Below it the cost of waking rayon's workers exceeds the gain (BLAKE3's documentation puts the break-even
 /// near 128 KiB).
 pub const PARALLEL_THRESHOLD: usize = 128 * 1024;
 
@@ -56,35 +57,69 @@ pub enum Tag {
     ArrowField = 0x34,
 }
 
+/// Bytes of small writes gathered before they reach BLAKE3: each `update` call has a fixed cost
+/// (dispatch, chunk bookkeeping) far above copying a tag or a length.
+const PENDING: usize = 1024;
+
 /// Streams a canonical encoding into BLAKE3.
 #[derive(Clone)]
 pub struct Encoder {
     hasher: blake3::Hasher,
+    pending: [u8; PENDING],
+    pending_len: usize,
+    /// Bulk buffers deferred to the next [`Encoder::settle`], if any.
+    later: Option<Box<Later>>,
 }
+
+/// Bulk buffers whose pieces are hashed together, in one parallel pass, when the encoder
+/// settles, and what was written after the first of them, kept in order until then.
+#[derive(Clone, Default)]
+struct Later {
+    buffers: Vec<Shared>,
+    /// Where in `log` each buffer's piece digests belong.
+    marks: Vec<usize>,
+    log: Vec<u8>,
+}
+
+/// A buffer that the caller of [`Encoder::defer_pieces`] keeps alive and unchanged.
+#[derive(Clone, Copy)]
+struct Shared {
+    start: *const u8,
+    len: usize,
+}
+
+// SAFETY: `Shared` is only read, and `defer_pieces`' caller keeps the memory alive and unchanged
+// until the encoder settles, on whichever thread that happens.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
 
 impl Encoder {
     /// An encoder for a whole value: keyed by the spec version.
     pub fn new() -> Self {
         static ROOT: OnceLock<blake3::Hasher> = OnceLock::new();
         let root = ROOT.get_or_init(|| blake3::Hasher::new_derive_key(CONTEXT));
-        Self { hasher: root.clone() }
+        Self::with(root.clone())
     }
 
     /// An encoder for one member of an unordered collection; its digest is fed to the parent.
     pub fn member() -> Self {
-        Self { hasher: blake3::Hasher::new() }
+        Self::with(blake3::Hasher::new())
+    }
+
+    fn with(hasher: blake3::Hasher) -> Self {
+        Self { hasher, pending: [0; PENDING], pending_len: 0, later: None }
     }
 
     pub fn tag(&mut self, tag: Tag) {
-        self.hasher.update(&[tag as u8]);
+        self.put(&[tag as u8]);
     }
 
     pub fn u8(&mut self, v: u8) {
-        self.hasher.update(&[v]);
+        self.put(&[v]);
     }
 
     pub fn u64(&mut self, v: u64) {
-        self.hasher.update(&v.to_le_bytes());
+        self.put(&v.to_le_bytes());
     }
 
     pub fn len(&mut self, n: usize) {
@@ -92,13 +127,13 @@ impl Encoder {
     }
 
     pub fn i64(&mut self, v: i64) {
-        self.hasher.update(&v.to_le_bytes());
+        self.put(&v.to_le_bytes());
     }
 
     /// Floats count by their exact bits: `0.0` and `-0.0` differ (functions can tell them
     /// apart), and any NaN equals only a NaN with the same payload.
     pub fn f64(&mut self, v: f64) {
-        self.hasher.update(&v.to_bits().to_le_bytes());
+        self.put(&v.to_bits().to_le_bytes());
     }
 
     /// A length-prefixed byte string.
@@ -111,12 +146,47 @@ impl Encoder {
         self.bytes(s.as_bytes());
     }
 
+    /// Writes `pieces(bytes)` (see [`pieces`]) like [`pieces::write_pieces`], but hashes them at
+    /// the next [`Encoder::settle`], in one parallel pass with every other deferred buffer: the
+    /// columns of a frame then cost one wake-up of the threads, not one each.
+    ///
+    /// # Safety
+    ///
+    /// `bytes` must stay alive and unchanged until this encoder (or a clone of it) settles,
+    /// which `digest` and `hex` also do.
+    pub unsafe fn defer_pieces(&mut self, bytes: &[u8]) {
+        let later = self.later.get_or_insert_with(Box::default);
+        later.marks.push(later.log.len());
+        later.buffers.push(Shared { start: bytes.as_ptr(), len: bytes.len() });
+    }
+
+    /// Hashes the deferred buffers' pieces and writes everything held back, in order.
+    pub fn settle(&mut self) {
+        let Some(later) = self.later.take() else { return };
+        // SAFETY: `defer_pieces`' caller keeps each buffer alive and unchanged until now.
+        let buffers: Vec<&[u8]> =
+            later.buffers.iter().map(|b| unsafe { std::slice::from_raw_parts(b.start, b.len) }).collect();
+        let digests = pieces::digests_of(&buffers);
+        let mut next = digests.iter();
+        let mut written = 0;
+        for (buffer, &mark) in buffers.iter().zip(&later.marks) {
+            self.put(&later.log[written..mark]);
+            written = mark;
+            for digest in next.by_ref().take(buffer.len().div_ceil(pieces::PIECE)) {
+                self.put(digest);
+            }
+        }
+        self.put(&later.log[written..]);
+    }
+
     /// Bytes with no length prefix (the caller has written what delimits them).
     pub fn raw(&mut self, b: &[u8]) {
         if b.len() >= PARALLEL_THRESHOLD && crate::parallel::available() {
+            self.settle();
+            self.flush();
             self.hasher.update_rayon(b);
         } else {
-            self.hasher.update(b);
+            self.put(b);
         }
     }
 
@@ -127,16 +197,48 @@ impl Encoder {
         self.tag(tag);
         self.len(members.len());
         for m in &members {
-            self.hasher.update(m);
+            self.put(m);
         }
     }
 
-    pub fn digest(&self) -> [u8; 32] {
+    pub fn digest(&mut self) -> [u8; 32] {
+        self.settle();
+        self.flush();
         *self.hasher.finalize().as_bytes()
     }
 
-    pub fn hex(&self) -> String {
+    pub fn hex(&mut self) -> String {
+        self.settle();
+        self.flush();
         self.hasher.finalize().to_hex().to_string()
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(later) = &mut self.later {
+            later.log.extend_from_slice(bytes);
+            return;
+        }
+        let at = self.pending_len;
+        if let Some(slot) = self.pending.get_mut(at..at + bytes.len()) {
+            slot.copy_from_slice(bytes);
+            self.pending_len += bytes.len();
+        } else {
+            self.flush();
+            if bytes.len() < PENDING {
+                self.pending[..bytes.len()].copy_from_slice(bytes);
+                self.pending_len = bytes.len();
+            } else {
+                self.hasher.update(bytes);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending_len > 0 {
+            self.hasher.update(&self.pending[..self.pending_len]);
+            self.pending_len = 0;
+        }
     }
 }
 

@@ -17,7 +17,11 @@
 //! tampered counter can change what is evicted first but never what a hit returns. Everything a
 //! hit returns is covered by the MAC, and an entry is only unpickled after the MAC verifies.
 
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use crate::codec::{self, Compression};
 
 use crate::error::{Error, Result};
 
@@ -109,17 +113,8 @@ pub fn seal<'a>(
     frames: &'a [Vec<u8>],
     counters: Counters,
 ) -> Sealed<'a> {
-    let header_bytes = encode_header(header);
     let payload_len = 8 + stream.len() + frames.iter().map(|f| 8 + f.len()).sum::<usize>();
-    let mut head = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + 8);
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    head.extend_from_slice(&counters.to_bytes());
-    head.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
-    head.extend_from_slice(&(frames.len() as u32).to_le_bytes());
-    head.extend_from_slice(&(payload_len as u64).to_le_bytes());
-    head.extend_from_slice(&header_bytes);
-    head.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+    let head = head_bytes(header, counters, frames.len(), payload_len as u64, stream.len());
     let lengths: Vec<[u8; 8]> = frames.iter().map(|f| (f.len() as u64).to_le_bytes()).collect();
     let mut mac = Mac::new(mac_key);
     mac.update(&head);
@@ -129,6 +124,353 @@ pub fn seal<'a>(
         mac.update(frame);
     }
     Sealed { head, stream, frames, lengths, mac: mac.finish() }
+}
+
+/// The prefix, header and stream length: every byte before the stream.
+fn head_bytes(header: &Header, counters: Counters, buffers: usize, payload_len: u64, stream_len: usize) -> Vec<u8> {
+    let header_bytes = encode_header(header);
+    let mut head = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + 8);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    head.extend_from_slice(&counters.to_bytes());
+    head.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    head.extend_from_slice(&(buffers as u32).to_le_bytes());
+    head.extend_from_slice(&payload_len.to_le_bytes());
+    head.extend_from_slice(&header_bytes);
+    head.extend_from_slice(&(stream_len as u64).to_le_bytes());
+    head
+}
+
+/// Chunks compressed together before they are written: 16 MiB of raw bytes per batch (at most
+/// two batches in flight), so a value of any size costs a few tens of MiB beyond itself.
+const BATCH_CHUNKS: usize = 32;
+/// Compressed bytes read back per step while computing the MAC of a streamed entry.
+const MAC_WINDOW: usize = 8 << 20;
+
+/// A piece of a streamed entry, in file order, for its MAC: bytes still in memory (the head,
+/// the stream, frame heads, raw chunks, which are the source's own bytes), or compressed
+/// chunks already written, to be read back.
+enum Piece {
+    /// Bytes of the buffer being framed, from `at` on.
+    Source {
+        at: usize,
+        len: usize,
+    },
+    Written {
+        at: u64,
+        len: usize,
+    },
+}
+
+/// Adds `piece` to `pieces`, joined to the last one where they are adjacent, so that the MAC is
+/// fed (and compressed bytes are read back) in long runs.
+fn push_piece(pieces: &mut Vec<Piece>, piece: Piece) {
+    match (pieces.last_mut(), piece) {
+        (Some(Piece::Written { at, len }), Piece::Written { at: next, len: more }) if *at + *len as u64 == next => {
+            *len += more
+        }
+        (Some(Piece::Source { at, len }), Piece::Source { at: next, len: more }) if *at + *len == next => *len += more,
+        (_, piece) => pieces.push(piece),
+    }
+}
+
+/// Writes an entry into `file` (new and empty) as it is made, for values too large to frame
+/// in memory first: each buffer is compressed in batches of chunks straight from its source and
+/// written at once, so no whole copy of the value or of its frames exists. The chunk tables and
+/// lengths, known only at the end, go into the places left for them; then the MAC is computed
+/// over the finished bytes in order, from memory where they still are and by reading the
+/// compressed chunks back. Returns the entry's size and MAC. The layout and MAC are exactly
+/// [`seal`]'s: readers cannot tell the two apart.
+pub fn write_streamed(
+    file: &File,
+    mac_key: &[u8; 32],
+    header: &Header,
+    stream: &[u8],
+    buffers: &[(&[u8], usize)],
+    compression: Compression,
+) -> std::io::Result<(u64, [u8; 32])> {
+    let mut head = head_bytes(header, Counters::default(), buffers.len(), 0, stream.len());
+    file.write_all_at(&head, 0)?;
+    let mut at = head.len() as u64;
+    file.write_all_at(stream, at)?;
+    at += stream.len() as u64;
+    // Per buffer: its frame length as stored, and its frame's head (header + table).
+    let mut frames: Vec<([u8; 8], Vec<u8>)> = Vec::with_capacity(buffers.len());
+    let mut chunk_pieces: Vec<Vec<Piece>> = Vec::with_capacity(buffers.len());
+    for &(data, itemsize) in buffers {
+        let plan = codec::Plan::new(data.len(), itemsize, compression);
+        let length_at = at;
+        let mut frame_head = plan.header().to_vec();
+        frame_head.resize(plan.head_len(), 0);
+        at += 8 + frame_head.len() as u64;
+        let frame_start = at - frame_head.len() as u64;
+        let raws: Vec<&[u8]> = data.chunks(plan.chunk_size()).collect();
+        let mut pieces = Vec::with_capacity(raws.len());
+        let mut write = |first: usize, packed: Vec<codec::Packed>| -> std::io::Result<()> {
+            for (i, packed) in (first..).zip(&packed) {
+                let stored = packed.stored(raws[i]);
+                file.write_all_at(stored, at)?;
+                frame_head[codec::HEADER_LEN + 4 * i..][..4].copy_from_slice(&packed.table_entry(raws[i]));
+                let piece = match packed {
+                    codec::Packed::Raw => Piece::Source { at: i * plan.chunk_size(), len: raws[i].len() },
+                    codec::Packed::Compressed { bytes, .. } => Piece::Written { at, len: bytes.len() },
+                };
+                push_piece(&mut pieces, piece);
+                at += stored.len() as u64;
+            }
+            Ok(())
+        };
+        let batch = |first: usize| {
+            let chunk = plan.chunk_size();
+            plan.pack(&data[first * chunk..((first + BATCH_CHUNKS) * chunk).min(data.len())])
+        };
+        // Writing one batch overlaps compressing the next.
+        let mut ready: Option<(usize, Vec<codec::Packed>)> = None;
+        for first in (0..raws.len()).step_by(BATCH_CHUNKS).map(Some).chain([None]) {
+            let written = match ready.take() {
+                Some((done, packed)) if crate::parallel::available() => {
+                    let (written, next) = rayon::join(|| write(done, packed), || first.map(batch));
+                    ready = first.zip(next);
+                    written
+                }
+                Some((done, packed)) => {
+                    let written = write(done, packed);
+                    ready = first.map(|first| (first, batch(first)));
+                    written
+                }
+                None => {
+                    ready = first.map(|first| (first, batch(first)));
+                    Ok(())
+                }
+            };
+            written?;
+        }
+        let length = (at - frame_start).to_le_bytes();
+        file.write_all_at(&length, length_at)?;
+        file.write_all_at(&frame_head, frame_start)?;
+        frames.push((length, frame_head));
+        chunk_pieces.push(pieces);
+    }
+    let payload_len = at - head.len() as u64 + 8;
+    head[32..40].copy_from_slice(&payload_len.to_le_bytes());
+    file.write_all_at(&head[32..40], 32)?;
+
+    let mut mac = Mac::new(mac_key);
+    mac.update(&head);
+    mac.update(stream);
+    let mut window = Vec::new();
+    for (((length, frame_head), pieces), (data, _)) in frames.iter().zip(&chunk_pieces).zip(buffers) {
+        mac.update(length);
+        mac.update(frame_head);
+        for piece in pieces {
+            match *piece {
+                Piece::Source { at, len } => mac.update(&data[at..at + len]),
+                Piece::Written { at, len } => {
+                    let mut done = 0;
+                    while done < len {
+                        let step = (len - done).min(MAC_WINDOW);
+                        window.resize(step, 0);
+                        file.read_exact_at(&mut window, at + done as u64)?;
+                        mac.update(&window);
+                        done += step;
+                    }
+                }
+            }
+        }
+    }
+    let mac = mac.finish();
+    file.write_all_at(&mac, at)?;
+    Ok((at + MAC_LEN as u64, mac))
+}
+
+/// Stored bytes read per step by [`Streamed::read_into`].
+const READ_WINDOW: usize = 8 << 20;
+
+/// An entry file's structure, read without its chunks and *not yet verified*: enough to
+/// allocate the value's final buffers before [`Streamed::read_into`] fills them.
+pub struct Streamed {
+    /// Every byte before the stream: prefix, header, stream length.
+    head: Vec<u8>,
+    pub header: Header,
+    pub counters: Counters,
+    stream: Range<u64>,
+    frames: Vec<StreamedFrame>,
+    mac_at: u64,
+}
+
+struct StreamedFrame {
+    length: [u8; 8],
+    /// The frame's header and chunk table.
+    head: Vec<u8>,
+    /// Where its first chunk starts in the file.
+    chunks_at: u64,
+    layout: codec::Layout,
+}
+
+fn read_at(file: &File, at: u64, len: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0; len];
+    file.read_exact_at(&mut out, at).map_err(|_| corrupt("it is shorter than its lengths say"))?;
+    Ok(out)
+}
+
+impl Streamed {
+    /// Reads the structure of the entry in `file` (`len` bytes long): a few small reads. Every
+    /// length is checked against the file's, so nothing read here can make a caller allocate
+    /// beyond what the frames' own checks admit.
+    pub fn plan(file: &File, len: u64) -> Result<Streamed> {
+        if len < (PREFIX_LEN + MAC_LEN) as u64 {
+            return Err(corrupt("shorter than the fixed prefix and MAC"));
+        }
+        let prefix = read_at(file, 0, PREFIX_LEN)?;
+        let header_end = header_extent(&prefix)?;
+        if (header_end + 8) as u64 > len {
+            return Err(corrupt("its header is truncated"));
+        }
+        let head = read_at(file, 0, header_end + 8)?;
+        let (header, counters, _, buffer_count) = parse_prefix_lenient(&head[..header_end])?;
+        if (header_end as u64).checked_add(u64_at(&head, 32)).and_then(|n| n.checked_add(MAC_LEN as u64)) != Some(len) {
+            return Err(corrupt("its length does not match the lengths in its prefix (truncated or padded)"));
+        }
+        let mac_at = len - MAC_LEN as u64;
+        let mut at = (header_end + 8) as u64;
+        let stream = at..at
+            .checked_add(u64_at(&head, header_end))
+            .filter(|&end| end <= mac_at)
+            .ok_or_else(|| corrupt("a payload part runs past the end"))?;
+        at = stream.end;
+        let mut frames = Vec::with_capacity(buffer_count.min(1024));
+        for _ in 0..buffer_count {
+            if at + 8 + codec::HEADER_LEN as u64 > mac_at {
+                return Err(corrupt("a payload length runs past the end"));
+            }
+            let length: [u8; 8] = read_at(file, at, 8)?.try_into().expect("8 bytes");
+            let frame_len = u64::from_le_bytes(length);
+            let start = at + 8;
+            let end = start
+                .checked_add(frame_len)
+                .filter(|&end| end <= mac_at)
+                .ok_or_else(|| corrupt("a payload part runs past the end"))?;
+            let head_len = codec::head_len(&read_at(file, start, codec::HEADER_LEN)?)? as u64;
+            if head_len > frame_len {
+                return Err(corrupt("a frame's chunk table runs past the frame"));
+            }
+            let frame_head = read_at(file, start, head_len as usize)?;
+            let layout = codec::layout(&frame_head, frame_len as usize)?;
+            frames.push(StreamedFrame { length, head: frame_head, chunks_at: start + head_len, layout });
+            at = end;
+        }
+        if at != mac_at {
+            return Err(corrupt("the payload has bytes after its last buffer"));
+        }
+        Ok(Streamed { head, header, counters, stream, frames, mac_at })
+    }
+
+    /// Bytes of the pickle stream.
+    pub fn stream_len(&self) -> usize {
+        (self.stream.end - self.stream.start) as usize
+    }
+
+    /// Bytes of each buffer, decoded.
+    pub fn buffer_lens(&self) -> Vec<usize> {
+        self.frames.iter().map(|f| f.layout.raw_len()).collect()
+    }
+
+    /// Reads the stream into `stream` and decodes every buffer straight into its place in
+    /// `buffers` (sized by [`Streamed::stream_len`] and [`Streamed::buffer_lens`]), feeding every
+    /// byte to the MAC on the way. Returns the MAC once it verifies; until then nothing written
+    /// into the outputs may be trusted, and on an error they hold garbage.
+    pub fn read_into(
+        &self,
+        file: &File,
+        mac_key: &[u8; 32],
+        stream: &mut [u8],
+        buffers: &mut [&mut [u8]],
+    ) -> Result<[u8; 32]> {
+        let io = |_| corrupt("it changed size while being read");
+        let mut mac = Mac::new(mac_key);
+        mac.update(&self.head);
+        file.read_exact_at(stream, self.stream.start).map_err(io)?;
+        mac.update(stream);
+        let mut windows = (Vec::new(), Vec::new());
+        for (frame, out) in self.frames.iter().zip(buffers.iter_mut()) {
+            mac.update(&frame.length);
+            mac.update(&frame.head);
+            let layout = &frame.layout;
+            // Runs of chunks stored alike, up to a window of stored bytes (at least one chunk
+            // each): raw chunks are read straight into their place in `out`, compressed ones into
+            // a window and decoded from there.
+            let mut runs = Vec::new();
+            let mut first = 0;
+            while first < layout.chunks() {
+                let (direct, start) = (layout.is_raw(first), layout.stored_span(first).start);
+                let mut end = first + 1;
+                while end < layout.chunks()
+                    && layout.is_raw(end) == direct
+                    && layout.stored_span(end).end - start <= READ_WINDOW
+                {
+                    end += 1;
+                }
+                runs.push((first..end, direct));
+                first = end;
+            }
+            let file_at =
+                |run: &Range<usize>| frame.chunks_at + (layout.stored_span(run.start).start - layout.head_len()) as u64;
+            let read = |run: &Range<usize>, window: &mut Vec<u8>| -> Result<()> {
+                window.resize(layout.stored_span(run.end - 1).end - layout.stored_span(run.start).start, 0);
+                file.read_exact_at(window, file_at(run)).map_err(io)
+            };
+            let decoded = |result: Result<()>| result.map_err(|e| corrupt(&e.to_string()));
+            // A window read and not yet hashed and decoded: reading the next window overlaps them.
+            let mut pending: Option<Range<usize>> = None;
+            for item in runs.iter().map(Some).chain([None]) {
+                match item {
+                    Some((run, false)) => {
+                        let (current, spare) = (&mut windows.0, &mut windows.1);
+                        let (read_next, used) = match pending.take() {
+                            Some(done) if crate::parallel::available() => rayon::join(
+                                || read(run, spare),
+                                || {
+                                    mac.update(current);
+                                    layout.decode_chunks(done, current, out)
+                                },
+                            ),
+                            Some(done) => {
+                                mac.update(current);
+                                let used = layout.decode_chunks(done, current, out);
+                                (read(run, spare), used)
+                            }
+                            None => (read(run, spare), Ok(())),
+                        };
+                        read_next?;
+                        decoded(used)?;
+                        std::mem::swap(&mut windows.0, &mut windows.1);
+                        pending = Some(run.clone());
+                    }
+                    direct_or_end => {
+                        // The MAC takes bytes in file order: the pending window goes first.
+                        if let Some(done) = pending.take() {
+                            mac.update(&windows.0);
+                            decoded(layout.decode_chunks(done, &windows.0, out))?;
+                        }
+                        if let Some((run, _)) = direct_or_end {
+                            let raw = layout.raw_span(run.start).start..layout.raw_span(run.end - 1).end;
+                            file.read_exact_at(&mut out[raw.clone()], file_at(run)).map_err(io)?;
+                            mac.update(&out[raw]);
+                        }
+                    }
+                }
+            }
+        }
+        let stored: [u8; 32] = read_at(file, self.mac_at, MAC_LEN)?.try_into().expect("32 bytes");
+        let expected = mac.finish();
+        // Constant-time comparison through blake3's Hash equality.
+        if blake3::Hash::from(expected) != blake3::Hash::from(stored) {
+            return Err(corrupt(
+                "the MAC does not match (the file was changed, truncated, or written with another key)",
+            ));
+        }
+        Ok(stored)
+    }
 }
 
 /// Re-seals an entry (verified elsewhere) under another MAC key, e.g. on import.
@@ -429,6 +771,60 @@ mod tests {
         let whole = sealed.to_vec();
         assert_eq!(sealed.byte_len(), whole.len());
         assert_eq!(mac_of(&KEY, &whole[..whole.len() - MAC_LEN]), sealed.mac);
+    }
+
+    #[test]
+    fn streaming_writes_exactly_the_bytes_sealing_does() {
+        let (header, stream, _) = sample();
+        let prices = crate::codec::samples::prices((BATCH_CHUNKS + 3) * codec::CHUNK_SIZE / 8 + 11, 3);
+        let noise = crate::codec::samples::random(codec::CHUNK_SIZE + 5, 4);
+        let buffers: Vec<(&[u8], usize)> = vec![(&prices, 8), (&[], 8), (&noise, 1), (&prices[..100], 4)];
+        let path = std::env::temp_dir().join(format!("afml-entry-streamed-{}", std::process::id()));
+        for compression in Compression::ALL {
+            let frames: Vec<Vec<u8>> = buffers.iter().map(|(d, i)| codec::encode(d, *i, compression)).collect();
+            let sealed = seal(&KEY, &header, &stream, &frames, Counters::default());
+            let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            let (size, mac) = write_streamed(&file, &KEY, &header, &stream, &buffers, compression).unwrap();
+            let written = std::fs::read(&path).unwrap();
+            assert!(written == sealed.to_vec(), "{compression}: streamed bytes differ from sealed ones");
+            assert_eq!((size, mac), (written.len() as u64, sealed.mac), "{compression}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn reading_in_pieces_returns_the_buffers_and_refuses_any_flipped_bit() {
+        let (header, stream, _) = sample();
+        let mut mixed = crate::codec::samples::prices(3 * READ_WINDOW / 8, 5);
+        mixed[codec::CHUNK_SIZE..2 * codec::CHUNK_SIZE]
+            .copy_from_slice(&crate::codec::samples::random(codec::CHUNK_SIZE, 6));
+        let noise = crate::codec::samples::random(READ_WINDOW + 3, 7);
+        let buffers: Vec<(&[u8], usize)> = vec![(&mixed, 8), (&[], 8), (&noise, 1)];
+        let path = std::env::temp_dir().join(format!("afml-entry-read-{}", std::process::id()));
+        for compression in [Compression::None, Compression::Default] {
+            let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            let (size, mac) = write_streamed(&file, &KEY, &header, &stream, &buffers, compression).unwrap();
+            let plan = Streamed::plan(&file, size).unwrap();
+            assert_eq!(plan.buffer_lens(), buffers.iter().map(|(b, _)| b.len()).collect::<Vec<_>>());
+            let mut got_stream = vec![0; plan.stream_len()];
+            let mut got: Vec<Vec<u8>> = plan.buffer_lens().into_iter().map(|len| vec![0; len]).collect();
+            let mut outs: Vec<&mut [u8]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
+            assert_eq!(plan.read_into(&file, &KEY, &mut got_stream, &mut outs).unwrap(), mac);
+            assert_eq!(got_stream, stream);
+            assert!(got.iter().zip(&buffers).all(|(got, (want, _))| got == want), "{compression}: buffers differ");
+            // A bit flipped in the first chunk, in the middle, and in the MAC.
+            for at in [plan.frames[0].chunks_at + 3, size / 2, size - 1] {
+                let mut byte = [0u8];
+                file.read_exact_at(&mut byte, at).unwrap();
+                file.write_all_at(&[byte[0] ^ 4], at).unwrap();
+                let mut outs: Vec<&mut [u8]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
+                let read =
+                    Streamed::plan(&file, size).and_then(|p| p.read_into(&file, &KEY, &mut got_stream, &mut outs));
+                assert!(matches!(read, Err(Error::CorruptEntry(_))), "{compression}: flip at {at} accepted");
+                file.write_all_at(&byte, at).unwrap();
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -178,6 +178,19 @@ RECIPES: list[tuple[str, str]] = [
     ("operator itemgetter", "operator.itemgetter('close', 1)"),
     ("operator attrgetter", "operator.attrgetter('index.freq', 'name')"),
     ("operator methodcaller", "operator.methodcaller('rolling', 20, min_periods=5)"),
+    # Spec v3: bulk data of several 1 MiB pieces, whole, strided, masked and chunked.
+    ("numpy array of pieces", "np.arange(300_000, dtype=np.float64)"),
+    ("numpy strided view of pieces", "np.arange(900_000, dtype=np.int32).reshape(3, -1).T"),
+    (
+        "pandas frame of pieces",
+        "pd.DataFrame({'a': np.arange(300_000.0), 'b': np.arange(300_000)},"
+        " index=pd.date_range('2024-01-01', periods=300_000, freq='s', tz='UTC'))",
+    ),
+    ("pandas nullable of pieces", "pd.Series(pd.array(np.arange(200_000), dtype='Int64'))"),
+    (
+        "pyarrow chunked of pieces",
+        "pa.chunked_array([np.arange(150_001), np.arange(150_001, 300_000)])",
+    ),
 ]
 
 OPTIONAL_MODULES = {"pa": "pyarrow", "pl": "polars", "pytz": "pytz"}

@@ -4,6 +4,7 @@ and the public answers: `code_fingerprint`, `code_state`, `function_key`, `argum
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -71,6 +72,8 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
 # A value counted by its content at each call: what names it (`PARAMS`, `cfg.PARAMS`), and how to
 # read it from the function or class that refers to it.
 Live = tuple[str, Callable[[Any], Any]]
+# The values that count by content as read at a call, each with its name.
+LiveValues = tuple[tuple[str, Any], ...]
 
 # --- the nodes of the walk: functions and classes -------------------------------------------------
 
@@ -542,7 +545,7 @@ def _combine(digests: tuple[str, ...]) -> str:
     return combined
 
 
-def _current(live: Found) -> tuple[tuple[str, Any], ...]:
+def _current(live: Found) -> LiveValues:
     """The values that count by content, as they are now, each with the name it is read by."""
     values = []
     for entries, owner in live:
@@ -585,6 +588,22 @@ def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, An
     """
     digests, live, _ = _walk([obj])
     return _combine(digests), _current(live) if live else ()
+
+
+def lone_code_state(
+    fn: types.FunctionType,
+) -> tuple[str, Callable[[types.FunctionType], object], Callable[[], LiveValues] | None] | None:
+    """For a function whose walk ends at its own node (it reaches no other user function or
+    class, as most small functions do): its code fingerprint, its node's check, ``check(fn)``,
+    None once that fingerprint no longer holds, and what reads the values that count by content
+    (None when there are none). While the check passes, ``code_state(fn)`` is the fingerprint
+    and what that reads: a caller that asks on every call spares the walk. None for other
+    functions."""
+    node = _nodes.get(fn)
+    if not isinstance(node, _FunctionNode) or node.children or node.current_children(fn) is None:
+        return None
+    reads = functools.partial(_current, [(node.live, fn)]) if node.live else None
+    return _combine((node.digest,)), node.current_children, reads
 
 
 def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
