@@ -1,0 +1,605 @@
+"""Features over frames that grew: ``@time_aware_cacheable(incremental=True, lookback=N)``.
+
+For ``f(frame, **params)`` whose output row r depends on the input rows up to ``lookback``
+before r (a number of rows, or a fixed time offset like ``"20D"``) and on none after it (or up to
+``lookahead`` after it, for labels that look forward). When a call's frame extends a frame
+computed before -- the same leading rows, byte for byte -- only the new rows are computed, fed
+with ``lookback`` rows before them, and the last ``lookahead`` rows of the old result are
+computed again; the result is the stored prefix plus that tail.
+
+Which frames were computed is found by content, never by sampling: every call hashes its frame
+in blocks of ``BLOCK_ROWS`` rows, and each stored result keeps its frame's block digests in an
+index of its family's frames that start with the same first row (one per symbol, say). A frame
+extends a stored one when the stored frame's whole blocks have the same digests and its last,
+partial block hashes the same in the new frame; a change anywhere in the old rows is a full
+computation. A family is what makes two frames' results comparable: the function, its code,
+every argument but the frame, and the frame's columns, dtypes and index kind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from afml_cache import config
+from afml_cache._core import fingerprint
+from afml_cache.calls import TimeOptions, to_ns
+from afml_cache.decorators import _Engine, _Options, _say
+from afml_cache.errors import CacheError
+from afml_cache.report import format_latency, format_size
+
+if TYPE_CHECKING:
+    from afml_cache._store import KeyLock
+    from afml_cache._store.entries import Entries
+
+__all__ = ["BLOCK_ROWS", "FeatureEngine", "Window", "check_window", "feature_function"]
+
+# Rows hashed per block digest: few digests per frame, and at most one block (the stored frame's
+# last, partial one) hashed again per stored prefix tried.
+BLOCK_ROWS = 262144
+# Stored frames kept per index (a family's frames with one first row), newest first: a frame
+# that grows each day needs one.
+MAX_PREFIXES = 8
+# Floating-point results of running-window code (pandas' rolling sums, variances) drift from a
+# fresh computation of the same window by up to ~1e-4 relative at price level; verify= calls a
+# difference beyond this, relative to the column's scale, a mismatch.
+NOISE = 1e-3
+
+
+@dataclass(frozen=True)
+class Window:
+    """How far a function's output rows reach into its input: ``lookback`` rows (an int) or a
+    fixed time span (a Timedelta) before each row, ``lookahead`` after it; ``verify`` is the
+    fraction of incremental calls checked against a full computation."""
+
+    lookback: int | pd.Timedelta
+    lookahead: int | pd.Timedelta = 0
+    verify: float = 0.0
+
+
+def check_window(
+    incremental: bool, lookback: Any, lookahead: Any, verify: Any, loader_range: Any = None
+) -> Window:
+    """The `Window` of ``time_aware_cacheable(incremental=True, lookback=, lookahead=,
+    verify=)``; ``ValueError``/``TypeError`` naming the option and what it takes."""
+    if not incremental:
+        given = [
+            f"{name}="
+            for name, value in (
+                ("lookback", lookback),
+                ("lookahead", lookahead),
+                ("verify", verify),
+            )
+            if value is not None
+        ]
+        raise TypeError(
+            f"{', '.join(given)} apply to time_aware_cacheable(incremental=True, ...): add "
+            "incremental=True, or leave them out"
+        )
+    if loader_range is not None:
+        raise TypeError(
+            "time_aware_cacheable takes range=(...) for a loader or incremental=True for a "
+            "feature of a frame, not both"
+        )
+    if lookback is None:
+        raise TypeError(
+            "time_aware_cacheable(incremental=True) needs lookback=: how many rows (an int) or "
+            "how much time (like '20D' or '390min') before a row its output depends on"
+        )
+    verify_fraction = 0.0 if verify is None else verify
+    if (
+        isinstance(verify_fraction, bool)
+        or not isinstance(verify_fraction, (int, float))
+        or not 0 <= verify_fraction <= 1
+    ):
+        raise ValueError(
+            f"verify={verify!r}: give the fraction of incremental calls to check against a full "
+            "computation, between 0 and 1 (e.g. 0.01), or None"
+        )
+    return Window(
+        _reach("lookback", lookback),
+        _reach("lookahead", 0 if lookahead is None else lookahead),
+        float(verify_fraction),
+    )
+
+
+def _reach(option: str, value: Any) -> int | pd.Timedelta:
+    """Rows (a non-negative int) or a fixed, non-negative span of time."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"{option}={value}: give a number of rows >= 0")
+        return value
+    span = None
+    if isinstance(value, (str, datetime.timedelta, np.timedelta64, pd.offsets.Tick)):
+        # A unit pandas deprecates ("MS": ms, or a month's start?) is as unclear as a bad one.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                span = pd.Timedelta(value)
+            except (ValueError, Warning):
+                span = None
+    if span is None or span is pd.NaT or span < pd.Timedelta(0):
+        raise ValueError(
+            f"{option}={value!r}: give a number of rows (an int) or a fixed span of time like "
+            "'20D', '390min' or pd.Timedelta(hours=6) (not a calendar offset like a month)"
+        )
+    return span
+
+
+def feature_function(
+    fn: Callable[..., Any], options: _Options, time_options: TimeOptions, window: Window
+) -> Any:
+    """Decorates ``fn(frame, ...)`` as ``time_aware_cacheable(incremental=True, ...)``."""
+    if inspect.iscoroutinefunction(fn) or not inspect.isfunction(fn):
+        raise TypeError(
+            f"time_aware_cacheable(incremental=True) takes a plain function of a frame, got "
+            f"{fn!r}; await the data first and pass the frame to one"
+        )
+    engine = FeatureEngine(fn, options, time_options, window)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return engine.call(args, kwargs)
+
+    wrapper.cache_info = engine.cache_info  # type: ignore[attr-defined]
+    wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
+    wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
+    wrapper.uncached = fn  # type: ignore[attr-defined]
+    wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
+    wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _Prefix(NamedTuple):
+    """A stored result and the frame it was computed from: that frame's rows and block digests
+    (whole blocks, then the last partial block's, if any). Kept in the family's index as a plain
+    tuple, so the index unpickles whatever this module becomes."""
+
+    rows: int
+    digests: tuple[str, ...]
+    key: str
+
+
+@dataclass(frozen=True)
+class _Grown:
+    """One call: the frame, its block digests, the key of its result, and the key of the index
+    of the stored frames it may extend."""
+
+    entries: Entries
+    frame: pd.DataFrame | pd.Series
+    digests: tuple[str, ...]
+    key: str
+    index_key: str
+
+
+class FeatureEngine(_Engine):
+    """What a function with ``incremental=True`` does on each call: the decorator engine's keys,
+    locks, statistics and warnings, with a result per frame that extends the stored result of
+    the longest frame it grew from."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        options: _Options,
+        time_options: TimeOptions | None,
+        window: Window,
+        name: str | None = None,
+        origin_code: str | None = None,
+    ):
+        super().__init__(fn, options, time_options, name, origin_code)
+        self.window = window
+        self._random = random.Random()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _, (fn, options, time_options, name, origin_code) = super().__reduce__()
+        return (FeatureEngine, (fn, options, time_options, self.window, name, origin_code))
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        start = time.perf_counter()
+        if self._failures:
+            self._report_failures()
+        grown = self._grown(args, kwargs)
+        if grown is None:
+            return self.fn(*args, **kwargs)
+        entries, key = grown.entries, grown.key
+        found, value, compute_time = self._lookup(entries, key)
+        if found:
+            self._record_hit(entries, key, compute_time, start)
+            return value
+        lock = self._lock(entries, key)
+        try:
+            if lock is not None:  # another caller may have computed it while this one waited
+                found, value, compute_time = self._lookup(entries, key)
+                if found:
+                    self._record_hit(entries, key, compute_time, start)
+                    return value
+            computing = time.perf_counter()
+            result, fed_rows = self._compute(grown, args, kwargs)
+            elapsed = time.perf_counter() - computing
+            self._keep(grown, result, elapsed, fed_rows, lock)
+            lock = None
+        finally:
+            if lock is not None:
+                lock.release()
+        self._remember_prefix(grown)
+        self._record_miss(entries, key, elapsed, start)
+        return result
+
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        """The key of the call's result (its family and every block of its frame); None when
+        it would run uncached."""
+        grown = self._grown(args, kwargs)
+        return None if grown is None else grown.key
+
+    def is_cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the result for this very frame is stored, without loading it."""
+        grown = self._grown(args, kwargs)
+        if grown is None:
+            return False
+        try:
+            return grown.entries.contains(grown.key)
+        except (CacheError, OSError) as exc:
+            self._warn_once("store", f"afml_cache: {self.name} computes again: {exc}")
+            return False
+
+    def precache(self, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Stores ``value`` as the call's result (one row per row of its frame), which later
+        frames grown from it extend; False when the call would run uncached."""
+        grown = self._grown(args, kwargs)
+        if grown is None:
+            return False
+        self._check_aligned(value, grown.frame)
+        self._keep(grown, value, 0.0, 0, None)
+        self._remember_prefix(grown)
+        return True
+
+    # --- what the call is ---------------------------------------------------------------------
+
+    def _grown(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Grown | None:
+        """The call's frame, family, digests and key; None when it runs uncached."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:  # the function, called, raises Python's own error
+            return None
+        bound.apply_defaults()
+        frame_name = next(iter(bound.arguments))
+        frame = bound.arguments[frame_name]
+        if not isinstance(frame, (pd.DataFrame, pd.Series)):
+            raise TypeError(
+                f"{self.name}: incremental=True takes a pandas DataFrame or Series as the first "
+                f"argument ({frame_name!r}), got {type(frame).__qualname__}; pass the frame "
+                "first, or use time_aware_cacheable without incremental="
+            )
+        self._check_sorted(frame, frame_name)
+        # The family: the usual key of the call with the frame's kind in place of its rows.
+        bound.arguments[frame_name] = _FrameKind(frame, self.window)
+        prepared = self._prepare(bound.args, bound.kwargs)
+        if prepared is None:
+            return None
+        entries, family, _ = prepared
+        digests = _block_digests(frame, 0, len(frame))
+        key = fingerprint(("afml-cache incremental result", family, len(frame), digests))
+        # A family's index is per first row: every frame grown from a stored one starts with its
+        # first row, and a sweep over many symbols keeps an index (and its slots) per symbol.
+        first_row = _block_digests(frame, 0, min(1, len(frame)))
+        index_key = fingerprint(("afml-cache incremental prefixes", family, first_row))
+        return _Grown(entries, frame, digests, key, index_key)
+
+    def _check_sorted(self, frame: pd.DataFrame | pd.Series, frame_name: str) -> None:
+        index = frame.index
+        by_time = isinstance(self.window.lookback, pd.Timedelta) or isinstance(
+            self.window.lookahead, pd.Timedelta
+        )
+        if by_time and not isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+            raise TypeError(
+                f"{self.name}: lookback/lookahead given as time need a DatetimeIndex on "
+                f"{frame_name!r}, which has a {type(index).__name__}; give them in rows instead"
+            )
+        if not index.is_monotonic_increasing:
+            raise ValueError(
+                f"{self.name}: the index of {frame_name!r} is not sorted ascending; "
+                "incremental=True finds the rows a frame gained at its end: sort it first "
+                "(frame.sort_index())"
+            )
+
+    # --- computing ----------------------------------------------------------------------------
+
+    def _compute(
+        self, grown: _Grown, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, int]:
+        """The result for the call's frame and how many of its rows the function was given."""
+        frame = grown.frame
+        found = self._longest_prefix(grown)
+        if found is not None:
+            prefix, stored = found
+            first, fed = self._tail_start(frame, prefix.rows)
+            if first > 0:
+                tail = self._run_on(frame, fed, args, kwargs)
+                result = _stitch(stored, tail, first, fed, frame.index)
+                if result is not None:
+                    if self.window.verify and self._random.random() < self.window.verify:
+                        result = self._verified(result, frame, args, kwargs)
+                    return result, len(frame) - fed
+        return self._run_on(frame, 0, args, kwargs), len(frame)
+
+    def _tail_start(self, frame: pd.DataFrame | pd.Series, old_rows: int) -> tuple[int, int]:
+        """(the first row to compute again, the first row to feed the function) for a frame
+        whose first ``old_rows`` rows have a stored result."""
+        index, ahead, back = frame.index, self.window.lookahead, self.window.lookback
+        if isinstance(ahead, int):
+            first = max(0, old_rows - ahead)
+        else:  # rows whose look ahead reaches the first new row
+            first = int(index.searchsorted(index[old_rows] - ahead, side="left"))
+        if isinstance(back, int):
+            return first, max(0, first - back)
+        return first, int(index.searchsorted(index[first] - back, side="left"))
+
+    def _run_on(
+        self,
+        frame: pd.DataFrame | pd.Series,
+        first: int,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """The function on the rows of ``frame`` from ``first`` on, its result checked."""
+        bound = self.signature.bind(*args, **kwargs)
+        fed = frame.iloc[first:] if first else frame
+        bound.arguments[next(iter(bound.arguments))] = fed
+        result = self.fn(*bound.args, **bound.kwargs)
+        self._check_aligned(result, fed)
+        return result
+
+    def _check_aligned(self, result: Any, fed: pd.DataFrame | pd.Series) -> None:
+        if isinstance(result, (pd.DataFrame, pd.Series)) and result.index.equals(fed.index):
+            return
+        got = (
+            f"{len(result)} rows on another index"
+            if isinstance(result, (pd.DataFrame, pd.Series))
+            else f"a {type(result).__qualname__}"
+        )
+        raise ValueError(
+            f"{self.name} returned {got} for {len(fed)} input rows: incremental=True needs a "
+            "DataFrame or Series with one row per input row, on the input's index; drop or "
+            "reindex rows after the call, or use it without incremental="
+        )
+
+    def _verified(
+        self,
+        result: Any,
+        frame: pd.DataFrame | pd.Series,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """``result``, or the full computation when they differ beyond noise (with a warning)."""
+        full = self._run_on(frame, 0, args, kwargs)
+        differing = _rows_differing(result, full)
+        if differing is None:
+            return result
+        self._warn_once(
+            "verify",
+            f"afml_cache: {self.name}: the incremental result differs from the full computation "
+            f"from row {differing} of {len(frame)} ({frame.index[differing]}); the full result "
+            "is used. Its output reaches further back (or ahead) than lookback= (lookahead=) "
+            "says: raise them",
+        )
+        return full
+
+    # --- the family's stored prefixes ---------------------------------------------------------
+
+    def _longest_prefix(self, grown: _Grown) -> tuple[_Prefix, Any] | None:
+        """The longest stored frame that the call's frame extends, with its result."""
+        rows = len(grown.frame)
+        for prefix in self._prefixes(grown):
+            if not 0 < prefix.rows < rows:
+                continue
+            whole = prefix.rows // BLOCK_ROWS
+            if prefix.digests[:whole] != grown.digests[:whole]:
+                continue
+            if prefix.rows % BLOCK_ROWS and prefix.digests[whole:] != _block_digests(
+                grown.frame, whole * BLOCK_ROWS, prefix.rows
+            ):
+                continue
+            # No copy: the stored result is only read into the stitched one (`_stitch`).
+            found, stored, _ = self._lookup(grown.entries, prefix.key, copy=False)
+            if found:
+                return prefix, stored
+        return None
+
+    def _prefixes(self, grown: _Grown) -> list[_Prefix]:
+        found, prefixes, _ = self._lookup(grown.entries, grown.index_key)
+        return sorted(_parsed(prefixes), key=lambda p: -p.rows) if found else []
+
+    def _remember_prefix(self, grown: _Grown) -> None:
+        """Adds the call's frame to its family's index, under the index's lock (other processes
+        add theirs); the newest MAX_PREFIXES are kept."""
+        entries, index_key = grown.entries, grown.index_key
+        prefix = _Prefix(len(grown.frame), grown.digests, grown.key)
+        lock = self._lock(entries, index_key)
+        try:
+            found, prefixes, _ = self._lookup(entries, index_key)
+            kept = [p for p in _parsed(prefixes) if p.key != prefix.key] if found else []
+            newest = [tuple(p) for p in [prefix, *kept][:MAX_PREFIXES]]
+            metadata = {"function": self.name, "code": self.code_fingerprint()}
+            entries.put(index_key, newest, metadata=metadata)
+        except (CacheError, OSError) as exc:
+            self._warn_once("store", f"afml_cache: {self.name}: {exc}")
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _keep(
+        self, grown: _Grown, result: Any, elapsed: float, fed_rows: int, lock: KeyLock | None
+    ) -> None:
+        """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
+        frame = grown.frame
+        # The code fingerprint lets smart_cache_clear find entries of code that has changed.
+        metadata = {
+            "function": self.name,
+            "code": self.code_fingerprint(),
+            "rows": len(frame),
+            "computed_rows": fed_rows,
+        }
+        time_range = None
+        if isinstance(frame.index, pd.DatetimeIndex) and len(frame):
+            time_range = (to_ns(frame.index[0]), to_ns(frame.index[-1]))
+
+        def behind(error: Exception | None, size: int) -> None:  # on the writer thread if behind
+            if lock is not None:
+                lock.release()
+            if error is not None:
+                self._not_stored(error)
+            if config.verbosity() >= 1:
+                stored = "not stored" if error is not None else f"stored {format_size(size)}"
+                _say(
+                    f"miss {self.name}: computed in {format_latency(elapsed)}, {stored} "
+                    f"({fed_rows:,} of {len(frame):,} rows computed)"
+                )
+
+        grown.entries.put(
+            grown.key,
+            result,
+            ttl=self.options.ttl,
+            tags=self.options.tags,
+            metadata=metadata,
+            compute_time=elapsed,
+            time_range=time_range,
+            behind=behind,
+        )
+        if self._failures:  # written now and failed: warn at this call
+            self._report_failures()
+
+
+class _FrameKind:
+    """What of a frame makes results of one family comparable, in the family's key: its
+    columns, dtypes, index kind and attributes, and the window; not its rows."""
+
+    def __init__(self, frame: pd.DataFrame | pd.Series, window: Window) -> None:
+        index = frame.index
+        if isinstance(frame, pd.DataFrame):
+            columns: Any = (list(frame.columns), [str(t) for t in frame.dtypes])
+        else:
+            columns = (frame.name, str(frame.dtype))
+        self.parts = (
+            type(frame).__name__,
+            columns,
+            type(index).__name__,
+            str(index.dtype),
+            list(index.names),
+            str(getattr(index, "freq", None)),
+            frame.attrs,
+            window,
+            BLOCK_ROWS,
+        )
+
+    def __cache_key__(self) -> Any:
+        return self.parts
+
+
+def _parsed(prefixes: Any) -> list[_Prefix]:
+    """A family's index as stored; an index this code cannot read counts as empty (a miss)."""
+    try:
+        return [_Prefix(int(rows), tuple(digests), str(key)) for rows, digests, key in prefixes]
+    except (TypeError, ValueError):
+        return []
+
+
+def _block_digests(frame: pd.DataFrame | pd.Series, start: int, stop: int) -> tuple[str, ...]:
+    """The digests of rows ``start:stop`` in blocks of BLOCK_ROWS (the last may be short), each
+    over every value of its rows and their index. ``start`` is a block boundary."""
+    index = frame.index
+    if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        labels: Any = index.asi8  # unit and tz are in the family
+    elif isinstance(index.dtype, np.dtype) and index.dtype.kind in "biuf":
+        labels = index.to_numpy()
+    else:
+        labels = index
+    columns = (
+        [frame]
+        if isinstance(frame, pd.Series)
+        else [frame.iloc[:, j] for j in range(frame.shape[1])]
+    )
+    values = [_values(c) for c in columns]
+    return tuple(
+        fingerprint(
+            (
+                labels[a : min(a + BLOCK_ROWS, stop)],
+                [v[a : min(a + BLOCK_ROWS, stop)] for v in values],
+            )
+        )
+        for a in range(start, stop, BLOCK_ROWS)
+    )
+
+
+def _values(column: pd.Series) -> Any:
+    """A column's values, as a numpy array where they are one (sliced without a copy)."""
+    dtype = column.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM":
+        return column.to_numpy()
+    return column.array
+
+
+def _stitch(stored: Any, tail: Any, first: int, fed: int, index: pd.Index) -> Any:
+    """The stored result's rows before ``first``, then ``tail``'s (computed from row ``fed`` on)
+    from ``first`` on, on ``index``, the grown frame's; None when they do not fit together
+    (other columns, dtypes, or an index the function renamed). A fresh frame (both parts have
+    rows, so concat copies them): ``stored`` may be the memory tier's own (``copy=False``)."""
+    if type(stored) is not type(tail):
+        return None
+    if isinstance(stored, pd.DataFrame):
+        if not stored.columns.equals(tail.columns) or not stored.dtypes.equals(tail.dtypes):
+            return None
+    elif stored.name != tail.name or stored.dtype != tail.dtype:
+        return None
+    # Both parts are on the frame's rows (checked when computed): the frame's own index is the
+    # result's, without concatenating another copy of it.
+    fed_index = index[fed:]
+    if (
+        tail.index.names != index.names
+        or tail.index.dtype != index.dtype
+        or getattr(tail.index, "freq", None) != getattr(fed_index, "freq", None)
+    ):
+        return None
+    result = pd.concat([stored.iloc[:first], tail.iloc[first - fed :]], ignore_index=True)
+    result.index = index
+    return result
+
+
+def _rows_differing(result: Any, full: Any) -> int | None:
+    """The first row where ``result`` differs from ``full`` beyond floating-point noise (NOISE
+    of the column's scale), None when they agree (NaN where the other has NaN)."""
+    if type(result) is not type(full) or not result.index.equals(full.index):
+        return 0
+    if isinstance(full, pd.Series):
+        pairs = [(result, full)]
+    elif result.columns.equals(full.columns) and result.dtypes.equals(full.dtypes):
+        pairs = [(result.iloc[:, j], full.iloc[:, j]) for j in range(full.shape[1])]
+    else:
+        return 0
+    first: int | None = None
+    for mine, theirs in pairs:
+        if mine.dtype != theirs.dtype:
+            return 0
+        if isinstance(theirs.dtype, np.dtype) and theirs.dtype.kind in "fc":
+            a, b = mine.to_numpy(), theirs.to_numpy()
+            scale = np.nanmax(np.abs(b), initial=0.0)
+            same = np.isclose(a, b, rtol=NOISE, atol=NOISE * scale, equal_nan=True)
+        else:
+            same = (mine.isna() & theirs.isna()).to_numpy() | (mine == theirs).to_numpy(
+                dtype=bool, na_value=False
+            )
+        if not same.all():
+            row = int(np.argmin(same))
+            first = row if first is None else min(first, row)
+    return first

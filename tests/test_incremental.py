@@ -1,0 +1,507 @@
+"""`@time_aware_cacheable(incremental=True, lookback=N)`: a frame that grew computes only its new
+rows (plus the window before them, and the look-ahead rows at the old end), and the result is the
+full computation's."""
+
+from __future__ import annotations
+
+import pickle
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import afml_cache
+from afml_cache import Cache, CacheWarning, time_aware_cacheable
+from afml_cache import incremental as incremental_module
+from afml_cache._store import serialize
+
+# What each decorated function was given, by length: the rows it computed.
+computed: list[int] = []
+WINDOW = 30
+DEFAULT_BLOCK_ROWS = incremental_module.BLOCK_ROWS
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 64 rows, so frames of a few hundred rows span whole and partial blocks."""
+    monkeypatch.setattr(incremental_module, "BLOCK_ROWS", 64)
+    computed.clear()
+
+
+def minute_bars(rows: int, seed: int = 0, gaps: bool = False) -> pd.DataFrame:
+    """Bars on a sorted minute index (with random gaps: a market that closes)."""
+    rng = np.random.default_rng(seed)
+    steps = rng.choice([1, 1, 1, 7, 60], size=rows) if gaps else np.ones(rows, dtype=int)
+    index = pd.Timestamp("2024-01-02 09:30") + pd.to_timedelta(np.cumsum(steps), unit="min")
+    close = 100 + rng.normal(0, 0.05, rows).cumsum()
+    return pd.DataFrame(
+        {
+            "high": close + rng.uniform(0, 0.1, rows),
+            "low": close - rng.uniform(0, 0.1, rows),
+            "close": close,
+            "volume": rng.integers(1, 10_000, rows),
+        },
+        index=pd.DatetimeIndex(index, name="time"),
+    )
+
+
+def exact_features(bars: pd.DataFrame, window: int = WINDOW) -> pd.DataFrame:
+    """Exact operations only: maxima, minima, shifts, sums of integers."""
+    computed.append(len(bars))
+    return pd.DataFrame(
+        {
+            "high_max": bars["high"].rolling(window).max(),
+            "low_min": bars["low"].rolling(window, min_periods=1).min(),
+            "previous_close": bars["close"].shift(1),
+            "volume_sum": bars["volume"].rolling(window).sum(),
+        }
+    )
+
+
+features = time_aware_cacheable(
+    incremental=True, lookback=WINDOW - 1, ignore_globals=("computed",)
+)(exact_features)
+
+
+def test_a_frame_that_grew_computes_its_new_rows_plus_the_lookback(cache_dir: Path) -> None:
+    bars = minute_bars(1000)
+    first = features(bars.iloc[:700])
+    grown = features(bars)
+    assert computed == [700, 300 + WINDOW - 1]
+    pd.testing.assert_frame_equal(first, exact_features(bars.iloc[:700]), check_exact=True)
+    pd.testing.assert_frame_equal(grown, exact_features(bars), check_exact=True)
+    computed.clear()
+    pd.testing.assert_frame_equal(features(bars), grown, check_exact=True)
+    assert computed == []  # the same frame again: a hit
+
+
+def test_frames_inside_one_block_of_the_default_size(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(incremental_module, "BLOCK_ROWS", DEFAULT_BLOCK_ROWS)
+    bars = minute_bars(1000)
+    features(bars.iloc[:700])
+    pd.testing.assert_frame_equal(features(bars), exact_features(bars), check_exact=True)
+    assert computed[:2] == [700, 300 + WINDOW - 1]
+
+
+def test_the_longest_stored_prefix_is_extended(cache_dir: Path) -> None:
+    bars = minute_bars(900)
+    for rows in (300, 500, 800):
+        features(bars.iloc[:rows])
+    computed.clear()
+    pd.testing.assert_frame_equal(features(bars), exact_features(bars), check_exact=True)
+    assert computed[0] == 100 + WINDOW - 1
+
+
+def test_many_symbols_of_one_family_each_grow(cache_dir: Path) -> None:
+    symbols = [minute_bars(400, seed=seed) for seed in range(3 * incremental_module.MAX_PREFIXES)]
+    for bars in symbols:
+        features(bars.iloc[:300])
+    computed.clear()
+    for bars in symbols:
+        pd.testing.assert_frame_equal(features(bars), exact_features(bars), check_exact=True)
+    assert computed[::2] == [100 + WINDOW - 1] * len(symbols)  # each grew from its own rows
+
+
+def test_an_edit_in_the_old_rows_computes_everything(cache_dir: Path) -> None:
+    bars = minute_bars(1000)
+    features(bars.iloc[:700])
+    revised = bars.copy()
+    revised.iloc[650, revised.columns.get_loc("close")] += 1.0  # the vendor revised one bar
+    result = features(revised)
+    assert computed == [700, 1000]
+    pd.testing.assert_frame_equal(result, exact_features(revised), check_exact=True)
+
+
+def test_a_lookback_in_time_feeds_the_rows_of_that_span(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback="20min", ignore_globals=("computed",))
+    def highest(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        return bars["high"].rolling("20min").max()
+
+    bars = minute_bars(1200, gaps=True)
+    highest(bars.iloc[:900])
+    result = highest(bars)
+    fed = bars.index.searchsorted(bars.index[900] - pd.Timedelta("20min"))
+    assert computed == [900, 1200 - fed]
+    pd.testing.assert_series_equal(result, highest.uncached(bars), check_exact=True)
+
+
+def test_labels_that_look_ahead_are_computed_again_at_the_old_end(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=0, lookahead=5, ignore_globals=("computed",))
+    def direction(bars: pd.DataFrame, horizon: int = 5) -> pd.Series:
+        computed.append(len(bars))
+        close = bars["close"]
+        return np.sign(close.shift(-horizon) - close).rename("label")
+
+    bars = minute_bars(600)
+    old = direction(bars.iloc[:400])
+    assert old.iloc[-5:].isna().all()  # no future yet
+    result = direction(bars)
+    assert computed == [400, 200 + 5]
+    pd.testing.assert_series_equal(result, direction.uncached(bars), check_exact=True)
+
+
+def test_a_vertical_barrier_in_time(cache_dir: Path) -> None:
+    @time_aware_cacheable(
+        incremental=True, lookback=0, lookahead="30min", ignore_globals=("computed",)
+    )
+    def barrier_return(bars: pd.DataFrame) -> pd.Series:
+        """The return to the last bar at or before 30 minutes later (triple-barrier's vertical
+        barrier)."""
+        computed.append(len(bars))
+        index, close = bars.index, bars["close"].to_numpy()
+        last = index.searchsorted(index + pd.Timedelta("30min"), side="right") - 1
+        return pd.Series(close[last] - close, index=index, name="barrier_return")
+
+    bars = minute_bars(800, seed=3, gaps=True)
+    barrier_return(bars.iloc[:500])
+    result = barrier_return(bars)
+    recomputed = 500 - bars.index.searchsorted(bars.index[500] - pd.Timedelta("30min"))
+    assert computed == [500, 300 + recomputed]
+    pd.testing.assert_series_equal(result, barrier_return.uncached(bars), check_exact=True)
+
+
+def test_running_floating_point_state_matches_the_same_window_computed_fresh(
+    cache_dir: Path,
+) -> None:
+    """A rolling std keeps running sums: the full computation drifts from a fresh computation of
+    the same rows, so the tail is compared with the tail computed fresh, and the whole with the
+    full computation within noise."""
+
+    @time_aware_cacheable(incremental=True, lookback=389, ignore_globals=("computed",))
+    def volatility(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        return bars["close"].rolling(390).std()
+
+    bars = minute_bars(3000, seed=5)
+    volatility(bars.iloc[:2500])
+    result = volatility(bars)
+    fed = 2500 - 389
+    pd.testing.assert_series_equal(
+        result.iloc[2500:], volatility.uncached(bars.iloc[fed:]).iloc[389:], check_exact=True
+    )
+    pd.testing.assert_series_equal(result, volatility.uncached(bars), rtol=1e-9)
+
+
+def test_a_series_grows_too(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=9, ignore_globals=("computed",))
+    def lowest(close: pd.Series) -> pd.Series:
+        computed.append(len(close))
+        return close.rolling(10).min()
+
+    close = minute_bars(500)["close"]
+    lowest(close.iloc[:300])
+    result = lowest(close)
+    assert computed == [300, 209]
+    pd.testing.assert_series_equal(result, lowest.uncached(close), check_exact=True)
+
+
+def test_other_columns_or_arguments_are_another_family(cache_dir: Path) -> None:
+    bars = minute_bars(600)
+    features(bars.iloc[:400])
+    features(bars.iloc[:, :4].astype({"volume": "float64"}))  # another dtype
+    features(bars, window=10)  # another argument
+    assert computed == [400, 600, 600]
+    pd.testing.assert_frame_equal(
+        features(bars, window=10), exact_features(bars, window=10), check_exact=True
+    )
+
+
+def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) -> None:
+    bars = minute_bars(600)
+    features(bars.iloc[:400])
+    view = features.__afml_cache__.cache()
+    stored = [e for e in view.entries() if (e["metadata"] or {}).get("rows") == 400]
+    assert view.remove_entries(stored) == 1  # evicted; the family's prefix index still names it
+    result = features(bars)
+    assert computed == [400, 600]
+    pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+
+
+def test_verify_catches_a_lookback_too_short(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=3, verify=1.0, ignore_globals=("computed",))
+    def too_short(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        return bars["high"].rolling(20).max()
+
+    bars = minute_bars(500)
+    too_short(bars.iloc[:400])
+    with pytest.warns(CacheWarning, match="lookback"):
+        result = too_short(bars)
+    assert computed == [400, 103, 500]
+    pd.testing.assert_series_equal(result, too_short.uncached(bars), check_exact=True)
+
+
+def test_verify_passes_a_right_lookback_silently(cache_dir: Path) -> None:
+    verified = time_aware_cacheable(
+        incremental=True, lookback=WINDOW - 1, verify=1.0, ignore_globals=("computed",)
+    )(exact_features)
+    bars = minute_bars(500)
+    verified(bars.iloc[:400])
+    result = verified(bars)  # filterwarnings=error: any warning fails
+    assert computed == [400, 100 + WINDOW - 1, 500]
+    pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+
+
+def test_a_result_that_cannot_be_stored_is_returned_with_one_warning(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=0, ignore_globals=("computed",))
+    def with_callbacks(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        return pd.Series([lambda: None] * len(bars), index=bars.index)  # lambdas do not pickle
+
+    bars = minute_bars(300)
+    with pytest.warns(CacheWarning, match="not cached"):
+        first = with_callbacks(bars.iloc[:200])
+    grown = with_callbacks(bars)  # nothing stored to extend; no second warning
+    assert computed == [200, 300]
+    assert len(first) == 200 and grown.index.equals(bars.index)
+
+
+def test_is_cached_and_precache_know_frames(cache_dir: Path) -> None:
+    bars = minute_bars(600)
+    assert not features.is_cached(bars.iloc[:400])
+    features.precache(exact_features(bars.iloc[:400]), bars.iloc[:400])
+    computed.clear()
+    assert features.is_cached(bars.iloc[:400])
+    assert not features.is_cached(bars)
+    pd.testing.assert_frame_equal(features(bars), exact_features(bars), check_exact=True)
+    assert computed[0] == 200 + WINDOW - 1  # grew from the stored result
+    assert features.is_cached(bars)
+    assert features.cache_info()["cache_misses"] == 1
+
+
+def test_the_engine_travels_with_its_window() -> None:
+    engine = pickle.loads(pickle.dumps(features.__afml_cache__))
+    assert isinstance(engine, type(features.__afml_cache__))
+    assert engine.window == features.__afml_cache__.window
+
+
+def test_threads_growing_one_frame_compute_it_once(cache_dir: Path) -> None:
+    bars = minute_bars(800)
+    features(bars.iloc[:600])
+    computed.clear()
+    start = threading.Barrier(4)
+    results: list[pd.DataFrame] = []
+
+    def grow() -> None:
+        start.wait()
+        results.append(features(bars))
+
+    threads = [threading.Thread(target=grow) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert computed == [200 + WINDOW - 1]
+    for result in results:
+        pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+
+
+def test_invalidate_after_a_time_keeps_the_results_before_it(cache_dir: Path) -> None:
+    bars = minute_bars(900)
+    features(bars.iloc[:400])
+    features(bars.iloc[:700])
+    assert features.invalidate(after=bars.index[500]) == 1  # the vendor revised bars from 500 on
+    computed.clear()
+    features(bars)
+    assert computed == [500 + WINDOW - 1]  # grew from the 400 rows kept
+
+
+def test_verbose_says_how_many_rows_a_miss_computed(
+    cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bars = minute_bars(1000)
+    features(bars.iloc[:700])
+    saved = afml_cache.config.settings()
+    afml_cache.configure(verbose=1)
+    try:
+        features(bars)
+    finally:
+        afml_cache.config.restore_settings(saved)
+    [line] = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(
+        rf"\[afml_cache\] miss {re.escape(features.__afml_cache__.name)}: computed in "
+        rf"[\d.]+ (µs|ms|s), stored .+ \({300 + WINDOW - 1} of 1,000 rows computed\)",
+        line,
+    )
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({}, TypeError, "needs lookback="),
+        ({"lookback": "often"}, ValueError, "lookback='often'"),
+        ({"lookback": -1}, ValueError, "lookback=-1"),
+        ({"lookback": True}, ValueError, "lookback=True"),
+        ({"lookback": "1MS"}, ValueError, "calendar offset"),
+        ({"lookback": 5, "lookahead": -2}, ValueError, "lookahead=-2"),
+        ({"lookback": 5, "verify": 2}, ValueError, "verify=2"),
+    ],
+)
+def test_bad_options_are_refused_when_decorating(
+    options: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        time_aware_cacheable(incremental=True, **options)(exact_features)
+
+
+def test_window_options_without_incremental_are_refused() -> None:
+    with pytest.raises(TypeError, match="incremental=True"):
+        time_aware_cacheable(lookback=5)(exact_features)
+    with pytest.raises(TypeError, match="not both"):
+        time_aware_cacheable(range=("start", "end"), incremental=True, lookback=5)
+
+
+def test_a_coroutine_function_is_refused() -> None:
+    async def load(bars: pd.DataFrame) -> pd.DataFrame:
+        return bars
+
+    with pytest.raises(TypeError, match="takes a plain function of a frame"):
+        time_aware_cacheable(incremental=True, lookback=1)(load)
+
+
+def test_an_unsorted_frame_is_refused(cache_dir: Path) -> None:
+    bars = minute_bars(100).iloc[::-1]
+    with pytest.raises(ValueError, match=r"not sorted ascending.*sort_index"):
+        features(bars)
+
+
+def test_a_first_argument_that_is_no_frame_is_refused(cache_dir: Path) -> None:
+    with pytest.raises(TypeError, match="DataFrame or Series as the first argument \\('bars'\\)"):
+        features(np.arange(10))
+
+
+def test_a_lookback_in_time_needs_a_time_index(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback="1h")
+    def f(bars: pd.DataFrame) -> pd.DataFrame:
+        return bars
+
+    with pytest.raises(TypeError, match="DatetimeIndex"):
+        f(pd.DataFrame({"x": [1, 2]}))
+
+
+def test_a_result_not_aligned_to_its_input_is_refused(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=4)
+    def dropping(bars: pd.DataFrame) -> pd.Series:
+        return bars["close"].rolling(5).mean().dropna()
+
+    with pytest.raises(ValueError, match="one row per input row"):
+        dropping(minute_bars(50))
+
+
+# --- the law --------------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.integers(1, 300),
+    appends=st.lists(st.integers(1, 200), min_size=1, max_size=3),
+    window=st.integers(1, 40),
+    lookahead=st.integers(0, 6),
+    edit=st.none() | st.floats(0, 1),
+)
+def test_any_growth_gives_the_full_computation(
+    first: int, appends: list[int], window: int, lookahead: int, edit: float | None
+) -> None:
+    def labelled(bars: pd.DataFrame, window: int) -> pd.DataFrame:
+        computed.append(len(bars))
+        frame = exact_features(bars, window)
+        frame["ahead"] = bars["close"].shift(-lookahead) if lookahead else 0.0
+        return frame
+
+    lookback = max(window - 1, 1)  # the shift reaches one row back
+    bars = minute_bars(first + sum(appends), seed=first)
+    with tempfile.TemporaryDirectory() as directory:
+        cached = time_aware_cacheable(
+            incremental=True,
+            lookback=lookback,
+            lookahead=lookahead,
+            cache=Cache(directory),
+            ignore_globals=("computed",),
+        )(labelled)
+        rows = first
+        for grown in [0, *appends]:
+            rows += grown
+            frame = bars.iloc[:rows].copy()
+            if edit is not None and grown:  # a revision inside what was computed before
+                frame.iloc[int(edit * (rows - grown - 1)), 2] += 0.5
+            computed.clear()
+            result = cached(frame, window)
+            pd.testing.assert_frame_equal(result, labelled(frame, window), check_exact=True)
+            assert computed[0] <= (
+                rows if edit is not None or not grown else grown + lookahead + lookback
+            )
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.integers(1, 300),
+    appends=st.lists(st.integers(1, 150), min_size=1, max_size=3),
+    back=st.integers(1, 90),
+    ahead=st.integers(0, 90),
+)
+def test_any_growth_with_spans_of_time_gives_the_full_computation(
+    first: int, appends: list[int], back: int, ahead: int
+) -> None:
+    def spans(bars: pd.DataFrame) -> pd.DataFrame:
+        index, close = bars.index, bars["close"].to_numpy()
+        last = index.searchsorted(index + pd.Timedelta(minutes=ahead), side="right") - 1
+        return pd.DataFrame(
+            {
+                "high_max": bars["high"].rolling(f"{back}min").max(),
+                "barrier": close[last] - close,
+            },
+            index=index,
+        )
+
+    bars = minute_bars(first + sum(appends), seed=first, gaps=True)
+    with tempfile.TemporaryDirectory() as directory:
+        cached = time_aware_cacheable(
+            incremental=True,
+            lookback=pd.Timedelta(minutes=back),
+            lookahead=pd.Timedelta(minutes=ahead),
+            cache=Cache(directory),
+        )(spans)
+        rows = first
+        for grown in [0, *appends]:
+            rows += grown
+            frame = bars.iloc[:rows]
+            pd.testing.assert_frame_equal(cached(frame), spans(frame), check_exact=True)
+
+
+@pytest.mark.parametrize("tier", ["memory", "disk"])
+def test_a_result_shares_no_buffer_with_the_stored_prefix(
+    cache_dir: Path, tier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stored prefix is read without a copy (lookup(copy=False)); mutating a grown result
+    # must change neither the prefix's result nor the frames grown from it later. Every column
+    # goes out of band, as large ones do, so the memory tier holds the buffers read over.
+    monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
+    bars = minute_bars(1000)
+    entries = features.__afml_cache__._open()[2]
+    features(bars.iloc[:600])
+    for rows in (800, 900, 1000):
+        if tier == "disk":
+            entries.memory.clear()
+        grown = features(bars.iloc[:rows])
+        pd.testing.assert_frame_equal(grown, exact_features(bars.iloc[:rows]), check_exact=True)
+        grown.iloc[:, 0] = -1.0
+        grown.iloc[0, 3] = -7.0
+    pd.testing.assert_frame_equal(
+        features(bars.iloc[:600]), exact_features(bars.iloc[:600]), check_exact=True
+    )

@@ -1,0 +1,614 @@
+"""Loaders by [start, end) that compute only what is missing: time_aware_cacheable(range=...).
+
+Every result is compared with the uncached call (``f.uncached``); what the loaders computed is
+counted from the spans they were asked for."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from afml_cache import Cache, CacheWarning, range_spans, ranges, time_aware_cacheable
+from afml_cache._store import serialize
+
+HOUR = pd.Timedelta("1h").value
+BASE = pd.Timestamp("2024-01-01").value  # a Monday
+
+
+def hourly(start: Any, end: Any, *, tz: str | None = None) -> pd.DataFrame:
+    """Hourly bars on a fixed grid, values a function of the hour: what a vendor returns."""
+    first = pd.Timestamp(start).ceil("h")
+    index = pd.date_range(first, end, freq="h", inclusive="left", name="time", tz=tz)
+    hours = (index.as_unit("ns").asi8 // HOUR) % 97
+    return pd.DataFrame({"close": hours * 1.5, "volume": hours}, index=index)
+
+
+def weekday_hours(start: Any, end: Any) -> pd.Series:
+    """Trading-hours bars only, as a Series with no frequency; weekends return no rows."""
+    bars = hourly(start, end)
+    bars = bars[(bars.index.day_of_week < 5) & (bars.index.hour >= 14) & (bars.index.hour < 21)]
+    return bars["close"].rename("close")
+
+
+def spans(log: list[tuple[Any, Any]]) -> list[tuple[int, int]]:
+    return [(pd.Timestamp(s).value, pd.Timestamp(e).value) for s, e in log]
+
+
+def loader(
+    body: Callable[..., Any], log: list[tuple[Any, Any]], **options: Any
+) -> Callable[..., Any]:
+    """A decorated loader(symbol, start, end) that logs the spans it computes."""
+
+    @time_aware_cacheable(range=("start", "end"), **options)
+    def load(symbol: str, start: Any, end: Any) -> Any:
+        log.append((start, end))
+        return body(start, end)
+
+    return load
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The loaders' clock, set by the test: ``clock[0]`` is now (ns)."""
+    now = [pd.Timestamp("2030-01-01").value]
+    monkeypatch.setattr(ranges, "now_ns", lambda: now[0])
+    return now
+
+
+def test_a_request_computes_only_its_gaps_and_equals_the_uncached_call(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    first = load("AAPL", "2024-01-01", "2024-03-01")
+    pd.testing.assert_frame_equal(first, hourly("2024-01-01", "2024-03-01"))
+    log.clear()
+    wider = load("AAPL", "2023-12-01", "2024-04-01")
+    pd.testing.assert_frame_equal(wider, hourly("2023-12-01", "2024-04-01"))
+    assert log == [
+        (pd.Timestamp("2023-12-01"), pd.Timestamp("2024-01-01")),
+        (pd.Timestamp("2024-03-01"), pd.Timestamp("2024-04-01")),
+    ]
+    log.clear()
+    inside = load("AAPL", "2024-02-10 05:00", "2024-02-11")
+    pd.testing.assert_frame_equal(inside, hourly("2024-02-10 05:00", "2024-02-11"))
+    assert inside.index.freq == "h"
+    assert log == []
+    # Another symbol is another family.
+    load("MSFT", "2024-02-10", "2024-02-11")
+    assert len(log) == 1
+    [interval] = load.coverage("AAPL")
+    assert (interval["start"], interval["end"]) == (
+        pd.Timestamp("2023-12-01", tz="UTC"),
+        pd.Timestamp("2024-04-01", tz="UTC"),
+    )
+    assert interval["pieces"] == 3
+
+
+requests = st.lists(
+    st.tuples(st.integers(0, 24 * 20 * 4), st.integers(1, 24 * 8 * 4)), min_size=1, max_size=6
+)
+
+
+@pytest.mark.parametrize("body", [hourly, weekday_hours], ids=["frame", "series"])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(asked=requests)
+def test_every_result_equals_the_uncached_call_and_nothing_covered_is_computed_again(
+    body: Callable[..., Any], asked: list[tuple[int, int]], clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    with tempfile.TemporaryDirectory() as directory:
+        load = loader(body, log, cache=Cache(directory))
+        wanted = []
+        for offset, length in asked:  # in quarter hours: bounds on and off the hourly grid
+            start = pd.Timestamp(BASE + offset * HOUR // 4)
+            end = start + pd.Timedelta(length * HOUR // 4)
+            wanted.append((start.value, end.value))
+            got = load("ES", start, end)
+            expected = body(start, end)
+            if isinstance(expected, pd.Series):
+                # pandas keeps a frequency on a selection that happens to be contiguous; the
+                # pieces keep the one their own selection had.
+                pd.testing.assert_series_equal(got, expected, check_freq=False)
+            else:
+                pd.testing.assert_frame_equal(got, expected)
+    computed = sorted(spans(log))
+    for (_, end), (start, _) in itertools.pairwise(computed):
+        assert end <= start, "a span was computed twice"
+    union = _union(wanted)
+    assert not range_spans.gaps(computed, union), "computed outside what was asked"
+    assert sum(e - s for s, e in computed) <= sum(e - s for s, e in union)
+
+
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def test_a_holiday_that_returned_no_rows_counts_as_covered(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(weekday_hours, log)
+    weekend = ("2024-01-06", "2024-01-08")  # Saturday and Sunday
+    empty = load("ES", *weekend)
+    pd.testing.assert_series_equal(empty, weekday_hours(*weekend))
+    assert empty.empty
+    log.clear()
+    pd.testing.assert_series_equal(load("ES", *weekend), weekday_hours(*weekend))
+    week = load("ES", "2024-01-01", "2024-01-15")
+    pd.testing.assert_series_equal(week, weekday_hours("2024-01-01", "2024-01-15"))
+    assert spans(log) == spans([("2024-01-01", "2024-01-06"), ("2024-01-08", "2024-01-15")])
+
+
+def test_rows_outside_the_gap_are_a_value_error_naming_the_function_and_rows(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    @time_aware_cacheable(range=("start", "end"))
+    def sloppy_bars(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+        return hourly(pd.Timestamp(start) - pd.Timedelta("2h"), end)  # two bars too early
+
+    with pytest.raises(ValueError, match=r"sloppy_bars returned 2 row\(s\) outside") as caught:
+        sloppy_bars("ES", "2024-01-02", "2024-01-03")
+    assert "2024-01-01 22:00:00" in str(caught.value)
+    assert sloppy_bars.coverage("ES") == []
+
+    @time_aware_cacheable(range=("start", "end"))
+    def shuffled(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+        return hourly(start, end).iloc[::-1]
+
+    with pytest.raises(ValueError, match="shuffled returned rows out of time order"):
+        shuffled("ES", "2024-01-02", "2024-01-03")
+
+    @time_aware_cacheable(range=("start", "end"))
+    def listing(symbol: str, start: Any, end: Any) -> list[float]:
+        return [1.0]
+
+    with pytest.raises(TypeError, match="listing returned a list; a range loader must return"):
+        listing("ES", "2024-01-02", "2024-01-03")
+
+
+def test_bad_options_are_errors_at_decoration() -> None:
+    with pytest.raises(ValueError, match="range= takes the names of the start and end"):
+        time_aware_cacheable(range="start")
+    with pytest.raises(ValueError, match="chunk= takes a pandas frequency"):
+        time_aware_cacheable(range=("start", "end"), chunk="fortnightly")
+    with pytest.raises(ValueError, match="chunk= and live_calendar= are options of range loaders"):
+        time_aware_cacheable(chunk="1D")
+    with pytest.raises(ValueError, match="live_ttl= takes a duration"):
+        time_aware_cacheable(range=("start", "end"), live_ttl="soon")
+    with pytest.raises(ValueError, match="has no argument 'begin' that range= can name"):
+
+        @time_aware_cacheable(range=("begin", "end"))
+        def load(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+            return hourly(start, end)
+
+
+def test_gaps_are_aligned_to_chunks(cache_dir: Path, clock: list[int]) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, chunk="1D")
+    got = load("ES", "2024-01-02 10:00", "2024-01-02 14:00")
+    pd.testing.assert_frame_equal(got, hourly("2024-01-02 10:00", "2024-01-02 14:00"))
+    assert spans(log) == spans([("2024-01-02", "2024-01-03")])
+    load("ES", "2024-01-02 03:00", "2024-01-02 23:00")
+    load("ES", "2024-01-02 20:00", "2024-01-03 01:00")
+    assert spans(log) == spans([("2024-01-02", "2024-01-03"), ("2024-01-03", "2024-01-04")])
+    monthly: list[tuple[Any, Any]] = []
+    by_month = loader(hourly, monthly, chunk="1MS")
+    by_month("ES", "2024-02-10", "2024-03-05")
+    assert spans(monthly) == spans([("2024-02-01", "2024-04-01")])
+
+
+def test_time_zones_and_units_of_the_request_reach_the_function(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(lambda s, e: hourly(s, e, tz=None if s.tz is None else "America/New_York"), log)
+    start = pd.Timestamp("2024-01-02 09:30", tz="America/New_York")
+    got = load("ES", start, start + pd.Timedelta("30h"))
+    load("ES", start + pd.Timedelta("20h"), start + pd.Timedelta("50h"))
+    got = load("ES", start, start + pd.Timedelta("50h"))
+    expected = load.uncached("ES", start, start + pd.Timedelta("50h"))
+    pd.testing.assert_frame_equal(got, expected)
+    assert str(got.index.tz) == "America/New_York"
+    assert all(str(s.tz) == "America/New_York" for s, _ in log)
+    # Naive bounds given as datetimes (microseconds) are another family.
+    naive = load("ES", start.tz_localize(None).to_pydatetime(), pd.Timestamp("2024-01-04"))
+    pd.testing.assert_frame_equal(
+        naive, hourly(start.tz_localize(None).to_pydatetime(), pd.Timestamp("2024-01-04"))
+    )
+
+
+def test_the_live_edge_expires_after_live_ttl_and_only_the_tail_is_fetched_again(
+    cache_dir: Path, clock: list[int], tmp_path: Path
+) -> None:
+    vendor = tmp_path / "revision"
+    vendor.write_text("0")
+
+    def forming(start: Any, end: Any) -> pd.DataFrame:
+        bars = hourly(start, end)  # the vendor's bars as of now
+        return bars.assign(close=bars["close"] + int(vendor.read_text()))
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(forming, log, live_window="2h", live_ttl="15min")
+    clock[0] = pd.Timestamp("2024-03-05 12:10").value
+    asked = ("ES", "2024-03-01", "2024-03-05 12:00")
+    as_computed = load(*asked)
+    vendor.write_text("1")
+    clock[0] += pd.Timedelta("10min").value  # within live_ttl: served as computed
+    pd.testing.assert_frame_equal(load(*asked), as_computed)
+    assert len(log) == 1
+    clock[0] += pd.Timedelta("10min").value  # past live_ttl: the last two hours again
+    got = load(*asked)
+    assert spans(log[1:]) == spans([("2024-03-05 10:10", "2024-03-05 12:00")])
+    settled = as_computed.loc[:"2024-03-05 10:00"]
+    pd.testing.assert_frame_equal(got.loc[:"2024-03-05 10:00"], settled)
+    pd.testing.assert_frame_equal(
+        got, pd.concat([settled, forming("2024-03-05 10:10", "2024-03-05 12:00")]).asfreq("h")
+    )
+    assert [c["live"] for c in load.coverage("ES")] == [True]
+
+
+def test_a_calendar_measures_the_live_window_in_trading_time(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    pytest.importorskip("exchange_calendars")
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, live_window="1h", live_ttl="15min", live_calendar="XNYS")
+    clock[0] = pd.Timestamp("2024-01-05 22:00").value  # Friday, an hour after the close
+    load("ES", "2024-01-05", "2024-01-06")
+    clock[0] = pd.Timestamp("2024-01-07 23:00").value  # Sunday: no trading since
+    load("ES", "2024-01-05", "2024-01-06")
+    assert len(log) == 1
+    clock[0] = pd.Timestamp("2024-01-08 14:50").value  # Monday, 20 trading minutes in
+    got = load("ES", "2024-01-05", "2024-01-06")
+    pd.testing.assert_frame_equal(got, hourly("2024-01-05", "2024-01-06"))
+    # The last trading hour before Friday's 21:00 UTC close was still forming.
+    assert spans(log[1:]) == spans([("2024-01-05 20:00", "2024-01-06")])
+
+
+def test_a_missing_or_unknown_calendar_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "exchange_calendars", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'afml-cache\[calendars\]'"):
+        time_aware_cacheable(range=("start", "end"), live_calendar="XNYS")
+    monkeypatch.undo()
+    pytest.importorskip("exchange_calendars")
+    with pytest.raises(ValueError, match="'NOPE' is not an exchange_calendars calendar"):
+        time_aware_cacheable(range=("start", "end"), live_calendar="NOPE")
+
+
+def test_invalidate_after_truncates_coverage_and_refresh_recomputes_a_span(
+    cache_dir: Path, clock: list[int], tmp_path: Path
+) -> None:
+    vendor = tmp_path / "revision"
+    vendor.write_text("0")
+
+    def revised(start: Any, end: Any) -> pd.DataFrame:
+        bars = hourly(start, end)  # the vendor's data, as revised so far
+        return bars.assign(close=bars["close"] + int(vendor.read_text()))
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(revised, log)
+    load("ES", "2024-01-01", "2024-02-01")
+    vendor.write_text("1")
+    assert load.invalidate(after="2024-01-20") == 1
+    [interval] = load.coverage("ES")
+    assert interval["end"] == pd.Timestamp("2024-01-20", tz="UTC")
+    got = load("ES", "2024-01-01", "2024-02-01")
+    assert spans(log[1:]) == spans([("2024-01-20", "2024-02-01")])
+    pd.testing.assert_frame_equal(
+        got.loc[:"2024-01-19"],
+        revised("2024-01-01", "2024-01-20").assign(close=lambda f: f["close"] - 1),
+    )
+    # A refresh in the middle: the newer piece wins where they overlap.
+    vendor.write_text("2")
+    refreshed = load.refresh("ES", "2024-01-10", "2024-01-12")
+    pd.testing.assert_frame_equal(refreshed, revised("2024-01-10", "2024-01-12"))
+    got = load("ES", "2024-01-09", "2024-01-13")
+    assert got.index.is_unique and got.index.freq == "h"
+    assert (
+        got.loc["2024-01-10":"2024-01-11", "close"] == revised("2024-01-10", "2024-01-12")["close"]
+    ).all()
+    assert (got.loc["2024-01-09", "close"] == hourly("2024-01-09", "2024-01-10")["close"]).all()
+    assert [c["pieces"] for c in load.coverage("ES")] == [4]
+    assert load.invalidate(after="2023-01-01") == 4  # every family, from before the start
+    assert load.coverage("ES") == []
+    assert [e for e in load.cache_entries() if (e["metadata"] or {}).get("piece")] == []
+
+
+def test_pieces_of_a_family_are_merged_once_it_holds_more_than_n(
+    cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ranges, "MERGE_ABOVE", 4)
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    for day in range(1, 8):
+        load("ES", f"2024-01-{day:02d}", f"2024-01-{day + 1:02d}")
+    assert [c["pieces"] for c in load.coverage("ES")] == [7]
+    # The first read of all seven stitches them, and merges them for the reads after it.
+    for _ in range(2):
+        got = load("ES", "2024-01-01", "2024-01-08")
+        pd.testing.assert_frame_equal(got, hourly("2024-01-01", "2024-01-08"))
+        assert [c["pieces"] for c in load.coverage("ES")] == [1]
+    assert len(log) == 7
+    pieces = [e for e in load.cache_entries() if (e["metadata"] or {}).get("piece")]
+    assert len(pieces) == 1  # the merged pieces' entries are gone
+
+
+def ranges_of(load: Any) -> list[Any]:
+    request = load.__afml_cache__._families(("ES",), {})[0]
+    return load.__afml_cache__._pieces(request)
+
+
+def test_edited_code_or_closure_is_another_family(cache_dir: Path, clock: list[int]) -> None:
+    def make(shift: float) -> Callable[..., Any]:
+        @time_aware_cacheable(range=("start", "end"))
+        def shifted(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+            bars = hourly(start, end)
+            return bars.assign(close=bars["close"] + shift)
+
+        return shifted
+
+    first, second = make(0.0), make(1.0)
+    first("ES", "2024-01-01", "2024-01-03")
+    got = second("ES", "2024-01-01", "2024-01-03")
+    pd.testing.assert_frame_equal(got, second.uncached("ES", "2024-01-01", "2024-01-03"))
+    assert got["close"].iloc[0] == hourly("2024-01-01", "2024-01-02")["close"].iloc[0] + 1.0
+
+
+def test_calls_that_are_not_ranges_run_uncached(cache_dir: Path, clock: list[int]) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(lambda s, e: hourly("2024-01-01", "2024-01-02"), log)
+    load("ES", "latest", None)
+    load("ES", "2024-01-02", "2024-01-01")  # an empty span: the function decides
+    load("ES", "latest", None)
+    assert len(log) == 3
+    assert load.coverage("ES") == []
+
+
+def test_two_threads_extending_one_family_compute_each_gap_once(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+
+    def slow(start: Any, end: Any) -> pd.DataFrame:
+        time.sleep(0.3)  # the other thread arrives meanwhile
+        return hourly(start, end)
+
+    load = loader(slow, log)
+    asked = [("2024-01-01", "2024-01-10"), ("2024-01-05", "2024-01-15")]
+    results: dict[int, pd.DataFrame] = {}
+    threads = [
+        threading.Thread(target=lambda i=i, a=a: results.update({i: load("ES", *a)}))
+        for i, a in enumerate(asked)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, (start, end) in enumerate(asked):
+        pd.testing.assert_frame_equal(results[i], hourly(start, end))
+    computed = sorted(spans(log))
+    assert len(computed) == 2 and computed[0][1] == computed[1][0]
+    assert (computed[0][0], computed[1][1]) == spans([("2024-01-01", "2024-01-15")])[0]
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import sys, time
+    import pandas as pd
+    import afml_cache
+    from afml_cache import time_aware_cacheable
+
+    cache_dir, log_path, start, end = sys.argv[1:5]
+    afml_cache.configure(directory=cache_dir)
+
+    def bars(start, end):
+        index = pd.date_range(start, end, freq="h", inclusive="left", name="time")
+        return pd.DataFrame({"close": (index.asi8 // 3_600_000_000_000 % 97) * 1.5}, index=index)
+
+    @time_aware_cacheable(range=("start", "end"))
+    def load(symbol, start, end):
+        with open(log_path, "a") as log:
+            log.write(f"{start.value} {end.value}\\n")
+        time.sleep(0.5)  # a slow vendor: the other process arrives meanwhile
+        return bars(start, end)
+
+    got = load("ES", start, end)
+    pd.testing.assert_frame_equal(got, bars(pd.Timestamp(start), pd.Timestamp(end)))
+    print("ok")
+    """
+)
+
+
+def test_two_processes_extending_one_family_compute_each_gap_once(tmp_path: Path) -> None:
+    script = tmp_path / "load.py"
+    script.write_text(CONCURRENT)
+    log = tmp_path / "computed"
+
+    def run(start: str, end: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, str(script), str(tmp_path / "cache"), str(log), start, end]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+    both = [run("2024-01-01", "2024-01-10"), run("2024-01-05", "2024-01-15")]
+    for process in both:
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == "ok"
+    computed = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    assert computed[0][0] == pd.Timestamp("2024-01-01").value
+    assert computed[-1][1] == pd.Timestamp("2024-01-15").value
+    for (_, end), (start, _) in itertools.pairwise(computed):
+        assert end == start, "a gap computed twice or lost"
+    assert len(computed) == 2
+    # A third process finds the union covered.
+    third = run("2024-01-01", "2024-01-15")
+    assert third.communicate(timeout=120)[0].strip() == "ok"
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_a_piece_the_store_refuses_is_returned_with_one_warning_and_computed_again(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, cache=Cache(tmp_path / "small", size_limit=20_000))
+    with pytest.warns(CacheWarning, match="load was returned but not cached") as caught:
+        got = load("ES", "2024-01-01", "2024-03-01")
+        again = load("ES", "2024-01-01", "2024-03-01")
+    assert len(caught) == 1
+    pd.testing.assert_frame_equal(got, hourly("2024-01-01", "2024-03-01"))
+    pd.testing.assert_frame_equal(again, got)
+    assert len(log) == 2
+    assert load("ES", "2024-01-01", "2024-01-02").equals(hourly("2024-01-01", "2024-01-02"))
+    assert load("ES", "2024-01-01", "2024-01-02").equals(hourly("2024-01-01", "2024-01-02"))
+    assert len(log) == 3  # a small piece is stored
+
+
+def test_is_cached_precache_and_warm_speak_of_spans(cache_dir: Path, clock: list[int]) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    report = load.warm([("ES", "2024-01-01", "2024-01-05"), ("ES", "2024-01-03", "2024-01-08")])
+    assert (report["computed"], report["already_cached"], report["failed"]) == (2, 0, [])
+    assert spans(log) == spans([("2024-01-01", "2024-01-05"), ("2024-01-05", "2024-01-08")])
+    assert load.is_cached("ES", "2024-01-02", "2024-01-08")
+    assert not load.is_cached("ES", "2024-01-02", "2024-01-09")
+    assert load.warm([("ES", "2024-01-02", "2024-01-06")])["already_cached"] == 1
+    assert load.precache(hourly("2024-02-01", "2024-02-03"), "ES", "2024-02-01", "2024-02-03")
+    pd.testing.assert_frame_equal(
+        load("ES", "2024-02-01", "2024-02-03"), hourly("2024-02-01", "2024-02-03")
+    )
+    assert len(log) == 2
+    with pytest.raises(ValueError, match="outside the range it was asked for"):
+        load.precache(hourly("2024-03-01", "2024-03-03"), "ES", "2024-03-01", "2024-03-02")
+
+
+def test_a_piece_the_store_lost_is_computed_again(cache_dir: Path, clock: list[int]) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    load("ES", "2024-01-01", "2024-01-03")
+    load("ES", "2024-01-03", "2024-01-05")
+    first = min(ranges_of(load), key=lambda p: p.start)
+    load.__afml_cache__._open()[2].delete(first.digest)
+    got = load("ES", "2024-01-01", "2024-01-05")
+    pd.testing.assert_frame_equal(got, hourly("2024-01-01", "2024-01-05"))
+    assert spans(log[2:]) == spans([("2024-01-01", "2024-01-03")])
+
+
+@pytest.mark.parametrize("tier", ["memory", "disk"])
+def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
+    cache_dir: Path, clock: list[int], tier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pieces are read without a copy (lookup(copy=False)); a caller mutating what a call
+    # returned must not change what later calls get. Every column goes out of band, as large
+    # ones do, so the memory tier holds the buffers the pieces are read over.
+    monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    load("ES", "2024-01-01", "2024-01-03")
+    load("ES", "2024-01-03", "2024-01-05")
+    entries = load.__afml_cache__._open()[2]
+    asked = [
+        ("2024-01-01", "2024-01-03"),  # one whole piece
+        ("2024-01-01 05:00", "2024-01-02"),  # a slice of one piece
+        ("2024-01-02", "2024-01-04"),  # two pieces stitched
+        ("2024-01-04", "2024-01-06"),  # a piece and a new gap
+    ]
+    for _ in range(2):
+        for start, end in asked:
+            if tier == "disk":
+                entries.memory.clear()
+            got = load("ES", start, end)
+            pd.testing.assert_frame_equal(got, hourly(start, end))
+            got.iloc[0, 0] = -1.0
+            got.iloc[-1, 1] = -7
+    assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
+
+
+def test_merging_leaves_a_piece_larger_than_the_rest_of_its_run_alone(
+    cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Days appended to years of bars: merging them must not rewrite the years each time.
+    monkeypatch.setattr(ranges, "MERGE_ABOVE", 4)
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    load("ES", "2024-01-01", "2024-02-01")
+    years = ranges_of(load)[0].digest
+    for day in range(1, 6):
+        load("ES", "2024-01-01", f"2024-02-{day + 1:02d}")
+    got = load("ES", "2024-01-01", "2024-02-06")
+    pd.testing.assert_frame_equal(got, hourly("2024-01-01", "2024-02-06"))
+    # The fifth day made five pieces: the four days were merged, the month left alone.
+    pieces = sorted(ranges_of(load), key=lambda p: p.start)
+    assert [p.digest == years for p in pieces] == [True, False, False]
+    assert len(log) == 6
+
+
+def test_pieces_are_read_from_disk_while_the_interpreter_exits(tmp_path: Path) -> None:
+    # Pieces on disk are read on threads, which an exiting interpreter no longer starts.
+    script = textwrap.dedent(
+        f"""
+        import atexit
+        import pandas as pd
+        import afml_cache
+        from afml_cache import time_aware_cacheable
+
+        afml_cache.configure(directory={str(tmp_path / "cache")!r})
+
+        @time_aware_cacheable(range=("start", "end"))
+        def load(symbol, start, end):
+            index = pd.date_range(start, end, freq="h", inclusive="left")
+            return pd.DataFrame({{"x": range(len(index))}}, index=index)
+
+        load("A", "2024-01-01", "2024-01-03")
+        load("A", "2024-01-03", "2024-01-05")
+
+        def at_exit():
+            load.__afml_cache__._open()[2].memory.clear()
+            print(len(load("A", "2024-01-01", "2024-01-05")))
+
+        atexit.register(at_exit)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "96\n", "")
+
+
+def test_objects_in_a_result_are_not_shared_with_later_results(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # A list in a cell is an object the caller can change in place: later reads must not see it.
+    def tagged(start: Any, end: Any) -> pd.DataFrame:
+        bars = hourly(start, end)
+        return bars.assign(tags=[["bar"] for _ in range(len(bars))])
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(tagged, log)
+    load("ES", "2024-01-01", "2024-01-02")
+    load("ES", "2024-01-02", "2024-01-03")
+    for _ in range(3):
+        got = load("ES", "2024-01-01", "2024-01-03")
+        pd.testing.assert_frame_equal(got, tagged("2024-01-01", "2024-01-03"))
+        got["tags"].iloc[0].append("changed")
+        got["tags"].iloc[-1].append("changed")
+    assert len(log) == 2
