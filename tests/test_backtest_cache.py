@@ -439,7 +439,7 @@ def test_manual_api_keeps_frames_exactly_and_numbers_as_numbers(cache_dir):
     changed.iloc[17, 0] += 1e-9
     assert cache.get_cached_backtest("manual", params, changed) is None
     curves = afml_cache.Cache(cache_dir, namespace=CURVES_NAMESPACE)
-    pd.testing.assert_series_equal(curves.lookup(run_id)[1], equity.astype(float))
+    pd.testing.assert_series_equal(curves.by_digest.lookup(run_id)[1], equity.astype(float))
     assert cache.delete_run(run_id) and len(curves) == 0 and cache.index == {}
 
 

@@ -232,7 +232,7 @@ def test_entries_describe_what_was_stored(cache, directory):
     Cache(directory).get("labels")
     (entry,) = [e for e in cache.entries() if e["key"] == "labels"]
     assert entry["hits"] == 1
-    assert entry["last_access"] is not None and entry["last_access"] >= entry["created"]
+    assert entry["last_accessed"] is not None and entry["last_accessed"] >= entry["created"]
 
 
 def test_metadata_must_be_json(cache):
@@ -497,7 +497,7 @@ def test_hits_served_from_memory_are_recorded_on_the_entry(cache, directory):
     # than the hit): at the owner's next listing, write, or exit, or after a second.
     (entry,) = cache.entries()
     assert entry["hits"] == 3, "gets answered by the memory tier never reach the entry's counters"
-    assert entry["last_access"] is not None
+    assert entry["last_accessed"] is not None
     (seen_by_another,) = Cache(directory).entries()
     assert seen_by_another["hits"] == 3
 
@@ -788,10 +788,10 @@ class _StoreInterleaving:
 def test_a_write_by_another_process_just_after_our_set_is_not_hidden_by_memory(directory):
     ours = Cache(directory)
     theirs = Cache(directory)  # stands for another process: own memory tier, same files
-    real = ours._store
-    ours._store = _StoreInterleaving(real, "put", lambda: theirs.set("k", "theirs"))
+    real = ours.by_digest._store
+    ours.by_digest._store = _StoreInterleaving(real, "put", lambda: theirs.set("k", "theirs"))
     ours.set("k", "ours")
-    ours._store = real
+    ours.by_digest._store = real
     assert Cache(directory).get("k") == "theirs"
     assert ours.get("k") == "theirs", "our memory copy hides the newer entry on disk"
 
@@ -800,10 +800,10 @@ def test_a_write_by_another_process_just_after_our_disk_read_is_not_hidden_by_me
     Cache(directory).set("k", "old")
     ours = Cache(directory)
     theirs = Cache(directory)
-    real = ours._store
-    ours._store = _StoreInterleaving(real, "get", lambda: theirs.set("k", "new"))
+    real = ours.by_digest._store
+    ours.by_digest._store = _StoreInterleaving(real, "get", lambda: theirs.set("k", "new"))
     assert ours.get("k") == "old"  # read before the other write: fine
-    ours._store = real
+    ours.by_digest._store = real
     assert Cache(directory).get("k") == "new"
     assert ours.get("k") == "new", "our memory copy hides the newer entry on disk"
 

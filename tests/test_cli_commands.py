@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import afml_cache
-from afml_cache import cli
+from afml_cache import cli, commands
 from afml_cache.cache import Cache
 from afml_cache.monitoring import get_cache_health
 
@@ -64,14 +64,14 @@ class Filled:
 
     def entries(self) -> set[tuple[str, str]]:
         """(namespace, digest) of every entry on disk now."""
-        return {(e["namespace"], e["key"]) for e in self.cache._store.scan(None)}
+        return {(e.namespace, e.digest) for e in self.cache._store.scan(None)}
 
     def entries_of(self, namespace: str) -> set[tuple[str, str]]:
         return {(ns, digest) for ns, digest in self.entries() if ns == namespace}
 
     def tagged(self, tag: str) -> set[tuple[str, str]]:
         scanned = self.cache._store.scan(None)
-        return {(e["namespace"], e["key"]) for e in scanned if tag in e["tags"]}
+        return {(e.namespace, e.digest) for e in scanned if tag in e.tags}
 
 
 @pytest.fixture
@@ -109,12 +109,12 @@ def test_stats_json_has_every_function_and_the_directory_counters(filled, capsys
     assert document["directory"] == str(filled.directory)
     scanned = filled.cache._store.scan(None)
     assert document["store"]["count"] == 5
-    assert document["store"]["bytes"] == sum(e["size"] for e in scanned)
+    assert document["store"]["bytes"] == sum(e.size for e in scanned)
     assert set(document["functions"]) == {filled.double_name, filled.triple_name}
     double = document["functions"][filled.double_name]
     assert (double["total_calls"], double["cache_hits"], double["cache_misses"]) == (3, 1, 2)
     assert double["hit_rate"] == pytest.approx(1 / 3)
-    size = sum(e["size"] for e in scanned if e["namespace"] == filled.double_name)
+    size = sum(e.size for e in scanned if e.namespace == filled.double_name)
     assert double["cache_size_mb"] == size / 2**20
     # The latency percentiles are the monitor's, read from the same shared histograms.
     expected = afml_cache.get_cache_stats(filled.cache)[filled.double_name]
@@ -193,18 +193,18 @@ def test_health_of_a_sound_cache_exits_0_with_the_report(filled, capsys):
 
 
 def test_health_reports_a_damaged_entry_and_fix_removes_it(filled, capsys):
-    victim = next(e for e in filled.cache._store.scan(None) if e["namespace"] == "default")
-    _damage(str(victim["path"]))
+    victim = next(e for e in filled.cache._store.scan(None) if e.namespace == "default")
+    _damage(str(victim.path))
 
     code, document = run_json(capsys, "health", "--dir", str(filled.directory))
     assert code == 1
-    assert [(p["path"], p["fixed"]) for p in document["problems"]] == [(str(victim["path"]), False)]
-    assert Path(victim["path"]).exists()
+    assert [(p["path"], p["fixed"]) for p in document["problems"]] == [(str(victim.path), False)]
+    assert Path(victim.path).exists()
 
     code, out, _ = run(capsys, "health", "--dir", str(filled.directory), "--fix")
     assert code == 1  # problems were found, even though they are fixed now
-    assert f"fixed: {victim['path']}" in out
-    assert not Path(victim["path"]).exists()
+    assert f"fixed: {victim.path}" in out
+    assert not Path(victim.path).exists()
 
     code, document = run_json(capsys, "health", "--dir", str(filled.directory))
     assert (code, document["problems"], document["entries"]) == (0, [], 4)
@@ -238,13 +238,13 @@ def test_clear_tag_removes_the_tagged_entries_of_every_namespace(filled, capsys)
 def test_clear_older_than_removes_the_entries_created_before_the_cutoff(
     filled, capsys, monkeypatch
 ):
-    created = {(e["namespace"], e["key"]): e["created"] for e in filled.cache._store.scan(None)}
+    created = {(e.namespace, e.digest): e.created for e in filled.cache._store.scan(None)}
     ordered = sorted(created, key=created.get)
     # "Now" is 1 h after a moment between the third and fourth entries' creation: the first
     # three are older than 1 h, the last two are not.
     middle = (created[ordered[2]] + created[ordered[3]]) / 2
     assert created[ordered[2]] < middle < created[ordered[3]]
-    monkeypatch.setattr(cli, "time", types.SimpleNamespace(time=lambda: middle + 3600))
+    monkeypatch.setattr(commands, "time", types.SimpleNamespace(time=lambda: middle + 3600))
     code, document = run_json(capsys, "clear", "--dir", str(filled.directory), "--older-than", "1h")
     assert (code, document["entries_removed"]) == (0, 3)
     assert filled.entries() == set(ordered[3:])
@@ -288,8 +288,8 @@ def test_clear_everything_needs_yes_when_not_interactive(filled):
     assert json.loads(done.stdout)["entries_removed"] == 5
     assert filled.entries() == set()
     # Like clear_afml_cache(): the statistics go too.
-    counts = {raw["namespace"]: raw["calls"] for raw in filled.cache._store.function_stats()}
-    assert counts == {filled.double_name: 0, filled.triple_name: 0}
+    counts = {raw.namespace: raw.calls for raw in filled.cache._store.function_stats()}
+    assert counts == {filled.double_name: 0, filled.triple_name: 0, "default": 0}
 
 
 def test_clear_everything_asks_on_a_terminal_and_keeps_all_unless_confirmed(
@@ -344,8 +344,8 @@ def test_prune_removes_least_recently_used_entries_until_the_cache_fits(tmp_path
     cache = Cache(tmp_path / "cache")
     for name in ("first", "second", "third"):
         cache.set(name, name * 1000)
-    scanned = sorted(cache._store.scan(None), key=lambda e: e["created"])
-    total = sum(e["size"] for e in scanned)
+    scanned = sorted(cache._store.scan(None), key=lambda e: e.created)
+    total = sum(e.size for e in scanned)
     limit = str(total - 1)  # one byte too many: the oldest entry must go, and only it
 
     code, document = run_json(
@@ -360,8 +360,8 @@ def test_prune_removes_least_recently_used_entries_until_the_cache_fits(tmp_path
     assert code == 0
     assert document["entries_removed"] == 1
     assert document["reasons"] == {"over_max_size": 1}
-    assert document["bytes_after"] == total - scanned[0]["size"]
-    assert {e["key"] for e in cache._store.scan(None)} == {e["key"] for e in scanned[1:]}
+    assert document["bytes_after"] == total - scanned[0].size
+    assert {e.digest for e in cache._store.scan(None)} == {e.digest for e in scanned[1:]}
 
 
 def test_prune_needs_a_limit_and_sizes_must_be_sizes(filled, capsys):
@@ -379,7 +379,7 @@ def test_prune_needs_a_limit_and_sizes_must_be_sizes(filled, capsys):
 
 def _described(cache: Cache) -> dict[tuple[str, str], tuple[Any, ...]]:
     return {
-        (e["namespace"], e["key"]): (e["tags"], e["metadata"], e["value_size"], e["compute_time"])
+        (e.namespace, e.digest): (e.tags, e.metadata, e.value_size, e.compute_time)
         for e in cache._store.scan(None)
     }
 
@@ -397,9 +397,9 @@ def test_export_then_import_into_a_new_directory_gives_equal_entries(filled, tmp
     copy = Cache(target)
     assert _described(copy) == _described(filled.cache)
     for namespace, digest in filled.entries():
-        found, value, _ = copy.namespaced(namespace).lookup(digest)
+        found, value, _ = copy.namespaced(namespace).by_digest.lookup(digest)
         assert found
-        assert value == filled.cache.namespaced(namespace).lookup(digest)[1]
+        assert value == filled.cache.namespaced(namespace).by_digest.lookup(digest)[1]
     # A decorated function pointed at the imported cache hits.
     again = afml_cache.robust_cacheable(cache=copy)(filled.double.__afml_cache__.fn)
     assert again(2) == 4
@@ -421,7 +421,7 @@ def test_export_of_one_function(filled, tmp_path, capsys):
     code, _ = run_json(capsys, "import", str(archive), "--dir", str(tmp_path / "copy"))
     assert code == 0
     copied = Cache(tmp_path / "copy")._store.scan(None)
-    assert {(e["namespace"], e["key"]) for e in copied} == filled.entries_of(filled.double_name)
+    assert {(e.namespace, e.digest) for e in copied} == filled.entries_of(filled.double_name)
 
 
 def test_import_of_something_else_fails_clearly(filled, tmp_path, capsys):
@@ -493,7 +493,7 @@ def test_keyboard_interrupt_exits_130(filled, capsys, monkeypatch):
     def interrupted(args: Any) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_stats", interrupted)
+    monkeypatch.setattr(commands, "run_stats", interrupted)
     code, out, err = run(capsys, "stats", "--dir", str(filled.directory))
     assert (code, out) == (130, "")
     assert "afml-cache stats: interrupted" in err

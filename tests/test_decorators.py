@@ -38,6 +38,7 @@ from afml_cache import (
     time_aware_cacheable,
 )
 from afml_cache._core import LATENCY_BOUNDS
+from afml_cache._store.entries import Entries
 from afml_cache.monitoring import latency_percentiles
 
 TESTS_DIR = Path(__file__).parent
@@ -821,13 +822,13 @@ def test_a_call_waiting_on_a_write_behind_finds_the_entry(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = str(tmp_path / "computed.txt")
-    put = afml_cache.Cache._put
+    put = Entries._put
 
-    def slow_put(self: afml_cache.Cache, entry: object) -> object:
+    def slow_put(self: Entries, entry: object) -> object:
         time.sleep(0.5)  # the writer thread dawdles; the next caller must wait, not recompute
         return put(self, entry)
 
-    monkeypatch.setattr(afml_cache.Cache, "_put", slow_put)
+    monkeypatch.setattr(Entries, "_put", slow_put)
     decorated.big_block(4, counter)
     afml_cache.configure(directory=cache_dir)  # no memory tier: only the disk can answer
     assert np.array_equal(decorated.big_block(4, counter), np.full(512 * 1024, 4.0))
@@ -844,10 +845,10 @@ def test_a_failed_write_behind_is_logged_warned_once_and_frees_the_key(
 ) -> None:
     counter = str(tmp_path / "computed.txt")
 
-    def full_disk(self: afml_cache.Cache, entry: object) -> object:
+    def full_disk(self: Entries, entry: object) -> object:
         raise afml_cache.StoreError(28, "No space left on device", str(cache_dir))
 
-    monkeypatch.setattr(afml_cache.Cache, "_put", full_disk)
+    monkeypatch.setattr(Entries, "_put", full_disk)
     with caplog.at_level(logging.WARNING, logger="afml_cache"):
         assert decorated.big_block(5, counter)[0] == 5.0
         afml_cache.flush_writes()
@@ -871,14 +872,14 @@ def test_a_failed_write_behind_is_logged_warned_once_and_frees_the_key(
 def test_a_small_result_that_cannot_be_stored_warns_at_the_call(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def read_only(self: afml_cache.Cache, entry: object) -> object:
+    def read_only(self: Entries, entry: object) -> object:
         raise afml_cache.StoreError(30, "Read-only file system", str(cache_dir))
 
     @robust_cacheable
     def double(x: int) -> int:
         return 2 * x
 
-    monkeypatch.setattr(afml_cache.Cache, "_put", read_only)
+    monkeypatch.setattr(Entries, "_put", read_only)
     with pytest.warns(UserWarning, match="double was returned but not cached") as caught:
         assert [double(1), double(1), double(2)] == [2, 2, 4]
     assert len(user_warnings(caught)) == 1
@@ -1066,11 +1067,11 @@ def test_statistics_of_a_scripted_sequence(cache_dir: Path) -> None:
     assert len(calls) == 3
     # Every call landed in its latency histogram, and the percentiles are read from those.
     (raw,) = [
-        r for r in slow_add.__afml_cache__.cache()._store.function_stats() if r["namespace"] == name
+        r for r in slow_add.__afml_cache__.cache()._store.function_stats() if r.namespace == name
     ]
-    assert (sum(raw["hit_latency"]), sum(raw["miss_latency"])) == (3, 3)
-    for result in ("hit", "miss"):
-        expected = latency_percentiles(raw[f"{result}_latency"], LATENCY_BOUNDS)
+    assert (sum(raw.hit_latency), sum(raw.miss_latency)) == (3, 3)
+    for result, histogram in (("hit", raw.hit_latency), ("miss", raw.miss_latency)):
+        expected = latency_percentiles(histogram, LATENCY_BOUNDS)
         got = tuple(row[f"{result}_latency_p{q}"] for q in (50, 95, 99))
         assert got == expected
 

@@ -18,7 +18,7 @@ import pytest
 
 import afml_cache
 from afml_cache import Cache, robust_cacheable, time_aware_cacheable
-from afml_cache import cache as cache_module
+from afml_cache._store.writer import WRITER
 
 # --- an entry that cannot be opened ----------------------------------------------------------
 
@@ -125,10 +125,10 @@ def held_writer() -> Iterator[threading.Event]:
     """Holds the process's writer thread until the event is set, so that writes behind stay
     pending; released by a timer, so that whatever waits for them can go on."""
     release = threading.Event()
-    cache_module._WRITER.submit(release.wait)
+    WRITER.submit(release.wait)
     yield release
     release.set()
-    cache_module.flush_writes()
+    afml_cache.flush_writes()
 
 
 def _release_soon(release: threading.Event) -> None:
@@ -161,7 +161,7 @@ def test_a_value_pending_behind_does_not_reappear_after_it_is_removed(
     assert np.array_equal(f(1), np.full(_LARGE, 1.0))  # its write is pending behind
     _release_soon(held_writer)
     REMOVALS[removal](f, cache)
-    cache_module.flush_writes()
+    afml_cache.flush_writes()
     assert f.cache_entries() == []
     assert np.array_equal(f(1), np.full(_LARGE, 1.0))
     assert calls == [1, 1]
@@ -182,12 +182,12 @@ def test_a_value_pending_behind_does_not_reappear_after_it_is_deleted(
     cache = Cache(tmp_path / "c")
     outcomes: list[Exception | None] = []
     digest = afml_cache.fingerprint("k")
-    cache.set_digest(
+    cache.by_digest.put(
         digest, np.ones(_LARGE), tags=["t"], label="k", behind=lambda e, *_: outcomes.append(e)
     )
     _release_soon(held_writer)
     removal(cache)
-    cache_module.flush_writes()
+    afml_cache.flush_writes()
     assert outcomes == [None]
     assert cache.get("k") is None
     assert len(cache) == 0
@@ -273,7 +273,7 @@ def test_the_decorators_compression_is_the_level_of_the_functions_entries(
     g = robust_cacheable(cache=cache)(_twice(calls))  # no option: the cache's level
     assert np.array_equal(f(3), np.full(_LARGE, 3.0))
     assert g(3) == 6
-    cache_module.flush_writes()
+    afml_cache.flush_writes()
     assert [e["compression"] for e in f.cache_entries()] == [level]
     assert [e["compression"] for e in g.cache_entries()] == ["default"]
     fresh = robust_cacheable(compression=level, cache=Cache(tmp_path / "c"))(_ones(calls))

@@ -11,22 +11,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from afml_cache import cache as cache_module
 from afml_cache import robust_cacheable
+from afml_cache._store import entries as entries_module
 
 
 @pytest.fixture
 def unpickled(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Each value the cache unpickles, in order (the real `_deserialize` does the work)."""
+    """Each value the cache unpickles, in order (the real `deserialize` does the work)."""
     values: list[Any] = []
-    real = cache_module._deserialize
+    real = entries_module.deserialize
 
     def counting(stream: bytes, buffers: Any) -> Any:
         value = real(stream, buffers)
         values.append(value)
         return value
 
-    monkeypatch.setattr(cache_module, "_deserialize", counting)
+    monkeypatch.setattr(entries_module, "deserialize", counting)
     return values
 
 

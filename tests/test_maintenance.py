@@ -26,6 +26,7 @@ import pytest
 
 import afml_cache
 from afml_cache import config
+from afml_cache._store.entries import Entries
 from afml_cache.cache import Cache
 from afml_cache.errors import StoreError
 
@@ -53,8 +54,8 @@ def remaining(cache: Cache) -> list[tuple[str, Any]]:
     """(namespace, key) of every entry on disk, sorted."""
     found = []
     for raw in cache._store.scan(None):
-        view = cache.namespaced(raw["namespace"])
-        found += [(raw["namespace"], e["key"]) for e in view.entries() if e["digest"] == raw["key"]]
+        view = cache.namespaced(raw.namespace)
+        found += [(raw.namespace, e["key"]) for e in view.entries() if e["digest"] == raw.digest]
     return sorted(found)
 
 
@@ -174,14 +175,14 @@ def test_a_failing_entry_is_reported_and_the_rest_still_removed(
 ) -> None:
     stuck = put(cache, "m.x", "stuck", ttl=60)
     gone = put(cache, "m.x", "gone", ttl=60)
-    delete_digest = Cache.delete_digest
+    delete = Entries.delete
 
-    def refuse_one(self: Cache, digest: str) -> bool:
+    def refuse_one(self: Entries, digest: str, *, local_only: bool = False) -> bool:
         if digest == stuck["digest"]:
             raise StoreError(13, "Permission denied", "/somewhere/entry")
-        return delete_digest(self, digest)
+        return delete(self, digest, local_only=local_only)
 
-    monkeypatch.setattr(Cache, "delete_digest", refuse_one)
+    monkeypatch.setattr(Entries, "delete", refuse_one)
     at(monkeypatch, time.time() + 3600)
     result = afml_cache.maintain_cache()
     assert result["entries_removed"] == 1

@@ -127,7 +127,7 @@ def test_sizes_and_evictions_come_from_the_directory(tmp_path, registry):
     register_collector(cache, registry)
     scanned = cache._store.scan(None)
     for namespace in ("default", F):
-        size = sum(e["size"] for e in scanned if e["namespace"] == namespace)
+        size = sum(e.size for e in scanned if e.namespace == namespace)
         assert value(registry, "afml_cache_size_bytes", function=namespace) == size
     evictions = cache.stats()["evictions"]
     assert evictions > 0

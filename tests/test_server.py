@@ -93,7 +93,7 @@ def test_metrics_after_known_calls(served):
     assert samples[("afml_cache_hits_total", fn)] == 1
     assert samples[("afml_cache_misses_total", fn)] == 2
     assert samples[("afml_cache_hit_rate", fn)] == pytest.approx(1 / 3)
-    size = sum(e["size"] for e in served.cache._store.scan(served.name))
+    size = sum(e.size for e in served.cache._store.scan(served.name))
     assert samples[("afml_cache_size_bytes", fn)] == size
     assert samples[("afml_cache_evictions_total", ())] == 0
     for result, calls in (("hit", 1), ("miss", 2)):
@@ -128,7 +128,7 @@ def test_health_json_and_a_degraded_directory(served):
     assert status == 200
     assert document["status"] == "ok"
     assert (document["entries"], document["problems"]) == (2, [])
-    assert document["bytes"] == sum(e["size"] for e in served.cache._store.scan(None))
+    assert document["bytes"] == sum(e.size for e in served.cache._store.scan(None))
     assert "afml-cache health" in document["check"]  # says the full check lives elsewhere
 
     shutil.rmtree(served.cache.directory)

@@ -111,7 +111,7 @@ import os, subprocess, sys, threading, numpy as np, afml_cache
 directory, how = sys.argv[1], sys.argv[2]
 cache = afml_cache.Cache(directory)
 key = afml_cache.fingerprint("k")
-lock = cache.acquire_digest(key, 0)
+lock = cache.by_digest.lock(key, 0)
 if how == "writing behind":
     writing, may_finish = threading.Event(), threading.Event()
 
@@ -120,7 +120,7 @@ if how == "writing behind":
         may_finish.wait()
         lock.release()
 
-    cache.set_digest(key, np.arange(1_000_000), behind=behind)
+    cache.by_digest.put(key, np.arange(1_000_000), behind=behind)
     del lock
     writing.wait()
 read, write = os.pipe()
@@ -128,7 +128,7 @@ child = os.fork()
 if child == 0:  # a long-lived child: a pool worker, a server
     os.close(write)
     os.read(read, 1)
-    mine = afml_cache.Cache(directory).acquire_digest(key, 0)
+    mine = afml_cache.Cache(directory).by_digest.lock(key, 0)
     os._exit(0 if mine is not None else 3)
 os.close(read)
 if how == "writing behind":
@@ -136,7 +136,7 @@ if how == "writing behind":
     afml_cache.flush_writes()
 else:
     lock.release()
-code = f"import afml_cache; print(afml_cache.Cache({directory!r}).acquire_digest({key!r}, 0))"
+code = f"import afml_cache; print(afml_cache.Cache({directory!r}).by_digest.lock({key!r}, 0))"
 other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 os.write(write, b"x")
 _, status = os.waitpid(child, 0)
@@ -160,7 +160,7 @@ def test_a_forked_child_holds_none_of_its_parents_locks(tmp_path, how):
 
 KILLED_PARENT = """
 import os, signal, sys, time, afml_cache
-lock = afml_cache.Cache(sys.argv[1]).acquire_digest(afml_cache.fingerprint("k"), 0)
+lock = afml_cache.Cache(sys.argv[1]).by_digest.lock(afml_cache.fingerprint("k"), 0)
 child = os.fork()
 if child == 0:
     quiet = os.open(os.devnull, os.O_WRONLY)
@@ -184,7 +184,7 @@ def test_the_lock_of_a_killed_parent_is_free_while_its_forked_child_lives(tmp_pa
     assert killed.returncode == -signal.SIGKILL
     child = int(killed.stdout)
     try:
-        held = Cache(directory).acquire_digest(fingerprint("k"), 0)
+        held = Cache(directory).by_digest.lock(fingerprint("k"), 0)
         assert held is not None
         held.release()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 
 from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache._store.remote import Remote
 from afml_cache.backtest_cache import (
     BacktestCache,
     BacktestResult,
@@ -57,6 +58,7 @@ __all__ = [
     "CacheWarning",
     "FingerprintError",
     "MLflowCache",
+    "Remote",
     "StoreError",
     "__version__",
     "analyze_cache_patterns",

@@ -180,7 +180,7 @@ class BacktestFunction:
 
     def _lookup(self, cache: Cache, run_id: str) -> BacktestResult | None:
         try:
-            found, value, _ = cache.lookup(run_id)
+            found, value, _ = cache.by_digest.lookup(run_id)
         except (CacheError, OSError) as exc:  # an unreadable entry is a miss
             self._warn_once("read", f"afml_cache: {self._name} could not read its run: {exc}")
             return None
@@ -188,7 +188,7 @@ class BacktestFunction:
 
     def _lock(self, cache: Cache, run_id: str) -> Any:
         try:
-            return cache.acquire_digest(run_id, LOCK_TIMEOUT)
+            return cache.by_digest.lock(run_id, LOCK_TIMEOUT)
         except (CacheError, OSError) as exc:
             self._warn_once("lock", f"afml_cache: {self._name} runs without its lock: {exc}")
             return None
@@ -223,7 +223,7 @@ class BacktestFunction:
                 value=value,
             )
             metadata = _run_metadata(run, self._name)
-            cache.set_digest(
+            cache.by_digest.put(
                 run_id,
                 run,
                 ttl=options.ttl,

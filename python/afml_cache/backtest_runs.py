@@ -277,7 +277,7 @@ class BacktestCache:
         )
         try:
             cache = self.cache
-            cache.set_digest(run_id, result, metadata=_run_metadata(result, None))
+            cache.by_digest.put(run_id, result, metadata=_run_metadata(result, None))
             _store_curve(cache, run_id, equity_curve)
         except (CacheError, OSError, ValueError) as exc:
             warnings.warn(
@@ -297,7 +297,7 @@ class BacktestCache:
 
     def get_run(self, run_id: str) -> BacktestResult | None:
         """The run with this id (from ``index``, ``f.last_run_id`` or a ranking), or None."""
-        found, value, _ = self.cache.lookup(run_id)
+        found, value, _ = self.cache.by_digest.lookup(run_id)
         return value if found and isinstance(value, BacktestResult) else None
 
     @property
@@ -394,8 +394,8 @@ class BacktestCache:
     def delete_run(self, run_id: str) -> bool:
         """Removes one run; False if there was none."""
         cache = self.cache
-        cache.namespaced(CURVES_NAMESPACE).delete_digest(run_id)
-        return cache.delete_digest(run_id)
+        cache.namespaced(CURVES_NAMESPACE).by_digest.delete(run_id)
+        return cache.by_digest.delete(run_id)
 
     def clear(self, strategy_name: str | None = None) -> int:
         """Removes the runs of ``strategy_name``, or every run and walk-forward split; returns
@@ -412,8 +412,8 @@ class BacktestCache:
         else:
             doomed_curves = doomed
         for digest in doomed_curves:
-            curves.delete_digest(digest)
-        return sum(cache.delete_digest(d) for d in doomed)
+            curves.by_digest.delete(digest)
+        return sum(cache.by_digest.delete(d) for d in doomed)
 
     def report(
         self,
@@ -442,7 +442,7 @@ class BacktestCache:
             ranked.insert(0, metric, key.loc[order])
             curves = {}
             for run_id in ranked.index[:top_n]:
-                found, curve, _ = self.cache.namespaced(CURVES_NAMESPACE).lookup(run_id)
+                found, curve, _ = self.cache.namespaced(CURVES_NAMESPACE).by_digest.lookup(run_id)
                 if found and isinstance(curve, pd.Series):
                     curves[run_id] = curve
             sections.append((name, ranked, curves))
@@ -485,12 +485,12 @@ class BacktestCache:
             "test_rows": _rows(test_data),
             "created": split.created,
         }
-        self.cache.set_digest(_split_key(split_id, fold), split, metadata=metadata)
+        self.cache.by_digest.put(_split_key(split_id, fold), split, metadata=metadata)
         return f"{split_id}_fold_{fold}"
 
     def get_walk_forward_split(self, split_id: str, fold_number: int) -> WalkForwardSplit | None:
         """The stored fold (``.train_data``, ``.test_data``), or None."""
-        found, value, _ = self.cache.lookup(_split_key(split_id, int(fold_number)))
+        found, value, _ = self.cache.by_digest.lookup(_split_key(split_id, int(fold_number)))
         return value if found and isinstance(value, WalkForwardSplit) else None
 
     def walk_forward_splits(self, split_id: str) -> pd.DataFrame:
@@ -625,7 +625,7 @@ def _store_curve(cache: Cache, run_id: str, equity_curve: Any, ttl: float | None
         positions = list(range(0, len(curve), max(1, len(curve) // _CURVE_POINTS)))
         if positions[-1] != len(curve) - 1:
             positions.append(len(curve) - 1)
-        cache.namespaced(CURVES_NAMESPACE).set_digest(run_id, curve.iloc[positions], ttl=ttl)
+        cache.namespaced(CURVES_NAMESPACE).by_digest.put(run_id, curve.iloc[positions], ttl=ttl)
 
 
 def _check_strategy(strategy_name: Any) -> None:

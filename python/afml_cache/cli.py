@@ -1,9 +1,10 @@
 """The ``afml-cache`` command: see, tend and serve a cache directory from a terminal or a script.
 
 ``afml-cache stats``, ``health``, ``clear``, ``prune``, ``export``, ``import``, ``report``,
-``backtests``, ``serve`` and ``demo``; ``afml-cache COMMAND --help`` explains each.
+``backtests``, ``serve``, ``warm`` and ``demo``; ``afml-cache COMMAND --help`` explains each.
 Every command takes ``--dir`` and the reporting ones ``--json`` (one JSON document on stdout,
-messages on stderr). Exit codes are listed in ``afml-cache --help``.
+messages on stderr). Exit codes are listed in ``afml-cache --help``. This module holds the parser;
+what each command does is in `afml_cache.commands`.
 
 ``afml-cache demo`` runs the demo in `afml_cache.demo`. The benchmark that measures this
 machine beside joblib, diskcache and cachier is ``benches/bench_machine.py``.
@@ -13,30 +14,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import re
-import signal
 import sys
-import tarfile
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import afml_cache
-from afml_cache import config
-from afml_cache.cache import Cache, parse_size
+from afml_cache import commands, config
+from afml_cache._store.remote import is_remote
+from afml_cache.cache import parse_size
+from afml_cache.commands import INTERRUPTED, PROBLEMS, USAGE, Failure, write_json
 from afml_cache.demo import run_demo
 from afml_cache.errors import CacheError
-from afml_cache.report import MB, format_size, format_when
 
-OK, PROBLEMS, USAGE, UNUSABLE, INTERRUPTED = 0, 1, 2, 3, 130
-# The command never evicts on its own: only `prune` removes entries to fit a size.
-_NO_LIMIT = 2**62
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _log = logging.getLogger("afml_cache")
 
@@ -63,17 +56,9 @@ examples:
   afml-cache prune --max-size 5GB           remove least recently used entries to fit
   afml-cache report cache.html              a self-contained HTML report with charts
   afml-cache serve --port 9464              Prometheus /metrics, /health and /stats
+  afml-cache warm mypkg.warmups:nightly     run a warm-up function (cron, CI)
   afml-cache stats --json | jq '.functions | keys'
 """
-
-
-class _Failure(Exception):
-    """A failure the command explains itself: the message goes to stderr (and, with ``--json``,
-    into a JSON document on stdout), and the process exits with ``code``."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,12 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE
     if args.command == "demo" and args.rows < 5_000:
         parser.error("--rows must be at least 5,000 (the pipeline needs a few days of bars)")
+    if is_remote(getattr(args, "dir", None) or ""):
+        args.run = _on_remote
     with _library_messages_on_stderr():
         try:
             return int(args.run(args))
-        except _Failure as failure:
+        except Failure as failure:
             if getattr(args, "json", False):
-                _write_json({"error": str(failure), "exit_code": failure.code})
+                write_json({"error": str(failure), "exit_code": failure.code})
             sys.stderr.write(f"afml-cache {args.command}: {failure}\n")
             return failure.code
         except KeyboardInterrupt:
@@ -99,6 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The reader went away (`afml-cache demo | head`): stop quietly, as Unix tools do.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+
+
+def _on_remote(args: argparse.Namespace) -> int:
+    """A command on a prefix of an object store (``--dir s3://bucket/prefix``)."""
+    from afml_cache import remote_admin
+
+    if args.command not in remote_admin.COMMANDS:
+        raise Failure(
+            f"{args.command} works on a cache directory, not on {args.dir}; the commands for a "
+            f"remote prefix are {', '.join(remote_admin.COMMANDS)}",
+            USAGE,
+        )
+    try:
+        return remote_admin.run(args)
+    except (CacheError, ValueError) as exc:
+        raise Failure(str(exc), PROBLEMS) from None
 
 
 @contextlib.contextmanager
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version = f"afml-cache {afml_cache.__version__}"
     parser.add_argument("--version", action="version", version=version)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(name: str, summary: str, description: str, examples: str, *parents: Any) -> Any:
-        sub = commands.add_parser(
+        sub = subparsers.add_parser(
             name,
             help=summary,
             description=textwrap.fill(description, 79),
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  afml-cache stats\n  afml-cache stats --dir /data/cache --json\n",
         scripted,
     )
-    stats.set_defaults(run=_stats)
+    stats.set_defaults(run=commands.run_stats)
 
     health = command(
         "health",
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove damaged entries and abandoned temp files, and recount the sizes",
     )
-    health.set_defaults(run=_health)
+    health.set_defaults(run=commands.run_health)
 
     clear = command(
         "clear",
@@ -208,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the entries created more than AGE ago (30d, 12h, 90m, 3600s)",
     )
     clear.add_argument("-y", "--yes", action="store_true", help="remove everything without asking")
-    clear.set_defaults(run=_clear)
+    clear.set_defaults(run=commands.run_clear)
 
     prune = command(
         "prune",
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--dry-run", action="store_true", help="report what would be removed; remove nothing"
     )
-    prune.set_defaults(run=_prune)
+    prune.set_defaults(run=commands.run_prune)
 
     export = command(
         "export",
@@ -243,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("file", metavar="FILE", help="the archive to write (replaced if present)")
     export.add_argument("--function", metavar="NAME", help="only this function's entries")
-    export.set_defaults(run=_export)
+    export.set_defaults(run=commands.run_export)
 
     imports = command(
         "import",
@@ -255,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         scripted,
     )
     imports.add_argument("file", metavar="FILE", help="an archive written by `afml-cache export`")
-    imports.set_defaults(run=_import)
+    imports.set_defaults(run=commands.run_import)
 
     report = command(
         "report",
@@ -267,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         scripted,
     )
     report.add_argument("file", metavar="FILE", help="the report to write: .html, .htm or .csv")
-    report.set_defaults(run=_report)
+    report.set_defaults(run=commands.run_report)
 
     backtests = command(
         "backtests",
@@ -287,17 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", metavar="N", type=int, default=10, help="how many runs to show (default 10)"
     )
     backtests.add_argument("--report", metavar="FILE", help="write the HTML report to FILE")
-    backtests.set_defaults(run=_backtests)
+    backtests.set_defaults(run=commands.run_backtests)
 
     from afml_cache.server import DEFAULT_HOST, DEFAULT_PORT
 
     serve = command(
         "serve",
-        "serve /metrics, /health and /stats over HTTP (read-only)",
+        "serve /metrics, /health and /stats over HTTP (read-only unless --admin)",
         "Serve the cache's Prometheus metrics (/metrics; needs prometheus_client), a quick "
         "health check (/health, JSON; 503 when degraded) and the statistics (/stats, JSON). "
-        "Read-only. Listens on loopback unless --host says otherwise. Ctrl-C stops it.",
-        "  afml-cache serve\n  afml-cache serve --host 0.0.0.0 --port 9464   # other machines\n",
+        "Read-only unless --admin, which adds the write endpoints for requests bearing its "
+        "token (README: The afml-cache command). Listens on loopback unless --host says "
+        "otherwise. Ctrl-C stops it.",
+        "  afml-cache serve\n  afml-cache serve --host 0.0.0.0 --port 9464   # other machines\n"
+        "  afml-cache serve --admin --warmup mypkg.warmups:nightly\n",
     )
     serve.add_argument(
         "--host", default=DEFAULT_HOST, help=f"the address to listen on (default {DEFAULT_HOST})"
@@ -308,9 +314,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PORT,
         help=f"the port (default {DEFAULT_PORT}; 0 picks a free one)",
     )
-    serve.set_defaults(run=_serve)
+    serve.add_argument(
+        "--admin",
+        action="store_true",
+        help="add the write endpoints (clear, delete, warm, export) for requests bearing the "
+        "token in --token-file",
+    )
+    serve.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the admin token, made (0600) on first use (default: "
+        "$XDG_CONFIG_HOME/afml-cache/admin.token, else ~/.config/afml-cache/admin.token)",
+    )
+    serve.add_argument(
+        "--warmup",
+        metavar="MODULE:FUNCTION",
+        action="append",
+        default=[],
+        help="a warm-up POST /admin/warm?name=MODULE:FUNCTION may run (repeatable)",
+    )
+    serve.set_defaults(run=commands.run_serve)
 
-    demo = commands.add_parser(
+    warm = command(
+        "warm",
+        "run a warm-up function (from cron or CI); exit 1 if a call failed",
+        "Import MODULE (from the current directory or the installed packages) and call its "
+        "FUNCTION with no arguments; it warms caches with f.warm(calls). Prints what each "
+        "f.warm computed; exits 1 if a call failed or the function raised.",
+        "  afml-cache warm warmups:nightly\n  afml-cache warm my_project.features:warm --json\n",
+        scripted,
+    )
+    warm.add_argument("warmup", metavar="MODULE:FUNCTION", help="the warm-up function")
+    warm.set_defaults(run=commands.run_warm)
+
+    demo = subparsers.add_parser(
         "demo",
         help="run a cached AFML pipeline on synthetic minute bars, three times",
         description=(
@@ -354,432 +391,6 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port; give 0 to 65535")
     return int(text)
-
-
-# --- shared pieces ----------------------------------------------------------------------------
-
-
-def _open_cache(args: argparse.Namespace, *, create: bool = False) -> Cache:
-    """The cache in ``--dir`` (or the configured directory), which must already be an
-    afml-cache directory unless ``create``; the decorators' configuration is pointed at it
-    too, so the monitoring functions report on it."""
-    directory = Path(args.dir).expanduser() if args.dir else config.CACHE_DIRS["base"]
-    hint = "give the cache's directory with --dir, or set AFML_CACHE_DIR"
-    if not directory.exists():
-        if not create:
-            raise _Failure(
-                f"no cache at {directory}: the directory does not exist; {hint}", UNUSABLE
-            )
-    elif not directory.is_dir():
-        raise _Failure(f"{directory} is not a directory; {hint}", UNUSABLE)
-    elif not (directory / "mac.key").exists():
-        if not any(directory.iterdir()):
-            if not create:
-                raise _Failure(f"{directory} holds no cache yet (it is empty); {hint}", UNUSABLE)
-        else:
-            # Never scatter cache files into a directory that holds something else.
-            raise _Failure(
-                f"{directory} is not an afml-cache directory (it has no mac.key); {hint}", UNUSABLE
-            )
-    try:
-        cache = Cache(directory, size_limit=_NO_LIMIT)
-    except (CacheError, OSError, ValueError) as exc:
-        raise _Failure(f"cannot use the cache directory {directory}: {exc}", UNUSABLE) from None
-    config.configure(directory=directory)
-    return cache
-
-
-def _write_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
-
-
-def _write(text: str) -> None:
-    sys.stdout.write(text)
-
-
-def _interactive_progress() -> bool:
-    """Progress lines go to stderr only when a person watches it."""
-    return sys.stderr.isatty()
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 entry``, ``5 entries``, ``1,200 calls``."""
-    if n == 1:
-        return f"1 {noun}"
-    return f"{n:,} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
-
-
-# --- stats ------------------------------------------------------------------------------------
-
-
-def _stats(args: argparse.Namespace) -> int:
-    from afml_cache import report
-    from afml_cache.server import stats_document
-
-    cache = _open_cache(args)
-    document = stats_document(cache)
-    if args.json:
-        _write_json(document)
-        return OK
-    store, rows = document["store"], document["functions"]
-    _write(
-        f"Cache directory: {document['directory']}\n"
-        f"  {store['count']:,} entries, {format_size(store['bytes'])}; "
-        f"{store['evictions']:,} evicted so far\n\n"
-    )
-    if not rows:
-        _write("No cached function has been called with this cache directory yet.\n")
-        return OK
-    width = max(len("function"), *(len(name) for name in rows))
-    _write(
-        f"{'function':<{width}} {'calls':>8} {'hits':>8} {'misses':>8} {'hit rate':>9} "
-        f"{'avg compute':>12} {'saved':>9} {'MB':>9} {'hit p50':>9} {'miss p50':>9}  "
-        "last used (UTC)\n"
-    )
-    for name, row in rows.items():
-        _write(
-            f"{name:<{width}} {row['total_calls']:>8,} {row['cache_hits']:>8,} "
-            f"{row['cache_misses']:>8,} {row['hit_rate']:>9.1%} "
-            f"{report.format_latency(row['avg_computation_time']):>12} "
-            f"{report.format_duration(row['time_saved']):>9} {row['cache_size_mb']:>9,.2f} "
-            f"{report.format_latency(row.get('hit_latency_p50')):>9} "
-            f"{report.format_latency(row.get('miss_latency_p50')):>9}  "
-            f"{format_when(row['last_accessed'])}\n"
-        )
-    calls = sum(r["total_calls"] for r in rows.values())
-    hits = sum(r["cache_hits"] for r in rows.values())
-    saved = sum(r["time_saved"] for r in rows.values())
-    _write(
-        f"\n{_count(len(rows), 'function')}, {_count(calls, 'call')}, hit rate {hits / calls:.1%}, "
-        f"{report.format_duration(saved)} saved\n"
-    )
-    return OK
-
-
-# --- health -----------------------------------------------------------------------------------
-
-
-def _health(args: argparse.Namespace) -> int:
-    from afml_cache.monitoring import get_cache_health
-
-    cache = _open_cache(args)
-    count = cache.stats()["count"]
-    if _interactive_progress():
-        sys.stderr.write(f"afml-cache health: verifying {count:,} entries in {cache.directory}\n")
-    problems = cache.check(fix=args.fix)
-    health = get_cache_health()
-    if args.json:
-        _write_json(
-            {
-                "directory": str(cache.directory),
-                "entries": cache.stats()["count"],
-                "problems": problems,
-                "fixed": sum(p["fixed"] for p in problems),
-                "report": _health_summary(health),
-            }
-        )
-    else:
-        _write(_problems_text(problems, args.fix, cache.stats()["count"]) + "\n" + str(health))
-        _write("\n")
-    return PROBLEMS if problems else OK
-
-
-def _problems_text(problems: list[dict[str, Any]], fix: bool, entries: int) -> str:
-    if not problems:
-        return f"Verified every entry ({entries:,}): no problems.\n"
-    fixed = sum(p["fixed"] for p in problems)
-    lines = [f"Found {len(problems)} problem(s); {fixed} fixed:"]
-    for p in problems:
-        lines.append(f"  {'fixed' if p['fixed'] else 'NOT FIXED'}: {p['path']}: {p['problem']}")
-    if not fix:
-        lines.append("Run `afml-cache health --fix` to remove damaged entries and temp files.")
-    return "\n".join(lines) + "\n"
-
-
-def _health_summary(health: Any) -> dict[str, Any]:
-    def names(rows: Sequence[dict[str, Any]]) -> list[str]:
-        return [r["function_name"] for r in rows]
-
-    return {
-        "functions": len(health.functions),
-        "total_calls": health.total_calls,
-        "cache_hits": health.cache_hits,
-        "hit_rate": health.hit_rate,
-        "size_bytes": health.size_bytes,
-        "time_saved": health.time_saved,
-        "top_performers": names(health.top_performers),
-        "worst_performers": names(health.worst_performers),
-        "stale_caches": names(health.stale_caches),
-        "patterns": health.patterns,
-        "recommendations": health.recommendations,
-    }
-
-
-# --- clear ------------------------------------------------------------------------------------
-
-
-def _clear(args: argparse.Namespace) -> int:
-    cache = _open_cache(args)
-    if args.function is None and args.tag is None and args.older_than is None:
-        return _clear_everything(cache, args)
-    entries = cache.scan(None)
-    if args.function is not None:
-        _check_function_name(cache, entries, args.function)
-    cutoff = time.time() - args.older_than if args.older_than is not None else None
-    chosen = [
-        e
-        for e in entries
-        if (args.function is None or e["namespace"] == args.function)
-        and (args.tag is None or args.tag in e["tags"])
-        and (cutoff is None or e["created"] < cutoff)
-    ]
-    removed, size, errors = 0, 0, []
-    for entry in chosen:
-        try:
-            if cache.namespaced(entry["namespace"]).delete_digest(entry["key"]):
-                removed += 1
-                size += entry["size"]
-        except OSError as exc:
-            errors.append(f"{entry['path']}: {exc}")
-    if args.json:
-        _write_json(
-            {
-                "directory": str(cache.directory),
-                "entries_removed": removed,
-                "bytes_removed": size,
-                "errors": errors,
-            }
-        )
-    else:
-        _write(
-            f"Removed {_count(removed, 'entry')} ({format_size(size)}) from {cache.directory}.\n"
-        )
-        for error in errors:
-            sys.stderr.write(f"afml-cache clear: could not remove {error}\n")
-    return PROBLEMS if errors else OK
-
-
-def _check_function_name(cache: Cache, entries: list[dict[str, Any]], name: str) -> None:
-    """A name that is neither among the entries nor the statistics is a typo, not 'nothing to
-    clear': say so, with the names that end like it."""
-    known = {e["namespace"] for e in entries}
-    known |= {raw["namespace"] for raw in cache.function_stats()}
-    if name in known:
-        return
-    alike = sorted(n for n in known if n.endswith("." + name) or n.endswith(name))
-    hint = f" (did you mean {', '.join(alike)}?)" if alike else ""
-    raise _Failure(
-        f"no cached function is named {name!r} in {cache.directory}{hint}; give the qualified "
-        "name (module.qualname) as `afml-cache stats` shows it",
-        USAGE,
-    )
-
-
-def _clear_everything(cache: Cache, args: argparse.Namespace) -> int:
-    count, size = cache.stats()["count"], cache.volume()
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise _Failure(
-                "removing every entry needs --yes when not run from a terminal (or narrow it "
-                "with --function, --tag or --older-than)",
-                USAGE,
-            )
-        sys.stderr.write(
-            f"Remove all {count:,} entries ({format_size(size)}) and the statistics from "
-            f"{cache.directory}? [y/N] "
-        )
-        sys.stderr.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            raise _Failure("not confirmed; nothing was removed", PROBLEMS)
-    try:
-        removed = config.clear_afml_cache(warn=False)
-    except OSError as exc:
-        raise _Failure(f"could not clear {cache.directory}: {exc}", PROBLEMS) from None
-    if args.json:
-        _write_json(
-            {
-                "directory": str(cache.directory),
-                "entries_removed": removed,
-                "bytes_removed": size,
-                "errors": [],
-            }
-        )
-    else:
-        _write(
-            f"Removed {_count(removed, 'entry')} ({format_size(size)}) and the statistics from "
-            f"{cache.directory}.\n"
-        )
-    return OK
-
-
-# --- prune ------------------------------------------------------------------------------------
-
-
-def _prune(args: argparse.Namespace) -> int:
-    from afml_cache.maintenance import maintain_cache
-
-    if args.max_size is None and args.max_age is None:
-        raise _Failure("say what to prune to: --max-size SIZE and/or --max-age AGE", USAGE)
-    cache = _open_cache(args)
-    before = cache.volume()
-    result = maintain_cache(
-        auto_clear=not args.dry_run,
-        max_size_mb=args.max_size / MB if args.max_size is not None else None,
-        max_age_days=args.max_age / 86400 if args.max_age is not None else None,
-    )
-    cleared = round(result["size_cleared_mb"] * MB)
-    # A dry run removed nothing: what would remain is what is there less what would go.
-    after = before - cleared if args.dry_run else cache.volume()
-    document = {"directory": str(cache.directory), **result, "bytes_after": after}
-    if args.json:
-        _write_json(document)
-    else:
-        verb = "Would remove" if args.dry_run else "Removed"
-        reasons = ", ".join(
-            f"{n:,} {why.replace('_', ' ')}" for why, n in result["reasons"].items()
-        )
-        rest = (
-            f"{format_size(after)} would remain of {format_size(before)}"
-            if args.dry_run
-            else f"{format_size(after)} remain"
-        )
-        _write(
-            f"{verb} {_count(result['entries_removed'], 'entry')} "
-            f"({format_size(cleared)}{'; ' + reasons if reasons else ''}) "
-            f"from {cache.directory}; {rest}.\n"
-        )
-        for error in result["errors"]:
-            sys.stderr.write(f"afml-cache prune: {error}\n")
-    return PROBLEMS if result["errors"] else OK
-
-
-# --- export, import, report -------------------------------------------------------------------
-
-
-def _export(args: argparse.Namespace) -> int:
-    cache = _open_cache(args)
-    if args.function is not None:
-        _check_function_name(cache, cache.scan(args.function), args.function)
-    try:
-        if args.function is not None:
-            count = cache.namespaced(args.function).export(args.file)
-        else:
-            count = cache.export(args.file, every_namespace=True)
-    except (OSError, tarfile.TarError) as exc:
-        raise _Failure(f"could not write {args.file}: {exc}", PROBLEMS) from None
-    if args.json:
-        _write_json({"directory": str(cache.directory), "file": args.file, "entries": count})
-    else:
-        _write(f"Exported {_count(count, 'entry')} from {cache.directory} to {args.file}.\n")
-    return OK
-
-
-def _import(args: argparse.Namespace) -> int:
-    if not Path(args.file).is_file():
-        raise _Failure(f"{args.file} is not a file; give an archive written by export", USAGE)
-    cache = _open_cache(args, create=True)
-    try:
-        count = cache.import_(args.file)
-    except CacheError as exc:  # it names the archive, the member and what is wrong
-        raise _Failure(str(exc), PROBLEMS) from None
-    if args.json:
-        _write_json({"directory": str(cache.directory), "file": args.file, "entries": count})
-    else:
-        _write(f"Imported {_count(count, 'entry')} from {args.file} into {cache.directory}.\n")
-    return OK
-
-
-def _report(args: argparse.Namespace) -> int:
-    from afml_cache.monitoring import get_cache_monitor
-
-    suffix = Path(args.file).suffix.lower()
-    if suffix not in (".html", ".htm", ".csv"):
-        raise _Failure(
-            f"cannot tell the report format of {args.file!r}; name it FILE.html or FILE.csv",
-            USAGE,
-        )
-    cache = _open_cache(args)
-    try:
-        written = get_cache_monitor().export_report(args.file)
-    except OSError as exc:
-        raise _Failure(f"could not write {args.file}: {exc}", PROBLEMS) from None
-    if args.json:
-        _write_json({"directory": str(cache.directory), "file": str(written)})
-    else:
-        _write(f"Wrote the report of {cache.directory} to {written}.\n")
-    return OK
-
-
-def _backtests(args: argparse.Namespace) -> int:
-    from afml_cache.backtest_cache import BacktestCache, backtests_command
-
-    backtests = BacktestCache(_open_cache(args))
-    try:
-        document, text = backtests_command(
-            backtests, args.strategy, args.best, args.top, args.report
-        )
-    except (KeyError, ValueError) as exc:
-        raise _Failure(str(exc.args[0]), USAGE) from None
-    except OSError as exc:
-        raise _Failure(f"could not write {args.report}: {exc}", PROBLEMS) from None
-    if args.json:
-        _write_json(document)
-    else:
-        _write(text)
-    return OK
-
-
-# --- serve ------------------------------------------------------------------------------------
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from afml_cache.server import is_loopback, make_server
-
-    cache = _open_cache(args)
-    if not is_loopback(args.host):
-        sys.stderr.write(
-            f"afml-cache serve: warning: listening on {args.host or 'every address'}, not "
-            "loopback: anyone who can reach this machine can read the cache's statistics "
-            "(function names, sizes, timings)\n"
-        )
-    try:
-        server = make_server(cache, args.host, args.port)
-    except OSError as exc:
-        raise _Failure(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; choose another "
-            "--port or --host",
-            PROBLEMS,
-        ) from None
-    _write(
-        f"afml-cache: serving {cache.directory} at {server.url} (metrics, health, stats); "
-        "Ctrl-C stops\n"
-    )
-    sys.stdout.flush()
-    restore = _stop_on_sigterm()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass  # the way to stop a server: a clean exit, not an error
-    finally:
-        server.server_close()
-        restore()
-    return OK
-
-
-def _stop_on_sigterm() -> Callable[[], None]:
-    """Makes SIGTERM (systemd, docker stop) stop the server like Ctrl-C; returns the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
-
-    return restore
 
 
 if __name__ == "__main__":

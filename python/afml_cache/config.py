@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from afml_cache._store.remote import Remote, open_remote
 from afml_cache.cache import TRUE_WORDS, Cache, check_compression, default_directory, parse_size
 from afml_cache.errors import CacheError, CacheWarning
 
@@ -44,6 +45,7 @@ _settings: dict[str, Any] = {
     "enabled": True,
     "trust_group": None,  # None: AFML_CACHE_TRUST_GROUP decides
     "verbose": None,  # None: AFML_CACHE_VERBOSE decides
+    "remote": None,  # None: AFML_CACHE_REMOTE decides
 }
 _lock = threading.Lock()
 _shared: Cache | None = None
@@ -83,8 +85,13 @@ def configure(
     compression: str | None = None,
     verbose: int | None = None,
     trust_group: bool | None = None,
+    remote: str | Remote | None = None,
 ) -> None:
     """Changes the decorators' cache settings; arguments left as None keep their value.
+
+    ``remote`` (default ``AFML_CACHE_REMOTE``; ``""`` for none): a prefix of an object store
+    shared by many machines behind the local directory, ``"s3://bucket/prefix"`` or a `Remote`
+    (README: "A cache for a team: S3").
 
     ``verbose`` (default 0, or ``AFML_CACHE_VERBOSE``): 1 writes one line on stderr per miss
     (the function, how long it computed, the size stored), 2 one per hit too. ``trust_group``
@@ -108,6 +115,8 @@ def configure(
         raise TypeError(f"enabled must be True or False, got {enabled!r}")
     if trust_group is not None and not isinstance(trust_group, bool):
         raise TypeError(f"trust_group must be True or False, got {trust_group!r}")
+    if remote is not None:
+        remote = open_remote(remote) or ""  # a bad URL or a missing client fails here
     global _shared, _unusable
     with _lock:
         for name, value in (
@@ -118,6 +127,7 @@ def configure(
             ("memory_limit", memory_limit),
             ("compression", compression),
             ("trust_group", trust_group),
+            ("remote", remote),
             ("verbose", None if verbose is None else int(verbose)),
         ):
             if value is not None:
@@ -233,6 +243,7 @@ def shared_cache() -> Cache | None:
                     compression=_settings["compression"],
                     memory_limit=_settings["memory_limit"],
                     trust_group=_settings["trust_group"],
+                    remote=_settings["remote"],
                 )
             except (CacheError, OSError) as exc:
                 _unusable = str(exc)

@@ -27,7 +27,6 @@ import inspect
 import logging
 import os
 import sys
-import threading
 import time
 import warnings
 import weakref
@@ -35,11 +34,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from afml_cache import config
+from afml_cache import config, warming
 from afml_cache._core import SPEC_VERSION, fingerprint
 from afml_cache._store import KeyLock
-from afml_cache.cache import Cache, check_compression, check_ttl
+from afml_cache._store.entries import Entries
+from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
+from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
+from afml_cache.codehash.walk import LiveValues, lone_code_state
 from afml_cache.errors import CacheError, CacheWarning, FingerprintError
 from afml_cache.report import format_latency, format_size
 
@@ -57,6 +59,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("afml_cache")
 # How long a call waits for another process computing the same key before computing itself.
 LOCK_TIMEOUT = 600.0
+# Argument types whose equal values (same type, ==) always fingerprint alike, but for the float
+# zeros (0.0 == -0.0): the key of a call with only these, given by position, is remembered.
+_SCALAR_TYPES = frozenset({int, float, str, bool, type(None)})
+# Keys remembered per function and code fingerprint; forgotten all at once beyond this.
+_REMEMBERED_KEYS = 4096
+# What `_Engine._state` reads on each call.
+_State = tuple[tuple[str, str, dict[Any, str]], LiveValues]
+_Lone = tuple[str, Callable[[Any], object], Callable[[], LiveValues] | None]
 # Every decorated function alive in this process, for maintenance (smart_cache_clear).
 _DECORATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
@@ -93,18 +103,9 @@ class _Options:
     ignore: frozenset[str] = frozenset()
     version: Any = None
     compression: str | None = None
-    cache: Cache | _CacheAddress | None = None  # an address once the function has travelled
+    cache: Cache | CacheAddress | None = None  # an address once the function has travelled
     strict: bool = False
     ignore_globals: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class _TimeOptions:
-    time_column: str | None = None
-    start_args: tuple[str, ...] = ("start", "start_date")
-    end_args: tuple[str, ...] = ("end", "end_date")
-    live_window: datetime.timedelta = datetime.timedelta(days=1)
-    live_ttl: datetime.timedelta = datetime.timedelta(minutes=15)
 
 
 def robust_cacheable(
@@ -167,18 +168,34 @@ def time_aware_cacheable(
     end_args: Iterable[str] = ("end", "end_date"),
     live_window: datetime.timedelta = datetime.timedelta(days=1),
     live_ttl: datetime.timedelta = datetime.timedelta(minutes=15),
+    range: tuple[str, str] | None = None,
+    chunk: str | None = None,
+    live_calendar: str | None = None,
+    incremental: bool = False,
+    lookback: Any = None,
+    lookahead: Any = None,
+    verify: float | None = None,
     **options: Any,
 ) -> Any:
     """`robust_cacheable` for functions over time-indexed data and loaders with start/end
     arguments: the time range of each input (a DatetimeIndex, a polars ``time_column``, or
     start/end style arguments) is recorded with the entry and is part of the key.
 
+    ``range=("start", "end")`` makes a loader that computes only what is missing of the
+    requested ``[start, end)`` (gaps aligned to ``chunk=``, e.g. ``"1D"``; ``live_calendar=``
+    measures the live window in an exchange's trading time): see `afml_cache.ranges`.
+
+    ``incremental=True, lookback=N`` makes a feature ``f(frame, ...)`` that, given a frame that
+    grew, computes only the new rows (fed the ``lookback`` rows or span before them, and
+    recomputing the last ``lookahead`` of the stored ones); ``verify=`` is the fraction of such
+    calls checked against a full computation: see `afml_cache.incremental`.
+
     ``f.invalidate(overlapping=(t0, t1))`` and ``f.invalidate(after=t)`` remove the entries whose
     data touch those times (a vendor revised the data). An entry whose range ends within
     ``live_window`` of when it was computed expires after ``live_ttl``: its last bars were still
     forming. Entries wholly in the past never expire by age.
     """
-    time_options = _TimeOptions(
+    time_options = TimeOptions(
         time_column=time_column,
         start_args=tuple(start_args),
         end_args=tuple(end_args),
@@ -186,13 +203,44 @@ def time_aware_cacheable(
         live_ttl=live_ttl,
     )
     wrap = robust_cacheable(**options)
+    if incremental or lookback is not None or lookahead is not None or verify is not None:
+        # incremental builds on this module's engine, so it is imported when a feature asks for it.
+        from afml_cache.incremental import check_window, feature_function
+
+        window = check_window(incremental, lookback, lookahead, verify, range)
+
+        def decorate_feature(feature: Any) -> Any:
+            wrapper = feature_function(feature, wrap.keywords["options"], time_options, window)
+            warming.attach(wrapper)  # is_cached, precache, warm
+            _DECORATED.add(wrapper)
+            return wrapper
+
+        return decorate_feature if fn is None else decorate_feature(fn)
+    if range is not None:
+        # ranges builds on this module's engine, so it is imported when a loader asks for it.
+        from afml_cache.ranges import range_loader, range_options
+
+        checked = range_options(range, chunk, live_window, live_ttl, live_calendar)
+
+        def decorate_loader(loader: Any) -> Any:
+            wrapper = range_loader(loader, wrap.keywords["options"], checked)
+            warming.attach(wrapper)  # is_cached, precache, warm
+            _DECORATED.add(wrapper)
+            return wrapper
+
+        return decorate_loader if fn is None else decorate_loader(fn)
+    if chunk is not None or live_calendar is not None:
+        raise ValueError(
+            "chunk= and live_calendar= are options of range loaders: give range=('start', 'end') "
+            "too"
+        )
     decorate = functools.partial(
         _decorate, options=wrap.keywords["options"], time_options=time_options
     )
     return decorate if fn is None else decorate(fn)
 
 
-def _decorate(fn: Any, options: _Options, time_options: _TimeOptions | None) -> Any:
+def _decorate(fn: Any, options: _Options, time_options: TimeOptions | None) -> Any:
     if isinstance(fn, (classmethod, staticmethod)):
         return type(fn)(_decorate(fn.__func__, options, time_options))
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -222,6 +270,7 @@ def _decorate(fn: Any, options: _Options, time_options: _TimeOptions | None) -> 
     wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
     if time_options is not None:
         wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
+    warming.attach(wrapper)  # is_cached, precache, warm
     _DECORATED.add(wrapper)
     return wrapper
 
@@ -233,7 +282,7 @@ class _Engine:
         self,
         fn: Callable[..., Any],
         options: _Options,
-        time_options: _TimeOptions | None,
+        time_options: TimeOptions | None,
         name: str | None = None,
         origin_code: str | None = None,
     ):
@@ -243,9 +292,24 @@ class _Engine:
         self.name = name if name is not None else function_name(fn)
         self.signature = inspect.signature(fn)
         self._warned: set[str] = set()
-        self._view: tuple[Cache, Cache] | None = None  # (base cache, this function's view)
-        self._binder = _FastBinder.for_signature(self.signature)
-        self._known_identity: tuple[str, str] | None = None  # (code fingerprint, identity)
+        # (base cache, this function's view of it, the view's entries by digest)
+        self._view: tuple[Cache, Cache, Entries] | None = None
+        self._binder = FastBinder.for_signature(self.signature)
+        # (code fingerprint, identity, the keys of scalar calls under it: see _remembered_key)
+        self._known_identity: tuple[str, str, dict[Any, str]] | None = None
+        # While the function's walk is its own node alone: `lone_code_state`'s answer.
+        self._lone: _Lone | None = None
+        self._not_lone = ""  # the code fingerprint last found not to be its own node alone
+        # How many arguments a call gives by position when its key may be remembered: all of
+        # them (defaults, which may be mutable, never enter); -1 for none.
+        binder = self._binder
+        self._remembering = (
+            len(binder.names)
+            if binder is not None
+            and binder.positional == len(binder.names)
+            and time_options is None
+            else -1
+        )
         # Failures to store results, found on the writer thread, warned at the next call.
         self._failures: list[str] = []
         # Landed by value: (the code fingerprint here on landing, the origin's). What the code
@@ -261,7 +325,7 @@ class _Engine:
         # __main__ is another program.
         options = self.options
         if options.cache is not None:
-            options = replace(options, cache=_CacheAddress.of(options.cache))
+            options = replace(options, cache=CacheAddress.of(options.cache))
         origin_code = self._as_origin(code_fingerprint(self.fn))
         return (_Engine, (self.fn, options, self.time_options, self.name, origin_code))
 
@@ -287,37 +351,69 @@ class _Engine:
             return {k: v for k, v in arguments.items() if k not in self.options.ignore}
         return arguments
 
-    def _key(self, arguments: dict[str, Any], ranges: tuple[Any, ...]) -> str | None:
-        """The digest of: what makes this function's keys its own (its name, code and
-        ``version=``, recomputed only when the code fingerprint changes); the values its code
-        reads that count by their content now (mutable globals, closure cells), less
-        ``ignore_globals``; the code of the user classes among the arguments (or their
-        instances' classes); the arguments; the time ranges. None when it runs uncached."""
-        live: tuple[tuple[str, Any], ...] = ()
-        try:
+    def _state(self) -> _State:
+        """``(code fingerprint, identity, remembered keys)``: what makes this function's keys its
+        own (its name, code and ``version=``; the identity is recomputed, and the keys
+        forgotten, only when the code fingerprint changes); and the values its code reads that
+        count by their content now (mutable globals, closure cells), less ``ignore_globals``.
+        Raises `FingerprintError` when such a value cannot be read."""
+        lone = self._lone
+        if lone is not None and lone[1](self.fn) is not None:
+            code, live = lone[0], (lone[2]() if lone[2] is not None else ())
+        else:
             code, live = code_state(self.fn)
-            if self._landed is not None:
-                code = self._as_origin(code)
-            known = self._known_identity
-            if known is None or known[0] != code:
-                own = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
-                known = self._known_identity = (code, fingerprint(own))
-            if live and self.options.ignore_globals:
-                live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
+            if code != self._not_lone:  # look again only after a change
+                lone = self._lone = lone_code_state(self.fn)
+                self._not_lone = "" if lone is not None else code
+        if self._landed is not None:
+            code = self._as_origin(code)
+        known = self._known_identity
+        if known is None or known[0] != code:
+            own = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
+            known = self._known_identity = (code, fingerprint(own), {})
+        if live and self.options.ignore_globals:
+            live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
+        return known, live
+
+    def _key(
+        self, arguments: dict[str, Any], ranges: tuple[Any, ...], state: _State | None = None
+    ) -> str | None:
+        """The digest of: the function's identity (``state``, read now if None: see `_state`);
+        the code of the user classes among the arguments (or their instances' classes); the
+        arguments; the time ranges; then, if its code reads values that count by content, the
+        digest of that digest and those values. None when it runs uncached."""
+        live: LiveValues = ()
+        try:
+            known, live = self._state() if state is None else state
             classes = arguments_code(arguments.values())
-            material = (known[1], live, classes, tuple(arguments.items()), ranges)
-            return fingerprint(material, strict=self.options.strict)
+            material = (known[1], (), classes, tuple(arguments.items()), ranges)
+            key = fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
-            culprit = self._culprit(arguments, live)
-            if self.options.strict:
-                raise FingerprintError(f"{self.name}: {culprit}: {exc}") from None
-            self._warn_once(
-                "key",
-                f"afml_cache: {self.name} runs uncached: {culprit} cannot be fingerprinted "
-                f"({exc}); give its type a __cache_key__() or register_fingerprint(), or list "
-                "the argument in ignore=",
-            )
+            self._unkeyed(exc, arguments, live)
             return None
+        return self._with_live(key, live, arguments) if live else key
+
+    def _with_live(self, key: str, live: LiveValues, arguments: dict[str, Any]) -> str | None:
+        """The key of a call to a function that reads ``live`` values by content: that of the
+        same call without them (which may be remembered, see `_remembered_key`) and them."""
+        try:
+            return fingerprint(("afml-cache live values", key, live), strict=self.options.strict)
+        except FingerprintError as exc:
+            self._unkeyed(exc, arguments, live)
+            return None
+
+    def _unkeyed(self, error: Exception, arguments: dict[str, Any], live: LiveValues) -> None:
+        """Raises (strict) or warns once that the call runs uncached, naming what has no
+        fingerprint."""
+        culprit = self._culprit(arguments, live)
+        if self.options.strict:
+            raise FingerprintError(f"{self.name}: {culprit}: {error}") from None
+        self._warn_once(
+            "key",
+            f"afml_cache: {self.name} runs uncached: {culprit} cannot be fingerprinted "
+            f"({error}); give its type a __cache_key__() or register_fingerprint(), or list "
+            "the argument in ignore=",
+        )
 
     def _culprit(self, arguments: dict[str, Any], live: tuple[tuple[str, Any], ...]) -> str:
         for name, value in arguments.items():
@@ -334,6 +430,29 @@ class _Engine:
 
     # --- calls --------------------------------------------------------------------------------
 
+    def is_cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the call's result is stored, without loading it; False when it would run
+        uncached."""
+        prepared = self._prepare(args, kwargs)
+        if prepared is None:
+            return False
+        entries, key, _ = prepared
+        try:
+            return entries.contains(key)
+        except (CacheError, OSError) as exc:
+            self._warn_once("store", f"afml_cache: {self.name} computes again: {exc}")
+            return False
+
+    def precache(self, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Stores ``value`` as the call's result, as a miss would (compute time 0); False when
+        the call would run uncached."""
+        prepared = self._prepare(args, kwargs)
+        if prepared is None:
+            return False
+        entries, key, call = prepared
+        self._store(entries, key, value, 0.0, call)
+        return True
+
     def code_fingerprint(self) -> str:
         """The fingerprint of the function's current code (what its entries record)."""
         return self._as_origin(code_fingerprint(self.fn))
@@ -345,10 +464,16 @@ class _Engine:
 
     def cache(self) -> Cache | None:
         """This function's view of its cache (None while caching is unusable)."""
+        view = self._open()
+        return None if view is None else view[1]
+
+    def _open(self) -> tuple[Cache, Cache, Entries] | None:
+        """The cache, this function's view of it and the view's entries by digest (None while
+        caching is unusable)."""
         base = self.options.cache
         if base is None:
             base = config.shared_cache()
-        elif isinstance(base, _CacheAddress):
+        elif isinstance(base, CacheAddress):
             try:
                 base = base.open()
             except (CacheError, OSError) as exc:
@@ -358,27 +483,61 @@ class _Engine:
             return None
         view = self._view
         if view is None or view[0] is not base:  # the first call, or configure() changed it
-            view = self._view = (base, base.namespaced(self.name, self.options.compression))
-        return view[1]
+            mine = base.namespaced(self.name, self.options.compression)
+            view = self._view = (base, mine, mine.by_digest)
+        return view
 
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Cache, str, _Call] | None:
-        """The cache, key and details of a call, or None when it must run uncached."""
+    ) -> tuple[Entries, str, Call] | None:
+        """The entries, key and details of a call, or None when it must run uncached."""
         if not config.cache_enabled():
             return None
-        cache = self.cache()
-        if cache is None:
+        view = self._open()
+        if view is None:
             return None
+        try:
+            state: _State | None = self._state()
+        except FingerprintError:
+            state = None  # `_key` reads it again and says what failed
+        if state is not None and len(args) == self._remembering and not kwargs:
+            key = self._remembered_key(args, state[0])
+            if key is not None and state[1]:
+                key = self._with_live(key, state[1], {})
+                if key is None:
+                    return None
+            if key is not None:
+                return view[2], key, NO_RANGES
         arguments = self._bound(args, kwargs)
         if arguments is None:
             return None
-        call, ranges = _NO_RANGES, ()
+        call, ranges = NO_RANGES, ()
         if self.time_options is not None:
-            call = _Call(_time_ranges(arguments, self.time_options))
+            call = Call(time_ranges(arguments, self.time_options))
             ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
-        key = self._key(arguments, ranges)
-        return None if key is None else (cache, key, call)
+        key = self._key(arguments, ranges, state)
+        return None if key is None else (view[2], key, call)
+
+    def _remembered_key(
+        self, args: tuple[Any, ...], known: tuple[str, str, dict[Any, str]]
+    ) -> str | None:
+        """The key, without live values, of a call whose arguments are all given by position
+        and all exact scalars (`_SCALAR_TYPES`, no float zero): computed once per code
+        fingerprint (``known``, see `_state`), then remembered, so a hit spares binding and
+        fingerprinting them. None for other calls."""
+        types = tuple(map(type, args))
+        if not _SCALAR_TYPES.issuperset(types) or 0.0 in args:
+            return None
+        remembered = known[2]
+        key = remembered.get((args, types))
+        if key is None:
+            arguments = self._bound(args, {})
+            key = None if arguments is None else self._key(arguments, (), (known, ()))
+            if key is not None:
+                if len(remembered) >= _REMEMBERED_KEYS:
+                    remembered.clear()
+                remembered[(args, types)] = key
+        return key
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         start = time.perf_counter()
@@ -387,46 +546,46 @@ class _Engine:
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return self.fn(*args, **kwargs)
-        cache, key, call = prepared
-        found, value, compute_time = self._lookup(cache, key)
+        entries, key, call = prepared
+        found, value, compute_time = self._lookup(entries, key)
         if found:
-            self._record_hit(cache, key, compute_time, start)
+            self._record_hit(entries, key, compute_time, start)
             return value
-        lock = self._lock(cache, key)
+        lock = self._lock(entries, key)
         try:
             if lock is not None:
                 # Another thread or process may have computed it while this one waited.
-                found, value, compute_time = self._lookup(cache, key)
+                found, value, compute_time = self._lookup(entries, key)
                 if found:
-                    self._record_hit(cache, key, compute_time, start)
+                    self._record_hit(entries, key, compute_time, start)
                     return value
             computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
             elapsed = time.perf_counter() - computing
             # A value written behind keeps the lock until it is on disk: whoever waits for the
             # key then finds it there.
-            self._store(cache, key, result, elapsed, call, lock)
+            self._store(entries, key, result, elapsed, call, lock)
             lock = None
         finally:
             if lock is not None:
                 lock.release()
-        self._record_miss(cache, key, elapsed, start)
+        self._record_miss(entries, key, elapsed, start)
         return result
 
-    def _lookup(self, cache: Cache, key: str) -> tuple[bool, Any, float]:
-        """``cache.lookup``, where an entry that cannot be read (permission denied, a directory
-        in its place) is a miss with one warning: the call computes."""
+    def _lookup(self, entries: Entries, key: str, *, copy: bool = True) -> tuple[bool, Any, float]:
+        """``entries.lookup``, where an entry that cannot be read (permission denied, a
+        directory in its place) is a miss with one warning: the call computes."""
         try:
-            return cache.lookup(key)
+            return entries.lookup(key, copy=copy)
         except (CacheError, OSError) as exc:
             self._warn_once("store", f"afml_cache: {self.name} computes again: {exc}")
             return False, None, 0.0
 
-    def _lock(self, cache: Cache, key: str) -> KeyLock | None:
+    def _lock(self, entries: Entries, key: str) -> KeyLock | None:
         """The key's single-flight lock; None if another caller kept it past LOCK_TIMEOUT or
         the lock cannot be taken (then this call computes unguarded)."""
         try:
-            return cache.acquire_digest(key, LOCK_TIMEOUT)
+            return entries.lock(key, LOCK_TIMEOUT)
         except (CacheError, OSError) as exc:
             self._warn_once("lock", f"afml_cache: {self.name} computes without its lock: {exc}")
             return None
@@ -438,26 +597,26 @@ class _Engine:
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return await self.fn(*args, **kwargs)
-        cache, key, call = prepared
-        found, value, compute_time = self._lookup(cache, key)
+        entries, key, call = prepared
+        found, value, compute_time = self._lookup(entries, key)
         if found:
-            self._record_hit(cache, key, compute_time, start)
+            self._record_hit(entries, key, compute_time, start)
             return value
         # No cross-task lock: awaiting a blocking file lock would stall the event loop.
         computing = time.perf_counter()
         result = await self.fn(*args, **kwargs)
         elapsed = time.perf_counter() - computing
-        self._store(cache, key, result, elapsed, call)
-        self._record_miss(cache, key, elapsed, start)
+        self._store(entries, key, result, elapsed, call)
+        self._record_miss(entries, key, elapsed, start)
         return result
 
     def _store(
         self,
-        cache: Cache,
+        entries: Entries,
         key: str,
         result: Any,
         elapsed: float,
-        call: _Call,
+        call: Call,
         lock: KeyLock | None = None,
     ) -> None:
         """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
@@ -468,9 +627,9 @@ class _Engine:
         if call.ranges:
             metadata["time_ranges"] = [r.describe() for r in call.ranges]
             time_range = (min(r.start_ns for r in call.ranges), max(r.end_ns for r in call.ranges))
-            live_ttl = _live_ttl(time_range[1], self.time_options)
-            if live_ttl is not None:
-                ttl = live_ttl if ttl is None else min(ttl, live_ttl)
+            forming = live_ttl(time_range[1], self.time_options)
+            if forming is not None:
+                ttl = forming if ttl is None else min(ttl, forming)
 
         def behind(error: Exception | None, size: int) -> None:  # on the writer thread if behind
             if lock is not None:
@@ -481,7 +640,7 @@ class _Engine:
                 stored = "not stored" if error is not None else f"stored {format_size(size)}"
                 _say(f"miss {self.name}: computed in {format_latency(elapsed)}, {stored}")
 
-        cache.set_digest(
+        entries.put(
             key,
             result,
             ttl=ttl,
@@ -505,29 +664,29 @@ class _Engine:
         if failures:
             self._warn_once("store", f"afml_cache: {failures[0]}")
 
-    def _record_hit(self, cache: Cache, key: str, saved: float, start: float) -> None:
+    def _record_hit(self, entries: Entries, key: str, saved: float, start: float) -> None:
         latency = time.perf_counter() - start
-        self._record(cache, True, 0.0, saved, latency)
+        self._record(entries, True, 0.0, saved, latency)
         if config.verbosity() >= 2:
             took = format_latency(saved)
             _say(f"hit {self.name} in {format_latency(latency)} (computing took {took})")
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("hit %s [%s] in %.6f s", self.name, key[:16], latency)
 
-    def _record_miss(self, cache: Cache, key: str, compute: float, start: float) -> None:
+    def _record_miss(self, entries: Entries, key: str, compute: float, start: float) -> None:
         latency = time.perf_counter() - start
-        self._record(cache, False, compute, 0.0, latency)
+        self._record(entries, False, compute, 0.0, latency)
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("miss %s [%s]: computed in %.6f s", self.name, key[:16], compute)
 
     def _record(
-        self, cache: Cache, hit: bool, compute: float, saved: float, latency: float
+        self, entries: Entries, hit: bool, compute: float, saved: float, latency: float
     ) -> None:
         watching = _WATCHING.get()
         if watching is not None:
             watching.append((self, hit))
         try:
-            cache.record_call(self.name, hit, compute, saved, latency)
+            entries.record_call(self.name, hit, compute, saved, latency)
         except OSError as exc:  # statistics are a convenience; never fail a call over them
             _log.debug("could not count a call of %s: %s", self.name, exc)
 
@@ -543,9 +702,8 @@ class _Engine:
         from afml_cache.monitoring import function_row
 
         cache = self.cache()
-        entries = cache.entries() if cache is not None else []
-        size = sum(e["size"] for e in entries)
-        return {**function_row(cache, self.name, size), "entries": len(entries)}
+        entries = cache.entries() if cache is not None else []  # waits for writes behind
+        return {**function_row(cache, self.name), "entries": len(entries)}
 
     def cache_clear(self) -> int:
         """Removes this function's entries; returns how many."""
@@ -571,9 +729,9 @@ class _Engine:
         if (overlapping is None) == (after is None):
             raise ValueError("invalidate takes exactly one of overlapping=(t0, t1) or after=t")
         if overlapping is not None:
-            low, high = (_to_ns(t) for t in overlapping)
+            low, high = (to_ns(t) for t in overlapping)
         else:
-            low, high = _to_ns(after), None
+            low, high = to_ns(after), None
         cache = self.cache()
         if cache is None:
             return 0
@@ -615,47 +773,6 @@ def _program_path(namespace: dict[str, Any]) -> str | None:
     return os.path.realpath(path) if path else None
 
 
-@dataclass(frozen=True)
-class _CacheAddress:
-    """Where a `Cache` given as ``cache=`` is, and its settings: what travels with a function
-    pickled by value, to open the same directory where it lands."""
-
-    directory: str
-    size_limit: int
-    eviction_policy: str
-    compression: str
-    memory_limit: int
-
-    @classmethod
-    def of(cls, cache: Cache) -> _CacheAddress:
-        return cls(
-            str(cache.directory),
-            cache.size_limit,
-            cache.eviction_policy,
-            cache.compression,
-            cache.memory_limit,
-        )
-
-    def open(self) -> Cache:
-        """The process's one `Cache` at this address (every function that lands with it
-        shares its memory tier and store)."""
-        with _OPENED_LOCK:
-            cache = _OPENED.get(self)
-            if cache is None:
-                cache = _OPENED[self] = Cache(
-                    self.directory,
-                    self.size_limit,
-                    self.eviction_policy,
-                    self.compression,
-                    self.memory_limit,
-                )
-            return cache
-
-
-_OPENED: dict[_CacheAddress, Cache] = {}
-_OPENED_LOCK = threading.Lock()
-
-
 def _say(line: str) -> None:
     """One line of ``verbose`` output, on stderr as it is now (pytest's capture, a notebook's)."""
     with contextlib.suppress(OSError, ValueError):  # a closed stderr: the call goes on
@@ -669,138 +786,3 @@ def caller_stacklevel() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("afml_cache"):
         frame, level = frame.f_back, level + 1
     return level
-
-
-# --- time ranges ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Range:
-    argument: str
-    start_ns: int
-    end_ns: int
-    rows: int | None
-    freq: str | None
-
-    def describe(self) -> dict[str, Any]:
-        import pandas as pd
-
-        return {
-            "argument": self.argument,
-            "start": pd.Timestamp(self.start_ns, tz="UTC").isoformat(),
-            "end": pd.Timestamp(self.end_ns, tz="UTC").isoformat(),
-            "rows": self.rows,
-            "freq": self.freq,
-        }
-
-
-@dataclass(frozen=True)
-class _Call:
-    ranges: list[_Range]
-
-
-_NO_RANGES = _Call([])
-
-
-class _FastBinder:
-    """Binds calls of plain signatures (named parameters, no ``*args``/``**kwargs``) in a
-    fraction of ``Signature.bind``'s time, which matters on a cache hit."""
-
-    def __init__(self, names: tuple[str, ...], positional: int, defaults: dict[str, Any]):
-        self.names, self.positional, self.defaults = names, positional, defaults
-
-    @classmethod
-    def for_signature(cls, signature: inspect.Signature) -> _FastBinder | None:
-        names: list[str] = []
-        positional, defaults = 0, {}
-        for p in signature.parameters.values():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-                return None
-            if p.kind is p.POSITIONAL_OR_KEYWORD:
-                positional += 1
-            names.append(p.name)
-            if p.default is not p.empty:
-                defaults[p.name] = p.default
-        return cls(tuple(names), positional, defaults)
-
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """The arguments by name in parameter order, or None to let inspect decide."""
-        if not kwargs and len(args) == self.positional == len(self.names):  # all by position
-            return dict(zip(self.names, args, strict=True))
-        if len(args) > self.positional:
-            return None
-        given = dict(zip(self.names, args, strict=False))
-        for name, value in kwargs.items():
-            if name in given or name not in self.names:
-                return None
-            given[name] = value
-        bound = {}
-        for name in self.names:
-            if name in given:
-                bound[name] = given[name]
-            elif name in self.defaults:
-                bound[name] = self.defaults[name]
-            else:
-                return None  # a missing argument: inspect raises the usual TypeError
-        return bound
-
-
-def _time_ranges(arguments: dict[str, Any], options: _TimeOptions) -> list[_Range]:
-    found = []
-    for name, value in arguments.items():
-        span = _range_of(value, options.time_column)
-        if span is not None:
-            found.append(_Range(name, *span))
-    starts = [arguments[n] for n in options.start_args if arguments.get(n) is not None]
-    ends = [arguments[n] for n in options.end_args if arguments.get(n) is not None]
-    if starts or ends:
-        try:
-            start = _to_ns(starts[0]) if starts else _to_ns(ends[0])
-            end = _to_ns(ends[0]) if ends else _to_ns(starts[0])
-        except (TypeError, ValueError, OverflowError):
-            # `start="latest"`, or a value the function reads its own way: the call is keyed
-            # by its arguments as usual; it just has no time range.
-            return found
-        found.append(_Range("start/end", start, end, None, None))
-    return found
-
-
-def _range_of(value: Any, time_column: str | None) -> tuple[int, int, int, str | None] | None:
-    pd = sys.modules.get("pandas")
-    if pd is not None:
-        index = value.index if isinstance(value, (pd.Series, pd.DataFrame)) else value
-        if isinstance(index, pd.DatetimeIndex):
-            if len(index) == 0:
-                return None
-            return _to_ns(index.min()), _to_ns(index.max()), len(index), index.freqstr
-    pl = sys.modules.get("polars")
-    if (
-        pl is not None
-        and time_column is not None
-        and isinstance(value, pl.DataFrame)
-        and time_column in value.columns
-        and value.height
-    ):
-        column = value[time_column]
-        return _to_ns(column.min()), _to_ns(column.max()), value.height, None
-    return None
-
-
-def _to_ns(t: Any) -> int:
-    """Nanoseconds since the epoch in UTC; naive times count as UTC."""
-    import pandas as pd
-
-    stamp = pd.Timestamp(t)
-    if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return int(stamp.as_unit("ns").value)
-
-
-def _live_ttl(end_ns: int, options: _TimeOptions | None) -> float | None:
-    """``live_ttl`` in seconds if the data end within ``live_window`` of now, else None."""
-    if options is None:
-        return None
-    now_ns = time.time_ns()
-    if end_ns >= now_ns - options.live_window.total_seconds() * 1e9:
-        return options.live_ttl.total_seconds()
-    return None

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from afml_cache import config
+from afml_cache._store import EntryInfo
+from afml_cache._store.remote import Remote, brief, client_errors
 from afml_cache.cache import Cache
 from afml_cache.decorators import cached_functions
 from afml_cache.errors import CacheError
@@ -49,7 +51,9 @@ class _Removal:
         """Removes one entry; True if it was removed (or would be, in a dry run)."""
         if not self.dry_run:
             try:
-                removed = cache.namespaced(namespace).delete_digest(digest)
+                # Making room is this machine's business: a remote tier keeps the entry.
+                entries = cache.namespaced(namespace).by_digest
+                removed = entries.delete(digest, local_only=reason == "over_max_size")
             except (OSError, CacheError, ValueError) as exc:
                 self.errors.append(f"{namespace}: entry {digest} could not be removed: {exc}")
                 return False
@@ -114,8 +118,8 @@ def _stored_code(metadata_text: str | None) -> str | None:
     return described.get("code") if isinstance(described, dict) else None
 
 
-def _last_used(entry: dict[str, Any]) -> float:
-    return max(entry["last_access"] or 0.0, entry["created"])
+def _last_used(entry: EntryInfo) -> float:
+    return max(entry.last_accessed or 0.0, entry.created)
 
 
 def _check_limit(name: str, value: float | None) -> None:
@@ -129,6 +133,7 @@ def maintain_cache(
     auto_clear: bool = True,
     max_size_mb: float | None = None,
     max_age_days: float | None = None,
+    remote_max_size_mb: float | None = None,
 ) -> dict[str, Any]:
     """Tidies the configured cache directory and reports what was removed.
 
@@ -136,16 +141,20 @@ def maintain_cache(
     days ago; entries of decorated functions alive in this process whose code has changed
     since they were stored (they can never be hit again; see `smart_cache_clear`); then, while
     the directory holds more than ``max_size_mb`` MB, the least recently used entries. Protected
-    entries are only removed once expired. With ``auto_clear=False`` nothing is removed: the
-    report says what would be.
+    entries are only removed once expired. With a remote tier (``configure(remote=...)``),
+    ``max_age_days`` also removes the prefix's entries written longer ago, and
+    ``remote_max_size_mb`` bounds the prefix: its oldest writes go first (object stores keep
+    no access times), whichever machine wrote them. With ``auto_clear=False`` nothing is
+    removed: the report says what would be.
 
     Returns ``cleared_functions`` (namespaces that lost entries, sorted), ``size_cleared_mb``,
     ``entries_removed``, ``errors`` (one message per entry or function that failed; it never
     raises half-way), ``dry_run``, and ``reasons`` (entries per reason: ``expired``,
-    ``older_than_max_age``, ``code_changed``, ``over_max_size``).
+    ``older_than_max_age``, ``code_changed``, ``over_max_size``, ``remote_over_max_size``).
     """
     _check_limit("max_size_mb", max_size_mb)
     _check_limit("max_age_days", max_age_days)
+    _check_limit("remote_max_size_mb", remote_max_size_mb)
     removal = _Removal(dry_run=not auto_clear)
     cache = config.shared_cache()
     if cache is None:
@@ -164,12 +173,15 @@ def maintain_cache(
     oldest = now - max_age_days * _DAY if max_age_days is not None else None
     kept = []
     for entry in progress(entries, "maintain"):
-        reason = _reason(entry, now, oldest, codes.get(entry["namespace"]))
-        namespace, digest, size = entry["namespace"], entry["key"], entry["size"]
-        if reason is None or not removal.remove(cache, namespace, digest, size, reason):
+        reason = _reason(entry, now, oldest, codes.get(entry.namespace))
+        if reason is None or not removal.remove(
+            cache, entry.namespace, entry.digest, entry.size, reason
+        ):
             kept.append(entry)
     if max_size_mb is not None:
         _shrink(cache, kept, max_size_mb, removal)
+    if cache.remote is not None and (max_age_days, remote_max_size_mb) != (None, None):
+        _prune_remote(cache.remote, remote_max_size_mb, max_age_days, removal)
     if removal.count and not removal.dry_run:
         _log.info(
             "afml_cache: maintenance removed %d entries (%.1f MB) from %s",
@@ -181,38 +193,56 @@ def maintain_cache(
 
 
 def _reason(
-    entry: dict[str, Any], now: float, oldest: float | None, current: set[str] | None
+    entry: EntryInfo, now: float, oldest: float | None, current: set[str] | None
 ) -> str | None:
     """Why maintenance removes an entry (a scanned one), or None to keep it. ``current`` is the
     live code fingerprints of its function, if any."""
-    if entry["expires"] is not None and entry["expires"] <= now:
+    if entry.expires is not None and entry.expires <= now:
         return "expired"
-    if entry["protected"]:
+    if entry.protected:
         return None
-    if oldest is not None and entry["created"] < oldest:
+    if oldest is not None and entry.created < oldest:
         return "older_than_max_age"
-    if current and _stored_code(entry["metadata"]) not in current:
+    if current and _stored_code(entry.metadata) not in current:
         return "code_changed"
     return None
 
 
-def _shrink(
-    cache: Cache, kept: list[dict[str, Any]], max_size_mb: float, removal: _Removal
-) -> None:
+def _shrink(cache: Cache, kept: list[EntryInfo], max_size_mb: float, removal: _Removal) -> None:
     """Removes the least recently used unprotected entries until ``kept`` fits the limit."""
     limit = max_size_mb * MB
-    total = sum(e["size"] for e in kept)
-    for entry in sorted((e for e in kept if not e["protected"]), key=_last_used):
+    total = sum(e.size for e in kept)
+    for entry in sorted((e for e in kept if not e.protected), key=_last_used):
         if total <= limit:
             break
-        namespace, digest, size = entry["namespace"], entry["key"], entry["size"]
-        if removal.remove(cache, namespace, digest, size, "over_max_size"):
-            total -= size
+        if removal.remove(cache, entry.namespace, entry.digest, entry.size, "over_max_size"):
+            total -= entry.size
     if total > limit:
         removal.errors.append(
             f"{total / MB:,.2f} MB remain, more than max_size_mb={max_size_mb}: the rest is "
             "protected entries or entries that could not be removed"
         )
+
+
+def _prune_remote(
+    remote: Remote, max_size_mb: float | None, max_age_days: float | None, removal: _Removal
+) -> None:
+    """Removes the prefix's entries written more than ``max_age_days`` ago, then its oldest
+    writes until it holds at most ``max_size_mb``."""
+    max_age = max_age_days * _DAY if max_age_days is not None else None
+    max_size = int(max_size_mb * MB) if max_size_mb is not None else None
+    try:
+        doomed, _left = remote.prune(max_size, max_age, dry_run=removal.dry_run)
+    except client_errors() as exc:
+        removal.errors.append(f"cannot prune the remote cache {remote.url}: {brief(exc)}")
+        return
+    cutoff = time.time() - max_age if max_age is not None else None
+    for entry in doomed:
+        old = cutoff is not None and entry.written < cutoff
+        removal.functions.add(entry.namespace)
+        removal.bytes += entry.size
+        removal.count += 1
+        removal.reasons["older_than_max_age" if old else "remote_over_max_size"] += 1
 
 
 def _targets(module_or_function: Any) -> list[Callable[..., Any]]:

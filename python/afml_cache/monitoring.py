@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from afml_cache import config, report
 from afml_cache._core import LATENCY_BOUNDS
+from afml_cache._store import FunctionTotals
 from afml_cache.cache import Cache
 from afml_cache.progress import in_notebook
 from afml_cache.report import MB
@@ -151,16 +152,16 @@ def latency_percentiles(
 # --- per-function statistics ------------------------------------------------------------------
 
 
-def _latencies(raw: dict[str, Any]) -> dict[str, float | None]:
+def _latencies(raw: FunctionTotals) -> dict[str, float | None]:
     found: dict[str, float | None] = {}
-    for kind in ("hit", "miss"):
-        estimates = latency_percentiles(raw[f"{kind}_latency"], LATENCY_BOUNDS)
+    for kind, histogram in (("hit", raw.hit_latency), ("miss", raw.miss_latency)):
+        estimates = latency_percentiles(histogram, LATENCY_BOUNDS)
         for q, estimate in zip(_QUANTILES, estimates, strict=True):
             found[f"{kind}_latency_p{round(q * 100)}"] = estimate
     return found
 
 
-def _empty(name: str, size_bytes: int = 0) -> FunctionStats:
+def _empty(name: str) -> FunctionStats:
     return FunctionStats(
         {
             **dict.fromkeys(_FIELDS, 0),
@@ -169,7 +170,7 @@ def _empty(name: str, size_bytes: int = 0) -> FunctionStats:
             "hit_rate": 0.0,
             "avg_computation_time": 0.0,
             "time_saved": 0.0,
-            "cache_size_mb": size_bytes / MB,
+            "cache_size_mb": 0.0,
             **dict.fromkeys(_LATENCY_FIELDS),
         }
     )
@@ -182,19 +183,19 @@ def _moment(epoch: float | None) -> pd.Timestamp | None:
     return None if epoch is None else pd.Timestamp(epoch, unit="s", tz="UTC")
 
 
-def _row(raw: dict[str, Any], size_bytes: int) -> FunctionStats:
-    calls, hits, misses = raw["calls"], raw["hits"], raw["misses"]
+def _row(raw: FunctionTotals) -> FunctionStats:
+    calls, hits, misses = raw.calls, raw.hits, raw.misses
     return FunctionStats(
         {
-            "function_name": raw["namespace"],
+            "function_name": raw.namespace,
             "total_calls": calls,
             "cache_hits": hits,
             "cache_misses": misses,
             "hit_rate": hits / calls if calls else 0.0,
-            "avg_computation_time": raw["compute_time"] / misses if misses else 0.0,
-            "time_saved": raw["time_saved"],
-            "cache_size_mb": size_bytes / MB,
-            "last_accessed": _moment(raw["last_accessed"]),
+            "avg_computation_time": raw.compute_time / misses if misses else 0.0,
+            "time_saved": raw.time_saved,
+            "cache_size_mb": raw.bytes / MB,
+            "last_accessed": _moment(raw.last_accessed),
             **_latencies(raw),
         }
     )
@@ -204,13 +205,9 @@ def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
     """The statistics of every called function, by name, and the bytes of all entries."""
     if cache is None:
         return {}, 0
-    sizes = cache.sizes_by_namespace()
-    rows = {
-        raw["namespace"]: _row(raw, sizes.get(raw["namespace"], 0))
-        for raw in sorted(cache.function_stats(), key=lambda raw: raw["namespace"])
-        if raw["calls"]
-    }
-    return rows, sum(sizes.values())
+    totals = cache.function_stats()  # sorted by namespace
+    rows = {raw.namespace: _row(raw) for raw in totals if raw.calls}
+    return rows, sum(raw.bytes for raw in totals)
 
 
 def get_cache_stats(cache: Cache | None = None) -> dict[str, FunctionStats]:
@@ -224,15 +221,15 @@ def get_cache_stats(cache: Cache | None = None) -> dict[str, FunctionStats]:
     return _collect(cache if cache is not None else config.shared_cache())[0]
 
 
-def function_row(cache: Cache | None, name: str, size_bytes: int) -> FunctionStats:
-    """The statistics of the cached function ``name`` kept in ``cache``'s directory, given the
-    bytes its entries take (zeros if it was never called, or there is no usable cache)."""
+def function_row(cache: Cache | None, name: str) -> FunctionStats:
+    """The statistics of the cached function ``name`` kept in ``cache``'s directory (zeros if
+    it was never called and has no entries, or there is no usable cache)."""
     if cache is None:
-        return _empty(name, size_bytes)
+        return _empty(name)
     for raw in cache.function_stats():
-        if raw["namespace"] == name:
-            return _row(raw, size_bytes)
-    return _empty(name, size_bytes)
+        if raw.namespace == name:
+            return _row(raw)
+    return _empty(name)
 
 
 def names_ending_with(name: str, known: Iterable[str]) -> list[str]:
@@ -250,8 +247,7 @@ def _known_functions(cache: Cache) -> set[str]:
     in this process, with their entries in its directory."""
     from afml_cache.decorators import cached_functions
 
-    known = {raw["namespace"] for raw in cache.function_stats()}
-    known |= {entry["namespace"] for entry in cache.scan(None)}
+    known = {raw.namespace for raw in cache.function_stats()}  # called, or with entries
     here = Path(cache.directory).resolve()
     for fn in cached_functions():
         if fn.__module__ not in sys.modules:  # its module is gone: nobody can name it
@@ -290,7 +286,7 @@ def function_stats(name: str) -> FunctionStats:
             "components"
         )
     (full,) = found
-    return function_row(cache, full, sum(e["size"] for e in cache.scan(full)))
+    return function_row(cache, full)
 
 
 def cache_status() -> str:

@@ -84,34 +84,22 @@ class CacheCollector(Collector):
         cache = self.cache
         if cache is None:
             return
-        sizes = cache.sizes_by_namespace()
-        calls = {raw["namespace"]: raw for raw in cache.function_stats() if raw["calls"]}
         families = _families()
         hits, misses, latency, hit_rate, size, saved, evictions = families
-        for name in sorted(calls.keys() | sizes.keys()):
-            raw = calls.get(name, _NEVER_CALLED)
-            hits.add_metric([name], raw["hits"])
-            misses.add_metric([name], raw["misses"])
-            for result in ("hit", "miss"):
-                buckets = _cumulative(raw[f"{result}_latency"])
-                latency.add_metric([name, result], buckets, raw[f"{result}_latency_sum"])
-            hit_rate.add_metric([name], raw["hits"] / raw["calls"] if raw["calls"] else 0.0)
-            size.add_metric([name], sizes.get(name, 0))
-            saved.add_metric([name], raw["time_saved"])
+        # Functions called or with entries, sorted by name; a row never called counts zeros.
+        for raw in cache.function_stats():
+            if not (raw.calls or raw.entries):
+                continue
+            name = raw.namespace
+            hits.add_metric([name], raw.hits)
+            misses.add_metric([name], raw.misses)
+            latency.add_metric([name, "hit"], _cumulative(raw.hit_latency), raw.hit_latency_sum)
+            latency.add_metric([name, "miss"], _cumulative(raw.miss_latency), raw.miss_latency_sum)
+            hit_rate.add_metric([name], raw.hits / raw.calls if raw.calls else 0.0)
+            size.add_metric([name], raw.bytes)
+            saved.add_metric([name], raw.time_saved)
         evictions.add_metric([], cache.stats(wait_for_writes=False)["evictions"])
         yield from families
-
-
-_NEVER_CALLED: dict[str, Any] = {
-    "calls": 0,
-    "hits": 0,
-    "misses": 0,
-    "time_saved": 0.0,
-    "hit_latency": [0] * len(LATENCY_BOUNDS),
-    "hit_latency_sum": 0.0,
-    "miss_latency_sum": 0.0,
-    "miss_latency": [0] * len(LATENCY_BOUNDS),
-}
 
 
 def _families() -> tuple[Any, ...]:

@@ -17,6 +17,110 @@ pub struct Store {
     inner: store::Store,
 }
 
+/// One function's (namespace's) statistics, shared through the directory: calls, hits, misses,
+/// seconds spent computing and saved, when it was last called (seconds since the epoch, or
+/// None), the latency of whole calls that hit and missed (total seconds, and calls per bucket of
+/// `LATENCY_BOUNDS`), and the bytes and number of its entries on disk.
+#[pyclass(frozen, get_all, module = "afml_cache._core")]
+pub struct FunctionTotals {
+    namespace: String,
+    calls: u64,
+    hits: u64,
+    misses: u64,
+    compute_time: f64,
+    time_saved: f64,
+    last_accessed: Option<f64>,
+    hit_latency_sum: f64,
+    miss_latency_sum: f64,
+    hit_latency: Vec<u64>,
+    miss_latency: Vec<u64>,
+    bytes: u64,
+    entries: u64,
+}
+
+#[pymethods]
+impl FunctionTotals {
+    fn __repr__(&self) -> String {
+        format!(
+            "FunctionTotals(namespace={:?}, calls={}, hits={}, misses={}, bytes={}, entries={})",
+            self.namespace, self.calls, self.hits, self.misses, self.bytes, self.entries
+        )
+    }
+}
+
+impl From<store::FunctionStats> for FunctionTotals {
+    fn from(f: store::FunctionStats) -> Self {
+        Self {
+            calls: f.calls,
+            hits: f.hits,
+            misses: f.misses,
+            compute_time: f.compute_ns as f64 / 1e9,
+            time_saved: f.saved_ns as f64 / 1e9,
+            last_accessed: (f.last_accessed_ns > 0).then(|| f.last_accessed_ns as f64 / 1e9),
+            hit_latency_sum: f.hit_latency_ns as f64 / 1e9,
+            miss_latency_sum: f.miss_latency_ns as f64 / 1e9,
+            hit_latency: f.hit_latency,
+            miss_latency: f.miss_latency,
+            bytes: f.bytes,
+            entries: f.entries,
+            namespace: f.namespace,
+        }
+    }
+}
+
+/// One entry as the store records it, read without loading (or verifying) its value: its
+/// namespace, digest, file path, size on disk, value_size (bytes before compression), created
+/// and expires (seconds since the epoch), compute_time, protected, tags, time_range (ns since
+/// the epoch), metadata (JSON text), compression, hits, and last_accessed (or None).
+#[pyclass(frozen, get_all, module = "afml_cache._core")]
+pub struct EntryInfo {
+    namespace: String,
+    digest: String,
+    path: PathBuf,
+    size: u64,
+    value_size: u64,
+    created: f64,
+    expires: Option<f64>,
+    compute_time: f64,
+    protected: bool,
+    tags: Vec<String>,
+    time_range: Option<(i64, i64)>,
+    metadata: String,
+    compression: String,
+    hits: u64,
+    last_accessed: Option<f64>,
+}
+
+#[pymethods]
+impl EntryInfo {
+    fn __repr__(&self) -> String {
+        format!("EntryInfo(namespace={:?}, digest={:?}, size={})", self.namespace, self.digest, self.size)
+    }
+}
+
+impl From<Scanned> for EntryInfo {
+    fn from(s: Scanned) -> Self {
+        let h = s.header;
+        Self {
+            namespace: h.namespace,
+            digest: h.key,
+            path: s.path,
+            size: s.bytes,
+            value_size: h.value_size,
+            created: h.created,
+            expires: h.expires,
+            compute_time: h.compute_time,
+            protected: h.protected,
+            tags: h.tags,
+            time_range: h.time_range,
+            metadata: h.metadata,
+            compression: h.compression,
+            hits: s.counters.hits,
+            last_accessed: (s.counters.last_access_ns > 0).then(|| s.counters.last_access_ns as f64 / 1e9),
+        }
+    }
+}
+
 /// A held single-flight lock; released by `release()`, by leaving a `with` block, or when its
 /// process dies.
 #[pyclass(module = "afml_cache._core")]
@@ -80,13 +184,13 @@ impl Store {
 
     /// Stores a value; returns `(stored, size, mac)`: `stored` is False when the entry is larger
     /// than the whole size limit (then `mac` is None and nothing was written).
-    #[pyo3(signature = (namespace, key, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata))]
+    #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata))]
     #[allow(clippy::too_many_arguments)]
     fn put<'py>(
         &self,
         py: Python<'py>,
         namespace: &str,
-        key: &str,
+        digest: &str,
         stream: &[u8],
         buffers: Vec<(PyBuffer<u8>, usize)>,
         compression: &str,
@@ -111,7 +215,7 @@ impl Store {
         }
         let new = NewEntry {
             namespace,
-            key,
+            key: digest,
             stream,
             buffers: slices,
             compression,
@@ -131,24 +235,31 @@ impl Store {
     /// `(stream, buffers, mac, expires)` of a verified entry, or None (a miss). Buffers come back
     /// as fresh bytearrays, decompressed with the GIL released. Unreadable entries are removed and
     /// logged (logger "afml_cache"), and count as misses.
-    fn get<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let found = py.detach(|| self.inner.get(namespace, key))?;
-        self.loaded(py, found)
+    fn get<'py>(&self, py: Python<'py>, namespace: &str, digest: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match py.detach(|| self.inner.get_streamed(namespace, digest))? {
+            store::Streamed::Whole(found) => self.loaded(py, found),
+            store::Streamed::Large(large) => self.loaded_large(py, *large),
+        }
     }
 
     /// Like `get` without counting a hit or miss or recording the access.
-    fn peek<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let found = py.detach(|| self.inner.peek(namespace, key))?;
+    fn peek<'py>(&self, py: Python<'py>, namespace: &str, digest: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let found = py.detach(|| self.inner.peek(namespace, digest))?;
         self.loaded(py, found)
     }
 
-    fn contains(&self, py: Python<'_>, namespace: &str, key: &str) -> PyResult<bool> {
-        Ok(py.detach(|| self.inner.contains(namespace, key))?)
+    fn contains(&self, py: Python<'_>, namespace: &str, digest: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.contains(namespace, digest))?)
     }
 
-    /// The MAC of the entry stored now for `key` (None if there is none).
-    fn current_mac<'py>(&self, py: Python<'py>, namespace: &str, key: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        Ok(self.inner.current_mac(namespace, key)?.map(|mac| PyBytes::new(py, &mac)))
+    /// The MAC of the entry stored now for `digest` (None if there is none).
+    fn current_mac<'py>(
+        &self,
+        py: Python<'py>,
+        namespace: &str,
+        digest: &str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self.inner.current_mac(namespace, digest)?.map(|mac| PyBytes::new(py, &mac)))
     }
 
     /// Bumped by every change to any entry, by any process.
@@ -169,27 +280,11 @@ impl Store {
         Ok(self.inner.record_call(namespace, call)?)
     }
 
-    /// Per function: namespace, calls, hits, misses, compute seconds, saved seconds, last access
-    /// (seconds since the epoch, or None), and the latency of whole calls that hit and missed:
-    /// total seconds and histograms (calls per bucket of `LATENCY_BOUNDS`).
-    fn function_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for f in self.inner.function_stats()? {
-            let d = PyDict::new(py);
-            d.set_item("namespace", &f.namespace)?;
-            d.set_item("calls", f.calls)?;
-            d.set_item("hits", f.hits)?;
-            d.set_item("misses", f.misses)?;
-            d.set_item("compute_time", f.compute_ns as f64 / 1e9)?;
-            d.set_item("time_saved", f.saved_ns as f64 / 1e9)?;
-            d.set_item("last_accessed", (f.last_access_ns > 0).then(|| f.last_access_ns as f64 / 1e9))?;
-            d.set_item("hit_latency_sum", f.hit_latency_ns as f64 / 1e9)?;
-            d.set_item("miss_latency_sum", f.miss_latency_ns as f64 / 1e9)?;
-            d.set_item("hit_latency", &f.hit_latency)?;
-            d.set_item("miss_latency", &f.miss_latency)?;
-            out.append(d)?;
-        }
-        Ok(out)
+    /// Every function's (namespace's) statistics and the sizes of its entries, by namespace:
+    /// the namespaces that were called or have stored entries.
+    fn function_stats(&self, py: Python<'_>) -> PyResult<Vec<FunctionTotals>> {
+        let found = py.detach(|| self.inner.function_stats())?;
+        Ok(found.into_iter().map(FunctionTotals::from).collect())
     }
 
     fn reset_function_stats(&self) -> PyResult<()> {
@@ -201,32 +296,28 @@ impl Store {
         &self,
         py: Python<'_>,
         namespace: &str,
-        key: &str,
+        digest: &str,
         hits: u64,
-        last_access_ns: u64,
+        last_accessed_ns: u64,
     ) -> PyResult<()> {
-        Ok(py.detach(|| self.inner.record_access(namespace, key, hits, last_access_ns))?)
+        Ok(py.detach(|| self.inner.record_access(namespace, digest, hits, last_accessed_ns))?)
     }
 
-    fn delete(&self, py: Python<'_>, namespace: &str, key: &str) -> PyResult<bool> {
-        Ok(py.detach(|| self.inner.delete(namespace, key))?)
+    fn delete(&self, py: Python<'_>, namespace: &str, digest: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.delete(namespace, digest))?)
     }
 
-    #[pyo3(signature = (namespace, key, expires))]
-    fn touch(&self, py: Python<'_>, namespace: &str, key: &str, expires: Option<f64>) -> PyResult<bool> {
-        Ok(py.detach(|| self.inner.touch(namespace, key, expires))?)
+    #[pyo3(signature = (namespace, digest, expires))]
+    fn touch(&self, py: Python<'_>, namespace: &str, digest: &str, expires: Option<f64>) -> PyResult<bool> {
+        Ok(py.detach(|| self.inner.touch(namespace, digest, expires))?)
     }
 
     /// Every entry's metadata (without loading values), as dicts; only the entries of
     /// `namespace` when given.
     #[pyo3(signature = (namespace = None))]
-    fn scan<'py>(&self, py: Python<'py>, namespace: Option<&str>) -> PyResult<Bound<'py, PyList>> {
+    fn scan(&self, py: Python<'_>, namespace: Option<&str>) -> PyResult<Vec<EntryInfo>> {
         let entries = py.detach(|| self.inner.scan(namespace))?;
-        let out = PyList::empty(py);
-        for s in &entries {
-            out.append(scanned_dict(py, s)?)?;
-        }
-        Ok(out)
+        Ok(entries.into_iter().map(EntryInfo::from).collect())
     }
 
     fn expire(&self, py: Python<'_>) -> PyResult<u64> {
@@ -282,11 +373,11 @@ impl Store {
         Ok(d)
     }
 
-    /// Waits up to `timeout` seconds (GIL released) for the key's single-flight lock; None if
+    /// Waits up to `timeout` seconds (GIL released) for the entry's single-flight lock; None if
     /// another holder still has it then.
-    fn lock(&self, py: Python<'_>, namespace: &str, key: &str, timeout: f64) -> PyResult<Option<KeyLock>> {
+    fn lock(&self, py: Python<'_>, namespace: &str, digest: &str, timeout: f64) -> PyResult<Option<KeyLock>> {
         let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
-        let held = py.detach(|| self.inner.lock(namespace, key, timeout))?;
+        let held = py.detach(|| self.inner.lock(namespace, digest, timeout))?;
         Ok(held.map(|held| KeyLock { held: Some(held) }))
     }
 
@@ -294,11 +385,24 @@ impl Store {
         &self,
         py: Python<'py>,
         namespace: &str,
-        key: &str,
+        digest: &str,
         archive_key: [u8; 32],
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let exported = py.detach(|| self.inner.export_entry(namespace, key, &archive_key))?;
+        let exported = py.detach(|| self.inner.export_entry(namespace, digest, &archive_key))?;
         Ok(exported.map(|bytes| PyBytes::new(py, &bytes)))
+    }
+
+    /// The entry of `(namespace, digest)` opened for export under `archive_key`, to read in
+    /// pieces (`EntryExport.read`); None if there is none or it has expired.
+    fn export_reader(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        digest: &str,
+        archive_key: [u8; 32],
+    ) -> PyResult<Option<EntryExport>> {
+        let opened = py.detach(|| self.inner.open_export(namespace, digest, &archive_key))?;
+        Ok(opened.map(|inner| EntryExport { inner }))
     }
 
     /// Reads one exported entry from `source` (a binary file object holding exactly its bytes,
@@ -311,6 +415,30 @@ impl Store {
             (_, Some(error)) => Err(error), // the file object's own exception, as it came
             (staged, None) => Ok(StagedImport { store: slf, staged: Some(staged?) }),
         }
+    }
+}
+
+/// An entry read out in pieces, sealed under another key, by `Store.export_reader`: one pass
+/// over its file, in bounded memory. The last piece comes only once the file verified; a
+/// damaged one raises instead.
+#[pyclass(module = "afml_cache._core")]
+pub struct EntryExport {
+    inner: store::Export,
+}
+
+#[pymethods]
+impl EntryExport {
+    /// Bytes of the exported entry.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    /// The next piece, at most `size` bytes (read and checked with the GIL released); empty at
+    /// the end.
+    fn read<'py>(&mut self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let export = &mut self.inner;
+        PyBytes::new_with(py, export.next_len(size), |out| Ok(py.detach(|| export.fill(out))?))
     }
 }
 
@@ -397,6 +525,26 @@ impl Store {
         Ok(Some(found.into_pyobject(py)?.into_any()))
     }
 
+    /// `loaded` for a large entry: its buffers are allocated first and decoded into in place,
+    /// with the GIL released, so no copy of the file or of the value is ever held.
+    fn loaded_large<'py>(&self, py: Python<'py>, large: store::LargeEntry) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let (stream_array, stream_target) = fresh_bytearray(py, large.stream_len())?;
+        let buffers = PyList::empty(py);
+        let mut targets = Vec::new();
+        for len in large.buffer_lens() {
+            let (array, target) = fresh_bytearray(py, len)?;
+            targets.push(target);
+            buffers.append(array)?;
+        }
+        match py.detach(|| self.inner.fill_streamed(large, stream_target, &mut targets))? {
+            store::Filled::Hit { mac, header } => {
+                let found = (stream_array, buffers, PyBytes::new(py, &mac), header.expires, header.compute_time);
+                Ok(Some(found.into_pyobject(py)?.into_any()))
+            }
+            store::Filled::Gone(found) => self.loaded_status(py, found).map(|_| None),
+        }
+    }
+
     fn loaded_status(&self, py: Python<'_>, found: Lookup) -> PyResult<Option<Box<store::Loaded>>> {
         match found {
             Lookup::Hit(loaded) => Ok(Some(loaded)),
@@ -426,25 +574,4 @@ fn fresh_bytearray<'py>(py: Python<'py>, len: usize) -> PyResult<(Bound<'py, PyB
         // The bytearray is new, owned here and not resized while the slice is in use.
         Ok((array, std::slice::from_raw_parts_mut(data, len)))
     }
-}
-
-fn scanned_dict<'py>(py: Python<'py>, s: &Scanned) -> PyResult<Bound<'py, PyDict>> {
-    let h = &s.header;
-    let d = PyDict::new(py);
-    d.set_item("namespace", &h.namespace)?;
-    d.set_item("key", &h.key)?;
-    d.set_item("path", &s.path)?;
-    d.set_item("size", s.bytes)?;
-    d.set_item("value_size", h.value_size)?;
-    d.set_item("created", h.created)?;
-    d.set_item("expires", h.expires)?;
-    d.set_item("compute_time", h.compute_time)?;
-    d.set_item("protected", h.protected)?;
-    d.set_item("tags", &h.tags)?;
-    d.set_item("time_range", h.time_range)?;
-    d.set_item("metadata", &h.metadata)?;
-    d.set_item("compression", &h.compression)?;
-    d.set_item("hits", s.counters.hits)?;
-    d.set_item("last_access", (s.counters.last_access_ns > 0).then(|| s.counters.last_access_ns as f64 / 1e9))?;
-    Ok(d)
 }

@@ -95,7 +95,9 @@ impl Store {
         let replaced = super::replace(&staged.temp, &staged.path)
             .map_err(|e| Error::io("cannot move into place", &staged.path, e))?;
         staged.committed = true;
-        self.count_installed(&ring, staged.size, replaced)
+        // Best effort: records the namespace's name beside its sizes, for `function_stats`.
+        let _ = self.function_counters(&staged.namespace);
+        self.count_installed(&ring, &staged.path, staged.size, replaced)
     }
 }
 

@@ -5,8 +5,8 @@
 //!   mac.key                    32 random bytes, 0600: the key of every entry's MAC
 //!   stats                      shared counters (see stats.rs)
 //!   evict.lock                 held by the one process evicting at a time
-//!   entries/<namespace>/<k0k1>/<key>.afc
-//!   locks/<k0k1>/<key>-<namespace digest>.lock      single-flight locks
+//!   entries/<namespace>/<d0d1>/<digest>.afc
+//!   locks/<d0d1>/<digest>-<namespace digest>.lock   single-flight locks
 //! ```
 //! One level of 256 shards: 4,000 entries a directory at a million entries, 40,000 at ten million
 //! (ext4 and xfs index large directories), while a new cache creates at most 256 directories
@@ -19,12 +19,12 @@ use crate::error::{Error, Result};
 pub const ENTRY_SUFFIX: &str = "afc";
 pub const TEMP_SUFFIX: &str = "tmp";
 
-pub fn check_key(key: &str) -> Result<()> {
-    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+pub fn check_digest(digest: &str) -> Result<()> {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "store keys are 64 lowercase hex digits (a fingerprint), got {key:?}; pass the value \
+            "entries are stored by digest, 64 lowercase hex digits, got {digest:?}; pass the key \
              through afml_cache.fingerprint() first"
         )))
     }
@@ -58,13 +58,13 @@ pub fn entries_dir(root: &Path) -> PathBuf {
     root.join("entries")
 }
 
-pub fn entry_path(root: &Path, namespace: &str, key: &str) -> PathBuf {
-    entries_dir(root).join(namespace_dir(namespace)).join(&key[..2]).join(format!("{key}.{ENTRY_SUFFIX}"))
+pub fn entry_path(root: &Path, namespace: &str, digest: &str) -> PathBuf {
+    entries_dir(root).join(namespace_dir(namespace)).join(&digest[..2]).join(format!("{digest}.{ENTRY_SUFFIX}"))
 }
 
-pub fn lock_path(root: &Path, namespace: &str, key: &str) -> PathBuf {
+pub fn lock_path(root: &Path, namespace: &str, digest: &str) -> PathBuf {
     let ns = blake3::hash(namespace.as_bytes()).to_hex();
-    root.join("locks").join(&key[..2]).join(format!("{key}-{}.lock", &ns[..16]))
+    root.join("locks").join(&digest[..2]).join(format!("{digest}-{}.lock", &ns[..16]))
 }
 
 /// A temp file beside `path`, named after the writing process so that cleanup can tell a dead
@@ -107,9 +107,9 @@ mod tests {
     }
 
     #[test]
-    fn keys_must_be_fingerprints() {
-        assert!(check_key(&"a1".repeat(32)).is_ok());
-        assert!(check_key("../../etc/passwd").is_err());
-        assert!(check_key(&"A1".repeat(32)).is_err());
+    fn entries_are_stored_by_digest() {
+        assert!(check_digest(&"a1".repeat(32)).is_ok());
+        assert!(check_digest("../../etc/passwd").is_err());
+        assert!(check_digest(&"A1".repeat(32)).is_err());
     }
 }

@@ -9,6 +9,8 @@
 
 mod archive;
 pub mod entry;
+mod export;
+mod large;
 mod layout;
 pub mod lock;
 pub mod policy;
@@ -33,6 +35,8 @@ use crate::error::{Error, Result};
 use crate::parallel;
 pub use archive::Staged;
 pub use entry::{Counters, Header};
+pub use export::Export;
+pub use large::{Filled, LargeEntry, Streamed};
 pub use lock::KeyLock;
 pub use policy::{Policy, Usage};
 pub use stats::{latency_bound, Counter, FunctionCounter, LATENCY_BUCKETS};
@@ -140,13 +144,16 @@ pub struct FunctionStats {
     pub compute_ns: u64,
     pub saved_ns: u64,
     /// ns since the epoch; 0 if never called.
-    pub last_access_ns: u64,
+    pub last_accessed_ns: u64,
     /// Total time of the calls that hit, and that missed.
     pub hit_latency_ns: u64,
     pub miss_latency_ns: u64,
     /// Calls per latency bucket (see [`latency_bound`]).
     pub hit_latency: Vec<u64>,
     pub miss_latency: Vec<u64>,
+    /// Bytes and number of the namespace's entry files on disk.
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +170,9 @@ pub struct Keyring {
     pub stats: Stats,
     /// Counters of cached functions, by namespace, opened on first use.
     functions: Mutex<HashMap<String, Arc<SharedCounters<FunctionCounter>>>>,
+    /// The same counters files by namespace directory name, for what knows only an entry's path
+    /// (its removal, counted in its namespace's sizes).
+    sizes: Mutex<HashMap<String, Arc<SharedCounters<FunctionCounter>>>>,
     /// (device, inode) of mac.key: a new key file means a new directory.
     identity: (u64, u64),
 }
@@ -180,7 +190,7 @@ impl Keyring {
         trust.check_key(&key_path)?;
         let identity = file_identity(&key_path)?;
         let stats = Stats::open(&root.join("stats"), trust)?;
-        Ok(Self { mac_key, stats, functions: Mutex::default(), identity })
+        Ok(Self { mac_key, stats, functions: Mutex::default(), sizes: Mutex::default(), identity })
     }
 }
 
@@ -274,7 +284,7 @@ impl Store {
     }
 
     pub fn entry_path(&self, namespace: &str, key: &str) -> Result<PathBuf> {
-        layout::check_key(key)?;
+        layout::check_digest(key)?;
         Ok(layout::entry_path(&self.root, namespace, key))
     }
 
@@ -282,8 +292,6 @@ impl Store {
     /// the cache has grown past its limit.
     pub fn put(&self, new: NewEntry<'_>) -> Result<Stored> {
         let path = self.entry_path(new.namespace, new.key)?;
-        let frames: Vec<Vec<u8>> =
-            parallel::map(&new.buffers, |(data, itemsize)| codec::encode(data, *itemsize, new.compression));
         let header = Header {
             namespace: new.namespace.to_string(),
             key: new.key.to_string(),
@@ -297,6 +305,15 @@ impl Store {
             metadata: new.metadata,
             compression: new.compression.name().to_string(),
         };
+        if large::streamed(&new.buffers) {
+            let stored = self.put_streamed(&path, &header, new.stream, &new.buffers, new.compression)?;
+            // Best effort, once the entry is in place (a full disk must not cost the entry its
+            // room): the namespace's name beside its sizes, for `function_stats`.
+            let _ = self.function_counters(new.namespace);
+            return Ok(stored);
+        }
+        let frames: Vec<Vec<u8>> =
+            parallel::map(&new.buffers, |(data, itemsize)| codec::encode(data, *itemsize, new.compression));
         let ring = self.keyring();
         let sealed = entry::seal(&ring.mac_key, &header, new.stream, &frames, Counters::default());
         let size = sealed.byte_len() as u64;
@@ -304,6 +321,7 @@ impl Store {
             return Ok(Stored::TooLarge { bytes: size, limit: self.size_limit });
         }
         self.install(&ring, &path, &sealed.pieces())?;
+        let _ = self.function_counters(new.namespace); // as above
         ring.stats.add(Counter::Sets, 1);
         Ok(Stored::Written { bytes: size, mac: sealed.mac })
     }
@@ -373,11 +391,60 @@ impl Store {
     /// none, or it could not be removed).
     fn remove(&self, path: &Path) -> Option<u64> {
         let bytes = self.take(path).ok()??;
-        let ring = self.keyring();
+        self.count_removed(&self.keyring(), path, bytes);
+        Some(bytes)
+    }
+
+    /// Counts the removal of the entry file `path` of `bytes` bytes.
+    fn count_removed(&self, ring: &Keyring, path: &Path, bytes: u64) {
         ring.stats.sub(Counter::Bytes, bytes);
         ring.stats.sub(Counter::Count, 1);
         ring.stats.add(Counter::Generation, 1);
-        Some(bytes)
+        if let Some(sizes) = namespace_of(path).and_then(|dir| self.namespace_sizes(ring, dir)) {
+            sizes.sub(FunctionCounter::Bytes, bytes);
+            sizes.sub(FunctionCounter::Entries, 1);
+        }
+    }
+
+    /// The counters file of the namespace whose entries are in directory `dir` (a name from
+    /// `layout::namespace_dir`), where the sizes of its entries are kept.
+    fn namespace_sizes(&self, ring: &Keyring, dir: &str) -> Option<Arc<SharedCounters<FunctionCounter>>> {
+        if let Some(found) = ring.sizes.lock().get(dir) {
+            return Some(found.clone());
+        }
+        let functions = self.root.join("functions");
+        self.trust.create_dir(&functions).ok()?;
+        let counters = Arc::new(SharedCounters::open(&functions.join(format!("{dir}.stats")), self.trust).ok()?);
+        ring.sizes.lock().insert(dir.to_string(), counters.clone());
+        Some(counters)
+    }
+
+    /// Sets each namespace's sizes to those of the entry files `entries` (path, bytes): the
+    /// files are the truth. A namespace with a counters file and no entry gets zero. Writes made
+    /// meanwhile by other processes may be off until the next rebuild (`check(fix)`).
+    fn rebuild_function_sizes<'a>(&self, entries: impl Iterator<Item = (&'a Path, u64)>) {
+        let ring = self.keyring();
+        let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
+        if let Ok(listing) = fs::read_dir(self.root.join("functions")) {
+            for item in listing.flatten() {
+                if let Some(dir) = item.file_name().to_str().and_then(|n| n.strip_suffix(".stats")) {
+                    sums.insert(dir.to_string(), (0, 0));
+                }
+            }
+        }
+        for (path, bytes) in entries {
+            if let Some(dir) = namespace_of(path) {
+                let sum = sums.entry(dir.to_string()).or_default();
+                *sum = (sum.0 + bytes, sum.1 + 1);
+            }
+        }
+        for (dir, (bytes, count)) in sums {
+            if let Some(sizes) = self.namespace_sizes(&ring, &dir) {
+                sizes.set(FunctionCounter::Bytes, bytes);
+                sizes.set(FunctionCounter::Entries, count);
+            }
+        }
+        ring.stats.set(Counter::FunctionSizesKept, 1);
     }
 
     /// Moves the file at `path` aside, then deletes it; returns the size of exactly the file it
@@ -424,7 +491,7 @@ impl Store {
         counters.add_latency(call.hit, call.latency_ns);
         let latency_sum = if call.hit { FunctionCounter::HitLatencyNs } else { FunctionCounter::MissLatencyNs };
         counters.add(latency_sum, call.latency_ns);
-        counters.max(FunctionCounter::LastAccessNs, now_ns());
+        counters.max(FunctionCounter::LastAccessedNs, now_ns());
         Ok(())
     }
 
@@ -457,6 +524,14 @@ impl Store {
 
     /// Every cached function's counters, by namespace.
     pub fn function_stats(&self) -> Result<Vec<FunctionStats>> {
+        if self.keyring().stats.get(Counter::FunctionSizesKept) == 0 {
+            // Written by a version that kept no sizes per function: count them from the files.
+            let scanned = self.scan(None)?;
+            for s in &scanned {
+                let _ = self.function_counters(&s.header.namespace);
+            }
+            self.rebuild_function_sizes(scanned.iter().map(|s| (s.path.as_path(), s.bytes)));
+        }
         let dir = self.root.join("functions");
         let listing = match fs::read_dir(&dir) {
             Ok(listing) => listing,
@@ -477,11 +552,13 @@ impl Store {
                 misses: c.get(FunctionCounter::Misses),
                 compute_ns: c.get(FunctionCounter::ComputeNs),
                 saved_ns: c.get(FunctionCounter::SavedNs),
-                last_access_ns: c.get(FunctionCounter::LastAccessNs),
+                last_accessed_ns: c.get(FunctionCounter::LastAccessedNs),
                 hit_latency_ns: c.get(FunctionCounter::HitLatencyNs),
                 miss_latency_ns: c.get(FunctionCounter::MissLatencyNs),
                 hit_latency: c.latency(true),
                 miss_latency: c.latency(false),
+                bytes: c.get(FunctionCounter::Bytes),
+                entries: c.get(FunctionCounter::Entries),
                 namespace,
             });
         }
@@ -530,9 +607,7 @@ impl Store {
         match self.take(&path) {
             Ok(Some(bytes)) => {
                 let ring = self.keyring();
-                ring.stats.sub(Counter::Bytes, bytes);
-                ring.stats.sub(Counter::Count, 1);
-                ring.stats.add(Counter::Generation, 1);
+                self.count_removed(&ring, &path, bytes);
                 ring.stats.add(Counter::Deletes, 1);
                 Ok(true)
             }
@@ -656,6 +731,8 @@ impl Store {
             self.keyring().stats.set(Counter::Bytes, good.iter().sum());
             self.keyring().stats.set(Counter::Count, good.len() as u64);
             self.keyring().stats.add(Counter::Generation, 1);
+            let kept = files.iter().zip(&results).filter(|(_, (p, _))| p.is_none());
+            self.rebuild_function_sizes(kept.map(|(path, (_, size))| (path.as_path(), *size)));
         }
         Ok(results.into_iter().filter_map(|(p, _)| p).collect())
     }
@@ -692,7 +769,7 @@ impl Store {
 
     /// Waits up to `timeout` for the single-flight lock of a key.
     pub fn lock(&self, namespace: &str, key: &str, timeout: Duration) -> Result<Option<KeyLock>> {
-        layout::check_key(key)?;
+        layout::check_digest(key)?;
         lock::acquire(&layout::lock_path(&self.root, namespace, key), timeout, self.trust)
     }
 
@@ -707,17 +784,24 @@ impl Store {
     /// Writes an entry into place and counts it.
     fn install(&self, ring: &Keyring, path: &Path, pieces: &[&[u8]]) -> Result<()> {
         let replaced = self.write_atomically(path, pieces)?;
-        self.count_installed(ring, pieces.iter().map(|p| p.len() as u64).sum(), replaced)
+        self.count_installed(ring, path, pieces.iter().map(|p| p.len() as u64).sum(), replaced)
     }
 
     /// Counts an entry of `size` bytes just moved into place (replacing an entry counts only the
     /// difference); evicts if the directory is now over its limit.
-    fn count_installed(&self, ring: &Keyring, size: u64, replaced: Option<u64>) -> Result<()> {
+    fn count_installed(&self, ring: &Keyring, path: &Path, size: u64, replaced: Option<u64>) -> Result<()> {
         ring.stats.add(Counter::Bytes, size);
         ring.stats.add(Counter::Generation, 1);
         match replaced {
             Some(old) => ring.stats.sub(Counter::Bytes, old),
             None => ring.stats.add(Counter::Count, 1),
+        }
+        if let Some(sizes) = namespace_of(path).and_then(|dir| self.namespace_sizes(ring, dir)) {
+            sizes.add(FunctionCounter::Bytes, size);
+            match replaced {
+                Some(old) => sizes.sub(FunctionCounter::Bytes, old),
+                None => sizes.add(FunctionCounter::Entries, 1),
+            }
         }
         if ring.stats.get(Counter::Bytes) > self.size_limit {
             self.evict()?;
@@ -729,7 +813,7 @@ impl Store {
     /// the entry it replaced, if any.
     fn write_atomically(&self, path: &Path, pieces: &[&[u8]]) -> Result<Option<u64>> {
         let (temp, mut file) = self.new_temp(path)?;
-        let written = pieces.iter().try_for_each(|piece| file.write_all(piece));
+        let written = write_all_pieces(&mut file, pieces);
         drop(file);
         let replaced = written
             .map_err(|e| Error::io("cannot write", &temp, e))
@@ -758,11 +842,11 @@ impl Store {
 
 /// Moves `temp` to `path` atomically (a reader finds the old entry or the new one, never
 /// neither) and returns the size of exactly the entry it replaced, so that concurrent writers of
-/// one key count the sizes right. An existing entry is swapped with the temp file
-/// (`renameat2(RENAME_EXCHANGE)`), then removed from the temp name: renaming over an existing
-/// file instead makes ext4 write the new file's data out first (`auto_da_alloc`), 150 µs instead
-/// of 30 µs for a small entry here. A new entry is renamed without replacing
-/// (`RENAME_NOREPLACE`): if another writer got there first, it is swapped after all.
+/// one key count the sizes right. A new entry is renamed without replacing (`RENAME_NOREPLACE`,
+/// tried first: a cached function stores mostly new keys). An existing entry is swapped with the
+/// temp file (`renameat2(RENAME_EXCHANGE)`), then removed from the temp name: renaming over an
+/// existing file instead makes ext4 write the new file's data out first (`auto_da_alloc`), 150 µs
+/// instead of 30 µs for a small entry here.
 #[cfg(target_os = "linux")]
 fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     use std::ffi::CString;
@@ -772,29 +856,38 @@ fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     // SAFETY: two valid NUL-terminated paths, relative to the working directory if relative.
     let rename =
         |flags| unsafe { libc::renameat2(libc::AT_FDCWD, c_temp.as_ptr(), libc::AT_FDCWD, c_path.as_ptr(), flags) };
+    // A filesystem without these flags: a plain rename (two writers of one new key may then
+    // both count it).
+    let unsupported =
+        |err: &std::io::Error| matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP));
+    let plain_rename = || {
+        let old = fs::metadata(path).map(|m| m.len()).ok();
+        fs::rename(temp, path)?;
+        Ok(old)
+    };
+    // Another writer may create or remove the entry between the two renames: then try again.
     loop {
+        if rename(libc::RENAME_NOREPLACE) == 0 {
+            return Ok(None);
+        }
+        let err = std::io::Error::last_os_error();
+        if unsupported(&err) {
+            return plain_rename();
+        }
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(err);
+        }
         if rename(libc::RENAME_EXCHANGE) == 0 {
             let old = fs::metadata(temp).map(|m| m.len()).ok();
             let _ = fs::remove_file(temp);
             return Ok(old);
         }
         let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENOENT) if rename(libc::RENAME_NOREPLACE) == 0 => return Ok(None),
-            Some(libc::ENOENT) => {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EEXIST) {
-                    return Err(err);
-                }
-            }
-            // A filesystem without exchange: a plain rename (two writers of one new key may then
-            // both count it).
-            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                let old = fs::metadata(path).map(|m| m.len()).ok();
-                fs::rename(temp, path)?;
-                return Ok(old);
-            }
-            _ => return Err(err),
+        if unsupported(&err) {
+            return plain_rename();
+        }
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err);
         }
     }
 }
@@ -804,6 +897,27 @@ fn replace(temp: &Path, path: &Path) -> std::io::Result<Option<u64>> {
     let old = fs::metadata(path).map(|m| m.len()).ok();
     fs::rename(temp, path)?;
     Ok(old)
+}
+
+/// Writes every piece, in as few system calls as the kernel allows (one, for a small entry).
+fn write_all_pieces(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    std::io::IoSlice::advance_slices(&mut rest, 0); // skips empty pieces
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The namespace directory name of an entry file (entries/<namespace>/<shard>/<file>).
+fn namespace_of(entry: &Path) -> Option<&str> {
+    entry.parent()?.parent()?.file_name()?.to_str()
 }
 
 fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {

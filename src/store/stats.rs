@@ -37,6 +37,9 @@ pub enum Counter {
     /// Bumped by every change to any entry: a memory copy made at generation g is current while
     /// the generation is still g, without looking at the disk.
     Generation,
+    /// 1 once each function's [`FunctionCounter::Bytes`] and [`FunctionCounter::Entries`] are
+    /// kept; a directory written by an older version has them rebuilt from its files first.
+    FunctionSizesKept,
 }
 
 impl Slot for Counter {
@@ -58,10 +61,14 @@ pub enum FunctionCounter {
     /// Nanoseconds of computation that hits avoided (the stored compute time of each hit).
     SavedNs,
     /// When the function was last called, in ns since the epoch (kept as a maximum).
-    LastAccessNs,
+    LastAccessedNs,
     /// Nanoseconds of whole calls that hit, and that missed (the sums of the histograms).
     HitLatencyNs,
     MissLatencyNs,
+    /// Bytes and number of the function's entry files on disk: kept by every write and removal,
+    /// so reports need no scan; rebuilt from the files by `check(fix)`.
+    Bytes,
+    Entries,
 }
 
 impl Slot for FunctionCounter {
@@ -188,9 +195,11 @@ impl SharedCounters<FunctionCounter> {
         (start..start + LATENCY_BUCKETS).map(|i| self.slot(i).load(Ordering::Relaxed)).collect()
     }
 
-    /// Sets every counter and histogram to zero.
+    /// Sets every call counter and histogram to zero; the sizes of the entries stay (the
+    /// entries do).
     pub fn reset(&self) {
-        for i in 1..(FILE_LEN as usize / 8) {
+        let sizes = [FunctionCounter::Bytes.index(), FunctionCounter::Entries.index()];
+        for i in (1..(FILE_LEN as usize / 8)).filter(|i| !sizes.contains(i)) {
             self.slot(i).store(0, Ordering::Relaxed);
         }
     }
@@ -225,9 +234,9 @@ mod tests {
         // A file of another kind is not misread as this one.
         let f = SharedCounters::<FunctionCounter>::open(&path, Trust::Owner).unwrap();
         assert_eq!(f.get(FunctionCounter::Calls), 0);
-        f.max(FunctionCounter::LastAccessNs, 7);
-        f.max(FunctionCounter::LastAccessNs, 3);
-        assert_eq!(f.get(FunctionCounter::LastAccessNs), 7);
+        f.max(FunctionCounter::LastAccessedNs, 7);
+        f.max(FunctionCounter::LastAccessedNs, 3);
+        assert_eq!(f.get(FunctionCounter::LastAccessedNs), 7);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -252,9 +261,13 @@ mod tests {
         assert_eq!(f.latency(true)[latency_bucket(1_500)], 1);
         assert_eq!(f.latency(false).iter().sum::<u64>(), 1);
         assert_eq!(f.latency(true).iter().sum::<u64>(), 1);
+        f.add(FunctionCounter::Bytes, 300);
+        f.add(FunctionCounter::Entries, 2);
         f.reset();
         assert_eq!(f.get(FunctionCounter::Calls), 0);
         assert_eq!(f.latency(false).iter().sum::<u64>(), 0);
+        // Resetting the statistics leaves the entries, so their sizes stay.
+        assert_eq!((f.get(FunctionCounter::Bytes), f.get(FunctionCounter::Entries)), (300, 2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -317,3 +317,47 @@ fn check_finds_damaged_misplaced_and_abandoned_files_and_fix_removes_them() {
     hit(&store, "labels.triple_barrier", &keys[1]);
     hit(&store, "labels.triple_barrier", &keys[3]);
 }
+
+#[test]
+fn writers_racing_on_new_and_existing_keys_count_each_entry_once() {
+    let scratch = Scratch::new("race");
+    let store = scratch.store(GB);
+    let data = buffers(3);
+    let keys: Vec<String> = (0..8).map(key).collect();
+    // Four threads put the same keys at once, twice over: each key is new to some of them and
+    // existing to the others, with deletes in between, so every rename path runs.
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let (store, data, keys) = (&store, &data, &keys);
+            s.spawn(move || {
+                for round in 0..2 {
+                    for k in keys {
+                        put(store, new_entry(k, &[t, round], data));
+                    }
+                    if t == 0 && round == 0 {
+                        store.delete("labels.triple_barrier", &keys[0]).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_counters_match_disk(&store);
+    assert_eq!(store.counter(Counter::Count), keys.len() as u64);
+    for k in &keys {
+        let loaded = hit(&store, "labels.triple_barrier", k);
+        assert_eq!(decoded(&loaded), vec![data.0.clone(), data.1.clone()]);
+    }
+}
+
+#[test]
+fn a_write_of_many_pieces_keeps_them_in_order() {
+    let scratch = Scratch::new("pieces");
+    fs::create_dir_all(&scratch.0).unwrap();
+    let path = scratch.0.join("pieces");
+    let big = vec![9u8; 3 << 20];
+    let pieces: Vec<&[u8]> = vec![b"", b"head", &big, b"", b"tail"];
+    let mut file = File::create(&path).unwrap();
+    write_all_pieces(&mut file, &pieces).unwrap();
+    drop(file);
+    assert_eq!(fs::read(&path).unwrap(), pieces.concat());
+}

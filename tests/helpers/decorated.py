@@ -16,6 +16,7 @@ import numpy as np
 
 import afml_cache
 from afml_cache import robust_cacheable
+from afml_cache._store.entries import Entries
 
 
 def mark(counter: str | os.PathLike[str], text: str) -> None:
@@ -71,11 +72,11 @@ def big_block_sum(directory: str, seed: int, counter: str, write_delay: float = 
     takes ``write_delay`` seconds longer, so the process ends while it is still in flight."""
     afml_cache.configure(directory=directory)
     if write_delay:
-        put = afml_cache.Cache._put
+        put = Entries._put
 
-        def slow_put(self: afml_cache.Cache, entry: Any) -> Any:
+        def slow_put(self: Entries, entry: Any) -> Any:
             time.sleep(write_delay)
             return put(self, entry)
 
-        afml_cache.Cache._put = slow_put  # type: ignore[method-assign]
+        Entries._put = slow_put  # type: ignore[method-assign]
     return float(big_block(seed, counter).sum())

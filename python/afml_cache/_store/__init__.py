@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from afml_cache import _core
-from afml_cache._core import KeyLock
+from afml_cache._core import EntryInfo, FunctionTotals, KeyLock
+from afml_cache._store.remote import Remote, RemoteTier
 
-__all__ = ["KeyLock", "Store"]
+__all__ = ["EntryInfo", "FunctionTotals", "KeyLock", "Store"]
 
 
 class Store:
@@ -27,6 +28,7 @@ class Store:
         eviction_policy: str,
         *,
         trust_group: bool,
+        remote: Remote | None = None,
     ) -> None:
         core = _core.Store(directory, size_limit, eviction_policy, trust_group=trust_group)
         self._core = core
@@ -43,7 +45,7 @@ class Store:
         self.function_stats = core.function_stats
         self.reset_function_stats = core.reset_function_stats
         self.lock = core.lock
-        self.delete = core.delete
+        self.delete = self.delete_local = core.delete
         self.touch = core.touch
         self.scan = core.scan
         self.expire = core.expire
@@ -51,7 +53,15 @@ class Store:
         self.check = core.check
         self.stats = core.stats
         self.export_entry = core.export_entry
+        self.export_reader = core.export_reader
         self.stage_import = core.stage_import
+        self.remote = remote
+        if remote is not None:
+            # A prefix of an object store behind the directory: lookups, writes, deletes and
+            # the single-flight lock reach it too.
+            tier = RemoteTier(core, remote)
+            self.get, self.put, self.contains = tier.get, tier.put, tier.contains
+            self.delete, self.clear, self.lock = tier.delete, tier.clear, tier.lock
 
     @property
     def size_limit(self) -> int:
@@ -66,11 +76,8 @@ class Store:
         return other is self or self.directory.resolve() == other.directory.resolve()
 
     def sizes_by_namespace(self) -> dict[str, int]:
-        """Bytes on disk of each namespace's entries."""
-        sizes: dict[str, int] = {}
-        for entry in self.scan(None):
-            sizes[entry["namespace"]] = sizes.get(entry["namespace"], 0) + entry["size"]
-        return sizes
+        """Bytes on disk of each namespace's entries (kept by the store: no scan)."""
+        return {f.namespace: f.bytes for f in self.function_stats() if f.entries}
 
     def __repr__(self) -> str:
         return f"Store({str(self.directory)!r})"

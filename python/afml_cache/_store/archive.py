@@ -9,21 +9,21 @@ import re
 import tarfile
 import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from afml_cache._core import StagedImport
 from afml_cache.errors import CacheError, StoreError
 from afml_cache.progress import progress
 
 if TYPE_CHECKING:
-    from afml_cache._store import Store
+    from afml_cache._store import EntryInfo, Store
 
 _ARCHIVE_FORMAT = "afml-cache export v1"
 # The largest manifest.json an import reads (export writes a few hundred bytes).
 _MANIFEST_LIMIT = 64 * 1024
 
 
-def write_archive(store: Store, entries: list[dict[str, Any]], path: str | os.PathLike[str]) -> int:
+def write_archive(store: Store, entries: list[EntryInfo], path: str | os.PathLike[str]) -> int:
     """Writes ``entries`` (records from ``Store.scan``) into one archive file; returns how many
     were written (an entry removed meanwhile by another process is skipped)."""
     archive_key = os.urandom(32)
@@ -32,7 +32,7 @@ def write_archive(store: Store, entries: list[dict[str, Any]], path: str | os.Pa
         manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
         _add_member(archive, "manifest.json", json.dumps(manifest).encode())
         for entry in progress(entries, "export"):
-            sealed = store.export_entry(entry["namespace"], entry["key"], archive_key)
+            sealed = store.export_entry(entry.namespace, entry.digest, archive_key)
             if sealed is not None:  # None: removed by another process meanwhile
                 _add_member(archive, f"entries/{count:09d}.afc", sealed)
                 count += 1

@@ -16,7 +16,10 @@ import numpy as np
 class Remembered:
     """A value held in memory as its serialized form, never as the live object a caller got;
     once unpickled, a number (`serialize.IMMUTABLE`) is kept too, as ``(value,)``, to spare each
-    later hit the unpickling."""
+    later hit the unpickling. ``shared`` is the object unpickled over ``buffers`` themselves (if
+    it holds numbers and times only), handed to every ``lookup(copy=False)`` (whose callers
+    only read it), sparing them the unpickling too: a frame stitched from a hundred pieces would
+    rebuild a hundred frames."""
 
     stream: bytes
     buffers: list[np.ndarray]
@@ -26,6 +29,7 @@ class Remembered:
     generation: int
     nbytes: int
     immutable: tuple[Any] | None = None
+    shared: tuple[Any] | None = None
 
 
 class MemoryTier:

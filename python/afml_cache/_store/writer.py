@@ -15,7 +15,7 @@ _log = logging.getLogger("afml_cache")
 
 
 class Writer:
-    """Runs the jobs of values written behind (``Cache.set_digest(behind=...)``) one at a time,
+    """Runs the jobs of values written behind (``Entries.put(behind=...)``) one at a time,
     in order. ``flush`` waits for every job submitted so far; it runs at exit, before listings,
     and at the end of multiprocessing workers (which skip atexit)."""
 

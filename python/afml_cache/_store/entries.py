@@ -1,0 +1,460 @@
+"""`Entries`: the entries of one namespace by digest, over the disk store, the memory tier, the
+serializer and the writer thread. `afml_cache.cache.Cache` maps keys to digests over it; the
+decorators and integrations, which compute digests themselves, use it directly
+(``cache.by_digest``)."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import functools
+import json
+import logging
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from afml_cache._store import KeyLock, Store
+from afml_cache._store.memory import Accesses, MemoryTier, Remembered
+from afml_cache._store.serialize import IMMUTABLE, copy_buffer, deserialize, serialize
+from afml_cache._store.writer import WRITER
+from afml_cache.errors import CacheError, CacheWarning
+
+__all__ = ["Entries"]
+
+# Values up to this size are kept in the memory tier as soon as they are written.
+_REMEMBER_ON_SET = 8 * 1024 * 1024
+# Values with this many bytes of buffers are written behind when the caller asks (put(behind=)).
+_WRITE_BEHIND_MIN = 1024 * 1024
+_log = logging.getLogger("afml_cache")
+
+
+@dataclass
+class _Serialized:
+    """A value ready to store: its serialized form and the entry's header fields."""
+
+    slot: tuple[str, str]  # (namespace, digest)
+    label: Any
+    stream: bytes
+    buffers: list[tuple[Any, int]]  # (bytes, item size)
+    expires: float | None
+    compute_time: float
+    protected: bool
+    tags: list[str]
+    time_range: tuple[int, int] | None
+    metadata: str
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.stream) + sum(len(raw) for raw, _ in self.buffers)
+
+
+class Entries:
+    """The entries of ``namespace`` in ``store`` by digest: lookup, put (now or behind), lock,
+    delete, touch, listing. Views of other namespaces (`namespaced`) share the store, the memory
+    tier (``memory``) and the hits it served that the disk has yet to count."""
+
+    def __init__(self, store: Store, memory_limit: int, namespace: str, compression: str) -> None:
+        self._store = store
+        self.memory = MemoryTier(memory_limit)
+        self.namespace = namespace
+        self.compression = compression
+        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
+        # shared per-function statistics; the store's own method, as it runs on every call.
+        self.record_call = store.record_call
+        self._accesses = Accesses()
+        # Namespaces whose values stopped unpickling, warned once (shared by the views).
+        self._unpickle_warned: set[str] = set()
+        atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def namespaced(self, namespace: str, compression: str | None = None) -> Entries:
+        """The entries of ``namespace`` in the same store, sharing this memory tier;
+        ``compression`` (None: this view's) is the level of the entries the view writes."""
+        view = copy.copy(self)
+        view.namespace = namespace
+        if compression is not None:
+            view.compression = compression
+        return view
+
+    # --- one entry ----------------------------------------------------------------------------
+
+    def lookup(self, digest: str, *, copy: bool = True) -> tuple[bool, Any, float]:
+        """``(found, value, compute_time)``; the value is a fresh object on every call.
+
+        ``copy=False`` spares the copy of the value's buffers when it comes from the memory
+        tier (and keeps a value read from disk there without copying it), and hands every such
+        lookup one object while the entry is remembered, if it holds numbers and times only: the
+        caller must neither mutate it nor hand it (or a view of it) to anyone; it may only read
+        it into a fresh object."""
+        slot = (self.namespace, digest)
+        remembered = self.memory.get(slot)
+        if remembered is not None and self._still_current(slot, remembered):
+            if remembered.immutable is not None:
+                value = remembered.immutable[0]
+            elif not copy and remembered.shared is not None:
+                value = remembered.shared[0]
+            else:
+                try:
+                    buffers = remembered.buffers
+                    value = deserialize(
+                        remembered.stream, list(map(copy_buffer, buffers)) if copy else buffers
+                    )
+                except Exception as exc:
+                    self._drop_unusable(digest, exc)
+                    return False, None, 0.0
+                if type(value) in IMMUTABLE:
+                    remembered.immutable = (value,)
+                elif not copy and _only_buffers(value):
+                    remembered.shared = (value,)
+            self._store.count_hit()
+            if self._accesses.note(slot):
+                self.flush_accesses()
+            return True, value, remembered.compute_time
+        # Read before the lookup: a change made meanwhile by another process must make this
+        # memory copy look stale, not current.
+        generation = self._store.generation()
+        loaded = self._store.get(self.namespace, digest)
+        if loaded is None:
+            return False, None, 0.0
+        stream, buffers, mac, expires, compute_time = loaded
+        self._remember(
+            slot, stream, buffers, mac, expires, compute_time, generation, copied=not copy
+        )
+        try:
+            return True, deserialize(stream, buffers), compute_time
+        except Exception as exc:
+            self._drop_unusable(digest, exc)
+            return False, None, 0.0
+
+    def put(
+        self,
+        digest: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+        protect: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        compute_time: float = 0.0,
+        time_range: tuple[int, int] | None = None,
+        label: Any = None,
+        behind: Callable[[Exception | None, int], None] | None = None,
+    ) -> bool:
+        """Stores ``value`` under ``digest``; False (with a warning) if it is larger than the
+        whole size limit. ``ttl`` (seconds, checked by the caller) or None; ``label`` is the key
+        as ``listing()`` shows it (kept when it is a str or int).
+
+        Without ``behind``, raises ``CacheError`` if the value cannot be pickled or the metadata
+        is not JSON, and ``StoreError`` (an ``OSError``) if the disk refuses the write. With
+        ``behind``, the outcome goes to ``behind(None, size on disk)`` or ``behind(error, 0)``,
+        called exactly once, and nothing is raised. A value of a megabyte or more that fits in
+        the memory tier is then written behind: its buffers are copied now (the caller may
+        mutate the original) and the process's writer thread compresses and writes the copy,
+        then calls ``behind``; any other value is written before this returns.
+        """
+        if behind is None:
+            return self._write(
+                self._serialize(
+                    digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
+                )
+            )
+        try:
+            entry = self._serialize(
+                digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
+            )
+            # Only a copy the memory tier can keep is worth making: larger values are written in
+            # the call, compressed straight from the caller's buffers, so a multi-gigabyte result
+            # never exists twice.
+            if _WRITE_BEHIND_MIN <= entry.nbytes <= self.memory.limit:
+                # The copy doubles as the memory tier's, so a hit right after needs no disk.
+                entry.buffers = [(copy_buffer(raw), itemsize) for raw, itemsize in entry.buffers]
+                self._remember(
+                    entry.slot,
+                    entry.stream,
+                    [copy for copy, _ in entry.buffers],
+                    None,
+                    entry.expires,
+                    entry.compute_time,
+                    self._store.generation(),
+                    copied=True,
+                )
+                WRITER.submit(functools.partial(self._write_behind, entry, behind))
+                return True
+        except Exception as exc:
+            behind(exc, 0)
+            return False
+        return self._write_behind(entry, behind)
+
+    def lock(self, digest: str, timeout: float = 60.0) -> KeyLock | None:
+        """The entry's single-flight lock, held until its ``release()``, or None if another
+        thread or process still holds it after ``timeout`` seconds."""
+        return self._store.lock(self.namespace, digest, timeout)
+
+    def contains(self, digest: str) -> bool:
+        """Whether the entry is stored and not expired, without loading it (its MAC is checked
+        when it is read)."""
+        WRITER.flush()  # a value written behind is stored
+        return self._store.contains(self.namespace, digest)
+
+    def delete(self, digest: str, *, local_only: bool = False) -> bool:
+        """Removes the entry; False if there was none. ``local_only``: from this machine's
+        directory only, to make room, leaving it in the remote tier for every machine."""
+        WRITER.flush()  # a pending write must not bring the entry back
+        self.memory.drop((self.namespace, digest))
+        if local_only:
+            return self._store.delete_local(self.namespace, digest)
+        return self._store.delete(self.namespace, digest)
+
+    def touch(self, digest: str, ttl: float | None) -> bool:
+        """Gives the entry a new time to live (seconds, checked by the caller; None: never
+        expires); False if absent."""
+        expires = time.time() + ttl if ttl is not None else None
+        WRITER.flush()
+        self.memory.drop((self.namespace, digest))
+        return self._store.touch(self.namespace, digest, expires)
+
+    # --- every entry of the namespace ---------------------------------------------------------
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Metadata of every entry of this namespace, without loading values (see
+        ``Cache.entries``)."""
+        WRITER.flush()
+        self.flush_accesses()
+        found = []
+        for info in self._store.scan(self.namespace):
+            if info.namespace != self.namespace:  # shortened names can share a directory
+                continue
+            described = json.loads(info.metadata or "{}")
+            found.append(
+                {
+                    "namespace": info.namespace,
+                    "key": described.get("key"),
+                    "digest": info.digest,
+                    "path": str(info.path),
+                    "size": info.size,
+                    "value_size": info.value_size,
+                    "created": info.created,
+                    "expires": info.expires,
+                    "last_accessed": info.last_accessed,
+                    "hits": info.hits,
+                    "compute_time": info.compute_time,
+                    "tags": info.tags,
+                    "protected": info.protected,
+                    "time_range": info.time_range,
+                    "metadata": described.get("metadata"),
+                    "compression": info.compression,
+                }
+            )
+        return found
+
+    def remove(self, entries: Iterable[dict[str, Any]]) -> int:
+        """Removes the entries (as listed by ``listing()``); returns how many were there."""
+        return sum(self.delete(e["digest"]) for e in list(entries))
+
+    def flush_accesses(self) -> None:
+        """Adds the hits served from memory to their entries' counters (which steer eviction)."""
+        for (namespace, digest), (hits, last_ns) in self._accesses.drain().items():
+            self._store.record_access(namespace, digest, hits, last_ns)
+
+    def generation(self) -> int:
+        """A number that changes whenever any entry of the directory changes, in any process:
+        what was read at generation g is current while this still returns g."""
+        return self._store.generation()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _serialize(
+        self,
+        digest: str,
+        value: Any,
+        ttl: float | None,
+        tags: Iterable[str],
+        protect: bool,
+        metadata: Mapping[str, Any] | None,
+        compute_time: float,
+        time_range: tuple[int, int] | None,
+        label: Any,
+    ) -> _Serialized:
+        try:
+            stream, buffers = serialize(value)
+        except Exception as exc:
+            raise CacheError(
+                f"cannot store a {type(value).__qualname__} under {_describe(label)}: it cannot "
+                f"be pickled ({exc}); store something picklable"
+            ) from exc
+        return _Serialized(
+            slot=(self.namespace, digest),
+            label=label,
+            stream=stream,
+            buffers=buffers,
+            expires=time.time() + ttl if ttl is not None else None,
+            compute_time=float(compute_time),
+            protected=bool(protect),
+            tags=[tags] if isinstance(tags, str) else list(tags),
+            time_range=time_range,
+            metadata=_metadata_text(label, metadata),
+        )
+
+    def _put(self, entry: _Serialized) -> tuple[bool, int, bytes, int]:
+        """Writes an entry: (stored, size on disk, MAC, the generation before the write)."""
+        self.flush_accesses()  # the write may evict: let it see every recent hit
+        generation = self._store.generation()
+        stored, size, mac = self._store.put(
+            *entry.slot,
+            entry.stream,
+            entry.buffers,
+            compression=self.compression,
+            expires=entry.expires,
+            compute_time=entry.compute_time,
+            protected=entry.protected,
+            tags=entry.tags,
+            time_range=entry.time_range,
+            metadata=entry.metadata,
+        )
+        return stored, size, mac, generation
+
+    def _keep(self, entry: _Serialized, mac: bytes, generation: int) -> None:
+        """Remembers a value just written, unless it is large: copying it would cost the write
+        a tenth of its time, and the first read remembers it instead."""
+        if entry.nbytes <= _REMEMBER_ON_SET:
+            raws = [raw for raw, _ in entry.buffers]
+            self._remember(
+                entry.slot, entry.stream, raws, mac, entry.expires, entry.compute_time, generation
+            )
+        else:
+            self.memory.drop(entry.slot)
+
+    def _write(self, entry: _Serialized) -> bool:
+        stored, size, mac, generation = self._put(entry)
+        if not stored:
+            self.memory.drop(entry.slot)
+            warnings.warn(
+                f"afml_cache: the value for {_describe(entry.label)} takes {size:,} bytes on "
+                f"disk, more than the whole size_limit ({self._store.size_limit:,} bytes), so "
+                "it was not stored",
+                CacheWarning,
+                stacklevel=4,
+            )
+            return False
+        self._keep(entry, mac, generation)
+        return True
+
+    def _write_behind(
+        self, entry: _Serialized, behind: Callable[[Exception | None, int], None]
+    ) -> bool:
+        """Writes an entry for ``put(behind=...)`` (on the writer thread if its buffers were
+        copied) and reports the outcome to ``behind``."""
+        error: Exception | None = None
+        size = 0
+        try:
+            stored, size, mac, generation = self._put(entry)
+            if not stored:
+                error = CacheError(
+                    f"the value takes {size:,} bytes on disk, more than the whole size_limit "
+                    f"({self._store.size_limit:,} bytes)"
+                )
+            else:
+                remembered = self.memory.get(entry.slot)
+                if remembered is not None and remembered.stream is entry.stream:
+                    remembered.mac = mac  # written behind: from now on checked against the file
+                else:
+                    self._keep(entry, mac, generation)
+        except Exception as exc:  # reported through behind(), never lost on the writer thread
+            error = exc
+        if error is not None:
+            self.memory.drop(entry.slot)
+        behind(error, 0 if error is not None else size)
+        return error is None
+
+    # --- the memory tier ----------------------------------------------------------------------
+
+    def _remember(
+        self,
+        slot: tuple[str, str],
+        stream: bytes,
+        buffers: Sequence[Any],
+        mac: bytes | None,
+        expires: float | None,
+        compute_time: float,
+        generation: int,
+        *,
+        copied: bool = False,
+    ) -> None:
+        """Keeps a private copy of a value's serialized form, if it fits in the memory tier (the
+        caller's buffers may be mutated later; copying what cannot be kept would be wasted).
+        ``copied``: the buffers are private copies already. ``mac`` is None while the entry is
+        being written behind."""
+        nbytes = len(stream) + sum(len(b) for b in buffers)
+        if nbytes > self.memory.limit:
+            self.memory.drop(slot)
+            return
+        copies = list(buffers) if copied else [copy_buffer(b) for b in buffers]
+        remembered = Remembered(stream, copies, mac, expires, compute_time, generation, nbytes)
+        self.memory.put(slot, remembered)
+
+    def _still_current(self, slot: tuple[str, str], remembered: Remembered) -> bool:
+        if remembered.expires is not None and remembered.expires <= time.time():
+            self.memory.drop(slot)
+            return False
+        generation = self._store.generation()
+        if generation == remembered.generation:
+            return True  # nothing in the directory changed since this copy was made
+        if self._store.current_mac(*slot) == remembered.mac:
+            remembered.generation = generation
+            return True
+        self.memory.drop(slot)
+        return False
+
+    def _drop_unusable(self, digest: str, error: Exception) -> None:
+        """Removes an entry whose value no longer unpickles, from memory and disk alike. The
+        bytes are intact (the MAC verified) but the code they refer to changed, e.g. a class was
+        renamed: the entry is useless, so it goes, and the lookup is a miss."""
+        self.delete(digest)
+        message = (
+            f"afml_cache: removed an entry of {self.namespace!r} whose value no longer "
+            f"unpickles ({type(error).__name__}: {error}); it is computed again. A class or "
+            "function the value refers to was probably renamed or moved"
+        )
+        _log.warning("%s (entry %s)", message, digest)
+        if self.namespace not in self._unpickle_warned:
+            self._unpickle_warned.add(self.namespace)
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
+
+def _only_buffers(value: Any) -> bool:
+    """Whether ``value`` is an array, Series or DataFrame of numbers and times only, held in its
+    buffers: a copy of it then holds no object a caller could change in place (a list in a
+    cell), so one unpickled object may serve every ``lookup(copy=False)``."""
+    dtypes = [value.dtype] if hasattr(value, "dtype") else getattr(value, "dtypes", None)
+    return dtypes is not None and all(getattr(t, "kind", "O") in "biufcmM" for t in dtypes)
+
+
+def _flush_at_exit(ref: weakref.ReferenceType[Entries]) -> None:
+    entries = ref()
+    if entries is not None:
+        with contextlib.suppress(Exception):  # exiting: the counters are only a hint
+            entries.flush_accesses()
+
+
+def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
+    described: dict[str, Any] = {}
+    if type(key) in (str, int):
+        described["key"] = key
+    if metadata is not None:
+        described["metadata"] = dict(metadata)
+    try:
+        return json.dumps(described)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"metadata must be JSON-serialisable (str keys, plain values): {exc}"
+        ) from None
+
+
+def _describe(key: Any) -> str:
+    if key is None:  # stored by digest alone (the decorators)
+        return "its key"
+    return f"key {key!r}" if type(key) in (str, int) else f"a {type(key).__qualname__} key"
