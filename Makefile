@@ -27,14 +27,18 @@ rust-components:
 	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 \
 		|| rustup component add clippy rustfmt
 
-bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas, blake3 and MLflow
-	$(PYTHON) -m pip install -e ".[bench,mlflow]"
+bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas, blake3, MLflow, np.save/np.load and obstore
+	$(PYTHON) -m pip install -e ".[bench,mlflow,test]"
 	$(PYTHON) benches/bench_fingerprint.py
 	$(PYTHON) benches/bench_store.py
+	$(PYTHON) benches/bench_scale.py
 	$(PYTHON) benches/bench_decorators.py
 	$(PYTHON) benches/bench_machine.py
 	$(PYTHON) benches/bench_backtest.py
 	$(PYTHON) benches/bench_mlflow.py
+	$(PYTHON) benches/bench_ranges.py
+	$(PYTHON) benches/bench_incremental.py
+	$(PYTHON) benches/bench_remote.py
 
 demo: ## run the demo
 	afml-cache demo
