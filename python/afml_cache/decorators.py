@@ -210,10 +210,7 @@ def time_aware_cacheable(
         window = check_window(incremental, lookback, lookahead, verify, range)
 
         def decorate_feature(feature: Any) -> Any:
-            wrapper = feature_function(feature, wrap.keywords["options"], time_options, window)
-            warming.attach(wrapper)  # is_cached, precache, warm
-            _DECORATED.add(wrapper)
-            return wrapper
+            return feature_function(feature, wrap.keywords["options"], time_options, window)
 
         return decorate_feature if fn is None else decorate_feature(fn)
     if range is not None:
@@ -223,10 +220,7 @@ def time_aware_cacheable(
         checked = range_options(range, chunk, live_window, live_ttl, live_calendar)
 
         def decorate_loader(loader: Any) -> Any:
-            wrapper = range_loader(loader, wrap.keywords["options"], checked)
-            warming.attach(wrapper)  # is_cached, precache, warm
-            _DECORATED.add(wrapper)
-            return wrapper
+            return range_loader(loader, wrap.keywords["options"], checked)
 
         return decorate_loader if fn is None else decorate_loader(fn)
     if chunk is not None or live_calendar is not None:
@@ -263,13 +257,23 @@ def _decorate(fn: Any, options: _Options, time_options: TimeOptions | None) -> A
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return engine.call(args, kwargs)
 
-    wrapper.cache_info = engine.cache_info  # type: ignore[attr-defined]
-    wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
-    wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
-    wrapper.uncached = fn  # type: ignore[attr-defined]
-    wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
-    if time_options is not None:
-        wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
+    methods = {"invalidate": engine.invalidate} if time_options is not None else {}
+    return finish_wrapper(wrapper, fn, engine, **methods)
+
+
+def finish_wrapper(
+    wrapper: Any, fn: Callable[..., Any], engine: _Engine, **methods: Callable[..., Any]
+) -> Any:
+    """Gives a decorated function's wrapper what every one has (``cache_info``, ``cache_clear``,
+    ``cache_entries``, ``uncached``, ``is_cached``, ``precache``, ``warm``), plus ``methods``,
+    and registers it for maintenance."""
+    wrapper.cache_info = engine.cache_info
+    wrapper.cache_clear = engine.cache_clear
+    wrapper.cache_entries = engine.cache_entries
+    wrapper.uncached = fn
+    wrapper.__afml_cache__ = engine
+    for name, method in methods.items():
+        setattr(wrapper, name, method)
     warming.attach(wrapper)  # is_cached, precache, warm
     _DECORATED.add(wrapper)
     return wrapper

@@ -34,7 +34,7 @@ import pandas as pd
 from afml_cache import config
 from afml_cache._core import fingerprint
 from afml_cache.calls import TimeOptions, to_ns
-from afml_cache.decorators import _Engine, _Options, _say
+from afml_cache.decorators import _Engine, _Options, _say, finish_wrapper
 from afml_cache.errors import CacheError
 from afml_cache.report import format_latency, format_size
 
@@ -151,13 +151,7 @@ def feature_function(
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return engine.call(args, kwargs)
 
-    wrapper.cache_info = engine.cache_info  # type: ignore[attr-defined]
-    wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
-    wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
-    wrapper.uncached = fn  # type: ignore[attr-defined]
-    wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
-    wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
-    return wrapper
+    return finish_wrapper(wrapper, fn, engine, invalidate=engine.invalidate)
 
 
 class _Prefix(NamedTuple):

@@ -33,7 +33,7 @@ from pandas.tseries.offsets import BaseOffset
 from afml_cache import config
 from afml_cache._core import fingerprint
 from afml_cache._store.entries import Entries
-from afml_cache.decorators import _Engine, _Options
+from afml_cache.decorators import _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError
 from afml_cache.range_spans import (
     Clock,
@@ -160,15 +160,14 @@ def range_loader(fn: Callable[..., Any], options: _Options, ranges: RangeOptions
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return engine.call(args, kwargs)
 
-    wrapper.cache_info = engine.cache_info  # type: ignore[attr-defined]
-    wrapper.cache_clear = engine.cache_clear  # type: ignore[attr-defined]
-    wrapper.cache_entries = engine.cache_entries  # type: ignore[attr-defined]
-    wrapper.uncached = fn  # type: ignore[attr-defined]
-    wrapper.__afml_cache__ = engine  # type: ignore[attr-defined]
-    wrapper.invalidate = engine.invalidate  # type: ignore[attr-defined]
-    wrapper.refresh = engine.refresh  # type: ignore[attr-defined]
-    wrapper.coverage = engine.coverage  # type: ignore[attr-defined]
-    return wrapper
+    return finish_wrapper(
+        wrapper,
+        fn,
+        engine,
+        invalidate=engine.invalidate,
+        refresh=engine.refresh,
+        coverage=engine.coverage,
+    )
 
 
 class RangeEngine(_Engine):
