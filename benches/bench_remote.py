@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,72 +29,52 @@ import pandas as pd
 
 from afml_cache import Cache, fingerprint
 
+# The tests' launcher of the server (tests/helpers/weed.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import weed
+
 BUCKET = "bench"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 
 
-def start_seaweedfs(data: Path) -> subprocess.Popen[bytes]:
-    """`weed mini` on free ports of 127.0.0.1, the AWS environment of this process pointing at
-    it; returns the server, to stop by PID."""
-    sockets = [socket.socket() for _ in range(8)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    s3, master, filer, volume, *grpc = (s.getsockname()[1] for s in sockets)
-    for s in sockets:
-        s.close()
-    command = [
-        shutil.which("weed") or "weed",
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={s3}",
-        f"-master.port={master}",
-        f"-filer.port={filer}",
-        f"-volume.port={volume}",
-        f"-master.port.grpc={grpc[0]}",
-        f"-filer.port.grpc={grpc[1]}",
-        f"-volume.port.grpc={grpc[2]}",
-        f"-s3.port.grpc={grpc[3]}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-master.telemetry=false",
-        f"-bucket={BUCKET}",
-    ]
-    log = (data / "weed.log").open("wb")
-    server = subprocess.Popen(command, env={**os.environ, **CREDENTIALS}, stdout=log, stderr=log)
-    os.environ.update(
-        CREDENTIALS,
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3}",
-        AWS_ALLOW_HTTP="true",
-        AWS_REGION="us-east-1",
+def timed(run: Callable[[], object], before: Callable[[], object] = lambda: None) -> float:
+    """Seconds ``run`` takes, ``before`` run untimed ahead of it."""
+    before()
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Paired:
+    """afml-cache's call and its anchor, timed in alternation (so that a change in the load of a
+    shared machine hits both): their medians, and each pair's ratio anchor / afml-cache."""
+
+    ours: float
+    anchor: float
+    ratios: list[float]
+
+    @property
+    def ratio(self) -> str:
+        """The median ratio, and the range of the pairs' ratios."""
+        low, high = min(self.ratios), max(self.ratios)
+        return f"{statistics.median(self.ratios):,.2f}x ({low:,.2f}-{high:,.2f})"
+
+
+def paired(
+    ours: Callable[[], object],
+    anchor: Callable[[], object],
+    repeat: int,
+    before: Callable[[], object] = lambda: None,
+) -> Paired:
+    """``ours`` (``before`` untimed ahead of each) and ``anchor``, one after the other,
+    ``repeat`` times."""
+    pairs = [(timed(ours, before), timed(anchor)) for _ in range(repeat)]
+    return Paired(
+        ours=statistics.median(o for o, _ in pairs),
+        anchor=statistics.median(a for _, a in pairs),
+        ratios=[a / o for o, a in pairs],
     )
-    bucket = obstore.store.from_url(f"s3://{BUCKET}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            obstore.put(bucket, "ready", b"")
-            return server
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.2)
-
-
-def best(
-    run: Callable[[], object], repeat: int, before: Callable[[], object] = lambda: None
-) -> float:
-    """The median of ``repeat`` timed runs, ``before`` run untimed ahead of each."""
-    times = []
-    for _ in range(repeat):
-        before()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def frame(rows: int) -> pd.DataFrame:
@@ -124,20 +103,20 @@ def hit_latency(root: Path, url: str, name: str, value: object, repeat: int) -> 
     bucket = remote.client
     path = remote.entry_path("default", digest)
 
-    def forget_locally() -> None:
+    def forget() -> None:
         local.delete(name)
 
     def remote_hit() -> None:
         assert tiered.get(name) is not None
 
-    remote_s = best(remote_hit, repeat, forget_locally)
     size = int(obstore.head(bucket, path)["size"])
-    bare_s = best(lambda: bytes(obstore.get(bucket, path).bytes()), repeat)
+    hit = paired(remote_hit, lambda: bytes(obstore.get(bucket, path).bytes()), repeat, forget)
     local.get(name)  # the local copy is back
-    local_s = best(lambda: local.get(name), repeat)
+    local_s = statistics.median(timed(lambda: local.get(name)) for _ in range(repeat))
     return [
-        f"| {name} ({size / 1e6:,.2f} MB stored) | {remote_s * 1e3:,.2f} ms | "
-        f"{bare_s * 1e3:,.2f} ms | {local_s * 1e3:,.2f} ms | {remote_s / bare_s:,.1f}x |"
+        f"| {name} ({size / 1e6:,.2f} MB stored) | {hit.ours * 1e3:,.2f} ms | "
+        f"{hit.anchor * 1e3:,.2f} ms | {local_s * 1e3:,.2f} ms | "
+        f"{1 / statistics.median(hit.ratios):,.1f}x |"
     ]
 
 
@@ -145,7 +124,6 @@ def throughput(root: Path, url: str, gib: float, repeat: int) -> list[str]:
     """Rows for upload and download of one large value (random bytes: nothing compresses)."""
     nbytes = int(gib * 2**30)
     value = np.random.default_rng(5).integers(0, 256, nbytes, dtype=np.uint8)
-    raw = value.tobytes()
     bucket = obstore.store.from_url(f"{url}-bare")
 
     def upload() -> None:
@@ -154,20 +132,23 @@ def throughput(root: Path, url: str, gib: float, repeat: int) -> list[str]:
         Cache(directory, remote=url, size_limit="4GB", memory_limit=1).set(time.time_ns(), value)
         shutil.rmtree(directory)
 
-    up_s = best(upload, repeat)
-    bare_up_s = best(lambda: obstore.put(bucket, "value", raw), repeat)
+    up = paired(upload, lambda: obstore.put(bucket, "value", memoryview(value)), repeat)
     writer = Cache(root / "large", remote=url, size_limit="4GB", memory_limit=1)
     writer.set("large", value)
     local = Cache(root / "large", size_limit="4GB", memory_limit=1)
     reader = Cache(root / "large", remote=url, size_limit="4GB", memory_limit=1)
-    down_s = best(lambda: reader.get("large"), repeat, lambda: local.delete("large"))
-    bare_down_s = best(lambda: obstore.get(bucket, "value").bytes(), repeat)
+    down = paired(
+        lambda: reader.get("large"),
+        lambda: obstore.get(bucket, "value").bytes(),
+        repeat,
+        lambda: local.delete("large"),
+    )
     gb = nbytes / 1e9
     return [
-        f"| upload {gib:g} GiB (`Cache.set`) | {gb / up_s:,.2f} GB/s | {gb / bare_up_s:,.2f} GB/s "
-        f"(obstore.put) | {bare_up_s / up_s:,.2f}x |",
-        f"| download {gib:g} GiB (`Cache.get`, remote hit) | {gb / down_s:,.2f} GB/s | "
-        f"{gb / bare_down_s:,.2f} GB/s (obstore.get) | {bare_down_s / down_s:,.2f}x |",
+        f"| upload {gib:g} GiB (`Cache.set`) | {gb / up.ours:,.2f} GB/s | "
+        f"{gb / up.anchor:,.2f} GB/s (obstore.put) | {up.ratio} |",
+        f"| download {gib:g} GiB (`Cache.get`, remote hit) | {gb / down.ours:,.2f} GB/s | "
+        f"{gb / down.anchor:,.2f} GB/s (obstore.get) | {down.ratio} |",
     ]
 
 
@@ -180,8 +161,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as scratch:
         root = Path(scratch)
         (root / "weed").mkdir()
-        server = start_seaweedfs(root / "weed")
-        try:
+        with weed.serving(root / "weed", bucket=BUCKET, credentials=CREDENTIALS) as server:
+            os.environ.update(server.environment)
             url = f"s3://{BUCKET}/bench-{time.time_ns()}"
             lines = [
                 "| remote hit | afml-cache | obstore GET alone | local hit | remote / GET |",
@@ -189,17 +170,16 @@ def main() -> None:
                 *hit_latency(root, url, "small", {"sharpe": 1.25, "window": 20}, args.repeat * 3),
                 *hit_latency(root, url, "frame 1M rows", frame(1_000_000), args.repeat),
                 "",
-                "| throughput | afml-cache | obstore alone | ratio |",
+                "| throughput | afml-cache | obstore alone | ratio (range of pairs) |",
                 "| --- | --- | --- | --- |",
                 *throughput(root, url, args.gib, max(3, args.repeat // 2)),
             ]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     table = "\n".join(lines) + "\n"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     note = (
-        f"\n`python benches/bench_remote.py` on {os.cpu_count()} cores, SeaweedFS (weed mini) on "
-        "127.0.0.1 sharing the machine; medians.\n"
+        f"\n`python benches/bench_remote.py` on {os.cpu_count()} cores (load average at the end "
+        f"{load}), SeaweedFS (weed mini) on 127.0.0.1 sharing the machine; medians, afml-cache "
+        "and obstore timed in alternation.\n"
     )
     sys.stdout.write(table + note)
     if args.out:

