@@ -12,8 +12,11 @@ Each round appends one more day and measures, in one run on one machine:
   full          the feature computed uncached on the grown frame (what a cache without
                 incremental= computes: the frame is new);
   incremental   the cached call on the grown frame: hash it in blocks, find the stored prefix,
-                compute the new day plus the lookback, stitch, hand the result to the writer;
-  write behind  the writer thread's compression and write of it (off the caller's path);
+                compute the new day plus the lookback, stitch, store the rows computed again
+                (beside the key of the whole result they extend);
+  write behind  the writer thread's compression and write of what the writer was handed (a
+                result stored whole; none when only the new rows are stored, written in the
+                call);
   hit           the same call again.
 Every result is checked against the full computation, exactly (order statistics, integer sums
 and dot products over the same windows). Wall and CPU time (this process's) are both shown:

@@ -11,11 +11,13 @@ Rows of the table, on one machine in one run:
   full            the loader uncached over five years and a day (what a cache keyed by the
                   whole call computes for a new end);
   append one day  the cached call for five years and one more day, five years being cached:
-                  fetch the day, store it, read and stitch (median over --rounds, each a day
-                  later than the one before);
+                  fetch the day, store it, read and stitch (median and range over --rounds,
+                  each a day later than the one before);
   read 100 pieces the cached call over five years held as 100 pieces (merging off), against
                   reading one entry of the same frame (``Cache.get``); warm (memory tier) and
-                  from disk (a second Cache with memory_limit=1 on the directory);
+                  from disk (a second Cache with memory_limit=1 on the directory). The two
+                  alternate, --rounds pairs, and the ratio is each pair's (median and range),
+                  so that a shared machine's load stretches both sides of a ratio alike;
   merged          the first read past MERGE_ABOVE pieces (stitches and stores the merged
                   piece), then a read of the merged piece.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import tempfile
@@ -104,6 +107,31 @@ def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, float, Any]
     return statistics.median(walls), statistics.median(cpus), value
 
 
+def spread(ratios: list[float], unit: str, digits: int) -> str:
+    """The median of ``ratios`` and their range, e.g. ``1.08x (0.97-1.31)``."""
+    return (
+        f"{statistics.median(ratios):.{digits}f}{unit} "
+        f"({min(ratios):.{digits}f}-{max(ratios):.{digits}f})"
+    )
+
+
+def paired(
+    one: Callable[[], Any], stitched: Callable[[], Any], rounds: int, expected: pd.DataFrame
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(wall, CPU) of ``one`` and of ``stitched`` over ``rounds`` pairs, called alternately
+    (after one untimed call of each), checking that ``stitched`` returns ``expected``."""
+    one()
+    stitched()
+    ones, stitches = [], []
+    for _ in range(rounds):
+        wall, cpu, _ = measure(one)
+        ones.append((wall, cpu))
+        wall, cpu, got = measure(stitched)
+        assert got.equals(expected), "a stitched read differs from the frame"
+        stitches.append((wall, cpu))
+    return ones, stitches
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--years", type=float, default=5.0)
@@ -122,9 +150,20 @@ def main() -> None:
     span = bars.iloc[:cut].copy()
     days = [five_years + pd.offsets.BDay(n) for n in range(1, args.rounds + 1)]
     rows: list[list[str]] = []
+    loads = [os.getloadavg()[0]]
 
     def row(case: str, wall: float, cpu: float, ratio: str) -> None:
         rows.append([case, fmt_seconds(wall), fmt_seconds(cpu), ratio])
+        loads.append(os.getloadavg()[0])
+
+    def read_rows(
+        case: str, ones: list[tuple[float, float]], reads: list[tuple[float, float]]
+    ) -> None:
+        wall = statistics.median(w for w, _ in reads)
+        cpu = statistics.median(c for _, c in reads)
+        walls = spread([r[0] / o[0] for r, o in zip(reads, ones, strict=True)], "x", 2)
+        cpus = spread([r[1] / o[1] for r, o in zip(reads, ones, strict=True)], "x", 2)
+        row(case, wall, cpu, f"{walls} wall, {cpus} CPU of 1 entry")
 
     with tempfile.TemporaryDirectory() as directory:
         cache = Cache(directory, size_limit="8GB", memory_limit="1GB")
@@ -141,7 +180,8 @@ def main() -> None:
             appends.append((wall, cpu))
         wall = statistics.median(w for w, _ in appends)
         cpu = statistics.median(c for _, c in appends)
-        row("append one day (median)", wall, cpu, f"{wall / full:.3f} of full")
+        ratio = spread([w / full for w, _ in appends], " of full", 3)
+        row("append one day (median)", wall, cpu, ratio)
         day_fetch = args.latency + DAY * args.per_row_us * 1e-6
         projected = (day_fetch + cpu) / full
         rows.append(
@@ -174,31 +214,27 @@ def main() -> None:
                 lambda: cold.get("one entry"),
             ),
         }
-        single = {}
         for where, (stitched, one) in reads.items():
-            one_wall, one_cpu, _ = measure(one, 5)
-            single[where] = (one_wall, one_cpu)
-            wall, cpu, got = measure(stitched, 5)
-            assert got.equals(span), "a stitched read differs from the frame"
+            ones, stitches = paired(one, stitched, args.rounds, span)
+            one_wall = statistics.median(w for w, _ in ones)
+            one_cpu = statistics.median(c for _, c in ones)
             row(f"read 1 entry, {where}", one_wall, one_cpu, "")
-            ratio = f"{wall / one_wall:.2f}x wall, {cpu / one_cpu:.2f}x CPU of 1 entry"
-            row(f"read 100 pieces, {where}", wall, cpu, ratio)
+            read_rows(f"read 100 pieces, {where}", ones, stitches)
         ranges.MERGE_ABOVE = 32
         wall, cpu, _ = measure(reads["warm"][0])
         row("first read past MERGE_ABOVE (merges)", wall, cpu, "")
         pieces = load.coverage("P100", cost=False)[0]["pieces"]
-        for where, (stitched, _) in reads.items():
-            wall, cpu, got = measure(stitched, 5)
-            assert got.equals(span), "a merged read differs from the frame"
-            one_wall, one_cpu = single[where]
-            ratio = f"{wall / one_wall:.2f}x wall, {cpu / one_cpu:.2f}x CPU of 1 entry"
-            row(f"read merged ({pieces} piece), {where}", wall, cpu, ratio)
+        for where, (stitched, one) in reads.items():
+            read_rows(
+                f"read merged ({pieces} piece), {where}", *paired(one, stitched, args.rounds, span)
+            )
 
     header = (
         f"5 years of weekday 24h minute bars: {len(span):,} rows, "
         f"{span.memory_usage(index=True).sum() / 1e6:.0f} MB; vendor model: {args.latency} s a "
         f"page of {args.page:,} bars + {args.per_row_us} µs a bar; targets: append <= 0.02 of "
-        "full, 100 pieces <= 1.2x of 1 entry"
+        f"full, 100 pieces <= 1.2x of 1 entry; {args.rounds} rounds; load average (1 min) "
+        f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs"
     )
     table = markdown_table(["case", "wall", "CPU", "ratio"], rows)
     text = f"{header}\n\n{table}\n"

@@ -149,6 +149,36 @@ def test_labels_that_look_ahead_are_computed_again_at_the_old_end(cache_dir: Pat
     pd.testing.assert_series_equal(result, direction.uncached(bars), check_exact=True)
 
 
+def test_labels_grown_a_row_at_a_time_from_stored_new_rows(cache_dir: Path) -> None:
+    # Each frame grows by fewer rows than the look-ahead: the rows computed again start inside
+    # the whole result, then inside the rows stored beside it; read back from memory and disk.
+    @time_aware_cacheable(incremental=True, lookback=2, lookahead=5, ignore_globals=("computed",))
+    def direction(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        close = bars["close"]
+        return np.sign(close.shift(-5) - close.shift(2)).rename("label")
+
+    bars = minute_bars(460)
+    entries = direction.__afml_cache__._open()[2]
+    previous = 0
+    for rows in [400, 401, 403, 410, 411, 430, 460]:
+        computed.clear()
+        result = direction(bars.iloc[:rows])
+        assert computed[0] == (rows if previous == 0 else rows - previous + 5 + 2)
+        previous = rows
+        pd.testing.assert_series_equal(
+            result, direction.uncached(bars.iloc[:rows]), check_exact=True
+        )
+    entries.memory.clear()
+    computed.clear()
+    hits = [direction(bars.iloc[:rows]) for rows in [401, 430, 460]]
+    assert computed == []
+    for hit in hits:
+        pd.testing.assert_series_equal(
+            hit, direction.uncached(bars.iloc[: len(hit)]), check_exact=True
+        )
+
+
 def test_a_vertical_barrier_in_time(cache_dir: Path) -> None:
     @time_aware_cacheable(
         incremental=True, lookback=0, lookahead="30min", ignore_globals=("computed",)
@@ -224,6 +254,64 @@ def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) 
     result = features(bars)
     assert computed == [400, 600]
     pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+
+
+def rows_stored(view: Cache) -> dict[int, int]:
+    """The bytes of each stored result's value, by the rows of its frame."""
+    return {
+        e["metadata"]["rows"]: e["value_size"]
+        for e in view.entries()
+        if "rows" in (e["metadata"] or {})
+    }
+
+
+def test_a_frame_grown_by_a_little_stores_only_the_rows_it_computed(cache_dir: Path) -> None:
+    bars = minute_bars(2000)
+    features(bars.iloc[:1900])
+    features(bars.iloc[:1950])
+    features(bars)  # grown from a result stored as its new rows, too
+    afml_cache.flush_writes()
+    sizes = rows_stored(features.__afml_cache__.cache())
+    assert sizes[1950] < sizes[1900] / 8 and sizes[2000] < sizes[1900] / 4
+    features.__afml_cache__._open()[2].memory.clear()
+    computed.clear()
+    hits = [features(bars.iloc[:rows]) for rows in (1950, 2000)]  # read from disk
+    assert computed == []
+    for hit in hits:
+        pd.testing.assert_frame_equal(hit, exact_features(bars.iloc[: len(hit)]), check_exact=True)
+
+
+def test_new_rows_stored_without_the_result_they_extend_are_computed_again(
+    cache_dir: Path,
+) -> None:
+    bars = minute_bars(2000)
+    features(bars.iloc[:1900])
+    features(bars)
+    view = features.__afml_cache__.cache()
+    afml_cache.flush_writes()
+    assert (
+        view.remove_entries(e for e in view.entries() if (e["metadata"] or {}).get("rows") == 1900)
+        == 1
+    )
+    computed.clear()
+    result = features(bars)
+    assert computed == [2000]
+    pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+    computed.clear()
+    features(bars)  # stored whole this time
+    assert computed == []
+
+
+def test_invalidate_removes_the_new_rows_stored_with_the_result_they_extend(
+    cache_dir: Path,
+) -> None:
+    bars = minute_bars(2000)
+    features(bars.iloc[:1900])
+    features(bars)
+    assert features.invalidate(after=bars.index[1800]) == 2
+    computed.clear()
+    features(bars)
+    assert computed == [2000]
 
 
 def test_verify_catches_a_lookback_too_short(cache_dir: Path) -> None:

@@ -12,10 +12,12 @@ import tempfile
 import textwrap
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -541,6 +543,57 @@ def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
             got.iloc[0, 0] = -1.0
             got.iloc[-1, 1] = -7
     assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
+
+
+def test_a_request_computed_whole_returns_the_functions_own_frame(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # As an uncached call would: no copy of what may be years of bars, and what the caller
+    # then does to it never reaches the stored piece.
+    returned: list[pd.DataFrame] = []
+
+    def remembered(start: Any, end: Any) -> pd.DataFrame:
+        returned.append(hourly(start, end))
+        return returned[-1]
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(remembered, log, ignore_globals=("returned",))
+    got = load("ES", "2024-01-01", "2024-01-03")
+    assert got is returned[-1]
+    got.iloc[0, 0] = -1.0
+    got.iloc[-1, 1] = -7
+    # A gap beside cached rows is computed alone; the result is a stitched copy.
+    wider = load("ES", "2024-01-01", "2024-01-04")
+    assert all(wider is not frame for frame in returned)
+    pd.testing.assert_frame_equal(wider, hourly("2024-01-01", "2024-01-04"))
+    assert spans(log) == spans([("2024-01-01", "2024-01-03"), ("2024-01-03", "2024-01-04")])
+
+
+def test_a_request_served_whole_by_one_piece_from_disk_is_not_copied_again(
+    tmp_path: Path, clock: list[int]
+) -> None:
+    # A piece larger than the memory tier, read from disk, is the caller's own: stitching it
+    # into a copy would hold its rows twice (the buffers read and numpy's copy are traced).
+    def minutes(start: Any, end: Any) -> pd.DataFrame:
+        index = pd.date_range(start, end, freq="min", inclusive="left", name="time")
+        rows = np.arange(len(index), dtype=np.float64)
+        return pd.DataFrame({"close": rows * 0.5, "volume": rows.astype(np.int64)}, index=index)
+
+    cache = Cache(tmp_path / "cache", memory_limit=1)
+    log: list[tuple[Any, Any]] = []
+    load = loader(minutes, log, cache=cache)
+    load("ES", "2024-01-01", "2024-07-01")  # 262,080 rows, 6 MB
+    expected = minutes("2024-01-01", "2024-07-01")
+    size = int(expected.memory_usage(index=True).sum())
+    tracemalloc.start()
+    try:
+        got = load("ES", "2024-01-01", "2024-07-01")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    pd.testing.assert_frame_equal(got, expected)
+    assert len(log) == 1
+    assert peak < 1.25 * size  # the rows once, as read
 
 
 def test_merging_leaves_a_piece_larger_than_the_rest_of_its_run_alone(

@@ -544,9 +544,7 @@ class _Engine:
         return key
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        start = time.perf_counter()
-        if self._failures:
-            self._report_failures()
+        start = self._begin()
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return self.fn(*args, **kwargs)
@@ -595,9 +593,7 @@ class _Engine:
             return None
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        start = time.perf_counter()
-        if self._failures:
-            self._report_failures()
+        start = self._begin()
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return await self.fn(*args, **kwargs)
@@ -622,12 +618,18 @@ class _Engine:
         elapsed: float,
         call: Call,
         lock: KeyLock | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        time_range: tuple[int, int] | None = None,
+        detail: str = "",
     ) -> None:
-        """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
+        """Stores a result; releases ``lock`` once it is on disk (or the attempt failed).
+        ``extra`` adds to the entry's metadata, ``time_range`` is the data's when no argument
+        gives one (`call.ranges`), ``detail`` ends the verbose line."""
         ttl = self.options.ttl
         # The code fingerprint lets smart_cache_clear find entries of code that has changed.
         metadata: dict[str, Any] = {"function": self.name, "code": self.code_fingerprint()}
-        time_range = None
+        metadata.update(extra or {})
         if call.ranges:
             metadata["time_ranges"] = [r.describe() for r in call.ranges]
             time_range = (min(r.start_ns for r in call.ranges), max(r.end_ns for r in call.ranges))
@@ -642,7 +644,7 @@ class _Engine:
                 self._not_stored(error)
             if config.verbosity() >= 1:
                 stored = "not stored" if error is not None else f"stored {format_size(size)}"
-                _say(f"miss {self.name}: computed in {format_latency(elapsed)}, {stored}")
+                _say(f"miss {self.name}: computed in {format_latency(elapsed)}, {stored}{detail}")
 
         entries.put(
             key,
@@ -656,6 +658,14 @@ class _Engine:
         )
         if self._failures:  # written now and failed: warn at this call
             self._report_failures()
+
+    def _begin(self) -> float:
+        """How every call opens: its start (for its latency), then the warning of results that
+        could not be stored since the last call (found on the writer thread)."""
+        start = time.perf_counter()
+        if self._failures:
+            self._report_failures()
+        return start
 
     def _not_stored(self, error: Exception) -> None:
         """Notes a failure to store a result: logged now, warned once on the user's thread."""

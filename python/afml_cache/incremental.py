@@ -14,6 +14,11 @@ extends a stored one when the stored frame's whole blocks have the same digests 
 partial block hashes the same in the new frame; a change anywhere in the old rows is a full
 computation. A family is what makes two frames' results comparable: the function, its code,
 every argument but the frame, and the frame's columns, dtypes and index kind.
+
+A result computed from a stored one is stored as its rows from the first one computed again,
+beside the key of the whole result whose rows before them it keeps (stitched on read), while
+those rows are at most MAX_TAIL_SHARE of it: each day appended then writes about a day of rows,
+not the years before it again.
 """
 
 from __future__ import annotations
@@ -31,12 +36,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from afml_cache import config
 from afml_cache._core import fingerprint
-from afml_cache.calls import TimeOptions, to_ns
-from afml_cache.decorators import _Engine, _Options, _say, finish_wrapper
+from afml_cache.calls import NO_RANGES, TimeOptions, to_ns
+from afml_cache.decorators import _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError
-from afml_cache.report import format_latency, format_size
 
 if TYPE_CHECKING:
     from afml_cache._store import KeyLock
@@ -54,6 +57,11 @@ MAX_PREFIXES = 8
 # fresh computation of the same window by up to ~1e-4 relative at price level; verify= calls a
 # difference beyond this, relative to the column's scale, a mismatch.
 NOISE = 1e-3
+# The largest share of a result's rows stored as its own rows beside a whole result it extends;
+# a larger one is stored whole, so a result's rows are read from at most two entries.
+MAX_TAIL_SHARE = 0.25
+# The first item of a stored result that is a whole result's first rows plus its own (`_Parts`).
+_STITCHED = "afml-cache stitched result"
 
 
 @dataclass(frozen=True)
@@ -164,13 +172,26 @@ class _Prefix(NamedTuple):
     key: str
 
 
+class _Parts(NamedTuple):
+    """A stored result: the rows before ``cut`` of the whole result stored under ``base_key``
+    (``base``, read without a copy), then ``tail``'s rows; ``tail`` is None when the result is
+    ``base`` itself. Stored as ``(_STITCHED, base_key, cut, tail)`` when ``tail`` is not None."""
+
+    base_key: str
+    base: Any
+    cut: int
+    tail: Any
+
+
 @dataclass(frozen=True)
 class _Grown:
-    """One call: the frame, its block digests, the key of its result, and the key of the index
-    of the stored frames it may extend."""
+    """One call: the frame (the argument ``frame_name``; `_sliceable`), its block digests, the
+    key of its result, and the key of the index of the stored frames it may extend."""
 
     entries: Entries
     frame: pd.DataFrame | pd.Series
+    frame_name: str
+    sliceable: tuple[Any, list[Any]]
     digests: tuple[str, ...]
     key: str
     index_key: str
@@ -201,28 +222,26 @@ class FeatureEngine(_Engine):
     # --- calls --------------------------------------------------------------------------------
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        start = time.perf_counter()
-        if self._failures:
-            self._report_failures()
+        start = self._begin()
         grown = self._grown(args, kwargs)
         if grown is None:
             return self.fn(*args, **kwargs)
         entries, key = grown.entries, grown.key
-        found, value, compute_time = self._lookup(entries, key)
+        found, value, compute_time = self._stored_result(grown)
         if found:
             self._record_hit(entries, key, compute_time, start)
             return value
         lock = self._lock(entries, key)
         try:
             if lock is not None:  # another caller may have computed it while this one waited
-                found, value, compute_time = self._lookup(entries, key)
+                found, value, compute_time = self._stored_result(grown)
                 if found:
                     self._record_hit(entries, key, compute_time, start)
                     return value
             computing = time.perf_counter()
-            result, fed_rows = self._compute(grown, args, kwargs)
+            result, fed_rows, stored = self._compute(grown, args, kwargs)
             elapsed = time.perf_counter() - computing
-            self._keep(grown, result, elapsed, fed_rows, lock)
+            self._keep(grown, stored, elapsed, fed_rows, lock)
             lock = None
         finally:
             if lock is not None:
@@ -254,6 +273,7 @@ class FeatureEngine(_Engine):
         grown = self._grown(args, kwargs)
         if grown is None:
             return False
+        self._check_sorted(grown, 0)
         self._check_aligned(value, grown.frame)
         self._keep(grown, value, 0.0, 0, None)
         self._remember_prefix(grown)
@@ -276,22 +296,23 @@ class FeatureEngine(_Engine):
                 f"argument ({frame_name!r}), got {type(frame).__qualname__}; pass the frame "
                 "first, or use time_aware_cacheable without incremental="
             )
-        self._check_sorted(frame, frame_name)
+        self._check_index(frame, frame_name)
         # The family: the usual key of the call with the frame's kind in place of its rows.
         bound.arguments[frame_name] = _FrameKind(frame, self.window)
         prepared = self._prepare(bound.args, bound.kwargs)
         if prepared is None:
             return None
         entries, family, _ = prepared
-        digests = _block_digests(frame, 0, len(frame))
+        sliceable = _sliceable(frame)
+        digests = _block_digests(sliceable, 0, len(frame))
         key = fingerprint(("afml-cache incremental result", family, len(frame), digests))
         # A family's index is per first row: every frame grown from a stored one starts with its
         # first row, and a sweep over many symbols keeps an index (and its slots) per symbol.
-        first_row = _block_digests(frame, 0, min(1, len(frame)))
+        first_row = _block_digests(sliceable, 0, min(1, len(frame)))
         index_key = fingerprint(("afml-cache incremental prefixes", family, first_row))
-        return _Grown(entries, frame, digests, key, index_key)
+        return _Grown(entries, frame, frame_name, sliceable, digests, key, index_key)
 
-    def _check_sorted(self, frame: pd.DataFrame | pd.Series, frame_name: str) -> None:
+    def _check_index(self, frame: pd.DataFrame | pd.Series, frame_name: str) -> None:
         index = frame.index
         by_time = isinstance(self.window.lookback, pd.Timedelta) or isinstance(
             self.window.lookahead, pd.Timedelta
@@ -301,9 +322,13 @@ class FeatureEngine(_Engine):
                 f"{self.name}: lookback/lookahead given as time need a DatetimeIndex on "
                 f"{frame_name!r}, which has a {type(index).__name__}; give them in rows instead"
             )
-        if not index.is_monotonic_increasing:
+
+    def _check_sorted(self, grown: _Grown, first: int) -> None:
+        """Refuses a frame whose index is not sorted from row ``first`` on (the rows before it
+        are a stored frame's, checked when it was stored)."""
+        if not grown.frame.index[first:].is_monotonic_increasing:
             raise ValueError(
-                f"{self.name}: the index of {frame_name!r} is not sorted ascending; "
+                f"{self.name}: the index of {grown.frame_name!r} is not sorted ascending; "
                 "incremental=True finds the rows a frame gained at its end: sort it first "
                 "(frame.sort_index())"
             )
@@ -312,21 +337,36 @@ class FeatureEngine(_Engine):
 
     def _compute(
         self, grown: _Grown, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Any, int]:
-        """The result for the call's frame and how many of its rows the function was given."""
+    ) -> tuple[Any, int, Any]:
+        """The result for the call's frame, how many of its rows the function was given, and
+        what to store: the result, or its rows from the first one computed again with the key
+        of the whole result that has the rows before them."""
         frame = grown.frame
         found = self._longest_prefix(grown)
+        self._check_sorted(grown, 0 if found is None else found[0].rows - 1)
         if found is not None:
-            prefix, stored = found
+            prefix, parts = found
             first, fed = self._tail_start(frame, prefix.rows)
             if first > 0:
-                tail = self._run_on(frame, fed, args, kwargs)
-                result = _stitch(stored, tail, first, fed, frame.index)
+                new = self._run_on(frame, fed, args, kwargs).iloc[first - fed :]
+                # Rows before `first` stay as stored: the whole result's before `cut`, then those
+                # of the stored result's own rows that come before `first`.
+                cut = min(first, parts.cut)
+                tail = new
+                if first > parts.cut:
+                    tail = _stitch(parts.tail, new, first - parts.cut, frame.index[parts.cut :])
+                result = None if tail is None else _stitch(parts.base, tail, cut, frame.index)
                 if result is not None:
+                    stored: Any = result
+                    if len(tail) <= MAX_TAIL_SHARE * len(frame):
+                        stored = (_STITCHED, parts.base_key, cut, tail)
                     if self.window.verify and self._random.random() < self.window.verify:
-                        result = self._verified(result, frame, args, kwargs)
-                    return result, len(frame) - fed
-        return self._run_on(frame, 0, args, kwargs), len(frame)
+                        verified = self._verified(result, frame, args, kwargs)
+                        if verified is not result:
+                            result = stored = verified
+                    return result, len(frame) - fed, stored
+        result = self._run_on(frame, 0, args, kwargs)
+        return result, len(frame), result
 
     def _tail_start(self, frame: pd.DataFrame | pd.Series, old_rows: int) -> tuple[int, int]:
         """(the first row to compute again, the first row to feed the function) for a frame
@@ -392,8 +432,8 @@ class FeatureEngine(_Engine):
 
     # --- the family's stored prefixes ---------------------------------------------------------
 
-    def _longest_prefix(self, grown: _Grown) -> tuple[_Prefix, Any] | None:
-        """The longest stored frame that the call's frame extends, with its result."""
+    def _longest_prefix(self, grown: _Grown) -> tuple[_Prefix, _Parts] | None:
+        """The longest stored frame that the call's frame extends, with its stored result."""
         rows = len(grown.frame)
         for prefix in self._prefixes(grown):
             if not 0 < prefix.rows < rows:
@@ -402,14 +442,38 @@ class FeatureEngine(_Engine):
             if prefix.digests[:whole] != grown.digests[:whole]:
                 continue
             if prefix.rows % BLOCK_ROWS and prefix.digests[whole:] != _block_digests(
-                grown.frame, whole * BLOCK_ROWS, prefix.rows
+                grown.sliceable, whole * BLOCK_ROWS, prefix.rows
             ):
                 continue
             # No copy: the stored result is only read into the stitched one (`_stitch`).
             found, stored, _ = self._lookup(grown.entries, prefix.key, copy=False)
-            if found:
-                return prefix, stored
+            parts = self._parts(grown.entries, prefix.key, stored) if found else None
+            if parts is not None:
+                return prefix, parts
         return None
+
+    def _stored_result(self, grown: _Grown) -> tuple[bool, Any, float]:
+        """``_lookup`` of the call's result; one stored as its own rows beside a whole result
+        is stitched to that result's rows (a miss when that result is gone)."""
+        found, value, compute_time = self._lookup(grown.entries, grown.key)
+        if found and _is_stitched(value):
+            parts = self._parts(grown.entries, grown.key, value)
+            value = None
+            if parts is not None:
+                value = _stitch(parts.base, parts.tail, parts.cut, grown.frame.index)
+            found = value is not None
+        return found, value, compute_time
+
+    def _parts(self, entries: Entries, key: str, stored: Any) -> _Parts | None:
+        """A stored result (of ``key``) as `_Parts`; None when it is rows beside a whole result
+        that is gone (evicted, invalidated)."""
+        if not _is_stitched(stored):
+            return _Parts(key, stored, len(stored), None)
+        _, base_key, cut, tail = stored
+        found, base, _ = self._lookup(entries, base_key, copy=False)
+        if not found or _is_stitched(base) or not 0 < cut <= len(base):
+            return None
+        return _Parts(base_key, base, cut, tail)
 
     def _prefixes(self, grown: _Grown) -> list[_Prefix]:
         found, prefixes, _ = self._lookup(grown.entries, grown.index_key)
@@ -434,45 +498,27 @@ class FeatureEngine(_Engine):
                 lock.release()
 
     def _keep(
-        self, grown: _Grown, result: Any, elapsed: float, fed_rows: int, lock: KeyLock | None
+        self, grown: _Grown, stored: Any, elapsed: float, fed_rows: int, lock: KeyLock | None
     ) -> None:
-        """Stores a result; releases ``lock`` once it is on disk (or the attempt failed)."""
+        """Stores a result (or its `_Parts` form); releases ``lock`` once it is on disk (or the
+        attempt failed)."""
         frame = grown.frame
-        # The code fingerprint lets smart_cache_clear find entries of code that has changed.
-        metadata = {
-            "function": self.name,
-            "code": self.code_fingerprint(),
-            "rows": len(frame),
-            "computed_rows": fed_rows,
-        }
         time_range = None
         if isinstance(frame.index, pd.DatetimeIndex) and len(frame):
+            # The whole frame's span, so invalidate(after=) takes the stitched results of a
+            # whole result it takes.
             time_range = (to_ns(frame.index[0]), to_ns(frame.index[-1]))
-
-        def behind(error: Exception | None, size: int) -> None:  # on the writer thread if behind
-            if lock is not None:
-                lock.release()
-            if error is not None:
-                self._not_stored(error)
-            if config.verbosity() >= 1:
-                stored = "not stored" if error is not None else f"stored {format_size(size)}"
-                _say(
-                    f"miss {self.name}: computed in {format_latency(elapsed)}, {stored} "
-                    f"({fed_rows:,} of {len(frame):,} rows computed)"
-                )
-
-        grown.entries.put(
+        self._store(
+            grown.entries,
             grown.key,
-            result,
-            ttl=self.options.ttl,
-            tags=self.options.tags,
-            metadata=metadata,
-            compute_time=elapsed,
+            stored,
+            elapsed,
+            NO_RANGES,
+            lock,
+            extra={"rows": len(frame), "computed_rows": fed_rows},
             time_range=time_range,
-            behind=behind,
+            detail=f" ({fed_rows:,} of {len(frame):,} rows computed)",
         )
-        if self._failures:  # written now and failed: warn at this call
-            self._report_failures()
 
 
 class _FrameKind:
@@ -509,9 +555,8 @@ def _parsed(prefixes: Any) -> list[_Prefix]:
         return []
 
 
-def _block_digests(frame: pd.DataFrame | pd.Series, start: int, stop: int) -> tuple[str, ...]:
-    """The digests of rows ``start:stop`` in blocks of BLOCK_ROWS (the last may be short), each
-    over every value of its rows and their index. ``start`` is a block boundary."""
+def _sliceable(frame: pd.DataFrame | pd.Series) -> tuple[Any, list[Any]]:
+    """The frame's index labels and column values, each sliceable by row without a copy."""
     index = frame.index
     if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
         labels: Any = index.asi8  # unit and tz are in the family
@@ -524,7 +569,14 @@ def _block_digests(frame: pd.DataFrame | pd.Series, start: int, stop: int) -> tu
         if isinstance(frame, pd.Series)
         else [frame.iloc[:, j] for j in range(frame.shape[1])]
     )
-    values = [_values(c) for c in columns]
+    return labels, [_values(c) for c in columns]
+
+
+def _block_digests(sliceable: tuple[Any, list[Any]], start: int, stop: int) -> tuple[str, ...]:
+    """The digests of rows ``start:stop`` of a frame (`_sliceable`) in blocks of BLOCK_ROWS (the
+    last may be short), each over every value of its rows and their index. ``start`` is a block
+    boundary."""
+    labels, values = sliceable
     return tuple(
         fingerprint(
             (
@@ -544,28 +596,36 @@ def _values(column: pd.Series) -> Any:
     return column.array
 
 
-def _stitch(stored: Any, tail: Any, first: int, fed: int, index: pd.Index) -> Any:
-    """The stored result's rows before ``first``, then ``tail``'s (computed from row ``fed`` on)
-    from ``first`` on, on ``index``, the grown frame's; None when they do not fit together
-    (other columns, dtypes, or an index the function renamed). A fresh frame (both parts have
-    rows, so concat copies them): ``stored`` may be the memory tier's own (``copy=False``)."""
-    if type(stored) is not type(tail):
+def _is_stitched(stored: Any) -> bool:
+    return isinstance(stored, tuple) and len(stored) == 4 and stored[0] == _STITCHED
+
+
+def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
+    """``head``'s rows before ``cut``, then ``tail``'s, on ``index`` (the grown frame's rows
+    from the head's first on); None when they do not fit together (other columns, dtypes, or
+    an index the function renamed). A fresh frame (both parts have rows, so concat copies them):
+    ``head`` may be the memory tier's own (``copy=False``)."""
+    if (
+        type(head) is not type(tail)
+        or not 0 < cut <= len(head)
+        or not len(tail)
+        or cut + len(tail) != len(index)
+    ):
         return None
-    if isinstance(stored, pd.DataFrame):
-        if not stored.columns.equals(tail.columns) or not stored.dtypes.equals(tail.dtypes):
+    if isinstance(head, pd.DataFrame):
+        if not head.columns.equals(tail.columns) or not head.dtypes.equals(tail.dtypes):
             return None
-    elif stored.name != tail.name or stored.dtype != tail.dtype:
+    elif head.name != tail.name or head.dtype != tail.dtype:
         return None
     # Both parts are on the frame's rows (checked when computed): the frame's own index is the
     # result's, without concatenating another copy of it.
-    fed_index = index[fed:]
     if (
         tail.index.names != index.names
         or tail.index.dtype != index.dtype
-        or getattr(tail.index, "freq", None) != getattr(fed_index, "freq", None)
+        or getattr(tail.index, "freq", None) != getattr(index[cut:], "freq", None)
     ):
         return None
-    result = pd.concat([stored.iloc[:first], tail.iloc[first - fed :]], ignore_index=True)
+    result = pd.concat([head.iloc[:cut], tail], ignore_index=True)
     result.index = index
     return result
 

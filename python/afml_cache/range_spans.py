@@ -199,15 +199,17 @@ def _slice(frame: Any, low: int, high: int) -> Any:
     return frame if first == 0 and last == len(frame) else frame.iloc[first:last]
 
 
-def stitch(parts: list[tuple[Any, int, int]], start: int, end: int) -> Any:
+def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any = None) -> Any:
     """The rows of ``(frame, low, high)`` parts within ``[start, end)``, in time order, with
     the index frequency the parts share (as the function would have given it): a fresh frame
     that shares no buffer with the parts, which may be the memory tier's own (read with
-    ``lookup(copy=False)``)."""
+    ``lookup(copy=False)``). ``fresh``, a frame the function has just returned and the call
+    owns, is the result itself when it is all of it, as an uncached call's would be."""
     slices = [_slice(frame, max(low, start), min(high, end)) for frame, low, high in parts]
     rows = [s for s in slices if len(s)]
     if len(rows) <= 1:
-        return (rows or slices)[0].copy(deep=True)
+        only = (rows or slices)[0]
+        return only if only is fresh else only.copy(deep=True)
     result = pd.concat(rows)
     freqs = {s.index.freq for s in rows}
     if len(freqs) == 1 and None not in freqs:

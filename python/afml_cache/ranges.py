@@ -193,17 +193,16 @@ class RangeEngine(_Engine):
     # --- calls --------------------------------------------------------------------------------
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        started = time.perf_counter()
-        if self._failures:
-            self._report_failures()
+        started = self._begin()
         request = self._request(args, kwargs)
         if request is None:
             return self.fn(*args, **kwargs)
         now = now_ns()  # one moment for the whole read: a tail must not expire midway
         found = self._read(request, self._pieces(request), now)
         if found is not None:
-            pieces, frames, times = found
-            result = stitch(self._parts(request, pieces, frames, now), request.start, request.end)
+            pieces, frames, times, own = found
+            parts = self._parts(request, pieces, frames, now)
+            result = stitch(parts, request.start, request.end, fresh=own)
             self._record_hit(request.entries, request.family, sum(times.values()), started)
             if len(pieces) > MERGE_ABOVE:
                 self._merge_now(request, frames, times)
@@ -263,7 +262,7 @@ class RangeEngine(_Engine):
     def refresh(self, *args: Any, **kwargs: Any) -> Any:
         """Computes ``[start, end)`` again, whatever is cached, and returns it (the new rows
         replace the old ones in the family's coverage)."""
-        started = time.perf_counter()
+        started = self._begin()
         request = self._request(args, kwargs)
         if request is None:
             return self.fn(*args, **kwargs)
@@ -352,21 +351,34 @@ class RangeEngine(_Engine):
 
     def _read(
         self, request: _Request, pieces: list[Piece], now: int
-    ) -> tuple[list[Piece], dict[str, Any], dict[str, float]] | None:
-        """The pieces, their frames and the time computing those took (see `_frames`), if the
-        request's whole span is covered by pieces valid at ``now`` and on disk; else None."""
+    ) -> tuple[list[Piece], dict[str, Any], dict[str, float], Any] | None:
+        """The pieces, their frames and the time computing those took (see `_frames`), and
+        the frame the call owns (or None), if the request's whole span is covered by pieces
+        valid at ``now`` and on disk; else None."""
         spans = [self._valid(p, now) for p in pieces]
         if gaps([(request.start, request.end)], spans) or not pieces:
             return None
-        frames, missing, times = self._frames(request, pieces, spans)
-        return None if missing else (pieces, frames, times)
+        inside = [s for s in spans if s[0] < s[1] and s[1] > request.start and s[0] < request.end]
+        # One piece whose valid part lies inside the request is all of it: read as the call's
+        # own copy, its frame is the result (`stitch`), where read shared it would be copied
+        # there; and from disk, past what the memory tier holds, it is not copied at all.
+        whole = len(inside) == 1 and request.start <= inside[0][0] and inside[0][1] <= request.end
+        frames, missing, times = self._frames(request, pieces, spans, copy=whole)
+        if missing:
+            return None
+        return pieces, frames, times, next(iter(frames.values())) if whole else None
 
     def _frames(
-        self, request: _Request, pieces: list[Piece], spans: list[tuple[int, int]]
+        self,
+        request: _Request,
+        pieces: list[Piece],
+        spans: list[tuple[int, int]],
+        copy: bool = False,
     ) -> tuple[dict[str, Any], set[str], dict[str, float]]:
         """The frames of the pieces whose valid part overlaps the request, by digest; the
         digests of those whose entry is gone (evicted, expired); the time computing each found
-        one took, by digest."""
+        one took, by digest. ``copy``: each frame is the caller's own; else it may be the
+        memory tier's, to be read only."""
         wanted = dict.fromkeys(
             piece.digest
             for piece, (start, end) in zip(pieces, spans, strict=True)
@@ -375,9 +387,9 @@ class RangeEngine(_Engine):
         entries = request.entries
 
         def read(digest: str) -> tuple[bool, Any, float]:
-            # No copy: the frames are only read into the stitched result (`stitch`), never
-            # handed out themselves.
-            return self._lookup(entries, digest, copy=False)
+            # Without a copy the frames are only read into the stitched result (`stitch`),
+            # never handed out themselves.
+            return self._lookup(entries, digest, copy=copy)
 
         # Pieces on disk are read side by side: the store decompresses with the GIL released,
         # and pieces too small to be decompressed in parallel would otherwise keep one core.
@@ -435,6 +447,7 @@ class RangeEngine(_Engine):
             computed = 0.0
             changed = bool(missing)
             unstored: set[str] = set()
+            frame = None
             try:
                 for low, high in missing_spans:
                     piece, frame, elapsed = self._compute_gap(request, low, high, unstored)
@@ -448,7 +461,7 @@ class RangeEngine(_Engine):
                 if changed and self._write_record(request, stored):
                     self._drop_unused(request, recorded, stored)
             parts = self._parts(request, pieces, frames, now)
-            result = stitch(parts, request.start, request.end)
+            result = stitch(parts, request.start, request.end, fresh=frame)
             if len(stored) > MERGE_ABOVE:
                 self._merge(request, stored, frames, times)
         finally:
