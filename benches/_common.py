@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import math
 import os
 import platform
 import statistics
@@ -177,3 +178,58 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out.extend(line(row) for row in text_rows)
     return "\n".join(out)
+
+
+# The generator's parameters, shared by the frame and its entropy bound below.
+_STEP, _GAP, _WICK, _VOLUME_MU = 5e-4, 1e-4, 3e-4, 8.0
+
+
+def continuous_ohlcv(n: int) -> Any:
+    """A 1-minute OHLCV frame of full-precision prices: close is a geometric random walk."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, _STEP, n)))
+    open_ = np.empty(n)
+    open_[0] = 100.0
+    open_[1:] = close[:-1]
+    open_ *= 1.0 + rng.normal(0.0, _GAP, n)  # small gap between bars
+    spread = np.abs(rng.normal(0.0, _WICK, (2, n))) * close
+    high = np.maximum(open_, close) + spread[0]
+    low = np.minimum(open_, close) - spread[1]
+    volume = np.round(rng.lognormal(_VOLUME_MU, 1.0, n))
+    index = pd.date_range("2020-01-01", periods=n, freq="min", tz="UTC")
+    return pd.DataFrame(
+        {"open": open_, "high": high, "low": low, "close": close, "volume": volume},
+        index=index,
+    )
+
+
+def continuous_ohlcv_bound(frame: Any) -> float:
+    """The fewest bytes any lossless codec can store ``continuous_ohlcv``'s frame in, on average.
+
+    Each value costs -log2 of its probability under the process that generated it, given the
+    values before it: a density times the width of the float64 cell the value falls in (for a
+    price: its own random step, gap or wick, to first order; for a volume: the lognormal at that
+    integer). Their sum is the frame's entropy (Shannon's bound); the regular index costs
+    nothing. A codec that does not know the generator's seed can only come near it from above.
+    """
+    import numpy as np
+
+    def bits(x: Any, mean: Any, sd: Any) -> Any:
+        z = (x - mean) / sd
+        return (0.5 * z * z) / math.log(2) + np.log2(
+            sd * math.sqrt(2 * math.pi) / np.spacing(np.abs(x))
+        )
+
+    o, h, lo, c, v = (frame[name].to_numpy() for name in ("open", "high", "low", "close", "volume"))
+    total = bits(c[1:], c[:-1], _STEP * c[:-1]).sum() + bits(o[1:], c[:-1], _GAP * c[:-1]).sum()
+    # A wick is a half-normal: one bit less than the normal of the same scale.
+    total += (bits(h, np.maximum(o, c), _WICK * c) - 1).sum()
+    total += (bits(lo, np.minimum(o, c), _WICK * c) - 1).sum()
+    log_v = np.log(v)
+    total += (
+        (0.5 * (log_v - _VOLUME_MU) ** 2 - np.log(1 / (v * math.sqrt(2 * math.pi)))) / math.log(2)
+    ).sum()
+    return float(total) / 8

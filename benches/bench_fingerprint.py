@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    continuous_ohlcv,
     fmt_ratio,
     fmt_seconds,
     machine_facts,
@@ -161,27 +162,6 @@ def make_array(nbytes: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal(nbytes // 8)
 
 
-def make_ohlcv(n: int) -> Any:
-    """A realistic 1-minute OHLCV frame: close is a geometric random walk."""
-    import pandas as pd
-
-    rng = np.random.default_rng(1)
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 5e-4, n)))
-    open_ = np.empty(n)
-    open_[0] = 100.0
-    open_[1:] = close[:-1]
-    open_ *= 1.0 + rng.normal(0.0, 1e-4, n)  # small gap between bars
-    spread = np.abs(rng.normal(0.0, 3e-4, (2, n))) * close
-    high = np.maximum(open_, close) + spread[0]
-    low = np.minimum(open_, close) - spread[1]
-    volume = np.round(rng.lognormal(8.0, 1.0, n))
-    index = pd.date_range("2020-01-01", periods=n, freq="min", tz="UTC")
-    return pd.DataFrame(
-        {"open": open_, "high": high, "low": low, "close": close, "volume": volume},
-        index=index,
-    )
-
-
 # --------------------------------------------------------------------------- cases
 
 
@@ -233,7 +213,7 @@ def case_ohlcv(cfg: Config, afml: Any | None) -> Iterator[Result]:
     if pd is None:
         print(f"note: {case} needs pandas; case skipped", file=sys.stderr)
         return
-    df = make_ohlcv(cfg.ohlcv_rows)
+    df = continuous_ohlcv(cfg.ohlcv_rows)
     nbytes = int(df.memory_usage(index=True, deep=True).sum())
     tools: list[Tool] = []
     if afml is not None:
@@ -327,7 +307,7 @@ def goal_rows(cfg: Config, afml: Any, blake3: Any) -> list[list[str]]:
 
 
 def frame_row(cfg: Config, afml: Any, blake3_of: Timing, repeats: int) -> list[str]:
-    frame = make_ohlcv(cfg.ohlcv_rows)
+    frame = continuous_ohlcv(cfg.ohlcv_rows)
     buf = one_buffer(frame)
     work, anchor = alternating(lambda: afml.fingerprint(frame), blake3_of(buf), repeats)
     return [

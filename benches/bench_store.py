@@ -6,6 +6,7 @@ Run from the repository root (with ``afml_cache`` importable, e.g. after ``matur
     python benches/bench_store.py --quick         # smoke test: small sizes, few repeats
     python benches/bench_store.py --full-scale    # also 1,000,000 entries in get_vs_entries
     python benches/bench_store.py --only ohlcv_1m --json results.json
+    python benches/bench_store.py --only ohlcv_continuous   # stored size vs the entropy bound
 
 Cases and tools:
 
@@ -23,6 +24,10 @@ Cases and tools:
   through a ``memory_limit=1`` one (from disk). ``diskcache.Cache.set/get`` (pickled into a
   value file), ``joblib.dump/load`` raw and with ``compress=("zlib", 3)``, and with
   ``("lz4", 3)`` if the lz4 package is installed. cachier: skipped (no direct store API).
+- ``ohlcv_continuous``: the same shape of frame with full-precision prices (a continuous
+  geometric random walk, ``_common.continuous_ohlcv``): bytes on disk at ``default`` and ``max``
+  beside the frame's entropy under the process that generated it, which no lossless codec
+  beats on average.
 - ``large``: one large float64 array (a random walk on a 0.25 tick), stored and read back by
   afml-cache (``Cache.set`` / ``Cache.get`` from disk, ``memory_limit=1``) and by
   ``np.save`` / ``np.load`` in the same directory: 1 GiB at the default compression and 512 MB
@@ -62,6 +67,8 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    continuous_ohlcv,
+    continuous_ohlcv_bound,
     filesystem_of,
     fmt_ratio,
     fmt_seconds,
@@ -167,6 +174,17 @@ class Stored:
     @property
     def read_gbps(self) -> float:
         return self.raw_bytes / self.read_median_s / 1e9
+
+
+@dataclass
+class Bounded:
+    """A row of ohlcv_continuous: size on disk beside the least any lossless codec can do."""
+
+    tool: str
+    raw_bytes: int
+    stored_bytes: int
+    bound_bytes: float
+    size_target: float | None = None
 
 
 @dataclass
@@ -503,6 +521,54 @@ def case_ohlcv(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Stored]:
     return results
 
 
+def case_ohlcv_continuous(cfg: Config, afml: Any | None, dirs: TempDirs) -> list[Bounded]:
+    """Stored size of full-precision prices beside their entropy (what goal 7's 0.45 asks of)."""
+    if afml is None or optional_import("pandas") is None:
+        print("note: ohlcv_continuous needs afml_cache and pandas; case skipped", file=sys.stderr)
+        return []
+    df = continuous_ohlcv(cfg.ohlcv_rows)
+    raw = int(df.memory_usage(index=True, deep=True).sum())
+    bound = continuous_ohlcv_bound(df)
+    results = []
+    for level in ("default", "max"):
+        progress(f"ohlcv_continuous: {level} ...")
+        cache = afml.Cache(dirs.new(f"continuous-{level}"), compression=level)
+        cache.set("frame", df)
+        check_equal(level, afml.Cache(cache.directory, memory_limit=1).get("frame"), df)
+        stored = sum(e["size"] for e in cache.entries())
+        name = f'{AFML} compression="{level}"'
+        results.append(Bounded(name, raw, stored, bound, SIZE_TARGETS.get(level)))
+    return results
+
+
+def bounded_rows(results: list[Bounded]) -> list[list[str]]:
+    rows = [
+        [
+            r.tool,
+            f"{r.stored_bytes / 1e6:.1f} MB",
+            f"{r.stored_bytes / r.raw_bytes:.3f}",
+            f"{r.stored_bytes / r.bound_bytes:.2f}x",
+            "" if r.size_target is None else f"size <= {r.size_target:g}",
+            ""
+            if r.size_target is None
+            else ("ok" if r.stored_bytes / r.raw_bytes <= r.size_target else "MISS"),
+        ]
+        for r in results
+    ]
+    bound = results[0]
+    rows.append(
+        [
+            "entropy of the generating process (no lossless codec does better on average)",
+            f"{bound.bound_bytes / 1e6:.1f} MB",
+            f"{bound.bound_bytes / bound.raw_bytes:.3f}",
+            "1.00x",
+            "",
+            "",
+        ]
+    )
+    return rows
+
+
 # --------------------------------------------------------------------------- large
 
 # Runs one operation in a fresh interpreter: prints its seconds and peak memory beyond the value.
@@ -802,6 +868,7 @@ CASES: dict[str, Callable[[Config, Any | None, TempDirs], list[Any]]] = {
     "small_get": case_small_get,
     "small_set": case_small_set,
     "ohlcv_1m": case_ohlcv,
+    "ohlcv_continuous": case_ohlcv_continuous,
     "large": case_large,
     "get_vs_entries": case_scaling,
 }
@@ -886,6 +953,24 @@ def main(argv: list[str] | None = None) -> int:
         if not _has("lz4"):
             notes.append('joblib compress=("lz4", 3): skipped, the lz4 package is not installed.')
         print("\n" + "\n".join(notes) + "\n")
+    if results.get("ohlcv_continuous"):
+        raw = results["ohlcv_continuous"][0].raw_bytes
+        print(
+            f"## OHLCV frame of full-precision prices: {cfg.ohlcv_rows:,} rows, "
+            f"{raw / 1e6:.1f} MB raw\n"
+        )
+        print(
+            markdown_table(
+                ["tool", "on disk", "size ratio", "vs the bound", "target", "status"],
+                bounded_rows(results["ohlcv_continuous"]),
+            )
+        )
+        print(
+            "\nbenches/_common.py's continuous_ohlcv: a geometric random walk at full float64 "
+            "precision.\nThe bound is -log2 of each value's probability under the process that "
+            "made it, summed\n(continuous_ohlcv_bound); the low mantissa bits of such prices are "
+            "noise no codec removes.\n"
+        )
     if results.get("large"):
         print("## Large values: afml-cache beside np.save / np.load on the same disk\n")
         print(markdown_table(LARGE_HEADERS, large_rows(results["large"])))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.entry_bytes import Located, locate
 
 import afml_cache
 from afml_cache.cache import Cache
@@ -61,14 +62,17 @@ class Served:
         self.thread.start()
         self.url = self.server.url.rstrip("/")
 
-    def files(self) -> dict[str, set[Path]]:
-        """The entries' files on disk, by function."""
-        found: dict[str, set[Path]] = {}
+    def files(self) -> dict[str, set[tuple[str, Located]]]:
+        """Each function's entries on disk (files, or records in packs), by digest."""
+        found: dict[str, set[tuple[str, Located]]] = {}
         for f in (self.cube, self.half):
-            paths = {Path(e["path"]) for e in f.cache_entries()}
-            assert all(p.is_file() for p in paths)
-            found[f.__afml_cache__.name] = paths
+            name = f.__afml_cache__.name
+            found[name] = {(e["digest"], self.where(name, e["digest"])) for e in f.cache_entries()}
+            assert all(at is not None and at.read()[:6] == b"AFMLCE" for _, at in found[name])
         return found
+
+    def where(self, function: str, digest: str) -> Located | None:
+        return locate(self.cache.directory, digest=digest, namespace=function)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -137,7 +141,7 @@ def test_clear_by_tag_removes_only_the_tagged_entries(served, caplog):
     assert (status, json.loads(body)["entries_removed"]) == (200, 3)
     after = served.files()
     assert after == {cube: set(), half: before[half]}
-    assert not any(p.exists() for p in before[cube])
+    assert not any(served.where(cube, digest) for digest, _ in before[cube])
     assert "removed 3 entries tagged 'daily'" in caplog.text
 
 
@@ -156,7 +160,7 @@ def test_clear_everything(served):
     status, _, body = fetch(served.url + "/admin/clear", "POST")
     assert (status, json.loads(body)["entries_removed"]) == (200, 6)
     assert all(not paths for paths in served.files().values())
-    assert not any(p.exists() for paths in before.values() for p in paths)
+    assert not any(served.where(f, digest) for f, found in before.items() for digest, _ in found)
     assert all(row.calls == 0 for row in served.cache.function_stats())  # statistics too
 
 
@@ -168,7 +172,7 @@ def test_delete_one_entry(served):
         served.url + f"/admin/entry?function={half}&digest={gone['digest']}", "DELETE"
     )
     assert status == 200
-    assert not Path(gone["path"]).exists()
+    assert served.where(half, gone["digest"]) is None
     assert {e["digest"] for e in served.half.cache_entries()} == {e["digest"] for e in entries[1:]}
     status, _, body = fetch(
         served.url + f"/admin/entry?function={half}&digest={gone['digest']}", "DELETE"

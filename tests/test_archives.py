@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.entry_bytes import bytes_on_disk, stored
 
 from afml_cache import Cache
 from afml_cache.cli import main
@@ -108,8 +109,8 @@ def test_an_import_gives_back_every_value(exported: Path, tmp_path: Path) -> Non
     for key, value in values().items():
         same(reader.get(key), value)
     assert reader.check() == []
-    assert reader.stats()["count"] == len(files_under(tmp_path / "target")) == len(values())
-    assert reader.volume() == sum(p.stat().st_size for p in files_under(tmp_path / "target"))
+    assert reader.stats()["count"] == len(stored(tmp_path / "target")) == len(values())
+    assert reader.volume() == bytes_on_disk(tmp_path / "target")
     # Importing again replaces the entries: the counters count each once.
     assert Cache(tmp_path / "target").import_(exported) == len(values())
     assert Cache(tmp_path / "target").stats()["count"] == len(values())

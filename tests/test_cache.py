@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.entry_bytes import bytes_on_disk, entry_files, locate, stored
 
 from afml_cache import Cache, CacheError, fingerprint
 
@@ -32,14 +33,6 @@ MISSING = object()
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def entry_files(directory: Path) -> list[Path]:
-    return sorted((directory / "entries").rglob("*.afc"))
-
-
-def bytes_on_disk(directory: Path) -> int:
-    return sum(p.stat().st_size for p in entry_files(directory))
 
 
 def noise(nbytes: int, seed: int) -> np.ndarray:
@@ -118,7 +111,7 @@ def test_overwriting_a_key_replaces_its_value_everywhere(cache, directory):
     assert cache.get("a") == 2
     assert Cache(directory).get("a") == 2
     assert len(cache) == 1
-    assert len(entry_files(directory)) == 1
+    assert len(stored(directory)) == 1
     assert cache.stats()["count"] == 1
 
 
@@ -224,6 +217,9 @@ def test_entries_describe_what_was_stored(cache, directory):
     assert 99 <= entry["expires"] - entry["created"] <= 101
     assert entry["hits"] == 0
     other = by_digest[fingerprint(("not", "a", "str"))]
+    packed = locate(directory, ("not", "a", "str"))  # a small entry: a record in its shard's pack
+    assert (Path(other["path"]), other["size"]) == (packed.path, packed.length)
+    assert packed.path == directory / "entries" / "default" / f"{other['digest'][:2]}.pack"
     assert other["key"] is None
     assert other["expires"] is None
     assert other["protected"] is False
@@ -245,7 +241,7 @@ def test_an_unpicklable_value_raises_cache_error_and_stores_nothing(cache):
     with pytest.raises(CacheError, match="pickle"):
         cache.set("f", lambda: 0)
     assert "f" not in cache
-    assert entry_files(cache.directory) == []
+    assert stored(cache.directory) == []
 
 
 def test_get_many_and_set_many(cache):
@@ -272,7 +268,7 @@ def test_volume_is_the_bytes_of_the_entry_files(cache, directory):
     assert cache.volume() == bytes_on_disk(directory)
     assert cache.clear() == 4
     assert cache.volume() == 0
-    assert entry_files(directory) == []
+    assert stored(directory) == []
 
 
 # --- namespaces ---------------------------------------------------------------------------------
@@ -300,17 +296,20 @@ def test_namespaces_isolate_keys(directory):
     assert Cache(directory).get("k") is None  # the default namespace is another one
 
 
+@pytest.mark.parametrize("size", ["small", "large"])  # a packed record, a file of its own
 @pytest.mark.parametrize("namespace", ["../escape", "a/b", "", ".hidden", "ü" * 200])
-def test_odd_namespaces_stay_inside_the_entries_directory(directory, namespace):
+def test_odd_namespaces_stay_inside_the_entries_directory(directory, namespace, size):
+    value = 1 if size == "small" else "v" * 10_000
     odd = Cache(directory, namespace=namespace)
-    odd.set("k", 1)
-    assert Cache(directory, namespace=namespace).get("k") == 1
+    odd.set("k", value)
+    assert Cache(directory, namespace=namespace).get("k") == value
     assert Cache(directory).get("k") is None
-    (path,) = entry_files(directory)
-    assert (directory / "entries") in path.parents
-    assert path.relative_to(directory / "entries").parts[1:] == (
-        fingerprint("k")[:2],
-        f"{fingerprint('k')}.afc",
+    (entry,) = stored(directory)
+    assert (directory / "entries") in entry.path.parents
+    assert entry.path.relative_to(directory / "entries").parts[1:] == (
+        (f"{fingerprint('k')[:2]}.pack",)
+        if size == "small"
+        else (fingerprint("k")[:2], f"{fingerprint('k')}.afc")
     )
 
 
@@ -509,8 +508,8 @@ def test_eviction_brings_the_volume_under_90_percent_of_the_limit(directory):
         assert cache.volume() == bytes_on_disk(directory)
         assert bytes_on_disk(directory) <= LIMIT
     assert bytes_on_disk(directory) <= 0.9 * LIMIT
-    assert cache.stats()["evictions"] == 12 - len(entry_files(directory))
-    assert cache.stats()["count"] == len(entry_files(directory))
+    assert cache.stats()["evictions"] == 12 - len(stored(directory))
+    assert cache.stats()["count"] == len(stored(directory))
 
 
 @pytest.mark.parametrize("policy", ["lru", "lfu", "fifo", "size", "hybrid"])
@@ -530,13 +529,13 @@ def test_a_value_larger_than_the_limit_warns_is_not_stored_and_evicts_nothing(di
     cache = small_cache(directory, "lru")
     cache.set("a", noise(ENTRY, 1))
     cache.set("b", noise(ENTRY, 2))
-    before = entry_files(directory)
+    before = stored(directory)
     with pytest.warns(UserWarning, match="size_limit"):
         assert cache.set("huge", noise(150_000, 3)) is False
     assert "huge" not in cache
     assert cache.get("huge") is None
     assert Cache(directory).get("huge") is None
-    assert entry_files(directory) == before
+    assert stored(directory) == before
     assert survivors(directory) == {"a", "b"}
     stats = cache.stats()
     assert stats["evictions"] == 0 and stats["sets"] == 2 and stats["count"] == 2
@@ -912,7 +911,7 @@ def test_importing_a_tampered_archive_raises_and_stores_nothing_bad(tmp_path, ta
         if got is not MISSING:
             assert_same_value(got, value)
     if target_member != "last":
-        assert entry_files(tmp_path / "target") == []
+        assert stored(tmp_path / "target") == []
 
 
 def test_importing_something_that_is_not_an_archive_raises_cache_error(tmp_path):
@@ -923,7 +922,7 @@ def test_importing_something_that_is_not_an_archive_raises_cache_error(tmp_path)
         tar.addfile(info, io.BytesIO(b"junk"))
     with pytest.raises(CacheError, match="manifest"):
         Cache(tmp_path / "target").import_(archive)
-    assert entry_files(tmp_path / "target") == []
+    assert stored(tmp_path / "target") == []
 
 
 # --- permissions --------------------------------------------------------------------------------
@@ -1051,11 +1050,14 @@ def test_check_reports_and_fixes_bad_entries_and_abandoned_temp_files(cache, dir
 
 
 def test_check_finds_an_entry_stored_under_another_keys_path(cache, directory):
-    cache.set("a", 1)
-    cache.set("b", 2)
+    # Entries in files of their own (above the packing limit); tests/test_packed_entries.py
+    # frames a record as another key's.
+    a, b = "a" * 5_000, "b" * 5_000
+    cache.set("a", a)
+    cache.set("b", b)
     path_a = Path(next(e["path"] for e in cache.entries() if e["key"] == "a"))
     path_b = Path(next(e["path"] for e in cache.entries() if e["key"] == "b"))
     path_b.write_bytes(path_a.read_bytes())
     assert [p["path"] for p in cache.check()] == [str(path_b)]
     assert Cache(directory).get("b") is None  # a's bytes at b's path are not b's value
-    assert Cache(directory).get("a") == 1
+    assert Cache(directory).get("a") == a

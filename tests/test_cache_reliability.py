@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.entry_bytes import bytes_on_disk, stored, temp_files
 
 from afml_cache import Cache, StoreError, fingerprint
 
@@ -33,18 +34,6 @@ MISSING = object()
 PREFIX_LEN = 40  # magic + version, hits, last access, header length, buffer count, payload length
 COUNTERS = range(8, 24)  # hits and last access: outside the MAC by design
 MAC_LEN = 32
-
-
-def entry_files(directory: Path) -> list[Path]:
-    return sorted((directory / "entries").rglob("*.afc"))
-
-
-def temp_files(directory: Path) -> list[Path]:
-    return sorted((directory / "entries").rglob("*.tmp"))
-
-
-def bytes_on_disk(directory: Path) -> int:
-    return sum(p.stat().st_size for p in entry_files(directory))
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -123,13 +112,22 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_partial_entry(tmp_path
             assert_a_written_value(k, got)
 
 
-def test_an_entry_being_overwritten_reads_as_the_old_or_the_new_value_never_a_miss(tmp_path):
-    # Writes replace an entry by an atomic rename, so while another process overwrites a key
-    # that always has an entry, every read finds one: the old value or the new one.
+def is_an_overwritten_value(got: object, padding: int) -> bool:
+    i = got[0] if padding and isinstance(got, tuple) else got
+    return isinstance(i, int) and -1 <= i < 3000 and got == worker.overwritten_value(i, padding)
+
+
+@pytest.mark.parametrize("padding", [0, 5_000], ids=["packed", "file"])
+def test_an_entry_being_overwritten_reads_as_the_old_or_the_new_value_never_a_miss(
+    tmp_path, padding
+):
+    # Writes replace an entry by an atomic rename (a file) or an append (a packed record), so
+    # while another process overwrites a key that always has an entry, every read finds one: the
+    # old value or the new one.
     directory = tmp_path / "cache"
-    Cache(directory).set("always", -1)
+    Cache(directory).set("always", worker.overwritten_value(-1, padding))
     reader = Cache(directory, memory_limit=1)  # nothing fits in memory: every get reads the disk
-    overwriter = start_worker("overwrite", directory, 3000)
+    overwriter = start_worker("overwrite", directory, 3000, padding)
     reads, misses, wrong = 0, 0, []
     try:
         assert read_line(overwriter, timeout=60) == "ready"
@@ -138,14 +136,14 @@ def test_an_entry_being_overwritten_reads_as_the_old_or_the_new_value_never_a_mi
             reads += 1
             if got is MISSING:
                 misses += 1
-            elif not (isinstance(got, int) and -1 <= got < 3000):
+            elif not is_an_overwritten_value(got, padding):
                 wrong.append(got)
     finally:
         _, err = overwriter.communicate(timeout=120)
     assert overwriter.returncode == 0, err
     assert wrong == []
     assert misses == 0, f"{misses} of {reads} reads missed an entry that always existed"
-    assert reader.get("always") == 2999
+    assert reader.get("always") == worker.overwritten_value(2999, padding)
 
 
 # --- corrupt entries are misses, removed, logged, and never unpickled ---------------------------
@@ -352,7 +350,7 @@ def test_many_processes_mixing_gets_sets_and_deletes_on_a_tiny_cache(tmp_path):
             assert worker.check_mixed_value(key, got) is None
     cache.check(fix=True)
     assert cache.volume() == bytes_on_disk(directory)
-    assert cache.stats()["count"] == len(entry_files(directory))
+    assert cache.stats()["count"] == len(stored(directory))
 
 
 # --- failing writes -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers.entry_bytes import locate
 
 import afml_cache
 from afml_cache import cli, commands
@@ -165,12 +166,6 @@ def test_a_directory_that_is_not_a_cache_is_left_untouched(tmp_path, capsys):
 # --- health -----------------------------------------------------------------------------------
 
 
-def _damage(entry_path: str) -> None:
-    raw = bytearray(Path(entry_path).read_bytes())
-    raw[-1] ^= 0xFF
-    Path(entry_path).write_bytes(bytes(raw))
-
-
 def test_health_of_a_sound_cache_exits_0_with_the_report(filled, capsys):
     code, out, _ = run(capsys, "health", "--dir", str(filled.directory))
     assert code == 0
@@ -192,22 +187,26 @@ def test_health_of_a_sound_cache_exits_0_with_the_report(filled, capsys):
     }
 
 
-def test_health_reports_a_damaged_entry_and_fix_removes_it(filled, capsys):
-    victim = next(e for e in filled.cache._store.scan(None) if e.namespace == "default")
-    _damage(str(victim.path))
+@pytest.mark.parametrize("size", ["small", "large"])  # a packed record, a file of its own
+def test_health_reports_a_damaged_entry_and_fix_removes_it(filled, capsys, size):
+    filled.cache.set("victim", "v" if size == "small" else "v" * 5_000)
+    victim = locate(filled.directory, "victim")
+    assert victim.packed is (size == "small")
+    victim.flip(-1)  # the last byte of its MAC
 
     code, document = run_json(capsys, "health", "--dir", str(filled.directory))
     assert code == 1
     assert [(p["path"], p["fixed"]) for p in document["problems"]] == [(str(victim.path), False)]
-    assert Path(victim.path).exists()
+    assert locate(filled.directory, "victim") == victim
 
     code, out, _ = run(capsys, "health", "--dir", str(filled.directory), "--fix")
     assert code == 1  # problems were found, even though they are fixed now
     assert f"fixed: {victim.path}" in out
-    assert not Path(victim.path).exists()
+    assert locate(filled.directory, "victim") is None
+    assert victim.packed or not victim.path.exists()
 
     code, document = run_json(capsys, "health", "--dir", str(filled.directory))
-    assert (code, document["problems"], document["entries"]) == (0, [], 4)
+    assert (code, document["problems"], document["entries"]) == (0, [], 5)
 
 
 # --- clear ------------------------------------------------------------------------------------

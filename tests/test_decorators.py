@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import decorated
+from helpers.entry_bytes import locate
 
 import afml_cache
 from afml_cache import (
@@ -382,15 +383,9 @@ def test_unpicklable_results_are_returned_with_one_warning_per_function(cache_di
     assert make_guard.cache_entries() == []
 
 
-def flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    position = len(data) - 48  # in the payload, under the MAC (the last 32 bytes)
-    data[position] ^= 0x5A
-    path.write_bytes(bytes(data))
-
-
+@pytest.mark.parametrize("n", [50, 2_000], ids=["packed", "file"])
 def test_a_corrupt_entry_is_recomputed_replaced_and_logged(
-    cache_dir: Path, caplog: pytest.LogCaptureFixture
+    cache_dir: Path, caplog: pytest.LogCaptureFixture, n: int
 ) -> None:
     calls = []
 
@@ -399,16 +394,18 @@ def test_a_corrupt_entry_is_recomputed_replaced_and_logged(
         calls.append(n)
         return list(range(n))
 
-    assert series(50) == list(range(50))
+    assert series(n) == list(range(n))
     (entry,) = series.cache_entries()
     path = Path(entry["path"])
     assert path.is_file()
     assert cache_dir in path.parents
-    flip_a_byte(path)
+    where = locate(cache_dir, digest=entry["digest"], namespace=series.__afml_cache__.name)
+    assert (where.path, where.packed) == (path, n == 50)
+    where.flip(-48, 0x5A)  # in the payload, under the MAC (the last 32 bytes)
     afml_cache.configure(directory=cache_dir)  # a process that never saw the value
     with caplog.at_level(logging.WARNING, logger="afml_cache"):
-        assert series(50) == list(range(50))
-    assert calls == [50, 50]
+        assert series(n) == list(range(n))
+    assert calls == [n, n]
     records = [r for r in caplog.records if r.name == "afml_cache"]
     assert records, "the corrupt entry was not logged on logger 'afml_cache'"
     assert any(str(path) in r.getMessage() for r in records), [r.getMessage() for r in records]
@@ -416,8 +413,8 @@ def test_a_corrupt_entry_is_recomputed_replaced_and_logged(
     (replaced,) = series.cache_entries()
     assert replaced["path"] == str(path)
     afml_cache.configure(directory=cache_dir)
-    assert series(50) == list(range(50))
-    assert calls == [50, 50]
+    assert series(n) == list(range(n))
+    assert calls == [n, n]
 
 
 def test_an_unusable_cache_directory_warns_once_and_functions_still_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import subprocess
 import sys
 import textwrap
@@ -86,20 +87,49 @@ def test_a_large_frame_round_trips_through_the_pieces(tmp_path: Path) -> None:
     assert_same_frame(Cache(tmp_path, memory_limit=1).get("bars"), frame)
 
 
+def chunk_table_at(path: Path) -> int:
+    """Where the first buffer's chunk table starts in an entry file (see src/store/entry.rs)."""
+    with path.open("rb") as f:
+        prefix = f.read(40)
+        header_len = struct.unpack_from("<I", prefix, 24)[0]
+        f.seek(40 + header_len)
+        stream_len = struct.unpack("<Q", f.read(8))[0]
+    # Stream, the frame's length, then its 20-byte header.
+    return 40 + header_len + 8 + stream_len + 8 + 20
+
+
+@pytest.mark.parametrize(
+    ("compression", "where", "why"),
+    [
+        ("none", "middle", "MAC does not match"),
+        # The last byte before the MAC: in the last window the reader reads and checks.
+        ("none", "last", "MAC does not match"),
+        ("default", "last", ""),
+        # Read before the MAC can be checked, to size the value's buffers.
+        ("none", "chunk table", "chunk 0"),
+        ("default", "chunk table", "chunk 0"),
+    ],
+)
 def test_a_damaged_large_entry_is_a_miss_and_is_removed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, compression: str, where: str, why: str
 ) -> None:
-    value = walk_with_noise(LARGE)
-    Cache(tmp_path, compression="none", memory_limit=1).set("walk", value)
+    # Noise packs poorly, so the default level's entry too is large enough to be read in pieces.
+    value = np.random.default_rng(5).standard_normal(LARGE // 8)
+    Cache(tmp_path, compression=compression, memory_limit=1).set("walk", value)
     (path,) = entry_files(tmp_path)
-    with path.open("r+b") as f:  # one bit in the middle of the array's bytes
-        f.seek(path.stat().st_size // 2)
+    size = path.stat().st_size
+    assert size >= 16 * 2**20
+    # One bit: in the array's bytes, or the length bits of the first chunk's table entry.
+    at = {"middle": size // 2, "last": size - 33, "chunk table": chunk_table_at(path) + 3}[where]
+    with path.open("r+b") as f:
+        f.seek(at)
         byte = f.read(1)[0]
-        f.seek(-1, 1)
-        f.write(bytes([byte ^ 0x10]))
+        f.seek(at)
+        f.write(bytes([byte ^ 0x04]))
     with caplog.at_level(logging.WARNING, logger="afml_cache"):
         assert Cache(tmp_path, memory_limit=1).get("walk", "missed") == "missed"
-    assert "MAC does not match" in caplog.text
+    assert "removed unreadable cache entry" in caplog.text
+    assert why in caplog.text
     assert not path.exists()
 
 

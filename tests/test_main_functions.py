@@ -25,6 +25,7 @@ import cloudpickle
 import pytest
 from conftest import SUBPROCESS_TIMEOUT_S
 from helpers import decorated
+from helpers.entry_bytes import stored
 
 
 def run_script(path: Path, source: str, cache: Path, *args: str) -> dict[str, Any]:
@@ -211,7 +212,7 @@ def test_a_script_function_with_its_own_cache_finds_it_where_it_lands(tmp_path: 
     assert out == [-1, -2, -2, -3]
     assert computed(counter) == [1, 2, 3]  # single flight: one worker computes 2, one reads
     assert not (tmp_path / "cache" / "entries").exists()  # only the function's own cache
-    assert len(list((own / "entries").rglob("*.afc"))) == 3
+    assert len(stored(own)) == 3
 
 
 def test_functions_of_importable_modules_still_pickle_by_reference(

@@ -271,11 +271,12 @@ def test_every_file_the_cache_creates_is_private_whatever_the_umask(
     kinds = {"functions", "locks", "entries", "stats", "mac.key", "evict.lock"}
     assert kinds <= {name.split("/")[0] for name in modes}
     assert any(name.endswith(".afc") for name in modes)
+    assert any(name.endswith(".pack") for name in modes)  # noise(10, 0): a packed entry
     if not trust_group:
         assert mode(directory) == 0o700
         assert mode(directory.parent) == 0o700
-    # Counters and locks are written in place by every member of the group.
-    shared = (".stats", ".lock", "/stats")
+    # Counters, locks and packs are written in place by every member of the group.
+    shared = (".stats", ".lock", "/stats", ".pack")
     for name, found in modes.items():
         if (directory / name).is_dir():
             expected = 0o770 if trust_group else 0o700

@@ -183,8 +183,10 @@ impl Store {
     }
 
     /// Stores a value; returns `(stored, size, mac)`: `stored` is False when the entry is larger
-    /// than the whole size limit (then `mac` is None and nothing was written).
-    #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata))]
+    /// than the whole size limit (then `mac` is None and nothing was written). `background`: a
+    /// value written behind, compressed in the writer's own low-priority pool
+    /// (`parallel::in_background`), not in the one the caller's fingerprints use.
+    #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata, background = false))]
     #[allow(clippy::too_many_arguments)]
     fn put<'py>(
         &self,
@@ -200,6 +202,7 @@ impl Store {
         tags: Vec<String>,
         time_range: Option<(i64, i64)>,
         metadata: String,
+        background: bool,
     ) -> PyResult<(bool, u64, Option<Bound<'py, PyBytes>>)> {
         let compression: Compression =
             compression.parse().map_err(|e: codec::UnknownCompression| PyValueError::new_err(e.to_string()))?;
@@ -226,7 +229,9 @@ impl Store {
             time_range,
             metadata,
         };
-        match py.detach(|| self.inner.put(new))? {
+        let put = || self.inner.put(new);
+        let stored = py.detach(|| if background { crate::parallel::in_background(put) } else { put() });
+        match stored? {
             Stored::Written { bytes, mac } => Ok((true, bytes, Some(PyBytes::new(py, &mac)))),
             Stored::TooLarge { bytes, .. } => Ok((false, bytes, None)),
         }
@@ -250,6 +255,12 @@ impl Store {
 
     fn contains(&self, py: Python<'_>, namespace: &str, digest: &str) -> PyResult<bool> {
         Ok(py.detach(|| self.inner.contains(namespace, digest))?)
+    }
+
+    /// `(file, offset, length)` of the entry's sealed bytes (None if there is none): the file
+    /// holding it, where they start and how many there are (for tests that damage entries).
+    fn locate(&self, py: Python<'_>, namespace: &str, digest: &str) -> PyResult<Option<(PathBuf, u64, u64)>> {
+        Ok(py.detach(|| self.inner.locate(namespace, digest))?)
     }
 
     /// The MAC of the entry stored now for `digest` (None if there is none).

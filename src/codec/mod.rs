@@ -104,7 +104,7 @@ use crate::error::{Error, Result};
 
 /// Target size of a chunk before rounding down to a multiple of the item size: large enough
 /// that LZ4's per-block overhead vanishes and rayon's per-task cost is noise (a 512 KiB chunk
-/// takes ~0.3 ms to compress), small enough that a 1 MiB buffer already uses both cores and a
+/// takes ~0.3 ms to compress), small enough that a buffer of a few MiB uses both cores and a
 /// chunk plus its scratch stays in cache between the shuffle and LZ4.
 pub const CHUNK_SIZE: usize = 512 * 1024;
 
@@ -115,6 +115,9 @@ const RAW_FLAG: u32 = 1 << 31;
 /// Method 3 only: the chunk's items were delta-coded before the shuffle.
 const DELTA_FLAG: u32 = 1 << 30;
 const LEN_MASK: u32 = DELTA_FLAG - 1;
+/// Decoded bytes up to which chunks are decoded on the calling thread: for two chunks, waking
+/// the pool's threads costs about what sharing the work saves (three chunks gain).
+const PARALLEL_DECODE: usize = 2 * CHUNK_SIZE;
 /// LZ4 emits at least one byte per 255 bytes of output (a match-length extension byte adds at
 /// most 255), so a compressed chunk can never expand by more than this.
 const MAX_LZ4_RATIO: usize = 255;
@@ -579,30 +582,30 @@ impl Layout {
         start..(start + self.chunk_size).min(self.raw_len)
     }
 
-    /// Decodes chunks `range` into `out` (the whole decoded buffer, [`Layout::raw_len`] long) from
-    /// `stored`: the frame's bytes from the first of those chunks to the end of the last.
-    /// In parallel when there are two or more chunks.
-    pub fn decode_chunks(&self, range: Range<usize>, stored: &[u8], out: &mut [u8]) -> Result<()> {
-        if out.len() != self.raw_len {
-            return Err(corrupt(format!(
-                "the frame decodes to {} bytes but the output buffer has {}",
-                self.raw_len,
-                out.len()
-            )));
-        }
+    /// Decodes chunks `range` into `dst`, their place in the decoded buffer (from the start of
+    /// the first to the end of the last), from `stored`: the frame's bytes from the first of
+    /// those chunks to the end of the last. In parallel above [`PARALLEL_DECODE`] bytes.
+    pub fn decode_chunks(&self, range: Range<usize>, stored: &[u8], dst: &mut [u8]) -> Result<()> {
         if range.is_empty() {
             return Ok(());
+        }
+        let raw = self.raw_span(range.start).start..self.raw_span(range.end - 1).end;
+        if dst.len() != raw.len() {
+            return Err(corrupt(format!(
+                "chunks {range:?} decode to {} bytes but the output buffer has {}",
+                raw.len(),
+                dst.len()
+            )));
         }
         let base = self.chunks[range.start].start;
         if stored.len() != self.stored_span(range.end - 1).end - base {
             return Err(corrupt("the stored bytes given do not span the chunks to decode"));
         }
-        let dst = &mut out[self.raw_span(range.start).start..self.raw_span(range.end - 1).end];
         let work = |(i, dst): (usize, &mut [u8])| {
             let c = &self.chunks[i];
             self.decode_chunk(i, c, &stored[c.start - base..c.start - base + c.stored_len], dst)
         };
-        if range.len() < 2 || !crate::parallel::available() {
+        if dst.len() <= PARALLEL_DECODE || !crate::parallel::available() {
             range.zip(dst.chunks_mut(self.chunk_size)).try_for_each(work)
         } else {
             range.into_par_iter().zip(dst.par_chunks_mut(self.chunk_size)).try_for_each(work)
@@ -663,6 +666,13 @@ pub fn decoded_len(frame: &[u8]) -> Result<usize> {
 /// partial garbage.
 pub fn decode_into(frame: &[u8], out: &mut [u8]) -> Result<()> {
     let layout = layout(frame, frame.len())?;
+    if out.len() != layout.raw_len {
+        return Err(corrupt(format!(
+            "the frame decodes to {} bytes but the output buffer has {}",
+            layout.raw_len,
+            out.len()
+        )));
+    }
     layout.decode_chunks(0..layout.chunks(), &frame[layout.head_len..], out)
 }
 

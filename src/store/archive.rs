@@ -89,9 +89,16 @@ impl Store {
         Ok(staged)
     }
 
-    /// Moves a staged entry into place and counts it.
+    /// Moves a staged entry into place (into its pack, if small) and counts it.
     pub fn commit_import(&self, mut staged: Staged) -> Result<()> {
         let ring = self.keyring();
+        if staged.size < super::PACKED_BELOW as u64 {
+            let sealed = fs::read(&staged.temp).map_err(|e| Error::io("cannot read", &staged.temp, e))?;
+            self.put_packed(&ring, &staged.namespace, &staged.key, &sealed)?;
+            // Best effort, as below.
+            let _ = self.function_counters(&staged.namespace);
+            return Ok(()); // dropping `staged` removes its temp file
+        }
         let replaced = super::replace(&staged.temp, &staged.path)
             .map_err(|e| Error::io("cannot move into place", &staged.path, e))?;
         staged.committed = true;

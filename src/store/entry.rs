@@ -283,8 +283,13 @@ pub fn write_streamed(
     Ok((at + MAC_LEN as u64, mac))
 }
 
-/// Stored bytes read per step by [`Streamed::read_into`].
-const READ_WINDOW: usize = 8 << 20;
+/// Stored bytes read per step by [`Streamed::read_into`]: small enough that a step's bytes are
+/// still in the processor's cache when they are hashed and decoded, large enough that a step's
+/// joins cost little beside its work.
+const READ_WINDOW: usize = 4 << 20;
+/// Bytes per read when the threads share a step's reading: a huge page, so that no two threads
+/// fault in the same one.
+const READ_PIECE: usize = 2 << 20;
 
 /// An entry file's structure, read without its chunks and *not yet verified*: enough to
 /// allocate the value's final buffers before [`Streamed::read_into`] fills them.
@@ -350,12 +355,12 @@ impl Streamed {
                 .checked_add(frame_len)
                 .filter(|&end| end <= mac_at)
                 .ok_or_else(|| corrupt("a payload part runs past the end"))?;
-            let head_len = codec::head_len(&read_at(file, start, codec::HEADER_LEN)?)? as u64;
+            let head_len = codec::head_len(&read_at(file, start, codec::HEADER_LEN)?).map_err(bad_frame)? as u64;
             if head_len > frame_len {
                 return Err(corrupt("a frame's chunk table runs past the frame"));
             }
             let frame_head = read_at(file, start, head_len as usize)?;
-            let layout = codec::layout(&frame_head, frame_len as usize)?;
+            let layout = codec::layout(&frame_head, frame_len as usize).map_err(bad_frame)?;
             frames.push(StreamedFrame { length, head: frame_head, chunks_at: start + head_len, layout });
             at = end;
         }
@@ -386,81 +391,54 @@ impl Streamed {
         stream: &mut [u8],
         buffers: &mut [&mut [u8]],
     ) -> Result<[u8; 32]> {
-        let io = |_| corrupt("it changed size while being read");
         let mut mac = Mac::new(mac_key);
         mac.update(&self.head);
-        file.read_exact_at(stream, self.stream.start).map_err(io)?;
+        read_shared(file, stream, self.stream.start)?;
         mac.update(stream);
-        let mut windows = (Vec::new(), Vec::new());
-        for (frame, out) in self.frames.iter().zip(buffers.iter_mut()) {
-            mac.update(&frame.length);
-            mac.update(&frame.head);
-            let layout = &frame.layout;
-            // Runs of chunks stored alike, up to a window of stored bytes (at least one chunk
-            // each): raw chunks are read straight into their place in `out`, compressed ones into
-            // a window and decoded from there.
-            let mut runs = Vec::new();
-            let mut first = 0;
-            while first < layout.chunks() {
-                let (direct, start) = (layout.is_raw(first), layout.stored_span(first).start);
-                let mut end = first + 1;
-                while end < layout.chunks()
-                    && layout.is_raw(end) == direct
-                    && layout.stored_span(end).end - start <= READ_WINDOW
-                {
-                    end += 1;
-                }
-                runs.push((first..end, direct));
-                first = end;
+        let mut steps = self.steps(buffers)?;
+        // Frames whose length and head the MAC has taken: it takes bytes in file order.
+        let mut headed = 0;
+        let mut head_frames = |mac: &mut Mac, through: usize| {
+            for frame in &self.frames[headed..through] {
+                mac.update(&frame.length);
+                mac.update(&frame.head);
             }
-            let file_at =
-                |run: &Range<usize>| frame.chunks_at + (layout.stored_span(run.start).start - layout.head_len()) as u64;
-            let read = |run: &Range<usize>, window: &mut Vec<u8>| -> Result<()> {
-                window.resize(layout.stored_span(run.end - 1).end - layout.stored_span(run.start).start, 0);
-                file.read_exact_at(window, file_at(run)).map_err(io)
-            };
-            let decoded = |result: Result<()>| result.map_err(|e| corrupt(&e.to_string()));
-            // A window read and not yet hashed and decoded: reading the next window overlaps them.
-            let mut pending: Option<Range<usize>> = None;
-            for item in runs.iter().map(Some).chain([None]) {
-                match item {
-                    Some((run, false)) => {
-                        let (current, spare) = (&mut windows.0, &mut windows.1);
-                        let (read_next, used) = match pending.take() {
-                            Some(done) if crate::parallel::available() => rayon::join(
-                                || read(run, spare),
-                                || {
-                                    mac.update(current);
-                                    layout.decode_chunks(done, current, out)
-                                },
-                            ),
-                            Some(done) => {
-                                mac.update(current);
-                                let used = layout.decode_chunks(done, current, out);
-                                (read(run, spare), used)
-                            }
-                            None => (read(run, spare), Ok(())),
-                        };
-                        read_next?;
-                        decoded(used)?;
-                        std::mem::swap(&mut windows.0, &mut windows.1);
-                        pending = Some(run.clone());
-                    }
-                    direct_or_end => {
-                        // The MAC takes bytes in file order: the pending window goes first.
-                        if let Some(done) = pending.take() {
-                            mac.update(&windows.0);
-                            decoded(layout.decode_chunks(done, &windows.0, out))?;
-                        }
-                        if let Some((run, _)) = direct_or_end {
-                            let raw = layout.raw_span(run.start).start..layout.raw_span(run.end - 1).end;
-                            file.read_exact_at(&mut out[raw.clone()], file_at(run)).map_err(io)?;
-                            mac.update(&out[raw]);
-                        }
-                    }
+            headed = headed.max(through);
+        };
+        let mut windows = [Vec::new(), Vec::new()];
+        if let Some(first) = steps.first_mut() {
+            read_step(file, first, &mut windows[0])?;
+        }
+        // Reading step k + 1 overlaps hashing and decoding step k; each shares both threads.
+        for k in 0..steps.len() {
+            let (done, rest) = steps.split_at_mut(k + 1);
+            let step = &mut done[k];
+            let [even, odd] = &mut windows;
+            let (window, spare) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
+            head_frames(&mut mac, step.frame + 1);
+            let layout = &self.frames[step.frame].layout;
+            let mut digest = || -> Result<()> {
+                if step.direct {
+                    mac.update(step.out);
+                    return Ok(());
                 }
+                mac.update(window);
+                layout.decode_chunks(step.chunks.clone(), window, step.out).map_err(bad_frame)
+            };
+            match rest.first_mut() {
+                Some(next) if crate::parallel::available() => {
+                    let (read, digested) = rayon::join(|| read_step(file, next, spare), digest);
+                    read?;
+                    digested?;
+                }
+                Some(next) => {
+                    digest()?;
+                    read_step(file, next, spare)?;
+                }
+                None => digest()?,
             }
         }
+        head_frames(&mut mac, self.frames.len());
         let stored: [u8; 32] = read_at(file, self.mac_at, MAC_LEN)?.try_into().expect("32 bytes");
         let expected = mac.finish();
         // Constant-time comparison through blake3's Hash equality.
@@ -471,6 +449,88 @@ impl Streamed {
         }
         Ok(stored)
     }
+
+    /// The steps that read the frames' chunks in file order, each given its place in `buffers`:
+    /// runs of chunks stored alike, up to a window of stored bytes (at least one chunk each).
+    fn steps<'o>(&self, buffers: &'o mut [&mut [u8]]) -> Result<Vec<Step<'o>>> {
+        // The caller's mistake, not the entry's: sized by `buffer_lens`, the outputs fit.
+        let misfit = || Error::InvalidArgument("the outputs given do not match the entry's buffers".into());
+        if buffers.len() != self.frames.len() {
+            return Err(misfit());
+        }
+        let mut steps = Vec::new();
+        for (index, (frame, out)) in self.frames.iter().zip(buffers.iter_mut()).enumerate() {
+            let layout = &frame.layout;
+            if out.len() != layout.raw_len() {
+                return Err(misfit());
+            }
+            let mut rest: &mut [u8] = out;
+            let mut first = 0;
+            while first < layout.chunks() {
+                let (direct, start) = (layout.is_raw(first), layout.stored_span(first).start);
+                let mut end = first + 1;
+                while end < layout.chunks()
+                    && layout.is_raw(end) == direct
+                    && layout.stored_span(end).end - start <= READ_WINDOW
+                {
+                    end += 1;
+                }
+                let raw_len = layout.raw_span(end - 1).end - layout.raw_span(first).start;
+                let (out, tail) = std::mem::take(&mut rest).split_at_mut(raw_len);
+                rest = tail;
+                steps.push(Step {
+                    frame: index,
+                    chunks: first..end,
+                    at: frame.chunks_at + (start - layout.head_len()) as u64,
+                    len: layout.stored_span(end - 1).end - start,
+                    direct,
+                    out,
+                });
+                first = end;
+            }
+        }
+        Ok(steps)
+    }
+}
+
+/// A run of one frame's chunks stored alike, read in one step of [`Streamed::read_into`].
+struct Step<'o> {
+    frame: usize,
+    chunks: Range<usize>,
+    /// Where the run's stored bytes start in the file, and how many there are.
+    at: u64,
+    len: usize,
+    /// Stored raw: read straight into `out`, with no copy. Otherwise read into a window and
+    /// decoded from there.
+    direct: bool,
+    /// The run's place in its decoded buffer.
+    out: &'o mut [u8],
+}
+
+/// Reads `step`'s stored bytes: into its place if they are raw, else into `window`.
+fn read_step(file: &File, step: &mut Step, window: &mut Vec<u8>) -> Result<()> {
+    if step.direct {
+        return read_shared(file, step.out, step.at);
+    }
+    window.resize(step.len, 0);
+    read_shared(file, window, step.at)
+}
+
+/// Fills `into` from `file` at `at`, in pieces that free threads share: the kernel clears each
+/// fresh page it copies into, so one thread reading a fresh buffer alone is the bottleneck.
+fn read_shared(file: &File, into: &mut [u8], at: u64) -> Result<()> {
+    use rayon::prelude::*;
+    let base = into.as_ptr() as usize;
+    let read = |piece: &mut [u8]| file.read_exact_at(piece, at + (piece.as_ptr() as usize - base) as u64);
+    // Pieces start at huge-page boundaries of `into` (after a first, shorter one).
+    let lead = into.as_ptr().align_offset(READ_PIECE).min(into.len());
+    let (first, rest) = into.split_at_mut(lead);
+    let read = if rest.len() > READ_PIECE && crate::parallel::available() {
+        rayon::iter::once(first).chain(rest.par_chunks_mut(READ_PIECE)).try_for_each(read)
+    } else {
+        std::iter::once(first).chain(rest.chunks_mut(READ_PIECE)).try_for_each(read)
+    };
+    read.map_err(|_| corrupt("it changed size while being read"))
 }
 
 /// Re-seals an entry (verified elsewhere) under another MAC key, e.g. on import.
@@ -621,6 +681,14 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 fn corrupt(why: &str) -> Error {
     Error::CorruptEntry(why.to_string())
+}
+
+/// A frame of an entry that does not decode: the entry is corrupt, so its lookup is a miss.
+fn bad_frame(error: Error) -> Error {
+    match error {
+        Error::CorruptFrame(why) => corrupt(&format!("a buffer's frame is corrupt: {why}")),
+        other => corrupt(&other.to_string()),
+    }
 }
 
 // --- header encoding: fields in a fixed order, strings length-prefixed ---------------------------
@@ -812,8 +880,14 @@ mod tests {
             assert_eq!(plan.read_into(&file, &KEY, &mut got_stream, &mut outs).unwrap(), mac);
             assert_eq!(got_stream, stream);
             assert!(got.iter().zip(&buffers).all(|(got, (want, _))| got == want), "{compression}: buffers differ");
-            // A bit flipped in the first chunk, in the middle, and in the MAC.
-            for at in [plan.frames[0].chunks_at + 3, size / 2, size - 1] {
+            // A bit flipped in the stream, the last frame's head, the first and last byte of
+            // every step (the last step is read last and digested alone), and in the MAC.
+            let mut outs: Vec<&mut [u8]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
+            let steps: Vec<(u64, usize)> = plan.steps(&mut outs).unwrap().iter().map(|s| (s.at, s.len)).collect();
+            assert!(steps.len() >= 4, "{compression}: {} steps", steps.len());
+            let edges = steps.iter().flat_map(|&(at, len)| [at, at + len as u64 - 1]);
+            let heads = [plan.stream.start, plan.frames[2].chunks_at - 1];
+            for at in heads.into_iter().chain(edges).chain([size / 2, size - 1]) {
                 let mut byte = [0u8];
                 file.read_exact_at(&mut byte, at).unwrap();
                 file.write_all_at(&[byte[0] ^ 4], at).unwrap();

@@ -10,12 +10,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::entry::{self, Mac, MAC_LEN, PREFIX_LEN};
-use super::{is_absent, now, Store};
+use super::{now, Store};
 use crate::error::{Error, Result};
 
 /// An entry being read out, sealed under another key.
 pub struct Export {
+    /// The entry file, or the pack holding the entry from byte `base` on.
     file: File,
+    base: u64,
     /// Bytes handed out so far.
     at: u64,
     /// Where the file's MAC starts: the end of what both copies share.
@@ -32,16 +34,11 @@ impl Store {
     /// none or it has expired. The file stays open: an entry replaced or removed meanwhile is
     /// still read whole, as it was.
     pub fn open_export(&self, namespace: &str, key: &str, receiver_key: &[u8; 32]) -> Result<Option<Export>> {
-        let path = self.entry_path(namespace, key)?;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Ok(None),
-            Err(e) => return Err(Error::io("cannot open", &path, e)),
-        };
-        let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len();
+        let Some(found) = self.locate_entry(namespace, key, false)? else { return Ok(None) };
+        let (file, base, len) = (found.file, found.offset, found.len);
         let read = |at: u64, n: usize| -> Result<Vec<u8>> {
             let mut out = vec![0u8; n];
-            file.read_exact_at(&mut out, at).map_err(|_| corrupt("it is shorter than its lengths say"))?;
+            file.read_exact_at(&mut out, base + at).map_err(|_| corrupt("it is shorter than its lengths say"))?;
             Ok(out)
         };
         if len < (PREFIX_LEN + MAC_LEN) as u64 {
@@ -59,7 +56,7 @@ impl Store {
         let mac_at = len - MAC_LEN as u64;
         let stored_mac = read(mac_at, MAC_LEN)?.try_into().expect("32 bytes");
         let (cache, receiver) = (Mac::new(&self.keyring().mac_key), Mac::new(receiver_key));
-        Ok(Some(Export { file, at: 0, mac_at, stored_mac, cache, receiver, sealed: None }))
+        Ok(Some(Export { file, base, at: 0, mac_at, stored_mac, cache, receiver, sealed: None }))
     }
 }
 
@@ -80,7 +77,9 @@ impl Export {
     /// MAC comes only after the file's MAC verified; else `Error::CorruptEntry`.
     pub fn fill(&mut self, out: &mut [u8]) -> Result<()> {
         if self.at < self.mac_at {
-            self.file.read_exact_at(out, self.at).map_err(|_| corrupt("it changed size while being read"))?;
+            self.file
+                .read_exact_at(out, self.base + self.at)
+                .map_err(|_| corrupt("it changed size while being read"))?;
             let (cache, receiver) = (&mut self.cache, &mut self.receiver);
             if crate::parallel::available() {
                 rayon::join(|| cache.update(out), || receiver.update(out));

@@ -6,7 +6,9 @@
 //!   stats                      shared counters (see stats.rs)
 //!   evict.lock                 held by the one process evicting at a time
 //!   entries/<namespace>/<d0d1>/<digest>.afc
+//!   entries/<namespace>/<d0d1>.pack                 small entries of the shard (see pack.rs)
 //!   locks/<d0d1>/<digest>-<namespace digest>.lock   single-flight locks
+//!   locks/packs/<namespace>/<d0d1>.lock              held by a pack's writer
 //! ```
 //! One level of 256 shards: 4,000 entries a directory at a million entries, 40,000 at ten million
 //! (ext4 and xfs index large directories), while a new cache creates at most 256 directories
@@ -18,6 +20,7 @@ use crate::error::{Error, Result};
 
 pub const ENTRY_SUFFIX: &str = "afc";
 pub const TEMP_SUFFIX: &str = "tmp";
+pub const PACK_SUFFIX: &str = "pack";
 
 pub fn check_digest(digest: &str) -> Result<()> {
     if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -60,6 +63,36 @@ pub fn entries_dir(root: &Path) -> PathBuf {
 
 pub fn entry_path(root: &Path, namespace: &str, digest: &str) -> PathBuf {
     entries_dir(root).join(namespace_dir(namespace)).join(&digest[..2]).join(format!("{digest}.{ENTRY_SUFFIX}"))
+}
+
+/// The pack of small entries of the key's shard (see pack.rs).
+pub fn pack_path(root: &Path, namespace: &str, digest: &str) -> PathBuf {
+    entries_dir(root).join(namespace_dir(namespace)).join(format!("{}.{PACK_SUFFIX}", &digest[..2]))
+}
+
+/// The lock writers of `pack` hold.
+pub fn pack_lock_path(root: &Path, pack: &Path) -> PathBuf {
+    let namespace = namespace_of(pack).unwrap_or_default();
+    let shard = pack.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    root.join("locks").join("packs").join(namespace).join(format!("{shard}.lock"))
+}
+
+/// The pack and digest of the key whose entry file is `entry` (None for another path).
+pub fn pack_of_entry(entry: &Path) -> Option<(PathBuf, String)> {
+    let digest = entry.file_stem()?.to_str()?;
+    let shard = entry.parent()?;
+    Some((shard.with_extension(PACK_SUFFIX), digest.to_string()))
+}
+
+/// The namespace directory name of an entry file (entries/<namespace>/<shard>/<file>) or of a
+/// pack (entries/<namespace>/<shard>.pack).
+pub fn namespace_of(path: &Path) -> Option<&str> {
+    let dir = if is_pack(path) { path.parent()? } else { path.parent()?.parent()? };
+    dir.file_name()?.to_str()
+}
+
+pub fn is_pack(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == PACK_SUFFIX)
 }
 
 pub fn lock_path(root: &Path, namespace: &str, digest: &str) -> PathBuf {

@@ -1,4 +1,6 @@
-//! The store on disk: entries as files, the truth of the cache.
+//! The store on disk: entries as files, the truth of the cache. Small entries are records
+//! appended to a pack file per shard instead of files of their own (pack.rs); `pack::Location`
+//! is where either kind is read, its counters written and its bytes removed.
 //!
 //! Writes go to a temp file beside the entry, then an atomic rename, so a reader sees the old
 //! entry or the new one, never part of one; a writer killed at any instant leaves at most a temp
@@ -13,6 +15,9 @@ mod export;
 mod large;
 mod layout;
 pub mod lock;
+mod pack;
+#[cfg(test)]
+mod pack_tests;
 pub mod policy;
 pub mod stats;
 #[cfg(test)]
@@ -20,9 +25,9 @@ mod tests;
 mod trust;
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,6 +43,7 @@ pub use entry::{Counters, Header};
 pub use export::Export;
 pub use large::{Filled, LargeEntry, Streamed};
 pub use lock::KeyLock;
+use pack::{Location, PackIndex, PACKED_BELOW};
 pub use policy::{Policy, Usage};
 pub use stats::{latency_bound, Counter, FunctionCounter, LATENCY_BUCKETS};
 use stats::{SharedCounters, Stats};
@@ -175,6 +181,8 @@ pub struct Keyring {
     sizes: Mutex<HashMap<String, Arc<SharedCounters<FunctionCounter>>>>,
     /// (device, inode) of mac.key: a new key file means a new directory.
     identity: (u64, u64),
+    /// This process's index of each pack it has read, by path.
+    packs: Mutex<HashMap<PathBuf, Arc<Mutex<PackIndex>>>>,
 }
 
 impl Keyring {
@@ -190,7 +198,14 @@ impl Keyring {
         trust.check_key(&key_path)?;
         let identity = file_identity(&key_path)?;
         let stats = Stats::open(&root.join("stats"), trust)?;
-        Ok(Self { mac_key, stats, functions: Mutex::default(), sizes: Mutex::default(), identity })
+        Ok(Self {
+            mac_key,
+            stats,
+            functions: Mutex::default(),
+            sizes: Mutex::default(),
+            identity,
+            packs: Mutex::default(),
+        })
     }
 }
 
@@ -320,7 +335,7 @@ impl Store {
         if size > self.size_limit {
             return Ok(Stored::TooLarge { bytes: size, limit: self.size_limit });
         }
-        self.install(&ring, &path, &sealed.pieces())?;
+        self.install_sealed(&ring, new.namespace, new.key, &sealed)?;
         let _ = self.function_counters(new.namespace); // as above
         ring.stats.add(Counter::Sets, 1);
         Ok(Stored::Written { bytes: size, mac: sealed.mac })
@@ -339,22 +354,13 @@ impl Store {
     }
 
     fn load(&self, namespace: &str, key: &str, record_access: bool) -> Result<Lookup> {
-        let path = self.entry_path(namespace, key)?;
         // Read-write so the access counters can be updated in place; a read-only cache still reads.
-        let file = match OpenOptions::new().read(true).write(record_access).open(&path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Ok(Lookup::Miss),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && record_access => {
-                File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?
-            }
-            Err(e) => return Err(Error::io("cannot open", &path, e)),
+        let Some(found) = self.locate_entry(namespace, key, record_access)? else { return Ok(Lookup::Miss) };
+        let bytes = match found.read() {
+            Ok(bytes) => bytes,
+            Err(Error::CorruptEntry(reason)) => return Ok(self.remove_unreadable_entry(&found, key, reason)),
+            Err(e) => return Err(e),
         };
-        let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len() as usize;
-        // calloc'd: large buffers arrive as untouched zero pages, so the advice applies to every
-        // page the read then faults in.
-        let mut bytes = vec![0u8; len];
-        crate::memory::advise_huge_pages(bytes.as_mut_ptr(), len);
-        (&file).read_exact(&mut bytes).map_err(|e| Error::io("cannot read", &path, e))?;
         let mut verified = entry::open(&self.keyring().mac_key, &bytes);
         if matches!(verified, Err(Error::CorruptEntry(_))) && self.refresh()? {
             // The directory was replaced since this store read its key: try the new key.
@@ -362,22 +368,26 @@ impl Store {
         }
         let opened = match verified {
             Ok(opened) if opened.header.namespace == namespace && opened.header.key == key => opened,
-            Ok(_) => return Ok(self.remove_unreadable(&path, &file, "its header names another key".into())),
-            Err(Error::CorruptEntry(reason)) => return Ok(self.remove_unreadable(&path, &file, reason)),
+            // Another key's record at this key's index slot (see pack.rs): intact, and not ours.
+            Ok(_) if found.packed && found.framed_digest() != Some(pack::digest_bytes(key)) => return Ok(Lookup::Miss),
+            Ok(_) => return Ok(self.remove_unreadable_entry(&found, key, "its header names another key".into())),
+            Err(Error::CorruptEntry(reason)) => return Ok(self.remove_unreadable_entry(&found, key, reason)),
             Err(e) => return Err(e),
         };
         if opened.header.expires.is_some_and(|e| e <= now()) {
-            if same_file(&path, &file) {
-                self.remove(&path);
-            }
+            self.remove_found(&found, key);
             return Ok(Lookup::Miss);
         }
         if record_access {
-            let counters = Counters { hits: opened.counters.hits + 1, last_access_ns: now_ns() };
-            // Best effort: the counters only steer eviction.
-            let _ = file.write_at(&counters.to_bytes(), entry::COUNTERS.start as u64);
+            found.write_counters(Counters { hits: opened.counters.hits + 1, last_access_ns: now_ns() });
         }
         Ok(Lookup::Hit(Box::new(Loaded { bytes, opened })))
+    }
+
+    /// Where the entry of `key` is stored: the file holding it, the offset of its sealed form in
+    /// that file, and its length (0 and the file's size for an entry in a file of its own).
+    pub fn locate(&self, namespace: &str, key: &str) -> Result<Option<(PathBuf, u64, u64)>> {
+        Ok(self.locate_entry(namespace, key, false)?.map(|found| (found.path, found.offset, found.len)))
     }
 
     fn remove_unreadable(&self, path: &Path, file: &File, reason: String) -> Lookup {
@@ -385,6 +395,23 @@ impl Store {
             self.remove(path);
         }
         Lookup::Removed { path: path.to_path_buf(), reason }
+    }
+
+    fn remove_unreadable_entry(&self, found: &Location, key: &str, reason: String) -> Lookup {
+        self.remove_found(found, key);
+        // A pack holds other entries: the reason says which one went.
+        let reason =
+            if found.packed { format!("the entry of {key} at byte {}: {reason}", found.offset) } else { reason };
+        Lookup::Removed { path: found.path.clone(), reason }
+    }
+
+    /// Removes exactly the entry `found` (not one written since in its place) and counts it.
+    fn remove_found(&self, found: &Location, key: &str) {
+        if found.packed {
+            self.remove_packed(&found.path, &pack::digest_bytes(key), Some(found.offset));
+        } else if same_file(&found.path, &found.file) {
+            self.remove(&found.path);
+        }
     }
 
     /// Removes the entry file at `path` and counts it; returns its size (None if there was
@@ -397,10 +424,15 @@ impl Store {
 
     /// Counts the removal of the entry file `path` of `bytes` bytes.
     fn count_removed(&self, ring: &Keyring, path: &Path, bytes: u64) {
+        self.count_removed_in(ring, layout::namespace_of(path), bytes);
+    }
+
+    /// Counts the removal of an entry of `bytes` bytes in namespace directory `dir`.
+    fn count_removed_in(&self, ring: &Keyring, dir: Option<&str>, bytes: u64) {
         ring.stats.sub(Counter::Bytes, bytes);
         ring.stats.sub(Counter::Count, 1);
         ring.stats.add(Counter::Generation, 1);
-        if let Some(sizes) = namespace_of(path).and_then(|dir| self.namespace_sizes(ring, dir)) {
+        if let Some(sizes) = dir.and_then(|dir| self.namespace_sizes(ring, dir)) {
             sizes.sub(FunctionCounter::Bytes, bytes);
             sizes.sub(FunctionCounter::Entries, 1);
         }
@@ -419,9 +451,9 @@ impl Store {
         Some(counters)
     }
 
-    /// Sets each namespace's sizes to those of the entry files `entries` (path, bytes): the
-    /// files are the truth. A namespace with a counters file and no entry gets zero. Writes made
-    /// meanwhile by other processes may be off until the next rebuild (`check(fix)`).
+    /// Sets each namespace's sizes to those of the entries `entries` (entry file or pack, bytes):
+    /// the files are the truth. A namespace with a counters file and no entry gets zero. Writes
+    /// made meanwhile by other processes may be off until the next rebuild (`check(fix)`).
     fn rebuild_function_sizes<'a>(&self, entries: impl Iterator<Item = (&'a Path, u64)>) {
         let ring = self.keyring();
         let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
@@ -433,7 +465,7 @@ impl Store {
             }
         }
         for (path, bytes) in entries {
-            if let Some(dir) = namespace_of(path) {
+            if let Some(dir) = layout::namespace_of(path) {
                 let sum = sums.entry(dir.to_string()).or_default();
                 *sum = (sum.0 + bytes, sum.1 + 1);
             }
@@ -465,13 +497,9 @@ impl Store {
 
     /// Adds hits served from a memory copy to the entry's counters (they steer eviction).
     pub fn record_access(&self, namespace: &str, key: &str, hits: u64, last_access_ns: u64) -> Result<()> {
-        let path = self.entry_path(namespace, key)?;
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else { return Ok(()) };
-        let mut current = [0u8; 16];
-        if file.read_exact_at(&mut current, entry::COUNTERS.start as u64).is_ok() {
-            let before = u64::from_le_bytes(current[..8].try_into().unwrap());
-            let counters = Counters { hits: before + hits, last_access_ns };
-            let _ = file.write_at(&counters.to_bytes(), entry::COUNTERS.start as u64);
+        let Ok(Some(found)) = self.locate_entry(namespace, key, true) else { return Ok(()) };
+        if let Some(before) = found.counters() {
+            found.write_counters(Counters { hits: before.hits + hits, last_access_ns });
         }
         Ok(())
     }
@@ -577,43 +605,40 @@ impl Store {
     /// Whether an unexpired entry exists for `key`, from its header alone (a corrupt entry can
     /// still answer yes; `get` then finds it unreadable and misses).
     pub fn contains(&self, namespace: &str, key: &str) -> Result<bool> {
-        let path = self.entry_path(namespace, key)?;
-        match read_header(&path) {
-            Ok(s) => Ok(s.header.namespace == namespace && s.header.key == key && !s.is_expired(now())),
-            Err(_) => Ok(false),
-        }
+        let Some(found) = self.locate_entry(namespace, key, false)? else { return Ok(false) };
+        let header = if found.packed {
+            found.read().ok().and_then(|bytes| entry::peek(&bytes).ok()).map(|(header, _)| header)
+        } else {
+            read_header(&found.path).ok().map(|s| s.header)
+        };
+        Ok(header.is_some_and(|h| h.namespace == namespace && h.key == key && !h.expires.is_some_and(|e| e <= now())))
     }
 
     /// The MAC of the entry currently stored for `key`, read from its last 32 bytes: a memory
     /// copy of an entry is still current exactly when this still matches.
     pub fn current_mac(&self, namespace: &str, key: &str) -> Result<Option<[u8; 32]>> {
-        let path = self.entry_path(namespace, key)?;
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if is_absent(&e) => return Ok(None),
-            Err(e) => return Err(Error::io("cannot open", &path, e)),
-        };
-        let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len();
-        if len < entry::MAC_LEN as u64 {
-            return Ok(None);
+        match self.locate_entry(namespace, key, false)? {
+            Some(found) => found.mac(),
+            None => Ok(None),
         }
-        let mut mac = [0u8; 32];
-        file.read_exact_at(&mut mac, len - entry::MAC_LEN as u64).map_err(|e| Error::io("cannot read", &path, e))?;
-        Ok(Some(mac))
     }
 
     pub fn delete(&self, namespace: &str, key: &str) -> Result<bool> {
         let path = self.entry_path(namespace, key)?;
-        match self.take(&path) {
+        let pack = layout::pack_path(&self.root, namespace, key);
+        let packed = self.remove_packed(&pack, &pack::digest_bytes(key), None).is_some();
+        let file = match self.take(&path) {
             Ok(Some(bytes)) => {
-                let ring = self.keyring();
-                self.count_removed(&ring, &path, bytes);
-                ring.stats.add(Counter::Deletes, 1);
-                Ok(true)
+                self.count_removed(&self.keyring(), &path, bytes);
+                true
             }
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::io("cannot delete", &path, e)),
+            Ok(None) => false,
+            Err(e) => return Err(Error::io("cannot delete", &path, e)),
+        };
+        if packed || file {
+            self.keyring().stats.add(Counter::Deletes, 1);
         }
+        Ok(packed || file)
     }
 
     /// Rewrites an entry with a new expiry (`None`: never). False when there is no entry.
@@ -625,7 +650,7 @@ impl Store {
         let frames: Vec<Vec<u8>> = loaded.opened.frames.iter().map(|r| loaded.bytes[r.clone()].to_vec()).collect();
         let ring = self.keyring();
         let sealed = entry::seal(&ring.mac_key, &header, stream, &frames, loaded.opened.counters);
-        self.install(&ring, &self.entry_path(namespace, key)?, &sealed.pieces())?;
+        self.install_sealed(&ring, namespace, key, &sealed)?;
         Ok(true)
     }
 
@@ -638,25 +663,38 @@ impl Store {
         }
         let mut files = Vec::new();
         collect_files(&dir, &mut files)?;
-        let scanned: Vec<Option<Scanned>> = parallel::map(&files, |path| {
+        let scanned: Vec<Vec<Scanned>> = parallel::map(&files, |path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if let Some(writer) = layout::temp_writer(name) {
                 remove_if_abandoned(path, writer);
-                return None;
+                return Vec::new();
+            }
+            if layout::is_pack(path) {
+                return self.scan_pack(path);
             }
             if !name.ends_with(layout::ENTRY_SUFFIX) {
-                return None;
+                return Vec::new();
             }
-            read_header(path).ok()
+            read_header(path).ok().into_iter().collect()
         });
         Ok(scanned.into_iter().flatten().collect())
+    }
+
+    /// Removes the entry a scan found (whatever is stored for its key now, in that form) and
+    /// counts it; returns its size.
+    fn remove_scanned(&self, scanned: &Scanned) -> Option<u64> {
+        if !layout::is_pack(&scanned.path) {
+            return self.remove(&scanned.path);
+        }
+        // Scans list only records whose header names their own digest: a checked digest.
+        self.remove_packed(&scanned.path, &pack::digest_bytes(&scanned.header.key), None)
     }
 
     /// Removes entries the predicate selects; returns how many and how many bytes.
     pub fn remove_where(&self, select: impl Fn(&Scanned) -> bool) -> Result<(u64, u64)> {
         let (mut count, mut bytes) = (0, 0);
         for s in self.scan(None)? {
-            if let Some(removed) = select(&s).then(|| self.remove(&s.path)).flatten() {
+            if let Some(removed) = select(&s).then(|| self.remove_scanned(&s)).flatten() {
                 count += 1;
                 bytes += removed;
             }
@@ -700,7 +738,7 @@ impl Store {
             if total <= target && !victim.is_expired(now) {
                 break;
             }
-            if self.remove(&victim.path).is_some() {
+            if self.remove_scanned(&victim).is_some() {
                 total = total.saturating_sub(victim.bytes);
                 evicted += 1;
             }
@@ -721,35 +759,39 @@ impl Store {
         collect_files(&layout::entries_dir(&self.root), &mut files)?;
         let total = files.len();
         let done = AtomicUsize::new(0);
-        let results: Vec<(Option<Problem>, u64)> = parallel::map(&files, |path| {
+        let results: Vec<(Vec<Problem>, Vec<u64>)> = parallel::map(&files, |path| {
             let result = self.check_file(path, fix);
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             result
         });
         if fix {
-            let good: Vec<u64> = results.iter().filter(|(p, _)| p.is_none()).map(|(_, s)| *s).collect();
-            self.keyring().stats.set(Counter::Bytes, good.iter().sum());
-            self.keyring().stats.set(Counter::Count, good.len() as u64);
+            let good = || results.iter().flat_map(|(_, sizes)| sizes);
+            self.keyring().stats.set(Counter::Bytes, good().sum());
+            self.keyring().stats.set(Counter::Count, good().count() as u64);
             self.keyring().stats.add(Counter::Generation, 1);
-            let kept = files.iter().zip(&results).filter(|(_, (p, _))| p.is_none());
-            self.rebuild_function_sizes(kept.map(|(path, (_, size))| (path.as_path(), *size)));
+            let kept =
+                files.iter().zip(&results).flat_map(|(path, (_, sizes))| sizes.iter().map(|s| (path.as_path(), *s)));
+            self.rebuild_function_sizes(kept);
         }
-        Ok(results.into_iter().filter_map(|(p, _)| p).collect())
+        Ok(results.into_iter().flat_map(|(p, _)| p).collect())
     }
 
-    /// One file of `check`: its problem, if any, and its size when it is a good entry.
-    fn check_file(&self, path: &Path, fix: bool) -> (Option<Problem>, u64) {
+    /// One file of `check`: its problems, and the size of each good entry in it.
+    fn check_file(&self, path: &Path, fix: bool) -> (Vec<Problem>, Vec<u64>) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if let Some(writer) = layout::temp_writer(name) {
             let fixed = fix && remove_if_abandoned(path, writer);
             let problem = "an unfinished temp file (its writer stopped or is still writing)";
-            return (Some(Problem { path: path.to_path_buf(), problem: problem.into(), fixed }), 0);
+            return (vec![Problem { path: path.to_path_buf(), problem: problem.into(), fixed }], Vec::new());
+        }
+        if layout::is_pack(path) {
+            return self.check_pack(path, fix);
         }
         match self.verify_file(path) {
-            Ok(size) => (None, size),
+            Ok(size) => (Vec::new(), vec![size]),
             Err(why) => {
                 let fixed = fix && fs::remove_file(path).is_ok();
-                (Some(Problem { path: path.to_path_buf(), problem: why, fixed }), 0)
+                (vec![Problem { path: path.to_path_buf(), problem: why, fixed }], Vec::new())
             }
         }
     }
@@ -781,22 +823,34 @@ impl Store {
         }
     }
 
-    /// Writes an entry into place and counts it.
-    fn install(&self, ring: &Keyring, path: &Path, pieces: &[&[u8]]) -> Result<()> {
-        let replaced = self.write_atomically(path, pieces)?;
-        self.count_installed(ring, path, pieces.iter().map(|p| p.len() as u64).sum(), replaced)
+    /// Stores a sealed entry in its form: packed when small, else a file of its own.
+    fn install_sealed(&self, ring: &Keyring, namespace: &str, key: &str, sealed: &entry::Sealed<'_>) -> Result<()> {
+        if sealed.byte_len() < PACKED_BELOW {
+            return self.put_packed(ring, namespace, key, &sealed.to_vec());
+        }
+        let path = self.entry_path(namespace, key)?;
+        let pieces = sealed.pieces();
+        let replaced = self.write_atomically(&path, &pieces)?;
+        self.count_installed(ring, &path, pieces.iter().map(|p| p.len() as u64).sum(), replaced)
     }
 
-    /// Counts an entry of `size` bytes just moved into place (replacing an entry counts only the
-    /// difference); evicts if the directory is now over its limit.
+    /// Counts an entry file of `size` bytes just moved into place (replacing an entry counts only
+    /// the difference), after removing the key's packed record if it had one (the file is newer);
+    /// evicts if the directory is now over its limit.
     fn count_installed(&self, ring: &Keyring, path: &Path, size: u64, replaced: Option<u64>) -> Result<()> {
+        self.unpack(path);
+        self.count_installed_in(ring, layout::namespace_of(path), size, replaced)
+    }
+
+    /// `count_installed` of an entry in namespace directory `dir`.
+    fn count_installed_in(&self, ring: &Keyring, dir: Option<&str>, size: u64, replaced: Option<u64>) -> Result<()> {
         ring.stats.add(Counter::Bytes, size);
         ring.stats.add(Counter::Generation, 1);
         match replaced {
             Some(old) => ring.stats.sub(Counter::Bytes, old),
             None => ring.stats.add(Counter::Count, 1),
         }
-        if let Some(sizes) = namespace_of(path).and_then(|dir| self.namespace_sizes(ring, dir)) {
+        if let Some(sizes) = dir.and_then(|dir| self.namespace_sizes(ring, dir)) {
             sizes.add(FunctionCounter::Bytes, size);
             match replaced {
                 Some(old) => sizes.sub(FunctionCounter::Bytes, old),
@@ -913,11 +967,6 @@ fn write_all_pieces(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The namespace directory name of an entry file (entries/<namespace>/<shard>/<file>).
-fn namespace_of(entry: &Path) -> Option<&str> {
-    entry.parent()?.parent()?.file_name()?.to_str()
 }
 
 fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {

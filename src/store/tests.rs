@@ -1,23 +1,25 @@
 //! The store through its public API, on real directories: put, get, replace, delete, expire,
-//! evict, lock and check, with the shared counters held equal to the files on disk.
+//! evict, lock and check, with the shared counters held equal to the files on disk. Entries here
+//! are files of their own (larger than packed entries) unless a test says otherwise; packed
+//! entries have their own tests (pack_tests.rs).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
 
 /// A fresh, empty directory for one test; removed when the test ends.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("afml-store-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         Scratch(dir)
     }
 
-    fn store(&self, size_limit: u64) -> Store {
+    pub(super) fn store(&self, size_limit: u64) -> Store {
         Store::open(&self.0, size_limit, Policy::Lru, Trust::Owner).unwrap()
     }
 }
@@ -28,20 +30,22 @@ impl Drop for Scratch {
     }
 }
 
-const GB: u64 = 1 << 30;
+pub(super) const GB: u64 = 1 << 30;
 
-fn key(n: u8) -> String {
+pub(super) fn key(n: u8) -> String {
     blake3::hash(&[n]).to_hex().to_string()
 }
 
-/// Float-like bytes that the default compression shuffles, and an odd-sized byte buffer.
+/// Float-like bytes that the default compression shuffles (random: too large to pack), and an
+/// odd-sized byte buffer.
 fn buffers(seed: u8) -> (Vec<u8>, Vec<u8>) {
-    let floats: Vec<u8> = (0..4096u32).flat_map(|i| (f64::from(i) * 0.25 + f64::from(seed)).to_le_bytes()).collect();
+    let mut floats = vec![0u8; 4096 * 8];
+    blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut floats);
     let bytes: Vec<u8> = (0..1001u32).map(|i| (i as u8).wrapping_mul(seed | 1)).collect();
     (floats, bytes)
 }
 
-fn new_entry<'a>(key: &'a str, stream: &'a [u8], buffers: &'a (Vec<u8>, Vec<u8>)) -> NewEntry<'a> {
+pub(super) fn new_entry<'a>(key: &'a str, stream: &'a [u8], buffers: &'a (Vec<u8>, Vec<u8>)) -> NewEntry<'a> {
     NewEntry {
         namespace: "labels.triple_barrier",
         key,
@@ -57,14 +61,14 @@ fn new_entry<'a>(key: &'a str, stream: &'a [u8], buffers: &'a (Vec<u8>, Vec<u8>)
     }
 }
 
-fn put(store: &Store, new: NewEntry<'_>) -> u64 {
+pub(super) fn put(store: &Store, new: NewEntry<'_>) -> u64 {
     match store.put(new).unwrap() {
         Stored::Written { bytes, .. } => bytes,
         other => panic!("not written: {other:?}"),
     }
 }
 
-fn hit(store: &Store, namespace: &str, key: &str) -> Box<Loaded> {
+pub(super) fn hit(store: &Store, namespace: &str, key: &str) -> Box<Loaded> {
     match store.get(namespace, key).unwrap() {
         Lookup::Hit(loaded) => loaded,
         Lookup::Miss => panic!("a miss for {key}"),
@@ -72,7 +76,7 @@ fn hit(store: &Store, namespace: &str, key: &str) -> Box<Loaded> {
     }
 }
 
-fn decoded(loaded: &Loaded) -> Vec<Vec<u8>> {
+pub(super) fn decoded(loaded: &Loaded) -> Vec<Vec<u8>> {
     let frames = &loaded.opened.frames;
     frames
         .iter()
@@ -85,15 +89,18 @@ fn decoded(loaded: &Loaded) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn files_on_disk(root: &Path) -> (u64, u64) {
+/// Entries on disk: entry files, and the live records of packs.
+pub(super) fn files_on_disk(store: &Store) -> (u64, u64) {
     let mut files = Vec::new();
-    collect_files(&layout::entries_dir(root), &mut files).unwrap();
+    collect_files(&layout::entries_dir(store.root()), &mut files).unwrap();
     let entries: Vec<_> = files.iter().filter(|p| p.extension().is_some_and(|e| e == layout::ENTRY_SUFFIX)).collect();
-    (entries.len() as u64, entries.iter().map(|p| fs::metadata(p).unwrap().len()).sum())
+    let packed: Vec<Scanned> = files.iter().filter(|p| layout::is_pack(p)).flat_map(|p| store.scan_pack(p)).collect();
+    let file_bytes: u64 = entries.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    ((entries.len() + packed.len()) as u64, file_bytes + packed.iter().map(|s| s.bytes).sum::<u64>())
 }
 
-fn assert_counters_match_disk(store: &Store) {
-    let (count, bytes) = files_on_disk(store.root());
+pub(super) fn assert_counters_match_disk(store: &Store) {
+    let (count, bytes) = files_on_disk(store);
     assert_eq!((store.counter(Counter::Count), store.counter(Counter::Bytes)), (count, bytes));
 }
 
@@ -230,7 +237,7 @@ fn an_entry_larger_than_the_limit_is_not_written() {
     let stored = store.put(NewEntry { compression: Compression::None, ..new_entry(&k, b"s", &data) }).unwrap();
     assert!(matches!(stored, Stored::TooLarge { limit: 4096, .. }), "{stored:?}");
     assert!(matches!(store.get("labels.triple_barrier", &k).unwrap(), Lookup::Miss));
-    assert_eq!(files_on_disk(store.root()), (0, 0));
+    assert_eq!(files_on_disk(&store), (0, 0));
 }
 
 #[test]

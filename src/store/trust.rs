@@ -148,6 +148,24 @@ impl Trust {
         Ok(())
     }
 
+    /// Refuses a file every user of the directory writes in place (a pack of small entries)
+    /// that someone this trust does not cover could write.
+    pub fn check_shared_file(self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        self.check_owner(path, meta)?;
+        let (forbidden, fix) = match self {
+            Trust::Owner => (0o022, 600),
+            Trust::Group => (0o002, 660),
+        };
+        let mode = meta.mode() & 0o777;
+        if mode & forbidden != 0 {
+            let who = if mode & 0o002 != 0 { "world-writable" } else { "group-writable" };
+            let problem =
+                format!("is {who} (mode {mode:o}): others could make this process unpickle what they put there");
+            return Err(untrusted(path, problem, format!("run `chmod {fix} {}`", path.display())));
+        }
+        Ok(())
+    }
+
     fn check_owner(self, path: &Path, meta: &fs::Metadata) -> Result<()> {
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };

@@ -42,12 +42,18 @@ def run_writer(directory: str, keys: int, versions: int) -> None:
             cache.set(writer_key(k), values[k, (round_ + k) % versions])
 
 
-def run_overwriter(directory: str, count: int) -> None:
-    """Overwrites one key ``count`` times with 0, 1, 2, ...: the key always has an entry."""
+def overwritten_value(i: int, padding: int) -> object:
+    """The ``i``-th value of the overwritten key: ``i`` itself, or with ``padding`` bytes beside
+    it (enough to put the entry in a file of its own instead of a pack)."""
+    return (i, b"x" * padding) if padding else i
+
+
+def run_overwriter(directory: str, count: int, padding: int) -> None:
+    """Overwrites one key ``count`` times with values 0, 1, 2, ...: it always has an entry."""
     cache = Cache(directory)
     print("ready", flush=True)
     for i in range(count):
-        cache.set("always", i)
+        cache.set("always", overwritten_value(i, padding))
 
 
 # --- many processes, mixed operations ------------------------------------------------------------
@@ -131,7 +137,7 @@ if __name__ == "__main__":
     if mode == "writer":
         run_writer(args[0], int(args[1]), int(args[2]))
     elif mode == "overwrite":
-        run_overwriter(args[0], int(args[1]))
+        run_overwriter(args[0], int(args[1]), int(args[2]))
     elif mode == "mixed":
         run_mixed(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]))
     elif mode == "lock-counter":

@@ -47,6 +47,9 @@ class _Serialized:
     tags: list[str]
     time_range: tuple[int, int] | None
     metadata: str
+    # Copied to be written by the writer thread, which compresses in a low-priority pool of its
+    # own (`Store.put(background=)`) while the caller goes on.
+    behind: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -168,10 +171,11 @@ class Entries:
             )
             # Only a copy the memory tier can keep is worth making: larger values are written in
             # the call, compressed straight from the caller's buffers, so a multi-gigabyte result
-            # never exists twice.
-            if _WRITE_BEHIND_MIN <= entry.nbytes <= self.memory.limit:
-                # The copy doubles as the memory tier's, so a hit right after needs no disk.
-                entry.buffers = [(copy_buffer(raw), itemsize) for raw, itemsize in entry.buffers]
+            # never exists twice; so is any value while the copies waiting for the writer would
+            # not fit in the memory tier beside it (a caller faster than the writer).
+            if _WRITE_BEHIND_MIN <= entry.nbytes <= self.memory.limit - WRITER.pending:
+                # The copy doubles as the memory tier's until it is written (see _write_behind).
+                entry.buffers = [(self.memory.copy(raw), size) for raw, size in entry.buffers]
                 self._remember(
                     entry.slot,
                     entry.stream,
@@ -182,7 +186,8 @@ class Entries:
                     self._store.generation(),
                     copied=True,
                 )
-                WRITER.submit(functools.partial(self._write_behind, entry, behind))
+                entry.behind = True
+                WRITER.submit(functools.partial(self._write_behind, entry, behind), entry.nbytes)
                 return True
         except Exception as exc:
             behind(exc, 0)
@@ -314,6 +319,7 @@ class Entries:
             tags=entry.tags,
             time_range=entry.time_range,
             metadata=entry.metadata,
+            background=entry.behind,
         )
         return stored, size, mac, generation
 
@@ -361,6 +367,11 @@ class Entries:
                 remembered = self.memory.get(entry.slot)
                 if remembered is not None and remembered.stream is entry.stream:
                     remembered.mac = mac  # written behind: from now on checked against the file
+                    if entry.nbytes > _REMEMBER_ON_SET:
+                        # Like a large value written in the call, remembered at its first read;
+                        # its copy's memory serves the next copy instead.
+                        entry.buffers = []
+                        self.memory.recycle(entry.slot, remembered)
                 else:
                     self._keep(entry, mac, generation)
         except Exception as exc:  # reported through behind(), never lost on the writer thread

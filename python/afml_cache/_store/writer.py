@@ -17,15 +17,19 @@ _log = logging.getLogger("afml_cache")
 class Writer:
     """Runs the jobs of values written behind (``Entries.put(behind=...)``) one at a time,
     in order. ``flush`` waits for every job submitted so far; it runs at exit, before listings,
-    and at the end of multiprocessing workers (which skip atexit)."""
+    and at the end of multiprocessing workers (which skip atexit). ``pending``: the bytes of the
+    values submitted and not yet written, which the caller bounds."""
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Callable[[], None], int]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.pending = 0
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], None], nbytes: int = 0) -> None:
+        """Queues ``job``, which writes a value of ``nbytes``."""
         with self._lock:
+            self.pending += nbytes
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="afml-cache-writer", daemon=True
@@ -34,16 +38,18 @@ class Writer:
                 if multiprocessing.parent_process() is not None:
                     # A multiprocessing child leaves through os._exit: atexit never runs there.
                     multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
-        self._jobs.put(job)
+        self._jobs.put((job, nbytes))
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            job, nbytes = self._jobs.get()
             try:
                 job()
             except Exception:  # jobs report their own failures; this is a last resort
                 _log.exception("afml_cache: a background write failed")
             finally:
+                with self._lock:
+                    self.pending -= nbytes
                 self._jobs.task_done()
 
     def flush(self) -> None:
@@ -56,6 +62,7 @@ class Writer:
         self._jobs = queue.Queue()
         self._thread = None
         self._lock = threading.Lock()
+        self.pending = 0
 
 
 WRITER = Writer()

@@ -1,0 +1,589 @@
+//! Small entries, packed: one append-only file per shard instead of a file per entry.
+//!
+//! Creating a file (an inode, two directory entries) is nearly all a small `set` costs, and a
+//! 300-byte entry in a file of its own holds a 4 KiB page and an inode. So an entry whose sealed
+//! form is under [`PACKED_BELOW`] bytes is appended to `entries/<namespace>/<d0d1>.pack`, under
+//! that pack's `flock`, as a record:
+//!
+//! ```text
+//!  0   4  magic "AFPK"
+//!  4   4  length of the sealed entry (u32; 0 = a tombstone: the key was removed)
+//!  8  32  digest of the key
+//! 40   8  first 8 bytes of BLAKE3 over bytes 0..40 (a frame torn or damaged is not read)
+//! 48   …  the sealed entry exactly as in a file (prefix, counters, header, payload, MAC)
+//! ```
+//!
+//! A pack's first record is its header: the all-zero digest and 16 random bytes, new for each
+//! file written (created or compacted), that name this pack file.
+//!
+//! The newest record of a digest wins. Each process keeps, per pack, the digests' newest
+//! records, read from where it stopped to the end of the file on each lookup (another pack file,
+//! after a compaction, is read from the start: its header differs, whatever inode it got). A record is seen once it is whole: a writer killed
+//! mid-append leaves an incomplete tail that readers stop at and the next writer cuts off; a
+//! damaged record fails its MAC like a damaged file. A key is in a pack or in a file, never both:
+//! a packed write removes the key's file under the pack's lock, and a file installed for a key
+//! appends a tombstone to its pack. A pack whose dead records pass half of it is rewritten with
+//! its live records and renamed over (readers notice the new inode).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::entry::{self, Counters, MAC_LEN};
+use super::{is_absent, layout, lock, Keyring, Problem, Scanned, Store, Trust};
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// Entries whose sealed form is smaller than this are packed; larger ones get a file each.
+pub const PACKED_BELOW: usize = 4096;
+
+const MAGIC: &[u8; 4] = b"AFPK";
+const FRAME_LEN: usize = 48;
+/// The header record's digest (no key's: a BLAKE3 output) and the length of its id.
+const HEADER_DIGEST: [u8; 32] = [0; 32];
+const ID_LEN: usize = 16;
+const HEADER_LEN: usize = FRAME_LEN + ID_LEN;
+
+/// A pack is rewritten once its dead records pass half of it and it is at least this large.
+const COMPACT_FROM: u64 = 64 << 10;
+
+/// A pack's lock is held for one append (or a compaction); waiting longer means trouble.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a record's sealed entry lies in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    offset: u64,
+    len: u32,
+}
+
+/// One process's view of a pack: the newest record of each live digest, as far as it has read.
+#[derive(Debug, Default)]
+pub(super) struct PackIndex {
+    /// (device, inode, creation time) of the pack file indexed: an inode number is reused once
+    /// its file is deleted.
+    identity: (u64, u64, i128),
+    /// The pack file's id, from its header: an inode and its times may be reused by the next
+    /// file (a file system without creation times, a clock step), its id is not.
+    id: [u8; ID_LEN],
+    /// Bytes read: the end of the last whole record.
+    end: u64,
+    /// By [`slot`]: 8 bytes of digest instead of 32 halve the index of a million entries.
+    live: HashMap<u64, Record>,
+    /// Bytes of superseded records and tombstones.
+    dead: u64,
+}
+
+impl PackIndex {
+    fn apply(&mut self, digest: [u8; 32], record: Option<Record>) {
+        let replaced = match record {
+            Some(record) => self.live.insert(slot(&digest), record),
+            None => {
+                self.dead += FRAME_LEN as u64;
+                self.live.remove(&slot(&digest))
+            }
+        };
+        if let Some(old) = replaced {
+            self.dead += FRAME_LEN as u64 + u64::from(old.len);
+        }
+    }
+
+    /// Reads the records `file` gained since the last call (all of them if it is another file
+    /// than indexed, or shorter); returns the file's size. Refuses a pack others could write.
+    fn catch_up(&mut self, file: &File, path: &Path, trust: Trust) -> Result<u64> {
+        let meta = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?;
+        trust.check_shared_file(path, &meta)?;
+        let identity = identity(&meta);
+        let mut header = [0u8; HEADER_LEN];
+        let n = read_up_to(file, &mut header, 0).map_err(|e| Error::io("cannot read", path, e))?;
+        let id = pack_id(&header[..n]).unwrap_or_default();
+        if identity != self.identity || id != self.id || meta.len() < self.end {
+            *self = PackIndex { identity, id, ..PackIndex::default() };
+        }
+        if meta.len() > self.end {
+            let mut tail = vec![0u8; (meta.len() - self.end) as usize];
+            let n = read_up_to(file, &mut tail, self.end).map_err(|e| Error::io("cannot read", path, e))?;
+            let base = self.end;
+            let whole = walk(&tail[..n], base, |digest, record| self.apply(digest, record));
+            self.end += whole as u64;
+        }
+        Ok(meta.len())
+    }
+}
+
+/// A digest's place in an index: its bytes 1..9 (byte 0 is the same for the whole pack). Two
+/// keys of a pack sharing them (odds about n²/2⁶⁵ for n keys) share a place, the newer record
+/// holding it: a read of the other key finds a header naming another key, a miss, never its value.
+fn slot(digest: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(digest[1..9].try_into().expect("8 bytes"))
+}
+
+fn identity(meta: &fs::Metadata) -> (u64, u64, i128) {
+    let born = meta.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    (meta.dev(), meta.ino(), born.map_or(-1, |d| d.as_nanos() as i128))
+}
+
+/// A pack's header record: the frame of the all-zero digest, then the pack file's id.
+fn header(id: &[u8; ID_LEN]) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[..FRAME_LEN].copy_from_slice(&frame(&HEADER_DIGEST, ID_LEN as u32));
+    out[FRAME_LEN..].copy_from_slice(id);
+    out
+}
+
+/// The id in a pack's header (its first bytes); None if it has none (empty, or damaged).
+fn pack_id(start: &[u8]) -> Option<[u8; ID_LEN]> {
+    match read_frame(start)? {
+        (HEADER_DIGEST, len) if len as usize == ID_LEN => start.get(FRAME_LEN..HEADER_LEN)?.try_into().ok(),
+        _ => None,
+    }
+}
+
+fn new_id() -> Result<[u8; ID_LEN]> {
+    let mut id = [0u8; ID_LEN];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
+        .map_err(|e| Error::io("cannot read", "/dev/urandom", e))?;
+    Ok(id)
+}
+
+fn frame(digest: &[u8; 32], len: u32) -> [u8; FRAME_LEN] {
+    let mut out = [0u8; FRAME_LEN];
+    out[..4].copy_from_slice(MAGIC);
+    out[4..8].copy_from_slice(&len.to_le_bytes());
+    out[8..40].copy_from_slice(digest);
+    let check = blake3::hash(&out[..40]);
+    out[40..].copy_from_slice(&check.as_bytes()[..8]);
+    out
+}
+
+/// The digest and sealed length of a whole, undamaged frame at the start of `bytes`.
+fn read_frame(bytes: &[u8]) -> Option<([u8; 32], u32)> {
+    let head = bytes.get(..FRAME_LEN)?;
+    if &head[..4] != MAGIC || head[40..] != blake3::hash(&head[..40]).as_bytes()[..8] {
+        return None;
+    }
+    Some((head[8..40].try_into().expect("32 bytes"), u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"))))
+}
+
+/// Calls `each` for every whole entry record in `bytes` (the pack from offset `base` on), in
+/// order, with None for a tombstone (the header is passed over); returns the bytes they span.
+fn walk(bytes: &[u8], base: u64, mut each: impl FnMut([u8; 32], Option<Record>)) -> usize {
+    let mut at = 0;
+    while let Some((digest, len)) = read_frame(&bytes[at..]) {
+        let end = at + FRAME_LEN + len as usize;
+        if end > bytes.len() {
+            break;
+        }
+        if digest != HEADER_DIGEST {
+            each(digest, (len > 0).then_some(Record { offset: base + (at + FRAME_LEN) as u64, len }));
+        }
+        at = end;
+    }
+    at
+}
+
+fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], at + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// A checked digest (64 lowercase hex digits) as bytes.
+pub(super) fn digest_bytes(digest: &str) -> [u8; 32] {
+    let hex = |b: u8| if b.is_ascii_digit() { b - b'0' } else { b - b'a' + 10 };
+    let mut out = [0u8; 32];
+    for (i, pair) in digest.as_bytes().chunks_exact(2).enumerate() {
+        out[i] = hex(pair[0]) << 4 | hex(pair[1]);
+    }
+    out
+}
+
+fn digest_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where an entry is: a file of its own (offset 0, the file's length) or a record in a pack.
+#[derive(Debug)]
+pub(super) struct Location {
+    /// The entry file, or the pack.
+    pub path: PathBuf,
+    pub file: File,
+    /// Where the sealed entry starts in `file`, and its length.
+    pub offset: u64,
+    pub len: u64,
+    pub packed: bool,
+}
+
+impl Location {
+    /// The sealed entry's bytes. A pack shorter than its index says is damaged: a corrupt entry.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        // calloc'd: large buffers arrive as untouched zero pages, so the advice applies to every
+        // page the read then faults in.
+        let mut bytes = vec![0u8; self.len as usize];
+        crate::memory::advise_huge_pages(bytes.as_mut_ptr(), bytes.len());
+        match self.file.read_exact_at(&mut bytes, self.offset) {
+            Ok(()) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(Error::CorruptEntry("it is shorter than its record says".into()))
+            }
+            Err(e) => Err(Error::io("cannot read", &self.path, e)),
+        }
+    }
+
+    pub fn counters(&self) -> Option<Counters> {
+        let mut bytes = [0u8; 16];
+        self.file.read_exact_at(&mut bytes, self.offset + entry::COUNTERS.start as u64).ok()?;
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Some(Counters { hits: word(0), last_access_ns: word(8) })
+    }
+
+    /// Best effort: the counters only steer eviction.
+    pub fn write_counters(&self, counters: Counters) {
+        let _ = self.file.write_at(&counters.to_bytes(), self.offset + entry::COUNTERS.start as u64);
+    }
+
+    /// The digest a packed record's frame names (None for a file).
+    pub fn framed_digest(&self) -> Option<[u8; 32]> {
+        let mut digest = [0u8; 32];
+        let at = self.offset.checked_sub(FRAME_LEN as u64 - 8).filter(|_| self.packed)?;
+        self.file.read_exact_at(&mut digest, at).ok()?;
+        Some(digest)
+    }
+
+    /// The MAC in the entry's last 32 bytes.
+    pub fn mac(&self) -> Result<Option<[u8; 32]>> {
+        if self.len < MAC_LEN as u64 {
+            return Ok(None);
+        }
+        let mut mac = [0u8; MAC_LEN];
+        let at = self.offset + self.len - MAC_LEN as u64;
+        self.file.read_exact_at(&mut mac, at).map_err(|e| Error::io("cannot read", &self.path, e))?;
+        Ok(Some(mac))
+    }
+}
+
+impl Store {
+    /// The entry of `key`, opened (read-write if `write` and allowed): its packed record if it
+    /// has one, else its file; None if neither exists.
+    pub(super) fn locate_entry(&self, namespace: &str, key: &str, write: bool) -> Result<Option<Location>> {
+        let path = self.entry_path(namespace, key)?;
+        let pack = layout::pack_path(&self.root, namespace, key);
+        if let Some(found) = self.find_packed(&pack, &digest_bytes(key), write)? {
+            return Ok(Some(found));
+        }
+        let Some(file) = open(&path, write)? else { return Ok(None) };
+        let len = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?.len();
+        Ok(Some(Location { path, file, offset: 0, len, packed: false }))
+    }
+
+    fn find_packed(&self, pack: &Path, digest: &[u8; 32], write: bool) -> Result<Option<Location>> {
+        let Some(file) = open(pack, write)? else { return Ok(None) };
+        let index = self.pack_index(pack);
+        let mut index = index.lock();
+        index.catch_up(&file, pack, self.trust)?;
+        let Some(&record) = index.live.get(&slot(digest)) else { return Ok(None) };
+        drop(index);
+        let (offset, len) = (record.offset, u64::from(record.len));
+        Ok(Some(Location { path: pack.to_path_buf(), file, offset, len, packed: true }))
+    }
+
+    /// This process's index of `pack`.
+    fn pack_index(&self, pack: &Path) -> std::sync::Arc<parking_lot::Mutex<PackIndex>> {
+        let ring = self.keyring();
+        let mut packs = ring.packs.lock();
+        packs.entry(pack.to_path_buf()).or_default().clone()
+    }
+
+    /// Runs `change` under the lock of `pack` (created if `create`, else None when there is
+    /// none), with this process's index of it caught up and any torn tail cut off.
+    fn with_pack<T>(
+        &self,
+        pack: &Path,
+        create: bool,
+        change: impl FnOnce(&File, &mut PackIndex) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if !create && !pack.exists() {
+            return Ok(None);
+        }
+        let lock_path = layout::pack_lock_path(&self.root, pack);
+        let Some(_held) = lock::acquire(&lock_path, LOCK_TIMEOUT, self.trust)? else {
+            let waited = std::io::Error::new(std::io::ErrorKind::TimedOut, "held by another process for 30 s");
+            return Err(Error::io("cannot lock", lock_path, waited));
+        };
+        let file = if create {
+            // Appended to in place by every writer, like the counters: the shared mode.
+            self.trust.open_or_create(pack, self.trust.shared_mode())?
+        } else {
+            match open(pack, true)? {
+                Some(file) => file,
+                None => return Ok(None),
+            }
+        };
+        let index = self.pack_index(pack);
+        let mut index = index.lock();
+        let size = index.catch_up(&file, pack, self.trust)?;
+        if size > index.end {
+            // A writer stopped mid-append (or the pack is damaged from here on).
+            file.set_len(index.end).map_err(|e| Error::io("cannot truncate", pack, e))?;
+        }
+        if index.end == 0 {
+            // New, or damaged from its start (its records were unreadable): a new pack file.
+            let id = new_id()?;
+            file.write_all_at(&header(&id), 0).map_err(|e| Error::io("cannot write", pack, e))?;
+            *index = PackIndex { identity: index.identity, id, end: HEADER_LEN as u64, ..PackIndex::default() };
+        }
+        change(&file, &mut index).map(Some)
+    }
+
+    /// Appends `sealed` as the entry of `key` (replacing its file, if it had one), counts it and
+    /// evicts if the cache is now over its limit.
+    pub(super) fn put_packed(&self, ring: &Keyring, namespace: &str, key: &str, sealed: &[u8]) -> Result<()> {
+        let pack = layout::pack_path(&self.root, namespace, key);
+        let entry_file = layout::entry_path(&self.root, namespace, key);
+        let digest = digest_bytes(key);
+        let (old_record, old_file) = self
+            .with_pack(&pack, true, |file, index| {
+                let old_record = index.live.get(&slot(&digest)).map(|r| u64::from(r.len));
+                append(file, index, &digest, Some(sealed)).map_err(|e| Error::io("cannot write", &pack, e))?;
+                // Under the lock, so that a file installed meanwhile finds this record.
+                let old_file = self.take(&entry_file).ok().flatten();
+                self.compact_if_due(&pack, file, index)?;
+                Ok((old_record, old_file))
+            })?
+            .expect("created");
+        let dir = layout::namespace_dir(namespace);
+        if let Some(bytes) = old_file {
+            self.count_removed_in(ring, Some(&dir), bytes);
+        }
+        self.count_installed_in(ring, Some(&dir), sealed.len() as u64, old_record)
+    }
+
+    /// Removes the packed entry of `digest` from `pack` (only the record at `only`, when given:
+    /// the one a failed read saw) and counts it; returns its size.
+    pub(super) fn remove_packed(&self, pack: &Path, digest: &[u8; 32], only: Option<u64>) -> Option<u64> {
+        let removed = self
+            .with_pack(pack, false, |file, index| {
+                let Some(record) = index.live.get(&slot(digest)).copied() else { return Ok(None) };
+                if only.is_some_and(|offset| offset != record.offset) {
+                    return Ok(None);
+                }
+                append(file, index, digest, None).map_err(|e| Error::io("cannot write", pack, e))?;
+                self.compact_if_due(pack, file, index)?;
+                Ok(Some(u64::from(record.len)))
+            })
+            .ok()
+            .flatten()
+            .flatten()?;
+        self.count_removed_in(&self.keyring(), layout::namespace_of(pack), removed);
+        Some(removed)
+    }
+
+    /// After a file was installed at `entry_file`: removes the key's packed record, so that the
+    /// file (the newer form) is the only one.
+    pub(super) fn unpack(&self, entry_file: &Path) {
+        if let Some((pack, digest)) = layout::pack_of_entry(entry_file) {
+            self.remove_packed(&pack, &digest_bytes(&digest), None);
+        }
+    }
+
+    /// Rewrites the pack with its live records only, once the dead ones pass half of it.
+    fn compact_if_due(&self, pack: &Path, file: &File, index: &mut PackIndex) -> Result<()> {
+        if index.end < COMPACT_FROM || index.dead * 2 <= index.end {
+            return Ok(());
+        }
+        let mut old = vec![0u8; index.end as usize];
+        file.read_exact_at(&mut old, 0).map_err(|e| Error::io("cannot read", pack, e))?;
+        let mut live: Vec<(u64, Record)> = index.live.iter().map(|(d, r)| (*d, *r)).collect();
+        live.sort_by_key(|(_, r)| r.offset);
+        let id = new_id()?;
+        let mut fresh = Vec::with_capacity((index.end - index.dead) as usize);
+        fresh.extend_from_slice(&header(&id));
+        let mut records = HashMap::with_capacity(live.len());
+        for (place, record) in live {
+            let start = record.offset as usize;
+            // The whole digest, from the record's own frame.
+            let digest: [u8; 32] = old[start - FRAME_LEN + 8..start - 8].try_into().expect("32 bytes");
+            fresh.extend_from_slice(&frame(&digest, record.len));
+            records.insert(place, Record { offset: fresh.len() as u64, len: record.len });
+            fresh.extend_from_slice(&old[start..start + record.len as usize]);
+        }
+        let (temp, new_file) = self.new_temp(pack)?;
+        let written = new_file
+            .write_all_at(&fresh, 0)
+            .and_then(|()| new_file.set_permissions(fs::Permissions::from_mode(self.trust.shared_mode())))
+            .and_then(|()| fs::rename(&temp, pack));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io("cannot compact", pack, e));
+        }
+        let meta = new_file.metadata().map_err(|e| Error::io("cannot stat", pack, e))?;
+        *index = PackIndex { identity: identity(&meta), id, end: fresh.len() as u64, live: records, dead: 0 };
+        Ok(())
+    }
+
+    /// The live entries of a pack, as a scan sees them (headers not verified).
+    pub(super) fn scan_pack(&self, pack: &Path) -> Vec<Scanned> {
+        let Ok(bytes) = fs::read(pack) else { return Vec::new() };
+        let mut live = HashMap::new();
+        walk(&bytes, 0, |digest, record| match record {
+            Some(record) => {
+                live.insert(digest, record);
+            }
+            None => {
+                live.remove(&digest);
+            }
+        });
+        let mut out: Vec<Scanned> = live
+            .into_iter()
+            .filter_map(|(digest, record)| {
+                let sealed = &bytes[record.offset as usize..][..record.len as usize];
+                let (header, counters) = entry::peek(sealed).ok()?;
+                // A record whose header names another key cannot be read; `check` reports it.
+                (header.key == digest_hex(&digest)).then(|| Scanned {
+                    path: pack.to_path_buf(),
+                    bytes: u64::from(record.len),
+                    header,
+                    counters,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.header.key.cmp(&b.header.key));
+        out
+    }
+
+    /// `check` of one pack: its problems, and the size of each good entry. With `fix`, damaged records are removed and a damaged tail cut off.
+    pub(super) fn check_pack(&self, pack: &Path, fix: bool) -> (Vec<Problem>, Vec<u64>) {
+        let problem = |problem: String, fixed: bool| Problem { path: pack.to_path_buf(), problem, fixed };
+        let bytes = match fs::read(pack) {
+            Ok(bytes) => bytes,
+            Err(e) => return (vec![problem(format!("cannot read: {e}"), false)], Vec::new()),
+        };
+        let mut live = HashMap::new();
+        let whole = walk(&bytes, 0, |digest, record| match record {
+            Some(record) => {
+                live.insert(digest, record);
+            }
+            None => {
+                live.remove(&digest);
+            }
+        });
+        let (mut problems, mut good) = (Vec::new(), Vec::new());
+        if whole < bytes.len() {
+            // Cut off (under the lock) by `with_pack`, if it is still there.
+            let fixed = fix && self.with_pack(pack, false, |_, _| Ok(())).is_ok();
+            let why = format!(
+                "{} bytes after its last whole record at byte {whole} (a write cut short, or damage)",
+                bytes.len() - whole
+            );
+            problems.push(problem(why, fixed));
+        }
+        let mut records: Vec<_> = live.into_iter().collect();
+        records.sort_by_key(|(_, r)| r.offset);
+        for (digest, record) in records {
+            let sealed = &bytes[record.offset as usize..][..record.len as usize];
+            match self.verify_packed(pack, &digest, sealed) {
+                Ok(()) => good.push(u64::from(record.len)),
+                Err(why) => {
+                    let fixed = fix && self.remove_packed(pack, &digest, Some(record.offset)).is_some();
+                    let at = record.offset - FRAME_LEN as u64;
+                    problems.push(problem(format!("the entry of {} at byte {at}: {why}", digest_hex(&digest)), fixed));
+                }
+            }
+        }
+        (problems, good)
+    }
+
+    fn verify_packed(&self, pack: &Path, digest: &[u8; 32], sealed: &[u8]) -> std::result::Result<(), String> {
+        let opened = entry::open(&self.keyring().mac_key, sealed).map_err(|e| e.to_string())?;
+        let (namespace, key) = (&opened.header.namespace, &opened.header.key);
+        if *key != digest_hex(digest) || layout::pack_path(&self.root, namespace, key) != pack {
+            return Err("it holds the entry of another key".into());
+        }
+        for frame in &opened.frames {
+            codec::decoded_len(&sealed[frame.clone()]).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends a record (a tombstone when `sealed` is None) at the end of the whole records.
+fn append(file: &File, index: &mut PackIndex, digest: &[u8; 32], sealed: Option<&[u8]>) -> std::io::Result<()> {
+    let sealed = sealed.unwrap_or_default();
+    let len = u32::try_from(sealed.len()).map_err(|_| std::io::Error::other("too large to pack"))?;
+    let mut record = Vec::with_capacity(FRAME_LEN + sealed.len());
+    record.extend_from_slice(&frame(digest, len));
+    record.extend_from_slice(sealed);
+    let at = index.end;
+    if let Err(e) = file.write_all_at(&record, at) {
+        // Nothing half-written stays behind (a full disk); else the next writer cuts it off.
+        let _ = file.set_len(at);
+        return Err(e);
+    }
+    index.end += record.len() as u64;
+    index.apply(*digest, (len > 0).then_some(Record { offset: at + FRAME_LEN as u64, len }));
+    Ok(())
+}
+
+/// Opens `path` (read-write if `write` and allowed, for the access counters); None if absent.
+fn open(path: &Path, write: bool) -> Result<Option<File>> {
+    match OpenOptions::new().read(true).write(write).open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if is_absent(&e) => Ok(None),
+        // A read-only cache still reads.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && write => open(path, false),
+        Err(e) => Err(Error::io("cannot open", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    fn write_pack(path: &Path, id: &[u8; ID_LEN], records: &[([u8; 32], &[u8])]) {
+        let mut bytes = header(id).to_vec();
+        for (digest, sealed) in records {
+            bytes.extend_from_slice(&frame(digest, sealed.len() as u32));
+            bytes.extend_from_slice(sealed);
+        }
+        let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+        file.write_all_at(&bytes, 0).unwrap();
+    }
+
+    /// A reader's index is of one pack file: another one in its place (a compaction) is read
+    /// afresh even when it got the old one's inode and times, as it can on a file system
+    /// without creation times. Kept, the index would point into the new file at old offsets.
+    #[test]
+    fn another_pack_file_with_the_old_ones_inode_and_times_is_read_afresh() {
+        let dir = std::env::temp_dir().join(format!("afml-pack-id-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ab.pack");
+        let (one, two) = ([1u8; 32], [2u8; 32]);
+        write_pack(&path, &[7; ID_LEN], &[(one, b"old value of one"), (two, b"two")]);
+        let mut index = PackIndex::default();
+        index.catch_up(&File::open(&path).unwrap(), &path, Trust::Owner).unwrap();
+        let old_one = index.live[&slot(&one)];
+
+        // Compacted: `two` first now, `one` where `two` was, and as long as the old file.
+        write_pack(&path, &[8; ID_LEN], &[(two, b"two"), (one, b"new value of one")]);
+        let file = File::open(&path).unwrap();
+        index.identity = identity(&file.metadata().unwrap()); // as if inode and times were reused
+        index.catch_up(&file, &path, Trust::Owner).unwrap();
+        let new_one = index.live[&slot(&one)];
+        assert_ne!(new_one, old_one);
+        let mut read = vec![0u8; new_one.len as usize];
+        file.read_exact_at(&mut read, new_one.offset).unwrap();
+        assert_eq!(read, b"new value of one");
+        assert_eq!(index.live.len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
