@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.detonator import DETONATIONS, Detonator
 from helpers.entry_bytes import bytes_on_disk, stored, temp_files
 
 from afml_cache import Cache, StoreError, fingerprint
@@ -147,23 +148,6 @@ def test_an_entry_being_overwritten_reads_as_the_old_or_the_new_value_never_a_mi
 
 
 # --- corrupt entries are misses, removed, logged, and never unpickled ---------------------------
-
-DETONATIONS: list[str] = []
-
-
-def _detonate(marker: str) -> Detonator:
-    """Runs when, and only when, a stored Detonator is unpickled."""
-    DETONATIONS.append(marker)
-    Path(marker).write_text("unpickled")
-    return Detonator(marker)
-
-
-class Detonator:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_detonate, (self.marker,))
 
 
 def layout(data: bytes) -> dict[str, range]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import pack_worker
+from helpers.detonator import DETONATIONS, Detonator
 from helpers.entry_bytes import (
     FRAME_LEN,
     MAC_LEN,
@@ -220,23 +221,6 @@ def test_two_processes_setting_disjoint_and_overlapping_small_keys_lose_nothing(
 
 
 # --- damaged records ----------------------------------------------------------------------------
-
-DETONATIONS: list[str] = []
-
-
-def _detonate(marker: str) -> Detonator:
-    """Runs when, and only when, a stored Detonator is unpickled."""
-    DETONATIONS.append(marker)
-    Path(marker).write_text("unpickled")
-    return Detonator(marker)
-
-
-class Detonator:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_detonate, (self.marker,))
 
 
 def sealed_parts(data: bytes) -> dict[str, range]:
