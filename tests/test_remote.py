@@ -160,6 +160,110 @@ def _flip_a_byte(url: str, path: str) -> None:
     obstore.put(prefix, path, bytes(data))
 
 
+# --- a remote hit: decoded in the one pass that keeps the local copy --------------------------
+
+UNPICKLED: list[str] = []
+
+
+class Marked:
+    """A value whose unpickling is recorded: a hit loads one, a computation does not."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __reduce__(self) -> tuple[object, tuple[np.ndarray]]:
+        return _rebuild_marked, (self.values,)
+
+
+def _rebuild_marked(values: np.ndarray) -> Marked:
+    UNPICKLED.append("loaded")
+    return Marked(values)
+
+
+def _marked() -> Marked:
+    # 3.2 MB in one buffer: compressible chunks, then random ones (stored raw).
+    rng = np.random.default_rng(11)
+    pattern = np.arange(1_600_000, dtype=np.uint32).astype(np.uint8)
+    return Marked(np.concatenate([pattern, rng.integers(0, 256, 1_600_000, dtype=np.uint8)]))
+
+
+def test_a_remote_hit_returns_the_value_and_keeps_a_local_copy(url: str, tmp_path: Path) -> None:
+    frame, marked = _frame(), _marked()
+    writer = Cache(tmp_path / "a", remote=url)
+    writer.set("bars", frame)
+    writer.set("marked", marked)
+    reader = Cache(tmp_path / "b", remote=url, memory_limit=1)
+    pd.testing.assert_frame_equal(reader.get("bars"), frame)
+    np.testing.assert_array_equal(reader.get("marked").values, marked.values)
+    assert reader.stats()["hits"] == 2
+    # The local copies verify, and a lookup of the directory alone hits them.
+    assert reader.check() == []
+    local = Cache(tmp_path / "b", memory_limit=1)
+    pd.testing.assert_frame_equal(local.get("bars"), frame)
+    np.testing.assert_array_equal(local.get("marked").values, marked.values)
+
+
+def test_a_remote_hit_into_a_directory_too_small_to_keep_it_still_returns_the_value(
+    url: str, tmp_path: Path
+) -> None:
+    marked = _marked()
+    Cache(tmp_path / "a", remote=url).set("marked", marked)
+    small = Cache(tmp_path / "b", remote=url, size_limit="1MB", memory_limit=1)
+    np.testing.assert_array_equal(small.get("marked").values, marked.values)
+    # Evicted locally at once (it does not fit), kept in the prefix for every machine.
+    assert any(p.endswith(".afc") for p in _objects(url))
+    np.testing.assert_array_equal(
+        Cache(tmp_path / "c", remote=url).get("marked").values, marked.values
+    )
+
+
+def test_a_remote_entry_with_a_byte_flipped_anywhere_is_never_unpickled(
+    url: str, tmp_path: Path
+) -> None:
+    marked = _marked()
+    Cache(tmp_path / "a", remote=url).set("marked", marked)
+    (path,) = [p for p in _objects(url) if p.endswith(".afc")]
+    prefix = obstore.store.from_url(url)
+    good = bytes(obstore.get(prefix, path).bytes())
+    header_end = 40 + int.from_bytes(good[24:28], "little")
+    stream_end = header_end + 8 + int.from_bytes(good[header_end : header_end + 8], "little")
+    frame = stream_end + 8  # the one buffer's frame: a 20-byte header, then its chunk table
+    table = [
+        int.from_bytes(good[at : at + 4], "little")
+        for at in range(
+            frame + 20, frame + 20 + 4 * int.from_bytes(good[frame + 16 : frame + 20], "little"), 4
+        )
+    ]
+    first_chunk = frame + 20 + 4 * len(table)
+    assert table[0] >> 31 == 0 and table[-1] >> 31 == 1  # compressed first, stored raw last
+    places = {
+        "the buffer count": 29,
+        "the header": header_end - 1,
+        "the pickle stream": header_end + 9,
+        "a frame's chunk table": frame + 21,
+        "a compressed chunk": first_chunk + (table[0] & (1 << 30) - 1) // 2,
+        "a raw chunk": len(good) - 40,
+        "the MAC": len(good) - 1,
+    }
+    UNPICKLED.clear()
+    for n, (what, at) in enumerate(places.items()):
+        bad = bytearray(good)
+        bad[at] ^= 0x04
+        obstore.put(prefix, path, bytes(bad))
+        reader = Cache(tmp_path / f"reader-{n}", remote=url, memory_limit=1)
+        with pytest.warns(CacheWarning, match="was not unpickled"):
+            assert reader.get("marked") is None, what
+        assert UNPICKLED == [], what
+        assert not any(p.endswith(".afc") for p in _objects(url)), what  # removed
+        # Nothing of it stays in the local directory, not even a temp file.
+        assert not [f for f in (tmp_path / f"reader-{n}").rglob("*.afc*") if f.is_file()], what
+    obstore.put(prefix, path, good)
+    np.testing.assert_array_equal(
+        Cache(tmp_path / "last", remote=url).get("marked").values, marked.values
+    )
+    assert UNPICKLED == ["loaded"]
+
+
 def test_a_large_entry_goes_up_in_parts_and_streams_back_intact(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,13 +1,16 @@
 """The compiled core (Rust, PyO3). The public API re-exports these from `afml_cache`."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, BinaryIO, final
+
+from typing_extensions import Buffer
 
 __all__ = [
     "LATENCY_BOUNDS",
     "SPEC_VERSION",
+    "Encoded",
     "EntryExport",
     "EntryInfo",
     "FunctionTotals",
@@ -106,6 +109,13 @@ class KeyLock:
     ) -> None: ...
 
 @final
+class Encoded:
+    """A value's buffers compressed ahead of their write (`Store.encode`)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+@final
 class Store:
     """A cache directory on disk."""
 
@@ -128,7 +138,7 @@ class Store:
         namespace: str,
         digest: str,
         stream: bytes,
-        buffers: list[tuple[memoryview, int]],
+        buffers: list[tuple[memoryview, int]] | Encoded,
         *,
         compression: str,
         expires: float | None,
@@ -139,6 +149,7 @@ class Store:
         metadata: str,
         background: bool = False,
     ) -> tuple[bool, int, bytes | None]: ...
+    def encode(self, buffers: list[tuple[memoryview, int]], compression: str) -> Encoded: ...
     def get(
         self, namespace: str, digest: str
     ) -> tuple[bytearray, list[bytearray], bytes, float | None, float] | None: ...
@@ -174,6 +185,11 @@ class Store:
         self, namespace: str, digest: str, archive_key: bytes
     ) -> EntryExport | None: ...
     def stage_import(self, source: BinaryIO, archive_key: bytes) -> StagedImport: ...
+    def stage_download(
+        self, chunks: Iterable[Buffer], archive_key: bytes, decode: bool
+    ) -> tuple[
+        StagedImport, tuple[bytearray, list[bytearray], bytes, float | None, float] | None
+    ]: ...
 
 @final
 class EntryExport:

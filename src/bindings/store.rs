@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyIterator, PyList};
 
 use crate::codec::{self, Compression};
 use crate::store::{self, CallRecord, Lookup, NewEntry, Scanned, Stored};
@@ -15,6 +15,47 @@ use crate::store::{self, CallRecord, Lookup, NewEntry, Scanned, Stored};
 #[pyclass(frozen, module = "afml_cache._core")]
 pub struct Store {
     inner: store::Store,
+}
+
+/// A value's buffers compressed ahead of their write (`Store.encode`); `nbytes`: the compressed
+/// bytes it holds. A `put` takes them: it stores one entry, once.
+#[pyclass(frozen, module = "afml_cache._core")]
+pub struct Encoded {
+    frames: std::sync::Mutex<Option<store::Encoded>>,
+    compression: Compression,
+    #[pyo3(get)]
+    nbytes: usize,
+}
+
+impl Encoded {
+    fn take(&self, compression: Compression) -> PyResult<store::Encoded> {
+        if compression != self.compression {
+            let (asked, made) = (compression.name(), self.compression.name());
+            return Err(PyValueError::new_err(format!("buffers encoded as {made:?} cannot be stored as {asked:?}")));
+        }
+        let taken = self.frames.lock().map_err(|_| PyValueError::new_err("encoded buffers poisoned"))?.take();
+        taken.ok_or_else(|| PyValueError::new_err("these encoded buffers were stored already"))
+    }
+}
+
+/// `compression` as a level, or a ValueError naming the levels.
+fn parse_compression(compression: &str) -> PyResult<Compression> {
+    compression.parse().map_err(|e: codec::UnknownCompression| PyValueError::new_err(e.to_string()))
+}
+
+/// The bytes of each C-contiguous buffer, beside its item size.
+fn contiguous(buffers: &[(PyBuffer<u8>, usize)]) -> PyResult<Vec<(&[u8], usize)>> {
+    let mut slices = Vec::with_capacity(buffers.len());
+    for (buffer, itemsize) in buffers {
+        if !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err("stored buffers must be C-contiguous"));
+        }
+        // SAFETY: the PyBuffer keeps the exporter's memory alive and in place until dropped,
+        // after the caller is done with these slices.
+        let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+        slices.push((bytes, *itemsize));
+    }
+    Ok(slices)
 }
 
 /// One function's (namespace's) statistics, shared through the directory: calls, hits, misses,
@@ -183,9 +224,10 @@ impl Store {
     }
 
     /// Stores a value; returns `(stored, size, mac)`: `stored` is False when the entry is larger
-    /// than the whole size limit (then `mac` is None and nothing was written). `background`: a
-    /// value written behind, compressed in the writer's own low-priority pool
-    /// (`parallel::in_background`), not in the one the caller's fingerprints use.
+    /// than the whole size limit (then `mac` is None and nothing was written). `buffers`: a list
+    /// of `(buffer, item size)`, or an `Encoded` of them (`encode`), which this empties.
+    /// `background`: a value written behind, compressed and written in the writer's own
+    /// low-priority pool (`parallel::in_background`), not in the one the caller's fingerprints use.
     #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata, background = false))]
     #[allow(clippy::too_many_arguments)]
     fn put<'py>(
@@ -194,7 +236,7 @@ impl Store {
         namespace: &str,
         digest: &str,
         stream: &[u8],
-        buffers: Vec<(PyBuffer<u8>, usize)>,
+        buffers: &Bound<'py, PyAny>,
         compression: &str,
         expires: Option<f64>,
         compute_time: f64,
@@ -204,18 +246,13 @@ impl Store {
         metadata: String,
         background: bool,
     ) -> PyResult<(bool, u64, Option<Bound<'py, PyBytes>>)> {
-        let compression: Compression =
-            compression.parse().map_err(|e: codec::UnknownCompression| PyValueError::new_err(e.to_string()))?;
-        let mut slices = Vec::with_capacity(buffers.len());
-        for (buffer, itemsize) in &buffers {
-            if !buffer.is_c_contiguous() {
-                return Err(PyValueError::new_err("stored buffers must be C-contiguous"));
-            }
-            // SAFETY: the PyBuffer keeps the exporter's memory alive and in place until dropped,
-            // after this call returns.
-            let bytes = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
-            slices.push((bytes, *itemsize));
-        }
+        let compression = parse_compression(compression)?;
+        let encoded = match buffers.cast::<Encoded>() {
+            Ok(encoded) => Some(encoded.get().take(compression)?),
+            Err(_) => None,
+        };
+        let buffers: Vec<(PyBuffer<u8>, usize)> = if encoded.is_some() { Vec::new() } else { buffers.extract()? };
+        let slices = contiguous(&buffers)?;
         let new = NewEntry {
             namespace,
             key: digest,
@@ -229,12 +266,25 @@ impl Store {
             time_range,
             metadata,
         };
-        let put = || self.inner.put(new);
+        let put = || match encoded {
+            Some(encoded) => self.inner.put_encoded(new, encoded),
+            None => self.inner.put(new),
+        };
         let stored = py.detach(|| if background { crate::parallel::in_background(put) } else { put() });
         match stored? {
             Stored::Written { bytes, mac } => Ok((true, bytes, Some(PyBytes::new(py, &mac)))),
             Stored::TooLarge { bytes, .. } => Ok((false, bytes, None)),
         }
+    }
+
+    /// The buffers (`(buffer, item size)`) compressed now, in parallel, for a `put` that writes
+    /// them later without needing the buffers themselves.
+    fn encode(&self, py: Python<'_>, buffers: Vec<(PyBuffer<u8>, usize)>, compression: &str) -> PyResult<Encoded> {
+        let compression = parse_compression(compression)?;
+        let slices = contiguous(&buffers)?;
+        let encoded = py.detach(|| store::encode(&slices, compression));
+        let nbytes = encoded.frames.iter().map(Vec::len).sum();
+        Ok(Encoded { frames: std::sync::Mutex::new(Some(encoded)), compression, nbytes })
     }
 
     /// `(stream, buffers, mac, expires)` of a verified entry, or None (a miss). Buffers come back
@@ -427,6 +477,43 @@ impl Store {
             (staged, None) => Ok(StagedImport { store: slf, staged: Some(staged?) }),
         }
     }
+
+    /// `stage_import` from `chunks`, an iterable of buffers (a download's pieces, taken one at a
+    /// time, each processed with the GIL released). With `decode`, the value is decoded as the
+    /// bytes pass, into fresh buffers, and returned beside the staged entry as `get` returns it
+    /// (`(stream, buffers, mac, expires, compute_time)`, `mac` the staged entry's): only once
+    /// the whole entry verified. Without it, the second item is None.
+    fn stage_download<'py>(
+        slf: Py<Self>,
+        py: Python<'py>,
+        chunks: &Bound<'py, PyAny>,
+        archive_key: [u8; 32],
+        decode: bool,
+    ) -> PyResult<(StagedImport, Option<Bound<'py, PyAny>>)> {
+        let mut reader = PyChunks { chunks: chunks.try_iter()?.unbind(), current: None, at: 0, error: None };
+        let mut outputs = PyOutputs { arrays: Vec::new(), error: None, place: std::marker::PhantomData };
+        let store = slf.get();
+        let staged = py.detach(|| match decode {
+            true => store.inner.stage_decoded(&mut reader, &archive_key, &mut outputs),
+            false => store.inner.stage_import(&mut reader, &archive_key),
+        });
+        drop(reader.current.take()); // released with the GIL held
+        if let Some(error) = reader.error.or(outputs.error) {
+            return Err(error); // the iterator's or the allocator's own exception, as it came
+        }
+        let staged = staged?;
+        let value = match outputs.arrays.split_first() {
+            Some((stream, buffers)) if decode => {
+                let buffers = PyList::new(py, buffers.iter().map(|b| b.bind(py)))?;
+                let header = &staged.header;
+                let found =
+                    (stream.bind(py), buffers, PyBytes::new(py, &staged.mac), header.expires, header.compute_time);
+                Some(found.into_pyobject(py)?.into_any())
+            }
+            _ => None,
+        };
+        Ok((StagedImport { store: slf, staged: Some(staged) }, value))
+    }
 }
 
 /// An entry read out in pieces, sealed under another key, by `Store.export_reader`: one pass
@@ -465,12 +552,12 @@ pub struct StagedImport {
 impl StagedImport {
     #[getter]
     fn namespace(&self) -> Option<&str> {
-        self.staged.as_ref().map(|s| s.namespace.as_str())
+        self.staged.as_ref().map(|s| s.header.namespace.as_str())
     }
 
     #[getter]
     fn key(&self) -> Option<&str> {
-        self.staged.as_ref().map(|s| s.key.as_str())
+        self.staged.as_ref().map(|s| s.header.key.as_str())
     }
 
     fn commit(&mut self, py: Python<'_>) -> PyResult<()> {
@@ -508,6 +595,79 @@ impl std::io::Read for PyReader {
                     self.error = Some(error);
                     Err(std::io::Error::other(message))
                 }
+            }
+        })
+    }
+}
+
+/// An iterable of Python buffers as a `Read`, copying straight from each buffer; the iterator's
+/// exception is kept to be raised as it came.
+struct PyChunks {
+    chunks: Py<PyIterator>,
+    current: Option<PyBuffer<u8>>,
+    at: usize,
+    error: Option<PyErr>,
+}
+
+impl std::io::Read for PyChunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(chunk) = &self.current {
+                let left = chunk.len_bytes() - self.at;
+                if left > 0 {
+                    // SAFETY: the PyBuffer keeps the exporter's memory alive and in place until
+                    // dropped; it was checked C-contiguous when taken.
+                    let bytes = unsafe { std::slice::from_raw_parts(chunk.buf_ptr() as *const u8, chunk.len_bytes()) };
+                    let n = left.min(buf.len());
+                    buf[..n].copy_from_slice(&bytes[self.at..self.at + n]);
+                    self.at += n;
+                    return Ok(n);
+                }
+            }
+            let next = Python::attach(|py| -> PyResult<Option<PyBuffer<u8>>> {
+                self.current = None;
+                let Some(chunk) = self.chunks.bind(py).clone().next().transpose()? else { return Ok(None) };
+                let chunk = PyBuffer::<u8>::get(&chunk)?;
+                if !chunk.is_c_contiguous() {
+                    return Err(PyValueError::new_err("downloaded chunks must be C-contiguous"));
+                }
+                Ok(Some(chunk))
+            });
+            match next {
+                Ok(None) => return Ok(0),
+                Ok(chunk) => (self.current, self.at) = (chunk, 0),
+                Err(error) => {
+                    let message = error.to_string();
+                    self.error = Some(error);
+                    return Err(std::io::Error::other(message));
+                }
+            }
+        }
+    }
+}
+
+/// Fresh bytearrays for a value decoded as it downloads, kept here so the places handed out
+/// stay alive; an allocation's exception is kept to be raised as it came.
+struct PyOutputs<'o> {
+    arrays: Vec<Py<PyByteArray>>,
+    error: Option<PyErr>,
+    place: std::marker::PhantomData<&'o mut [u8]>,
+}
+
+impl<'o> store::Outputs<'o> for PyOutputs<'o> {
+    fn place(&mut self, len: usize) -> crate::error::Result<&'o mut [u8]> {
+        // Without huge pages: the download fills the page cache as it goes, and faulting huge
+        // pages in meanwhile stalls in compaction (it cost more time and CPU than small pages).
+        Python::attach(|py| match new_bytearray(py, len) {
+            Ok((array, place)) => {
+                self.arrays.push(array.unbind());
+                // SAFETY: the bytearray is held in `arrays`, never resized, for as long as these
+                // outputs live, which outlives the staging that fills it.
+                Ok(unsafe { std::slice::from_raw_parts_mut(place.as_mut_ptr(), len) })
+            }
+            Err(error) => {
+                self.error = Some(error);
+                Err(crate::error::Error::InvalidArgument(format!("cannot allocate {len} bytes for a downloaded value")))
             }
         })
     }
@@ -575,13 +735,20 @@ impl Store {
 /// A new bytearray of `len` bytes, not zero-filled (it is about to be overwritten whole), with
 /// huge pages advised, and a slice to fill it through.
 fn fresh_bytearray<'py>(py: Python<'py>, len: usize) -> PyResult<(Bound<'py, PyByteArray>, &'py mut [u8])> {
+    let (array, data) = new_bytearray(py, len)?;
+    crate::memory::advise_huge_pages(data.as_mut_ptr(), len);
+    Ok((array, data))
+}
+
+/// A new bytearray of `len` bytes, not zero-filled (it is about to be overwritten whole), and a
+/// slice to fill it through.
+fn new_bytearray<'py>(py: Python<'py>, len: usize) -> PyResult<(Bound<'py, PyByteArray>, &'py mut [u8])> {
     // SAFETY: PyByteArray_FromStringAndSize(NULL, n) returns a new bytearray of n uninitialized
     // bytes (or NULL with an exception set); nothing reads them before the caller writes them all.
     unsafe {
         let raw = pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
         let array = Bound::from_owned_ptr_or_err(py, raw)?.cast_into_unchecked::<PyByteArray>();
         let data = pyo3::ffi::PyByteArray_AsString(array.as_ptr()) as *mut u8;
-        crate::memory::advise_huge_pages(data, len);
         // The bytearray is new, owned here and not resized while the slice is in use.
         Ok((array, std::slice::from_raw_parts_mut(data, len)))
     }

@@ -1,27 +1,38 @@
-//! Importing entries from an export archive, in bounded memory and all or nothing.
+//! Importing entries from an export archive or a remote prefix, in bounded memory and all or
+//! nothing.
 //!
-//! An archive member is read once, in chunks: its framing and its MAC under the archive's key
-//! are checked as it streams into a temp file beside its entry's path, where it is re-sealed
-//! under this cache's key. Nothing is visible until `commit`: an importer stages every member
-//! first and commits only when all of them verified; a `Staged` entry dropped uncommitted
-//! removes its temp file.
+//! An entry is read once, in pieces: its framing and its MAC under the archive's key are checked
+//! as it streams into a temp file beside its entry's path, where it is re-sealed under this
+//! cache's key. Nothing is visible until `commit`: an importer stages every member first and
+//! commits only when all of them verified; a `Staged` entry dropped uncommitted removes its temp
+//! file. A remote hit also decodes the value as it streams by ([`Store::stage_decoded`]), so the
+//! entry is read once for both the local copy and the value.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use super::entry::{self, Mac, MAC_LEN, PREFIX_LEN};
+use super::entry::{self, Header, Mac, MAC_LEN, PREFIX_LEN};
 use super::Store;
+use crate::codec;
 use crate::error::{Error, Result};
 
-/// Bytes read from the archive at a time.
-const CHUNK: usize = 1 << 20;
+/// Bytes read, checked and written at a time (at least one codec chunk).
+const PIECE: usize = 4 << 20;
+
+/// Where [`Store::stage_decoded`] decodes the value: asked for the place of the pickle stream,
+/// then of each buffer in order, as their lengths arrive.
+pub trait Outputs<'o> {
+    fn place(&mut self, len: usize) -> Result<&'o mut [u8]>;
+}
 
 /// An imported entry, verified and written beside its path, not yet in place.
 #[derive(Debug)]
 pub struct Staged {
-    pub namespace: String,
-    pub key: String,
+    /// The entry's header (its namespace and key among the rest), as verified.
+    pub header: Header,
+    /// The MAC under this cache's key: the entry's once committed.
+    pub mac: [u8; MAC_LEN],
     temp: PathBuf,
     path: PathBuf,
     size: u64,
@@ -40,7 +51,28 @@ impl Store {
     /// Reads one exported entry from `source` (exactly its bytes), checks it against
     /// `archive_key` and stages it under this cache's key. A damaged or foreign entry is
     /// `Error::CorruptEntry`; a failure to read `source` is returned as it came.
-    pub fn stage_import(&self, source: &mut dyn Read, archive_key: &[u8; 32]) -> Result<Staged> {
+    pub fn stage_import(&self, source: &mut (dyn Read + Send), archive_key: &[u8; 32]) -> Result<Staged> {
+        self.stage(source, archive_key, None)
+    }
+
+    /// `stage_import` that also decodes the value into `outputs` as the bytes stream by. Until it
+    /// returns `Ok` (the MAC of the whole entry verified), nothing written into the outputs may
+    /// be trusted; on an error they hold garbage.
+    pub fn stage_decoded(
+        &self,
+        source: &mut (dyn Read + Send),
+        archive_key: &[u8; 32],
+        outputs: &mut dyn Outputs<'_>,
+    ) -> Result<Staged> {
+        self.stage(source, archive_key, Some(outputs))
+    }
+
+    fn stage(
+        &self,
+        source: &mut (dyn Read + Send),
+        archive_key: &[u8; 32],
+        outputs: Option<&mut dyn Outputs<'_>>,
+    ) -> Result<Staged> {
         let mut head = vec![0u8; PREFIX_LEN];
         read_exact(source, &mut head, "its fixed prefix")?;
         let header_end = entry::header_extent(&head)?;
@@ -52,27 +84,19 @@ impl Store {
         let payload_len = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
         let ring = self.keyring();
         let (temp, file) = self.new_temp(&path)?;
-        let staged = Staged {
-            namespace: header.namespace,
-            key: header.key,
+        let mut staged = Staged {
+            header,
+            mac: [0; MAC_LEN],
             temp,
             path,
             size: (header_end as u64).saturating_add(payload_len).saturating_add(MAC_LEN as u64),
             committed: false,
         };
-        let mut out = Sealing { file, archive: Mac::new(archive_key), cache: Mac::new(&ring.mac_key) };
-        out.write(&head, &staged.temp)?;
-        let mut framing = Framing::new(frames);
-        let mut chunk = vec![0u8; CHUNK.min(payload_len as usize)];
-        let mut left = payload_len;
-        while left > 0 {
-            let piece = &mut chunk[..CHUNK.min(left as usize)];
-            read_exact(source, piece, "its payload")?;
-            framing.feed(piece)?;
-            out.write(piece, &staged.temp)?;
-            left -= piece.len() as u64;
-        }
-        framing.finish()?;
+        let sealing = Sealing { file, archive: Mac::new(archive_key), cache: Mac::new(&ring.mac_key) };
+        let mut pass = Passing { source, out: sealing, temp: &staged.temp, left: payload_len, window: Vec::new() };
+        pass.out.write(&head, pass.temp)?;
+        pass.payload(frames, outputs)?;
+        let Passing { source, out, .. } = pass;
         let mut mac = [0u8; MAC_LEN];
         read_exact(source, &mut mac, "its MAC")?;
         match source.read(&mut [0u8; 1]) {
@@ -84,8 +108,9 @@ impl Store {
         if blake3::Hash::from(out.archive.finish()) != blake3::Hash::from(mac) {
             return Err(corrupt("the MAC does not match the archive's key (the entry was changed or damaged)"));
         }
-        let sealed = out.cache.finish();
-        out.file.write_all(&sealed).map_err(|e| Error::io("cannot write", &staged.temp, e))?;
+        let mut file = out.file;
+        staged.mac = out.cache.finish();
+        file.write_all(&staged.mac).map_err(|e| Error::io("cannot write", &staged.temp, e))?;
         Ok(staged)
     }
 
@@ -94,16 +119,16 @@ impl Store {
         let ring = self.keyring();
         if staged.size < super::PACKED_BELOW as u64 {
             let sealed = fs::read(&staged.temp).map_err(|e| Error::io("cannot read", &staged.temp, e))?;
-            self.put_packed(&ring, &staged.namespace, &staged.key, &sealed)?;
+            self.put_packed(&ring, &staged.header.namespace, &staged.header.key, &sealed)?;
             // Best effort, as below.
-            let _ = self.function_counters(&staged.namespace);
+            let _ = self.function_counters(&staged.header.namespace);
             return Ok(()); // dropping `staged` removes its temp file
         }
         let replaced = super::replace(&staged.temp, &staged.path)
             .map_err(|e| Error::io("cannot move into place", &staged.path, e))?;
         staged.committed = true;
         // Best effort: records the namespace's name beside its sizes, for `function_stats`.
-        let _ = self.function_counters(&staged.namespace);
+        let _ = self.function_counters(&staged.header.namespace);
         self.count_installed(&ring, &staged.path, staged.size, replaced)
     }
 }
@@ -118,56 +143,154 @@ struct Sealing {
 
 impl Sealing {
     fn write(&mut self, piece: &[u8], temp: &std::path::Path) -> Result<()> {
-        self.archive.update(piece);
-        self.cache.update(piece);
-        self.file.write_all(piece).map_err(|e| Error::io("cannot write", temp, e))
+        let Self { file, archive, cache } = self;
+        let mut macs = || {
+            archive.update(piece);
+            cache.update(piece);
+        };
+        let written = if piece.len() >= PIECE / 2 && crate::parallel::available() {
+            // Writing into the page cache overlaps hashing.
+            rayon::join(|| file.write_all(piece), macs).0
+        } else {
+            macs();
+            file.write_all(piece)
+        };
+        written.map_err(|e| Error::io("cannot write", temp, e))
     }
 }
 
-/// Checks a payload's framing as it streams by: a u64 length then that many bytes, once for the
-/// pickle stream and once per buffer frame, ending exactly at the payload's end.
-struct Framing {
-    length: Vec<u8>,
-    left_in_piece: u64,
-    pieces_left: u64,
+/// The payload on its way from the source to the staged file, its framing checked as it goes:
+/// a u64 length then that many bytes, once for the pickle stream and once per buffer frame,
+/// ending exactly at the payload's end.
+struct Passing<'a> {
+    source: &'a mut (dyn Read + Send),
+    out: Sealing,
+    temp: &'a std::path::Path,
+    /// Payload bytes not yet read.
+    left: u64,
+    window: Vec<u8>,
 }
 
-impl Framing {
-    fn new(frames: u32) -> Self {
-        Self { length: Vec::with_capacity(8), left_in_piece: 0, pieces_left: 1 + u64::from(frames) }
-    }
-
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<()> {
-        while !bytes.is_empty() {
-            if self.left_in_piece > 0 {
-                let take = self.left_in_piece.min(bytes.len() as u64);
-                self.left_in_piece -= take;
-                bytes = &bytes[take as usize..];
-            } else if self.pieces_left == 0 {
-                return Err(corrupt("the payload has bytes after its last buffer"));
-            } else {
-                let take = (8 - self.length.len()).min(bytes.len());
-                self.length.extend_from_slice(&bytes[..take]);
-                bytes = &bytes[take..];
-                if self.length.len() == 8 {
-                    self.left_in_piece = u64::from_le_bytes(self.length[..].try_into().expect("8 bytes"));
-                    self.length.clear();
-                    self.pieces_left -= 1;
-                }
+impl Passing<'_> {
+    fn payload(&mut self, frames: u32, mut outputs: Option<&mut dyn Outputs<'_>>) -> Result<()> {
+        let stream_len = self.length()?;
+        match outputs.as_mut() {
+            Some(outputs) => self.fill(outputs.place(stream_len)?, "its pickle stream")?,
+            None => self.skip(stream_len)?,
+        }
+        for _ in 0..frames {
+            let frame_len = self.length()?;
+            if frame_len < codec::HEADER_LEN {
+                return Err(corrupt("a buffer's frame is shorter than a frame header"));
+            }
+            let mut frame_head = vec![0u8; codec::HEADER_LEN];
+            self.fill(&mut frame_head, "a frame header")?;
+            let head_len = codec::head_len(&frame_head).map_err(bad_frame)?;
+            if head_len > frame_len {
+                return Err(corrupt("a frame's chunk table runs past the frame"));
+            }
+            // Grown as its bytes arrive: a forged length cannot make it allocate ahead of them.
+            while frame_head.len() < head_len {
+                let at = frame_head.len();
+                frame_head.resize(head_len.min(at + PIECE), 0);
+                self.fill(&mut frame_head[at..], "a frame's chunk table")?;
+            }
+            let layout = codec::layout(&frame_head, frame_len).map_err(bad_frame)?;
+            match outputs.as_mut() {
+                Some(outputs) => self.decode(&layout, outputs.place(layout.raw_len())?)?,
+                None => self.skip(frame_len - head_len)?,
             }
         }
+        if self.left > 0 {
+            return Err(corrupt("the payload has bytes after its last buffer"));
+        }
         Ok(())
     }
 
-    fn finish(&self) -> Result<()> {
-        if self.pieces_left > 0 || self.left_in_piece > 0 || !self.length.is_empty() {
+    /// Reads a u64 length and checks that the payload holds that many more bytes.
+    fn length(&mut self) -> Result<usize> {
+        let mut length = [0u8; 8];
+        self.fill(&mut length, "a payload length")?;
+        let length = u64::from_le_bytes(length);
+        if length > self.left {
             return Err(corrupt("a payload length runs past the end"));
         }
+        usize::try_from(length).map_err(|_| corrupt("a payload length does not fit this machine"))
+    }
+
+    /// Fills `into` with the next payload bytes, passing them on to the staged file.
+    fn fill(&mut self, into: &mut [u8], what: &str) -> Result<()> {
+        if into.len() as u64 > self.left {
+            return Err(corrupt(&format!("{what} runs past the end of the payload")));
+        }
+        let Self { source, out, temp, .. } = self;
+        let mut pieces = into.chunks_mut(PIECE);
+        let mut current = pieces.next();
+        if let Some(first) = current.as_deref_mut() {
+            read_exact(*source, first, "its payload")?;
+        }
+        // Reading piece k + 1 (copying into fresh memory, which faults it in) overlaps checking
+        // and writing piece k.
+        while let Some(piece) = current {
+            let mut next = pieces.next();
+            match next.as_deref_mut() {
+                Some(next) if crate::parallel::available() => {
+                    let (written, read) =
+                        rayon::join(|| out.write(piece, temp), || read_exact(*source, next, "its payload"));
+                    written?;
+                    read?;
+                }
+                Some(next) => {
+                    out.write(piece, temp)?;
+                    read_exact(*source, next, "its payload")?;
+                }
+                None => out.write(piece, temp)?,
+            }
+            current = next;
+        }
+        self.left -= into.len() as u64;
+        Ok(())
+    }
+
+    /// Passes `len` payload bytes on without keeping them.
+    fn skip(&mut self, mut len: usize) -> Result<()> {
+        let mut window = std::mem::take(&mut self.window);
+        while len > 0 {
+            window.resize(len.min(PIECE), 0);
+            self.fill(&mut window, "a payload part")?;
+            len -= window.len();
+        }
+        self.window = window;
+        Ok(())
+    }
+
+    /// Passes a frame's chunks on, decoding them into `out`: runs of raw chunks are read straight
+    /// into their place, runs of compressed ones into a window and decoded from there.
+    fn decode(&mut self, layout: &codec::Layout, out: &mut [u8]) -> Result<()> {
+        let mut window = std::mem::take(&mut self.window);
+        let mut first = 0;
+        while first < layout.chunks() {
+            let (raw, start) = (layout.is_raw(first), layout.stored_span(first).start);
+            let mut end = first + 1;
+            while end < layout.chunks() && layout.is_raw(end) == raw && layout.stored_span(end).end - start <= PIECE {
+                end += 1;
+            }
+            let place = &mut out[layout.raw_span(first).start..layout.raw_span(end - 1).end];
+            if raw {
+                self.fill(place, "a buffer's chunks")?;
+            } else {
+                window.resize(layout.stored_span(end - 1).end - start, 0);
+                self.fill(&mut window, "a buffer's chunks")?;
+                layout.decode_chunks(first..end, &window, place).map_err(bad_frame)?;
+            }
+            first = end;
+        }
+        self.window = window;
         Ok(())
     }
 }
 
-fn read_exact(source: &mut dyn Read, into: &mut [u8], what: &str) -> Result<()> {
+fn read_exact(source: &mut (dyn Read + Send), into: &mut [u8], what: &str) -> Result<()> {
     source.read_exact(into).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => corrupt(&format!("it ends inside {what} (truncated)")),
         _ => Error::io("cannot read the archive member", PathBuf::new(), e),
@@ -178,34 +301,138 @@ fn corrupt(why: &str) -> Error {
     Error::CorruptEntry(why.to_string())
 }
 
+/// A frame that does not decode: the entry is corrupt.
+fn bad_frame(error: Error) -> Error {
+    match error {
+        Error::CorruptFrame(why) => corrupt(&format!("a buffer's frame is corrupt: {why}")),
+        other => corrupt(&other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::layout;
+    use super::super::tests::{key, Scratch, GB};
     use super::*;
+    use crate::codec::{samples, Compression};
 
-    fn framed(pieces: &[&[u8]]) -> Vec<u8> {
-        pieces.iter().flat_map(|p| [&(p.len() as u64).to_le_bytes()[..], p].concat()).collect()
+    const ARCHIVE: [u8; 32] = [3; 32];
+
+    /// Hands out outputs sized in advance, checking that each is asked for at its length.
+    struct Given<'o>(std::vec::IntoIter<&'o mut [u8]>);
+
+    impl<'o> Outputs<'o> for Given<'o> {
+        fn place(&mut self, len: usize) -> Result<&'o mut [u8]> {
+            let out = self.0.next().expect("asked for more outputs than the value has");
+            assert_eq!(out.len(), len);
+            Ok(out)
+        }
+    }
+
+    /// A source that returns at most `step` bytes per read, as a download's chunks may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// An entry sealed under the archive's key: a stream and three buffers, one mixing
+    /// compressible and random chunks.
+    fn exported(compression: Compression) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
+        let mut mixed = samples::prices(3 * codec::CHUNK_SIZE / 8, 5);
+        mixed[codec::CHUNK_SIZE..2 * codec::CHUNK_SIZE].copy_from_slice(&samples::random(codec::CHUNK_SIZE, 6));
+        let buffers = vec![mixed, vec![], samples::random(PIECE + 3, 7)];
+        let frames: Vec<Vec<u8>> = buffers.iter().map(|b| codec::encode(b, 8, compression)).collect();
+        let header = Header {
+            namespace: "labels".into(),
+            key: key(1),
+            compression: compression.name().into(),
+            ..Header::default()
+        };
+        let stream = b"pickle stream".to_vec();
+        let bytes = entry::seal(&ARCHIVE, &header, &stream, &frames, entry::Counters::default()).to_vec();
+        (bytes, stream, buffers)
+    }
+
+    fn decoded(store: &Store, bytes: &[u8], step: usize, stream: &mut [u8], buffers: &mut [Vec<u8>]) -> Result<Staged> {
+        let outs: Vec<&mut [u8]> = [stream].into_iter().chain(buffers.iter_mut().map(|b| b.as_mut_slice())).collect();
+        store.stage_decoded(&mut Trickle(bytes, step), &ARCHIVE, &mut Given(outs.into_iter()))
     }
 
     #[test]
-    fn framing_accepts_exact_payloads_fed_in_any_cut() {
-        let payload = framed(&[b"stream", b"", b"frame one"]);
-        for cut in 0..=payload.len() {
-            let mut framing = Framing::new(2);
-            framing.feed(&payload[..cut]).unwrap();
-            framing.feed(&payload[cut..]).unwrap();
-            framing.finish().unwrap();
+    fn a_staged_download_decodes_the_value_and_stages_the_entry_a_get_reads() {
+        let scratch = Scratch::new("archive-decode");
+        let store = scratch.store(GB);
+        for compression in [Compression::None, Compression::Default, Compression::Max] {
+            let (bytes, stream, buffers) = exported(compression);
+            for step in [7, codec::CHUNK_SIZE + 1, usize::MAX] {
+                let mut got_stream = vec![0; stream.len()];
+                let mut got: Vec<Vec<u8>> = buffers.iter().map(|b| vec![0; b.len()]).collect();
+                let staged = decoded(&store, &bytes, step, &mut got_stream, &mut got).unwrap();
+                assert!(got_stream == stream && got == buffers, "{compression}, step {step}: value differs");
+                let mac = staged.mac;
+                store.commit_import(staged).unwrap();
+                assert_eq!(store.current_mac("labels", &key(1)).unwrap(), Some(mac));
+                assert!(matches!(store.get("labels", &key(1)).unwrap(), super::super::Lookup::Hit(_)));
+            }
         }
     }
 
     #[test]
-    fn framing_refuses_short_long_and_miscounted_payloads() {
-        let payload = framed(&[b"stream", b"frame"]);
-        let mut short = Framing::new(1);
-        short.feed(&payload[..payload.len() - 1]).unwrap();
-        assert!(short.finish().is_err());
-        assert!(Framing::new(1).feed(&[&payload[..], b"x"].concat()).is_err());
-        let mut fewer = Framing::new(2);
-        fewer.feed(&payload).unwrap();
-        assert!(fewer.finish().is_err());
+    fn a_staged_download_refuses_any_flipped_bit_and_leaves_nothing() {
+        let scratch = Scratch::new("archive-flip");
+        let store = scratch.store(GB);
+        let (bytes, stream, buffers) = exported(Compression::Default);
+        let mut got_stream = vec![0; stream.len()];
+        let mut got: Vec<Vec<u8>> = buffers.iter().map(|b| vec![0; b.len()]).collect();
+        let stride = bytes.len() / 97;
+        for at in (0..bytes.len()).step_by(stride).chain([bytes.len() - 1]).filter(|at| !entry::COUNTERS.contains(at)) {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            let staged = decoded(&store, &bad, usize::MAX, &mut got_stream, &mut got);
+            assert!(staged.is_err(), "flip at {at} accepted");
+        }
+        for len in [0, PREFIX_LEN + 3, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decoded(&store, &bytes[..len], usize::MAX, &mut got_stream, &mut got).is_err(), "cut at {len}");
+        }
+        let longer = [&bytes[..], b"x"].concat();
+        assert!(decoded(&store, &longer, usize::MAX, &mut got_stream, &mut got).is_err());
+        assert!(matches!(store.get("labels", &key(1)).unwrap(), super::super::Lookup::Miss));
+        let is_temp =
+            |p: &PathBuf| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| layout::temp_writer(n).is_some());
+        let left: Vec<_> = walk(&scratch.0).into_iter().filter(is_temp).collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_import_checks_the_framing_of_every_buffer() {
+        let scratch = Scratch::new("archive-framing");
+        let store = scratch.store(GB);
+        let (bytes, ..) = exported(Compression::Default);
+        assert!(store.stage_import(&mut Trickle(&bytes, 5), &ARCHIVE).is_ok());
+        // One buffer fewer than the prefix announces, the MAC made to match: refused all the same.
+        let mut fewer = bytes.clone();
+        fewer[28..32].copy_from_slice(&2u32.to_le_bytes());
+        let resealed = entry::reseal(&ARCHIVE, &fewer);
+        let refused = store.stage_import(&mut resealed.as_slice(), &ARCHIVE).unwrap_err();
+        assert!(refused.to_string().contains("after its last buffer"), "{refused}");
     }
 }

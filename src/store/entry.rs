@@ -21,6 +21,8 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
+use blake3::hazmat::{ChainingValue, HasherExt};
+
 use crate::codec::{self, Compression};
 
 use crate::error::{Error, Result};
@@ -144,43 +146,15 @@ fn head_bytes(header: &Header, counters: Counters, buffers: usize, payload_len: 
 /// Chunks compressed together before they are written: 16 MiB of raw bytes per batch (at most
 /// two batches in flight), so a value of any size costs a few tens of MiB beyond itself.
 const BATCH_CHUNKS: usize = 32;
-/// Compressed bytes read back per step while computing the MAC of a streamed entry.
-const MAC_WINDOW: usize = 8 << 20;
-
-/// A piece of a streamed entry, in file order, for its MAC: bytes still in memory (the head,
-/// the stream, frame heads, raw chunks, which are the source's own bytes), or compressed
-/// chunks already written, to be read back.
-enum Piece {
-    /// Bytes of the buffer being framed, from `at` on.
-    Source {
-        at: usize,
-        len: usize,
-    },
-    Written {
-        at: u64,
-        len: usize,
-    },
-}
-
-/// Adds `piece` to `pieces`, joined to the last one where they are adjacent, so that the MAC is
-/// fed (and compressed bytes are read back) in long runs.
-fn push_piece(pieces: &mut Vec<Piece>, piece: Piece) {
-    match (pieces.last_mut(), piece) {
-        (Some(Piece::Written { at, len }), Piece::Written { at: next, len: more }) if *at + *len as u64 == next => {
-            *len += more
-        }
-        (Some(Piece::Source { at, len }), Piece::Source { at: next, len: more }) if *at + *len == next => *len += more,
-        (_, piece) => pieces.push(piece),
-    }
-}
 
 /// Writes an entry into `file` (new and empty) as it is made, for values too large to frame
 /// in memory first: each buffer is compressed in batches of chunks straight from its source and
 /// written at once, so no whole copy of the value or of its frames exists. The chunk tables and
-/// lengths, known only at the end, go into the places left for them; then the MAC is computed
-/// over the finished bytes in order, from memory where they still are and by reading the
-/// compressed chunks back. Returns the entry's size and MAC. The layout and MAC are exactly
-/// [`seal`]'s: readers cannot tell the two apart.
+/// lengths, known only at the end, go into the places left for them. The MAC is computed as the
+/// batches are written (each batch is hashed while it is written and the next one compressed),
+/// as blocks that do not depend on the tables before them (see [`BlockMac`]); the few blocks
+/// that hold a table or the head are read back at the end. Returns the entry's size and MAC.
+/// The layout and MAC are exactly [`seal`]'s: readers cannot tell the two apart.
 pub fn write_streamed(
     file: &File,
     mac_key: &[u8; 32],
@@ -192,11 +166,10 @@ pub fn write_streamed(
     let mut head = head_bytes(header, Counters::default(), buffers.len(), 0, stream.len());
     file.write_all_at(&head, 0)?;
     let mut at = head.len() as u64;
+    let mut mac = BlockMac::new(mac_key);
+    mac.feed(&mut Run::at(at), &[stream]);
     file.write_all_at(stream, at)?;
     at += stream.len() as u64;
-    // Per buffer: its frame length as stored, and its frame's head (header + table).
-    let mut frames: Vec<([u8; 8], Vec<u8>)> = Vec::with_capacity(buffers.len());
-    let mut chunk_pieces: Vec<Vec<Piece>> = Vec::with_capacity(buffers.len());
     for &(data, itemsize) in buffers {
         let plan = codec::Plan::new(data.len(), itemsize, compression);
         let length_at = at;
@@ -205,36 +178,39 @@ pub fn write_streamed(
         at += 8 + frame_head.len() as u64;
         let frame_start = at - frame_head.len() as u64;
         let raws: Vec<&[u8]> = data.chunks(plan.chunk_size()).collect();
-        let mut pieces = Vec::with_capacity(raws.len());
-        let mut write = |first: usize, packed: Vec<codec::Packed>| -> std::io::Result<()> {
-            for (i, packed) in (first..).zip(&packed) {
+        let mut run = Run::at(at);
+        let mut write = |first: usize, packed: &[codec::Packed]| -> std::io::Result<()> {
+            for (i, packed) in (first..).zip(packed) {
                 let stored = packed.stored(raws[i]);
                 file.write_all_at(stored, at)?;
                 frame_head[codec::HEADER_LEN + 4 * i..][..4].copy_from_slice(&packed.table_entry(raws[i]));
-                let piece = match packed {
-                    codec::Packed::Raw => Piece::Source { at: i * plan.chunk_size(), len: raws[i].len() },
-                    codec::Packed::Compressed { bytes, .. } => Piece::Written { at, len: bytes.len() },
-                };
-                push_piece(&mut pieces, piece);
                 at += stored.len() as u64;
             }
             Ok(())
+        };
+        let mut hash = |first: usize, packed: &[codec::Packed]| {
+            let stored: Vec<&[u8]> = (first..).zip(packed).map(|(i, packed)| packed.stored(raws[i])).collect();
+            mac.feed(&mut run, &stored);
         };
         let batch = |first: usize| {
             let chunk = plan.chunk_size();
             plan.pack(&data[first * chunk..((first + BATCH_CHUNKS) * chunk).min(data.len())])
         };
-        // Writing one batch overlaps compressing the next.
+        // Writing one batch overlaps hashing it and compressing the next.
         let mut ready: Option<(usize, Vec<codec::Packed>)> = None;
         for first in (0..raws.len()).step_by(BATCH_CHUNKS).map(Some).chain([None]) {
             let written = match ready.take() {
                 Some((done, packed)) if crate::parallel::available() => {
-                    let (written, next) = rayon::join(|| write(done, packed), || first.map(batch));
+                    let (written, ((), next)) = rayon::join(
+                        || write(done, &packed),
+                        || rayon::join(|| hash(done, &packed), || first.map(batch)),
+                    );
                     ready = first.zip(next);
                     written
                 }
                 Some((done, packed)) => {
-                    let written = write(done, packed);
+                    let written = write(done, &packed);
+                    hash(done, &packed);
                     ready = first.map(|first| (first, batch(first)));
                     written
                 }
@@ -248,39 +224,221 @@ pub fn write_streamed(
         let length = (at - frame_start).to_le_bytes();
         file.write_all_at(&length, length_at)?;
         file.write_all_at(&frame_head, frame_start)?;
-        frames.push((length, frame_head));
-        chunk_pieces.push(pieces);
     }
     let payload_len = at - head.len() as u64 + 8;
     head[32..40].copy_from_slice(&payload_len.to_le_bytes());
     file.write_all_at(&head[32..40], 32)?;
-
-    let mut mac = Mac::new(mac_key);
-    mac.update(&head);
-    mac.update(stream);
-    let mut window = Vec::new();
-    for (((length, frame_head), pieces), (data, _)) in frames.iter().zip(&chunk_pieces).zip(buffers) {
-        mac.update(length);
-        mac.update(frame_head);
-        for piece in pieces {
-            match *piece {
-                Piece::Source { at, len } => mac.update(&data[at..at + len]),
-                Piece::Written { at, len } => {
-                    let mut done = 0;
-                    while done < len {
-                        let step = (len - done).min(MAC_WINDOW);
-                        window.resize(step, 0);
-                        file.read_exact_at(&mut window, at + done as u64)?;
-                        mac.update(&window);
-                        done += step;
-                    }
-                }
-            }
-        }
-    }
-    let mac = mac.finish();
+    // The blocks not hashed yet (those holding the head or a table) are read back from the file,
+    // which now holds every byte before the MAC.
+    let mac = mac.finish(mac_input_len(at), |from, into| read_mac_input(file, from, into))?;
     file.write_all_at(&mac, at)?;
     Ok((at + MAC_LEN as u64, mac))
+}
+
+/// Bytes of the MAC's input hashed as one subtree of BLAKE3's tree, on their own: a power of two
+/// of BLAKE3's 1 KiB chunks.
+const MAC_BLOCK: u64 = 256 << 10;
+
+/// The keyed BLAKE3 [`Mac`] of an entry, assembled from blocks of [`MAC_BLOCK`] bytes of its input
+/// (the entry without the counters and the MAC) hashed in any order, on any thread. In BLAKE3's
+/// tree mode such a block is a subtree whose chaining value depends only on its bytes and its
+/// place, so the blocks merge into exactly the hash that feeding every byte in order gives; this
+/// lets a writer hash chunks before the tables that precede them in the file are known.
+pub(crate) struct BlockMac<'k> {
+    key: &'k [u8; 32],
+    /// The chaining value of each block hashed so far, by its index.
+    blocks: Vec<Option<ChainingValue>>,
+    /// The input's last block, begun and closed by [`BlockMac::close`].
+    last: Option<blake3::Hasher>,
+}
+
+/// A contiguous stretch of an entry fed to a [`BlockMac`] in order: where it goes on, and the
+/// block it has begun.
+pub(crate) struct Run {
+    next: u64,
+    open: Option<blake3::Hasher>,
+}
+
+impl Run {
+    /// A stretch from the start of the entry.
+    pub(crate) fn start() -> Run {
+        Run { next: 0, open: None }
+    }
+
+    /// A stretch that starts at `file_at` in the entry file (past the counters).
+    pub(crate) fn at(file_at: u64) -> Run {
+        debug_assert!(file_at >= COUNTERS.end as u64);
+        Run { next: file_at - COUNTERS.len() as u64, open: None }
+    }
+
+    /// Goes on at the block edge `next`, the blocks before it being hashed elsewhere.
+    fn skip_to(&mut self, next: u64) {
+        debug_assert!(self.open.is_none() && self.next.is_multiple_of(MAC_BLOCK) && next.is_multiple_of(MAC_BLOCK));
+        self.next = next;
+    }
+}
+
+/// The bytes of `pieces` (contiguous, the first at `base`) that fall in `range`.
+fn within<'a: 'p, 'p>(pieces: &'p [&'a [u8]], base: u64, range: Range<u64>) -> impl Iterator<Item = &'a [u8]> + 'p {
+    let mut start = base;
+    pieces.iter().filter_map(move |piece| {
+        let (from, to) = (start, start + piece.len() as u64);
+        start = to;
+        let (lo, hi) = (range.start.max(from), range.end.min(to));
+        (lo < hi).then(|| &piece[(lo - from) as usize..(hi - from) as usize])
+    })
+}
+
+impl<'k> BlockMac<'k> {
+    pub(crate) fn new(key: &'k [u8; 32]) -> Self {
+        Self { key, blocks: Vec::new(), last: None }
+    }
+
+    fn hasher_at(&self, offset: u64) -> blake3::Hasher {
+        let mut hasher = blake3::Hasher::new_keyed(self.key);
+        hasher.set_input_offset(offset);
+        hasher
+    }
+
+    /// The chaining value of the whole block at input offset `at`.
+    fn hash_block(&self, at: u64, block: &[u8]) -> ChainingValue {
+        self.hasher_at(at).update(block).finalize_non_root()
+    }
+
+    fn store(&mut self, block: u64, cv: ChainingValue) {
+        let block = block as usize;
+        if self.blocks.len() <= block {
+            self.blocks.resize(block + 1, None);
+        }
+        self.blocks[block] = Some(cv);
+    }
+
+    /// Feeds `pieces`, the next bytes of `run`, and hashes every block they complete, sharing
+    /// the threads. Bytes of a block that began before the run are left to
+    /// [`BlockMac::finish`], as are those of a block that the run does not complete.
+    pub(crate) fn feed(&mut self, run: &mut Run, pieces: &[&[u8]]) {
+        use rayon::prelude::*;
+        let start = run.next;
+        let end = start + pieces.iter().map(|p| p.len() as u64).sum::<u64>();
+        run.next = end;
+        let first_whole = start.next_multiple_of(MAC_BLOCK);
+        let whole_end = (end / MAC_BLOCK * MAC_BLOCK).max(first_whole);
+        let this = &*self;
+        // The block begun before, completed if these bytes reach its end.
+        let lead = |open: Option<blake3::Hasher>| {
+            let mut open = open?;
+            within(pieces, start, start..first_whole).for_each(|part| {
+                open.update(part);
+            });
+            Some(open)
+        };
+        let hash = |block: u64| {
+            let mut hasher = this.hasher_at(block * MAC_BLOCK);
+            within(pieces, start, block * MAC_BLOCK..(block + 1) * MAC_BLOCK).for_each(|part| {
+                hasher.update(part);
+            });
+            (block, hasher.finalize_non_root())
+        };
+        let blocks = first_whole / MAC_BLOCK..whole_end / MAC_BLOCK;
+        // The block these bytes begin and do not complete.
+        let tail = || {
+            (end > whole_end).then(|| {
+                let mut open = this.hasher_at(whole_end);
+                within(pieces, start, whole_end..end).for_each(|part| {
+                    open.update(part);
+                });
+                open
+            })
+        };
+        let open = run.open.take();
+        let (lead, (hashed, tail)) = if blocks.end - blocks.start > 1 && crate::parallel::available() {
+            rayon::join(|| lead(open), || rayon::join(|| blocks.into_par_iter().map(hash).collect::<Vec<_>>(), tail))
+        } else {
+            (lead(open), (blocks.map(hash).collect(), tail()))
+        };
+        match lead {
+            Some(open) if end >= first_whole => self.store(first_whole / MAC_BLOCK - 1, open.finalize_non_root()),
+            lead => run.open = lead,
+        }
+        for (block, cv) in hashed {
+            self.store(block, cv);
+        }
+        if tail.is_some() {
+            run.open = tail;
+        }
+    }
+
+    /// Ends the input with `run`: the block it has begun is the last.
+    pub(crate) fn close(&mut self, run: Run) {
+        self.last = run.open;
+    }
+
+    /// The MAC of an input of `len` bytes: the blocks not hashed yet are read with `read` (which
+    /// fills its buffer with the input from the given offset) and hashed, in parallel, then all
+    /// are merged along BLAKE3's tree.
+    pub(crate) fn finish(
+        mut self,
+        len: u64,
+        read: impl Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync,
+    ) -> std::io::Result<[u8; 32]> {
+        use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+        use rayon::prelude::*;
+        let count = len.div_ceil(MAC_BLOCK);
+        if let Some(last) = self.last.take() {
+            if count <= 1 {
+                // One block is the whole tree: its hash is the root's, not a chaining value.
+                return Ok(*last.finalize().as_bytes());
+            }
+            self.store(count - 1, last.finalize_non_root());
+        }
+        if count <= 1 {
+            let mut all = vec![0; len as usize];
+            read(0, &mut all)?;
+            return Ok(*blake3::Hasher::new_keyed(self.key).update(&all).finalize().as_bytes());
+        }
+        debug_assert!(self.blocks.len() as u64 <= count, "a block was fed past the input's end");
+        self.blocks.resize(count as usize, None);
+        let missing: Vec<u64> = (0..count).filter(|&b| self.blocks[b as usize].is_none()).collect();
+        let hash = |&block: &u64| -> std::io::Result<(u64, ChainingValue)> {
+            let from = block * MAC_BLOCK;
+            let mut bytes = vec![0; (len - from).min(MAC_BLOCK) as usize];
+            read(from, &mut bytes)?;
+            Ok((block, self.hasher_at(from).update(&bytes).finalize_non_root()))
+        };
+        let hashed: Vec<_> = if missing.len() > 1 && crate::parallel::available() {
+            missing.par_iter().map(hash).collect::<std::io::Result<_>>()?
+        } else {
+            missing.iter().map(hash).collect::<std::io::Result<_>>()?
+        };
+        for (block, cv) in hashed {
+            self.blocks[block as usize] = Some(cv);
+        }
+        // The chaining value of the subtree of `len` bytes at `from` (a multiple of its size).
+        fn subtree(blocks: &[Option<ChainingValue>], mode: Mode, from: u64, len: u64) -> ChainingValue {
+            if len <= MAC_BLOCK {
+                return blocks[(from / MAC_BLOCK) as usize].expect("every block is hashed");
+            }
+            let left = left_subtree_len(len);
+            let (l, r) = (subtree(blocks, mode, from, left), subtree(blocks, mode, from + left, len - left));
+            merge_subtrees_non_root(&l, &r, mode)
+        }
+        let (mode, blocks, left) = (Mode::KeyedHash(self.key), &self.blocks, left_subtree_len(len));
+        let (l, r) = (subtree(blocks, mode, 0, left), subtree(blocks, mode, left, len - left));
+        Ok(*merge_subtrees_root(&l, &r, mode).as_bytes())
+    }
+}
+
+/// Bytes of the MAC's input of an entry whose MAC starts at `mac_at`: all but the counters.
+fn mac_input_len(mac_at: u64) -> u64 {
+    mac_at - COUNTERS.len() as u64
+}
+
+/// Fills `into` with the entry's MAC input from offset `from` on, read from `file`.
+fn read_mac_input(file: &File, from: u64, into: &mut [u8]) -> std::io::Result<()> {
+    let skip = COUNTERS.start as u64;
+    let (before, after) = into.split_at_mut((skip.saturating_sub(from) as usize).min(into.len()));
+    file.read_exact_at(before, from)?;
+    file.read_exact_at(after, (from + before.len() as u64) + COUNTERS.len() as u64)
 }
 
 /// Stored bytes read per step by [`Streamed::read_into`]: small enough that a step's bytes are
@@ -383,7 +541,8 @@ impl Streamed {
     /// Reads the stream into `stream` and decodes every buffer straight into its place in
     /// `buffers` (sized by [`Streamed::stream_len`] and [`Streamed::buffer_lens`]), feeding every
     /// byte to the MAC on the way. Returns the MAC once it verifies; until then nothing written
-    /// into the outputs may be trusted, and on an error they hold garbage.
+    /// into the outputs may be trusted, and on an error they hold garbage. Every byte the MAC
+    /// takes is one the outputs were made from: nothing is read twice.
     pub fn read_into(
         &self,
         file: &File,
@@ -391,56 +550,64 @@ impl Streamed {
         stream: &mut [u8],
         buffers: &mut [&mut [u8]],
     ) -> Result<[u8; 32]> {
-        let mut mac = Mac::new(mac_key);
-        mac.update(&self.head);
+        let mut mac = BlockMac::new(mac_key);
+        let mut run = Run::start();
+        mac.feed(&mut run, &[&self.head[..COUNTERS.start], &self.head[COUNTERS.end..]]);
         read_shared(file, stream, self.stream.start)?;
-        mac.update(stream);
+        mac.feed(&mut run, &[stream]);
         let mut steps = self.steps(buffers)?;
         // Frames whose length and head the MAC has taken: it takes bytes in file order.
         let mut headed = 0;
-        let mut head_frames = |mac: &mut Mac, through: usize| {
-            for frame in &self.frames[headed..through] {
-                mac.update(&frame.length);
-                mac.update(&frame.head);
-            }
-            headed = headed.max(through);
-        };
         let mut windows = [Vec::new(), Vec::new()];
-        if let Some(first) = steps.first_mut() {
-            read_step(file, first, &mut windows[0])?;
-        }
-        // Reading step k + 1 overlaps hashing and decoding step k; each shares both threads.
+        // Whether the step at hand was read already, while the one before it was decoded.
+        let mut read_ahead = false;
         for k in 0..steps.len() {
             let (done, rest) = steps.split_at_mut(k + 1);
             let step = &mut done[k];
+            for frame in &self.frames[headed..step.frame + 1] {
+                mac.feed(&mut run, &[&frame.length, &frame.head]);
+            }
+            headed = headed.max(step.frame + 1);
+            if step.direct {
+                read_direct(file, &mut mac, &mut run, step)?;
+                continue;
+            }
             let [even, odd] = &mut windows;
             let (window, spare) = if k % 2 == 0 { (even, odd) } else { (odd, even) };
-            head_frames(&mut mac, step.frame + 1);
+            if !read_ahead {
+                read_window(file, step, window)?;
+            }
             let layout = &self.frames[step.frame].layout;
             let mut digest = || -> Result<()> {
-                if step.direct {
-                    mac.update(step.out);
-                    return Ok(());
-                }
-                mac.update(window);
+                mac.feed(&mut run, &[window]);
                 layout.decode_chunks(step.chunks.clone(), window, step.out).map_err(bad_frame)
             };
-            match rest.first_mut() {
+            // Reading the next step overlaps hashing and decoding this one; each shares both
+            // threads. A run of raw chunks is read on its turn, hashed as it is read.
+            let next = rest.first_mut().filter(|next| !next.direct);
+            read_ahead = next.is_some();
+            match next {
                 Some(next) if crate::parallel::available() => {
-                    let (read, digested) = rayon::join(|| read_step(file, next, spare), digest);
+                    let (read, digested) = rayon::join(|| read_window(file, next, spare), digest);
                     read?;
                     digested?;
                 }
                 Some(next) => {
                     digest()?;
-                    read_step(file, next, spare)?;
+                    read_window(file, next, spare)?;
                 }
                 None => digest()?,
             }
         }
-        head_frames(&mut mac, self.frames.len());
+        for frame in &self.frames[headed..] {
+            mac.feed(&mut run, &[&frame.length, &frame.head]);
+        }
+        mac.close(run);
+        // Every block was fed from the bytes the outputs hold: none is read again (an input of
+        // exactly one block, far below what is read in pieces, would need that, and is refused).
+        let unread = |_, _: &mut [u8]| Err(std::io::Error::other("a block of the entry was not read"));
+        let expected = mac.finish(mac_input_len(self.mac_at), unread).map_err(|e| corrupt(&e.to_string()))?;
         let stored: [u8; 32] = read_at(file, self.mac_at, MAC_LEN)?.try_into().expect("32 bytes");
-        let expected = mac.finish();
         // Constant-time comparison through blake3's Hash equality.
         if blake3::Hash::from(expected) != blake3::Hash::from(stored) {
             return Err(corrupt(
@@ -451,7 +618,8 @@ impl Streamed {
     }
 
     /// The steps that read the frames' chunks in file order, each given its place in `buffers`:
-    /// runs of chunks stored alike, up to a window of stored bytes (at least one chunk each).
+    /// each run of raw chunks whole, and compressed chunks up to a window of stored bytes (at
+    /// least one chunk each).
     fn steps<'o>(&self, buffers: &'o mut [&mut [u8]]) -> Result<Vec<Step<'o>>> {
         // The caller's mistake, not the entry's: sized by `buffer_lens`, the outputs fit.
         let misfit = || Error::InvalidArgument("the outputs given do not match the entry's buffers".into());
@@ -471,7 +639,7 @@ impl Streamed {
                 let mut end = first + 1;
                 while end < layout.chunks()
                     && layout.is_raw(end) == direct
-                    && layout.stored_span(end).end - start <= READ_WINDOW
+                    && (direct || layout.stored_span(end).end - start <= READ_WINDOW)
                 {
                     end += 1;
                 }
@@ -507,13 +675,53 @@ struct Step<'o> {
     out: &'o mut [u8],
 }
 
-/// Reads `step`'s stored bytes: into its place if they are raw, else into `window`.
-fn read_step(file: &File, step: &mut Step, window: &mut Vec<u8>) -> Result<()> {
-    if step.direct {
-        return read_shared(file, step.out, step.at);
-    }
+/// Reads a compressed `step`'s stored bytes into `window`.
+fn read_window(file: &File, step: &Step, window: &mut Vec<u8>) -> Result<()> {
     window.resize(step.len, 0);
     read_shared(file, window, step.at)
+}
+
+/// Reads a run of raw chunks straight into its place and feeds it to the MAC, the next bytes of
+/// `run`. The threads share it in pieces of whole MAC blocks: each thread hashes the piece it
+/// has just read while the piece is in its cache, and no thread waits for another until the
+/// run is done. The bytes before the first block edge and after the last go through `run`.
+fn read_direct(file: &File, mac: &mut BlockMac, run: &mut Run, step: &mut Step) -> Result<()> {
+    use rayon::prelude::*;
+    let start = run.next;
+    let end = start + step.out.len() as u64;
+    let (first_whole, whole_end) = (start.next_multiple_of(MAC_BLOCK), end / MAC_BLOCK * MAC_BLOCK);
+    if whole_end <= first_whole || !crate::parallel::available() {
+        read_shared(file, step.out, step.at)?;
+        mac.feed(run, &[step.out]);
+        return Ok(());
+    }
+    let (lead, rest) = step.out.split_at_mut((first_whole - start) as usize);
+    let (whole, tail) = rest.split_at_mut((whole_end - first_whole) as usize);
+    let changed = |_| corrupt("it changed size while being read");
+    file.read_exact_at(lead, step.at).map_err(changed)?;
+    let whole_at = step.at + lead.len() as u64;
+    file.read_exact_at(tail, whole_at + whole.len() as u64).map_err(changed)?;
+    let hasher = &*mac;
+    let hashed: Vec<Vec<(u64, ChainingValue)>> = whole
+        .par_chunks_mut(READ_PIECE)
+        .enumerate()
+        .map(|(i, piece)| {
+            file.read_exact_at(piece, whole_at + (i * READ_PIECE) as u64).map_err(changed)?;
+            let from = first_whole + (i * READ_PIECE) as u64;
+            Ok(piece
+                .chunks(MAC_BLOCK as usize)
+                .zip((from..).step_by(MAC_BLOCK as usize))
+                .map(|(block, at)| (at, hasher.hash_block(at, block)))
+                .collect())
+        })
+        .collect::<Result<_>>()?;
+    mac.feed(run, &[lead]);
+    for (at, cv) in hashed.into_iter().flatten() {
+        mac.store(at / MAC_BLOCK, cv);
+    }
+    run.skip_to(whole_end);
+    mac.feed(run, &[tail]);
+    Ok(())
 }
 
 /// Fills `into` from `file` at `at`, in pieces that free threads share: the kernel clears each
@@ -861,6 +1069,45 @@ mod tests {
     }
 
     #[test]
+    fn blocks_hashed_in_any_order_give_the_mac_of_the_whole() {
+        let bytes = crate::codec::samples::random(5 * MAC_BLOCK as usize + 3000, 8);
+        let block = MAC_BLOCK as usize;
+        // Entry sizes around one block and a few; stretches cut at and beside block edges.
+        for len in [100, block + 16, block + 17, 2 * block + 16, 3 * block + 1040, bytes.len()] {
+            let entry = &bytes[..len];
+            let want = mac_of(&KEY, entry);
+            let input = mac_input_len(len as u64) as usize;
+            let read = |from: u64, into: &mut [u8]| {
+                let body: Vec<u8> = [&entry[..8], &entry[24..]].concat();
+                into.copy_from_slice(&body[from as usize..from as usize + into.len()]);
+                Ok(())
+            };
+            for cuts in [vec![], vec![1000], vec![block - 16, 2 * block + 100], vec![40, block + 16, block + 1040]] {
+                let mut mac = BlockMac::new(&KEY);
+                // Stretches fed last to first, each in uneven pieces; bytes before 24 never fed.
+                let edges: Vec<usize> =
+                    [24].into_iter().chain(cuts.into_iter().filter(|&c| c > 24 && c < len)).collect();
+                for (i, &from) in edges.iter().enumerate().rev() {
+                    let to = edges.get(i + 1).copied().unwrap_or(len);
+                    let stretch = &entry[from..to];
+                    let mut run = Run::at(from as u64);
+                    let mut rest = stretch;
+                    for size in [7, block / 3, 1, block, 3 * block].into_iter().cycle() {
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let (piece, tail) = rest.split_at(size.min(rest.len()));
+                        let (a, b) = piece.split_at(piece.len() / 2);
+                        mac.feed(&mut run, &[a, b]);
+                        rest = tail;
+                    }
+                }
+                assert_eq!(mac.finish(input as u64, read).unwrap(), want, "len {len}, edges {edges:?}");
+            }
+        }
+    }
+
+    #[test]
     fn reading_in_pieces_returns_the_buffers_and_refuses_any_flipped_bit() {
         let (header, stream, _) = sample();
         let mut mixed = crate::codec::samples::prices(3 * READ_WINDOW / 8, 5);
@@ -881,11 +1128,20 @@ mod tests {
             assert_eq!(got_stream, stream);
             assert!(got.iter().zip(&buffers).all(|(got, (want, _))| got == want), "{compression}: buffers differ");
             // A bit flipped in the stream, the last frame's head, the first and last byte of
-            // every step (the last step is read last and digested alone), and in the MAC.
+            // every step (the last step is read last and digested alone), on either side of each
+            // edge where the threads' pieces of a raw run meet, and in the MAC.
             let mut outs: Vec<&mut [u8]> = got.iter_mut().map(|b| b.as_mut_slice()).collect();
-            let steps: Vec<(u64, usize)> = plan.steps(&mut outs).unwrap().iter().map(|s| (s.at, s.len)).collect();
-            assert!(steps.len() >= 4, "{compression}: {} steps", steps.len());
-            let edges = steps.iter().flat_map(|&(at, len)| [at, at + len as u64 - 1]);
+            let steps: Vec<(u64, usize, bool)> =
+                plan.steps(&mut outs).unwrap().iter().map(|s| (s.at, s.len, s.direct)).collect();
+            assert!(steps.len() >= 2, "{compression}: {} steps", steps.len());
+            let block_edges = |at: u64, len: usize| {
+                let first = (at - COUNTERS.len() as u64).next_multiple_of(MAC_BLOCK) + COUNTERS.len() as u64;
+                (first..at + len as u64).step_by(READ_PIECE).flat_map(|edge| [edge - 1, edge])
+            };
+            let edges = steps.iter().flat_map(|&(at, len, direct)| {
+                let inside: Vec<u64> = if direct { block_edges(at, len).collect() } else { vec![] };
+                [at, at + len as u64 - 1].into_iter().chain(inside)
+            });
             let heads = [plan.stream.start, plan.frames[2].chunks_at - 1];
             for at in heads.into_iter().chain(edges).chain([size / 2, size - 1]) {
                 let mut byte = [0u8];

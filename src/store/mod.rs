@@ -38,7 +38,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::codec::{self, Compression};
 use crate::error::{Error, Result};
 use crate::parallel;
-pub use archive::Staged;
+pub use archive::{Outputs, Staged};
 pub use entry::{Counters, Header};
 pub use export::Export;
 pub use large::{Filled, LargeEntry, Streamed};
@@ -70,6 +70,36 @@ pub struct NewEntry<'a> {
     pub tags: Vec<String>,
     pub time_range: Option<(i64, i64)>,
     pub metadata: String,
+}
+
+/// A value's buffers compressed ahead of its write ([`encode`], [`Store::put_encoded`]): a frame
+/// per buffer, and the buffers' bytes before compression.
+pub struct Encoded {
+    pub frames: Vec<Vec<u8>>,
+    pub raw_len: usize,
+}
+
+/// Compresses each buffer (item size beside it) into its frame, in parallel.
+pub fn encode(buffers: &[(&[u8], usize)], compression: Compression) -> Encoded {
+    let frames = parallel::map(buffers, |(data, itemsize)| codec::encode(data, *itemsize, compression));
+    Encoded { frames, raw_len: buffers.iter().map(|(b, _)| b.len()).sum() }
+}
+
+/// The header of `new`, whose buffers hold `raw_len` bytes, written now.
+fn header_of(new: NewEntry<'_>, raw_len: usize) -> Header {
+    Header {
+        namespace: new.namespace.to_string(),
+        key: new.key.to_string(),
+        created: now(),
+        expires: new.expires,
+        compute_time: new.compute_time,
+        value_size: (new.stream.len() + raw_len) as u64,
+        protected: new.protected,
+        tags: new.tags,
+        time_range: new.time_range,
+        metadata: new.metadata,
+        compression: new.compression.name().to_string(),
+    }
 }
 
 #[derive(Debug)]
@@ -305,38 +335,36 @@ impl Store {
 
     /// Compresses the buffers (in parallel) and writes the entry atomically. Evicts afterwards if
     /// the cache has grown past its limit.
-    pub fn put(&self, new: NewEntry<'_>) -> Result<Stored> {
-        let path = self.entry_path(new.namespace, new.key)?;
-        let header = Header {
-            namespace: new.namespace.to_string(),
-            key: new.key.to_string(),
-            created: now(),
-            expires: new.expires,
-            compute_time: new.compute_time,
-            value_size: (new.stream.len() + new.buffers.iter().map(|(b, _)| b.len()).sum::<usize>()) as u64,
-            protected: new.protected,
-            tags: new.tags,
-            time_range: new.time_range,
-            metadata: new.metadata,
-            compression: new.compression.name().to_string(),
-        };
+    pub fn put(&self, mut new: NewEntry<'_>) -> Result<Stored> {
         if large::streamed(&new.buffers) {
-            let stored = self.put_streamed(&path, &header, new.stream, &new.buffers, new.compression)?;
+            let path = self.entry_path(new.namespace, new.key)?;
+            let (namespace, stream, compression) = (new.namespace, new.stream, new.compression);
+            let buffers = std::mem::take(&mut new.buffers);
+            let header = header_of(new, buffers.iter().map(|(b, _)| b.len()).sum());
+            let stored = self.put_streamed(&path, &header, stream, &buffers, compression)?;
             // Best effort, once the entry is in place (a full disk must not cost the entry its
             // room): the namespace's name beside its sizes, for `function_stats`.
-            let _ = self.function_counters(new.namespace);
+            let _ = self.function_counters(namespace);
             return Ok(stored);
         }
-        let frames: Vec<Vec<u8>> =
-            parallel::map(&new.buffers, |(data, itemsize)| codec::encode(data, *itemsize, new.compression));
+        let encoded = encode(&new.buffers, new.compression);
+        self.put_encoded(new, encoded)
+    }
+
+    /// `put` of a value whose buffers [`encode`] compressed beforehand (at `new.compression`;
+    /// `new.buffers` is not read): the entry is sealed and written without the value itself.
+    pub fn put_encoded(&self, new: NewEntry<'_>, encoded: Encoded) -> Result<Stored> {
+        self.entry_path(new.namespace, new.key)?; // checks the digest before any work
+        let (namespace, key, stream) = (new.namespace, new.key, new.stream);
+        let header = header_of(new, encoded.raw_len);
         let ring = self.keyring();
-        let sealed = entry::seal(&ring.mac_key, &header, new.stream, &frames, Counters::default());
+        let sealed = entry::seal(&ring.mac_key, &header, stream, &encoded.frames, Counters::default());
         let size = sealed.byte_len() as u64;
         if size > self.size_limit {
             return Ok(Stored::TooLarge { bytes: size, limit: self.size_limit });
         }
-        self.install_sealed(&ring, new.namespace, new.key, &sealed)?;
-        let _ = self.function_counters(new.namespace); // as above
+        self.install_sealed(&ring, namespace, key, &sealed)?;
+        let _ = self.function_counters(namespace); // as in `put`
         ring.stats.add(Counter::Sets, 1);
         Ok(Stored::Written { bytes: size, mac: sealed.mac })
     }

@@ -36,6 +36,7 @@ class Store:
         # The core's methods, bound once: a hit calls them with no Python layer in between.
         self.get = core.get
         self.put = core.put
+        self.encode = core.encode
         self.contains = core.contains
         self.current_mac = core.current_mac
         self.generation = core.generation
@@ -55,6 +56,7 @@ class Store:
         self.export_entry = core.export_entry
         self.export_reader = core.export_reader
         self.stage_import = core.stage_import
+        self.stage_download = core.stage_download
         self.remote = remote
         if remote is not None:
             # A prefix of an object store behind the directory: lookups, writes, deletes and

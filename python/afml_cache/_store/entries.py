@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from afml_cache._core import Encoded
 from afml_cache._store import KeyLock, Store
 from afml_cache._store.memory import Accesses, MemoryTier, Remembered
 from afml_cache._store.serialize import IMMUTABLE, copy_buffer, deserialize, serialize
@@ -30,6 +31,10 @@ __all__ = ["Entries"]
 _REMEMBER_ON_SET = 8 * 1024 * 1024
 # Values with this many bytes of buffers are written behind when the caller asks (put(behind=)).
 _WRITE_BEHIND_MIN = 1024 * 1024
+# ... and below this many: from here the store streams a value into its file chunk by chunk
+# (src/store/large.rs, STREAMED), which is written in the call, so that no second copy of a
+# value this large, compressed or not, is ever held.
+_WRITE_BEHIND_MAX = 64 * 1024 * 1024
 _log = logging.getLogger("afml_cache")
 
 
@@ -41,19 +46,18 @@ class _Serialized:
     label: Any
     stream: bytes
     buffers: list[tuple[Any, int]]  # (bytes, item size)
+    nbytes: int  # of the stream and the buffers
     expires: float | None
     compute_time: float
     protected: bool
     tags: list[str]
     time_range: tuple[int, int] | None
     metadata: str
-    # Copied to be written by the writer thread, which compresses in a low-priority pool of its
-    # own (`Store.put(background=)`) while the caller goes on.
+    # Written by the writer thread, in a low-priority pool of its own (`Store.put(background=)`),
+    # while the caller goes on: from a copy of the buffers, or from ``encoded``, the buffers
+    # compressed in the call (`Store.encode`), which then go.
     behind: bool = False
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.stream) + sum(len(raw) for raw, _ in self.buffers)
+    encoded: Encoded | None = None
 
 
 class Entries:
@@ -66,6 +70,9 @@ class Entries:
         self.memory = MemoryTier(memory_limit)
         self.namespace = namespace
         self.compression = compression
+        # The slots of values written behind and not yet on disk (shared by the views): a lookup
+        # the memory tier cannot serve waits for them.
+        self._writing: set[tuple[str, str]] = set()
         # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
         # shared per-function statistics; the store's own method, as it runs on every call.
         self.record_call = store.record_call
@@ -117,6 +124,8 @@ class Entries:
             if self._accesses.note(slot):
                 self.flush_accesses()
             return True, value, remembered.compute_time
+        if slot in self._writing:
+            WRITER.flush()  # on disk once written
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
         generation = self._store.generation()
@@ -154,10 +163,14 @@ class Entries:
         Without ``behind``, raises ``CacheError`` if the value cannot be pickled or the metadata
         is not JSON, and ``StoreError`` (an ``OSError``) if the disk refuses the write. With
         ``behind``, the outcome goes to ``behind(None, size on disk)`` or ``behind(error, 0)``,
-        called exactly once, and nothing is raised. A value of a megabyte or more that fits in
-        the memory tier is then written behind: its buffers are copied now (the caller may
-        mutate the original) and the process's writer thread compresses and writes the copy,
-        then calls ``behind``; any other value is written before this returns.
+        called exactly once, and nothing is raised. A value from 1 MiB to 64 MiB is then written
+        behind by the process's writer thread, which calls ``behind``, unless the values waiting
+        for it would then hold more than the memory tier's limit. As the caller may mutate the
+        original once this returns, the writer works from what is made now: up to 8 MiB, a copy
+        of the buffers, which the memory tier keeps; above, the buffers compressed, in parallel
+        (a copy would cost more, its pages faulted in, than compressing them in the call). Any
+        other value is written before this returns: small ones cost little, and a larger one is
+        streamed from the caller's buffers into its file.
         """
         if behind is None:
             return self._write(
@@ -169,30 +182,40 @@ class Entries:
             entry = self._serialize(
                 digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
             )
-            # Only a copy the memory tier can keep is worth making: larger values are written in
-            # the call, compressed straight from the caller's buffers, so a multi-gigabyte result
-            # never exists twice; so is any value while the copies waiting for the writer would
-            # not fit in the memory tier beside it (a caller faster than the writer).
-            if _WRITE_BEHIND_MIN <= entry.nbytes <= self.memory.limit - WRITER.pending:
-                # The copy doubles as the memory tier's until it is written (see _write_behind).
-                entry.buffers = [(self.memory.copy(raw), size) for raw, size in entry.buffers]
-                self._remember(
-                    entry.slot,
-                    entry.stream,
-                    [copy for copy, _ in entry.buffers],
-                    None,
-                    entry.expires,
-                    entry.compute_time,
-                    self._store.generation(),
-                    copied=True,
-                )
+            if _WRITE_BEHIND_MIN <= entry.nbytes < _WRITE_BEHIND_MAX and self._hold(entry):
                 entry.behind = True
-                WRITER.submit(functools.partial(self._write_behind, entry, behind), entry.nbytes)
+                self._writing.add(entry.slot)
+                held = entry.encoded.nbytes if entry.encoded is not None else entry.nbytes
+                WRITER.submit(functools.partial(self._write_behind, entry, behind), held)
                 return True
         except Exception as exc:
             behind(exc, 0)
             return False
         return self._write_behind(entry, behind)
+
+    def _hold(self, entry: _Serialized) -> bool:
+        """Makes ``entry`` independent of the caller's buffers, for the writer, if what it then
+        holds fits beside the values already waiting for it (see put)."""
+        room = self.memory.limit - WRITER.pending
+        if entry.nbytes > _REMEMBER_ON_SET:
+            entry.encoded = self._store.encode(entry.buffers, self.compression)
+            entry.buffers = []
+            return entry.encoded.nbytes <= room  # else written in the call, as encoded
+        if entry.nbytes > room:
+            return False
+        # The copy doubles as the memory tier's until it is written (see _write_behind).
+        entry.buffers = [(copy_buffer(raw), size) for raw, size in entry.buffers]
+        self._remember(
+            entry.slot,
+            entry.stream,
+            [copy for copy, _ in entry.buffers],
+            None,
+            entry.expires,
+            entry.compute_time,
+            self._store.generation(),
+            copied=True,
+        )
+        return True
 
     def lock(self, digest: str, timeout: float = 60.0) -> KeyLock | None:
         """The entry's single-flight lock, held until its ``release()``, or None if another
@@ -296,6 +319,7 @@ class Entries:
             label=label,
             stream=stream,
             buffers=buffers,
+            nbytes=len(stream) + sum(len(raw) for raw, _ in buffers),
             expires=time.time() + ttl if ttl is not None else None,
             compute_time=float(compute_time),
             protected=bool(protect),
@@ -311,7 +335,7 @@ class Entries:
         stored, size, mac = self._store.put(
             *entry.slot,
             entry.stream,
-            entry.buffers,
+            entry.encoded if entry.encoded is not None else entry.buffers,
             compression=self.compression,
             expires=entry.expires,
             compute_time=entry.compute_time,
@@ -352,8 +376,8 @@ class Entries:
     def _write_behind(
         self, entry: _Serialized, behind: Callable[[Exception | None, int], None]
     ) -> bool:
-        """Writes an entry for ``put(behind=...)`` (on the writer thread if its buffers were
-        copied) and reports the outcome to ``behind``."""
+        """Writes an entry for ``put(behind=...)`` (on the writer thread if it was made
+        independent of the caller's buffers) and reports the outcome to ``behind``."""
         error: Exception | None = None
         size = 0
         try:
@@ -367,15 +391,12 @@ class Entries:
                 remembered = self.memory.get(entry.slot)
                 if remembered is not None and remembered.stream is entry.stream:
                     remembered.mac = mac  # written behind: from now on checked against the file
-                    if entry.nbytes > _REMEMBER_ON_SET:
-                        # Like a large value written in the call, remembered at its first read;
-                        # its copy's memory serves the next copy instead.
-                        entry.buffers = []
-                        self.memory.recycle(entry.slot, remembered)
                 else:
                     self._keep(entry, mac, generation)
         except Exception as exc:  # reported through behind(), never lost on the writer thread
             error = exc
+        finally:
+            self._writing.discard(entry.slot)
         if error is not None:
             self.memory.drop(entry.slot)
         behind(error, 0 if error is not None else size)

@@ -3,7 +3,6 @@ count."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -11,11 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-# Whether sys.getrefcount counts every holder as recycle() expects: from 3.14 the interpreter
-# may borrow references it does not count, and a free-threaded build splits counts. Unsure: no
-# buffer is ever reused.
-_COUNTS_HOLDERS = sys.version_info < (3, 14) and getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 @dataclass
@@ -39,18 +33,13 @@ class Remembered:
 
 
 class MemoryTier:
-    """Recently used values, bounded in bytes, least recently used dropped first; and spare
-    buffers (at most a quarter of ``limit``), the copies of values written behind that nothing
-    refers to any more, for the next copies of the same size: fresh memory costs its page
-    faults, several times the copy itself."""
+    """Recently used values, bounded in bytes, least recently used dropped first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.nbytes = 0
         self._items: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
         self._lock = threading.Lock()
-        self._spares: list[np.ndarray] = []  # oldest first
-        self._spare_bytes = 0
 
     def get(self, slot: tuple[str, str]) -> Remembered | None:
         # No lock on the hot path: each OrderedDict operation is atomic under the GIL.
@@ -87,43 +76,6 @@ class MemoryTier:
         with self._lock:
             self._items.clear()
             self.nbytes = 0
-            self._spares.clear()
-            self._spare_bytes = 0
-
-    def copy(self, buffer: Any) -> np.ndarray:
-        """A private, writable copy of a buffer, in a spare of its size if there is one."""
-        source = np.frombuffer(buffer, dtype=np.uint8)
-        with self._lock:
-            found = [i for i, s in enumerate(self._spares) if s.nbytes == source.nbytes]
-            spare = self._spares.pop(found[0]) if found else None
-            if spare is not None:
-                self._spare_bytes -= spare.nbytes
-        if spare is None:
-            return source.copy()
-        np.copyto(spare, source)
-        return spare
-
-    def recycle(self, slot: tuple[str, str], item: Remembered) -> None:
-        """Drops ``item`` (if ``slot`` still holds it) and keeps its buffers as spares, unless
-        anything else still refers to it or them: a lookup reading it, or a value unpickled
-        over its buffers (``lookup(copy=False)``)."""
-        with self._lock:
-            if self._items.get(slot) is item:
-                self._drop_locked(slot)
-        # The caller's name, this one and getrefcount's argument: any more is a reader.
-        if not _COUNTS_HOLDERS or sys.getrefcount(item) > 3 or item.shared is not None:
-            return
-        buffers, item.buffers = item.buffers, []
-        room = self.limit // 4
-        for buffer in buffers:
-            # The list, the loop's name and getrefcount's argument: any more is a view.
-            if sys.getrefcount(buffer) > 3 or not buffer.flags.owndata or buffer.nbytes > room:
-                continue
-            with self._lock:
-                self._spares.append(buffer)
-                self._spare_bytes += buffer.nbytes
-                while self._spare_bytes > room:
-                    self._spare_bytes -= self._spares.pop(0).nbytes
 
     def __len__(self) -> int:
         return len(self._items)

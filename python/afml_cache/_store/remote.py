@@ -2,8 +2,9 @@
 
 An entry travels as an export does (`archive`): its bytes re-sealed under the prefix's MAC key,
 uploaded once with a conditional PUT and, on the way back, streamed into a local temp file while
-its framing and MAC are checked, before it moves into the local directory. An entry that fails
-the check is never unpickled: it is removed from the prefix and the lookup is a miss. A lease
+its framing and MAC are checked, before it moves into the local directory; a remote hit decodes
+the value in that same pass, and hands it on only once the whole entry verified. An entry that
+fails the check is never unpickled: it is removed from the prefix and the lookup is a miss. A lease
 object per key makes a key computed once across machines. The client is `obstore` (the
 ``afml-cache[s3]`` extra); it releases the GIL while bytes travel.
 
@@ -20,7 +21,6 @@ import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
-import io
 import json
 import logging
 import math
@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any
 
 from afml_cache.errors import CacheError, CacheWarning, StoreError
 
@@ -57,10 +57,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger("afml_cache")
-# An entry comes back in pieces of this size, checked and written as they arrive.
-_STREAM_CHUNK = 8 * 1024 * 1024
-# Chunks fetched ahead of the one being checked: the memory a download holds beyond it.
-_CHUNKS_AHEAD = 2
+# An entry comes back in pieces of this size, checked and written as they arrive (obstore joins
+# the network's pieces into them: larger ones cost a fresh allocation each, and were slower).
+_STREAM_CHUNK = 1024 * 1024
+# Bytes fetched ahead of the piece being checked (the memory a download holds beyond it), by an
+# entry larger than this.
+_AHEAD = 8 * 1024 * 1024
 # Entries up to this size go up in one conditional PUT; larger ones in parts (a single request
 # that long would outlast the client's request timeout on a slow link).
 _ONE_PUT_LIMIT = 64 * 1024 * 1024
@@ -245,53 +247,82 @@ class Remote:
     def download(self, store: Store, namespace: str, digest: str) -> bool:
         """Copies the entry of ``(namespace, digest)`` into ``store``; False if the prefix has
         none, or only one that fails its check (then it is removed, so it gets replaced)."""
+        found = self._checked(store, namespace, digest, decode=False)
+        if found is None:
+            return False
+        found[0].commit()
+        return True
+
+    def fetch(self, store: Store, namespace: str, digest: str) -> Any:
+        """The value of ``(namespace, digest)`` as ``store.get`` returns it, decoded in the one
+        pass over the entry that also keeps its local copy in ``store``; None if the prefix has
+        none, or only one that fails its check or whose time to live has passed (then it is
+        removed, so it gets replaced)."""
+        found = self._checked(store, namespace, digest, decode=True)
+        if found is None:
+            return None
+        staged, loaded = found
+        expires = loaded[3]
+        if expires is not None and expires <= time.time():
+            # Useless to every machine, and while it is there the fresh value could not be
+            # created in its place.
+            staged.discard()
+            self.delete(namespace, digest)
+            return None
+        staged.commit()
+        return loaded
+
+    def _checked(
+        self, store: Store, namespace: str, digest: str, *, decode: bool
+    ) -> tuple[Any, Any] | None:
+        """`_stage`, a damaged entry removed from the prefix (and None returned)."""
         path = self.entry_path(namespace, digest)
         try:
-            staged = self._stage(store, path, namespace, digest)
+            return self._stage(store, path, namespace, digest, decode=decode)
         except _Damaged as exc:
             self._remove_bad(path, str(exc))
-            return False
-        if staged is None:
-            return False
-        staged.commit()
-        return True
+            return None
 
     def verify(self, store: Store, entry: RemoteEntry) -> str | None:
         """What is wrong with a listed entry (read and checked through ``store``, left out of
         it), or None if it is sound or gone."""
         try:
-            staged = self._stage(store, entry.path, entry.namespace, entry.digest)
+            found = self._stage(store, entry.path, entry.namespace, entry.digest, decode=False)
         except _Damaged as exc:
             return str(exc)
-        if staged is not None:
-            staged.discard()
+        if found is not None:
+            found[0].discard()
         return None
 
-    def _stage(self, store: Store, path: str, namespace: str, digest: str) -> Any:
+    def _stage(
+        self, store: Store, path: str, namespace: str, digest: str, *, decode: bool
+    ) -> tuple[Any, Any] | None:
         """The entry object at ``path`` streamed into a temp file of ``store`` as it is checked
-        against the prefix's key (`StagedImport`), or None if there is none. Raises `_Damaged`
-        when it fails the check: nothing of it was unpickled or kept."""
+        against the prefix's key (`StagedImport`) and, with ``decode``, decoded into the value
+        as ``store.get`` returns it (else None beside it); None if there is none. Raises
+        `_Damaged` when it fails the check: nothing of it was unpickled or kept."""
         obs = self._obstore
         try:
             found = obs.get(self.client, path)
         except self._missing:
             return None
-        chunks = iter(found.stream(min_chunk_size=_STREAM_CHUNK))
-        # Fetching ahead pays only when there is more than one chunk to overlap with.
-        ahead = int(found.meta["size"]) > _STREAM_CHUNK
-        source = _StreamReader(chunks) if not ahead else _FetchingReader(chunks)
+        chunks: Iterator[Any] = iter(found.stream(min_chunk_size=_STREAM_CHUNK))
+        # Fetching ahead pays only when there is much to overlap with.
+        if int(found.meta["size"]) > _AHEAD:
+            chunks = _FetchedAhead(chunks)
         try:
-            staged = store.stage_import(cast(BinaryIO, source), self.mac_key())
+            staged, loaded = store.stage_download(chunks, self.mac_key(), decode)
         except StoreError:
             raise  # the local disk failed, not the entry
         except CacheError as exc:
             raise _Damaged(str(exc)) from None
         finally:
-            source.close()
+            if isinstance(chunks, _FetchedAhead):
+                chunks.close()
         if (staged.namespace, staged.key) != (namespace, digest):
             staged.discard()
             raise _Damaged(f"it holds the entry of {staged.namespace!r} {staged.key}")
-        return staged
+        return staged, loaded
 
     def upload(self, store: Store, namespace: str, digest: str) -> bool:
         """Puts the local entry of ``(namespace, digest)`` under the prefix, unless one is there
@@ -561,12 +592,12 @@ class RemoteTier:
 
     def get(self, namespace: str, key: str) -> Any:
         loaded = self._core.get(namespace, key)
-        if loaded is None and self._reach(False, self.remote.download, self._core, namespace, key):
-            loaded = self._core.get(namespace, key)
-            if loaded is None:
-                # Its time to live has passed: useless to every machine, and while it is there
-                # the fresh value could not be created in its place.
-                self._reach(False, self.remote.delete, namespace, key)
+        if loaded is None:
+            loaded = self._reach(None, self.remote.fetch, self._core, namespace, key)
+            if loaded is not None:
+                # Counted as the local lookup of the copy would have counted it.
+                self._core.count_hit()
+                self._core.record_access(namespace, key, 1, time.time_ns())
         return loaded
 
     def put(self, namespace: str, key: str, *args: Any, **kwargs: Any) -> Any:
@@ -642,37 +673,14 @@ class TieredLock:
         self.release()
 
 
-class _StreamReader(io.RawIOBase):
-    """A file object over a download's chunks, for `Store.stage_import` (bounded memory)."""
+class _FetchedAhead:
+    """A download's chunks, the next ones fetched by a thread while the current one is checked
+    and written, so that the transfer and the work on the bytes overlap instead of taking
+    turns (at most `_AHEAD` bytes held beyond it)."""
 
     def __init__(self, chunks: Iterator[Any]) -> None:
         self._chunks = chunks
-        self._current = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._current:
-            chunk = self._next()
-            if chunk is None:
-                return b""
-            self._current = memoryview(chunk)
-        size = len(self._current) if size < 0 else size
-        piece, self._current = self._current[:size], self._current[size:]
-        return bytes(piece)
-
-    def _next(self) -> Any:
-        return next(self._chunks, None)
-
-
-class _FetchingReader(_StreamReader):
-    """A `_StreamReader` whose thread fetches the next chunks while the current one is checked
-    and written, so the transfer and the work on the bytes overlap instead of taking turns."""
-
-    def __init__(self, chunks: Iterator[Any]) -> None:
-        super().__init__(chunks)
-        self._ready: queue.Queue[Any] = queue.Queue(maxsize=_CHUNKS_AHEAD)
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=_AHEAD // _STREAM_CHUNK)
         self._stop = threading.Event()
         threading.Thread(target=self._fetch, name="afml-cache download", daemon=True).start()
 
@@ -681,13 +689,13 @@ class _FetchingReader(_StreamReader):
             for chunk in self._chunks:
                 if not self._hand_over(chunk):
                     return
-        except BaseException as exc:  # raised where the bytes are read, as it came
+        except BaseException as exc:  # raised where the chunks are taken, as it came
             self._hand_over(exc)
             return
         self._hand_over(None)
 
     def _hand_over(self, item: Any) -> bool:
-        """Queues ``item``; False once the reader closed (nobody will take it)."""
+        """Queues ``item``; False once closed (nobody will take it)."""
         while not self._stop.is_set():
             try:
                 self._ready.put(item, timeout=0.1)
@@ -696,19 +704,23 @@ class _FetchingReader(_StreamReader):
                 continue
         return False
 
-    def _next(self) -> Any:
+    def __iter__(self) -> _FetchedAhead:
+        return self
+
+    def __next__(self) -> Any:
         if self._stop.is_set():
-            return None
+            raise StopIteration
         item = self._ready.get()
         if item is None or isinstance(item, BaseException):
             self._stop.set()
         if isinstance(item, BaseException):
             raise item
+        if item is None:
+            raise StopIteration
         return item
 
     def close(self) -> None:
         self._stop.set()  # the fetcher stops at its next chunk
-        super().close()
 
 
 def _open_remote(url: str, lease_seconds: float, options: dict[str, Any]) -> Remote:
