@@ -17,7 +17,8 @@ Rows of the table, on one machine in one run:
                   reading one entry of the same frame (``Cache.get``); warm (memory tier) and
                   from disk (a second Cache with memory_limit=1 on the directory). The two
                   alternate, --rounds pairs, and the ratio is each pair's (median and range),
-                  so that a shared machine's load stretches both sides of a ratio alike;
+                  so that a shared machine's load stretches both sides of a ratio alike; then
+                  the peak memory (traced) of each read from disk, its result included;
   merged          the first read past MERGE_ABOVE pieces (stitches and stores the merged
                   piece), then a read of the merged piece.
 
@@ -33,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,16 @@ def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, float, Any]
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return statistics.median(walls), statistics.median(cpus), value
+
+
+def peak_memory(fn: Callable[[], Any]) -> int:
+    """The most memory (bytes, as traced) held at once during a call, its result included."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def spread(ratios: list[float], unit: str, digits: int) -> str:
@@ -220,6 +232,16 @@ def main() -> None:
             one_cpu = statistics.median(c for _, c in ones)
             row(f"read 1 entry, {where}", one_wall, one_cpu, "")
             read_rows(f"read 100 pieces, {where}", ones, stitches)
+        stitched_read, one_read = reads["from disk"]
+        one_peak, stitched_peak = peak_memory(one_read), peak_memory(stitched_read)
+        rows.append(
+            [
+                "  peak memory of a read from disk",
+                "",
+                "",
+                f"{stitched_peak / 1e6:.0f} MB (100 pieces), {one_peak / 1e6:.0f} MB (1 entry)",
+            ]
+        )
         ranges.MERGE_ABOVE = 32
         wall, cpu, _ = measure(reads["warm"][0])
         row("first read past MERGE_ABOVE (merges)", wall, cpu, "")

@@ -105,17 +105,18 @@ requests = st.lists(
 )
 
 
+@pytest.mark.parametrize("memory_limit", ["1GB", 1], ids=["memory", "disk"])
 @pytest.mark.parametrize("body", [hourly, weekday_hours], ids=["frame", "series"])
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(asked=requests)
 def test_every_result_equals_the_uncached_call_and_nothing_covered_is_computed_again(
-    body: Callable[..., Any], asked: list[tuple[int, int]], clock: list[int]
+    body: Callable[..., Any], memory_limit: Any, asked: list[tuple[int, int]], clock: list[int]
 ) -> None:
     log: list[tuple[Any, Any]] = []
     with tempfile.TemporaryDirectory() as directory:
-        load = loader(body, log, cache=Cache(directory))
+        load = loader(body, log, cache=Cache(directory, memory_limit=memory_limit))
         wanted = []
         for offset, length in asked:  # in quarter hours: bounds on and off the hourly grid
             start = pd.Timestamp(BASE + offset * HOUR // 4)
@@ -542,6 +543,8 @@ def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
             pd.testing.assert_frame_equal(got, hourly(start, end))
             got.iloc[0, 0] = -1.0
             got.iloc[-1, 1] = -7
+            got.columns.name = "renamed in place"
+            got.index.name = "renamed in place"
     assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
 
 
@@ -665,3 +668,87 @@ def test_objects_in_a_result_are_not_shared_with_later_results(
         got["tags"].iloc[0].append("changed")
         got["tags"].iloc[-1].append("changed")
     assert len(log) == 2
+
+
+def test_pieces_of_other_layouts_are_stitched_as_pandas_concatenates_them(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # A vendor whose volume came back as floats one day: the pieces cannot share blocks.
+    def uneven(start: Any, end: Any) -> pd.DataFrame:
+        bars = hourly(start, end)
+        day = pd.Timestamp(start).day
+        return bars.astype({"volume": np.float64}) if day == 2 else bars
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(uneven, log)
+    days = [f"2024-01-{day:02d}" for day in range(1, 5)]
+    for start, end in itertools.pairwise(days):
+        load("ES", start, end)
+    got = load("ES", days[0], days[-1])
+    expected = pd.concat([uneven(s, e) for s, e in itertools.pairwise(days)])
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["volume"].dtype == np.float64
+    assert len(log) == 3
+
+
+def _frames_of_every_layout() -> dict[str, Any]:
+    index = pd.date_range("2024-01-01", periods=12, freq="h", name="time", tz="Europe/London")
+    numbers = np.arange(12)
+    plain = pd.DataFrame({"close": numbers * 1.5, "volume": numbers}, index=index)
+    mixed = pd.DataFrame(
+        {"up": numbers % 2 == 0, "x": numbers * 0.5, "n": numbers.astype(np.uint8)}, index=index
+    )
+    mixed.insert(1, "x2", numbers)  # interleaved blocks
+    duplicated = plain.set_axis(["close", "close"], axis=1)
+    multi = plain.set_axis(pd.MultiIndex.from_tuples([("ES", "close"), ("ES", "volume")]), axis=1)
+    attrs = plain.copy()
+    attrs.attrs["vendor"] = "x"
+    return {
+        "numbers": plain,
+        "mixed blocks": mixed,
+        "duplicated names": duplicated,
+        "multiindex columns": multi,
+        "no frequency": plain.set_axis(index.as_unit("s").copy(), axis=0).iloc[
+            [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
+        ],
+        "datetime column": plain.assign(at=index.tz_localize(None)),
+        "category": plain.assign(side=pd.Categorical(["b", "s"] * 6)),
+        "attrs": attrs,
+        "series": plain["close"],
+    }
+
+
+@pytest.mark.parametrize("name", list(_frames_of_every_layout()))
+def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str) -> None:
+    # Every layout a vendor's frames may have: the stitched rows share no buffer with the parts.
+    frame = _frames_of_every_layout()[name]
+    times = frame.index.as_unit("ns").asi8
+    edges = [int(times[0]), int(times[4]), int(times[7]) + 1, int(times[-1]) + 1]
+    parts = [(frame, low, high) for low, high in itertools.pairwise(edges)]
+    got = range_spans.stitch(parts, edges[0], edges[-1])
+    if isinstance(frame, pd.Series):
+        pd.testing.assert_series_equal(got, frame)
+    else:
+        pd.testing.assert_frame_equal(got, frame)
+        assert got.attrs == frame.attrs
+    columns = [got] if isinstance(got, pd.Series) else [got.iloc[:, i] for i in range(got.shape[1])]
+    sources = [frame] if isinstance(frame, pd.Series) else [frame.iloc[:, i] for i in range(2)]
+    for column, source in itertools.product(columns, sources):
+        assert not np.shares_memory(np.asarray(column), np.asarray(source))
+
+
+@pytest.mark.parametrize("names", [("close", "close"), ("close", "last"), (None, "close")])
+def test_stitched_series_are_named_as_pandas_concatenates_them(names: tuple[Any, Any]) -> None:
+    close = hourly("2024-01-01", "2024-01-03")["close"]
+    parts = [close.iloc[:24].rename(names[0]), close.iloc[24:].rename(names[1])]
+    edges = [BASE, BASE + 24 * HOUR, BASE + 48 * HOUR]
+    got = range_spans.stitch(
+        [
+            (part, low, high)
+            for part, (low, high) in zip(parts, itertools.pairwise(edges), strict=True)
+        ],
+        edges[0],
+        edges[-1],
+    )
+    pd.testing.assert_series_equal(got, pd.concat(parts))
+    assert got.name == (names[0] if names[0] == names[1] else None)
