@@ -117,18 +117,33 @@ def test_a_value_over_8_mib_written_behind_is_held_compressed_and_never_sees_a_l
     np.testing.assert_array_equal(entries.lookup("a1" * 32)[1], expected)
 
 
-def test_a_lookup_waits_for_a_large_value_being_written_behind(tmp_path: Path) -> None:
+def test_a_lookup_of_a_large_value_still_waiting_for_the_writer_does_not_wait(
+    tmp_path: Path,
+) -> None:
+    # The writer runs at a low priority: a caller of the same key must not wait behind it (and
+    # behind everything queued before it) for a value whose compressed buffers are at hand.
     entries = Cache(tmp_path / "cache").by_digest
     value = np.random.default_rng(1).random(LARGE)
+    expected = value.copy()
     gate = threading.Event()
     WRITER.submit(gate.wait)
-    entries.put("b2" * 32, value, behind=lambda error, _: None)
-    in_memory = len(entries.memory)
-    threading.Timer(0.2, gate.set).start()
+    opener = threading.Timer(10, gate.set)  # a lookup that waits for the writer gets through
+    opener.start()
+    try:
+        entries.put("b2" * 32, value, behind=lambda error, _: None)
+        value[:] = -1.0  # the caller's own array, changed once the call returned
+        found, got, _ = entries.lookup("b2" * 32)
+        assert not gate.is_set() and len(entries.memory) == 0  # decoded, not waited for
+        assert found
+        np.testing.assert_array_equal(got, expected)
+        assert not entries._store.contains(entries.namespace, "b2" * 32)  # not on disk yet
+    finally:
+        opener.cancel()
+        gate.set()
+    WRITER.flush()
     found, got, _ = entries.lookup("b2" * 32)
-    assert in_memory == 0  # no copy of it in memory served the lookup
     assert found
-    np.testing.assert_array_equal(got, value)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_a_large_miss_hits_right_after_its_caller_mutated_it(cache_dir: Path) -> None:

@@ -114,6 +114,7 @@ class Encoded:
 
     @property
     def nbytes(self) -> int: ...
+    def decode(self) -> list[bytearray]: ...
 
 @final
 class Store:

@@ -18,23 +18,40 @@ pub struct Store {
 }
 
 /// A value's buffers compressed ahead of their write (`Store.encode`); `nbytes`: the compressed
-/// bytes it holds. A `put` takes them: it stores one entry, once.
+/// bytes it holds. A `put` stores them; `decode` gives the buffers back meanwhile.
 #[pyclass(frozen, module = "afml_cache._core")]
 pub struct Encoded {
-    frames: std::sync::Mutex<Option<store::Encoded>>,
+    encoded: store::Encoded,
     compression: Compression,
     #[pyo3(get)]
     nbytes: usize,
 }
 
 impl Encoded {
-    fn take(&self, compression: Compression) -> PyResult<store::Encoded> {
+    fn stored_as(&self, compression: Compression) -> PyResult<&store::Encoded> {
         if compression != self.compression {
             let (asked, made) = (compression.name(), self.compression.name());
             return Err(PyValueError::new_err(format!("buffers encoded as {made:?} cannot be stored as {asked:?}")));
         }
-        let taken = self.frames.lock().map_err(|_| PyValueError::new_err("encoded buffers poisoned"))?.take();
-        taken.ok_or_else(|| PyValueError::new_err("these encoded buffers were stored already"))
+        Ok(&self.encoded)
+    }
+}
+
+#[pymethods]
+impl Encoded {
+    /// The buffers as they were encoded, each a new bytearray decompressed with the GIL
+    /// released: a lookup's value while its write still waits for the writer.
+    fn decode<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut arrays = Vec::with_capacity(self.encoded.frames.len());
+        let mut places = Vec::with_capacity(self.encoded.frames.len());
+        for frame in &self.encoded.frames {
+            let (array, data) = new_bytearray(py, codec::decoded_len(frame)?)?;
+            arrays.push(array);
+            places.push(data);
+        }
+        let frames = &self.encoded.frames;
+        py.detach(|| frames.iter().zip(places).try_for_each(|(frame, place)| codec::decode_into(frame, place)))?;
+        PyList::new(py, arrays)
     }
 }
 
@@ -247,10 +264,8 @@ impl Store {
         background: bool,
     ) -> PyResult<(bool, u64, Option<Bound<'py, PyBytes>>)> {
         let compression = parse_compression(compression)?;
-        let encoded = match buffers.cast::<Encoded>() {
-            Ok(encoded) => Some(encoded.get().take(compression)?),
-            Err(_) => None,
-        };
+        let encoded = buffers.cast::<Encoded>().ok();
+        let encoded = encoded.as_ref().map(|e| e.get().stored_as(compression)).transpose()?;
         let buffers: Vec<(PyBuffer<u8>, usize)> = if encoded.is_some() { Vec::new() } else { buffers.extract()? };
         let slices = contiguous(&buffers)?;
         let new = NewEntry {
@@ -284,7 +299,7 @@ impl Store {
         let slices = contiguous(&buffers)?;
         let encoded = py.detach(|| store::encode(&slices, compression));
         let nbytes = encoded.frames.iter().map(Vec::len).sum();
-        Ok(Encoded { frames: std::sync::Mutex::new(Some(encoded)), compression, nbytes })
+        Ok(Encoded { encoded, compression, nbytes })
     }
 
     /// `(stream, buffers, mac, expires)` of a verified entry, or None (a miss). Buffers come back

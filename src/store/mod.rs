@@ -348,12 +348,12 @@ impl Store {
             return Ok(stored);
         }
         let encoded = encode(&new.buffers, new.compression);
-        self.put_encoded(new, encoded)
+        self.put_encoded(new, &encoded)
     }
 
     /// `put` of a value whose buffers [`encode`] compressed beforehand (at `new.compression`;
     /// `new.buffers` is not read): the entry is sealed and written without the value itself.
-    pub fn put_encoded(&self, new: NewEntry<'_>, encoded: Encoded) -> Result<Stored> {
+    pub fn put_encoded(&self, new: NewEntry<'_>, encoded: &Encoded) -> Result<Stored> {
         self.entry_path(new.namespace, new.key)?; // checks the digest before any work
         let (namespace, key, stream) = (new.namespace, new.key, new.stream);
         let header = header_of(new, encoded.raw_len);

@@ -70,9 +70,9 @@ class Entries:
         self.memory = MemoryTier(memory_limit)
         self.namespace = namespace
         self.compression = compression
-        # The slots of values written behind and not yet on disk (shared by the views): a lookup
-        # the memory tier cannot serve waits for them.
-        self._writing: set[tuple[str, str]] = set()
+        # The values written behind and not yet on disk, by slot (shared by the views): a lookup
+        # the memory tier cannot serve decodes them or waits for them.
+        self._writing: dict[tuple[str, str], _Serialized] = {}
         # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
         # shared per-function statistics; the store's own method, as it runs on every call.
         self.record_call = store.record_call
@@ -124,7 +124,11 @@ class Entries:
             if self._accesses.note(slot):
                 self.flush_accesses()
             return True, value, remembered.compute_time
-        if slot in self._writing:
+        pending = self._writing.get(slot)
+        if pending is not None:
+            found = self._pending_value(pending)
+            if found is not None:
+                return found
             WRITER.flush()  # on disk once written
         # Read before the lookup: a change made meanwhile by another process must make this
         # memory copy look stale, not current.
@@ -184,7 +188,7 @@ class Entries:
             )
             if _WRITE_BEHIND_MIN <= entry.nbytes < _WRITE_BEHIND_MAX and self._hold(entry):
                 entry.behind = True
-                self._writing.add(entry.slot)
+                self._writing[entry.slot] = entry
                 held = entry.encoded.nbytes if entry.encoded is not None else entry.nbytes
                 WRITER.submit(functools.partial(self._write_behind, entry, behind), held)
                 return True
@@ -216,6 +220,24 @@ class Entries:
             copied=True,
         )
         return True
+
+    def _pending_value(self, entry: _Serialized) -> tuple[bool, Any, float] | None:
+        """A lookup's result from ``entry``, still waiting for the writer, decoded from its
+        compressed buffers rather than waited for (the writer runs at a low priority); None when
+        it has none, has expired, or another write of its key is on disk (then the lookup waits
+        and reads the disk)."""
+        if entry.encoded is None or (entry.expires is not None and entry.expires <= time.time()):
+            return None
+        try:
+            if self._store.current_mac(*entry.slot) is not None:
+                return None
+            value = deserialize(entry.stream, entry.encoded.decode())
+        except Exception:  # the disk's copy, once written, is the one to read
+            return None
+        self._store.count_hit()
+        if self._accesses.note(entry.slot):
+            self.flush_accesses()
+        return True, value, entry.compute_time
 
     def lock(self, digest: str, timeout: float = 60.0) -> KeyLock | None:
         """The entry's single-flight lock, held until its ``release()``, or None if another
@@ -396,7 +418,7 @@ class Entries:
         except Exception as exc:  # reported through behind(), never lost on the writer thread
             error = exc
         finally:
-            self._writing.discard(entry.slot)
+            self._writing.pop(entry.slot, None)
         if error is not None:
             self.memory.drop(entry.slot)
         behind(error, 0 if error is not None else size)
