@@ -506,15 +506,15 @@ impl Store {
         decode: bool,
     ) -> PyResult<(StagedImport, Option<Bound<'py, PyAny>>)> {
         let mut reader = PyChunks { chunks: chunks.try_iter()?.unbind(), current: None, at: 0, error: None };
-        let mut outputs = PyOutputs { arrays: Vec::new(), error: None, place: std::marker::PhantomData };
+        let mut outputs = PyOutputs { arrays: Vec::new(), place: std::marker::PhantomData };
         let store = slf.get();
         let staged = py.detach(|| match decode {
             true => store.inner.stage_decoded(&mut reader, &archive_key, &mut outputs),
             false => store.inner.stage_import(&mut reader, &archive_key),
         });
         drop(reader.current.take()); // released with the GIL held
-        if let Some(error) = reader.error.or(outputs.error) {
-            return Err(error); // the iterator's or the allocator's own exception, as it came
+        if let Some(error) = reader.error {
+            return Err(error); // the iterator's own exception, as it came
         }
         let staged = staged?;
         let value = match outputs.arrays.split_first() {
@@ -665,7 +665,6 @@ impl std::io::Read for PyChunks {
 /// stay alive; an allocation's exception is kept to be raised as it came.
 struct PyOutputs<'o> {
     arrays: Vec<Py<PyByteArray>>,
-    error: Option<PyErr>,
     place: std::marker::PhantomData<&'o mut [u8]>,
 }
 
@@ -680,10 +679,9 @@ impl<'o> store::Outputs<'o> for PyOutputs<'o> {
                 // outputs live, which outlives the staging that fills it.
                 Ok(unsafe { std::slice::from_raw_parts_mut(place.as_mut_ptr(), len) })
             }
-            Err(error) => {
-                self.error = Some(error);
-                Err(crate::error::Error::InvalidArgument(format!("cannot allocate {len} bytes for a downloaded value")))
-            }
+            // The length comes from bytes whose MAC is not checked yet: one no memory can hold is
+            // damage (a miss, the object replaced), not the caller's MemoryError.
+            Err(_) => Err(crate::error::Error::CorruptEntry(format!("it claims a buffer of {len} bytes"))),
         })
     }
 }
