@@ -18,7 +18,8 @@ Rows of the table, on one machine in one run:
                   from disk (a second Cache with memory_limit=1 on the directory). The two
                   alternate, --rounds pairs, and the ratio is each pair's (median and range),
                   so that a shared machine's load stretches both sides of a ratio alike; then
-                  the peak memory (traced) of each read from disk, its result included;
+                  the peak memory (traced) of each read from disk, its result included; and
+                  a warm read of 100 pieces of 10 rows: the cost a piece, the copy aside;
   merged          the first read past MERGE_ABOVE pieces (stitches and stores the merged
                   piece), then a read of the merged piece.
 
@@ -99,9 +100,11 @@ def make_loader(cache: Cache, vendor: Vendor) -> Callable[..., pd.DataFrame]:
 def measure(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, float, Any]:
     """Median wall and CPU seconds of ``repeats`` calls, and the last value. CPU time (of every
     thread of the process) is what a loaded machine does not stretch; the vendor's wait is
-    wall time only."""
+    wall time only. No earlier value is held during a call: a result of 90 MB still alive makes
+    the next one's fresh pages harder to find (huge pages, compaction) and the timing noisier."""
     walls, cpus, value = [], [], None
     for _ in range(repeats):
+        value = None
         wall, cpu = time.perf_counter(), time.process_time()
         value = fn()
         walls.append(time.perf_counter() - wall)
@@ -131,16 +134,19 @@ def paired(
     one: Callable[[], Any], stitched: Callable[[], Any], rounds: int, expected: pd.DataFrame
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """(wall, CPU) of ``one`` and of ``stitched`` over ``rounds`` pairs, called alternately
-    (after one untimed call of each), checking that ``stitched`` returns ``expected``."""
+    (after one untimed call of each), checking that ``stitched`` returns ``expected``; each
+    result is let go before the next call, on both sides alike (see `measure`)."""
     one()
     stitched()
     ones, stitches = [], []
     for _ in range(rounds):
-        wall, cpu, _ = measure(one)
+        wall, cpu, got = measure(one)
         ones.append((wall, cpu))
+        del got
         wall, cpu, got = measure(stitched)
         assert got.equals(expected), "a stitched read differs from the frame"
         stitches.append((wall, cpu))
+        del got
     return ones, stitches
 
 
@@ -181,15 +187,16 @@ def main() -> None:
         cache = Cache(directory, size_limit="8GB", memory_limit="1GB")
         load = make_loader(cache, vendor)
 
-        full, full_cpu, _ = measure(lambda: load.uncached("ES", start, days[0], True))
+        full, full_cpu = measure(lambda: load.uncached("ES", start, days[0], True))[:2]
         row("full (uncached, 5 years + 1 day)", full, full_cpu, "1.000 of full")
-        wall, cpu, _ = measure(lambda: load("ES", start, five_years))
+        wall, cpu = measure(lambda: load("ES", start, five_years))[:2]
         row("first cached call, 5 years", wall, cpu, f"{wall / full:.3f} of full")
         appends = []
         for day in days:
             wall, cpu, got = measure(lambda day=day: load("ES", start, day))
             assert got.equals(vendor.fetch(start, day, False)), "append differs from a fetch"
             appends.append((wall, cpu))
+            del got
         wall = statistics.median(w for w, _ in appends)
         cpu = statistics.median(c for _, c in appends)
         ratio = spread([w / full for w, _ in appends], " of full", 3)
@@ -204,7 +211,7 @@ def main() -> None:
                 f"{projected:.3f} of full",
             ]
         )
-        wall, cpu, _ = measure(lambda: load("ES", start, days[-1]), 3)
+        wall, cpu = measure(lambda: load("ES", start, days[-1]), 3)[:2]
         row("hit, 5 years + days (stitched)", wall, cpu, f"{wall / full:.3f} of full")
 
         # 100 pieces over five years, merging off, then read whole.
@@ -242,8 +249,28 @@ def main() -> None:
                 f"{stitched_peak / 1e6:.0f} MB (100 pieces), {one_peak / 1e6:.0f} MB (1 entry)",
             ]
         )
+        # The same over 100 pieces of 10 rows: what stitching costs a piece, the copy of the
+        # rows aside (which is most of a read of five years).
+        small = bars.iloc[:1000].copy()
+        for low, high in itertools.pairwise(bars.index[np.arange(0, 1001, 10)]):
+            load("S100", low, high, False)
+        cache.set("small entry", small)
+        ones, stitches = paired(
+            lambda: cache.get("small entry"),
+            lambda: load("S100", start, bars.index[1000], False),
+            20 * args.rounds,
+            small,
+        )
+        wall = statistics.median(w for w, _ in stitches)
+        cost = (wall - statistics.median(w for w, _ in ones)) / 100
+        row(
+            "read 100 pieces of 10 rows, warm",
+            wall,
+            statistics.median(c for _, c in stitches),
+            f"{cost * 1e6:.0f} µs a piece more than 1 entry of their rows",
+        )
         ranges.MERGE_ABOVE = 32
-        wall, cpu, _ = measure(reads["warm"][0])
+        wall, cpu = measure(reads["warm"][0])[:2]
         row("first read past MERGE_ABOVE (merges)", wall, cpu, "")
         pieces = load.coverage("P100", cost=False)[0]["pieces"]
         for where, (stitched, one) in reads.items():

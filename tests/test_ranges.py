@@ -752,3 +752,98 @@ def test_stitched_series_are_named_as_pandas_concatenates_them(names: tuple[Any,
     )
     pd.testing.assert_series_equal(got, pd.concat(parts))
     assert got.name == (names[0] if names[0] == names[1] else None)
+
+
+def _variant(frame: pd.DataFrame, change: str) -> pd.DataFrame:
+    """``frame`` as one day's vendor answer may differ from the others'."""
+    if change == "columns reordered":
+        return frame[frame.columns[::-1]]
+    if change == "a column renamed":
+        return frame.rename(columns={frame.columns[0]: "last"})
+    if change == "a column of floats":
+        return frame.astype({frame.columns[1]: np.float64})
+    if change == "column labels of objects":
+        return frame.set_axis(pd.Index(list(frame.columns), dtype=object), axis=1)
+    if change == "column labels of floats":  # equal to numbers 0, 1, 2, of another dtype
+        return frame.set_axis(pd.Index(np.arange(frame.shape[1], dtype=np.float64)), axis=1)
+    if change == "columns named":
+        return frame.rename_axis(columns="field")
+    if change == "index renamed":
+        return frame.rename_axis(index="at")
+    if change == "attrs":
+        marked = frame.copy()
+        marked.attrs["vendor"] = "x"
+        return marked
+    if change == "another frequency":
+        return frame.set_axis(pd.DatetimeIndex(frame.index, freq=None), axis=0)
+    if change == "blocks in another order":  # equal columns, laid out last column first
+        built = frame[frame.columns[-1:]].copy()
+        for name in reversed(frame.columns[:-1]):
+            built.insert(0, name, frame[name])
+        return built
+    return frame
+
+
+_CHANGES = [
+    "none",
+    "columns reordered",
+    "a column renamed",
+    "a column of floats",
+    "column labels of objects",
+    "column labels of floats",
+    "columns named",
+    "index renamed",
+    "attrs",
+    "another frequency",
+    "blocks in another order",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.sets(st.integers(1, 23), max_size=6),
+    change=st.sampled_from(_CHANGES),
+    odd=st.integers(0, 6),
+    tz=st.sampled_from([None, "America/New_York"]),
+    unit=st.sampled_from(["ns", "us", "s"]),
+    numbered=st.booleans(),
+)
+def test_stitching_is_what_pandas_concatenates(
+    cuts: set[int], change: str, odd: int, tz: str | None, unit: str, numbered: bool
+) -> None:
+    # Parts laid out alike are stacked block by block, others concatenated by pandas: the
+    # result is pd.concat's either way (columns, dtypes, names, frequency, attrs), and shares
+    # no buffer with the parts, whose names a caller renaming the result's leaves alone.
+    whole = hourly("2024-01-01", "2024-01-02", tz=tz)
+    whole = whole.assign(up=whole["volume"] % 2 == 0).set_axis(whole.index.as_unit(unit), axis=0)
+    if numbered:  # columns by position, as a frame made of an array has them
+        whole.columns = pd.RangeIndex(whole.shape[1])
+    rows = [0, *sorted(cuts), len(whole)]
+    times = whole.index.as_unit("ns").asi8
+    edges = [int(times[r]) if r < len(whole) else int(times[-1]) + 1 for r in rows]
+    # Each part a frame of its own (as pieces are read), every one alike or one (the odd one) not;
+    # a part reaching past its span is sliced.
+    bounds = [
+        (a, b + 1 if i == odd and b < len(whole) else b)
+        for i, (a, b) in enumerate(itertools.pairwise(rows))
+    ]
+    frames = [
+        _variant(whole.iloc[a:b].copy(), change if i == odd else "none")
+        for i, (a, b) in enumerate(bounds)
+    ]
+    parts = list(zip(frames, edges[:-1], edges[1:], strict=True))
+    got = range_spans.stitch(parts, edges[0], edges[-1])
+    slices = [
+        frame.iloc[: b - a] for frame, (a, b) in zip(frames, itertools.pairwise(rows), strict=True)
+    ]
+    expected = pd.concat(slices) if len(slices) > 1 else slices[0]
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.attrs == expected.attrs
+    for frame in frames:
+        for mine, theirs in itertools.product(range(got.shape[1]), range(frame.shape[1])):
+            column, source = np.asarray(got.iloc[:, mine]), np.asarray(frame.iloc[:, theirs])
+            assert not np.shares_memory(column, source)
+    got.columns.name = "renamed in place"
+    got.index.name = "renamed in place"
+    assert all(f.columns.name != "renamed in place" for f in frames)
+    assert all(f.index.name != "renamed in place" for f in frames)

@@ -15,6 +15,11 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.offsets import BaseOffset, Tick
 
+try:
+    from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
+except ImportError:  # an older pandas: parts are stitched by pd.concat
+    _from_blocks = None
+
 __all__ = [
     "Clock",
     "Piece",
@@ -193,9 +198,14 @@ def in_unit(index: pd.DatetimeIndex, low: int, high: int) -> tuple[int, int]:
 
 
 def _slice(frame: Any, low: int, high: int) -> Any:
-    if len(frame) == 0 or not isinstance(frame.index, pd.DatetimeIndex):
+    index = frame.index
+    if len(frame) == 0 or not isinstance(index, pd.DatetimeIndex):
         return frame
-    first, last = np.searchsorted(frame.index.asi8, in_unit(frame.index, low, high))
+    times = index.asi8
+    first, last = in_unit(index, low, high)
+    if first <= times[0] and times[-1] < last:
+        return frame  # a piece read whole, as most are
+    first, last = np.searchsorted(times, (first, last))
     return frame if first == 0 and last == len(frame) else frame.iloc[first:last]
 
 
@@ -210,10 +220,73 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
     if len(rows) <= 1:
         only = (rows or slices)[0]
         return only if only is fresh else only.copy(deep=True)
-    result = pd.concat(rows)
+    result = _stacked(rows)
+    if result is None:
+        result = pd.concat(rows)
+    if isinstance(result, pd.DataFrame):
+        # Both hand the result the first part's columns object, which may be the memory tier's:
+        # a caller renaming the result's columns in place must not rename a part's.
+        result.columns = result.columns.copy()
     freqs = {s.index.freq for s in rows}
     if len(freqs) == 1 and None not in freqs:
         # Pieces that do not join on that grid keep no frequency, as pandas would say.
         with contextlib.suppress(ValueError):
             result.index = pd.DatetimeIndex(result.index, freq=freqs.pop())
     return result
+
+
+def _stacked(rows: list[Any]) -> pd.DataFrame | None:
+    """``pd.concat(rows)`` of frames laid out alike in numpy blocks of numbers, stacked one
+    block at a time, for a fraction of what pd.concat spends reconciling each part's columns
+    and blocks (tens of µs a part: milliseconds for a read stitched from a hundred). None for
+    any other parts."""
+    first = rows[0]
+    layout = _layout(first)
+    if layout is None or _from_blocks is None or not first.columns.is_unique:
+        return None
+    columns = first.columns
+    for part in rows[1:]:
+        names = part.columns
+        if names is not columns and (
+            names.dtype != columns.dtype
+            or names.names != columns.names
+            or not names.equals(columns)
+        ):
+            return None
+        if _layout(part) != layout:
+            return None
+    blocks = [
+        (
+            np.concatenate([part._mgr.blocks[i].values for part in rows], axis=1),
+            block.mgr_locs.as_array,
+        )
+        for i, block in enumerate(first._mgr.blocks)
+    ]
+    # pd.concat's own index: name, zone, unit and frequency.
+    index = first.index.append([part.index for part in rows[1:]])
+    return _from_blocks(blocks, index=index, columns=columns)
+
+
+def _layout(part: Any) -> tuple[Any, ...] | None:
+    """The dtype and columns of each numpy block of a plain frame of numbers with nothing
+    pd.concat would carry over (attrs, flags) and a DatetimeIndex; else None."""
+    if (
+        type(part) is not pd.DataFrame
+        or part.attrs
+        or not part.flags.allows_duplicate_labels
+        or type(part.index) is not pd.DatetimeIndex
+    ):
+        return None
+    # pandas' block manager is internal: a pandas without it stitches by pd.concat.
+    blocks = getattr(getattr(part, "_mgr", None), "blocks", None)
+    if blocks is None:
+        return None
+    layout = []
+    for block in blocks:
+        values = block.values
+        if type(values) is not np.ndarray or values.dtype.kind not in "biufc":
+            return None
+        locs = block.mgr_locs.indexer
+        where = (locs.start, locs.stop, locs.step) if isinstance(locs, slice) else locs.tobytes()
+        layout.append((values.dtype, where))
+    return tuple(layout)
