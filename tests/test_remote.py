@@ -671,3 +671,61 @@ def test_a_damaged_large_local_entry_never_goes_up_in_parts(url: str, tmp_path: 
         patch.setattr(remote_module, "_PART", 5 << 20)
         assert remote.upload(store, "default", fingerprint("k")) is False
     assert remote.scan() == []
+
+
+# --- a large value sealed for the prefix as it is written -------------------------------------
+
+# 68 MB of buffers: written in pieces, and sealed under the prefix's key in the same pass (it
+# compresses well, so it goes up fast).
+_LARGE = np.arange(8_500_000, dtype=np.int64)
+
+
+def test_a_large_set_leaves_a_sound_local_copy_and_a_sound_remote_object(
+    url: str, tmp_path: Path
+) -> None:
+    from afml_cache._store import Store
+
+    Cache(tmp_path / "a", remote=url).set("big", _LARGE)
+    np.testing.assert_array_equal(Cache(tmp_path / "a", remote="").get("big"), _LARGE)
+    remote = Remote(url)
+    (entry,) = remote.scan()
+    assert remote.verify(Store(tmp_path / "check", 2**40, "lru", trust_group=False), entry) is None
+    np.testing.assert_array_equal(Cache(tmp_path / "b", remote=url).get("big"), _LARGE)
+
+
+def test_a_large_local_entry_damaged_before_it_went_up_is_refused_there_never_unpickled(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The file is read as it goes up, not hashed again: its MAC under the prefix's key was made
+    # from the bytes as they were written, so damage since then reaches the prefix unusable.
+    upload = Remote.upload
+
+    def damaged_first(self: Remote, store: object, *args: object) -> bool:
+        (entry,) = (tmp_path / "a").rglob("*.afc")
+        with entry.open("r+b") as file:
+            file.seek(entry.stat().st_size // 2)
+            byte = file.read(1)
+            file.seek(-1, os.SEEK_CUR)
+            file.write(bytes([byte[0] ^ 1]))
+        return upload(self, store, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Remote, "upload", damaged_first)
+    Cache(tmp_path / "a", remote=url).set("big", _LARGE)
+    monkeypatch.setattr(Remote, "upload", upload)
+    with pytest.warns(CacheWarning, match="removed the entry"):
+        assert Cache(tmp_path / "b", remote=url).get("big") is None
+    assert Remote(url).scan() == []  # removed: the next set replaces it
+    Cache(tmp_path / "c", remote=url).set("big", _LARGE)
+    np.testing.assert_array_equal(Cache(tmp_path / "d", remote=url).get("big"), _LARGE)
+
+
+def test_uploads_to_s3_skip_the_payload_hash_unless_told_otherwise(
+    s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each entry carries its MAC: the SHA-256 that signs a request's body would be a pass over
+    # every byte sent, here and at the store, that checks nothing more.
+    assert Remote(f"s3://{BUCKET}/p").client.config.get("unsigned_payload") == "true"
+    told = Remote(f"s3://{BUCKET}/p", options={"unsigned_payload": False}).client.config
+    assert told.get("unsigned_payload") == "false"
+    monkeypatch.setenv("AWS_UNSIGNED_PAYLOAD", "false")
+    assert "unsigned_payload" not in Remote(f"s3://{BUCKET}/p").client.config

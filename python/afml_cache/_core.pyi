@@ -3,7 +3,7 @@
 import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, BinaryIO, final
+from typing import Any, BinaryIO, final, overload
 
 from typing_extensions import Buffer
 
@@ -134,6 +134,7 @@ class Store:
     def size_limit(self) -> int: ...
     @property
     def eviction_policy(self) -> str: ...
+    @overload
     def put(
         self,
         namespace: str,
@@ -149,7 +150,26 @@ class Store:
         time_range: tuple[int, int] | None,
         metadata: str,
         background: bool = False,
+        seal_for: None = None,
     ) -> tuple[bool, int, bytes | None]: ...
+    @overload
+    def put(
+        self,
+        namespace: str,
+        digest: str,
+        stream: bytes,
+        buffers: list[tuple[memoryview, int]] | Encoded,
+        *,
+        compression: str,
+        expires: float | None,
+        compute_time: float,
+        protected: bool,
+        tags: list[str],
+        time_range: tuple[int, int] | None,
+        metadata: str,
+        background: bool = False,
+        seal_for: bytes,
+    ) -> tuple[bool, int, bytes | None, bytes | None]: ...
     def encode(self, buffers: list[tuple[memoryview, int]], compression: str) -> Encoded: ...
     def get(
         self, namespace: str, digest: str
@@ -183,7 +203,11 @@ class Store:
     def lock(self, namespace: str, digest: str, timeout: float) -> KeyLock | None: ...
     def export_entry(self, namespace: str, digest: str, archive_key: bytes) -> bytes | None: ...
     def export_reader(
-        self, namespace: str, digest: str, archive_key: bytes
+        self,
+        namespace: str,
+        digest: str,
+        archive_key: bytes,
+        sealed: tuple[bytes, bytes] | None = None,
     ) -> EntryExport | None: ...
     def stage_import(self, source: BinaryIO, archive_key: bytes) -> StagedImport: ...
     def stage_download(
@@ -196,7 +220,7 @@ class Store:
 class EntryExport:
     @property
     def size(self) -> int: ...
-    def read(self, size: int) -> bytes: ...
+    def read(self, size: int) -> bytearray: ...
 
 @final
 class StagedImport:

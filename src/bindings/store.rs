@@ -245,7 +245,10 @@ impl Store {
     /// of `(buffer, item size)`, or an `Encoded` of them (`encode`), which this empties.
     /// `background`: a value written behind, compressed and written in the writer's own
     /// low-priority pool (`parallel::in_background`), not in the one the caller's fingerprints use.
-    #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata, background = false))]
+    /// `seal_for`: the key of a remote tier the entry goes up to next; then a fourth item, the
+    /// entry's MAC under that key when it was sealed as it was written (a large value), else None
+    /// (see `export_reader`).
+    #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata, background = false, seal_for = None))]
     #[allow(clippy::too_many_arguments)]
     fn put<'py>(
         &self,
@@ -262,7 +265,8 @@ impl Store {
         time_range: Option<(i64, i64)>,
         metadata: String,
         background: bool,
-    ) -> PyResult<(bool, u64, Option<Bound<'py, PyBytes>>)> {
+        seal_for: Option<[u8; 32]>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let compression = parse_compression(compression)?;
         let encoded = buffers.cast::<Encoded>().ok();
         let encoded = encoded.as_ref().map(|e| e.get().stored_as(compression)).transpose()?;
@@ -281,14 +285,19 @@ impl Store {
             time_range,
             metadata,
         };
-        let put = || match encoded {
-            Some(encoded) => self.inner.put_encoded(new, encoded),
-            None => self.inner.put(new),
+        let put = || match (encoded, seal_for) {
+            (Some(encoded), _) => self.inner.put_encoded(new, encoded).map(|stored| (stored, None)),
+            (None, receiver) => self.inner.put_sealing_for(new, receiver.as_ref()),
         };
-        let stored = py.detach(|| if background { crate::parallel::in_background(put) } else { put() });
-        match stored? {
-            Stored::Written { bytes, mac } => Ok((true, bytes, Some(PyBytes::new(py, &mac)))),
-            Stored::TooLarge { bytes, .. } => Ok((false, bytes, None)),
+        let (stored, sealed) = py.detach(|| if background { crate::parallel::in_background(put) } else { put() })?;
+        let (stored, bytes, mac) = match stored {
+            Stored::Written { bytes, mac } => (true, bytes, Some(PyBytes::new(py, &mac))),
+            Stored::TooLarge { bytes, .. } => (false, bytes, None),
+        };
+        let sealed = sealed.map(|mac| PyBytes::new(py, &mac));
+        match seal_for {
+            Some(_) => Ok((stored, bytes, mac, sealed).into_pyobject(py)?.into_any()),
+            None => Ok((stored, bytes, mac).into_pyobject(py)?.into_any()),
         }
     }
 
@@ -469,15 +478,22 @@ impl Store {
     }
 
     /// The entry of `(namespace, digest)` opened for export under `archive_key`, to read in
-    /// pieces (`EntryExport.read`); None if there is none or it has expired.
+    /// pieces (`EntryExport.read`); None if there is none or it has expired. `sealed`: the
+    /// `(mac, mac under archive_key)` a `put(seal_for=archive_key)` gave: the file is read
+    /// without hashing it, or None if it now holds another write.
+    #[pyo3(signature = (namespace, digest, archive_key, sealed = None))]
     fn export_reader(
         &self,
         py: Python<'_>,
         namespace: &str,
         digest: &str,
         archive_key: [u8; 32],
+        sealed: Option<([u8; 32], [u8; 32])>,
     ) -> PyResult<Option<EntryExport>> {
-        let opened = py.detach(|| self.inner.open_export(namespace, digest, &archive_key))?;
+        let opened = py.detach(|| match sealed {
+            Some((mac, receiver_mac)) => self.inner.open_export_sealed(namespace, digest, &mac, receiver_mac),
+            None => self.inner.open_export(namespace, digest, &archive_key),
+        })?;
         Ok(opened.map(|inner| EntryExport { inner }))
     }
 
@@ -548,10 +564,12 @@ impl EntryExport {
     }
 
     /// The next piece, at most `size` bytes (read and checked with the GIL released); empty at
-    /// the end.
-    fn read<'py>(&mut self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyBytes>> {
+    /// the end. A bytearray, not bytes: its memory is not zero-filled before the read fills it.
+    fn read<'py>(&mut self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyByteArray>> {
         let export = &mut self.inner;
-        PyBytes::new_with(py, export.next_len(size), |out| Ok(py.detach(|| export.fill(out))?))
+        let (piece, out) = new_bytearray(py, export.next_len(size))?;
+        py.detach(|| export.fill(out))?;
+        Ok(piece)
     }
 }
 

@@ -43,6 +43,53 @@ mod kind {
 /// 100,000 deep is legal Python and must not overflow the thread's stack.
 const RED_ZONE: usize = 128 * 1024;
 const STACK_GROWTH: usize = 4 * 1024 * 1024;
+/// Whether the caller runs on the main thread's own stack with more than [`RED_ZONE`] left,
+/// where `stacker` is not needed. It would find out the same, but finding the main thread's stack
+/// takes glibc a scan of /proc/self/maps, a kilobyte per read (milliseconds with numpy and pandas
+/// loaded), which the first fingerprint of every process would pay. Other threads, and stacks
+/// `stacker` made, go through `stacker`, which finds theirs cheaply.
+#[cfg(target_os = "linux")]
+fn on_main_stack_with_room() -> bool {
+    let Some((top, usable)) = main_stack() else { return false };
+    let here = 0u8;
+    let sp = std::hint::black_box(&here) as *const u8 as usize;
+    sp <= top && top - sp + RED_ZONE <= usable
+}
+
+#[cfg(not(target_os = "linux"))]
+fn on_main_stack_with_room() -> bool {
+    false
+}
+
+/// The most of the main thread's stack counted on: Linux puts mappings (other threads' stacks
+/// among them) at least 128 MiB below the stack, a gap set from RLIMIT_STACK at exec, which a
+/// limit raised later does not widen.
+#[cfg(target_os = "linux")]
+const MAIN_STACK_CAP: usize = 64 * 1024 * 1024;
+
+/// The main thread's stack: where it starts (`startstack` in /proc/self/stat) and the bytes below
+/// that it may use, read once. Half of RLIMIT_STACK (the arguments and environment, above
+/// `startstack`, take at most a quarter of it: the kernel's limit), at most [`MAIN_STACK_CAP`].
+/// None if either is unknown or the limit is infinite; then `stacker` decides everywhere.
+#[cfg(target_os = "linux")]
+fn main_stack() -> Option<(usize, usize)> {
+    static MAIN: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *MAIN.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start at field 3; startstack is 28.
+        let top: usize = stat.rsplit_once(')')?.1.split_whitespace().nth(25)?.parse().ok()?;
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes only the struct it is given.
+        if top == 0 || unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } != 0 {
+            return None;
+        }
+        if limit.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        Some((top, (usize::try_from(limit.rlim_cur).ok()? / 2).min(MAIN_STACK_CAP)))
+    })
+}
+
 /// Deeper values are refused: nothing real nests this deep, and it bounds the memory a runaway
 /// rule (a `__cache_key__` returning a new object of its own type) can take.
 const MAX_DEPTH: usize = 200_000;
@@ -82,7 +129,11 @@ impl<'py> Walker<'py> {
     }
 
     pub fn walk(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
-        stacker::maybe_grow(RED_ZONE, STACK_GROWTH, || self.walk_here(obj, enc))
+        if on_main_stack_with_room() {
+            self.walk_here(obj, enc)
+        } else {
+            stacker::maybe_grow(RED_ZONE, STACK_GROWTH, || self.walk_here(obj, enc))
+        }
     }
 
     fn walk_here(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {

@@ -292,13 +292,13 @@ pub fn encode(data: &[u8], itemsize: usize, compression: Compression) -> Vec<u8>
     let plan = Plan::new(data.len(), itemsize, compression);
     // Chunks compress into per-thread buffers and come back as exact-size vectors, or raw (their
     // bytes are then copied straight from `data`); the frame is written once, at its exact size.
-    // Nothing is zero-filled, no worst case is allocated.
+    // Nothing is zero-filled, no worst case is allocated; the frame's memory is a spare frame's
+    // when one of a similar size was given back (`memory::FRAMES`, see `store::Encoded`).
     let packed = plan.pack(data);
     let raws = data.chunks(plan.chunk_size);
     let frame_len =
         plan.head_len() + packed.iter().zip(raws.clone()).map(|(p, raw)| p.stored(raw).len()).sum::<usize>();
-    let mut frame = Vec::with_capacity(frame_len);
-    crate::memory::advise_huge_pages(frame.as_mut_ptr(), frame_len);
+    let mut frame = crate::memory::buffer_for(&crate::memory::FRAMES, frame_len);
     frame.extend_from_slice(&plan.header());
     for (p, raw) in packed.iter().zip(raws.clone()) {
         frame.extend_from_slice(&p.table_entry(raw));

@@ -263,3 +263,19 @@ fn a_chunk_that_does_not_decompress_fails_the_parallel_path() {
         assert!(err.contains("chunk 0") && err.contains("does not decompress"), "{err}");
     }
 }
+
+#[test]
+fn a_frame_made_in_a_spare_buffer_holds_nothing_of_its_last_use() {
+    let data = mixed(5 * CHUNK_SIZE + 123, 11);
+    let fresh = round_trip(&data, 8, Compression::Default);
+    for level in Compression::ALL {
+        let mut used = vec![0xAB; 3 * fresh.len() / 2];
+        used.truncate(fresh.len() / 2); // a spare keeps its capacity, and bytes past its length
+        crate::memory::FRAMES.give_back(used);
+        let frame = round_trip(&data, 8, level);
+        if level == Compression::Default {
+            assert!(frame == fresh, "the same bytes as a frame made in fresh memory");
+        }
+        crate::memory::FRAMES.give_back(frame);
+    }
+}

@@ -153,21 +153,25 @@ const BATCH_CHUNKS: usize = 32;
 /// lengths, known only at the end, go into the places left for them. The MAC is computed as the
 /// batches are written (each batch is hashed while it is written and the next one compressed),
 /// as blocks that do not depend on the tables before them (see [`BlockMac`]); the few blocks
-/// that hold a table or the head are read back at the end. Returns the entry's size and MAC.
+/// that hold a table or the head are read back at the end. Returns the entry's size and its MAC
+/// under each of `mac_keys` (the first one's is written; the others are for an upload that
+/// seals the entry under another key, with no second pass over the file).
 /// The layout and MAC are exactly [`seal`]'s: readers cannot tell the two apart.
 pub fn write_streamed(
     file: &File,
-    mac_key: &[u8; 32],
+    mac_keys: &[&[u8; 32]],
     header: &Header,
     stream: &[u8],
     buffers: &[(&[u8], usize)],
     compression: Compression,
-) -> std::io::Result<(u64, [u8; 32])> {
+) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
     let mut head = head_bytes(header, Counters::default(), buffers.len(), 0, stream.len());
     file.write_all_at(&head, 0)?;
     let mut at = head.len() as u64;
-    let mut mac = BlockMac::new(mac_key);
-    mac.feed(&mut Run::at(at), &[stream]);
+    let mut macs: Vec<BlockMac> = mac_keys.iter().map(|key| BlockMac::new(key)).collect();
+    for mac in &mut macs {
+        mac.feed(&mut Run::at(at), &[stream]);
+    }
     file.write_all_at(stream, at)?;
     at += stream.len() as u64;
     for &(data, itemsize) in buffers {
@@ -178,7 +182,7 @@ pub fn write_streamed(
         at += 8 + frame_head.len() as u64;
         let frame_start = at - frame_head.len() as u64;
         let raws: Vec<&[u8]> = data.chunks(plan.chunk_size()).collect();
-        let mut run = Run::at(at);
+        let mut runs: Vec<Run> = macs.iter().map(|_| Run::at(at)).collect();
         let mut write = |first: usize, packed: &[codec::Packed]| -> std::io::Result<()> {
             for (i, packed) in (first..).zip(packed) {
                 let stored = packed.stored(raws[i]);
@@ -190,7 +194,9 @@ pub fn write_streamed(
         };
         let mut hash = |first: usize, packed: &[codec::Packed]| {
             let stored: Vec<&[u8]> = (first..).zip(packed).map(|(i, packed)| packed.stored(raws[i])).collect();
-            mac.feed(&mut run, &stored);
+            for (mac, run) in macs.iter_mut().zip(&mut runs) {
+                mac.feed(run, &stored);
+            }
         };
         let batch = |first: usize| {
             let chunk = plan.chunk_size();
@@ -230,9 +236,12 @@ pub fn write_streamed(
     file.write_all_at(&head[32..40], 32)?;
     // The blocks not hashed yet (those holding the head or a table) are read back from the file,
     // which now holds every byte before the MAC.
-    let mac = mac.finish(mac_input_len(at), |from, into| read_mac_input(file, from, into))?;
-    file.write_all_at(&mac, at)?;
-    Ok((at + MAC_LEN as u64, mac))
+    let macs = macs
+        .into_iter()
+        .map(|mac| mac.finish(mac_input_len(at), |from, into| read_mac_input(file, from, into)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    file.write_all_at(&macs[0], at)?;
+    Ok((at + MAC_LEN as u64, macs))
 }
 
 /// Bytes of the MAC's input hashed as one subtree of BLAKE3's tree, on their own: a power of two
@@ -1060,7 +1069,8 @@ mod tests {
             let frames: Vec<Vec<u8>> = buffers.iter().map(|(d, i)| codec::encode(d, *i, compression)).collect();
             let sealed = seal(&KEY, &header, &stream, &frames, Counters::default());
             let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-            let (size, mac) = write_streamed(&file, &KEY, &header, &stream, &buffers, compression).unwrap();
+            let (size, macs) = write_streamed(&file, &[&KEY], &header, &stream, &buffers, compression).unwrap();
+            let mac = macs[0];
             let written = std::fs::read(&path).unwrap();
             assert!(written == sealed.to_vec(), "{compression}: streamed bytes differ from sealed ones");
             assert_eq!((size, mac), (written.len() as u64, sealed.mac), "{compression}");
@@ -1118,7 +1128,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("afml-entry-read-{}", std::process::id()));
         for compression in [Compression::None, Compression::Default] {
             let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-            let (size, mac) = write_streamed(&file, &KEY, &header, &stream, &buffers, compression).unwrap();
+            let (size, macs) = write_streamed(&file, &[&KEY], &header, &stream, &buffers, compression).unwrap();
+            let mac = macs[0];
             let plan = Streamed::plan(&file, size).unwrap();
             assert_eq!(plan.buffer_lens(), buffers.iter().map(|(b, _)| b.len()).collect::<Vec<_>>());
             let mut got_stream = vec![0; plan.stream_len()];

@@ -35,7 +35,8 @@ pub(super) fn streamed(buffers: &[(&[u8], usize)]) -> bool {
 
 impl Store {
     /// `put` for a large value: written into a temp file as it is compressed, then swapped into
-    /// place like any entry.
+    /// place like any entry. With `receiver`, the entry's MAC under that key too, hashed from
+    /// the same bytes as they are written (see [`Store::put_sealing_for`]).
     pub(super) fn put_streamed(
         &self,
         path: &Path,
@@ -43,19 +44,21 @@ impl Store {
         stream: &[u8],
         buffers: &[(&[u8], usize)],
         compression: Compression,
-    ) -> Result<Stored> {
+        receiver: Option<&[u8; 32]>,
+    ) -> Result<(Stored, Option<[u8; entry::MAC_LEN]>)> {
         let ring = self.keyring();
         let (temp, file) = self.new_temp(path)?;
-        let written = entry::write_streamed(&file, &ring.mac_key, header, stream, buffers, compression);
+        let keys: Vec<&[u8; 32]> = std::iter::once(&ring.mac_key).chain(receiver).collect();
+        let written = entry::write_streamed(&file, &keys, header, stream, buffers, compression);
         drop(file);
         let outcome = match written {
             Err(e) => Err(Error::io("cannot write", &temp, e)),
-            Ok((bytes, _)) if bytes > self.size_limit => Ok(Stored::TooLarge { bytes, limit: self.size_limit }),
-            Ok((bytes, mac)) => match replace(&temp, path) {
+            Ok((bytes, _)) if bytes > self.size_limit => Ok((Stored::TooLarge { bytes, limit: self.size_limit }, None)),
+            Ok((bytes, macs)) => match replace(&temp, path) {
                 Ok(replaced) => {
                     self.count_installed(&ring, path, bytes, replaced)?;
                     ring.stats.add(Counter::Sets, 1);
-                    return Ok(Stored::Written { bytes, mac });
+                    return Ok((Stored::Written { bytes, mac: macs[0] }, macs.get(1).copied()));
                 }
                 Err(e) => Err(Error::io("cannot move into place", path, e)),
             },

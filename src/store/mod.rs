@@ -79,6 +79,15 @@ pub struct Encoded {
     pub raw_len: usize,
 }
 
+impl Drop for Encoded {
+    /// The frames' memory goes to the next values' frames (see `memory::Spare`).
+    fn drop(&mut self) {
+        for frame in self.frames.drain(..) {
+            crate::memory::FRAMES.give_back(frame);
+        }
+    }
+}
+
 /// Compresses each buffer (item size beside it) into its frame, in parallel.
 pub fn encode(buffers: &[(&[u8], usize)], compression: Compression) -> Encoded {
     let frames = parallel::map(buffers, |(data, itemsize)| codec::encode(data, *itemsize, compression));
@@ -335,20 +344,32 @@ impl Store {
 
     /// Compresses the buffers (in parallel) and writes the entry atomically. Evicts afterwards if
     /// the cache has grown past its limit.
-    pub fn put(&self, mut new: NewEntry<'_>) -> Result<Stored> {
+    pub fn put(&self, new: NewEntry<'_>) -> Result<Stored> {
+        Ok(self.put_sealing_for(new, None)?.0)
+    }
+
+    /// `put` for a value about to go up under `receiver` (a remote tier's key): a large value is
+    /// sealed under that key too as it is written (both MACs from the same bytes as they are
+    /// made), and that MAC comes back beside the outcome, for [`Store::open_export_sealed`];
+    /// None for a small value, which an upload reads and checks whole ([`Store::open_export`]).
+    pub fn put_sealing_for(
+        &self,
+        mut new: NewEntry<'_>,
+        receiver: Option<&[u8; 32]>,
+    ) -> Result<(Stored, Option<[u8; entry::MAC_LEN]>)> {
         if large::streamed(&new.buffers) {
             let path = self.entry_path(new.namespace, new.key)?;
             let (namespace, stream, compression) = (new.namespace, new.stream, new.compression);
             let buffers = std::mem::take(&mut new.buffers);
             let header = header_of(new, buffers.iter().map(|(b, _)| b.len()).sum());
-            let stored = self.put_streamed(&path, &header, stream, &buffers, compression)?;
+            let stored = self.put_streamed(&path, &header, stream, &buffers, compression, receiver)?;
             // Best effort, once the entry is in place (a full disk must not cost the entry its
             // room): the namespace's name beside its sizes, for `function_stats`.
             let _ = self.function_counters(namespace);
             return Ok(stored);
         }
         let encoded = encode(&new.buffers, new.compression);
-        self.put_encoded(new, &encoded)
+        Ok((self.put_encoded(new, &encoded)?, None))
     }
 
     /// `put` of a value whose buffers [`encode`] compressed beforehand (at `new.compression`;

@@ -78,6 +78,11 @@ _SAFE = re.compile(r"[A-Za-z0-9_.-]")
 _CLIENT_DEFAULTS: dict[str, Any] = {
     "retry_config": {"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
 }
+# S3 signs each request's body with its SHA-256 unless told not to: a pass over every byte sent,
+# here and again at the store, which our entries do not need (each carries its MAC, checked on
+# every read). An explicit AWS_UNSIGNED_PAYLOAD or option decides instead.
+_S3_SCHEMES = ("s3://", "s3a://")
+_UNSIGNED = ("unsigned_payload", "aws_unsigned_payload")
 # After a failure the tier leaves the prefix alone for this long (seconds): each attempt at an
 # unreachable store would cost every lookup its timeouts.
 _PAUSE_AFTER_FAILURE = 30.0
@@ -185,6 +190,12 @@ class Remote:
         self.url = str(url).rstrip("/")
         self.lease_seconds = float(lease_seconds)
         self._options = {**_CLIENT_DEFAULTS, **(options or {})}
+        if (
+            self.url.lower().startswith(_S3_SCHEMES)
+            and "AWS_UNSIGNED_PAYLOAD" not in os.environ
+            and not any(name.lower() in _UNSIGNED for name in self._options)
+        ):
+            self._options["unsigned_payload"] = True
         _client_module()  # fails now, with what to install, if obstore is missing
         self._client_of: tuple[Any, Any] | None = None
         self._key: bytes | None = _key_from_environment()
@@ -324,21 +335,30 @@ class Remote:
             raise _Damaged(f"it holds the entry of {staged.namespace!r} {staged.key}")
         return staged, loaded
 
-    def upload(self, store: Store, namespace: str, digest: str) -> bool:
+    def upload(
+        self, store: Store, namespace: str, digest: str, sealed: tuple[bytes, bytes] | None = None
+    ) -> bool:
         """Puts the local entry of ``(namespace, digest)`` under the prefix, unless one is there
         already (entries are created once: whoever wrote first wrote an equal value). False if
-        the local entry is gone."""
-        # One pass over the local file: each piece is checked against the local key and sealed
-        # under the prefix's as it goes up; the last piece, the new MAC, only if the file
-        # verified (else the read raises and the upload never completes).
-        export = store.export_reader(namespace, digest, self.mac_key())
+        the local entry is gone. ``sealed``: its ``(mac, mac under the prefix's key)`` as the
+        write that just made it gave them (``put(seal_for=)``)."""
+        # A file sealed for the prefix as it was written goes up as it is read: its MAC there
+        # was made from the bytes written, so a file damaged since arrives unusable, never
+        # resealed. Any other (or one replaced since) is read in one pass that checks each piece
+        # against the local key and seals it under the prefix's; the last piece, the new MAC,
+        # comes only if the file verified (else the read raises and the upload never completes).
+        export = None
+        if sealed is not None:
+            export = store.export_reader(namespace, digest, self.mac_key(), sealed)
+        if export is None:
+            export = store.export_reader(namespace, digest, self.mac_key())
         if export is None:
             return False
         obs = self._obstore
         path = self.entry_path(namespace, digest)
         damaged: list[CacheError] = []
 
-        def pieces() -> Iterator[bytes]:
+        def pieces() -> Iterator[bytearray]:
             while True:
                 try:
                     piece = export.read(_PART)
@@ -601,10 +621,17 @@ class RemoteTier:
         return loaded
 
     def put(self, namespace: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        written = self._core.put(namespace, key, *args, **kwargs)
-        if written[0]:
-            self._reach(False, self.remote.upload, self._core, namespace, key)
-        return written
+        # Written sealed under the prefix's key too, so that the upload need not hash the file.
+        receiver = self._reach(None, self.remote.mac_key)
+        if receiver is None:  # the prefix is out of reach: the local tier goes on alone
+            return self._core.put(namespace, key, *args, **kwargs)
+        stored, size, mac, sealed = self._core.put(
+            namespace, key, *args, seal_for=receiver, **kwargs
+        )
+        if stored:
+            both = (mac, sealed) if sealed is not None else None
+            self._reach(False, self.remote.upload, self._core, namespace, key, both)
+        return stored, size, mac
 
     def contains(self, namespace: str, key: str) -> bool:
         return bool(
