@@ -648,6 +648,25 @@ def test_stats_are_shared_with_other_processes(directory, run_python):
     assert (stats["hits"], stats["misses"], stats["sets"], stats["count"]) == (1, 1, 2, 2)
 
 
+def test_a_value_read_from_disk_is_remembered_only_up_to_a_quarter_of_the_memory_tier(directory):
+    # Its private copy would cost more than the next read from disk saves, and push most of the
+    # tier out. Both values are over 8 MiB: the write does not remember them, the read decides.
+    cache = Cache(directory, memory_limit="40MB")
+    cache.set("small", 1)
+    under, over = noise(9_600_000, 1), noise(11_000_000, 2)  # a quarter of the tier: 10.5 MB
+    cache.set("under", under)
+    cache.set("over", over)
+    assert cache.stats()["memory_count"] == 1  # "small"
+    np.testing.assert_array_equal(cache.get("over"), over)
+    assert cache.stats()["memory_count"] == 1
+    np.testing.assert_array_equal(cache.get("under"), under)
+    assert cache.stats()["memory_count"] == 2
+    np.testing.assert_array_equal(cache.get("over"), over)  # read from disk again, whole
+    np.testing.assert_array_equal(cache.get("under"), under)  # from memory, a fresh copy
+    assert cache.get("small") == 1
+    assert cache.stats()["memory_count"] == 2
+
+
 def test_memory_tier_stays_within_its_limit(directory):
     cache = Cache(directory, memory_limit="100KB")
     for i in range(6):
