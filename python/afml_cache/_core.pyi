@@ -3,7 +3,7 @@
 import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, BinaryIO, final, overload
+from typing import Any, BinaryIO, final
 
 from typing_extensions import Buffer
 
@@ -134,7 +134,6 @@ class Store:
     def size_limit(self) -> int: ...
     @property
     def eviction_policy(self) -> str: ...
-    @overload
     def put(
         self,
         namespace: str,
@@ -150,25 +149,7 @@ class Store:
         time_range: tuple[int, int] | None,
         metadata: str,
         background: bool = False,
-        seal_for: None = None,
-    ) -> tuple[bool, int, bytes | None]: ...
-    @overload
-    def put(
-        self,
-        namespace: str,
-        digest: str,
-        stream: bytes,
-        buffers: list[tuple[memoryview, int]] | Encoded,
-        *,
-        compression: str,
-        expires: float | None,
-        compute_time: float,
-        protected: bool,
-        tags: list[str],
-        time_range: tuple[int, int] | None,
-        metadata: str,
-        background: bool = False,
-        seal_for: bytes,
+        seal_for: bytes | None = None,
     ) -> tuple[bool, int, bytes | None, bytes | None]: ...
     def encode(self, buffers: list[tuple[memoryview, int]], compression: str) -> Encoded: ...
     def get(

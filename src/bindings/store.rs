@@ -56,6 +56,9 @@ impl Encoded {
 }
 
 /// `compression` as a level, or a ValueError naming the levels.
+/// What `Store.put` returns: `(stored, size, mac, sealed)`.
+type Written<'py> = (bool, u64, Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>);
+
 fn parse_compression(compression: &str) -> PyResult<Compression> {
     compression.parse().map_err(|e: codec::UnknownCompression| PyValueError::new_err(e.to_string()))
 }
@@ -240,14 +243,14 @@ impl Store {
         self.inner.policy().name()
     }
 
-    /// Stores a value; returns `(stored, size, mac)`: `stored` is False when the entry is larger
-    /// than the whole size limit (then `mac` is None and nothing was written). `buffers`: a list
-    /// of `(buffer, item size)`, or an `Encoded` of them (`encode`), which this empties.
+    /// Stores a value; returns `(stored, size, mac, sealed)`: `stored` is False when the entry is
+    /// larger than the whole size limit (then `mac` is None and nothing was written). `buffers`: a
+    /// list of `(buffer, item size)`, or an `Encoded` of them (`encode`), which this empties.
     /// `background`: a value written behind, compressed and written in the writer's own
     /// low-priority pool (`parallel::in_background`), not in the one the caller's fingerprints use.
-    /// `seal_for`: the key of a remote tier the entry goes up to next; then a fourth item, the
-    /// entry's MAC under that key when it was sealed as it was written (a large value), else None
-    /// (see `export_reader`).
+    /// `seal_for`: the key of a remote tier the entry goes up to next; `sealed` is the entry's MAC
+    /// under it when it was sealed as it was written (a large value), else None (see
+    /// `export_reader`).
     #[pyo3(signature = (namespace, digest, stream, buffers, *, compression, expires, compute_time, protected, tags, time_range, metadata, background = false, seal_for = None))]
     #[allow(clippy::too_many_arguments)]
     fn put<'py>(
@@ -266,7 +269,7 @@ impl Store {
         metadata: String,
         background: bool,
         seal_for: Option<[u8; 32]>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Written<'py>> {
         let compression = parse_compression(compression)?;
         let encoded = buffers.cast::<Encoded>().ok();
         let encoded = encoded.as_ref().map(|e| e.get().stored_as(compression)).transpose()?;
@@ -294,11 +297,7 @@ impl Store {
             Stored::Written { bytes, mac } => (true, bytes, Some(PyBytes::new(py, &mac))),
             Stored::TooLarge { bytes, .. } => (false, bytes, None),
         };
-        let sealed = sealed.map(|mac| PyBytes::new(py, &mac));
-        match seal_for {
-            Some(_) => Ok((stored, bytes, mac, sealed).into_pyobject(py)?.into_any()),
-            None => Ok((stored, bytes, mac).into_pyobject(py)?.into_any()),
-        }
+        Ok((stored, bytes, mac, sealed.map(|mac| PyBytes::new(py, &mac))))
     }
 
     /// The buffers (`(buffer, item size)`) compressed now, in parallel, for a `put` that writes

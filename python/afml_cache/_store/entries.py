@@ -141,13 +141,17 @@ class Entries:
         if loaded is None:
             return False, None, 0.0
         stream, buffers, mac, expires, compute_time = loaded
-        nbytes = len(stream) + sum(len(b) for b in buffers)
-        if nbytes <= self.memory.limit // _REMEMBER_ON_READ_SHARE:
-            self._remember(
-                slot, stream, buffers, mac, expires, compute_time, generation, copied=not copy
-            )
-        else:
-            self.memory.drop(slot)
+        self._remember(
+            slot,
+            stream,
+            buffers,
+            mac,
+            expires,
+            compute_time,
+            generation,
+            copied=not copy,
+            limit=self.memory.limit // _REMEMBER_ON_READ_SHARE,
+        )
         try:
             return True, deserialize(stream, buffers), compute_time
         except Exception as exc:
@@ -362,7 +366,7 @@ class Entries:
         """Writes an entry: (stored, size on disk, MAC, the generation before the write)."""
         self.flush_accesses()  # the write may evict: let it see every recent hit
         generation = self._store.generation()
-        stored, size, mac = self._store.put(
+        stored, size, mac, _ = self._store.put(
             *entry.slot,
             entry.stream,
             entry.encoded if entry.encoded is not None else entry.buffers,
@@ -446,13 +450,14 @@ class Entries:
         generation: int,
         *,
         copied: bool = False,
+        limit: int | None = None,
     ) -> None:
-        """Keeps a private copy of a value's serialized form, if it fits in the memory tier (the
-        caller's buffers may be mutated later; copying what cannot be kept would be wasted).
-        ``copied``: the buffers are private copies already. ``mac`` is None while the entry is
-        being written behind."""
+        """Keeps a private copy of a value's serialized form, if it is at most ``limit`` bytes
+        (the memory tier's limit if None; the caller's buffers may be mutated later; copying
+        what cannot be kept would be wasted). ``copied``: the buffers are private copies
+        already. ``mac`` is None while the entry is being written behind."""
         nbytes = len(stream) + sum(len(b) for b in buffers)
-        if nbytes > self.memory.limit:
+        if nbytes > (self.memory.limit if limit is None else limit):
             self.memory.drop(slot)
             return
         copies = list(buffers) if copied else [copy_buffer(b) for b in buffers]

@@ -625,13 +625,12 @@ class RemoteTier:
         receiver = self._reach(None, self.remote.mac_key)
         if receiver is None:  # the prefix is out of reach: the local tier goes on alone
             return self._core.put(namespace, key, *args, **kwargs)
-        stored, size, mac, sealed = self._core.put(
-            namespace, key, *args, seal_for=receiver, **kwargs
-        )
+        written = self._core.put(namespace, key, *args, seal_for=receiver, **kwargs)
+        stored, _, mac, sealed = written
         if stored:
             both = (mac, sealed) if sealed is not None else None
             self._reach(False, self.remote.upload, self._core, namespace, key, both)
-        return stored, size, mac
+        return written
 
     def contains(self, namespace: str, key: str) -> bool:
         return bool(
