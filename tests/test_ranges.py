@@ -5,6 +5,7 @@ counted from the spans they were asked for."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import textwrap
 import threading
 import time
 import tracemalloc
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -847,3 +849,70 @@ def test_stitching_is_what_pandas_concatenates(
     got.index.name = "renamed in place"
     assert all(f.columns.name != "renamed in place" for f in frames)
     assert all(f.index.name != "renamed in place" for f in frames)
+
+
+def _change_in_place(frame: pd.DataFrame, change: str) -> None:
+    """Changes ``frame`` itself, as a caller may change a frame it was handed."""
+    if change == "a column of floats":
+        frame["volume"] = frame["volume"].astype(np.float64)
+    elif change == "a column added":
+        frame["open"] = frame["close"]
+    elif change == "columns renamed":
+        frame.columns = ["last", "volume"]
+    elif change == "columns named":
+        frame.columns.name = "field"
+    elif change == "index renamed":
+        frame.index.name = "at"
+    elif change == "index in seconds":
+        frame.index = frame.index.as_unit("s")
+    elif change == "a value set":
+        frame.iloc[0, 0] = -1.0
+    elif change == "attrs":
+        frame.attrs["vendor"] = "x"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "a column of floats",
+        "a column added",
+        "columns renamed",
+        "columns named",
+        "index renamed",
+        "index in seconds",
+        "a value set",
+        "attrs",
+    ],
+)
+@pytest.mark.parametrize("freq", ["h", None])
+def test_a_part_changed_since_it_was_stitched_is_stitched_as_it_is_now(
+    change: str, freq: str | None
+) -> None:
+    # Stitching learns what each part is laid out like once per frame object (the memory tier
+    # hands every read the same ones); a frame changed since is stitched as it is now.
+    whole = hourly("2024-01-01", "2024-01-04")
+    whole.index = pd.DatetimeIndex(whole.index, freq=freq)
+    frames = [whole.iloc[24 * day : 24 * (day + 1)].copy() for day in range(3)]
+    edges = [BASE + 24 * HOUR * day for day in range(4)]
+    parts = list(zip(frames, edges[:-1], edges[1:], strict=True))
+    pd.testing.assert_frame_equal(range_spans.stitch(parts, edges[0], edges[-1]), whole)
+    _change_in_place(frames[1], change)
+    got = range_spans.stitch(parts, edges[0], edges[-1])
+    expected = pd.concat(frames)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.attrs == expected.attrs
+
+
+def test_stitching_keeps_nothing_of_a_part_alive_that_the_part_let_go() -> None:
+    # What stitching learns of a part refers to it weakly: an index or columns a caller
+    # replaced afterwards are freed, not held for as long as the part lives.
+    whole = hourly("2024-01-01", "2024-01-03")
+    frames = [whole.iloc[:24].copy(), whole.iloc[24:].copy()]
+    edges = [BASE, BASE + 24 * HOUR, BASE + 48 * HOUR]
+    range_spans.stitch(list(zip(frames, edges[:-1], edges[1:], strict=True)), BASE, edges[-1])
+    index, columns = weakref.ref(frames[1].index), weakref.ref(frames[1].columns)
+    frames[1].index = frames[1].index.rename("at")
+    frames[1].columns = ["last", "size"]
+    gc.collect()
+    assert index() is None
+    assert columns() is None

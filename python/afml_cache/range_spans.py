@@ -7,9 +7,10 @@ import contextlib
 import functools
 import importlib
 import warnings
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -97,8 +98,7 @@ class Clock:
         return int(count) * _NS_PER_MINUTE
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """The part ``[start, end)`` of a family's coverage and the entry holding its rows (the
     entry may hold more: a piece cut by a newer one keeps its entry). Rows from ``live_from``
     on were still forming when computed; they expire ``live_ttl`` after ``computed``."""
@@ -117,7 +117,7 @@ class Piece:
                 live = (
                     self.live_from if self.live_from is not None and self.live_from < end else None
                 )
-                left.append(replace(self, start=start, end=end, live_from=live))
+                left.append(self._replace(start=start, end=end, live_from=live))
         return left
 
 
@@ -197,16 +197,130 @@ def in_unit(index: pd.DatetimeIndex, low: int, high: int) -> tuple[int, int]:
     return -(-low // step), -(-high // step)
 
 
-def _slice(frame: Any, low: int, high: int) -> Any:
+@dataclass(slots=True)
+class _Shape:
+    """What stitching reads of a frame, learnt once per frame object (`_shape`): parts read
+    from the memory tier are the same objects on every read, and a read stitched from a hundred
+    of them would otherwise inspect each one's index, blocks and columns again. It refers to
+    them weakly, so that it keeps alive nothing that a frame changed since drops."""
+
+    frame: weakref.ref[Any]
+    # What it was learnt from: whatever changes what is learnt of a frame gives it another
+    # index, other blocks or other columns (a column inserted is a block more), and it is
+    # learnt again.
+    index: weakref.ref[Any]
+    blocks: tuple[weakref.ref[Any], ...] | None
+    columns: weakref.ref[Any] | None
+    rows: int
+    step: int  # ns a unit of its DatetimeIndex (0: no rows, or another index)
+    first: int  # its first and last time, in that unit
+    last: int
+    # See `_layout`; learnt when first stacked (a frame read whole is never stacked).
+    layout: tuple[Any, ...] | _Unknown | None
+
+
+_SHAPES: dict[int, _Shape] = {}  # by id() of the frame, while it lives
+_LAYOUTS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _shape(frame: Any, index: Any, blocks: Any, columns: Any) -> _Shape:
+    """What is learnt of ``frame``, whose index, blocks and columns these are."""
+    key = id(frame)
+    known = _SHAPES.get(key)
+    if (
+        known is not None
+        and known.frame() is frame
+        and known.index() is index
+        and _same(known.columns, columns)
+        and _same_blocks(known.blocks, blocks)
+    ):
+        return known
+    step = first = last = 0
+    if isinstance(index, pd.DatetimeIndex) and len(index):
+        step = _UNIT_NS[index.unit]
+        times = index.asi8
+        first, last = int(times[0]), int(times[-1])
+    shape = _Shape(
+        weakref.ref(frame, functools.partial(_forget, key)),
+        weakref.ref(index),
+        None if blocks is None else tuple(map(weakref.ref, blocks)),
+        None if columns is None else weakref.ref(columns),
+        len(index),
+        step,
+        first,
+        last,
+        _UNKNOWN,
+    )
+    _SHAPES[key] = shape
+    return shape
+
+
+def _same(ref: weakref.ref[Any] | None, thing: Any) -> bool:
+    return thing is None if ref is None else ref() is thing
+
+
+def _same_blocks(refs: tuple[weakref.ref[Any], ...] | None, blocks: Any) -> bool:
+    if refs is None or blocks is None:
+        return refs is None and blocks is None
+    return len(refs) == len(blocks) and all(
+        ref() is block for ref, block in zip(refs, blocks, strict=True)
+    )
+
+
+def _forget(key: int, gone: weakref.ref[Any]) -> None:
+    known = _SHAPES.get(key)
+    if known is not None and known.frame is gone:
+        del _SHAPES[key]
+
+
+class _Unknown:
+    """A layout not learnt yet."""
+
+
+_UNKNOWN = _Unknown()
+
+
+class _Cut(NamedTuple):
+    """The rows ``start:stop`` of a part, ``whole`` when they are all of it."""
+
+    frame: Any
+    index: Any
+    blocks: Any
+    shape: _Shape
+    start: int
+    stop: int
+    whole: bool
+
+    def rows(self) -> Any:
+        return self.frame if self.whole else self.frame.iloc[self.start : self.stop]
+
+    def index_rows(self) -> Any:
+        return self.index if self.whole else self.index[self.start : self.stop]
+
+    def times(self) -> np.ndarray:
+        times = self.index.asi8
+        return times if self.whole else times[self.start : self.stop]
+
+    def block(self, i: int) -> np.ndarray:
+        """The rows of the part's ``i``th block of numbers (laid out columns by rows)."""
+        values = self.blocks[i].values
+        return values if self.whole else values[:, self.start : self.stop]
+
+
+def _cut(frame: Any, low: int, high: int) -> _Cut:
+    """The rows of ``frame`` within ``[low, high)`` (ns)."""
     index = frame.index
-    if len(frame) == 0 or not isinstance(index, pd.DatetimeIndex):
-        return frame
-    times = index.asi8
-    first, last = in_unit(index, low, high)
-    if first <= times[0] and times[-1] < last:
-        return frame  # a piece read whole, as most are
-    first, last = np.searchsorted(times, (first, last))
-    return frame if first == 0 and last == len(frame) else frame.iloc[first:last]
+    blocks = getattr(getattr(frame, "_mgr", None), "blocks", None)
+    shape = _shape(frame, index, blocks, getattr(frame, "columns", None))
+    step, rows = shape.step, shape.rows
+    every_row = _Cut(frame, index, blocks, shape, 0, rows, True)
+    if not step:  # no rows, or no times (only a frame without rows has another index)
+        return every_row
+    first, last = -(-low // step), -(-high // step)  # `in_unit`
+    if first <= shape.first and shape.last < last:
+        return every_row  # a piece read whole, as most are
+    start, stop = np.searchsorted(index.asi8, (first, last))
+    return _Cut(frame, index, blocks, shape, int(start), int(stop), start == 0 and stop == rows)
 
 
 def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any = None) -> Any:
@@ -215,71 +329,92 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
     that shares no buffer with the parts, which may be the memory tier's own (read with
     ``lookup(copy=False)``). ``fresh``, a frame the function has just returned and the call
     owns, is the result itself when it is all of it, as an uncached call's would be."""
-    slices = [_slice(frame, max(low, start), min(high, end)) for frame, low, high in parts]
-    rows = [s for s in slices if len(s)]
+    cuts = [_cut(frame, max(low, start), min(high, end)) for frame, low, high in parts]
+    rows = [cut for cut in cuts if cut.stop > cut.start]
     if len(rows) <= 1:
-        only = (rows or slices)[0]
+        only = (rows or cuts)[0].rows()
         return only if only is fresh else only.copy(deep=True)
     result = _stacked(rows)
     if result is None:
-        result = pd.concat(rows)
+        result = pd.concat([cut.rows() for cut in rows])
     if isinstance(result, pd.DataFrame):
         # Both hand the result the first part's columns object, which may be the memory tier's:
         # a caller renaming the result's columns in place must not rename a part's.
         result.columns = result.columns.copy()
-    freqs = {s.index.freq for s in rows}
-    if len(freqs) == 1 and None not in freqs:
-        # Pieces that do not join on that grid keep no frequency, as pandas would say.
+    freqs = {cut.index.freq for cut in rows}
+    if len(freqs) == 1 and None not in freqs and result.index.freq is None:
+        # pandas before 3.0 keeps no frequency when concatenating; pieces that do not join on
+        # that grid keep none, as pandas would say.
         with contextlib.suppress(ValueError):
             result.index = pd.DatetimeIndex(result.index, freq=freqs.pop())
     return result
 
 
-def _stacked(rows: list[Any]) -> pd.DataFrame | None:
-    """``pd.concat(rows)`` of frames laid out alike in numpy blocks of numbers, stacked one
-    block at a time, for a fraction of what pd.concat spends reconciling each part's columns
-    and blocks (tens of µs a part: milliseconds for a read stitched from a hundred). None for
-    any other parts."""
-    first = rows[0]
-    layout = _layout(first)
-    if layout is None or _from_blocks is None or not first.columns.is_unique:
+def _stacked(rows: list[_Cut]) -> pd.DataFrame | None:
+    """``pd.concat`` of the rows of frames laid out alike in numpy blocks of numbers, stacked
+    one block at a time, for a fraction of what pd.concat spends reconciling each part's
+    columns and blocks (tens of µs a part: milliseconds for a read stitched from a hundred).
+    None for any other parts."""
+    first = rows[0].frame
+    layout = _layout_of(rows[0])
+    if layout is None or _from_blocks is None:
         return None
-    columns = first.columns
-    for part in rows[1:]:
-        names = part.columns
-        if names is not columns and (
-            names.dtype != columns.dtype
-            or names.names != columns.names
-            or not names.equals(columns)
+    # The columns' names, which a caller may set in place, are read on each call.
+    label = "names" if isinstance(first.columns, pd.MultiIndex) else "name"
+    names = getattr(first.columns, label)
+    for cut in rows:
+        part = cut.frame
+        laid = _layout_of(cut)
+        if (
+            (laid is not layout and laid != layout)
+            or part.attrs
+            or not part.flags.allows_duplicate_labels
+            or getattr(part.columns, label) != names
         ):
             return None
-        if _layout(part) != layout:
-            return None
     blocks = [
-        (
-            np.concatenate([part._mgr.blocks[i].values for part in rows], axis=1),
-            block.mgr_locs.as_array,
-        )
-        for i, block in enumerate(first._mgr.blocks)
+        (np.concatenate([cut.block(i) for cut in rows], axis=1), block.mgr_locs.as_array)
+        for i, block in enumerate(rows[0].blocks)
     ]
-    # pd.concat's own index: name, zone, unit and frequency.
-    index = first.index.append([part.index for part in rows[1:]])
-    return _from_blocks(blocks, index=index, columns=columns)
+    return _from_blocks(blocks, index=_joined_index(rows), columns=first.columns)
 
 
-def _layout(part: Any) -> tuple[Any, ...] | None:
-    """The dtype and columns of each numpy block of a plain frame of numbers with nothing
-    pd.concat would carry over (attrs, flags) and a DatetimeIndex; else None."""
+def _joined_index(rows: list[_Cut]) -> pd.DatetimeIndex:
+    """pd.concat's index of parts whose indexes share a dtype (`_layout`): its name, zone
+    and unit, and its frequency."""
+    first = rows[0].index
+    if first.freq is not None:  # pandas' append keeps it if the parts join on its grid
+        indexes = [cut.index_rows() for cut in rows]
+        return indexes[0].append(indexes[1:])
+    # Else made of the times alone (in the unit, since the epoch in UTC): append spends µs on
+    # each part.
+    names = {cut.index.name for cut in rows}
+    return pd.DatetimeIndex(
+        np.concatenate([cut.times() for cut in rows]),
+        dtype=first.dtype,
+        name=first.name if len(names) == 1 else None,
+        copy=False,
+    )
+
+
+def _layout_of(cut: _Cut) -> tuple[Any, ...] | None:
+    shape = cut.shape
+    if isinstance(shape.layout, _Unknown):
+        shape.layout = _layout(cut.frame, cut.blocks)
+    return shape.layout
+
+
+def _layout(part: Any, blocks: Any) -> tuple[Any, ...] | None:
+    """The dtype and columns of each numpy block of a plain frame of numbers, the dtype of its
+    DatetimeIndex, and its column labels (unique) with their type and dtype; else None. What
+    pd.concat would also carry over may change in place, and is checked on each call instead
+    (`_stacked`: attrs, flags, the columns' names)."""
     if (
         type(part) is not pd.DataFrame
-        or part.attrs
-        or not part.flags.allows_duplicate_labels
         or type(part.index) is not pd.DatetimeIndex
+        or blocks is None  # pandas' block manager is internal: without it, pd.concat
+        or not part.columns.is_unique
     ):
-        return None
-    # pandas' block manager is internal: a pandas without it stitches by pd.concat.
-    blocks = getattr(getattr(part, "_mgr", None), "blocks", None)
-    if blocks is None:
         return None
     layout = []
     for block in blocks:
@@ -289,4 +424,12 @@ def _layout(part: Any) -> tuple[Any, ...] | None:
         locs = block.mgr_locs.indexer
         where = (locs.start, locs.stop, locs.step) if isinstance(locs, slice) else locs.tobytes()
         layout.append((values.dtype, where))
-    return tuple(layout)
+    columns = part.columns
+    found = (tuple(layout), part.index.dtype, type(columns), columns.dtype, tuple(columns))
+    # One object for equal layouts, so that parts laid out alike compare by identity.
+    if len(_LAYOUTS) > 1024:
+        _LAYOUTS.clear()
+    try:
+        return _LAYOUTS.setdefault(found, found)
+    except TypeError:  # a label that cannot be hashed
+        return found

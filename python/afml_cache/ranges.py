@@ -312,14 +312,14 @@ class RangeEngine(_Engine):
             version, pieces = record
             if version != _RECORD_VERSION:
                 return []
-            return [Piece(*p) for p in pieces]
+            return list(map(Piece._make, pieces))
         except (TypeError, ValueError) as exc:
             _log.warning("%s: unreadable coverage record %s: %s", self.name, request.family, exc)
             return []
 
     def _write_record(self, request: _Family, pieces: list[Piece]) -> bool:
         """Writes the family's record; the pieces it names are already on disk."""
-        record = (_RECORD_VERSION, [tuple(vars(p).values()) for p in pieces])
+        record = (_RECORD_VERSION, [tuple(p) for p in pieces])
         metadata = {"function": self.name, "code": self.code_fingerprint(), "family": request.kin}
         return self._put(request, request.family, record, metadata=metadata)
 
@@ -393,7 +393,8 @@ class RangeEngine(_Engine):
 
         # Pieces on disk are read side by side: the store decompresses with the GIL released,
         # and pieces too small to be decompressed in parallel would otherwise keep one core.
-        on_disk = [d for d in wanted if entries.memory.get((entries.namespace, d)) is None]
+        namespace, memory = entries.namespace, entries.memory
+        on_disk = [d for d in wanted if (namespace, d) not in memory]
         read_ahead: dict[str, tuple[bool, Any, float]] = {}
         if len(on_disk) > 1:
             workers = min(len(on_disk), os.cpu_count() or 1)

@@ -80,6 +80,10 @@ class MemoryTier:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, slot: tuple[str, str]) -> bool:
+        """Whether ``slot`` is held, as a hint: unlike `get`, not counted as a use."""
+        return slot in self._items
+
 
 class Accesses:
     """Hits served from memory, not yet added to their entries' counters (which steer eviction).
