@@ -693,6 +693,19 @@ def test_a_large_set_leaves_a_sound_local_copy_and_a_sound_remote_object(
     np.testing.assert_array_equal(Cache(tmp_path / "b", remote=url).get("big"), _LARGE)
 
 
+def test_a_remote_hit_of_an_entry_over_64_mib_keeps_a_whole_local_copy(
+    url: str, tmp_path: Path
+) -> None:
+    # Random bytes do not compress: the entry is over 64 MiB, so its local copy is written past
+    # the page cache, its last bytes (off a block's edge) through it.
+    value = np.random.default_rng(3).integers(0, 256, 65 * 2**20 + 4099, dtype=np.uint8)
+    Cache(tmp_path / "a", remote=url).set("big", value)
+    reader = Cache(tmp_path / "b", remote=url, memory_limit=1)
+    np.testing.assert_array_equal(reader.get("big"), value)
+    assert reader.check() == []
+    np.testing.assert_array_equal(Cache(tmp_path / "b", memory_limit=1).get("big"), value)
+
+
 def test_a_large_local_entry_damaged_before_it_went_up_is_refused_there_never_unpickled(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

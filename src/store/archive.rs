@@ -11,6 +11,7 @@
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use super::entry::{self, Header, Mac, MAC_LEN, PREFIX_LEN};
 use super::Store;
@@ -19,6 +20,9 @@ use crate::error::{Error, Result};
 
 /// Bytes read, checked and written at a time (at least one codec chunk).
 const PIECE: usize = 4 << 20;
+
+/// A staged entry at least this large is written past the page cache (`Direct`).
+const DIRECT_FROM: u64 = 64 << 20;
 
 /// Where [`Store::stage_decoded`] decodes the value: asked for the place of the pickle stream,
 /// then of each buffer in order, as their lengths arrive.
@@ -92,7 +96,8 @@ impl Store {
             size: (header_end as u64).saturating_add(payload_len).saturating_add(MAC_LEN as u64),
             committed: false,
         };
-        let sealing = Sealing { file, archive: Mac::new(archive_key), cache: Mac::new(&ring.mac_key) };
+        let direct = Direct::open(&file, staged.size);
+        let sealing = Sealing { file, direct, archive: Mac::new(archive_key), cache: Mac::new(&ring.mac_key) };
         let mut pass = Passing { source, out: sealing, temp: &staged.temp, left: payload_len, window: Vec::new() };
         pass.out.write(&head, pass.temp)?;
         pass.payload(frames, outputs)?;
@@ -108,8 +113,8 @@ impl Store {
         if blake3::Hash::from(out.archive.finish()) != blake3::Hash::from(mac) {
             return Err(corrupt("the MAC does not match the archive's key (the entry was changed or damaged)"));
         }
-        let mut file = out.file;
         staged.mac = out.cache.finish();
+        let mut file = out.finish(&staged.temp)?;
         file.write_all(&staged.mac).map_err(|e| Error::io("cannot write", &staged.temp, e))?;
         Ok(staged)
     }
@@ -137,24 +142,210 @@ impl Store {
 /// and under this cache's key (to seal).
 struct Sealing {
     file: File,
+    /// Set when a large entry goes to the file past the page cache.
+    direct: Option<Direct>,
     archive: Mac,
     cache: Mac,
 }
 
 impl Sealing {
     fn write(&mut self, piece: &[u8], temp: &std::path::Path) -> Result<()> {
-        let Self { file, archive, cache } = self;
+        let Self { file, direct, archive, cache } = self;
+        let mut file_write = || match direct {
+            Some(direct) => direct.write(piece),
+            None => file.write_all(piece),
+        };
         let written = if piece.len() >= PIECE / 2 && crate::parallel::available() {
-            // Writing into the page cache overlaps hashing, and the two MACs each other: the
-            // three take about as long each, so a spare core shortens the download.
+            // Writing (into the page cache, or a large entry's direct buffer) overlaps hashing,
+            // and the two MACs each other, so a spare core shortens the download.
             let macs = || rayon::join(|| archive.update(piece), || cache.update(piece));
-            rayon::join(|| file.write_all(piece), macs).0
+            rayon::join(file_write, macs).0
         } else {
             archive.update(piece);
             cache.update(piece);
-            file.write_all(piece)
+            file_write()
         };
         written.map_err(|e| Error::io("cannot write", temp, e))
+    }
+
+    /// The file, every byte passed through written to it.
+    fn finish(self, temp: &std::path::Path) -> Result<File> {
+        let Self { mut file, direct, .. } = self;
+        if let Some(direct) = direct {
+            direct.finish(&mut file).map_err(|e| Error::io("cannot write", temp, e))?;
+        }
+        Ok(file)
+    }
+}
+
+/// Writes a large staged entry past the page cache (`O_DIRECT`), through a block-aligned
+/// buffer: on a virtual machine that hands freed memory back to its host, filling fresh
+/// page-cache pages with a copy of the entry cost more CPU than the download itself, while the
+/// caller uses the value decoded alongside (a later hit reads the file, as it would once the
+/// page cache let it go).
+struct Direct {
+    buffer: Aligned,
+    filled: usize,
+    /// Full buffers on their way to the writer thread, which blocks on each write (the stager's
+    /// threads check and decode meanwhile), and empty ones back from it.
+    full: Option<SyncSender<Aligned>>,
+    empty: Receiver<Aligned>,
+    /// The writer thread: it returns whether its writes still went past the page cache.
+    writer: Option<std::thread::JoinHandle<std::io::Result<bool>>>,
+}
+
+/// Buffers a `Direct` writer fills and writes in turn.
+const DIRECT_BUFFERS: usize = 3;
+
+impl Direct {
+    /// `O_DIRECT` set on `file` for an entry of `size` bytes, and a thread to write it, when
+    /// it is large enough and the filesystem takes it (tmpfs does not); None leaves the file as
+    /// it was.
+    fn open(file: &File, size: u64) -> Option<Self> {
+        if size < DIRECT_FROM {
+            return None;
+        }
+        let mut buffers = (0..DIRECT_BUFFERS).map(|_| Aligned::new(PIECE)).collect::<Option<Vec<_>>>()?;
+        let mut out = file.try_clone().ok()?;
+        let (full, to_write) = sync_channel::<Aligned>(DIRECT_BUFFERS);
+        let (written, empty) = sync_channel::<Aligned>(DIRECT_BUFFERS);
+        let buffer = buffers.pop()?;
+        for spare in buffers {
+            written.send(spare).ok()?;
+        }
+        let writer = std::thread::Builder::new()
+            .name("afml-cache-direct-writer".into())
+            .spawn(move || {
+                let mut direct = true;
+                for block in to_write {
+                    write_block(&mut out, block.as_slice(), &mut direct)?;
+                    let _ = written.send(block); // the stager may have stopped meanwhile
+                }
+                Ok(direct)
+            })
+            .ok()?;
+        // Dropping `full` on refusal ends the thread.
+        set_direct(file, true).then_some(Self { buffer, filled: 0, full: Some(full), empty, writer: Some(writer) })
+    }
+
+    fn write(&mut self, mut piece: &[u8]) -> std::io::Result<()> {
+        while !piece.is_empty() {
+            let n = piece.len().min(PIECE - self.filled);
+            self.buffer.as_mut()[self.filled..self.filled + n].copy_from_slice(&piece[..n]);
+            self.filled += n;
+            piece = &piece[n..];
+            if self.filled == PIECE {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the full buffer to the writer and takes an empty one.
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        if let Ok(next) = self.empty.recv() {
+            let full = std::mem::replace(&mut self.buffer, next);
+            if self.full.as_ref().is_some_and(|f| f.send(full).is_ok()) {
+                self.filled = 0;
+                return Ok(());
+            }
+        }
+        // The writer stopped: its error says why.
+        Err(self.stop().err().unwrap_or_else(|| std::io::Error::other("the entry's writer stopped")))
+    }
+
+    /// Waits for the writer's last write: whether it still went past the page cache.
+    fn stop(&mut self) -> std::io::Result<bool> {
+        self.full = None;
+        match self.writer.take() {
+            Some(writer) => writer.join().unwrap_or_else(|_| Err(std::io::Error::other("the entry's writer panicked"))),
+            None => Ok(false),
+        }
+    }
+
+    /// Writes what is left (less than a buffer, not a whole number of blocks) through the page
+    /// cache, after everything before it.
+    fn finish(mut self, file: &mut File) -> std::io::Result<()> {
+        if self.stop()? && !set_direct(file, false) {
+            return Err(std::io::Error::last_os_error());
+        }
+        write_block(file, &self.buffer.as_slice()[..self.filled], &mut false)
+    }
+}
+
+/// Writes `block` whole; with `direct`, past the page cache until the filesystem refuses (then
+/// `direct` is cleared and the rest goes through it).
+fn write_block(file: &mut File, block: &[u8], direct: &mut bool) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < block.len() {
+        match file.write(&block[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // Some filesystems take the flag and refuse the write (or a short write left the
+            // rest unaligned): the page cache takes it instead.
+            Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                if !set_direct(file, false) {
+                    return Err(e);
+                }
+                *direct = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sets or clears `O_DIRECT` on `file`; false if the filesystem refuses.
+#[cfg(target_os = "linux")]
+fn set_direct(file: &File, on: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this process owns, open for the duration of the call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let wanted = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, wanted) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_direct(_file: &File, on: bool) -> bool {
+    !on
+}
+
+/// Zeroed memory aligned for `O_DIRECT` (to a page, a multiple of any block size).
+struct Aligned {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `Aligned` owns its allocation exclusively, like a `Box<[u8]>`.
+unsafe impl Send for Aligned {}
+
+impl Aligned {
+    fn new(len: usize) -> Option<Self> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).ok()?;
+        // SAFETY: `len` is non-zero (a `PIECE`).
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Self { ptr, layout })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `layout.size()` bytes allocated, initialised and owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `layout.size()` bytes allocated, initialised and owned by `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
 
@@ -271,7 +462,12 @@ impl Passing<'_> {
         while first < layout.chunks() {
             let (raw, start) = (layout.is_raw(first), layout.stored_span(first).start);
             let mut end = first + 1;
-            while end < layout.chunks() && layout.is_raw(end) == raw && layout.stored_span(end).end - start <= PIECE {
+            // A run of raw chunks goes whole to `fill` (no window holds it), which reads each
+            // piece while the one before is checked and written.
+            while end < layout.chunks()
+                && layout.is_raw(end) == raw
+                && (raw || layout.stored_span(end).end - start <= PIECE)
+            {
                 end += 1;
             }
             let place = &mut out[layout.raw_span(first).start..layout.raw_span(end - 1).end];
@@ -455,6 +651,45 @@ mod tests {
         // A small value is checked and sealed when it is read instead.
         let small = (samples::prices(1000, 3), Vec::new());
         assert!(store.put_sealing_for(new_entry(&key(5), b"s", &small), Some(&receiver)).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn a_large_staged_entry_goes_to_its_file_whole_past_the_page_cache() {
+        let scratch = Scratch::new("archive-direct");
+        let store = scratch.store(GB);
+        // Over `DIRECT_FROM` and not a whole number of blocks: its tail goes through the page
+        // cache; a trickle of odd pieces fills the aligned buffer across their edges.
+        let buffer = samples::random(DIRECT_FROM as usize + 4099, 11);
+        let header = Header { namespace: "labels".into(), key: key(2), ..Header::default() };
+        let frames = vec![codec::encode(&buffer, 1, Compression::None)];
+        let bytes = entry::seal(&ARCHIVE, &header, b"stream", &frames, entry::Counters::default()).to_vec();
+        let (mut stream, mut got) = (vec![0; 6], vec![vec![0; buffer.len()]]);
+        let staged = decoded(&store, &bytes, codec::CHUNK_SIZE + 1, &mut stream, &mut got).unwrap();
+        assert!(stream == b"stream" && got[0] == buffer, "value differs");
+        let written = fs::read(&staged.temp).unwrap();
+        assert!(written == entry::reseal(&store.keyring().mac_key, &bytes), "staged file differs");
+        store.commit_import(staged).unwrap();
+        assert!(matches!(store.get("labels", &key(2)).unwrap(), super::super::Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn a_direct_write_refused_by_the_filesystem_goes_through_the_page_cache() {
+        let scratch = Scratch::new("archive-direct-refused");
+        fs::create_dir_all(&scratch.0).unwrap();
+        let temp = scratch.0.join("entry");
+        let mut file = File::create(&temp).unwrap();
+        if !set_direct(&file, true) {
+            return; // not on this filesystem at all
+        }
+        let (bytes, mut direct) = (samples::random(PIECE + 5, 12), true);
+        let mut block = Aligned::new(PIECE).unwrap();
+        block.as_mut().copy_from_slice(&bytes[..PIECE]);
+        write_block(&mut file, block.as_slice(), &mut direct).unwrap();
+        assert!(direct, "an aligned block went through the page cache");
+        // Off a block's edge: refused, as some filesystems refuse every direct write.
+        write_block(&mut file, &bytes[PIECE..], &mut direct).unwrap();
+        assert!(!direct, "the refused write did not fall back to the page cache");
+        assert!(fs::read(&temp).unwrap() == bytes);
     }
 
     #[test]
