@@ -193,7 +193,11 @@ def align(gap: tuple[int, int], chunk: BaseOffset) -> tuple[int, int]:
 def in_unit(index: pd.DatetimeIndex, low: int, high: int) -> tuple[int, int]:
     """``[low, high)`` (ns) in the index's unit, so its ``asi8`` (UTC when it has a zone)
     compares without a conversion: a moment t is inside when low <= t < high."""
-    step = _UNIT_NS[index.unit]
+    return _in_steps(low, high, _UNIT_NS[index.unit])
+
+
+def _in_steps(low: int, high: int, step: int) -> tuple[int, int]:
+    """``[low, high)`` (ns) in units of ``step`` ns, rounded up (see `in_unit`)."""
     return -(-low // step), -(-high // step)
 
 
@@ -316,7 +320,7 @@ def _cut(frame: Any, low: int, high: int) -> _Cut:
     every_row = _Cut(frame, index, blocks, shape, 0, rows, True)
     if not step:  # no rows, or no times (only a frame without rows has another index)
         return every_row
-    first, last = -(-low // step), -(-high // step)  # `in_unit`
+    first, last = _in_steps(low, high, step)
     if first <= shape.first and shape.last < last:
         return every_row  # a piece read whole, as most are
     start, stop = np.searchsorted(index.asi8, (first, last))
