@@ -256,6 +256,40 @@ def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) 
     pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
 
 
+def test_is_cached_is_false_when_a_stored_result_lost_the_rows_it_extends(
+    cache_dir: Path,
+) -> None:
+    bars = minute_bars(2000)
+    features(bars.iloc[:1900])
+    features(bars)  # stored as its new rows beside the 1,900-row result
+    assert features.is_cached(bars)
+    view = features.__afml_cache__.cache()
+    stored = [e for e in view.entries() if (e["metadata"] or {}).get("rows") == 1900]
+    assert view.remove_entries(stored) == 1  # the whole result it extends is evicted
+    assert not features.is_cached(bars)  # a call computes it all: warm() must not skip it
+    computed.clear()
+    result = features(bars)
+    assert computed == [2000]
+    pd.testing.assert_frame_equal(result, exact_features(bars), check_exact=True)
+    assert features.is_cached(bars)
+
+
+def test_is_cached_reads_a_family_index_written_before_it_named_bases(cache_dir: Path) -> None:
+    bars = minute_bars(2000)
+    features(bars.iloc[:1900])
+    features(bars)
+    engine = features.__afml_cache__
+    grown = engine._grown((bars,), {})
+    found, index, _ = grown.entries.lookup(grown.index_key)
+    assert found and all(len(p) == 4 for p in index)
+    grown.entries.put(grown.index_key, [tuple(p)[:3] for p in index])  # (rows, digests, key)
+    assert features.is_cached(bars) and features.is_cached(bars.iloc[:1900])
+    view = features.__afml_cache__.cache()
+    stored = [e for e in view.entries() if (e["metadata"] or {}).get("rows") == 1900]
+    assert view.remove_entries(stored) == 1
+    assert not features.is_cached(bars) and not features.is_cached(bars.iloc[:1900])
+
+
 def rows_stored(view: Cache) -> dict[int, int]:
     """The bytes of each stored result's value, by the rows of its frame."""
     return {

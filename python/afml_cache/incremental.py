@@ -164,12 +164,15 @@ def feature_function(
 
 class _Prefix(NamedTuple):
     """A stored result and the frame it was computed from: that frame's rows and block digests
-    (whole blocks, then the last partial block's, if any). Kept in the family's index as a plain
-    tuple, so the index unpickles whatever this module becomes."""
+    (whole blocks, then the last partial block's, if any), and the key of the whole result it
+    is stored beside ("" when it is whole; None in an index written before bases were named).
+    Kept in the family's index as a plain tuple, so the index unpickles whatever this module
+    becomes."""
 
     rows: int
     digests: tuple[str, ...]
     key: str
+    base_key: str | None
 
 
 class _Parts(NamedTuple):
@@ -246,7 +249,7 @@ class FeatureEngine(_Engine):
         finally:
             if lock is not None:
                 lock.release()
-        self._remember_prefix(grown)
+        self._remember_prefix(grown, stored[1] if _is_stitched(stored) else "")
         self._record_miss(entries, key, elapsed, start)
         return result
 
@@ -257,12 +260,23 @@ class FeatureEngine(_Engine):
         return None if grown is None else grown.key
 
     def is_cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Whether the result for this very frame is stored, without loading it."""
+        """Whether the result for this very frame is stored, and the whole result it is stored
+        beside, if any, without loading them (the family's index names that one)."""
         grown = self._grown(args, kwargs)
         if grown is None:
             return False
+        entries = grown.entries
         try:
-            return grown.entries.contains(grown.key)
+            if not entries.contains(grown.key):
+                return False
+            named = (p.base_key for p in self._prefixes(grown) if p.key == grown.key)
+            base_key = next(named, None)
+            if base_key is None:  # an index of before bases were named: read the entry
+                found, stored, _ = self._lookup(entries, grown.key, copy=False)
+                if not found:
+                    return False
+                base_key = stored[1] if _is_stitched(stored) else ""
+            return not base_key or entries.contains(base_key)
         except (CacheError, OSError) as exc:
             self._warn_once("store", f"afml_cache: {self.name} computes again: {exc}")
             return False
@@ -276,7 +290,7 @@ class FeatureEngine(_Engine):
         self._check_sorted(grown, 0)
         self._check_aligned(value, grown.frame)
         self._keep(grown, value, 0.0, 0, None)
-        self._remember_prefix(grown)
+        self._remember_prefix(grown, "")
         return True
 
     # --- what the call is ---------------------------------------------------------------------
@@ -479,11 +493,12 @@ class FeatureEngine(_Engine):
         found, prefixes, _ = self._lookup(grown.entries, grown.index_key)
         return sorted(_parsed(prefixes), key=lambda p: -p.rows) if found else []
 
-    def _remember_prefix(self, grown: _Grown) -> None:
-        """Adds the call's frame to its family's index, under the index's lock (other processes
-        add theirs); the newest MAX_PREFIXES are kept."""
+    def _remember_prefix(self, grown: _Grown, base_key: str) -> None:
+        """Adds the call's frame to its family's index, with the key of the whole result its
+        result is stored beside ("" if none), under the index's lock (other processes add
+        theirs); the newest MAX_PREFIXES are kept."""
         entries, index_key = grown.entries, grown.index_key
-        prefix = _Prefix(len(grown.frame), grown.digests, grown.key)
+        prefix = _Prefix(len(grown.frame), grown.digests, grown.key, base_key)
         lock = self._lock(entries, index_key)
         try:
             found, prefixes, _ = self._lookup(entries, index_key)
@@ -550,7 +565,10 @@ class _FrameKind:
 def _parsed(prefixes: Any) -> list[_Prefix]:
     """A family's index as stored; an index this code cannot read counts as empty (a miss)."""
     try:
-        return [_Prefix(int(rows), tuple(digests), str(key)) for rows, digests, key in prefixes]
+        return [
+            _Prefix(int(rows), tuple(digests), str(key), None if not base else str(base[0]))
+            for rows, digests, key, *base in prefixes
+        ]
     except (TypeError, ValueError):
         return []
 
