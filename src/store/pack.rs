@@ -20,7 +20,8 @@
 //! records, read from where it stopped to the end of the file on each lookup (another pack file,
 //! after a compaction, is read from the start: its header differs, whatever inode it got). A record is seen once it is whole: a writer killed
 //! mid-append leaves an incomplete tail that readers stop at and the next writer cuts off; a
-//! damaged record fails its MAC like a damaged file. A key is in a pack or in a file, never both:
+//! damaged record fails its MAC like a damaged file, and one whose frame is damaged is passed
+//! over to the next whole record (its entry is lost, not the records after it). A key is in a pack or in a file, never both:
 //! a packed write removes the key's file under the pack's lock, and a file installed for a key
 //! appends a tombstone to its pack. A pack whose dead records pass half of it is rewritten with
 //! its live records and renamed over (readers notice the new inode).
@@ -106,8 +107,9 @@ impl PackIndex {
             let mut tail = vec![0u8; (meta.len() - self.end) as usize];
             let n = read_up_to(file, &mut tail, self.end).map_err(|e| Error::io("cannot read", path, e))?;
             let base = self.end;
-            let whole = walk(&tail[..n], base, |digest, record| self.apply(digest, record));
-            self.end += whole as u64;
+            let walked = walk(&tail[..n], base, |digest, record| self.apply(digest, record));
+            self.end += walked.whole as u64;
+            self.dead += walked.damaged.iter().map(|r| r.end - r.start).sum::<u64>();
         }
         Ok(meta.len())
     }
@@ -168,21 +170,49 @@ fn read_frame(bytes: &[u8]) -> Option<([u8; 32], u32)> {
     Some((head[8..40].try_into().expect("32 bytes"), u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"))))
 }
 
+/// What [`walk`] found besides the records.
+struct Walked {
+    /// The bytes up to the end of the last whole record.
+    whole: usize,
+    /// Stretches between whole records that hold none (a record whose frame was damaged in
+    /// place), as offsets in the pack.
+    damaged: Vec<std::ops::Range<u64>>,
+}
+
 /// Calls `each` for every whole entry record in `bytes` (the pack from offset `base` on), in
-/// order, with None for a tombstone (the header is passed over); returns the bytes they span.
-fn walk(bytes: &[u8], base: u64, mut each: impl FnMut([u8; 32], Option<Record>)) -> usize {
-    let mut at = 0;
-    while let Some((digest, len)) = read_frame(&bytes[at..]) {
-        let end = at + FRAME_LEN + len as usize;
-        if end > bytes.len() {
-            break;
+/// order, with None for a tombstone (the header is passed over).
+fn walk(bytes: &[u8], base: u64, mut each: impl FnMut([u8; 32], Option<Record>)) -> Walked {
+    let (mut at, mut whole, mut damaged) = (0, 0, Vec::new());
+    loop {
+        if let Some((digest, len)) = whole_record(&bytes[at..]) {
+            if digest != HEADER_DIGEST {
+                each(digest, (len > 0).then_some(Record { offset: base + (at + FRAME_LEN) as u64, len }));
+            }
+            at += FRAME_LEN + len as usize;
+            whole = at;
+            continue;
         }
-        if digest != HEADER_DIGEST {
-            each(digest, (len > 0).then_some(Record { offset: base + (at + FRAME_LEN) as u64, len }));
-        }
-        at = end;
+        // The tail a writer is appending (or was killed in), which the next writer cuts off, or
+        // a frame damaged in place: a whole record after it tells them apart, and the records
+        // after a damaged one stay readable (else the next writer would cut them off too).
+        // Such a record passes its frame's check; its entry is checked by its MAC when read.
+        let Some(rest) = bytes.get(at + 1..) else { break };
+        let next = rest
+            .windows(MAGIC.len())
+            .enumerate()
+            .filter(|(_, w)| w == MAGIC)
+            .map(|(i, _)| at + 1 + i)
+            .find(|&i| whole_record(&bytes[i..]).is_some());
+        let Some(next) = next else { break };
+        damaged.push(base + at as u64..base + next as u64);
+        at = next;
     }
-    at
+    Walked { whole, damaged }
+}
+
+/// The frame of a whole record at the start of `bytes` (see [`read_frame`]).
+fn whole_record(bytes: &[u8]) -> Option<([u8; 32], u32)> {
+    read_frame(bytes).filter(|&(_, len)| FRAME_LEN + len as usize <= bytes.len())
 }
 
 fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
@@ -399,6 +429,11 @@ impl Store {
         if index.end < COMPACT_FROM || index.dead * 2 <= index.end {
             return Ok(());
         }
+        self.compact(pack, file, index)
+    }
+
+    /// Rewrites `pack` with its live records only, renamed over it.
+    fn compact(&self, pack: &Path, file: &File, index: &mut PackIndex) -> Result<()> {
         let mut old = vec![0u8; index.end as usize];
         file.read_exact_at(&mut old, 0).map_err(|e| Error::io("cannot read", pack, e))?;
         let mut live: Vec<(u64, Record)> = index.live.iter().map(|(d, r)| (*d, *r)).collect();
@@ -467,7 +502,7 @@ impl Store {
             Err(e) => return (vec![problem(format!("cannot read: {e}"), false)], Vec::new()),
         };
         let mut live = HashMap::new();
-        let whole = walk(&bytes, 0, |digest, record| match record {
+        let walked = walk(&bytes, 0, |digest, record| match record {
             Some(record) => {
                 live.insert(digest, record);
             }
@@ -476,6 +511,7 @@ impl Store {
             }
         });
         let (mut problems, mut good) = (Vec::new(), Vec::new());
+        let whole = walked.whole;
         if whole < bytes.len() {
             // Cut off (under the lock) by `with_pack`, if it is still there.
             let fixed = fix && self.with_pack(pack, false, |_, _| Ok(())).is_ok();
@@ -497,6 +533,18 @@ impl Store {
                     problems.push(problem(format!("the entry of {} at byte {at}: {why}", digest_hex(&digest)), fixed));
                 }
             }
+        }
+        // Compacted away (under the lock) with the pack's other dead records, after the records
+        // above were removed by their offsets.
+        let compacted = fix
+            && !walked.damaged.is_empty()
+            && self.with_pack(pack, false, |file, index| self.compact(pack, file, index)).is_ok();
+        for stretch in &walked.damaged {
+            let (at, len) = (stretch.start, stretch.end - stretch.start);
+            let why = format!(
+                "{len} damaged bytes at byte {at}, between whole records (a record's frame: its entry is lost)"
+            );
+            problems.push(problem(why, compacted));
         }
         (problems, good)
     }

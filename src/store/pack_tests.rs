@@ -147,6 +147,57 @@ fn a_damaged_record_is_never_served_and_is_removed_alone() {
 }
 
 #[test]
+fn a_damaged_frame_loses_its_record_alone_and_the_next_writer_keeps_the_records_after_it() {
+    let scratch = Scratch::new("pack-frame");
+    let writer = scratch.store(GB);
+    // Eight keys of one pack, then others.
+    let pack = layout::pack_path(writer.root(), NS, &key(0));
+    let named = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+    let mut keys: Vec<String> =
+        (0..100_000).map(named).filter(|k| layout::pack_path(writer.root(), NS, k) == pack).take(8).collect();
+    keys.extend((0..32).map(key));
+    for k in &keys {
+        put(&writer, small(k, k.as_bytes()));
+    }
+    let mut in_pack: Vec<(u64, &String)> = keys
+        .iter()
+        .map(|k| (located(&writer, k), k))
+        .filter(|((p, ..), _)| *p == pack)
+        .map(|((_, o, _), k)| (o, k))
+        .collect();
+    in_pack.sort();
+    assert!(in_pack.len() >= 8, "{} records in the pack", in_pack.len());
+    // The length in the frame of a record in the middle: its frame no longer checks.
+    let (offset, damaged) = in_pack[in_pack.len() / 2];
+    flip_byte(&pack, offset - 48 + 5);
+
+    let reader = scratch.store(GB);
+    assert!(is_miss(&reader, damaged));
+    for k in keys.iter().filter(|k| *k != damaged) {
+        assert_eq!(stream_of(&reader, k), k.as_bytes(), "{k}");
+    }
+    // A writer appends after the records that follow the damage; it does not cut them off.
+    let (_, last) = in_pack[in_pack.len() - 1];
+    put(&reader, small(last, b"rewritten"));
+    let later = scratch.store(GB);
+    assert_eq!(stream_of(&later, last), b"rewritten");
+    for &(_, k) in in_pack.iter().filter(|(_, k)| *k != damaged && *k != last) {
+        assert_eq!(stream_of(&later, k), k.as_bytes(), "{k}");
+    }
+
+    let problems = later.check(false).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].path == pack && problems[0].problem.contains("damaged"), "{problems:?}");
+    assert!(later.check(true).unwrap().iter().all(|p| p.fixed));
+    assert!(later.check(false).unwrap().is_empty());
+    assert_counters_match_disk(&later);
+    assert_eq!(later.counter(Counter::Count), keys.len() as u64 - 1);
+    for k in keys.iter().filter(|k| *k != damaged && *k != last) {
+        assert_eq!(stream_of(&scratch.store(GB), k), k.as_bytes(), "{k}");
+    }
+}
+
+#[test]
 fn check_reports_damaged_records_and_tails_and_fix_drops_them() {
     let scratch = Scratch::new("pack-check");
     let a = scratch.store(GB);
