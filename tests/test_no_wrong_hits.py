@@ -332,6 +332,91 @@ def test_globals_read_through_a_helper_and_a_user_module(cache_dir: Path, load: 
     assert check(module.f, 2.0) == 16.0
 
 
+def test_globals_reached_dynamically_count_every_global_of_the_module(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import sys
+    from afml_cache import cacheable
+
+    SCALE = 1
+    WEIGHTS = [1.0]
+
+    def run_momentum(x):
+        return x + 1
+
+    @cacheable
+    def by_globals(x):
+        return x * globals()["SCALE"]
+
+    @cacheable
+    def by_eval(name, x):
+        return eval(f"run_{name}")(x) * eval("WEIGHTS")[0]
+
+    @cacheable
+    def by_exec(x):
+        found = {}
+        exec("y = SCALE", None, found)
+        return x * found["y"]
+    """)
+    functions = [nb["by_globals"], nb["by_exec"]]
+    for f in functions:
+        assert check(f, 2) == 2
+    assert check(nb["by_eval"], "momentum", 2) == 3.0
+    nb.run("SCALE = 5")
+    for f in functions:
+        assert check(f, 2) == 10
+    nb.run("WEIGHTS[0] = 2.0")
+    assert check(nb["by_eval"], "momentum", 2) == 6.0
+    nb.run("def run_momentum(x):\n    return x + 2")
+    assert check(nb["by_eval"], "momentum", 2) == 8.0
+    nb.run("NEW = 1")  # a global added later: the function may read it too
+    assert check(nb["by_eval"], "momentum", 2) == 8.0
+    assert hits(nb["by_eval"]) == 0
+    # Every global counts, so each change above was a miss; unchanged, a hit.
+    assert check(nb["by_eval"], "momentum", 2) == 8.0
+    for f in [*functions, *functions]:
+        assert check(f, 2) == 10
+    assert [hits(f) for f in [*functions, nb["by_eval"]]] == [1, 1, 1]
+
+
+def test_a_user_module_used_as_a_value_counts_by_its_globals(cache_dir: Path, load: Loader) -> None:
+    steps = load(
+        "def compute_range(x):\n    return x * 2\n\nLEVELS = {'k': 1}\n",
+        name=f"steps_{uuid.uuid4().hex}",
+    )
+    module = load(f"""
+    import sys
+    import {steps.__name__} as steps
+    from afml_cache import cacheable
+
+    SCALE = 1
+
+    @cacheable
+    def feature(name, x):
+        return getattr(steps, "compute_" + name)(x) + vars(steps)["LEVELS"]["k"]
+
+    @cacheable
+    def scaled(x):
+        return x * getattr(sys.modules[__name__], "SCALE")
+    """)
+    assert check(module.feature, "range", 3) == 7
+    assert check(module.scaled, 3) == 3
+    module.SCALE = 2
+    assert check(module.scaled, 3) == 6
+    steps.LEVELS["k"] = 2
+    assert check(module.feature, "range", 3) == 8
+    exec("def compute_range(x):\n    return x * 3\n", vars(steps))
+    assert check(module.feature, "range", 3) == 11
+    steps.compute_mean = lambda x: x  # an attribute added later
+    assert check(module.feature, "mean", 3) == 5
+    assert hits(module.feature) == 0
+    assert check(module.feature, "range", 3) == 11
+    assert check(module.feature, "range", 3) == 11 and hits(module.feature) == 1
+    # `scaled` may read any global of its module, `steps` among them, whose names changed.
+    assert check(module.scaled, 3) == 6 and hits(module.scaled) == 0
+    assert check(module.scaled, 3) == 6 and hits(module.scaled) == 1
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

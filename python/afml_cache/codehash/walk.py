@@ -3,11 +3,13 @@ and the public answers: `code_fingerprint`, `code_state`, `function_key`, `argum
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import importlib
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import types
@@ -69,6 +71,13 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
         "__slotnames__",  # copyreg caches it on the class when an instance is first pickled
     }
 )
+# Builtins through which code reads its module's globals by names it computes.
+_READ_GLOBALS: Final = (builtins.globals, builtins.eval, builtins.exec)
+# Globals no code reads by a computed name: dunders, and IPython's history of a notebook's inputs
+# and outputs (which change at every cell).
+_UNREAD_GLOBALS: Final = re.compile(
+    r"__\w+__|_{1,3}|_i{1,3}|_[ido]h|_i?\d+|In|Out|get_ipython|exit|quit"
+)
 # A value counted by its content at each call: what names it (`PARAMS`, `cfg.PARAMS`), and how to
 # read it from the function or class that refers to it.
 Live = tuple[str, Callable[[Any], Any]]
@@ -87,9 +96,11 @@ class _FunctionNode:
         "code",
         "defaults_id",
         "digest",
+        "globals_size",
         "kwdefaults_id",
         "live",
         "names",
+        "namespaces",
         "paths",
         "readable",
         "same",
@@ -105,6 +116,11 @@ class _FunctionNode:
         self.names: list[tuple[str, Check]] = []
         self.paths: list[tuple[Ref, tuple[Getter, ...], Check]] = []  # chains and imports
         self.cells: list[Check] = []
+        # Where the function may read any name (`globals()`, `eval`, `getattr(module, name)`):
+        # every name there counts, and one added later changes the digest. The size of its
+        # module's globals (-1 if not), and of each user module's namespace it uses as a value.
+        self.globals_size = -1
+        self.namespaces: list[tuple[Getter, int]] = []
         self.children: tuple[weakref.ref[Any], ...] = ()
         self.digest = ""
         self.live: list[Live] = []  # values counted by their content at each call
@@ -121,6 +137,12 @@ class _FunctionNode:
             return None
         missing = _MISSING
         scope = fn.__globals__
+        if self.globals_size >= 0 and len(scope) != self.globals_size:
+            return None
+        for module, size in self.namespaces:
+            current_module = module()
+            if current_module is None or len(vars(current_module)) != size:
+                return None
         for name, expected in self.same:
             current = scope.get(name, missing)
             if current is missing:
@@ -269,8 +291,15 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         doc = fn.__doc__
         own = _code_digest(fn.__code__, doc if isinstance(doc, str) else None)
         refs: dict[tuple[str, ...], Any] = {}
-        for ref in _cached_references(fn.__code__):
+        references = _cached_references(fn.__code__)
+        for ref in references:
             _function_reference(fn, ref, node, refs, children)
+        if _reads_globals_by_name(fn, references):
+            scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
+            node.globals_size = len(scope)
+            for name in scope:
+                if not _UNREAD_GLOBALS.fullmatch(name):
+                    _function_reference(fn, ("global", name, ()), node, refs, children)
         cells = []
         for i, (name, cell) in enumerate(
             zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True)
@@ -294,18 +323,41 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
                 node.live.append(
                     (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
                 )
-        references = tuple(refs.items())
-        form = ("function", fn.__qualname__, own, defaults, kwdefaults, references, tuple(cells))
+        form = (
+            "function",
+            fn.__qualname__,
+            own,
+            defaults,
+            kwdefaults,
+            tuple(refs.items()),
+            tuple(cells),
+        )
         node.digest = _digest(form, fn)
         node.readable = _readable(form)
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
         node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
+        node.globals_size, node.namespaces = -1, []
         node.live, node.readable = [], False
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
         node.defaults_id = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
+    """Whether ``fn`` can read its module's globals by names it computes: it calls
+    ``globals()``, ``eval`` or ``exec``, or reads ``sys.modules``."""
+    for ref in references:
+        if ref[0] == "state":
+            continue
+        start = _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref)
+        if start is sys:
+            if ref[-1][:1] == ("modules",):
+                return True
+        elif not ref[-1] and any(start is read for read in _READ_GLOBALS):
+            return True
+    return False
 
 
 def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
@@ -365,9 +417,12 @@ def _function_reference(
     node: _FunctionNode,
     refs: dict[tuple[str, ...], Any],
     children: list[object],
+    whole_modules: bool = True,
 ) -> None:
     """Resolve one reference of ``fn``: record what it counts as in ``refs`` under its label
-    (the names followed), and how to check it again in ``node``."""
+    (the names followed), and how to check it again in ``node``. A user module the reference
+    ends at is a value the code may read any name of (`getattr(module, name)`, `vars(module)`):
+    with ``whole_modules``, every name in it counts too."""
     if ref[0] == "state":
         if (ref[1],) not in refs:
             current = _start(fn, ref)
@@ -409,6 +464,14 @@ def _function_reference(
                 (".".join(label[1:] if ref[0] == "import" else label), _path_reader(followed))
             )
     refs[label] = part
+    # type(), not isinstance(): a hostile object's __class__ may raise.
+    if whole_modules and issubclass(type(current), types.ModuleType) and _is_user_module(current):  # type: ignore[arg-type]
+        namespace = dict(vars(current))  # one snapshot, even if another thread edits it
+        node.namespaces.append((weakref.ref(current), len(namespace)))
+        for name in namespace:
+            if not _UNREAD_GLOBALS.fullmatch(name):
+                member = (*followed[:-1], (*followed[-1], name))
+                _function_reference(fn, member, node, refs, children, whole_modules=False)
 
 
 def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
