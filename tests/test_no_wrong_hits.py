@@ -417,6 +417,48 @@ def test_a_user_module_used_as_a_value_counts_by_its_globals(cache_dir: Path, lo
     assert check(module.scaled, 3) == 6 and hits(module.scaled) == 1
 
 
+def test_the_environment_counts_for_a_function_that_reads_it(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "1")
+    module = load("""
+    import os
+    from os import environ, getenv
+    from afml_cache import cacheable
+
+    @cacheable
+    def by_environ(x):
+        return x * int(os.environ.get("AFML_TEST_LOOKBACK", "1"))
+
+    @cacheable
+    def by_getenv(x):
+        return x * int(os.getenv("AFML_TEST_LOOKBACK", "1"))
+
+    @cacheable
+    def by_names(x):
+        return x * int(environ["AFML_TEST_LOOKBACK"]) + int(getenv("AFML_TEST_LOOKBACK"))
+
+    @cacheable
+    def by_import(x):
+        import os as system
+        return x * int(system.environ["AFML_TEST_LOOKBACK"])
+
+    @cacheable
+    def unrelated(x):
+        return os.path.join("a", str(x))
+    """)
+    readers = [module.by_environ, module.by_getenv, module.by_names, module.by_import]
+    assert [check(f, 2) for f in readers] == [2, 2, 3, 2]
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "3")
+    assert [check(f, 2) for f in readers] == [6, 6, 9, 6]
+    assert [check(f, 2) for f in readers] == [6, 6, 9, 6]
+    assert [hits(f) for f in readers] == [1, 1, 1, 1]
+    check(module.unrelated, 2)
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "4")
+    check(module.unrelated, 2)
+    assert hits(module.unrelated) == 1  # reads no variable: the environment does not count
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

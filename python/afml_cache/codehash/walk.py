@@ -9,6 +9,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import sys
 import threading
@@ -73,6 +74,9 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
 )
 # Builtins through which code reads its module's globals by names it computes.
 _READ_GLOBALS: Final = (builtins.globals, builtins.eval, builtins.exec)
+# The process environment's readers, reached as `os.<name>` or bound to a name of their own.
+_ENVIRONMENT_NAMES: Final = ("environ", "environb", "getenv", "getenvb")
+_ENVIRONMENT: Final = tuple(getattr(os, name) for name in _ENVIRONMENT_NAMES if hasattr(os, name))
 # Globals no code reads by a computed name: dunders, and IPython's history of a notebook's inputs
 # and outputs (which change at every cell).
 _UNREAD_GLOBALS: Final = re.compile(
@@ -294,6 +298,10 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         references = _cached_references(fn.__code__)
         for ref in references:
             _function_reference(fn, ref, node, refs, children)
+        if _reads_environment(fn, references):
+            # Settings read from the environment (`os.environ["LOOKBACK"]`) count by content.
+            refs[("os.environ",)] = ("live", "os.environ")
+            node.live.append(("os.environ", _read_environment))
         if _reads_globals_by_name(fn, references):
             scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
             node.globals_size = len(scope)
@@ -358,6 +366,24 @@ def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) 
         elif not ref[-1] and any(start is read for read in _READ_GLOBALS):
             return True
     return False
+
+
+def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
+    """Whether ``fn`` reads the process environment (``os.environ``, ``os.getenv``)."""
+    for ref in references:
+        if ref[0] == "state":
+            continue
+        start = _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref)
+        if start is os:
+            if ref[-1][:1] and ref[-1][0] in _ENVIRONMENT_NAMES:
+                return True
+        elif any(start is reader for reader in _ENVIRONMENT):
+            return True
+    return False
+
+
+def _read_environment(_fn: types.FunctionType) -> dict[str, str]:
+    return dict(os.environ)
 
 
 def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
