@@ -459,6 +459,58 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     assert hits(module.unrelated) == 1  # reads no variable: the environment does not count
 
 
+def test_a_single_dispatch_helper_counts_every_implementation(
+    cache_dir: Path, tmp_path: Path, load: Loader
+) -> None:
+    source = textwrap.dedent("""
+    import functools
+    from afml_cache import cacheable
+
+    @functools.singledispatch
+    def scale(x):
+        return x
+
+    @scale.register
+    def _(x: float):
+        return x * 1
+
+    @cacheable
+    def feature(x):
+        return scale(x)
+    """)
+    directory = tmp_path / "project"
+    directory.mkdir()
+    module_file = directory / "research_dispatch.py"
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    script = "import research_dispatch; print(research_dispatch.feature(2.0))"
+
+    def run() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=directory,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    module_file.write_text(source)
+    assert run() == "2.0"
+    module_file.write_text(source.replace("x * 1", "x * 2"))  # an implementation edited
+    assert run() == "4.0"
+
+    module = load(source)
+    assert check(module.feature, 2.0) == 2.0
+    exec("@scale.register\ndef _(x: float):\n    return x * 3\n", vars(module))
+    assert check(module.feature, 2.0) == 6.0  # registered again in the process
+    exec("@scale.register\ndef _(x: int):\n    return x * 5\n", vars(module))
+    assert check(module.feature, 2) == 10  # a type registered later
+    assert check(module.feature, 2.0) == 6.0
+    assert check(module.feature, 2.0) == 6.0 and hits(module.feature) == 1
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

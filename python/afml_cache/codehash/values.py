@@ -44,10 +44,12 @@ _ATOMS: Final = (int, float, complex, str, bytes)
 
 # How a reference is checked again on a later call: the object it resolves to must be the
 # expected one (`_SAME`), or of the expected type (`_TYPE`), or wrap the same functions (`_PARTS`,
-# for staticmethod/classmethod/property, which cannot be weakly referenced).
+# for staticmethod/classmethod/property, which cannot be weakly referenced), or be the same
+# single-dispatch function with the same implementations registered (`_REGISTRY`).
 _SAME: Final = 0
 _TYPE: Final = 1
 _PARTS: Final = 2
+_REGISTRY: Final = 3
 
 Getter = Callable[[], Any]
 Check = tuple[int, Any]
@@ -130,6 +132,14 @@ def _matches(check: Check, current: object) -> bool:
         return expected() is current
     if mode == _TYPE:
         return expected() is type(current)
+    if mode == _REGISTRY:
+        function, registered = expected
+        if function() is not current:
+            return False
+        registry = current.registry  # type: ignore[attr-defined]
+        return len(registry) == len(registered) and all(
+            registry.get(cls) is implementation for cls, implementation in registered
+        )
     kind, parts = expected
     if type(current) is not kind:
         return False
@@ -170,6 +180,8 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         if _is_user_function(obj):
             children.append(obj)
             return ("function", obj.__qualname__), _same(obj)
+        if isinstance(getattr(obj, "registry", None), types.MappingProxyType):
+            return _single_dispatch(obj, children)
         return _library_callable(obj, children), _same(obj)
     if isinstance(obj, type):
         if _is_user_class(obj):
@@ -231,6 +243,18 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj), _of_type(obj)
+
+
+def _single_dispatch(obj: types.FunctionType, children: list[object]) -> tuple[Any, Check]:
+    """A ``functools.singledispatch`` function: every implementation registered, by type (the
+    function it wraps is the one for ``object``), checked again for one registered since."""
+    registered = tuple(obj.registry.items())  # type: ignore[attr-defined]
+    implementations = sorted(
+        ((_qualified(cls), _ref(function, children)[0]) for cls, function in registered),
+        key=lambda item: item[0],
+    )
+    part = ("singledispatch", _qualified(obj), tuple(implementations))
+    return part, (_REGISTRY, (_same(obj)[1], registered))
 
 
 def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
