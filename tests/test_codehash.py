@@ -346,6 +346,8 @@ def test_a_method_replaced_at_run_time_is_noticed(load: Loader) -> None:
 
 def test_class_members_of_every_kind_count(load: Loader) -> None:
     source = """
+    import functools
+
     class Base:
         def weight(self):
             return 1
@@ -363,14 +365,19 @@ def test_class_members_of_every_kind_count(load: Loader) -> None:
         def size(self):
             return 10
 
+        @functools.cached_property
+        def span(self):
+            return 5
+
     def f(x):
-        return Strategy.make().size * x
+        return Strategy.make().size * x + Strategy().span
     """
     base = digest_of(load, source, "f")
     edits = [
         ("return min(x, 1)", "return min(x, 2)"),
         ("return cls()", "return cls() or None"),
         ("return 10", "return 11"),
+        ("return 5", "return 6"),  # a cached property
         ("return 1\n", "return 2\n"),  # the base class
     ]
     for old, new in edits:

@@ -210,6 +210,9 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         parts = tuple(_ref(a, children)[0] if a is not None else None for a in accessors)
         getters = tuple((n, _same(a)[1]) for n, a in zip(names, accessors, strict=True))
         return ("property", *parts), (_PARTS, (cls, getters))
+    if isinstance(obj, functools.cached_property):
+        function, _ = _ref(obj.func, children)
+        return ("cached_property", function), (_PARTS, (cls, (("func", _same(obj.func)[1]),)))
     if isinstance(obj, functools.partial):
         function, _ = _ref(obj.func, children)
         args = tuple(_ref(a, children)[0] for a in obj.args)
