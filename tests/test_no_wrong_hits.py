@@ -511,6 +511,29 @@ def test_a_single_dispatch_helper_counts_every_implementation(
     assert check(module.feature, 2.0) == 6.0 and hits(module.feature) == 1
 
 
+def test_instances_of_plain_classes_count_by_their_state(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    from afml_cache import cacheable
+
+    class Params:
+        def __init__(self, window):
+            self.window = window
+
+    PARAMS = Params(2)
+    STRATEGIES = {"fast": Params(3)}
+
+    @cacheable
+    def span(x):
+        return x * PARAMS.window + STRATEGIES["fast"].window
+    """)
+    assert check(module.span, 1) == 5
+    module.PARAMS.window = 10
+    assert check(module.span, 1) == 13
+    module.STRATEGIES["fast"].window = 30
+    assert check(module.span, 1) == 40
+    assert check(module.span, 1) == 40 and hits(module.span) == 1
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

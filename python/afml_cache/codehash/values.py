@@ -17,6 +17,7 @@ import pathlib
 import sys
 import types
 import uuid
+import warnings
 import weakref
 import zoneinfo
 from collections.abc import Callable
@@ -238,11 +239,19 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
 
 def _by_content(obj: object) -> tuple[Any, Check]:
     """A value: by value, computed once, if it cannot change; by its content at each call if it
-    has a fingerprint; by its type's qualified name if it has none (a client, a lock)."""
+    has a fingerprint, or a pickle reduction (an instance of a plain class: its state may decide
+    the result, so it counts, through the fallback and its warning, at each call); by its
+    type's qualified name if it has neither (a lock, an open client)."""
     try:
         digest = fingerprint(obj, strict=True)
     except FingerprintError:
-        return ("object", _qualified(type(obj))), _of_type(obj)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fingerprint(obj)
+        except FingerprintError:
+            return ("object", _qualified(type(obj))), _of_type(obj)
+        return _live(obj), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj), _of_type(obj)
