@@ -534,6 +534,49 @@ def test_instances_of_plain_classes_count_by_their_state(cache_dir: Path, load: 
     assert check(module.span, 1) == 40 and hits(module.span) == 1
 
 
+def test_a_vectorized_helper_and_a_partial_method_count_by_what_they_call(
+    cache_dir: Path,
+) -> None:
+    nb = Notebook()
+    nb.run("""
+    import functools
+    import numpy as np
+    from afml_cache import cacheable
+
+    def label(x):
+        return x + 1
+
+    LABEL = np.vectorize(label)
+
+    class Barrier:
+        def width(self, k):
+            return k
+
+        narrow = functools.partialmethod(width, 1)
+
+    @cacheable
+    def labels(x):
+        return LABEL(x)
+
+    @cacheable
+    def width(x):
+        return Barrier().narrow() * x
+    """)
+    x = np.arange(3)
+    check(nb["labels"], x)
+    check(nb["width"], 2)
+    nb.run("def label(x):\n    return x + 2\nLABEL = np.vectorize(label)")
+    np.testing.assert_equal(check(nb["labels"], x), x + 2)
+    nb.run("LABEL = np.vectorize(label, otypes=[float])")
+    assert check(nb["labels"], x).dtype == np.float64
+    nb.run(
+        "class Barrier:\n"
+        "    def width(self, k):\n        return k\n"
+        "    narrow = functools.partialmethod(width, 3)\n"
+    )
+    assert check(nb["width"], 2) == 6
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

@@ -214,13 +214,19 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if isinstance(obj, functools.cached_property):
         function, _ = _ref(obj.func, children)
         return ("cached_property", function), (_PARTS, (cls, (("func", _same(obj.func)[1]),)))
-    if isinstance(obj, functools.partial):
+    if isinstance(obj, functools.partial | functools.partialmethod):
         function, _ = _ref(obj.func, children)
         args = tuple(_ref(a, children)[0] for a in obj.args)
         keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
         if any(_is_live(p) for p in (*args, *(v for _, v in keywords))):
             return _live(obj), _same(obj)
-        return ("partial", function, args, keywords), _same(obj)
+        return (cls.__name__, function, args, keywords), _same(obj)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, np.vectorize):
+        # Its function and the options that shape its results (it has no __wrapped__).
+        function, _ = _ref(obj.pyfunc, children)
+        options = (obj.otypes, tuple(sorted(obj.excluded, key=str)), obj.signature, obj.cache)
+        return ("vectorize", function, options), _same(obj)
     if isinstance(obj, enum.Enum):
         owner, _ = _ref(cls, children)
         value = obj.value if _is_constant(obj.value) else _qualified(obj.value)
