@@ -444,15 +444,25 @@ def test_the_environment_counts_for_a_function_that_reads_it(
         return x * int(system.environ["AFML_TEST_LOOKBACK"])
 
     @cacheable
+    def by_computed_name(x, suffix):
+        return x * int(os.environ["AFML_TEST_" + suffix])
+
+    @cacheable
     def unrelated(x):
         return os.path.join("a", str(x))
     """)
     readers = [module.by_environ, module.by_getenv, module.by_names, module.by_import]
+    computed = module.by_computed_name
     assert [check(f, 2) for f in readers] == [2, 2, 3, 2]
+    assert check(computed, 2, "LOOKBACK") == 2
     monkeypatch.setenv("AFML_TEST_LOOKBACK", "3")
     assert [check(f, 2) for f in readers] == [6, 6, 9, 6]
+    assert check(computed, 2, "LOOKBACK") == 6
+    # Only the variables a function names count, unless it computes the name.
+    monkeypatch.setenv("AFML_TEST_OTHER", "1")
     assert [check(f, 2) for f in readers] == [6, 6, 9, 6]
     assert [hits(f) for f in readers] == [1, 1, 1, 1]
+    assert check(computed, 2, "LOOKBACK") == 6 and hits(computed) == 0
     check(module.unrelated, 2)
     monkeypatch.setenv("AFML_TEST_LOOKBACK", "4")
     check(module.unrelated, 2)

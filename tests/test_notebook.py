@@ -112,3 +112,34 @@ def test_two_notebooks_functions_of_one_name_keep_their_own_entries(tmp_path: Pa
     assert a_sweep == again_sweep == {"swept": [[0, 1], [0, 1, 2]], "removed": [0, 0]}
     assert b_sweep == {"swept": [[0, 10], [0, 10, 20]], "removed": [0, 0]}
     assert computed(counter_a) == [2, 3] and computed(counter_b) == [2, 3]
+
+
+DYNAMIC = [
+    "import json\nfrom afml_cache import robust_cacheable\nSCALE = 2",
+    '@robust_cacheable\ndef by_name(x):\n    return x * globals()["SCALE"]',
+    "by_name(3)",
+    "_",  # the kernel's history of outputs grows at every cell
+    'print(json.dumps([by_name(3), by_name.cache_info()["cache_hits"]]))',
+    "SCALE = 5",
+    'print(json.dumps([by_name(3), by_name.uncached(3), by_name.cache_info()["cache_hits"]]))',
+]
+
+
+def test_a_function_reading_globals_by_name_hits_across_cells_until_one_changes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "dynamic.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in DYNAMIC])
+    nbformat.write(notebook, path)
+    env = {**os.environ, "JPY_SESSION_NAME": str(path), "AFML_CACHE_DIR": str(tmp_path / "c")}
+    env.pop("AFML_CACHE_DISABLE", None)
+    client = nbclient.NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        allow_errors=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute(env=env)
+    assert printed(notebook.cells[4]) == [6, 1]  # IPython's In, Out, _, _3 do not count
+    assert printed(notebook.cells[6]) == [15, 15, 1]

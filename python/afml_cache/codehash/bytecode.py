@@ -191,3 +191,66 @@ def _has_docstring_slot(code: types.CodeType) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _cached_references(code: types.CodeType) -> tuple[Ref, ...]:
     return _references(code)
+
+
+# --- the environment variables a code object reads ------------------------------------------------
+
+_ENVIRONMENT_NAMES: Final = frozenset({"environ", "environb", "getenv", "getenvb"})
+_LOADS: Final = _LOADS_GLOBAL | _LOADS_LOCAL | _LOADS_ATTR
+
+
+@functools.lru_cache(maxsize=4096)
+def _environment_variables(code: types.CodeType) -> tuple[str, ...] | None:
+    """The environment variables ``code`` reads by constant names: ``os.environ["K"]``,
+    ``os.environ.get("K")``, ``os.getenv("K")``, ``"K" in os.environ``, or through ``environ``
+    and ``getenv`` imported from ``os``; None when it reads the environment any other way
+    (``dict(os.environ)``, a name it computes). Read by names, for code already known to
+    reach ``os.environ`` or ``os.getenv``: another object's ``environ`` only adds a name."""
+    names: dict[str, None] = {}
+    for c in _code_objects(code):
+        instructions = list(dis.get_instructions(c))
+        for i, ins in enumerate(instructions):
+            if ins.opname not in _LOADS or ins.argval not in _ENVIRONMENT_NAMES:
+                continue
+            start = i
+            while start > 0 and instructions[start].opname in _LOADS_ATTR:
+                start -= 1  # `os.environ`: the chain starts at `os`
+            subscript = ins.argval.startswith("environ")
+            after = i + 1
+            if subscript and _is(instructions, after, _LOADS_ATTR, "get"):
+                subscript, after = False, after + 1
+            name = _constant_key(instructions, after, subscript)
+            if name is None and _is(instructions, after, {"CONTAINS_OP"}):
+                name = _constant(instructions, start - 1)
+            if name is None:
+                return None
+            names[name] = None
+    return tuple(sorted(names))
+
+
+def _constant_key(instructions: list[dis.Instruction], at: int, subscript: bool) -> str | None:
+    """The string constant at ``at`` if it is the whole key of a subscript or the whole first
+    argument of a call (``environ["K"]``, ``getenv("K")``, ``getenv("K", "default")``; not
+    ``environ["K" + suffix]``)."""
+    name = _constant(instructions, at)
+    if name is None:
+        return None
+    if subscript:
+        whole = _is(instructions, at + 1, {"BINARY_SUBSCR", "STORE_SUBSCR", "DELETE_SUBSCR"})
+    else:
+        call = at + 2 if _is(instructions, at + 1, {"LOAD_CONST"}) else at + 1
+        whole = _is(instructions, call, {"PRECALL", "CALL"})
+    return name if whole else None
+
+
+def _constant(instructions: list[dis.Instruction], at: int) -> str | None:
+    if _is(instructions, at, {"LOAD_CONST"}) and isinstance(instructions[at].argval, str):
+        return str(instructions[at].argval)
+    return None
+
+
+def _is(instructions: list[dis.Instruction], at: int, opnames: Any, argval: Any = None) -> bool:
+    """Whether instruction ``at`` exists, is one of ``opnames``, and has ``argval`` (if given)."""
+    if not 0 <= at < len(instructions) or instructions[at].opname not in opnames:
+        return False
+    return argval is None or instructions[at].argval == argval

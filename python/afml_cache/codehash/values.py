@@ -13,6 +13,7 @@ import functools
 import gc
 import itertools
 import logging
+import os
 import pathlib
 import sys
 import types
@@ -176,6 +177,9 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("missing",), (_SAME, _held(obj))
     if _is_constant(obj):
         return ("const", obj), (_SAME, _held(obj))
+    if obj is os.environ or obj is getattr(os, "environb", None):
+        # The variables a function reads count where it reads them (walk.py), not all of them.
+        return ("environment",), _same(obj)
     cls = type(obj)
     if isinstance(obj, types.FunctionType):
         if _is_user_function(obj):

@@ -24,6 +24,7 @@ from afml_cache.codehash.bytecode import (
     Ref,
     _cached_references,
     _code_digest,
+    _environment_variables,
     _written_only,
 )
 from afml_cache.codehash.scope import (
@@ -299,9 +300,11 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         for ref in references:
             _function_reference(fn, ref, node, refs, children)
         if _reads_environment(fn, references):
-            # Settings read from the environment (`os.environ["LOOKBACK"]`) count by content.
-            refs[("os.environ",)] = ("live", "os.environ")
-            node.live.append(("os.environ", _read_environment))
+            # Settings read from the environment count by content: the variables it names
+            # (`os.environ["LOOKBACK"]`), or all of them if it reads it otherwise.
+            variables = _environment_variables(fn.__code__)
+            refs[("os.environ",)] = ("live", "os.environ", variables)
+            node.live.append(("os.environ", _environment_reader(variables)))
         if _reads_globals_by_name(fn, references):
             scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
             node.globals_size = len(scope)
@@ -382,8 +385,10 @@ def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> b
     return False
 
 
-def _read_environment(_fn: types.FunctionType) -> dict[str, str]:
-    return dict(os.environ)
+def _environment_reader(variables: tuple[str, ...] | None) -> Callable[[Any], Any]:
+    if variables is None:
+        return lambda _fn: dict(os.environ)
+    return lambda _fn: tuple((name, os.environ.get(name)) for name in variables)
 
 
 def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
