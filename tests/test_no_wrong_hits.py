@@ -423,6 +423,7 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     monkeypatch.setenv("AFML_TEST_LOOKBACK", "1")
     module = load("""
     import os
+    import time
     from os import environ, getenv
     from afml_cache import cacheable
 
@@ -447,6 +448,15 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     def by_computed_name(x, suffix):
         return x * int(os.environ["AFML_TEST_" + suffix])
 
+    @cacheable(ignore_globals=('os.environ["AFML_TEST_PAUSE"]',))
+    def paused(x):
+        time.sleep(float(os.environ.get("AFML_TEST_PAUSE", "0")))
+        return x * int(os.environ["AFML_TEST_LOOKBACK"])
+
+    @cacheable(ignore_globals=("os.environ",))
+    def told(x):
+        return x * int(os.environ["AFML_TEST_LOOKBACK"])
+
     @cacheable
     def unrelated(x):
         return os.path.join("a", str(x))
@@ -463,6 +473,14 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     assert [check(f, 2) for f in readers] == [6, 6, 9, 6]
     assert [hits(f) for f in readers] == [1, 1, 1, 1]
     assert check(computed, 2, "LOOKBACK") == 6 and hits(computed) == 0
+    # ignore_globals leaves out one variable, or all of them: the caller's word.
+    assert check(module.paused, 2) == 6 and module.told(2) == 6
+    monkeypatch.setenv("AFML_TEST_PAUSE", "0.01")
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "4")
+    assert check(module.paused, 2) == 8 and module.told(2) == 6
+    monkeypatch.setenv("AFML_TEST_PAUSE", "0.02")
+    assert check(module.paused, 2) == 8
+    assert [hits(module.paused), hits(module.told)] == [1, 1]
     check(module.unrelated, 2)
     monkeypatch.setenv("AFML_TEST_LOOKBACK", "4")
     check(module.unrelated, 2)

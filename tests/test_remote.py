@@ -373,7 +373,7 @@ def _rebuild(values):
     return Labels(values)
 
 
-@robust_cacheable
+@robust_cacheable(ignore_globals=('os.environ["MACHINE_COMPUTE_SECONDS"]',))  # how long, not what
 def labels(n):
     (MARKS / f"computed-{os.getpid()}").touch()
     time.sleep(float(os.environ.get("MACHINE_COMPUTE_SECONDS", "0")))

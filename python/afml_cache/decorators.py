@@ -375,8 +375,16 @@ class _Engine:
         if known is None or known[0] != code:
             own = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
             known = self._known_identity = (code, fingerprint(own), {})
-        if live and self.options.ignore_globals:
-            live = tuple(item for item in live if item[0] not in self.options.ignore_globals)
+        ignored = self.options.ignore_globals
+        if live and ignored:
+            # "os.environ" leaves out every variable, as 'os.environ["K"]' leaves out one.
+            every_variable = "os.environ" in ignored
+            live = tuple(
+                item
+                for item in live
+                if item[0] not in ignored
+                and not (every_variable and item[0].startswith("os.environ["))
+            )
         return known, live
 
     def _key(

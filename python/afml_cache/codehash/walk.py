@@ -302,9 +302,9 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         if _reads_environment(fn, references):
             # Settings read from the environment count by content: the variables it names
             # (`os.environ["LOOKBACK"]`), or all of them if it reads it otherwise.
-            variables = _environment_variables(fn.__code__)
-            refs[("os.environ",)] = ("live", "os.environ", variables)
-            node.live.append(("os.environ", _environment_reader(variables)))
+            for name, reader in _environment_readers(_environment_variables(fn.__code__)):
+                refs[(name,)] = ("live", name)
+                node.live.append((name, reader))
         if _reads_globals_by_name(fn, references):
             scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
             node.globals_size = len(scope)
@@ -385,10 +385,16 @@ def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> b
     return False
 
 
-def _environment_reader(variables: tuple[str, ...] | None) -> Callable[[Any], Any]:
+def _environment_readers(variables: tuple[str, ...] | None) -> list[Live]:
+    """The live values of the environment a function reads: each variable it names, as
+    ``os.environ["K"]`` (which ``ignore_globals`` may list), or all of them, as ``os.environ``."""
     if variables is None:
-        return lambda _fn: dict(os.environ)
-    return lambda _fn: tuple((name, os.environ.get(name)) for name in variables)
+        return [("os.environ", lambda _fn: dict(os.environ))]
+    return [(f'os.environ["{name}"]', _variable_reader(name)) for name in variables]
+
+
+def _variable_reader(name: str) -> Callable[[Any], str | None]:
+    return lambda _fn: os.environ.get(name)
 
 
 def _unless_written_only(fn: types.FunctionType, name: str, value: object, part: Any) -> Any:
