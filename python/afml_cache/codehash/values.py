@@ -249,9 +249,9 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
 
 def _by_content(obj: object) -> tuple[Any, Check]:
     """A value: by value, computed once, if it cannot change; by its content at each call if it
-    has a fingerprint, or a pickle reduction (an instance of a plain class: its state may decide
-    the result, so it counts, through the fallback and its warning, at each call); by its
-    type's qualified name if it has neither (a lock, an open client)."""
+    has a fingerprint, or else a pickle reduction (an instance of a plain class, whose state
+    may decide the result); by its type's qualified name if it has neither (a lock, an open
+    connection)."""
     try:
         digest = fingerprint(obj, strict=True)
     except FingerprintError:

@@ -15,7 +15,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
@@ -359,30 +359,32 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
 def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
     """Whether ``fn`` can read its module's globals by names it computes: it calls
     ``globals()``, ``eval`` or ``exec``, or reads ``sys.modules``."""
-    for ref in references:
-        if ref[0] == "state":
-            continue
-        start = _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref)
+    for start, attrs in _starts(fn, references):
         if start is sys:
-            if ref[-1][:1] == ("modules",):
+            if attrs[:1] == ("modules",):
                 return True
-        elif not ref[-1] and any(start is read for read in _READ_GLOBALS):
+        elif not attrs and any(start is read for read in _READ_GLOBALS):
             return True
     return False
 
 
 def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
     """Whether ``fn`` reads the process environment (``os.environ``, ``os.getenv``)."""
-    for ref in references:
-        if ref[0] == "state":
-            continue
-        start = _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref)
+    for start, attrs in _starts(fn, references):
         if start is os:
-            if ref[-1][:1] and ref[-1][0] in _ENVIRONMENT_NAMES:
+            if attrs[:1] and attrs[0] in _ENVIRONMENT_NAMES:
                 return True
         elif any(start is reader for reader in _ENVIRONMENT):
             return True
     return False
+
+
+def _starts(fn: types.FunctionType, references: tuple[Ref, ...]) -> Iterator[tuple[object, Any]]:
+    """The object each reference that reads (not a global the function assigns) starts from,
+    with the attributes that follow it."""
+    for ref in references:
+        if ref[0] != "state":
+            yield _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref), ref[-1]
 
 
 def _environment_readers(variables: tuple[str, ...] | None) -> list[Live]:
