@@ -119,29 +119,35 @@ def test_params_edited_on_disk_are_a_miss_after_a_restart(cache_dir: Path, tmp_p
     def scaled(x):
         return x * PARAMS["k"]
     """)
-    directory = tmp_path / "project"
-    directory.mkdir()
-    module = directory / "research_params.py"
-    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
-    script = "import research_params; print(research_params.scaled(2.0))"
+    run = Restarts(tmp_path, cache_dir, "research_params", "scaled(2.0)")
+    assert run(source) == "2.0"
+    assert run(source) == "2.0"
+    assert run(source.replace('{"k": 1.0}', '{"k": 3.0}')) == "6.0"
 
-    def run() -> str:
+
+class Restarts:
+    """Writes a module to a project directory and prints one call of it in a new interpreter
+    each time, as a user editing code between runs of a script."""
+
+    def __init__(self, tmp_path: Path, cache_dir: Path, module: str, call: str) -> None:
+        self.directory = tmp_path / "project"
+        self.directory.mkdir()
+        self.file = self.directory / f"{module}.py"
+        self.script = f"import {module}; print({module}.{call})"
+        self.env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def __call__(self, source: str) -> str:
+        self.file.write_text(source)
         done = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=directory,
-            env=env,
+            [sys.executable, "-c", self.script],
+            cwd=self.directory,
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=300,
             check=True,
         )
         return done.stdout.strip()
-
-    module.write_text(source)
-    assert run() == "2.0"
-    assert run() == "2.0"
-    module.write_text(source.replace('{"k": 1.0}', '{"k": 3.0}'))
-    assert run() == "6.0"
 
 
 @pytest.mark.parametrize(
@@ -506,28 +512,9 @@ def test_a_single_dispatch_helper_counts_every_implementation(
     def feature(x):
         return scale(x)
     """)
-    directory = tmp_path / "project"
-    directory.mkdir()
-    module_file = directory / "research_dispatch.py"
-    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
-    script = "import research_dispatch; print(research_dispatch.feature(2.0))"
-
-    def run() -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=directory,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        return done.stdout.strip()
-
-    module_file.write_text(source)
-    assert run() == "2.0"
-    module_file.write_text(source.replace("x * 1", "x * 2"))  # an implementation edited
-    assert run() == "4.0"
+    run = Restarts(tmp_path, cache_dir, "research_dispatch", "feature(2.0)")
+    assert run(source) == "2.0"
+    assert run(source.replace("x * 1", "x * 2")) == "4.0"  # an implementation edited
 
     module = load(source)
     assert check(module.feature, 2.0) == 2.0
