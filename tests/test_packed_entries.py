@@ -314,7 +314,7 @@ def test_a_record_framed_as_another_keys_entry_is_a_miss_never_unpickled(tmp_pat
     assert Cache(directory).get("trap")["data"] == list(range(20))  # the trap's own record stays
 
 
-def test_a_damaged_frame_hides_what_follows_it_and_nothing_is_misread(tmp_path):
+def test_a_damaged_frame_loses_its_own_record_and_nothing_is_misread(tmp_path):
     directory, marker = tmp_path / "cache", tmp_path / "unpickled"
     store_small_detonator(directory, marker)
     trap = locate(directory, "trap")
@@ -325,14 +325,16 @@ def test_a_damaged_frame_hides_what_follows_it_and_nothing_is_misread(tmp_path):
         pack.write(bytes([byte[0] ^ 0x01]))
     fresh = Cache(directory)
     assert fresh.get("trap", MISSING) is MISSING
-    (later,) = shard_mates("trap", BEFORE + AFTER)[BEFORE:]
-    assert fresh.get(later, MISSING) is MISSING  # behind the damaged frame: a miss, not misread
     assert not marker.exists()
-    assert_bystanders_intact(directory, after=False)
-    assert fresh.check() != []
-    fresh.check(fix=True)
+    assert_bystanders_intact(directory)  # the record after the damaged frame is read too
+    (later,) = shard_mates("trap", BEFORE + AFTER)[BEFORE:]
+    fresh.set(later, ("bystander", later))  # a writer appends; it cuts nothing off
+    assert_bystanders_intact(directory)
+    assert [p["path"] for p in fresh.check()] == [str(trap.path)]
+    fresh.check(fix=True)  # compacts the damaged stretch away
     assert_disk_agrees(directory)
-    assert_bystanders_intact(directory, after=False)
+    assert_bystanders_intact(directory)
+    assert Cache(directory).get("trap", MISSING) is MISSING and not marker.exists()
 
 
 def test_a_torn_append_is_never_read_and_the_next_writer_cuts_it_off(directory):
