@@ -1,7 +1,7 @@
 # One entry point for the usual chores; CI runs `make test`.
 PYTHON ?= python3
 
-.PHONY: help build test lint rust-components bench demo
+.PHONY: help build test lint rust-components browser bench demo
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -9,7 +9,7 @@ help: ## list the targets
 build: ## build the extension (release) and install the package in editable mode
 	$(PYTHON) -m pip install -e .
 
-test: ## install what tests and lint need, build in release mode, lint, cargo test, pytest
+test: browser ## install what tests and lint need, build in release mode, lint, cargo test, pytest
 	$(PYTHON) -m pip install -e ".[test]"
 	$(MAKE) lint
 	cargo test --lib
@@ -26,6 +26,14 @@ lint: rust-components ## rustfmt, clippy -D warnings, ruff, and the stub check o
 rust-components:
 	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 \
 		|| rustup component add clippy rustfmt
+
+# Headless Chromium renders the backtest report for its screenshot test: Debian's package, where
+# it can be installed (root with apt); elsewhere that one test is skipped, and says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+			&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the report's screenshot test will be skipped"
 
 bench: ## measure afml-cache beside joblib, diskcache, cachier, pandas, blake3, MLflow, np.save/np.load and obstore
 	$(PYTHON) -m pip install -e ".[bench,mlflow,test]"
