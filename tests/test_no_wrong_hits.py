@@ -592,6 +592,34 @@ def test_a_vectorized_helper_and_a_partial_method_count_by_what_they_call(
     assert check(nb["width"], 2) == 6
 
 
+def test_a_user_module_held_in_a_closure_or_a_default_counts_by_its_globals(
+    cache_dir: Path, load: Loader
+) -> None:
+    cfg = load("K = 2\n", name=f"cfg_{uuid.uuid4().hex}")
+    module = load(f"""
+    import {cfg.__name__} as cfg
+    from afml_cache import cacheable
+
+    def make(settings):
+        @cacheable
+        def closed(x):
+            return settings.K * x
+        return closed
+
+    closed = make(cfg)
+
+    @cacheable
+    def defaulted(x, settings=cfg):
+        return settings.K * x
+    """)
+    functions = [module.closed, module.defaulted]
+    assert [check(f, 3) for f in functions] == [6, 6]
+    cfg.K = 5
+    assert [check(f, 3) for f in functions] == [15, 15]
+    assert [check(f, 3) for f in functions] == [15, 15]
+    assert [hits(f) for f in functions] == [1, 1]
+
+
 def test_objects_without_a_fingerprint_count_by_type_and_name(
     cache_dir: Path, load: Loader
 ) -> None:

@@ -334,6 +334,16 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
                 node.live.append(
                     (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
                 )
+        held = [
+            *map(_cell_contents, fn.__closure__ or ()),
+            *(fn.__defaults__ or ()),
+            *(fn.__kwdefaults__ or {}).values(),
+        ]
+        for value in held:
+            # A module of the user's code held as a value (`make(cfg)`, `def f(x, m=cfg)`):
+            # every name in it counts, as for one a global names (`_function_reference`).
+            if issubclass(type(value), types.ModuleType) and _is_user_module(value):  # type: ignore[arg-type]
+                _function_reference(fn, ("import", 0, value.__name__, ()), node, refs, children)
         form = (
             "function",
             fn.__qualname__,
