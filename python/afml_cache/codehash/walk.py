@@ -342,7 +342,7 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         for value in held:
             # A module of the user's code held as a value (`make(cfg)`, `def f(x, m=cfg)`):
             # every name in it counts, as for one a global names (`_function_reference`).
-            if issubclass(type(value), types.ModuleType) and _is_user_module(value):  # type: ignore[arg-type]
+            if _is_user_module_value(value):
                 _function_reference(fn, ("import", 0, value.__name__, ()), node, refs, children)
         form = (
             "function",
@@ -364,6 +364,11 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.defaults_id = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _is_user_module_value(value: object) -> bool:
+    # type(), not isinstance(): a hostile object's __class__ may raise.
+    return issubclass(type(value), types.ModuleType) and _is_user_module(value)  # type: ignore[arg-type]
 
 
 def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
@@ -513,8 +518,7 @@ def _function_reference(
                 (".".join(label[1:] if ref[0] == "import" else label), _path_reader(followed))
             )
     refs[label] = part
-    # type(), not isinstance(): a hostile object's __class__ may raise.
-    if whole_modules and issubclass(type(current), types.ModuleType) and _is_user_module(current):  # type: ignore[arg-type]
+    if whole_modules and _is_user_module_value(current):
         namespace = dict(vars(current))  # one snapshot, even if another thread edits it
         node.namespaces.append((weakref.ref(current), len(namespace)))
         for name in namespace:
