@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from afml_cache._core import fingerprint
 from afml_cache.codehash.bytecode import (
+    _ENVIRONMENT_NAMES,
     _WRITTEN_TYPES,
     Ref,
     _cached_references,
@@ -76,7 +77,6 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
 # Builtins through which code reads its module's globals by names it computes.
 _READ_GLOBALS: Final = (builtins.globals, builtins.eval, builtins.exec)
 # The process environment's readers, reached as `os.<name>` or bound to a name of their own.
-_ENVIRONMENT_NAMES: Final = ("environ", "environb", "getenv", "getenvb")
 _ENVIRONMENT: Final = tuple(getattr(os, name) for name in _ENVIRONMENT_NAMES if hasattr(os, name))
 # Globals no code reads by a computed name: dunders, and IPython's history of a notebook's inputs
 # and outputs (which change at every cell).
@@ -308,9 +308,8 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         if _reads_globals_by_name(fn, references):
             scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
             node.globals_size = len(scope)
-            for name in scope:
-                if not _UNREAD_GLOBALS.fullmatch(name):
-                    _function_reference(fn, ("global", name, ()), node, refs, children)
+            for name in _read_names(scope):
+                _function_reference(fn, ("global", name, ()), node, refs, children)
         cells = []
         for i, (name, cell) in enumerate(
             zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True)
@@ -364,6 +363,11 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.defaults_id = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _read_names(namespace: dict[str, Any]) -> list[str]:
+    """The names of a namespace that code may read by a name it computes."""
+    return [name for name in namespace if not _UNREAD_GLOBALS.fullmatch(name)]
 
 
 def _is_user_module_value(value: object) -> bool:
@@ -521,10 +525,9 @@ def _function_reference(
     if whole_modules and _is_user_module_value(current):
         namespace = dict(vars(current))  # one snapshot, even if another thread edits it
         node.namespaces.append((weakref.ref(current), len(namespace)))
-        for name in namespace:
-            if not _UNREAD_GLOBALS.fullmatch(name):
-                member = (*followed[:-1], (*followed[-1], name))
-                _function_reference(fn, member, node, refs, children, whole_modules=False)
+        for name in _read_names(namespace):
+            member = (*followed[:-1], (*followed[-1], name))
+            _function_reference(fn, member, node, refs, children, whole_modules=False)
 
 
 def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
