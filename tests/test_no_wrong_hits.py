@@ -549,6 +549,46 @@ def test_instances_of_plain_classes_count_by_their_state(cache_dir: Path, load: 
     assert check(module.span, 1) == 40 and hits(module.span) == 1
 
 
+def test_a_global_the_call_changes_is_named_once(cache_dir: Path, load: Loader) -> None:
+    # A session or a counter read as a global counts by its state, which the call itself
+    # changes: every call is a miss. The user hears which global, once, and ignore_globals=
+    # makes the calls hit.
+    source = """
+    from afml_cache import cacheable
+
+    class Session:
+        def __init__(self):
+            self.requests = 0
+
+        def get(self, x):
+            self.requests += 1
+            return x * 2
+
+    SESSION = Session()
+    CALLS = {"n": 0}
+
+    @cacheable
+    def fetch(x):
+        CALLS["n"] += 1
+        return SESSION.get(x)
+
+    @cacheable(ignore_globals=("SESSION",))
+    def fetch_ignoring(x):
+        return SESSION.get(x)
+    """
+    module = load(source)
+    with pytest.warns(afml_cache.CacheWarning) as caught:
+        assert module.fetch(1) == 2
+    assert len(caught) == 1
+    assert "changed 'CALLS', 'SESSION' while it ran" in str(caught[0].message)
+    assert "ignore_globals=('CALLS', 'SESSION',)" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert module.fetch(1) == 2 and hits(module.fetch) == 0  # warned once only
+        assert module.fetch_ignoring(1) == 2
+        assert module.fetch_ignoring(1) == 2 and hits(module.fetch_ignoring) == 1
+
+
 def test_a_vectorized_helper_and_a_partial_method_count_by_what_they_call(
     cache_dir: Path,
 ) -> None:
@@ -664,7 +704,11 @@ def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: L
         return x * 2
     """)
     for fn in (module.f, module.g, module.h):
-        assert fn(1) == 2
+        if fn is module.g:  # its call changes what it reads: every call misses, it warns once
+            with pytest.warns(afml_cache.CacheWarning, match="g changed 'CALLS' while it ran"):
+                assert fn(1) == 2
+        else:
+            assert fn(1) == 2
         assert fn(1) == 2
     assert (hits(module.f), hits(module.g), hits(module.h)) == (1, 0, 1)
     assert module.CALLS == {"n": 3} and module.LOG == [1]
@@ -903,6 +947,124 @@ def test_a_function_argument_that_cannot_be_read_runs_uncached(
         assert module.apply(module.helper, 1) == (True, 1)
     assert len(caught) == 1
     assert module.apply.cache_entries() == []
+
+
+# --- files that Path arguments name ------------------------------------------------------------
+
+
+def test_a_file_rewritten_under_the_same_path_is_a_miss(cache_dir: Path, tmp_path: Path) -> None:
+    calls = []
+
+    @afml_cache.cacheable
+    def load(path):
+        calls.append(path)
+        return pd.read_csv(path)
+
+    data = tmp_path / "ES.csv"
+    data.write_text("close\n1.0\n2.0\n")
+    assert check(load, data)["close"].sum() == 3.0
+    data.write_text("close\n1.0\n5.0\n")  # the morning's download, same size
+    assert check(load, data)["close"].sum() == 6.0
+    before = data.stat()
+    data.write_text("close\n1.0\n7.0\n")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # a copy that keeps the times
+    assert check(load, data)["close"].sum() == 8.0
+    replacement = tmp_path / "ES.csv.new"
+    replacement.write_text("close\n1.0\n2.0\n")
+    replacement.replace(data)  # the first bytes again, by rename: a new inode, the old entry
+    hits_before = hits(load)
+    assert check(load, data)["close"].sum() == 3.0
+    assert hits(load) == hits_before + 1
+    assert len(calls) == 7  # three misses, each with its uncached check, and the last check
+
+
+def test_a_directory_counts_by_every_file_under_it(cache_dir: Path, tmp_path: Path) -> None:
+    @afml_cache.cacheable
+    def load(folder):
+        return sum(pd.read_csv(f)["x"].sum() for f in sorted(folder.rglob("*.csv")))
+
+    dataset = tmp_path / "bars"
+    (dataset / "year=2024").mkdir(parents=True)
+    (dataset / "year=2024" / "a.csv").write_text("x\n1\n")
+    assert check(load, dataset) == 1
+    (dataset / "year=2025").mkdir()
+    (dataset / "year=2025" / "a.csv").write_text("x\n2\n")  # a partition added
+    assert check(load, dataset) == 3
+    (dataset / "year=2024" / "a.csv").write_text("x\n5\n")  # a file changed deep inside
+    assert check(load, dataset) == 7
+    assert check(load, dataset) == 7 and hits(load) == 1
+
+
+def test_a_data_root_of_many_files_counts_by_its_path_with_a_warning(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afml_cache import files
+
+    monkeypatch.setattr(files, "DIRECTORY_FILES", 3)
+    root = tmp_path / "bars"
+    root.mkdir()
+    for symbol in ("ES", "NQ", "CL", "GC"):
+        (root / f"{symbol}.csv").write_text("x\n1\n")
+
+    @afml_cache.cacheable
+    def load(symbol, root):
+        return pd.read_csv(root / f"{symbol}.csv")["x"].sum()
+
+    with pytest.warns(afml_cache.CacheWarning, match="holds more than 3 files") as caught:
+        assert load("ES", root) == 1
+    assert caught[0].filename == __file__  # pointed at the user's call
+    assert load("NQ", root) == 1 and load("ES", root) == 1 and hits(load) == 1
+
+
+def test_paths_in_a_list_and_a_path_to_be_written(cache_dir: Path, tmp_path: Path) -> None:
+    @afml_cache.cacheable
+    def total(paths):
+        return sum(float(p.read_text()) for p in paths)
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("1")
+    second.write_text("2")
+    assert check(total, [first, second]) == 3.0
+    second.write_text("4")
+    assert check(total, [first, second]) == 5.0
+    first.write_text("8")
+    assert check(total, (first, second)) == 12.0
+    assert check(total, (first, second)) == 12.0 and hits(total) == 1
+
+    @afml_cache.cacheable(ignore=("out",))
+    def report(value, out):
+        out.write_text(str(value))
+        return value * 2
+
+    out = tmp_path / "report.txt"  # named before it exists: the path alone counts, or ignore=
+    assert report(3, out) == 6 and report(3, out) == 6 and hits(report) == 1
+
+
+def test_a_large_file_is_hashed_in_blocks_and_each_byte_counts(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afml_cache import files
+
+    monkeypatch.setattr(files, "_BLOCK", 4096)
+    data = tmp_path / "big.bin"
+    payload = bytearray(np.random.default_rng(1).integers(0, 256, 3 * 4096 + 17, dtype=np.uint8))
+    data.write_bytes(payload)
+    first = files.content_digest(data)
+    data.write_bytes(payload)  # rewritten with the same bytes: the same digest
+    assert files.content_digest(data) == first
+    payload[-1] ^= 1
+    data.write_bytes(payload)
+    assert files.content_digest(data) != first
+    assert files.content_digest(tmp_path / "missing") is None
+
+    @afml_cache.cacheable
+    def checksum(path):
+        return int(np.frombuffer(path.read_bytes(), dtype=np.uint8).astype(np.int64).sum())
+
+    assert check(checksum, data) == sum(payload)
+    payload[4096] ^= 255  # inside a middle block
+    data.write_bytes(payload)
+    assert check(checksum, data) == sum(payload)
 
 
 # --- the decorator never changes what a call means ------------------------------------------

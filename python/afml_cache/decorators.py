@@ -42,7 +42,8 @@ from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
 from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
 from afml_cache.codehash.walk import LiveValues, lone_code_state
-from afml_cache.errors import CacheError, CacheWarning, FingerprintError
+from afml_cache.errors import CacheError, CacheWarning, FingerprintError, caller_stacklevel
+from afml_cache.files import file_contents
 from afml_cache.report import format_latency, format_size
 
 __all__ = [
@@ -304,6 +305,10 @@ class _Engine:
         # While the function's walk is its own node alone: `lone_code_state`'s answer.
         self._lone: _Lone | None = None
         self._not_lone = ""  # the code fingerprint last found not to be its own node alone
+        # Whether the next call notes the values it reads by content (its first call under a
+        # code fingerprint), and their digests, which that call compares after a miss.
+        self._watch_next = True
+        self._watching: tuple[tuple[str, str], ...] = ()
         # How many arguments a call gives by position when its key may be remembered: all of
         # them (defaults, which may be mutable, never enter); -1 for none.
         binder = self._binder
@@ -375,6 +380,7 @@ class _Engine:
         if known is None or known[0] != code:
             own = ("afml-cache call", SPEC_VERSION, self.name, code, self.options.version)
             known = self._known_identity = (code, fingerprint(own), {})
+            self._watch_next = True
         ignored = self.options.ignore_globals
         if live and ignored:
             # "os.environ" leaves out every variable, as 'os.environ["K"]' leaves out one.
@@ -392,13 +398,17 @@ class _Engine:
     ) -> str | None:
         """The digest of: the function's identity (``state``, read now if None: see `_state`);
         the code of the user classes among the arguments (or their instances' classes); the
-        arguments; the time ranges; then, if its code reads values that count by content, the
+        arguments; the time ranges; the contents of the files that ``Path`` arguments name
+        (`file_contents`); then, if its code reads values that count by content, the
         digest of that digest and those values. None when it runs uncached."""
         live: LiveValues = ()
         try:
             known, live = self._state() if state is None else state
             classes = arguments_code(arguments.values())
             material = (known[1], (), classes, tuple(arguments.items()), ranges)
+            files = file_contents(arguments)
+            if files:  # the keys of calls without paths stay as they were
+                material = (*material, files)
             key = fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
             self._unkeyed(exc, arguments, live)
@@ -409,10 +419,42 @@ class _Engine:
         """The key of a call to a function that reads ``live`` values by content: that of the
         same call without them (which may be remembered, see `_remembered_key`) and them."""
         try:
+            if self._watch_next:
+                self._watch(live)
             return fingerprint(("afml-cache live values", key, live), strict=self.options.strict)
         except FingerprintError as exc:
             self._unkeyed(exc, arguments, live)
             return None
+
+    def _watch(self, live: LiveValues) -> None:
+        """Notes the digest of each value the function reads by content, at its first call
+        under a code fingerprint, for `_changed_while_running` to compare after a miss."""
+        self._watch_next = False
+        self._watching = tuple((name, fingerprint(value)) for name, value in live)
+
+    def _changed_while_running(self, watching: tuple[tuple[str, str], ...]) -> None:
+        """After a miss whose key noted ``watching`` (see `_watch`): warns once if the call
+        changed values its key holds (a call counter, a session's request count, a dict the
+        function fills). Each call then misses, as its key differs from the one its result was
+        stored under; the user should hear which global to list in ``ignore_globals=``."""
+        try:
+            now = dict(self._state()[1])
+            changed = [
+                name
+                for name, digest in watching
+                if name in now and fingerprint(now[name]) != digest
+            ]
+        except FingerprintError:
+            return
+        if changed:
+            names = ", ".join(repr(name) for name in changed)
+            self._warn_once(
+                "changed globals",
+                f"afml_cache: {self.name} changed {names} while it ran, and what it reads "
+                "counts in its key, so every such call is a miss. If that state does not "
+                "decide the result (a counter, a session, a client), list it in "
+                f"ignore_globals=({names},)",
+            )
 
     def _unkeyed(self, error: Exception, arguments: dict[str, Any], live: LiveValues) -> None:
         """Raises (strict) or warns once that the call runs uncached, naming what has no
@@ -505,6 +547,7 @@ class _Engine:
         """The entries, key and details of a call, or None when it must run uncached."""
         if not config.cache_enabled():
             return None
+        self._watching = ()  # only the digests this call's key notes count for it
         view = self._open()
         if view is None:
             return None
@@ -557,6 +600,7 @@ class _Engine:
         if prepared is None:
             return self.fn(*args, **kwargs)
         entries, key, call = prepared
+        watching, self._watching = self._watching, ()
         found, value, compute_time = self._lookup(entries, key)
         if found:
             self._record_hit(entries, key, compute_time, start)
@@ -580,6 +624,8 @@ class _Engine:
             if lock is not None:
                 lock.release()
         self._record_miss(entries, key, elapsed, start)
+        if watching:
+            self._changed_while_running(watching)
         return result
 
     def _lookup(self, entries: Entries, key: str, *, copy: bool = True) -> tuple[bool, Any, float]:
@@ -606,6 +652,7 @@ class _Engine:
         if prepared is None:
             return await self.fn(*args, **kwargs)
         entries, key, call = prepared
+        watching, self._watching = self._watching, ()
         found, value, compute_time = self._lookup(entries, key)
         if found:
             self._record_hit(entries, key, compute_time, start)
@@ -616,6 +663,8 @@ class _Engine:
         elapsed = time.perf_counter() - computing
         self._store(entries, key, result, elapsed, call)
         self._record_miss(entries, key, elapsed, start)
+        if watching:
+            self._changed_while_running(watching)
         return result
 
     def _store(
@@ -799,12 +848,3 @@ def _say(line: str) -> None:
     """One line of ``verbose`` output, on stderr as it is now (pytest's capture, a notebook's)."""
     with contextlib.suppress(OSError, ValueError):  # a closed stderr: the call goes on
         print(f"[afml_cache] {line}", file=sys.stderr, flush=True)
-
-
-def caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside afml_cache: the
-    user's call of the decorated function (for the integrations' warnings too)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("afml_cache"):
-        frame, level = frame.f_back, level + 1
-    return level

@@ -4,6 +4,8 @@ fingerprint failure; every warning is a `CacheWarning`, so users filter them by 
 
 from __future__ import annotations
 
+import sys
+
 __all__ = ["CacheError", "CacheWarning", "FingerprintError", "StoreError"]
 
 
@@ -28,3 +30,12 @@ class CacheWarning(UserWarning):
     argument fingerprinted through its pickle reduction, a setting that was not understood.
 
     ``warnings.filterwarnings("ignore", category=afml_cache.CacheWarning)`` silences them all."""
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside afml_cache: the
+    user's call of the decorated function (for the integrations' warnings too)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("afml_cache"):
+        frame, level = frame.f_back, level + 1
+    return level

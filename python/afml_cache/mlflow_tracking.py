@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from afml_cache import config
 from afml_cache._core import fingerprint
-from afml_cache.decorators import caller_stacklevel, function_name
-from afml_cache.errors import CacheError, CacheWarning, FingerprintError
+from afml_cache.decorators import function_name
+from afml_cache.errors import CacheError, CacheWarning, FingerprintError, caller_stacklevel
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,0 +1,150 @@
+"""The files a call's ``pathlib.Path`` arguments name count by their content.
+
+``load_bars(Path("data/ES.parquet"))`` reads a file that a morning job rewrites: a key made of
+the path alone would return yesterday's bars. A ``Path`` argument (alone, or in a list or tuple
+of paths) that names a regular file counts by the digest of its bytes, and one that names a
+directory by the relative names and digests of every file under it (a partitioned Parquet
+dataset). A path that names nothing counts by the path alone (an output the call will write),
+and so does a directory of more than `DIRECTORY_FILES` files, with a warning.
+
+A digest is computed once per version of a file: it is remembered by the file's identity and
+state (device, inode, size, modification and change times), which a rewrite, an append or a
+replacement by rename changes. So a hit costs a ``stat`` per file, and the key is the same on
+every machine that holds the same bytes (a shared remote store serves them all).
+
+A plain string is a string: ``load_bars("data/ES.parquet")`` counts the path only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import stat
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from afml_cache._core import fingerprint
+from afml_cache.errors import CacheWarning, caller_stacklevel
+
+# Digests of file contents by (path, device, inode, size, mtime, ctime); forgotten all at once
+# beyond this many (a few times the largest directory counted, so it never thrashes).
+_REMEMBERED = 50_000
+_digests: dict[tuple[Any, ...], str] = {}
+# Argument types that are neither paths nor sequences that may hold paths: skipped at once.
+_NOT_PATHS: set[type] = set()
+# A directory's files are listed at each call: beyond this many, it counts by its path only
+# (a data root the function picks one file from), with one warning per directory.
+DIRECTORY_FILES = 10_000
+_warned: set[pathlib.Path] = set()
+# A file is hashed a block at a time: the blocks' digests make its digest.
+_BLOCK = 16 * 1024 * 1024
+
+
+def file_contents(arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """``(argument name, content)`` for each argument that is a ``pathlib.Path`` or a list or
+    tuple of them, where content is a digest per path (None for a path that names nothing);
+    empty when there are none, as for nearly every call."""
+    if _NOT_PATHS.issuperset(map(type, arguments.values())):
+        return ()
+    found = []
+    for name, value in arguments.items():
+        cls = type(value)
+        if cls in _NOT_PATHS:
+            continue
+        if isinstance(value, pathlib.Path):
+            found.append((name, content_digest(value)))
+        elif cls in (list, tuple):
+            if value and all(isinstance(item, pathlib.Path) for item in value):
+                found.append((name, tuple(map(content_digest, value))))
+        else:
+            _NOT_PATHS.add(cls)
+    return tuple(found)
+
+
+def content_digest(path: pathlib.Path) -> str | None:
+    """The digest of what ``path`` names: a file's bytes, a directory's files by relative name
+    (symbolic links followed); None if it names nothing this user can see, or something that
+    cannot be read without consuming it (a pipe, a socket)."""
+    try:
+        found = path.stat()
+    except OSError:  # missing, or behind a folder this user cannot enter: the path alone
+        return None
+    if stat.S_ISDIR(found.st_mode):
+        files = tuple(itertools.islice(_directory(path), DIRECTORY_FILES + 1))
+        if len(files) > DIRECTORY_FILES:  # listed, not yet read
+            _too_large(path)
+            return None
+        digests = tuple((name, _file_digest(file, found)) for name, file, found in files)
+        return fingerprint(("afml-cache directory", digests))
+    return _file_digest(os.fspath(path), found)
+
+
+def _too_large(path: pathlib.Path) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        warnings.warn(
+            f"afml_cache: the directory {os.fspath(path)!r}, a Path argument, holds more than "
+            f"{DIRECTORY_FILES:,} files, too many to check at each call, so it counts by its "
+            "path only and a change to its files is not seen; pass the files or the folder the "
+            "function reads",
+            CacheWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
+
+def _directory(root: pathlib.Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    """``(relative name, path, stat)`` of every file under ``root``, in a fixed order."""
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders.sort()  # os.walk descends in this order
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            try:
+                found = os.stat(path)
+            except OSError:  # a dangling link, or removed meanwhile
+                continue
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            yield relative, path, found
+
+
+def _file_digest(path: str, found: os.stat_result) -> str | None:
+    if not stat.S_ISREG(found.st_mode):
+        return None
+    identity = _identity(path, found)
+    digest = _digests.get(identity)
+    if digest is not None:
+        return digest
+    try:
+        digest = _hash_file(path)
+        unchanged = _identity(path, os.stat(path)) == identity
+    except OSError:  # unreadable: its state, which a rewrite changes, stands for its bytes
+        return fingerprint(("afml-cache unreadable file", identity))
+    if unchanged:  # else rewritten while being read: hash it again at the next call
+        if len(_digests) >= _REMEMBERED:
+            _digests.clear()
+        _digests[identity] = digest
+    return digest
+
+
+def _identity(path: str, found: os.stat_result) -> tuple[Any, ...]:
+    return (path, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+def _hash_file(path: str) -> str:
+    """The digest of a file's bytes, read a block at a time into one buffer (a mapping would
+    crash the process if another one truncated the file meanwhile)."""
+    block = np.empty(_BLOCK, dtype=np.uint8)
+    view = memoryview(block)
+    digests = []
+    with open(path, "rb", buffering=0) as file:
+        filled = _BLOCK
+        while filled == _BLOCK:  # a short block is the last
+            filled = 0
+            while filled < _BLOCK and (read := file.readinto(view[filled:])):
+                filled += read  # a read may return less than asked before the end
+            if filled:
+                digests.append(fingerprint(block[:filled]))
+    return fingerprint(("afml-cache file", tuple(digests)))
