@@ -1066,6 +1066,18 @@ def test_a_large_file_is_hashed_in_blocks_and_each_byte_counts(
     data.write_bytes(payload)
     assert check(checksum, data) == sum(payload)
 
+    # Past CONTENT_LIMIT a file counts by its state: a rewrite of the same size and times is
+    # still a miss (the change time moves), a copy of the same bytes is another state.
+    monkeypatch.setattr(files, "CONTENT_LIMIT", 1024)
+    before = data.stat()
+    payload[0] ^= 1
+    data.write_bytes(payload)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert check(checksum, data) == sum(payload)
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(payload)
+    assert files.content_digest(copy) != files.content_digest(data)
+
 
 # --- the decorator never changes what a call means ------------------------------------------
 

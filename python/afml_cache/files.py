@@ -10,7 +10,9 @@ and so does a directory of more than `DIRECTORY_FILES` files, with a warning.
 A digest is computed once per version of a file: it is remembered by the file's identity and
 state (device, inode, size, modification and change times), which a rewrite, an append or a
 replacement by rename changes. So a hit costs a ``stat`` per file, and the key is the same on
-every machine that holds the same bytes (a shared remote store serves them all).
+every machine that holds the same bytes (a shared remote store serves them all). A file larger
+than `CONTENT_LIMIT` counts by that state itself: a rewrite is still a miss, but another copy of
+the same bytes (another machine's) is too.
 
 A plain string is a string: ``load_bars("data/ES.parquet")`` counts the path only.
 """
@@ -42,6 +44,9 @@ DIRECTORY_FILES = 10_000
 _warned: set[pathlib.Path] = set()
 # A file is hashed a block at a time: the blocks' digests make its digest.
 _BLOCK = 16 * 1024 * 1024
+# A larger file counts by its state instead (inode, size, times): hashing 20 GB of ticks at a
+# process's first call, when the function reads a day of them, would cost more than the call.
+CONTENT_LIMIT = 1024 * 1024 * 1024
 
 
 def file_contents(arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -114,6 +119,8 @@ def _file_digest(path: str, found: os.stat_result) -> str | None:
     if not stat.S_ISREG(found.st_mode):
         return None
     identity = _identity(path, found)
+    if found.st_size > CONTENT_LIMIT:  # its state, which a rewrite changes, stands for its bytes
+        return fingerprint(("afml-cache file state", identity[1:]))
     digest = _digests.get(identity)
     if digest is not None:
         return digest
