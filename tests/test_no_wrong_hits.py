@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -577,10 +578,13 @@ def test_a_global_the_call_changes_is_named_once(cache_dir: Path, load: Loader) 
         return SESSION.get(x)
     """
     module = load(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert module.fetch(1) == 2  # it may be the only call: nothing to say yet
     with pytest.warns(afml_cache.CacheWarning) as caught:
-        assert module.fetch(1) == 2
+        assert module.fetch(1) == 2  # reads them as the first call left them
     assert len(caught) == 1
-    assert "changed 'CALLS', 'SESSION' while it ran" in str(caught[0].message)
+    assert "changed 'CALLS', 'SESSION' as it ran" in str(caught[0].message)
     assert "ignore_globals=('CALLS', 'SESSION',)" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -704,12 +708,12 @@ def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: L
         return x * 2
     """)
     for fn in (module.f, module.g, module.h):
+        assert fn(1) == 2
         if fn is module.g:  # its call changes what it reads: every call misses, it warns once
-            with pytest.warns(afml_cache.CacheWarning, match="g changed 'CALLS' while it ran"):
+            with pytest.warns(afml_cache.CacheWarning, match="g changed 'CALLS' as it ran"):
                 assert fn(1) == 2
         else:
             assert fn(1) == 2
-        assert fn(1) == 2
     assert (hits(module.f), hits(module.g), hits(module.h)) == (1, 0, 1)
     assert module.CALLS == {"n": 3} and module.LOG == [1]
 
@@ -947,6 +951,56 @@ def test_a_function_argument_that_cannot_be_read_runs_uncached(
         assert module.apply(module.helper, 1) == (True, 1)
     assert len(caught) == 1
     assert module.apply.cache_entries() == []
+
+
+def test_draws_from_the_global_random_generators_count_their_seed(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load("""
+    import random
+    from random import random as uniform
+
+    import numpy as np
+    from afml_cache import cacheable
+
+    @cacheable
+    def bootstrap(n):
+        return float(np.random.choice(np.arange(100.0), n).mean())
+
+    @cacheable
+    def jitter(x):
+        return x + random.gauss(0, 1) + uniform()
+
+    @cacheable
+    def unseeded(n):
+        return float(np.random.normal(size=n).sum())
+
+    @cacheable
+    def reseeding(n):
+        np.random.seed(5)  # decides the state itself: the seed before the call does not count
+        return float(np.random.normal(size=n).sum())
+    """)
+
+    def seeded(seed: int, f: Any, *args: Any) -> Any:
+        np.random.seed(seed)
+        random.seed(seed)
+        got = f(*args)
+        np.random.seed(seed)
+        random.seed(seed)
+        same(got, f.uncached(*args))
+        return got
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # seeded before each call: nothing to warn about
+        for f, arg in ((module.bootstrap, 10), (module.jitter, 1.0)):
+            first = seeded(1, f, arg)
+            assert seeded(2, f, arg) != first  # was the first seed's result
+            assert seeded(1, f, arg) == first and hits(f) == 1
+        results = {module.reseeding(3) for _ in range(3)}
+        assert len(results) == 1 and hits(module.reseeding) >= 1
+    module.unseeded(10)
+    with pytest.warns(afml_cache.CacheWarning, match="seed the random generator"):
+        module.unseeded(10)  # not seeded again: it draws on from where the last call left
 
 
 # --- files that Path arguments name ------------------------------------------------------------

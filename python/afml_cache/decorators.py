@@ -305,10 +305,13 @@ class _Engine:
         # While the function's walk is its own node alone: `lone_code_state`'s answer.
         self._lone: _Lone | None = None
         self._not_lone = ""  # the code fingerprint last found not to be its own node alone
-        # Whether the next call notes the values it reads by content (its first call under a
-        # code fingerprint), and their digests, which that call compares after a miss.
+        # Whether the next call notes the digests of the values it reads by content (see
+        # `_watch`): its first call under a code fingerprint, and the one after a miss that
+        # changed them; those digests, which that call compares after a miss; and the values
+        # a miss changed, as it left them.
         self._watch_next = True
         self._watching: tuple[tuple[str, str], ...] = ()
+        self._left: dict[str, str] = {}
         # How many arguments a call gives by position when its key may be remembered: all of
         # them (defaults, which may be mutable, never enter); -1 for none.
         binder = self._binder
@@ -427,34 +430,40 @@ class _Engine:
             return None
 
     def _watch(self, live: LiveValues) -> None:
-        """Notes the digest of each value the function reads by content, at its first call
-        under a code fingerprint, for `_changed_while_running` to compare after a miss."""
+        """Notes the digest of each value the function reads by content (at its first call
+        under a code fingerprint), for `_changed_while_running` to compare after a miss. When
+        the miss before changed some (`_left`) and this call reads them as that miss left
+        them, nothing reset them between the calls (a counter, a session's request count, a
+        random generator not seeded again): each such call misses, and that warns once."""
         self._watch_next = False
         self._watching = tuple((name, fingerprint(value)) for name, value in live)
-
-    def _changed_while_running(self, watching: tuple[tuple[str, str], ...]) -> None:
-        """After a miss whose key noted ``watching`` (see `_watch`): warns once if the call
-        changed values its key holds (a call counter, a session's request count, a dict the
-        function fills). Each call then misses, as its key differs from the one its result was
-        stored under; the user should hear which global to list in ``ignore_globals=``."""
-        try:
-            now = dict(self._state()[1])
-            changed = [
-                name
-                for name, digest in watching
-                if name in now and fingerprint(now[name]) != digest
-            ]
-        except FingerprintError:
-            return
-        if changed:
-            names = ", ".join(repr(name) for name in changed)
+        left, self._left = self._left, {}
+        carried = [name for name, digest in self._watching if left.get(name) == digest]
+        if carried:
+            names = ", ".join(repr(name) for name in carried)
             self._warn_once(
                 "changed globals",
-                f"afml_cache: {self.name} changed {names} while it ran, and what it reads "
-                "counts in its key, so every such call is a miss. If that state does not "
-                "decide the result (a counter, a session, a client), list it in "
-                f"ignore_globals=({names},)",
+                f"afml_cache: {self.name} changed {names} as it ran, and this call reads "
+                f"{'it' if len(carried) == 1 else 'them'} as that call left "
+                f"{'it' if len(carried) == 1 else 'them'}: each such call is a miss, as what "
+                "the function reads counts in its key. Reset that state between calls (seed "
+                "the random generator) to have hits, or, if it does not decide the result (a "
+                f"counter, a session, a client), list it in ignore_globals=({names},)",
             )
+
+    def _changed_while_running(self, watching: tuple[tuple[str, str], ...]) -> None:
+        """After a miss whose key noted ``watching`` (see `_watch`): notes the values the call
+        changed, as it left them, for the next call's `_watch` to compare."""
+        try:
+            now = dict(self._state()[1])
+            left = {name: fingerprint(now[name]) for name, _ in watching if name in now}
+        except FingerprintError:
+            return
+        self._left = {
+            name: left[name] for name, digest in watching if left.get(name, digest) != digest
+        }
+        if self._left:
+            self._watch_next = True
 
     def _unkeyed(self, error: Exception, arguments: dict[str, Any], live: LiveValues) -> None:
         """Raises (strict) or warns once that the call runs uncached, naming what has no

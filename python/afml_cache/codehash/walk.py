@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import random
 import re
 import sys
 import threading
@@ -305,6 +306,9 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
             for name, reader in _environment_readers(_environment_variables(fn.__code__)):
                 refs[(name,)] = ("live", name)
                 node.live.append((name, reader))
+        for name, reader in _random_draws(fn, references):
+            refs[(name,)] = ("live", name)
+            node.live.append((name, reader))
         if _reads_globals_by_name(fn, references):
             scope = dict(fn.__globals__)  # one snapshot, even if another thread edits it
             node.globals_size = len(scope)
@@ -404,6 +408,66 @@ def _starts(fn: types.FunctionType, references: tuple[Ref, ...]) -> Iterator[tup
     for ref in references:
         if ref[0] != "state":
             yield _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref), ref[-1]
+
+
+def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[Live]:
+    """The process-wide random generators ``fn`` draws from through a module
+    (``np.random.normal``, ``random.choice``, ``from random import random``): the state
+    ``np.random.seed`` or ``random.seed`` left before the call decides the result, so each
+    counts by its state at each call, named as the code reads the draw. A function that seeds
+    the generator itself decides that state on its own: that generator does not count."""
+    draws: dict[int, tuple[str, object]] = {}  # by generator: the first draw's name
+    seeded: set[int] = set()
+    for ref in references:
+        if ref[0] == "state":
+            continue
+        absolute = _absolute_import(fn, ref) if ref[0] == "import" else ref
+        current, chain = _start(fn, absolute), []
+        for attr in absolute[-1]:
+            if not isinstance(current, types.ModuleType):
+                break
+            current = getattr(current, attr, None)
+            chain.append(attr)
+        if not chain and type(current) is not types.BuiltinMethodType:
+            continue  # a global bound method of Python code (numpy's) is live already
+        generator = _seeded_by(current)
+        if generator is not None:
+            seeded.add(id(generator))
+            continue
+        generator = getattr(current, "__self__", None)
+        if _is_random_generator(generator) and id(generator) not in draws:
+            start = absolute[2] if absolute[0] == "import" else absolute[1]
+            draws[id(generator)] = (".".join((start, *chain)), generator)
+    return [
+        (name, _state_reader(generator))
+        for key, (name, generator) in draws.items()
+        if key not in seeded
+    ]
+
+
+def _is_random_generator(owner: object) -> bool:
+    if isinstance(owner, random.Random):
+        return True
+    numpy_random = sys.modules.get("numpy.random")
+    return numpy_random is not None and isinstance(owner, numpy_random.RandomState)
+
+
+def _seeded_by(function: object) -> object | None:
+    """The generator ``function`` seeds: ``random.seed``'s, or ``np.random.seed``'s (a function
+    of numpy's, not a method); None for any other function."""
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, random.Random) and getattr(function, "__name__", None) == "seed":
+        return owner
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None and function is getattr(numpy_random, "seed", None):
+        return numpy_random.mtrand._rand
+    return None
+
+
+def _state_reader(generator: object) -> Callable[[Any], Any]:
+    if isinstance(generator, random.Random):
+        return lambda _fn: generator.getstate()
+    return lambda _fn: generator.get_state(legacy=False)  # type: ignore[attr-defined]
 
 
 def _environment_readers(variables: tuple[str, ...] | None) -> list[Live]:
