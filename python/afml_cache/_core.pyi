@@ -10,7 +10,6 @@ from typing_extensions import Buffer
 __all__ = [
     "LATENCY_BOUNDS",
     "SPEC_VERSION",
-    "Encoded",
     "EntryExport",
     "EntryInfo",
     "FunctionTotals",
@@ -109,14 +108,6 @@ class KeyLock:
     ) -> None: ...
 
 @final
-class Encoded:
-    """A value's buffers compressed ahead of their write (`Store.encode`)."""
-
-    @property
-    def nbytes(self) -> int: ...
-    def decode(self) -> list[bytearray]: ...
-
-@final
 class Store:
     """A cache directory on disk."""
 
@@ -139,7 +130,7 @@ class Store:
         namespace: str,
         digest: str,
         stream: bytes,
-        buffers: list[tuple[memoryview, int]] | Encoded,
+        buffers: list[tuple[memoryview, int]],
         *,
         compression: str,
         expires: float | None,
@@ -151,7 +142,6 @@ class Store:
         background: bool = False,
         seal_for: bytes | None = None,
     ) -> tuple[bool, int, bytes | None, bytes | None]: ...
-    def encode(self, buffers: list[tuple[memoryview, int]], compression: str) -> Encoded: ...
     def get(
         self, namespace: str, digest: str
     ) -> tuple[bytearray, list[bytearray], bytes, float | None, float] | None: ...

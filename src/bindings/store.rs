@@ -17,44 +17,6 @@ pub struct Store {
     inner: store::Store,
 }
 
-/// A value's buffers compressed ahead of their write (`Store.encode`); `nbytes`: the compressed
-/// bytes it holds. A `put` stores them; `decode` gives the buffers back meanwhile.
-#[pyclass(frozen, module = "afml_cache._core")]
-pub struct Encoded {
-    encoded: store::Encoded,
-    compression: Compression,
-    #[pyo3(get)]
-    nbytes: usize,
-}
-
-impl Encoded {
-    fn stored_as(&self, compression: Compression) -> PyResult<&store::Encoded> {
-        if compression != self.compression {
-            let (asked, made) = (compression.name(), self.compression.name());
-            return Err(PyValueError::new_err(format!("buffers encoded as {made:?} cannot be stored as {asked:?}")));
-        }
-        Ok(&self.encoded)
-    }
-}
-
-#[pymethods]
-impl Encoded {
-    /// The buffers as they were encoded, each a new bytearray decompressed with the GIL
-    /// released: a lookup's value while its write still waits for the writer.
-    fn decode<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let mut arrays = Vec::with_capacity(self.encoded.frames.len());
-        let mut places = Vec::with_capacity(self.encoded.frames.len());
-        for frame in &self.encoded.frames {
-            let (array, data) = new_bytearray(py, codec::decoded_len(frame)?)?;
-            arrays.push(array);
-            places.push(data);
-        }
-        let frames = &self.encoded.frames;
-        py.detach(|| frames.iter().zip(places).try_for_each(|(frame, place)| codec::decode_into(frame, place)))?;
-        PyList::new(py, arrays)
-    }
-}
-
 /// `compression` as a level, or a ValueError naming the levels.
 /// What `Store.put` returns: `(stored, size, mac, sealed)`.
 type Written<'py> = (bool, u64, Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>);
@@ -245,7 +207,7 @@ impl Store {
 
     /// Stores a value; returns `(stored, size, mac, sealed)`: `stored` is False when the entry is
     /// larger than the whole size limit (then `mac` is None and nothing was written). `buffers`: a
-    /// list of `(buffer, item size)`, or an `Encoded` of them (`encode`), which this empties.
+    /// list of `(buffer, item size)`.
     /// `background`: a value written behind, compressed and written in the writer's own
     /// low-priority pool (`parallel::in_background`), not in the one the caller's fingerprints use.
     /// `seal_for`: the key of a remote tier the entry goes up to next; `sealed` is the entry's MAC
@@ -259,7 +221,7 @@ impl Store {
         namespace: &str,
         digest: &str,
         stream: &[u8],
-        buffers: &Bound<'py, PyAny>,
+        buffers: Vec<(PyBuffer<u8>, usize)>,
         compression: &str,
         expires: Option<f64>,
         compute_time: f64,
@@ -271,9 +233,6 @@ impl Store {
         seal_for: Option<[u8; 32]>,
     ) -> PyResult<Written<'py>> {
         let compression = parse_compression(compression)?;
-        let encoded = buffers.cast::<Encoded>().ok();
-        let encoded = encoded.as_ref().map(|e| e.get().stored_as(compression)).transpose()?;
-        let buffers: Vec<(PyBuffer<u8>, usize)> = if encoded.is_some() { Vec::new() } else { buffers.extract()? };
         let slices = contiguous(&buffers)?;
         let new = NewEntry {
             namespace,
@@ -288,26 +247,13 @@ impl Store {
             time_range,
             metadata,
         };
-        let put = || match (encoded, seal_for) {
-            (Some(encoded), _) => self.inner.put_encoded(new, encoded).map(|stored| (stored, None)),
-            (None, receiver) => self.inner.put_sealing_for(new, receiver.as_ref()),
-        };
+        let put = || self.inner.put_sealing_for(new, seal_for.as_ref());
         let (stored, sealed) = py.detach(|| if background { crate::parallel::in_background(put) } else { put() })?;
         let (stored, bytes, mac) = match stored {
             Stored::Written { bytes, mac } => (true, bytes, Some(PyBytes::new(py, &mac))),
             Stored::TooLarge { bytes, .. } => (false, bytes, None),
         };
         Ok((stored, bytes, mac, sealed.map(|mac| PyBytes::new(py, &mac))))
-    }
-
-    /// The buffers (`(buffer, item size)`) compressed now, in parallel, for a `put` that writes
-    /// them later without needing the buffers themselves.
-    fn encode(&self, py: Python<'_>, buffers: Vec<(PyBuffer<u8>, usize)>, compression: &str) -> PyResult<Encoded> {
-        let compression = parse_compression(compression)?;
-        let slices = contiguous(&buffers)?;
-        let encoded = py.detach(|| store::encode(&slices, compression));
-        let nbytes = encoded.frames.iter().map(Vec::len).sum();
-        Ok(Encoded { encoded, compression, nbytes })
     }
 
     /// `(stream, buffers, mac, expires)` of a verified entry, or None (a miss). Buffers come back

@@ -72,11 +72,11 @@ pub struct NewEntry<'a> {
     pub metadata: String,
 }
 
-/// A value's buffers compressed ahead of its write ([`encode`], [`Store::put_encoded`]): a frame
-/// per buffer, and the buffers' bytes before compression.
-pub struct Encoded {
-    pub frames: Vec<Vec<u8>>,
-    pub raw_len: usize,
+/// A value's buffers compressed for its write ([`encode`], [`Store::put_encoded`]): a frame per
+/// buffer, and the buffers' bytes before compression.
+struct Encoded {
+    frames: Vec<Vec<u8>>,
+    raw_len: usize,
 }
 
 impl Drop for Encoded {
@@ -89,7 +89,7 @@ impl Drop for Encoded {
 }
 
 /// Compresses each buffer (item size beside it) into its frame, in parallel.
-pub fn encode(buffers: &[(&[u8], usize)], compression: Compression) -> Encoded {
+fn encode(buffers: &[(&[u8], usize)], compression: Compression) -> Encoded {
     let frames = parallel::map(buffers, |(data, itemsize)| codec::encode(data, *itemsize, compression));
     Encoded { frames, raw_len: buffers.iter().map(|(b, _)| b.len()).sum() }
 }
@@ -372,9 +372,9 @@ impl Store {
         Ok((self.put_encoded(new, &encoded)?, None))
     }
 
-    /// `put` of a value whose buffers [`encode`] compressed beforehand (at `new.compression`;
-    /// `new.buffers` is not read): the entry is sealed and written without the value itself.
-    pub fn put_encoded(&self, new: NewEntry<'_>, encoded: &Encoded) -> Result<Stored> {
+    /// `put` of a value whose buffers [`encode`] compressed (at `new.compression`; `new.buffers`
+    /// is not read): the entry is sealed and written.
+    fn put_encoded(&self, new: NewEntry<'_>, encoded: &Encoded) -> Result<Stored> {
         self.entry_path(new.namespace, new.key)?; // checks the digest before any work
         let (namespace, key, stream) = (new.namespace, new.key, new.stream);
         let header = header_of(new, encoded.raw_len);

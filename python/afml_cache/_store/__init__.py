@@ -36,7 +36,6 @@ class Store:
         # The core's methods, bound once: a hit calls them with no Python layer in between.
         self.get = core.get
         self.put = core.put
-        self.encode = core.encode
         self.contains = core.contains
         self.current_mac = core.current_mac
         self.generation = core.generation
