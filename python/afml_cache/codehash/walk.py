@@ -382,7 +382,7 @@ def _is_user_module_value(value: object) -> bool:
 def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
     """Whether ``fn`` can read its module's globals by names it computes: it calls
     ``globals()``, ``eval`` or ``exec``, or reads ``sys.modules``."""
-    for start, attrs in _starts(fn, references):
+    for _, start, attrs in _starts(fn, references):
         if start is sys:
             if attrs[:1] == ("modules",):
                 return True
@@ -393,7 +393,7 @@ def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) 
 
 def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
     """Whether ``fn`` reads the process environment (``os.environ``, ``os.getenv``)."""
-    for start, attrs in _starts(fn, references):
+    for _, start, attrs in _starts(fn, references):
         if start is os:
             if attrs[:1] and attrs[0] in _ENVIRONMENT_NAMES:
                 return True
@@ -402,12 +402,17 @@ def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> b
     return False
 
 
-def _starts(fn: types.FunctionType, references: tuple[Ref, ...]) -> Iterator[tuple[object, Any]]:
-    """The object each reference that reads (not a global the function assigns) starts from,
-    with the attributes that follow it."""
+def _starts(
+    fn: types.FunctionType, references: tuple[Ref, ...]
+) -> Iterator[tuple[str, object, Any]]:
+    """The name each reference that reads (not a global the function assigns) starts from (a
+    global's, or an imported module's), the object it names, and the attributes that follow."""
     for ref in references:
-        if ref[0] != "state":
-            yield _start(fn, _absolute_import(fn, ref) if ref[0] == "import" else ref), ref[-1]
+        if ref[0] == "import":
+            ref = _absolute_import(fn, ref)
+            yield ref[2], _start(fn, ref), ref[-1]
+        elif ref[0] != "state":
+            yield ref[1], _start(fn, ref), ref[-1]
 
 
 def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[Live]:
@@ -418,12 +423,9 @@ def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[L
     the generator itself decides that state on its own: that generator does not count."""
     draws: dict[int, tuple[str, object]] = {}  # by generator: the first draw's name
     seeded: set[int] = set()
-    for ref in references:
-        if ref[0] == "state":
-            continue
-        absolute = _absolute_import(fn, ref) if ref[0] == "import" else ref
-        current, chain = _start(fn, absolute), []
-        for attr in absolute[-1]:
+    for name, current, attrs in _starts(fn, references):
+        chain = []
+        for attr in attrs:
             if not isinstance(current, types.ModuleType):
                 break
             current = getattr(current, attr, None)
@@ -436,8 +438,7 @@ def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[L
             continue
         generator = getattr(current, "__self__", None)
         if _is_random_generator(generator) and id(generator) not in draws:
-            start = absolute[2] if absolute[0] == "import" else absolute[1]
-            draws[id(generator)] = (".".join((start, *chain)), generator)
+            draws[id(generator)] = (".".join((name, *chain)), generator)
     return [
         (name, _state_reader(generator))
         for key, (name, generator) in draws.items()
