@@ -636,6 +636,159 @@ def test_a_vectorized_helper_and_a_partial_method_count_by_what_they_call(
     assert check(nb["width"], 2) == 6
 
 
+def test_a_method_of_a_dict_reads_what_the_dict_holds(cache_dir: Path) -> None:
+    # `PARAMS.get` is a builtin method: it counted as "builtin dict.get", its dict not at all.
+    nb = Notebook()
+    nb.run("""
+    import functools
+    from afml_cache import cacheable
+
+    PARAMS = {"window": 5}
+    GET = PARAMS.get
+    RATES = {"ES": 1.0}
+    RATE = functools.partial(RATES.get, "ES")
+
+    @cacheable
+    def window_of(x):
+        return x * GET("window")
+
+    @cacheable
+    def value(x):
+        return x * RATE()
+    """)
+    assert (check(nb["window_of"], 2), check(nb["value"], 10)) == (10, 10.0)
+    nb.run('PARAMS["window"] = 50\nRATES["ES"] = 2.0')
+    assert (check(nb["window_of"], 2), check(nb["value"], 10)) == (100, 20.0)
+    assert (check(nb["window_of"], 2), check(nb["value"], 10)) == (100, 20.0)
+    assert (hits(nb["window_of"]), hits(nb["value"])) == (1, 1)
+
+
+def test_callables_libraries_make_count_by_the_functions_they_hold(cache_dir: Path) -> None:
+    # A sort key from `cmp_to_key` and a `toolz.curry` counted by type or by name: the user's
+    # function inside, and what it reads, never counted.
+    nb = Notebook()
+    nb.run("""
+    import functools
+    import toolz
+    from afml_cache import cacheable
+
+    DESCENDING = False
+    SCALE = 2
+
+    def compare(a, b):
+        return (b - a) if DESCENDING else (a - b)
+
+    def weigh(k, x):
+        return k * x * SCALE
+
+    KEY = functools.cmp_to_key(compare)
+    WEIGHED = toolz.curry(weigh)(10)
+
+    @cacheable
+    def ranked(xs):
+        return sorted(xs, key=KEY)
+
+    @cacheable
+    def weighed(x):
+        return WEIGHED(x)
+    """)
+    assert (check(nb["ranked"], [3, 1, 2]), check(nb["weighed"], 5)) == ([1, 2, 3], 100)
+    nb.run("DESCENDING = True\nSCALE = 3")
+    assert (check(nb["ranked"], [3, 1, 2]), check(nb["weighed"], 5)) == ([3, 2, 1], 150)
+    nb.run("def weigh(k, x):\n    return k + x\nWEIGHED = toolz.curry(weigh)(10)")
+    assert check(nb["weighed"], 5) == 15
+    assert check(nb["weighed"], 5) == 15
+    assert (hits(nb["ranked"]), hits(nb["weighed"])) == (0, 1)
+
+
+def test_a_read_only_view_of_a_dict_counts_by_the_dict(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import types
+    from afml_cache import cacheable
+
+    _settings = {"window": 5}
+    SETTINGS = types.MappingProxyType(_settings)
+
+    @cacheable
+    def scaled(x):
+        return x * SETTINGS["window"]
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(module.scaled, 2) == 10
+        module._settings["window"] = 50
+        assert check(module.scaled, 2) == 100
+        assert check(module.scaled, 2) == 100
+    assert hits(module.scaled) == 1
+
+
+def test_an_enum_member_holding_a_dict_counts_by_the_dict(cache_dir: Path, load: Loader) -> None:
+    # In a module its value counted by type; in a notebook the Enum itself counted as enum's
+    # (the metaclass puts enum's own functions in its body).
+    source = """
+    import enum
+    from afml_cache import cacheable
+
+    class Profile(enum.Enum):
+        FAST = {"window": 5}
+        SLOW = {"window": 50}
+
+    @cacheable
+    def smooth(x):
+        return x * Profile.FAST.value["window"]
+    """
+    nb = Notebook()
+    nb.run(source)
+    module = load(source)
+    functions = [nb["smooth"], module.smooth]
+    assert [check(f, 2) for f in functions] == [10, 10]
+    nb.run('Profile.FAST.value["window"] = 7')
+    module.Profile.FAST.value["window"] = 7
+    assert [check(f, 2) for f in functions] == [14, 14]
+    assert [check(f, 2) for f in functions] == [14, 14]
+    assert [hits(f) for f in functions] == [1, 1]
+
+
+def test_defaults_set_again_count_by_their_values(cache_dir: Path, load: Loader) -> None:
+    # The node held the defaults' id: a tuple set twice may take the freed address of the one
+    # before, and a keyword default changed in place kept its dict's.
+    module = load("""
+    def scale(x, k=1.5):
+        return x * k
+
+    def shift(x, *, by=1.0):
+        return x + by
+    """)
+    scale = afml_cache.cacheable(module.scale)
+    shift = afml_cache.cacheable(module.shift)
+    for i in range(20):
+        module.scale.__defaults__ = (i + 0.25,)
+        module.scale.__defaults__ = (i + 0.5,)
+        assert check(scale, 2) == 2 * (i + 0.5)
+        module.shift.__kwdefaults__["by"] = float(i)
+        assert check(shift, 2) == 2 + i
+    assert (hits(scale), hits(shift)) == (0, 0)
+    assert (check(scale, 2), check(shift, 2)) == (39.0, 21.0)
+    assert (hits(scale), hits(shift)) == (1, 1)
+
+
+def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:
+    # Alone, a CategoricalDtype counted as its name, "category".
+    @afml_cache.cacheable
+    def codes(symbols: list[str], dtype: Any) -> list[int]:
+        return pd.Series(symbols).astype(dtype).cat.codes.tolist()
+
+    assert check(codes, ["ES", "NQ"], pd.CategoricalDtype(["ES", "NQ"])) == [0, 1]
+    assert check(codes, ["ES", "NQ"], pd.CategoricalDtype(["NQ", "ES"])) == [1, 0]
+    ordered = pd.CategoricalDtype(["NQ", "ES"], ordered=True)
+    assert afml_cache.fingerprint(ordered) != afml_cache.fingerprint(
+        pd.CategoricalDtype(["NQ", "ES"])
+    )
+    assert check(codes, ["ES", "NQ"], ordered) == [1, 0]
+    assert check(codes, ["ES", "NQ"], pd.CategoricalDtype(["NQ", "ES"])) == [1, 0]
+    assert hits(codes) == 1
+
+
 def test_a_user_module_held_in_a_closure_or_a_default_counts_by_its_globals(
     cache_dir: Path, load: Loader
 ) -> None:
@@ -1048,6 +1201,16 @@ def test_a_directory_counts_by_every_file_under_it(cache_dir: Path, tmp_path: Pa
     assert check(load, dataset) == 7
     assert check(load, dataset) == 7 and hits(load) == 1
 
+    @afml_cache.cacheable
+    def partitions(folder):
+        return sorted(p.name for p in folder.iterdir())
+
+    assert check(partitions, dataset) == ["year=2024", "year=2025"]
+    (dataset / "year=2026").mkdir()  # a partition made, not filled yet
+    assert check(partitions, dataset) == ["year=2024", "year=2025", "year=2026"]
+    assert check(partitions, dataset) == ["year=2024", "year=2025", "year=2026"]
+    assert hits(partitions) == 1
+
 
 def test_a_data_root_of_many_files_counts_by_its_path_with_a_warning(
     cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -1092,6 +1255,20 @@ def test_paths_in_a_list_and_a_path_to_be_written(cache_dir: Path, tmp_path: Pat
 
     out = tmp_path / "report.txt"  # named before it exists: the path alone counts, or ignore=
     assert report(3, out) == 6 and report(3, out) == 6 and hits(report) == 1
+
+    @afml_cache.cacheable
+    def sources(config, extra):
+        held = sum(float(path.read_text()) for path in extra if path is not None)
+        return float(config["bars"]["path"].read_text()) + held
+
+    config = {"bars": {"path": first, "rows": 10}}
+    assert check(sources, config, [second, None]) == 12.0
+    first.write_text("16")  # a path in a dict of dicts
+    assert check(sources, config, [second, None]) == 20.0
+    second.write_text("32")  # a path among other values in a list
+    assert check(sources, config, [second, None]) == 48.0
+    assert check(sources, config, [second, None]) == 48.0
+    assert hits(sources) == 1
 
 
 def test_a_large_file_is_hashed_in_blocks_and_each_byte_counts(

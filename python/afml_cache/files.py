@@ -14,11 +14,14 @@ every machine that holds the same bytes (a shared remote store serves them all).
 than `CONTENT_LIMIT` counts by that state itself: a rewrite is still a miss, but another copy of
 the same bytes (another machine's) is too.
 
-A plain string is a string: ``load_bars("data/ES.parquet")`` counts the path only.
+Paths held in a list, tuple or dict beside other values (``load({"bars": path})``) count too,
+among the first `HELD_ITEMS` items looked at. A plain string is a string:
+``load_bars("data/ES.parquet")`` counts the path only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pathlib
@@ -38,6 +41,9 @@ _REMEMBERED = 50_000
 _digests: dict[tuple[Any, ...], str] = {}
 # Argument types that are neither paths nor sequences that may hold paths: skipped at once.
 _NOT_PATHS: set[type] = set()
+# Containers looked into for paths, and how many items of an argument's are looked at in all.
+_CONTAINERS: frozenset[type] = frozenset({list, tuple, dict})
+HELD_ITEMS = 1_000
 # A directory's files are listed at each call: beyond this many, it counts by its path only
 # (a data root the function picks one file from), with one warning per directory.
 DIRECTORY_FILES = 10_000
@@ -51,8 +57,9 @@ CONTENT_LIMIT = 1024 * 1024 * 1024
 
 def file_contents(arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """``(argument name, content)`` for each argument that is a ``pathlib.Path`` or a list or
-    tuple of them, where content is a digest per path (None for a path that names nothing);
-    empty when there are none, as for nearly every call."""
+    tuple of them, where content is a digest per path (None for a path that names nothing),
+    or a list, tuple or dict holding paths among other things (`_held_paths`); empty when there
+    are none, as for nearly every call."""
     if _NOT_PATHS.issuperset(map(type, arguments.values())):
         return ()
     found = []
@@ -62,11 +69,33 @@ def file_contents(arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
             continue
         if isinstance(value, pathlib.Path):
             found.append((name, content_digest(value)))
-        elif cls in (list, tuple):
-            if value and all(isinstance(item, pathlib.Path) for item in value):
+        elif cls in _CONTAINERS:
+            if value and cls is not dict and all(isinstance(i, pathlib.Path) for i in value):
                 found.append((name, tuple(map(content_digest, value))))
+            elif held := _held_paths(value):
+                found.append((name, ("held", held)))
         else:
             _NOT_PATHS.add(cls)
+    return tuple(found)
+
+
+def _held_paths(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> tuple[Any, ...]:
+    """``(where, digest)`` of each path inside ``value`` (``load({"bars": path})``,
+    ``[path, None]``), where is the keys and positions leading to it; looking at no more than
+    `HELD_ITEMS` items, so a long list of numbers costs microseconds, not a scan of it."""
+    found = []
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    budget = HELD_ITEMS
+    while stack and budget > 0:
+        where, item = stack.pop()
+        cls = type(item)
+        if isinstance(item, pathlib.Path):
+            found.append((where, content_digest(item)))
+        elif cls in _CONTAINERS:
+            items = item.items() if cls is dict else enumerate(item)
+            inside = [((*where, k), v) for k, v in itertools.islice(items, budget)]
+            budget -= len(inside)
+            stack.extend(reversed(inside))
     return tuple(found)
 
 
@@ -102,9 +131,14 @@ def _too_large(path: pathlib.Path) -> None:
 
 
 def _directory(root: pathlib.Path) -> Iterator[tuple[str, str, os.stat_result]]:
-    """``(relative name, path, stat)`` of every file under ``root``, in a fixed order."""
+    """``(relative name, path, stat)`` of every file under ``root``, and of every empty folder
+    (a partition made and not yet filled, which a listing of it shows), in a fixed order."""
     for folder, subfolders, names in os.walk(root, followlinks=True):
         subfolders.sort()  # os.walk descends in this order
+        if not subfolders and not names and folder != os.fspath(root):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                relative = os.path.relpath(folder, root).replace(os.sep, "/")
+                yield f"{relative}/", folder, os.stat(folder)
         for name in sorted(names):
             path = os.path.join(folder, name)
             try:

@@ -172,6 +172,8 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     # Unlike dicts, OrderedDicts compare (and iterate) by order, so order counts.
     OrderedDict: lambda d: (_VALUE, "OrderedDict", list(d.items())),
     deque: lambda d: (_VALUE, "deque", (list(d), d.maxlen)),
+    # A read-only view of a dict (`SETTINGS = MappingProxyType(_settings)`): what it shows now.
+    types.MappingProxyType: lambda p: (_VALUE, "mappingproxy", dict(p)),
     # A pattern is what it was compiled from; flags hold re.I, re.M, ... (and str's re.U).
     re.Pattern: lambda p: (_VALUE, "re.Pattern", (p.pattern, p.flags)),
     # Their reduction is how they were made: the items, attribute names, or method name and
@@ -352,6 +354,10 @@ def _pandas_rule(obj: Any) -> Rule | None:
         return _index_rule(obj)
     if isinstance(obj, pd.api.extensions.ExtensionArray):
         return _extension_array_rule(obj)
+    if isinstance(obj, pd.CategoricalDtype):
+        # Alone, not as a column's: no values carry its categories, and `astype` to it codes
+        # by their order.
+        return _VALUE, "pandas.CategoricalDtype", (obj.categories, obj.ordered)
     if isinstance(obj, pd.api.extensions.ExtensionDtype):
         return _VALUE, "pandas.dtype", _dtype(obj)
     if obj is pd.NaT:

@@ -92,12 +92,15 @@ def _is_user_function(fn: types.FunctionType) -> bool:
 
 
 def _class_functions(cls: type) -> Iterator[types.FunctionType]:
+    """The functions written in the class's body: not those its metaclass put there (an Enum
+    gets enum's ``_generate_next_value_``), nor functions assigned to it."""
+    own = f"{cls.__qualname__}."
     for value in vars(cls).values():
         if isinstance(value, staticmethod | classmethod):
             value = value.__func__
         elif isinstance(value, property):
             value = value.fget
-        if type(value) is types.FunctionType:
+        if type(value) is types.FunctionType and value.__qualname__.startswith(own):
             yield value
 
 

@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import pathlib
+import random
 import sys
 import types
 import uuid
@@ -43,6 +44,7 @@ _MISSING: Final = object()  # a name that resolves to nothing
 _EMPTY_CELL: Final = object()  # a closure cell not filled yet
 
 _ATOMS: Final = (int, float, complex, str, bytes)
+_KEY_WRAPPER: Final = type(functools.cmp_to_key(lambda a, b: 0))
 
 # How a reference is checked again on a later call: the object it resolves to must be the
 # expected one (`_SAME`), or of the expected type (`_TYPE`), or wrap the same functions (`_PARTS`,
@@ -222,7 +224,7 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         function, _ = _ref(obj.func, children)
         args = tuple(_ref(a, children)[0] for a in obj.args)
         keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
-        if any(_is_live(p) for p in (*args, *(v for _, v in keywords))):
+        if any(_is_live(p) for p in (function, *args, *(v for _, v in keywords))):
             return _live(obj), _same(obj)
         return (cls.__name__, function, args, keywords), _same(obj)
     np = sys.modules.get("numpy")
@@ -233,8 +235,27 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("vectorize", function, options), _same(obj)
     if isinstance(obj, enum.Enum):
         owner, _ = _ref(cls, children)
-        value = obj.value if _is_constant(obj.value) else _qualified(obj.value)
+        value = obj.value if _is_constant(obj.value) else _ref(obj.value, children)[0]
+        if _is_live(value):  # `Profile.FAST.value["window"] = 7` changes what it reads
+            return _live(obj), _same(obj)
         return ("enum", owner, obj.name, value), _same(obj)
+    if cls is _KEY_WRAPPER:  # functools.cmp_to_key(compare): what the comparison is
+        compare = next(r for r in gc.get_referents(obj) if r is not cls)
+        part, _ = _ref(compare, children)
+        if _is_live(part):
+            return _live(obj), _same(obj)
+        return ("cmp_to_key", part), _same(obj)
+    # `GET = PARAMS.get`: a builtin method of a container reads what the container holds. The
+    # global generators' draws count where they are read (walk.py, `_random_draws`).
+    owner = getattr(obj, "__self__", None)
+    if (
+        isinstance(obj, types.BuiltinMethodType)
+        and owner is not None
+        and not isinstance(owner, types.ModuleType)
+        and not is_random_generator(owner)
+        and _is_live(_ref(owner, children)[0])
+    ):
+        return _live(obj), _same(obj)
     if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
         items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
         if any(_is_live(item) for item in items):
@@ -281,13 +302,19 @@ def _single_dispatch(obj: types.FunctionType, children: list[object]) -> tuple[A
 
 def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
     """A function, class or callable of a library: by name and version, plus the user function
-    it wraps, if any (a cached function, an ``lru_cache``)."""
+    it wraps, if any (a cached function, an ``lru_cache``), or, for a callable object, what it
+    holds of the user's (`_held_parts`)."""
     module = _module_of(obj)
     if module == "builtins":
         return ("builtin", getattr(obj, "__qualname__", None) or _qualified(obj))
     inner = _wrapped_user_function(obj)
     if inner is None:
-        return ("library", _qualified(obj), _version_of(module))
+        held = _held_parts(obj, children)
+        if held is None:
+            return ("library", _qualified(obj), _version_of(module))
+        if any(_is_live(part) for _, part in held):
+            return _live(obj)
+        return ("holding", _qualified(type(obj)), _version_of(module), held)
     children.append(inner)
     # A wrapper carries the wrapped function's names (functools.wraps): name it by its code.
     if isinstance(obj, types.FunctionType):
@@ -297,6 +324,34 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
         module = type(obj).__module__
         name = _qualified(type(obj))
     return ("wrapped", name, _version_of(module), ("function", inner.__qualname__))
+
+
+def _held_parts(obj: object, children: list[object]) -> tuple[tuple[str, Any], ...] | None:
+    """The attributes of a library's callable object that holds user functions or values that
+    count by content (``toolz.curry(weigh)(10)`` holds ``weigh``), each by what it is; None for
+    one that holds neither, which counts by its name and version."""
+    state = getattr(obj, "__dict__", None)
+    if isinstance(obj, types.FunctionType | type) or type(state) is not dict:
+        return None
+    found: list[object] = []
+    parts = tuple(
+        (name, _ref(value, found)[0])
+        for name, value in sorted(state.items())
+        if not name.startswith("__")  # the names functools.wraps copies
+    )
+    if not found and not any(_is_live(part) for _, part in parts):
+        return None
+    children.extend(found)
+    return parts
+
+
+def is_random_generator(owner: object) -> bool:
+    """Whether ``owner`` is one of the generators random's and numpy's module-level draws use
+    (or another instance of their classes)."""
+    if isinstance(owner, random.Random):
+        return True
+    numpy_random = sys.modules.get("numpy.random")
+    return numpy_random is not None and isinstance(owner, numpy_random.RandomState)
 
 
 def _wrapped_user_function(obj: object) -> types.FunctionType | None:

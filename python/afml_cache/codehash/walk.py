@@ -53,6 +53,7 @@ from afml_cache.codehash.values import (
     _of_type,
     _ref,
     _same,
+    is_random_generator,
 )
 from afml_cache.errors import FingerprintError
 
@@ -100,10 +101,10 @@ class _FunctionNode:
         "cells",
         "children",
         "code",
-        "defaults_id",
+        "defaults",
         "digest",
         "globals_size",
-        "kwdefaults_id",
+        "kwdefaults",
         "live",
         "names",
         "namespaces",
@@ -114,8 +115,10 @@ class _FunctionNode:
 
     def __init__(self, fn: types.FunctionType) -> None:
         self.code = fn.__code__
-        self.defaults_id = id(fn.__defaults__)
-        self.kwdefaults_id = id(fn.__kwdefaults__)
+        # The defaults themselves, not their id: a tuple set twice since may reuse an address.
+        # Keyword defaults live in a dict that can also change in place: their items too.
+        self.defaults = fn.__defaults__
+        self.kwdefaults = _kwdefaults(fn)
         # Global names not followed further: those that must resolve to the same object (most),
         # and the others (by type, or wrapping the same functions).
         self.same: list[tuple[str, Getter]] = []
@@ -137,8 +140,8 @@ class _FunctionNode:
         # This runs for every function reached on every call: keep it to lookups and `is`.
         if (
             fn.__code__ is not self.code
-            or id(fn.__defaults__) != self.defaults_id
-            or id(fn.__kwdefaults__) != self.kwdefaults_id
+            or fn.__defaults__ is not self.defaults
+            or not _same_kwdefaults(fn, self.kwdefaults)
         ):
             return None
         missing = _MISSING
@@ -364,7 +367,7 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.globals_size, node.namespaces = -1, []
         node.live, node.readable = [], False
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
-        node.defaults_id = -1  # never holds: tried again on the next call
+        node.code = None  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
 
@@ -437,20 +440,13 @@ def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[L
             seeded.add(id(generator))
             continue
         generator = getattr(current, "__self__", None)
-        if _is_random_generator(generator) and id(generator) not in draws:
+        if is_random_generator(generator) and id(generator) not in draws:
             draws[id(generator)] = (".".join((name, *chain)), generator)
     return [
         (name, _state_reader(generator))
         for key, (name, generator) in draws.items()
         if key not in seeded
     ]
-
-
-def _is_random_generator(owner: object) -> bool:
-    if isinstance(owner, random.Random):
-        return True
-    numpy_random = sys.modules.get("numpy.random")
-    return numpy_random is not None and isinstance(owner, numpy_random.RandomState)
 
 
 def _seeded_by(function: object) -> object | None:
@@ -493,6 +489,26 @@ def _unless_written_only(fn: types.FunctionType, name: str, value: object, part:
 
 def _cell_reader(i: int) -> Callable[[types.FunctionType], Any]:
     return lambda fn: fn.__closure__[i].cell_contents  # type: ignore[index]
+
+
+def _kwdefaults(fn: types.FunctionType) -> tuple[Any, tuple[tuple[str, Any], ...]] | None:
+    """The keyword defaults' dict and its items, or None when the function has none."""
+    kwdefaults = fn.__kwdefaults__
+    return None if kwdefaults is None else (kwdefaults, tuple(kwdefaults.items()))
+
+
+def _same_kwdefaults(
+    fn: types.FunctionType, known: tuple[Any, tuple[tuple[str, Any], ...]] | None
+) -> bool:
+    current = fn.__kwdefaults__
+    if known is None or current is None:
+        return known is None and current is None
+    kwdefaults, items = known
+    return (
+        current is kwdefaults
+        and len(current) == len(items)
+        and all(current.get(name, _MISSING) is value for name, value in items)
+    )
 
 
 def _default_reader(i: int) -> Callable[[types.FunctionType], Any]:
