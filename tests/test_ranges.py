@@ -672,24 +672,38 @@ def test_objects_in_a_result_are_not_shared_with_later_results(
     assert len(log) == 2
 
 
-def test_pieces_of_other_layouts_are_stitched_as_pandas_concatenates_them(
-    cache_dir: Path, clock: list[int]
-) -> None:
-    # A vendor whose volume came back as floats one day: the pieces cannot share blocks.
+def test_pieces_of_other_forms_are_never_stitched(cache_dir: Path, clock: list[int]) -> None:
+    # A vendor whose volume comes back as floats on a day with a missing bar, and whose side
+    # column's categories are those the span traded: stitched, the pieces made a frame no call
+    # returns (str sides, float volume over days that had none missing).
     def uneven(start: Any, end: Any) -> pd.DataFrame:
         bars = hourly(start, end)
-        day = pd.Timestamp(start).day
-        return bars.astype({"volume": np.float64}) if day == 2 else bars
+        volume = bars["volume"].where(bars.index != pd.Timestamp("2024-01-02 03:00"))
+        sides = np.where(bars.index >= pd.Timestamp("2024-01-03 12:00"), "sell", "buy")
+        return bars.assign(volume=volume, side=pd.Categorical(sides))
 
     log: list[tuple[Any, Any]] = []
     load = loader(uneven, log)
     days = [f"2024-01-{day:02d}" for day in range(1, 5)]
+    requests = [
+        *itertools.pairwise(days),  # a piece a day; the second differs from the first
+        (days[0], days[-1]),  # stitched from three pieces
+        ("2024-01-02 04:00", "2024-01-02 09:00"),  # a slice of the float day without its gap
+        ("2024-01-03 00:00", "2024-01-03 10:00"),  # a slice without the sells
+    ]
+    with pytest.warns(CacheWarning, match="other columns or dtypes for other spans") as caught:
+        for start, end in requests:
+            pd.testing.assert_frame_equal(load("ES", start, end), uneven(start, end))
+    assert len(caught) == 1
+    assert len(log) == len(requests)  # the pieces, then each request computed whole, uncached
+    assert load("ES", days[0], days[1])["volume"].dtype == np.int64
+
+    # Alike pieces are stitched: only the form counts, not the values.
+    log.clear()
+    same = loader(hourly, log)
     for start, end in itertools.pairwise(days):
-        load("ES", start, end)
-    got = load("ES", days[0], days[-1])
-    expected = pd.concat([uneven(s, e) for s, e in itertools.pairwise(days)])
-    pd.testing.assert_frame_equal(got, expected)
-    assert got["volume"].dtype == np.float64
+        same("NQ", start, end)
+    pd.testing.assert_frame_equal(same("NQ", days[0], days[-1]), hourly(days[0], days[-1]))
     assert len(log) == 3
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.offsets import BaseOffset, Tick
 
+from afml_cache._core import fingerprint
+
 try:
     from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
 except ImportError:  # an older pandas: parts are stitched by pd.concat
@@ -28,6 +30,7 @@ __all__ = [
     "as_argument",
     "check_calendar",
     "floor_to_unit",
+    "form_of",
     "gaps",
     "in_unit",
     "moment",
@@ -108,6 +111,7 @@ class Piece(NamedTuple):
     digest: str
     computed: int
     live_from: int | None
+    form: str | None  # `form_of` its rows; None when it has none
 
     def cut(self, low: int, high: int) -> list[Piece]:
         """What is left of this piece outside ``[low, high)``."""
@@ -119,6 +123,22 @@ class Piece(NamedTuple):
                 )
                 left.append(self._replace(start=start, end=end, live_from=live))
         return left
+
+
+def form_of(rows: Any) -> str | None:
+    """The digest of what a piece's rows carry beside their values, which the function may
+    have decided from the rows of its span: type, columns (or name), dtypes (categories
+    included), and the index's dtype and name; None for no rows (a holiday's piece is never
+    stitched). Pieces of other forms cannot make what one call over their spans returns: a
+    column that is float where a span missed a value and int elsewhere, categories found in the
+    rows, columns of the symbols that traded."""
+    if len(rows) == 0:
+        return None
+    if isinstance(rows, pd.DataFrame):
+        form: tuple[Any, ...] = ("frame", rows.columns, tuple(rows.dtypes))
+    else:
+        form = ("series", rows.name, rows.dtype)
+    return fingerprint((form, rows.index.dtype, rows.index.name))
 
 
 def moment(value: Any) -> tuple[int, tuple[str | None, str]]:

@@ -42,6 +42,7 @@ from afml_cache.range_spans import (
     as_argument,
     check_calendar,
     floor_to_unit,
+    form_of,
     gaps,
     in_unit,
     moment,
@@ -56,7 +57,7 @@ _log = logging.getLogger("afml_cache")
 # call that read them, so that reads do not concatenate hundreds of frames.
 MERGE_ABOVE = 32
 # The coverage record's layout; a record of another layout is read as "nothing covered".
-_RECORD_VERSION = 1
+_RECORD_VERSION = 2  # 2: each piece names its form (`form_of`)
 
 
 def now_ns() -> int:
@@ -198,7 +199,10 @@ class RangeEngine(_Engine):
         if request is None:
             return self.fn(*args, **kwargs)
         now = now_ns()  # one moment for the whole read: a tail must not expire midway
-        found = self._read(request, self._pieces(request), now)
+        pieces = self._pieces(request)
+        if _of_other_forms(pieces):
+            return self._unstitchable(request, pieces, None)
+        found = self._read(request, pieces, now)
         if found is not None:
             pieces, frames, times, own = found
             parts = self._parts(request, pieces, frames, now)
@@ -247,7 +251,7 @@ class RangeEngine(_Engine):
         lock = self._lock(request.entries, request.family)
         try:
             recorded = self._pieces(request)
-            piece = self._new_piece(request, request.start, request.end, now_ns())
+            piece = self._new_piece(request, request.start, request.end, now_ns(), value)
             if not self._store_piece(request, piece, value, 0.0):
                 return False
             pieces = [q for p in recorded for q in p.cut(piece.start, piece.end)] + [piece]
@@ -461,13 +465,19 @@ class RangeEngine(_Engine):
                 stored = [p for p in pieces if p.digest not in unstored]
                 if changed and self._write_record(request, stored):
                     self._drop_unused(request, recorded, stored)
-            parts = self._parts(request, pieces, frames, now)
-            result = stitch(parts, request.start, request.end, fresh=frame)
-            if len(stored) > MERGE_ABOVE:
-                self._merge(request, stored, frames, times)
+            unstitchable = _of_other_forms(pieces)
+            if not unstitchable:
+                parts = self._parts(request, pieces, frames, now)
+                result = stitch(parts, request.start, request.end, fresh=frame)
+                if len(stored) > MERGE_ABOVE:
+                    self._merge(request, stored, frames, times)
         finally:
             if lock is not None:
                 lock.release()
+        if unstitchable:
+            # The function's own frame is the result when its one gap was the whole request.
+            whole = missing_spans == [(request.start, request.end)]
+            result = self._unstitchable(request, pieces, frame if whole else None)
         if missing_spans:
             self._record_miss(entries, request.family, computed, started)
         else:
@@ -487,19 +497,39 @@ class RangeEngine(_Engine):
         frame = self.fn(*bound.args, **bound.kwargs)
         elapsed = time.perf_counter() - computing
         self._check_rows(frame, low, high)
-        piece = self._new_piece(request, low, high, computed)
+        piece = self._new_piece(request, low, high, computed, frame)
         if not self._store_piece(request, piece, frame, elapsed):
             unstored.add(piece.digest)
         return piece, frame, elapsed
 
-    def _new_piece(self, request: _Request, low: int, high: int, computed: int) -> Piece:
-        """The piece ``[low, high)`` computed at ``computed``, with its live tail if any."""
+    def _new_piece(self, request: _Request, low: int, high: int, computed: int, rows: Any) -> Piece:
+        """The piece ``[low, high)`` of ``rows``, computed at ``computed``, with its live
+        tail if any."""
         # Floored to the request's unit, so refetching the tail never needs a finer one.
         reach = floor_to_unit(
             self.clock.window_start(computed, self.ranges.live_window), request.style[1]
         )
         live_from = max(low, reach) if high > reach else None
-        return Piece(low, high, _new_digest(request), computed, live_from)
+        return Piece(low, high, _new_digest(request), computed, live_from, form_of(rows))
+
+    def _unstitchable(self, request: _Request, pieces: list[Piece], own: Any) -> Any:
+        """What the call returns when the family's pieces differ in form (`form_of`), so that
+        no stitching of them is what one call over the request returns: ``own``, the frame the
+        function just returned for the whole request, or else the call computed uncached."""
+        spans = sorted({(p.start, p.end, p.form) for p in pieces if p.form is not None})
+        shown = "; ".join(f"[{show(start)}, {show(end)})" for start, end, _ in spans[:3])
+        self._warn_once(
+            "forms",
+            f"afml_cache: {self.name} returned rows of other columns or dtypes for other spans "
+            f"({shown}), so its pieces cannot be stitched into what one call returns: each call "
+            "now computes its whole range, uncached. Give every span the same columns and "
+            "dtypes (a CategoricalDtype with the categories listed, float64 or Int64 for a "
+            "column with missing values, reindex(columns=...)) to have ranges cached; "
+            f"{self.name}.invalidate() forgets the pieces",
+        )
+        if own is not None:
+            return own
+        return self.fn(*request.bound.args, **request.bound.kwargs)
 
     def _store_piece(self, request: _Family, piece: Piece, frame: Any, elapsed: float) -> bool:
         metadata = {"function": self.name, "code": self.code_fingerprint(), "piece": True}
@@ -585,7 +615,9 @@ class RangeEngine(_Engine):
                 [(frames[p.digest], p.start, p.end) for p in run], run[0].start, run[-1].end
             )
             computed = max(p.computed for p in run)
-            piece = Piece(run[0].start, run[-1].end, _new_digest(request), computed, None)
+            piece = Piece(
+                run[0].start, run[-1].end, _new_digest(request), computed, None, form_of(frame)
+            )
             elapsed = sum(times.get(digest, 0.0) for digest in {p.digest for p in run})
             if self._store_piece(request, piece, frame, elapsed):
                 merged.append((run, piece))
@@ -712,6 +744,11 @@ def _around_largest(run: list[Piece], rows: dict[str, int]) -> list[list[Piece]]
 
 def _family(kin: str, style: tuple[str | None, str]) -> str:
     return fingerprint(("afml-cache range family", kin, style))
+
+
+def _of_other_forms(pieces: list[Piece]) -> bool:
+    """Whether the family's pieces with rows differ in form (see `form_of`)."""
+    return len({p.form for p in pieces if p.form is not None}) > 1
 
 
 def _new_digest(request: _Family) -> str:
