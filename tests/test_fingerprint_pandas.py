@@ -222,13 +222,19 @@ def test_multi_index(distinct):
     )
 
 
-def test_multi_index_unused_levels_do_not_count():
-    # Slicing keeps levels that no row uses any more; the labels are what counts.
+def test_multi_index_levels_count_where_the_values_do_not_decide_them():
+    # Slicing keeps levels that no row uses any more, which `index.levels` lists and code
+    # iterates: they count. Levels sorted and all used are what the values give, and count as
+    # the values (so an index made either way has one digest).
     mi = pd.MultiIndex.from_tuples([("a", 1), ("b", 2), ("c", 3)])
     head = mi[:2]
     trimmed = head.remove_unused_levels()
     assert len(head.levels[0]) != len(trimmed.levels[0]) and head.equals(trimmed)
-    assert fingerprint(head) == fingerprint(trimmed)
+    assert fingerprint(head) != fingerprint(trimmed)
+    assert fingerprint(trimmed) == fingerprint(pd.MultiIndex.from_tuples([("a", 1), ("b", 2)]))
+    unsorted = pd.MultiIndex(levels=[["b", "a"], [1, 2]], codes=[[1, 0], [0, 1]])
+    assert list(unsorted) == list(trimmed)
+    assert fingerprint(unsorted) != fingerprint(trimmed)
 
 
 def test_frame_with_multi_index_rows_and_columns_is_copy_stable():

@@ -91,6 +91,20 @@ def test_frames_inside_one_block_of_the_default_size(
     assert computed[:2] == [700, 300 + WINDOW - 1]
 
 
+def test_a_panel_that_grew_computes_its_new_rows_plus_the_lookback(cache_dir: Path) -> None:
+    # Yesterday's panel, loaded then, lists fewer times in its index's levels than today's.
+    bars = minute_bars(1000)
+    index = pd.MultiIndex.from_arrays([bars.index, ["ES"] * len(bars)], names=["time", "sym"])
+    panel = bars.set_axis(index, axis=0)
+    yesterday = panel.iloc[:700].copy()
+    yesterday.index = yesterday.index.remove_unused_levels()
+    first = features(yesterday)
+    grown = features(panel)
+    assert computed == [700, 300 + WINDOW - 1]
+    pd.testing.assert_frame_equal(first, exact_features(yesterday), check_exact=True)
+    pd.testing.assert_frame_equal(grown, exact_features(panel), check_exact=True)
+
+
 def test_the_longest_stored_prefix_is_extended(cache_dir: Path) -> None:
     bars = minute_bars(900)
     for rows in (300, 500, 800):

@@ -789,6 +789,28 @@ def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:
     assert hits(codes) == 1
 
 
+def test_a_panel_filtered_by_a_mask_is_not_the_panel_built_fresh(cache_dir: Path) -> None:
+    # pandas keeps the symbols a mask dropped in `index.levels`: equal frames, other symbols.
+    @afml_cache.cacheable
+    def symbols(panel: pd.DataFrame) -> list[str]:
+        return list(panel.index.levels[1])
+
+    index = pd.MultiIndex.from_product(
+        [pd.date_range("2024-01-01", periods=3), ["CL", "ES", "NQ"]], names=["time", "symbol"]
+    )
+    panel = pd.DataFrame({"close": np.arange(9.0)}, index=index)
+    filtered = panel[panel.index.get_level_values("symbol") != "CL"]
+    fresh = pd.DataFrame(
+        {"close": filtered["close"].to_numpy()},
+        index=pd.MultiIndex.from_tuples(list(filtered.index), names=["time", "symbol"]),
+    )
+    assert filtered.equals(fresh)
+    assert check(symbols, fresh) == ["ES", "NQ"]
+    assert check(symbols, filtered) == ["CL", "ES", "NQ"]
+    assert check(symbols, fresh.copy()) == ["ES", "NQ"]
+    assert hits(symbols) == 1
+
+
 def test_a_user_module_held_in_a_closure_or_a_default_counts_by_its_globals(
     cache_dir: Path, load: Loader
 ) -> None:

@@ -410,15 +410,33 @@ def _index_rule(index: Any) -> Rule:
     if isinstance(index, pd.RangeIndex):
         return _VALUE, "pandas.RangeIndex", (index.start, index.stop, index.step, index.name)
     if isinstance(index, pd.MultiIndex):
-        # Level values position by position: equal MultiIndexes may keep different unused
-        # levels or codes, so those never count.
-        levels = tuple(index.get_level_values(i) for i in range(index.nlevels))
-        return _VALUE, "pandas.MultiIndex", (list(index.names), levels)
+        # Level values position by position; and the levels themselves where they are not the
+        # sorted values used (which the values decide): a frame filtered by a mask keeps the
+        # symbols it dropped in `index.levels`, which code iterates (`for s in
+        # df.index.levels[1]`), and a fresh frame of the same rows lists only its own.
+        values = tuple(index.get_level_values(i) for i in range(index.nlevels))
+        parts: tuple[Any, ...] = (list(index.names), values)
+        if not _plain_levels(index):
+            parts = (*parts, tuple(index.levels))
+        return _VALUE, "pandas.MultiIndex", parts
     # DatetimeIndex, TimedeltaIndex, PeriodIndex: the offset itself, as freqstr leaves out
     # holidays, weekmasks and business hours.
     freq = getattr(index, "freq", None)
     parts = (index.name, _dtype(index.dtype), index.array, freq)
     return _VALUE, f"pandas.Index:{type(index).__qualname__}", parts
+
+
+def _plain_levels(index: Any) -> bool:
+    """Whether each level of a MultiIndex is sorted and used by some row."""
+    import numpy as np
+
+    for level, codes in zip(index.levels, index.codes, strict=True):
+        if not level.is_monotonic_increasing:
+            return False
+        used = np.bincount(codes[codes >= 0], minlength=len(level))
+        if len(used) and not used.all():
+            return False
+    return True
 
 
 def _extension_array_rule(values: Any) -> Rule:

@@ -580,6 +580,10 @@ def _sliceable(frame: pd.DataFrame | pd.Series) -> tuple[Any, list[Any]]:
         labels: Any = index.asi8  # unit and tz are in the family
     elif isinstance(index.dtype, np.dtype) and index.dtype.kind in "biuf":
         labels = index.to_numpy()
+    elif isinstance(index, pd.MultiIndex):
+        # Its rows' values, level by level: a slice of a MultiIndex keeps every level of the
+        # whole, which counts where rows do not use it, and yesterday's panel lists fewer.
+        labels = _Levels(index)
     else:
         labels = index
     columns = (
@@ -588,6 +592,19 @@ def _sliceable(frame: pd.DataFrame | pd.Series) -> tuple[Any, list[Any]]:
         else [frame.iloc[:, j] for j in range(frame.shape[1])]
     )
     return labels, [_values(c) for c in columns]
+
+
+class _Levels:
+    """A MultiIndex's rows as its names and the values of each level, sliced by rows."""
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, index: pd.MultiIndex) -> None:
+        self.names = list(index.names)
+        self.values = [index.get_level_values(i) for i in range(index.nlevels)]
+
+    def __getitem__(self, rows: slice) -> tuple[Any, ...]:
+        return (self.names, [values[rows] for values in self.values])
 
 
 def _block_digests(sliceable: tuple[Any, list[Any]], start: int, stop: int) -> tuple[str, ...]:
