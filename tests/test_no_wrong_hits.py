@@ -494,6 +494,25 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     assert hits(module.unrelated) == 1  # reads no variable: the environment does not count
 
 
+def test_a_script_reading_its_command_line_counts_it(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `python tag.py AAPL`, then `python tag.py MSFT`: sys counted by its version only.
+    module = load("""
+    import sys
+    from afml_cache import cacheable
+
+    @cacheable
+    def tag(x):
+        return f"{sys.argv[1]}-{x}"
+    """)
+    monkeypatch.setattr(sys, "argv", ["tag.py", "AAPL"])
+    assert check(module.tag, 1) == "AAPL-1"
+    monkeypatch.setattr(sys, "argv", ["tag.py", "MSFT"])
+    assert check(module.tag, 1) == "MSFT-1"
+    assert check(module.tag, 1) == "MSFT-1" and hits(module.tag) == 1
+
+
 def test_a_single_dispatch_helper_counts_every_implementation(
     cache_dir: Path, tmp_path: Path, load: Loader
 ) -> None:

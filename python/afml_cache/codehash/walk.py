@@ -309,7 +309,7 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
             for name, reader in _environment_readers(_environment_variables(fn.__code__)):
                 refs[(name,)] = ("live", name)
                 node.live.append((name, reader))
-        for name, reader in _random_draws(fn, references):
+        for name, reader in [*_random_draws(fn, references), *_command_line(fn, references)]:
             refs[(name,)] = ("live", name)
             node.live.append((name, reader))
         if _reads_globals_by_name(fn, references):
@@ -459,6 +459,15 @@ def _seeded_by(function: object) -> object | None:
     if numpy_random is not None and function is getattr(numpy_random, "seed", None):
         return numpy_random.mtrand._rand
     return None
+
+
+def _command_line(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[Live]:
+    """``sys.argv``, if ``fn`` reads it through ``sys`` (``from sys import argv`` is a global
+    list, counted by content already): a script run again with other arguments gets them."""
+    for _, current, attrs in _starts(fn, references):
+        if current is sys and attrs[:1] == ("argv",):
+            return [("sys.argv", lambda _fn: list(sys.argv))]
+    return []
 
 
 def _state_reader(generator: object) -> Callable[[Any], Any]:
