@@ -680,6 +680,17 @@ def test_a_method_of_a_dict_reads_what_the_dict_holds(cache_dir: Path) -> None:
     assert (check(nb["window_of"], 2), check(nb["value"], 10)) == (100, 20.0)
     assert (check(nb["window_of"], 2), check(nb["value"], 10)) == (100, 20.0)
     assert (hits(nb["window_of"]), hits(nb["value"])) == (1, 1)
+    # A method that only writes to its container reads nothing of it, as `LOG.append(x)`.
+    nb.run("""
+    LOG = []
+    record = LOG.append
+
+    @cacheable
+    def logged(x):
+        record(x)
+        return x * 2
+    """)
+    assert [nb["logged"](3) for _ in range(3)] == [6, 6, 6] and hits(nb["logged"]) == 2
 
 
 def test_callables_libraries_make_count_by_the_functions_they_hold(cache_dir: Path) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
+from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES
 from afml_cache.codehash.scope import (
     _defining_module,
     _is_user_class,
@@ -245,13 +246,16 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         if _is_live(part):
             return _live(obj), _same(obj)
         return ("cmp_to_key", part), _same(obj)
-    # `GET = PARAMS.get`: a builtin method of a container reads what the container holds. The
-    # global generators' draws count where they are read (walk.py, `_random_draws`).
+    # `GET = PARAMS.get`: a builtin method of a container reads what the container holds. One
+    # that only writes to it (`record = LOG.append`) reads nothing, as `LOG.append(x)` does not
+    # (walk.py, `_unless_written_only`); the global generators' draws count where they are read
+    # (walk.py, `_random_draws`).
     owner = getattr(obj, "__self__", None)
     if (
         isinstance(obj, types.BuiltinMethodType)
         and owner is not None
         and not isinstance(owner, types.ModuleType)
+        and not (obj.__name__ in _WRITES and type(owner) in _WRITTEN_TYPES)
         and not is_random_generator(owner)
         and _is_live(_ref(owner, children)[0])
     ):
