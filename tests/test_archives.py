@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -125,6 +126,13 @@ def flip(data: bytes, at: float = 0.5) -> bytes:
     return bytes(bad)
 
 
+def digest_at(data: bytes) -> float:
+    """Where in an entry's bytes a byte of its digest lies, as `flip` takes it."""
+    found = re.search(rb"[0-9a-f]{64}", data)
+    assert found is not None
+    return (found.start() + 10.5) / len(data)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -133,6 +141,8 @@ def flip(data: bytes, at: float = 0.5) -> bytes:
         pytest.param(lambda data: data + b"\0", id="padded"),
         pytest.param(lambda data: data[:30], id="cut inside its prefix"),
         pytest.param(lambda data: b"", id="empty"),
+        # A store refusing the entry's own digest raised ValueError through the command.
+        pytest.param(lambda data: flip(data, digest_at(data)), id="a flipped byte of its digest"),
     ],
 )
 def test_a_damaged_entry_midway_imports_nothing(
@@ -157,6 +167,25 @@ def test_a_damaged_entry_midway_imports_nothing(
     assert (code, out) == (1, "")
     assert len(err.splitlines()) == 1
     assert middle in err
+
+
+def test_a_damaged_member_header_midway_imports_nothing(
+    exported: Path, tmp_path: Path, capsys
+) -> None:
+    # tarfile ends its listing quietly at a header that fails its checksum: the import took
+    # the members before it and said it had imported them all.
+    with tarfile.open(exported) as tar:
+        middle = [m for m in tar.getmembers() if m.name.startswith("entries/")][2]
+    data = bytearray(exported.read_bytes())
+    data[middle.offset + 179] ^= 0x10  # in the header's link name, which its checksum covers
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(data))
+    target = Cache(tmp_path / "target")
+    with pytest.raises(CacheError, match=r"damaged after its member .*nothing was imported"):
+        target.import_(damaged)
+    assert [Cache(tmp_path / "target").get(k) for k in values()] == [None] * len(values())
+    code, out, err = run_import(damaged, tmp_path / "target", capsys)
+    assert (code, out, len(err.splitlines())) == (1, "", 1)
 
 
 # --- hostile members --------------------------------------------------------------------------

@@ -253,6 +253,21 @@ def test_get_many_and_set_many(cache):
     assert cache.get_many(["a", "b", "c", ("d",)]) == {"a": 1, "b": 2}
 
 
+def test_get_many_refuses_keys_a_dict_cannot_hold_apart(cache):
+    # 1, 1.0 and True are three entries; a dict of them held the last value under the first key.
+    for key, value in ((1, "int"), (1.0, "float"), (True, "bool")):
+        cache.set(key, value)
+    assert [cache.get(k) for k in (1, 1.0, True)] == ["int", "float", "bool"]
+    with pytest.raises(ValueError, match=r"1 and 1.0 are one dict key.*cache.get"):
+        cache.get_many([1, 1.0, True])
+    assert cache.get_many([1, 1, "missing"]) == {1: "int"}
+    frame = pd.DataFrame({"x": [1.0]})
+    cache.set(frame, "frame")
+    with pytest.raises(TypeError, match=r"DataFrame key cannot be a dict key.*cache.get"):
+        cache.get_many([frame])
+    assert cache.get(frame) == "frame"
+
+
 def test_set_many_with_ttl(cache):
     assert cache.set_many({"a": 1, "b": 2}, ttl=0.2) == 2
     time.sleep(0.3)

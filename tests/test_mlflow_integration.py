@@ -8,6 +8,7 @@ compared with the uncached function's: same predictions, same metrics.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import multiprocessing
 import os
@@ -472,6 +473,36 @@ def test_setup_production_cache_as_the_guide_writes_it(
     assert bare["mlflow_cache"] is None and bare["backtest_cache"] is None
     with pytest.raises(ValueError, match="max_cache_size_mb"):
         setup_production_cache(max_cache_size_mb=-1)
+
+
+def test_an_unreachable_tracking_server_is_said_at_once(tmp_path: Path, run_python) -> None:
+    # MLflow's client retried the refused connection with back-off: setup_production_cache
+    # returned after four minutes, then the first decorated call set up again for four more.
+    # The child's timeout is the guard against that wait, not a measure of speed.
+    out = run_python(
+        f"""
+        import warnings, afml_cache
+        from afml_cache import mlflow_cached, setup_production_cache
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ready = setup_production_cache(
+                tracking_uri="http://127.0.0.1:{free_port()}", mlflow_experiment="x"
+            )
+
+            @mlflow_cached
+            def train(a):
+                return {{"accuracy": a / 10}}
+
+            print([train(1), train(1), train(2)], ready["mlflow_cache"])
+        print([str(w.message) for w in caught if "MLflow" in str(w.message)])
+        """,
+        env={"AFML_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=120,
+    )
+    results, warned = out.splitlines()[-2:]
+    assert results == "[{'accuracy': 0.1}, {'accuracy': 0.1}, {'accuracy': 0.2}] None"
+    [warning] = ast.literal_eval(warned)
+    assert "cannot be reached" in warning and "runs are not tracked" in warning
 
 
 # --- a real tracking server --------------------------------------------------------------------

@@ -127,6 +127,41 @@ def test_entries_planted_by_another_user_in_a_loose_directory_are_never_unpickle
         Cache(victim).get("report")
 
 
+@needs_root
+def test_statistics_of_a_directory_made_read_only_while_in_use_warn_once(run_python, shared_tmp):
+    """A report must not fail the run it reports on: another function's counters cannot be
+    opened once the directory is read-only, and `cache_status()` raised StoreError."""
+    directory = shared_tmp / "cache"
+    directory.mkdir()
+    os.chown(directory, NOBODY, NOBODY)
+    out = run_python(
+        f"""
+        import os, subprocess, warnings, afml_cache
+        {as_user(NOBODY, NOBODY)}
+        afml_cache.configure(directory={str(directory)!r})
+
+        @afml_cache.cacheable
+        def double(x):
+            return 2 * x
+
+        double(1)
+        afml_cache.Cache({str(directory)!r}).namespaced("other").set("k", 1)
+        afml_cache.flush_writes()
+        subprocess.run(["chmod", "-R", "a-w", {str(directory)!r}], check=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print(double(2))
+            print(afml_cache.cache_status())
+            print(afml_cache.get_cache_stats())
+        print(sum("call statistics" in str(w.message) for w in caught))
+        subprocess.run(["chmod", "-R", "u+w", {str(directory)!r}], check=True)
+        """
+    )
+    lines = out.splitlines()
+    assert lines[0] == "4"
+    assert lines[-2] == "{}" and lines[-1] == "1"
+
+
 # --- the decorators ----------------------------------------------------------------------------
 
 

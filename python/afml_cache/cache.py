@@ -273,11 +273,30 @@ class Cache:
         return self._entries.delete(fingerprint(key))
 
     def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
-        """The stored values of those ``keys`` that are present, as ``{key: value}``."""
+        """The stored values of those ``keys`` that are present, as ``{key: value}``. Keys a
+        dict cannot hold apart (``1``, ``1.0`` and ``True`` are one dict key, but three entries
+        here) or at all (a DataFrame) are a ``ValueError`` or ``TypeError``: read them with
+        ``get``."""
         missing = object()
-        found = {}
+        found: dict[Any, Any] = {}
+        digests: dict[Any, str] = {}
         for key in keys:
             value = self.get(key, missing)
+            try:
+                earlier = digests.get(key)
+            except TypeError:
+                raise TypeError(
+                    f"get_many returns {{key: value}}, and a {type(key).__qualname__} key cannot "
+                    "be a dict key; read it with cache.get(key)"
+                ) from None
+            digest = fingerprint(key)
+            if earlier is not None and earlier != digest:
+                other = next(k for k in digests if k == key)
+                raise ValueError(
+                    f"get_many returns {{key: value}}, where {other!r} and {key!r} are one dict "
+                    "key, but they are two entries here; read them with cache.get(key)"
+                )
+            digests[key] = digest
             if value is not missing:
                 found[key] = value
         return found

@@ -12,6 +12,7 @@ import logging
 import numbers
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 from afml_cache import config
 from afml_cache._core import fingerprint
@@ -34,6 +36,9 @@ _log = logging.getLogger("afml_cache")
 DEFAULT_EXPERIMENT = "afml_experiments"
 # MLflow's variable for the default experiment; set for the worker processes to inherit.
 _EXPERIMENT_VARIABLE = "MLFLOW_EXPERIMENT_NAME"
+# Seconds to wait for a tracking server to accept a connection before setting up: MLflow's own
+# client retries a refused connection with back-off for about four minutes.
+_REACH_TIMEOUT = 5.0
 # The tags and metric a tracked call adds to its run.
 TAG_FUNCTION = "afml_cache.function"
 TAG_KEY = "afml_cache.key"
@@ -100,6 +105,7 @@ class MLflowCache:
         self._mlflow = mlflow
         self.tracking_uri: str = mlflow.get_tracking_uri()
         self.experiment_name = experiment_name
+        _check_reachable(self.tracking_uri)
         self._client = mlflow.MlflowClient(self.tracking_uri)
         self.experiment_id = self._experiment_id(artifact_location)
         # Why tracking stopped in this process (set at the first MLflow failure), or None.
@@ -506,6 +512,22 @@ _default_lock = threading.Lock()
 _default_failure: str | None = None
 
 
+def _check_reachable(tracking_uri: str) -> None:
+    """Raises ``CacheError`` at once when an HTTP tracking server does not accept a
+    connection (refused, no route, no such host), instead of MLflow's minutes of retries."""
+    where = urlsplit(tracking_uri)
+    if where.scheme not in ("http", "https") or not where.hostname:
+        return
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        socket.create_connection((where.hostname, port), timeout=_REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise CacheError(
+            f"the MLflow tracking server at {tracking_uri} cannot be reached ({exc}); start it, "
+            "or pass another tracking_uri"
+        ) from None
+
+
 def setup_mlflow_cache(
     experiment_name: str = DEFAULT_EXPERIMENT,
     tracking_uri: str | None = None,
@@ -520,7 +542,13 @@ def setup_mlflow_cache(
     ``MLFLOW_EXPERIMENT_NAME``), so worker processes (joblib, multiprocessing, Dask on this
     machine) log to the same experiment."""
     global _default, _default_failure
-    cache = MLflowCache(experiment_name, tracking_uri, artifact_location=artifact_location)
+    try:
+        cache = MLflowCache(experiment_name, tracking_uri, artifact_location=artifact_location)
+    except Exception as exc:
+        # The decorators must not try again with MLflow's defaults at their first call.
+        with _default_lock:
+            _default_failure = f"{type(exc).__name__}: {exc}"
+        raise
     os.environ[_EXPERIMENT_VARIABLE] = experiment_name
     with _default_lock:
         _default, _default_failure = cache, None

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from afml_cache import config, report
 from afml_cache._core import LATENCY_BOUNDS
 from afml_cache._store import FunctionTotals
 from afml_cache.cache import Cache
+from afml_cache.errors import CacheWarning, caller_stacklevel
 from afml_cache.progress import in_notebook
 from afml_cache.report import MB
 
@@ -201,11 +203,32 @@ def _row(raw: FunctionTotals) -> FunctionStats:
     )
 
 
+_unreadable: set[Path] = set()  # directories whose statistics could not be read, warned once
+
+
+def _totals(cache: Cache) -> list[FunctionTotals]:
+    """``cache.function_stats()``, or none, with one warning, when the directory's statistics
+    cannot be read (made read-only while in use, say): a report never fails the run it reports
+    on."""
+    try:
+        return cache.function_stats()
+    except OSError as exc:
+        if cache.directory not in _unreadable:
+            _unreadable.add(cache.directory)
+            warnings.warn(
+                f"afml_cache: the call statistics of {cache.directory} cannot be read ({exc}); "
+                "they are reported as none until they can",
+                CacheWarning,
+                stacklevel=caller_stacklevel(),
+            )
+        return []
+
+
 def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
     """The statistics of every called function, by name, and the bytes of all entries."""
     if cache is None:
         return {}, 0
-    totals = cache.function_stats()  # sorted by namespace
+    totals = _totals(cache)  # sorted by namespace
     rows = {raw.namespace: _row(raw) for raw in totals if raw.calls}
     return rows, sum(raw.bytes for raw in totals)
 
@@ -226,7 +249,7 @@ def function_row(cache: Cache | None, name: str) -> FunctionStats:
     it was never called and has no entries, or there is no usable cache)."""
     if cache is None:
         return _empty(name)
-    for raw in cache.function_stats():
+    for raw in _totals(cache):
         if raw.namespace == name:
             return _row(raw)
     return _empty(name)
@@ -247,7 +270,7 @@ def _known_functions(cache: Cache) -> set[str]:
     in this process, with their entries in its directory."""
     from afml_cache.decorators import cached_functions
 
-    known = {raw.namespace for raw in cache.function_stats()}  # called, or with entries
+    known = {raw.namespace for raw in _totals(cache)}  # called, or with entries
     here = Path(cache.directory).resolve()
     for fn in cached_functions():
         if fn.__module__ not in sys.modules:  # its module is gone: nobody can name it

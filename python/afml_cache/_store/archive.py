@@ -60,6 +60,13 @@ def _stage_archive(
     staged: list[StagedImport] = []
     try:
         members = archive.getmembers()
+        if not _only_zeros_after(archive):
+            # tarfile ends its listing quietly at a header that fails its checksum.
+            last = f"its member {members[-1].name}" if members else "its start"
+            raise CacheError(
+                f"could not import {path}: it is damaged after {last} (a member's header "
+                "fails its checksum); nothing was imported"
+            )
         for member in members:
             if not member.isfile():
                 raise CacheError(
@@ -89,11 +96,23 @@ def _stage_member(
         return store.stage_import(archive.extractfile(member), archive_key)
     except StoreError:
         raise  # this cache's disk failed, not the archive; the message names the file
-    except (CacheError, OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+    except (CacheError, OSError, EOFError, ValueError, tarfile.TarError, zlib.error) as exc:
         raise CacheError(
             f"could not import {path}: its member {member.name} is damaged ({exc}); "
             "nothing was imported"
         ) from None
+
+
+def _only_zeros_after(archive: tarfile.TarFile) -> bool:
+    """Whether all that follows the members tarfile listed is the zero blocks that end an
+    archive."""
+    source = archive.fileobj
+    assert source is not None
+    source.seek(archive.offset)
+    while block := source.read(1 << 20):
+        if block.count(0) != len(block):
+            return False
+    return True
 
 
 def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
