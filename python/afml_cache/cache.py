@@ -277,27 +277,25 @@ class Cache:
         dict cannot hold apart (``1``, ``1.0`` and ``True`` are one dict key, but three entries
         here) or at all (a DataFrame) are a ``ValueError`` or ``TypeError``: read them with
         ``get``."""
-        missing = object()
         found: dict[Any, Any] = {}
         digests: dict[Any, str] = {}
         for key in keys:
-            value = self.get(key, missing)
+            digest = fingerprint(key)
             try:
-                earlier = digests.get(key)
+                earlier = digests.setdefault(key, digest)
             except TypeError:
                 raise TypeError(
                     f"get_many returns {{key: value}}, and a {type(key).__qualname__} key cannot "
                     "be a dict key; read it with cache.get(key)"
                 ) from None
-            digest = fingerprint(key)
-            if earlier is not None and earlier != digest:
+            if earlier != digest:
                 other = next(k for k in digests if k == key)
                 raise ValueError(
                     f"get_many returns {{key: value}}, where {other!r} and {key!r} are one dict "
                     "key, but they are two entries here; read them with cache.get(key)"
                 )
-            digests[key] = digest
-            if value is not missing:
+            present, value, _ = self._entries.lookup(digest)
+            if present:
                 found[key] = value
         return found
 

@@ -82,9 +82,9 @@ reference and compares identities, so rebinding a name (a notebook cell re-execu
 reloaded, ``__code__`` swapped by autoreload) is noticed on the next call and only what changed is
 recomputed. Mutating a dict or an instance in place does not change the digest: live values are
 read again on every call instead, through the path recorded for each (a global name, an
-attribute chain, a closure cell, a default, a class attribute). Assigning a new ``__defaults__``
-tuple that happens to reuse the old one's address is not noticed (defaults are checked by
-``id``, to hold no reference from the cache to them), nor is editing ``__kwdefaults__`` in place.
+attribute chain, a closure cell, a default, a class attribute). The defaults tuple is held and
+compared by identity (an id alone let a tuple set twice take its freed address back), and the
+keyword defaults by their dict and items, so editing ``__kwdefaults__`` in place is noticed too.
 
 A repeated call for a function with five helpers costs one dictionary lookup and identity test
 per reference and no hashing, plus reading each live value; the first call per function reads

@@ -141,7 +141,10 @@ class _FunctionNode:
         if (
             fn.__code__ is not self.code
             or fn.__defaults__ is not self.defaults
-            or not _same_kwdefaults(fn, self.kwdefaults)
+            or (
+                (self.kwdefaults is not None or fn.__kwdefaults__ is not None)
+                and not _same_kwdefaults(fn, self.kwdefaults)
+            )
         ):
             return None
         missing = _MISSING
