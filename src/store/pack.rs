@@ -14,7 +14,8 @@
 //! ```
 //!
 //! A pack's first record is its header: the all-zero digest and 16 random bytes, new for each
-//! file written (created or compacted), that name this pack file.
+//! file written (created or compacted), that name this pack file. A tombstone of the all-ones
+//! digest is a mark that every record before it is gone (see "Damage" below).
 //!
 //! The newest record of a digest wins. Each process keeps, per pack, the digests' newest
 //! records, read from where it stopped to the end of the file on each lookup (another pack file,
@@ -25,6 +26,13 @@
 //! a packed write removes the key's file under the pack's lock, and a file installed for a key
 //! appends a tombstone to its pack. A pack whose dead records pass half of it is rewritten with
 //! its live records and renamed over (readers notice the new inode).
+//!
+//! Damage: a damaged or torn record may have been its key's newest (an overwrite, a delete), so
+//! the key's older records must not be served in its place. A torn tail whose frame is whole
+//! names its key: readers miss that key while the tail is there, and the next writer cuts it off
+//! and appends the key's tombstone. A record whose key cannot be told (a frame damaged in the
+//! middle, or a tail too short to hold its frame) ends every record before it: readers miss the
+//! whole pack while such a tail is there, and the writer that cuts it off appends the mark.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -44,6 +52,8 @@ const MAGIC: &[u8; 4] = b"AFPK";
 const FRAME_LEN: usize = 48;
 /// The header record's digest (no key's: a BLAKE3 output) and the length of its id.
 const HEADER_DIGEST: [u8; 32] = [0; 32];
+/// A tombstone of this digest (no key's either) ends every record before it.
+const LOST_DIGEST: [u8; 32] = [0xff; 32];
 const ID_LEN: usize = 16;
 const HEADER_LEN: usize = FRAME_LEN + ID_LEN;
 
@@ -75,15 +85,76 @@ pub(super) struct PackIndex {
     live: HashMap<u64, Record>,
     /// Bytes of superseded records and tombstones.
     dead: u64,
+    /// What follows the last whole record, as last read.
+    tail: Tail,
+}
+
+/// The bytes after a pack's last whole record: a record being appended, or one whose writer
+/// was killed (or whose bytes a power loss cut short).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    #[default]
+    None,
+    /// Its frame is whole: it writes this key.
+    Of([u8; 32]),
+    /// Too short to hold its frame, or the frame is damaged: any key's.
+    Unknown,
+}
+
+impl Tail {
+    fn of(bytes: &[u8]) -> Tail {
+        match read_frame(bytes) {
+            _ if bytes.is_empty() => Tail::None,
+            Some((digest, _)) if digest != HEADER_DIGEST && digest != LOST_DIGEST => Tail::Of(digest),
+            _ => Tail::Unknown,
+        }
+    }
+
+    /// Whether the key of `digest` may have been written (or removed) by this tail: its older
+    /// records must not be served meanwhile.
+    fn hides(&self, digest: &[u8; 32]) -> bool {
+        match self {
+            Tail::None => false,
+            Tail::Of(written) => slot(written) == slot(digest),
+            Tail::Unknown => true,
+        }
+    }
+}
+
+/// What [`walk`] meets, in order.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    /// A key's record, or its tombstone (None).
+    Key([u8; 32], Option<Record>),
+    /// A record whose key cannot be told (a damaged frame, of this many bytes, or the mark a
+    /// writer appends for a torn one): it may have been any key's newest, so every record before
+    /// it ends.
+    Lost(u64),
+}
+
+impl Seen {
+    fn of(digest: [u8; 32], record: Option<Record>) -> Seen {
+        match (digest, record) {
+            (LOST_DIGEST, None) => Seen::Lost(FRAME_LEN as u64),
+            _ => Seen::Key(digest, record),
+        }
+    }
 }
 
 impl PackIndex {
-    fn apply(&mut self, digest: [u8; 32], record: Option<Record>) {
-        let replaced = match record {
-            Some(record) => self.live.insert(slot(&digest), record),
-            None => {
+    fn apply(&mut self, seen: Seen) {
+        let replaced = match seen {
+            Seen::Key(digest, Some(record)) => self.live.insert(slot(&digest), record),
+            Seen::Key(digest, None) => {
                 self.dead += FRAME_LEN as u64;
                 self.live.remove(&slot(&digest))
+            }
+            Seen::Lost(bytes) => {
+                self.dead += bytes;
+                for (_, old) in self.live.drain() {
+                    self.dead += FRAME_LEN as u64 + u64::from(old.len);
+                }
+                None
             }
         };
         if let Some(old) = replaced {
@@ -103,13 +174,14 @@ impl PackIndex {
         if identity != self.identity || id != self.id || meta.len() < self.end {
             *self = PackIndex { identity, id, ..PackIndex::default() };
         }
+        self.tail = Tail::None;
         if meta.len() > self.end {
             let mut tail = vec![0u8; (meta.len() - self.end) as usize];
             let n = read_up_to(file, &mut tail, self.end).map_err(|e| Error::io("cannot read", path, e))?;
             let base = self.end;
-            let walked = walk(&tail[..n], base, |digest, record| self.apply(digest, record));
+            let walked = walk(&tail[..n], base, |seen| self.apply(seen));
             self.end += walked.whole as u64;
-            self.dead += walked.damaged.iter().map(|r| r.end - r.start).sum::<u64>();
+            self.tail = Tail::of(&tail[walked.whole..n]);
         }
         Ok(meta.len())
     }
@@ -179,14 +251,14 @@ struct Walked {
     damaged: Vec<std::ops::Range<u64>>,
 }
 
-/// Calls `each` for every whole entry record in `bytes` (the pack from offset `base` on), in
-/// order, with None for a tombstone (the header is passed over).
-fn walk(bytes: &[u8], base: u64, mut each: impl FnMut([u8; 32], Option<Record>)) -> Walked {
+/// Calls `each` for every whole record in `bytes` (the pack from offset `base` on) and every
+/// damaged stretch between them, in order (the header is passed over).
+fn walk(bytes: &[u8], base: u64, mut each: impl FnMut(Seen)) -> Walked {
     let (mut at, mut whole, mut damaged) = (0, 0, Vec::new());
     loop {
         if let Some((digest, len)) = whole_record(&bytes[at..]) {
             if digest != HEADER_DIGEST {
-                each(digest, (len > 0).then_some(Record { offset: base + (at + FRAME_LEN) as u64, len }));
+                each(Seen::of(digest, (len > 0).then_some(Record { offset: base + (at + FRAME_LEN) as u64, len })));
             }
             at += FRAME_LEN + len as usize;
             whole = at;
@@ -205,9 +277,25 @@ fn walk(bytes: &[u8], base: u64, mut each: impl FnMut([u8; 32], Option<Record>))
             .find(|&i| whole_record(&bytes[i..]).is_some());
         let Some(next) = next else { break };
         damaged.push(base + at as u64..base + next as u64);
+        each(Seen::Lost((next - at) as u64));
         at = next;
     }
     Walked { whole, damaged }
+}
+
+/// The newest record of each key in a whole pack's bytes, as a reader indexes them.
+fn live_records(bytes: &[u8]) -> (HashMap<[u8; 32], Record>, Walked) {
+    let mut live = HashMap::new();
+    let walked = walk(bytes, 0, |seen| match seen {
+        Seen::Key(digest, Some(record)) => {
+            live.insert(digest, record);
+        }
+        Seen::Key(digest, None) => {
+            live.remove(&digest);
+        }
+        Seen::Lost(_) => live.clear(),
+    });
+    (live, walked)
 }
 
 /// The frame of a whole record at the start of `bytes` (see [`read_frame`]).
@@ -316,13 +404,39 @@ impl Store {
 
     fn find_packed(&self, pack: &Path, digest: &[u8; 32], write: bool) -> Result<Option<Location>> {
         let Some(file) = open(pack, write)? else { return Ok(None) };
-        let index = self.pack_index(pack);
-        let mut index = index.lock();
+        let shared = self.pack_index(pack);
+        let mut index = shared.lock();
         index.catch_up(&file, pack, self.trust)?;
+        if index.tail.hides(digest) {
+            drop(index);
+            if self.torn_tail_hides(pack, &file, digest)? {
+                return Ok(None);
+            }
+            index = shared.lock();
+        }
         let Some(&record) = index.live.get(&slot(digest)) else { return Ok(None) };
         drop(index);
         let (offset, len) = (record.offset, u64::from(record.len));
         Ok(Some(Location { path: pack.to_path_buf(), file, offset, len, packed: true }))
+    }
+
+    /// Whether the tail after the last whole record of `pack` may have written the key of
+    /// `digest` and is torn, so that the key's older record must not be served. A tail that a
+    /// writer is appending (it holds the pack's lock) is not torn: until its `set` returns, the
+    /// older value is the key's value. A free lock means no append is under way; the tail is
+    /// read again under it. When the lock cannot be taken at all (a read-only cache), a miss.
+    fn torn_tail_hides(&self, pack: &Path, file: &File, digest: &[u8; 32]) -> Result<bool> {
+        let lock_path = layout::pack_lock_path(&self.root, pack);
+        match lock::try_acquire(&lock_path, self.trust) {
+            Ok(Some(_held)) => {
+                let index = self.pack_index(pack);
+                let mut index = index.lock();
+                index.catch_up(file, pack, self.trust)?;
+                Ok(index.tail.hides(digest))
+            }
+            Ok(None) => Ok(false),
+            Err(_) => Ok(true),
+        }
     }
 
     /// This process's index of `pack`.
@@ -333,7 +447,8 @@ impl Store {
     }
 
     /// Runs `change` under the lock of `pack` (created if `create`, else None when there is
-    /// none), with this process's index of it caught up and any torn tail cut off.
+    /// none), with this process's index of it caught up and any torn tail cut off (and what it
+    /// may have written ended).
     fn with_pack<T>(
         &self,
         pack: &Path,
@@ -363,6 +478,9 @@ impl Store {
         if size > index.end {
             // A writer stopped mid-append (or the pack is damaged from here on).
             file.set_len(index.end).map_err(|e| Error::io("cannot truncate", pack, e))?;
+            if index.end > 0 {
+                self.end_torn(pack, &file, &mut index)?;
+            }
         }
         if index.end == 0 {
             // New, or damaged from its start (its records were unreadable): a new pack file.
@@ -371,6 +489,23 @@ impl Store {
             *index = PackIndex { identity: index.identity, id, end: HEADER_LEN as u64, ..PackIndex::default() };
         }
         change(&file, &mut index).map(Some)
+    }
+
+    /// After a torn tail was cut off: it may have been an acknowledged write whose bytes a power
+    /// loss cut short, so the key it wrote (or, when its frame is torn too, every key) ends
+    /// rather than keeping an older value.
+    fn end_torn(&self, pack: &Path, file: &File, index: &mut PackIndex) -> Result<()> {
+        let (digest, ended): ([u8; 32], Vec<Record>) = match std::mem::take(&mut index.tail) {
+            Tail::None => return Ok(()),
+            Tail::Of(digest) => (digest, index.live.get(&slot(&digest)).copied().into_iter().collect()),
+            Tail::Unknown => (LOST_DIGEST, index.live.values().copied().collect()),
+        };
+        append(file, index, &digest, None).map_err(|e| Error::io("cannot write", pack, e))?;
+        let ring = self.keyring();
+        for record in ended {
+            self.count_removed_in(&ring, layout::namespace_of(pack), u64::from(record.len));
+        }
+        Ok(())
     }
 
     /// Appends `sealed` as the entry of `key` (replacing its file, if it had one), counts it and
@@ -460,22 +595,21 @@ impl Store {
             return Err(Error::io("cannot compact", pack, e));
         }
         let meta = new_file.metadata().map_err(|e| Error::io("cannot stat", pack, e))?;
-        *index = PackIndex { identity: identity(&meta), id, end: fresh.len() as u64, live: records, dead: 0 };
+        *index = PackIndex {
+            identity: identity(&meta),
+            id,
+            end: fresh.len() as u64,
+            live: records,
+            dead: 0,
+            tail: Tail::None,
+        };
         Ok(())
     }
 
     /// The live entries of a pack, as a scan sees them (headers not verified).
     pub(super) fn scan_pack(&self, pack: &Path) -> Vec<Scanned> {
         let Ok(bytes) = fs::read(pack) else { return Vec::new() };
-        let mut live = HashMap::new();
-        walk(&bytes, 0, |digest, record| match record {
-            Some(record) => {
-                live.insert(digest, record);
-            }
-            None => {
-                live.remove(&digest);
-            }
-        });
+        let (live, _) = live_records(&bytes);
         let mut out: Vec<Scanned> = live
             .into_iter()
             .filter_map(|(digest, record)| {
@@ -497,29 +631,30 @@ impl Store {
     /// `check` of one pack: its problems, and the size of each good entry. With `fix`, damaged records are removed and a damaged tail cut off.
     pub(super) fn check_pack(&self, pack: &Path, fix: bool) -> (Vec<Problem>, Vec<u64>) {
         let problem = |problem: String, fixed: bool| Problem { path: pack.to_path_buf(), problem, fixed };
-        let bytes = match fs::read(pack) {
+        let mut bytes = match fs::read(pack) {
             Ok(bytes) => bytes,
             Err(e) => return (vec![problem(format!("cannot read: {e}"), false)], Vec::new()),
         };
-        let mut live = HashMap::new();
-        let walked = walk(&bytes, 0, |digest, record| match record {
-            Some(record) => {
-                live.insert(digest, record);
-            }
-            None => {
-                live.remove(&digest);
-            }
-        });
+        let (mut live, mut walked) = live_records(&bytes);
         let (mut problems, mut good) = (Vec::new(), Vec::new());
         let whole = walked.whole;
         if whole < bytes.len() {
-            // Cut off (under the lock) by `with_pack`, if it is still there.
-            let fixed = fix && self.with_pack(pack, false, |_, _| Ok(())).is_ok();
+            let ends = match Tail::of(&bytes[whole..]) {
+                Tail::Of(digest) => format!("the entry of {} it began ends with it", digest_hex(&digest)),
+                _ => "too short to tell whose record it began, it ends every entry before it".into(),
+            };
             let why = format!(
-                "{} bytes after its last whole record at byte {whole} (a write cut short, or damage)",
+                "{} bytes after its last whole record at byte {whole} (a write cut short, or damage): {ends}",
                 bytes.len() - whole
             );
+            // Cut off (under the lock) by `with_pack`, if it is still there, which ends what
+            // it may have written: the records left are read again.
+            let fixed = fix && self.with_pack(pack, false, |_, _| Ok(())).is_ok();
             problems.push(problem(why, fixed));
+            if let Some(after) = fixed.then(|| fs::read(pack).ok()).flatten() {
+                (live, walked) = live_records(&after);
+                bytes = after;
+            }
         }
         let mut records: Vec<_> = live.into_iter().collect();
         records.sort_by_key(|(_, r)| r.offset);
@@ -542,7 +677,8 @@ impl Store {
         for stretch in &walked.damaged {
             let (at, len) = (stretch.start, stretch.end - stretch.start);
             let why = format!(
-                "{len} damaged bytes at byte {at}, between whole records (a record's frame: its entry is lost)"
+                "{len} damaged bytes at byte {at}, between whole records (a record's frame, whose key cannot be \
+                 told: the records before it are dropped)"
             );
             problems.push(problem(why, compacted));
         }
@@ -576,7 +712,7 @@ fn append(file: &File, index: &mut PackIndex, digest: &[u8; 32], sealed: Option<
         return Err(e);
     }
     index.end += record.len() as u64;
-    index.apply(*digest, (len > 0).then_some(Record { offset: at + FRAME_LEN as u64, len }));
+    index.apply(Seen::of(*digest, (len > 0).then_some(Record { offset: at + FRAME_LEN as u64, len })));
     Ok(())
 }
 

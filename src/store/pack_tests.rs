@@ -30,6 +30,11 @@ fn located(store: &Store, k: &str) -> (PathBuf, u64, u64) {
     store.locate(NS, k).unwrap().expect("an entry")
 }
 
+/// The pack an entry of `k` would be packed in.
+fn located_in(store: &Store, k: &str) -> PathBuf {
+    layout::pack_path(store.root(), NS, k)
+}
+
 fn flip_byte(path: &Path, at: u64) {
     let mut bytes = fs::read(path).unwrap();
     bytes[at as usize] ^= 1;
@@ -92,35 +97,122 @@ fn a_value_that_grows_moves_to_a_file_and_back_to_the_pack() {
     assert_eq!(a.counter(Counter::Count), 1);
 }
 
+/// Keys whose entries share one pack, in the order asked.
+fn keys_of_one_pack(store: &Store, n: usize) -> Vec<String> {
+    let pack = layout::pack_path(store.root(), NS, &key(0));
+    let named = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();
+    (0..100_000).map(named).filter(|k| layout::pack_path(store.root(), NS, k) == pack).take(n).collect()
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+}
+
 #[test]
-fn a_torn_tail_is_ignored_by_readers_and_cut_off_by_the_next_writer() {
+fn a_torn_tail_hides_the_key_it_wrote_and_the_next_writer_ends_that_key() {
     let scratch = Scratch::new("pack-torn");
     let a = scratch.store(GB);
-    // Two keys of one shard: the same first two hex digits.
-    let keys: Vec<String> = (0..=255u8).map(key).collect();
-    let (one, two) = keys
-        .iter()
-        .enumerate()
-        .find_map(|(i, x)| keys[i + 1..].iter().find(|y| y[..2] == x[..2]).map(|y| (x.clone(), y.clone())))
-        .expect("two keys of one shard among 256");
-    put(&a, small(&one, b"one"));
-    let (pack, offset, len) = located(&a, &one);
-    // A writer killed mid-append: the first half of a record.
-    let record = fs::read(&pack).unwrap();
-    let whole = record.len() as u64;
-    let record = &record[64..]; // after the pack's header
-    OpenOptions::new().append(true).open(&pack).unwrap().write_all(&record[..record.len() / 2]).unwrap();
+    let keys = keys_of_one_pack(&a, 3);
+    let (one, two, three) = (&keys[0], &keys[1], &keys[2]);
+    put(&a, small(one, b"one"));
+    put(&a, small(three, b"three"));
+    let (pack, ..) = located(&a, one);
+    let whole = fs::metadata(&pack).unwrap().len();
+    // The first half of a newer record of `one`: its writer was killed, or a power loss cut
+    // short an overwrite that had returned. Either way `one`'s older record is not its value.
+    let bytes = fs::read(&pack).unwrap();
+    let record = &bytes[64..whole as usize - (whole as usize - 64) / 2]; // `one`'s record
+    append_bytes(&pack, &record[..record.len() / 2 + 10]);
+
+    // While a writer holds the pack's lock, the tail is an append under way: until its `set`
+    // returns, the older value is the key's value.
+    let lock_path = layout::pack_lock_path(a.root(), &pack);
+    let appending = lock::acquire(&lock_path, std::time::Duration::ZERO, Trust::Owner).unwrap().unwrap();
+    assert_eq!(stream_of(&scratch.store(GB), one), b"one");
+    drop(appending);
 
     let b = scratch.store(GB);
-    assert_eq!(stream_of(&b, &one), b"one");
-    assert!(is_miss(&b, &two));
-    put(&b, small(&two, b"two"));
-    let (_, offset_two, len_two) = located(&a, &two);
-    assert_eq!(offset_two, whole + 48, "the torn tail was not cut off");
-    assert_eq!(fs::metadata(&pack).unwrap().len(), whole + 48 + len_two);
-    assert_eq!((stream_of(&a, &two), stream_of(&a, &one)), (b"two".to_vec(), b"one".to_vec()));
-    assert_eq!(located(&a, &one), (pack, offset, len));
+    assert!(is_miss(&b, one) && is_miss(&a, one), "a torn newer record of the key: a miss");
+    assert_eq!(stream_of(&b, three), b"three");
+    put(&b, small(two, b"two"));
+    // The tail is cut off and `one` gets a tombstone: a miss for every store, also later.
+    let (_, offset_two, len_two) = located(&a, two);
+    assert_eq!(offset_two, whole + 48 + 48, "the torn tail was not cut off (or no tombstone)");
+    assert_eq!(fs::metadata(&pack).unwrap().len(), offset_two + len_two);
+    for store in [&a, &b, &scratch.store(GB)] {
+        assert!(is_miss(store, one));
+        assert_eq!((stream_of(store, two), stream_of(store, three)), (b"two".to_vec(), b"three".to_vec()));
+    }
     assert!(a.check(false).unwrap().is_empty());
+    assert_counters_match_disk(&a);
+}
+
+#[test]
+fn a_tail_too_short_for_its_frame_ends_every_record_of_its_pack() {
+    let scratch = Scratch::new("pack-torn-frame");
+    let a = scratch.store(GB);
+    let keys = keys_of_one_pack(&a, 4);
+    for k in &keys[..3] {
+        put(&a, small(k, k.as_bytes()));
+    }
+    let other = key(7);
+    put(&a, small(&other, b"other pack"));
+    let (pack, ..) = located(&a, &keys[0]);
+    // Twenty bytes of a frame: whose record it began cannot be told.
+    append_bytes(&pack, &b"AFPK"[..].repeat(5));
+
+    let b = scratch.store(GB);
+    for k in &keys[..3] {
+        assert!(is_miss(&a, k) && is_miss(&b, k), "{k}");
+    }
+    assert_eq!(stream_of(&b, &other), b"other pack");
+    put(&b, small(&keys[3], b"new"));
+    for store in [&a, &b, &scratch.store(GB)] {
+        for k in &keys[..3] {
+            assert!(is_miss(store, k), "{k}");
+        }
+        assert_eq!(stream_of(store, &keys[3]), b"new");
+    }
+    assert!(a.check(false).unwrap().is_empty());
+    assert_counters_match_disk(&a);
+    assert_eq!(a.counter(Counter::Count), 2);
+}
+
+/// Damage on disk never rolls an overwrite or a delete back: the record it damaged may have
+/// been the key's newest, so the key's older record is not served in its place.
+#[test]
+fn damage_to_a_keys_newest_record_never_brings_an_older_value_back() {
+    let scratch = Scratch::new("pack-rollback");
+    let a = scratch.store(GB);
+    let keys = keys_of_one_pack(&a, 3);
+    let (first, second, third) = (&keys[0], &keys[1], &keys[2]);
+
+    // Overwritten, then the newest record cut short by one byte (a power loss): not the old value.
+    put(&a, small(first, b"old"));
+    put(&a, small(first, b"new"));
+    let (pack, ..) = located(&a, first);
+    let size = fs::metadata(&pack).unwrap().len();
+    OpenOptions::new().write(true).open(&pack).unwrap().set_len(size - 1).unwrap();
+    assert!(is_miss(&a, first) && is_miss(&scratch.store(GB), first));
+
+    // Deleted, then the tombstone cut short: still deleted.
+    put(&a, small(second, b"deleted"));
+    assert!(a.delete(NS, second).unwrap());
+    let size = fs::metadata(&pack).unwrap().len();
+    OpenOptions::new().write(true).open(&pack).unwrap().set_len(size - 1).unwrap();
+    assert!(is_miss(&a, second) && is_miss(&scratch.store(GB), second));
+
+    // Overwritten, then a bit of the newest record's frame flipped in place, records after it.
+    put(&a, small(third, b"old"));
+    put(&a, small(third, b"new"));
+    let (_, offset, _) = located(&a, third);
+    put(&a, small(second, b"after"));
+    flip_byte(&pack, offset - 48 + 20);
+    let fresh = scratch.store(GB);
+    assert!(is_miss(&fresh, third), "the damaged newest record of a key brought its old value back");
+    assert_eq!(stream_of(&fresh, second), b"after");
+    // A store that read the record before the damage serves it (its entry still verifies).
+    assert_eq!(stream_of(&a, third), b"new");
 }
 
 #[test]
@@ -147,14 +239,12 @@ fn a_damaged_record_is_never_served_and_is_removed_alone() {
 }
 
 #[test]
-fn a_damaged_frame_loses_its_record_alone_and_the_next_writer_keeps_the_records_after_it() {
+fn a_damaged_frame_ends_the_records_before_it_and_the_next_writer_keeps_the_records_after_it() {
     let scratch = Scratch::new("pack-frame");
     let writer = scratch.store(GB);
     // Eight keys of one pack, then others.
     let pack = layout::pack_path(writer.root(), NS, &key(0));
-    let named = |i: u32| blake3::hash(&i.to_le_bytes()).to_hex().to_string();
-    let mut keys: Vec<String> =
-        (0..100_000).map(named).filter(|k| layout::pack_path(writer.root(), NS, k) == pack).take(8).collect();
+    let mut keys = keys_of_one_pack(&writer, 8);
     keys.extend((0..32).map(key));
     for k in &keys {
         put(&writer, small(k, k.as_bytes()));
@@ -167,13 +257,19 @@ fn a_damaged_frame_loses_its_record_alone_and_the_next_writer_keeps_the_records_
         .collect();
     in_pack.sort();
     assert!(in_pack.len() >= 8, "{} records in the pack", in_pack.len());
-    // The length in the frame of a record in the middle: its frame no longer checks.
-    let (offset, damaged) = in_pack[in_pack.len() / 2];
+    // The length in the frame of a record in the middle: its frame no longer checks, so the
+    // key it wrote cannot be told, and every record before it may have been superseded by it.
+    let middle = in_pack.len() / 2;
+    let (offset, _) = in_pack[middle];
     flip_byte(&pack, offset - 48 + 5);
+    let lost: Vec<&String> = in_pack[..=middle].iter().map(|(_, k)| *k).collect();
+    let kept = |k: &&String| !lost.contains(k);
 
     let reader = scratch.store(GB);
-    assert!(is_miss(&reader, damaged));
-    for k in keys.iter().filter(|k| *k != damaged) {
+    for k in &lost {
+        assert!(is_miss(&reader, k), "{k}");
+    }
+    for k in keys.iter().filter(kept) {
         assert_eq!(stream_of(&reader, k), k.as_bytes(), "{k}");
     }
     // A writer appends after the records that follow the damage; it does not cut them off.
@@ -181,7 +277,7 @@ fn a_damaged_frame_loses_its_record_alone_and_the_next_writer_keeps_the_records_
     put(&reader, small(last, b"rewritten"));
     let later = scratch.store(GB);
     assert_eq!(stream_of(&later, last), b"rewritten");
-    for &(_, k) in in_pack.iter().filter(|(_, k)| *k != damaged && *k != last) {
+    for &(_, k) in in_pack[middle + 1..].iter().filter(|(_, k)| *k != last) {
         assert_eq!(stream_of(&later, k), k.as_bytes(), "{k}");
     }
 
@@ -191,8 +287,8 @@ fn a_damaged_frame_loses_its_record_alone_and_the_next_writer_keeps_the_records_
     assert!(later.check(true).unwrap().iter().all(|p| p.fixed));
     assert!(later.check(false).unwrap().is_empty());
     assert_counters_match_disk(&later);
-    assert_eq!(later.counter(Counter::Count), keys.len() as u64 - 1);
-    for k in keys.iter().filter(|k| *k != damaged && *k != last) {
+    assert_eq!(later.counter(Counter::Count), (keys.len() - lost.len()) as u64);
+    for k in keys.iter().filter(kept).filter(|k| *k != last) {
         assert_eq!(stream_of(&scratch.store(GB), k), k.as_bytes(), "{k}");
     }
 }
@@ -218,10 +314,15 @@ fn check_reports_damaged_records_and_tails_and_fix_drops_them() {
     assert!(a.check(true).unwrap().iter().all(|p| p.fixed));
     assert!(a.check(false).unwrap().is_empty());
     assert_counters_match_disk(&a);
-    assert_eq!(a.counter(Counter::Count), 19);
-    assert!(is_miss(&a, &keys[3]));
-    for k in keys.iter().filter(|k| **k != keys[3]) {
-        assert_eq!(stream_of(&a, k), b"value");
+    // The tail was too short for a frame: whichever key it wrote, the torn pack's keys end.
+    let ended: Vec<&String> = keys.iter().filter(|k| **k == keys[3] || located_in(&a, k) == torn).collect();
+    assert_eq!(a.counter(Counter::Count), (keys.len() - ended.len()) as u64);
+    for k in &keys {
+        if ended.contains(&k) {
+            assert!(is_miss(&a, k), "{k}");
+        } else {
+            assert_eq!(stream_of(&a, k), b"value");
+        }
     }
 }
 
