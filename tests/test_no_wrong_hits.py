@@ -317,6 +317,75 @@ def test_a_dict_of_helpers_counts_their_code(cache_dir: Path) -> None:
     assert check(nb["run"], 5) == 2
 
 
+@pytest.mark.filterwarnings("ignore:afml_cache. __main__.Momentum has no fingerprint rule")
+def test_a_registry_of_strategy_objects_counts_their_classes_code(cache_dir: Path) -> None:
+    # Each a wrong hit before: the dict and the list counted their objects' state and class
+    # name, not what the class's methods do.
+    nb = Notebook()
+    strategy = """
+    import dataclasses
+
+    class Momentum:
+        def __init__(self, n):
+            self.n = n
+
+        def signal(self, x):
+            return x * self.n
+
+    @dataclasses.dataclass
+    class Reversal:
+        n: int
+        sign = 1
+
+        def signal(self, x):
+            return -x * self.n * self.sign
+    """
+    nb.run(strategy)
+    nb.run('STRATEGIES = {"mom": Momentum(3)}\nFEATURES = [Reversal(2)]')
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def run(name, x):
+        return STRATEGIES[name].signal(x)
+
+    @cacheable
+    def run_all(x):
+        return [f.signal(x) for f in FEATURES]
+    """)
+    assert (check(nb["run"], "mom", 1), check(nb["run_all"], 1)) == (3, [-2])
+    nb.run(strategy.replace("x * self.n\n", "x * self.n * 10\n").replace("sign = 1", "sign = -1"))
+    nb.run('STRATEGIES["mom"] = Momentum(3)\nFEATURES[0] = Reversal(2)')  # in place
+    assert (check(nb["run"], "mom", 1), check(nb["run_all"], 1)) == (30, [2])
+    assert (check(nb["run"], "mom", 1), check(nb["run_all"], 1)) == (30, [2])
+    assert (hits(nb["run"]), hits(nb["run_all"])) == (1, 1)
+
+
+def test_a_bound_method_passed_in_counts_its_class_code(cache_dir: Path, tmp_path: Path) -> None:
+    # `evaluate(model.signal, 1)`: only a helper method of the class is edited between runs.
+    call = "evaluate(strategies.Momentum(3).signal, 1)"
+    run = Restarts(tmp_path, cache_dir, "strategies", call)
+    source = """
+from afml_cache import cacheable
+
+class Momentum:
+    def __init__(self, n):
+        self.n = n
+
+    def signal(self, x):
+        return self._weigh(x)
+
+    def _weigh(self, x):
+        return x * self.n * 2
+
+@cacheable
+def evaluate(signal, x):
+    return signal(x)
+"""
+    assert run(source) == "6"
+    assert run(source.replace("self.n * 2", "self.n * 5")) == "15"
+
+
 def test_globals_read_through_a_helper_and_a_user_module(cache_dir: Path, load: Loader) -> None:
     cfg = load('PARAMS = {"k": 1.0}\n', name=f"cfg_{uuid.uuid4().hex}")
     module = load(f"""
@@ -464,11 +533,41 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     def told(x):
         return x * int(os.environ["AFML_TEST_LOOKBACK"])
 
+    from os import environ as env, getenv as ge
+    ENV = os.environ
+
+    @cacheable
+    def by_aliases(x):
+        return x * int(env["AFML_TEST_LOOKBACK"]) + int(ge("AFML_TEST_LOOKBACK"))
+
+    @cacheable
+    def by_global(x):
+        return x * int(ENV.get("AFML_TEST_LOOKBACK", "1"))
+
+    @cacheable
+    def by_local_alias(x):
+        from os import environ as variables
+        return x * int(variables["AFML_TEST_LOOKBACK"])
+
+    @cacheable
+    def by_expanding(x):
+        return x * int(os.path.expandvars("$AFML_TEST_LOOKBACK"))
+
     @cacheable
     def unrelated(x):
         return os.path.join("a", str(x))
     """)
     readers = [module.by_environ, module.by_getenv, module.by_names, module.by_import]
+    # Under other names (each a wrong hit before): only the first two know the variable.
+    named = [module.by_aliases, module.by_global]
+    unnamed = [module.by_local_alias, module.by_expanding]
+    assert [check(f, 2) for f in named + unnamed] == [3, 2, 2, 2]
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "5")
+    assert [check(f, 2) for f in named + unnamed] == [15, 10, 10, 10]
+    monkeypatch.setenv("AFML_TEST_UNRELATED", "1")
+    assert [check(f, 2) for f in named + unnamed] == [15, 10, 10, 10]
+    assert [hits(f) for f in named + unnamed] == [1, 1, 0, 0]
+    monkeypatch.setenv("AFML_TEST_LOOKBACK", "1")
     computed = module.by_computed_name
     assert [check(f, 2) for f in readers] == [2, 2, 3, 2]
     assert check(computed, 2, "LOOKBACK") == 2

@@ -28,7 +28,7 @@ import warnings
 import zoneinfo
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from afml_cache.errors import CacheWarning
 
@@ -204,9 +204,10 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"enum:{_name(cls)}", (obj.name, obj.value)
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        return _VALUE, f"dataclass:{_name(cls)}", (fields, _attributes(obj, skip=fields))
+        value = (fields, _attributes(obj, skip=fields))
+        return _VALUE, f"dataclass:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
-        return _VALUE, f"namedtuple:{_name(cls)}", (cls._fields, tuple(obj))
+        return _VALUE, f"namedtuple:{_name(cls)}", _with_code(cls, (cls._fields, tuple(obj)))
     if isinstance(obj, pathlib.PurePath):
         return _VALUE, f"path:{_name(cls)}", str(obj)
     # A namespace is its attributes, in the order they were set, as a dict is its items.
@@ -228,8 +229,50 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"subclass:{_name(cls)}", (value, _attributes(obj))
     for base in _BUILTIN_BASES:
         if isinstance(obj, base):
-            return _VALUE, f"subclass:{_name(cls)}", (base(obj), _attributes(obj))
+            value = (base(obj), _attributes(obj))
+            return _VALUE, f"subclass:{_name(cls)}", _with_code(cls, value)
     return None
+
+
+def _with_code(cls: type, value: Any) -> Any:
+    """``value``, plus the code fingerprint of ``cls`` when it is a class of the user's own
+    code that says how its instances behave (`_has_behaviour`): an instance read through its
+    fields or state does what its methods say, and an edited method must not find the results
+    of the old one (``STRATEGIES = {"mom": Momentum(3)}``), as a function counts its code.
+    Classes of libraries, and classes that only hold data, count by their name, as before."""
+    from afml_cache.codehash import _is_user_class, code_fingerprint
+
+    if not any(_has_behaviour(c) for c in cls.__mro__[:-1] if _is_user_class(c)):
+        return value
+    return (value, ("code", code_fingerprint(cls)))
+
+
+# What `dataclasses`, `typing.NamedTuple` and `__slots__` put in a class body of their own.
+_GENERATED: Final = frozenset({"_fields", "_field_defaults", "_make", "_replace", "_asdict"})
+
+
+def _has_behaviour(cls: type) -> bool:
+    """Whether the body of ``cls`` holds code the user wrote (a method, property, static or
+    class method, ``__call__``...) or a class attribute its instances read (``threshold =
+    0.5``), beyond the fields, slots and methods that dataclasses and named tuples generate."""
+    from afml_cache.codehash import _is_user_function
+
+    fields = getattr(cls, "__dataclass_fields__", None) or {}
+    for name, attribute in vars(cls).items():
+        function = getattr(attribute, "__func__", None) or getattr(attribute, "fget", attribute)
+        if isinstance(function, types.FunctionType):
+            # Generated methods (a dataclass's __init__) are compiled from "<string>".
+            if _is_user_function(function) and function.__code__.co_filename != "<string>":
+                return True
+        elif not (
+            name.startswith("__")
+            or name in fields
+            or name in _GENERATED
+            or isinstance(attribute, types.MemberDescriptorType)
+            or type(attribute).__name__ == "_tuplegetter"
+        ):
+            return True
+    return False
 
 
 def _attributes(obj: Any, skip: Any = ()) -> tuple[tuple[str, Any], ...] | None:
@@ -277,7 +320,7 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
             stacklevel=3,
         )
     if isinstance(reduced, str):  # a global, named by its module-level name
-        return _VALUE, f"reduce:{name}", reduced
+        return _VALUE, f"reduce:{name}", _with_code(cls, reduced)
     parts = list(reduced)
     # The state is most often the instance's __dict__: the order attributes were set in does
     # not change the object, so it does not count (dicts inside it keep their order).
@@ -287,7 +330,7 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
     for i in (3, 4):
         if len(parts) > i and parts[i] is not None:
             parts[i] = list(parts[i])
-    return _VALUE, f"reduce:{name}", tuple(parts)
+    return _VALUE, f"reduce:{name}", _with_code(cls, tuple(parts))
 
 
 # --- numpy ----------------------------------------------------------------------------------

@@ -196,26 +196,31 @@ def _cached_references(code: types.CodeType) -> tuple[Ref, ...]:
 # --- the environment variables a code object reads ------------------------------------------------
 
 _ENVIRONMENT_NAMES: Final = frozenset({"environ", "environb", "getenv", "getenvb"})
+_ENVIRONMENT_MAPPINGS: Final = frozenset({"environ", "environb"})
 _LOADS: Final = _LOADS_GLOBAL | _LOADS_LOCAL | _LOADS_ATTR
 
 
 @functools.lru_cache(maxsize=4096)
-def _environment_variables(code: types.CodeType) -> tuple[str, ...] | None:
-    """The environment variables ``code`` reads by constant names: ``os.environ["K"]``,
-    ``os.environ.get("K")``, ``os.getenv("K")``, ``"K" in os.environ``, or through ``environ``
-    and ``getenv`` imported from ``os``; None when it reads the environment any other way
-    (``dict(os.environ)``, a name it computes). Read by names, for code already known to
-    reach ``os.environ`` or ``os.getenv``: another object's ``environ`` only adds a name."""
-    names: dict[str, None] = {}
+def _environment_variables(
+    code: types.CodeType, names: frozenset[tuple[str, bool]]
+) -> tuple[str, ...] | None:
+    """The environment variables ``code`` reads by constant names through ``names`` (each a
+    name it loads ``os.environ`` (True) or ``os.getenv`` (False) by: ``environ``, ``getenv``,
+    an alias, a global holding it): ``os.environ["K"]``, ``os.environ.get("K")``,
+    ``os.getenv("K")``, ``"K" in os.environ``; None when it reads the environment any other way
+    (``dict(os.environ)``, a name it computes) or by a name not in ``names`` (an alias bound in
+    its body), so that no read is found. Another object's ``environ`` only adds a name."""
+    mappings = {name: is_mapping for name, is_mapping in names}
+    found: dict[str, None] = {}
     for c in _code_objects(code):
         instructions = list(dis.get_instructions(c))
         for i, ins in enumerate(instructions):
-            if ins.opname not in _LOADS or ins.argval not in _ENVIRONMENT_NAMES:
+            if ins.opname not in _LOADS or ins.argval not in mappings:
                 continue
             start = i
             while start > 0 and instructions[start].opname in _LOADS_ATTR:
                 start -= 1  # `os.environ`: the chain starts at `os`
-            subscript = ins.argval.startswith("environ")
+            subscript = mappings[ins.argval]
             after = i + 1
             if subscript and _is(instructions, after, _LOADS_ATTR, "get"):
                 subscript, after = False, after + 1
@@ -224,8 +229,8 @@ def _environment_variables(code: types.CodeType) -> tuple[str, ...] | None:
                 name = _constant(instructions, start - 1)
             if name is None:
                 return None
-            names[name] = None
-    return tuple(sorted(names))
+            found[name] = None
+    return tuple(sorted(found)) if found else None
 
 
 def _constant_key(instructions: list[dis.Instruction], at: int, subscript: bool) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from afml_cache._core import fingerprint
 from afml_cache.codehash.bytecode import (
+    _ENVIRONMENT_MAPPINGS,
     _ENVIRONMENT_NAMES,
     _WRITTEN_TYPES,
     Ref,
@@ -80,6 +81,8 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
 _READ_GLOBALS: Final = (builtins.globals, builtins.eval, builtins.exec)
 # The process environment's readers, reached as `os.<name>` or bound to a name of their own.
 _ENVIRONMENT: Final = tuple(getattr(os, name) for name in _ENVIRONMENT_NAMES if hasattr(os, name))
+# Functions that read environment variables named in their argument, not in the code.
+_EXPANDING: Final = (os.path.expandvars, os.path.expanduser)
 # Globals no code reads by a computed name: dunders, and IPython's history of a notebook's inputs
 # and outputs (which change at every cell).
 _UNREAD_GLOBALS: Final = re.compile(
@@ -306,10 +309,12 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         references = _cached_references(fn.__code__)
         for ref in references:
             _function_reference(fn, ref, node, refs, children)
-        if _reads_environment(fn, references):
+        environment = _environment_names(fn, references)
+        if environment != frozenset():
             # Settings read from the environment count by content: the variables it names
             # (`os.environ["LOOKBACK"]`), or all of them if it reads it otherwise.
-            for name, reader in _environment_readers(_environment_variables(fn.__code__)):
+            variables = environment and _environment_variables(fn.__code__, environment)
+            for name, reader in _environment_readers(variables):
                 refs[(name,)] = ("live", name)
                 node.live.append((name, reader))
         for name, reader in [*_random_draws(fn, references), *_command_line(fn, references)]:
@@ -397,13 +402,34 @@ def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) 
     return False
 
 
-def _reads_environment(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
-    """Whether ``fn`` reads the process environment (``os.environ``, ``os.getenv``)."""
-    for _, start, attrs in _starts(fn, references):
-        if start is os:
-            if attrs[:1] and attrs[0] in _ENVIRONMENT_NAMES:
-                return True
+def _environment_names(
+    fn: types.FunctionType, references: tuple[Ref, ...]
+) -> frozenset[tuple[str, bool]] | None:
+    """The names ``fn`` loads the process environment by, each with whether it is the mapping
+    (``os.environ``, an alias of it, a global holding it) or the function (``os.getenv``);
+    empty when it does not read the environment, None when it reads it through a function that
+    names no variable (``os.path.expandvars("$DATA")``, ``os.path.expanduser``)."""
+    names: set[tuple[str, bool]] = set()
+    for name, start, attrs in _starts(fn, references):
+        if start is os and attrs[:1] and attrs[0] in _ENVIRONMENT_NAMES:
+            names.add((attrs[0], attrs[0] in _ENVIRONMENT_MAPPINGS))
         elif any(start is reader for reader in _ENVIRONMENT):
+            names.add((name, start is os.environ or start is getattr(os, "environb", None)))
+        elif _reaches(start, attrs, _EXPANDING):
+            return None
+    return frozenset(names)
+
+
+def _reaches(start: object, attrs: Any, targets: tuple[object, ...]) -> bool:
+    """Whether ``start`` or an attribute chain from it (modules only) names one of
+    ``targets``: ``os.path.expandvars`` from ``os``, or ``expandvars`` itself."""
+    current = start
+    for attr in (None, *attrs):
+        if attr is not None:
+            if not isinstance(current, types.ModuleType):
+                return False
+            current = getattr(current, attr, _MISSING)
+        if any(current is target for target in targets):
             return True
     return False
 
