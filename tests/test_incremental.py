@@ -148,6 +148,28 @@ def test_a_lookback_in_time_feeds_the_rows_of_that_span(cache_dir: Path) -> None
     pd.testing.assert_series_equal(result, highest.uncached(bars), check_exact=True)
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_a_span_finer_than_the_index_reaches_a_whole_unit_further(
+    cache_dir: Path, unit: str
+) -> None:
+    @time_aware_cacheable(
+        incremental=True,
+        lookback=pd.Timedelta(minutes=20, nanoseconds=1),
+        lookahead=pd.Timedelta(nanoseconds=1),
+        ignore_globals=("computed",),
+    )
+    def highest(bars: pd.DataFrame) -> pd.Series:
+        computed.append(len(bars))
+        return bars["high"].rolling("20min").max()
+
+    bars = minute_bars(1200, gaps=True)
+    bars.index = bars.index.as_unit(unit)
+    highest(bars.iloc[:900])
+    result = highest(bars)
+    assert computed[1] < 1200  # extended, not computed in full
+    pd.testing.assert_series_equal(result, highest.uncached(bars), check_exact=True)
+
+
 def test_labels_that_look_ahead_are_computed_again_at_the_old_end(cache_dir: Path) -> None:
     @time_aware_cacheable(incremental=True, lookback=0, lookahead=5, ignore_globals=("computed",))
     def direction(bars: pd.DataFrame, horizon: int = 5) -> pd.Series:
@@ -257,6 +279,33 @@ def test_other_columns_or_arguments_are_another_family(cache_dir: Path) -> None:
     pd.testing.assert_frame_equal(
         features(bars, window=10), exact_features(bars, window=10), check_exact=True
     )
+
+
+def changes(bars: pd.DataFrame) -> pd.DataFrame:
+    return bars.diff()
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        pd.Index(["high", "low", "close", "volume"], name="field"),
+        pd.MultiIndex.from_product(
+            [["ES"], ["high", "low", "close", "volume"]], names=["symbol", "field"]
+        ),
+    ],
+    ids=["name", "level-names"],
+)
+def test_the_names_of_the_columns_are_part_of_the_family(
+    cache_dir: Path, columns: pd.Index
+) -> None:
+    cached = time_aware_cacheable(incremental=True, lookback=1)(changes)
+    bars = minute_bars(300)
+    unnamed = bars.set_axis(columns.set_names([None] * columns.nlevels), axis=1)
+    named = bars.set_axis(columns, axis=1)
+    cached(unnamed)
+    pd.testing.assert_frame_equal(cached(named), changes(named), check_exact=True)
+    cached(named.iloc[:200])
+    pd.testing.assert_frame_equal(cached(unnamed), changes(unnamed), check_exact=True)
 
 
 def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) -> None:
@@ -481,6 +530,8 @@ def test_verbose_says_how_many_rows_a_miss_computed(
         ({"lookback": -1}, ValueError, "lookback=-1"),
         ({"lookback": True}, ValueError, "lookback=True"),
         ({"lookback": "1MS"}, ValueError, "calendar offset"),
+        ({"lookback": "390"}, ValueError, r"lookback='390': .* no unit.*lookback=390\).*'390min'"),
+        ({"lookback": 5, "lookahead": " 30 "}, ValueError, r"lookahead=' 30 ': .* no unit"),
         ({"lookback": 5, "lookahead": -2}, ValueError, "lookahead=-2"),
         ({"lookback": 5, "verify": 2}, ValueError, "verify=2"),
     ],

@@ -5,6 +5,7 @@ counted from the spans they were asked for."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dateutil.parser
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,6 +246,75 @@ def test_time_zones_and_units_of_the_request_reach_the_function(
     )
 
 
+@pytest.mark.parametrize(
+    "start",
+    [
+        dateutil.parser.isoparse("2024-01-01T00:00:00Z"),  # tzinfo=tzutc()
+        pd.Timestamp("2024-01-01", tz="dateutil/Europe/Paris"),
+    ],
+    ids=["isoparse", "dateutil-zone"],
+)
+def test_dateutil_time_zones_reach_the_function(
+    cache_dir: Path, clock: list[int], start: Any
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    end = start + pd.Timedelta("2D")
+    pd.testing.assert_frame_equal(load("ES", start, end), hourly(start, end))
+    later = (start + pd.Timedelta("1D"), end + pd.Timedelta("1D"))
+    pd.testing.assert_frame_equal(load("ES", *later), hourly(*later))
+    assert spans(log[1:]) == spans([(end, later[1])])
+    assert all(s.tzinfo == start.tzinfo for s, _ in log)
+    # The family's key names the zone, not the zone object: another object of it is a hit.
+    other = pd.Timestamp(start).tz_convert(copy.deepcopy(start.tzinfo))
+    engine = load.__afml_cache__
+    assert engine.key(("ES", other, end), {}) == engine.key(("ES", start, end), {})
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("2024-01-01", pd.DatetimeIndex(["2024-01-03"]).as_unit("ns")[0]),
+        (pd.Timestamp("2024-01-01").as_unit("s"), "2024-01-03"),
+        (pd.Timestamp("2024-01-01").as_unit("ns"), "2024-01-03"),
+    ],
+    ids=["us-ns", "s-us", "ns-us"],
+)
+def test_each_bound_reaches_the_function_in_the_unit_it_was_given(
+    cache_dir: Path, clock: list[int], start: Any, end: Any
+) -> None:
+    def grid(start: Any, end: Any) -> pd.DataFrame:
+        # pd.date_range gives the finer unit of its bounds.
+        index = pd.date_range(start, end, freq="h", inclusive="left", name="time")
+        return pd.DataFrame({"close": 1.0}, index=index)
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(grid, log)
+    pd.testing.assert_frame_equal(load("ES", start, end), grid(start, end))
+    given = (pd.Timestamp(start).unit, pd.Timestamp(end).unit)
+    assert [(s.unit, e.unit) for s, e in log] == [given]
+    pd.testing.assert_frame_equal(load("ES", start, end), grid(start, end))
+    assert len(log) == 1
+
+
+@pytest.mark.parametrize("chunk", ["1D", "1h", "1MS"])
+def test_an_open_ended_request_is_aligned_within_the_times_pandas_holds(
+    cache_dir: Path, clock: list[int], chunk: str
+) -> None:
+    def vendor(start: Any, end: Any) -> pd.DataFrame:
+        index = pd.date_range("2024-01-01", periods=72, freq="h", name="time")
+        bars = pd.DataFrame({"close": np.arange(72.0)}, index=index)
+        return bars[(index >= start) & (index < end)]
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(vendor, log, chunk=chunk)
+    for start, end in [("2024-01-02", pd.Timestamp.max), (pd.Timestamp.min, "2024-01-02")]:
+        pd.testing.assert_frame_equal(load("ES", start, end), vendor(start, end))
+        computed = len(log)
+        pd.testing.assert_frame_equal(load("ES", start, end), vendor(start, end))
+        assert len(log) == computed
+
+
 def test_the_live_edge_expires_after_live_ttl_and_only_the_tail_is_fetched_again(
     cache_dir: Path, clock: list[int], tmp_path: Path
 ) -> None:
@@ -290,6 +361,32 @@ def test_a_calendar_measures_the_live_window_in_trading_time(
     pd.testing.assert_frame_equal(got, hourly("2024-01-05", "2024-01-06"))
     # The last trading hour before Friday's 21:00 UTC close was still forming.
     assert spans(log[1:]) == spans([("2024-01-05 20:00", "2024-01-06")])
+
+
+def test_a_tail_fetched_while_the_market_is_open_expires_at_the_close(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    pytest.importorskip("exchange_calendars")
+
+    def so_far(start: Any, end: Any) -> pd.DataFrame:
+        """The vendor's minute bars of the session (14:30-21:00 UTC in January) up to now."""
+        index = pd.date_range(start, end, freq="min", inclusive="left", name="time")
+        minute = index.hour * 60 + index.minute
+        now = pd.Timestamp(ranges.now_ns())
+        bars = (minute >= 14 * 60 + 30) & (minute < 21 * 60) & (index < now)
+        return pd.DataFrame({"close": minute[bars] * 1.5}, index=index[bars])
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(so_far, log, live_window="1h", live_ttl="15min", live_calendar="XNYS")
+    asked = ("SPY", "2024-01-05", "2024-01-06")
+    clock[0] = pd.Timestamp("2024-01-05 20:50").value  # Friday, 10 minutes before the close
+    load(*asked)
+    clock[0] = pd.Timestamp("2024-01-05 21:30").value  # after the close: the final bars exist
+    pd.testing.assert_frame_equal(load(*asked), so_far(*asked[1:]))
+    assert len(log) == 2
+    clock[0] = pd.Timestamp("2024-01-07 23:00").value  # Sunday: fetched after the close, kept
+    pd.testing.assert_frame_equal(load(*asked), so_far(*asked[1:]))
+    assert len(log) == 2
 
 
 def test_a_missing_or_unknown_calendar_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,8 @@ index of its family's frames that start with the same first row (one per symbol,
 extends a stored one when the stored frame's whole blocks have the same digests and its last,
 partial block hashes the same in the new frame; a change anywhere in the old rows is a full
 computation. A family is what makes two frames' results comparable: the function, its code,
-every argument but the frame, and the frame's columns, dtypes and index kind.
+every argument but the frame, and the frame's columns (with their names), dtypes and index
+kind.
 
 A result computed from a stored one is stored as its rows from the first one computed again,
 beside the key of the whole result whose rows before them it keeps (stitched on read), while
@@ -26,6 +27,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import math
 import random
 import time
 import warnings
@@ -127,6 +129,13 @@ def _reach(option: str, value: Any) -> int | pd.Timedelta:
         if value < 0:
             raise ValueError(f"{option}={value}: give a number of rows >= 0")
         return value
+    if isinstance(value, str) and _is_number(value):
+        number = value.strip()
+        raise ValueError(
+            f"{option}={value!r}: a number in a string has no unit (pandas would read it as "
+            f"nanoseconds); give rows as an int ({option}={number}) or a span of time with its "
+            f"unit ('{number}min', '{number}s')"
+        )
     span = None
     if isinstance(value, (str, datetime.timedelta, np.timedelta64, pd.offsets.Tick)):
         # A unit pandas deprecates ("MS": ms, or a month's start?) is as unclear as a bad one.
@@ -142,6 +151,13 @@ def _reach(option: str, value: Any) -> int | pd.Timedelta:
             "'20D', '390min' or pd.Timedelta(hours=6) (not a calendar offset like a month)"
         )
     return span
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def feature_function(
@@ -386,6 +402,8 @@ class FeatureEngine(_Engine):
         """(the first row to compute again, the first row to feed the function) for a frame
         whose first ``old_rows`` rows have a stored result."""
         index, ahead, back = frame.index, self.window.lookahead, self.window.lookback
+        if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+            ahead, back = _in_unit(ahead, index.unit), _in_unit(back, index.unit)
         if isinstance(ahead, int):
             first = max(0, old_rows - ahead)
         else:  # rows whose look ahead reaches the first new row
@@ -538,12 +556,17 @@ class FeatureEngine(_Engine):
 
 class _FrameKind:
     """What of a frame makes results of one family comparable, in the family's key: its
-    columns, dtypes, index kind and attributes, and the window; not its rows."""
+    columns (and their names), dtypes, index kind and attributes, and the window; not its
+    rows."""
 
     def __init__(self, frame: pd.DataFrame | pd.Series, window: Window) -> None:
         index = frame.index
         if isinstance(frame, pd.DataFrame):
-            columns: Any = (list(frame.columns), [str(t) for t in frame.dtypes])
+            columns: Any = (
+                list(frame.columns),
+                list(frame.columns.names),
+                [str(t) for t in frame.dtypes],
+            )
         else:
             columns = (frame.name, str(frame.dtype))
         self.parts = (
@@ -560,6 +583,14 @@ class _FrameKind:
 
     def __cache_key__(self) -> Any:
         return self.parts
+
+
+def _in_unit(reach: int | pd.Timedelta, unit: str) -> int | pd.Timedelta:
+    """A span of time rounded up to a whole ``unit`` of the index, which cannot hold a finer
+    one: reaching further than the function does is safe, less is not."""
+    if isinstance(reach, int):
+        return reach
+    return reach.ceil(unit).as_unit(unit)
 
 
 def _parsed(prefixes: Any) -> list[_Prefix]:

@@ -4,6 +4,7 @@ the pieces of a family's coverage, the live edge's clock, and stitching frames b
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import importlib
 import warnings
@@ -26,6 +27,7 @@ except ImportError:  # an older pandas: parts are stitched by pd.concat
 __all__ = [
     "Clock",
     "Piece",
+    "Style",
     "align",
     "as_argument",
     "check_calendar",
@@ -40,6 +42,7 @@ __all__ = [
 
 _NS_PER_MINUTE = 60_000_000_000
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_EARLIEST, _LATEST = pd.Timestamp.min.value, pd.Timestamp.max.value
 
 
 def check_calendar(name: str) -> None:
@@ -58,15 +61,25 @@ def check_calendar(name: str) -> None:
         )
 
 
+class _Trading(NamedTuple):
+    """A calendar's trading minutes and the moments its trading stops (ns, sorted): the end of
+    each run of consecutive trading minutes, a session's close or the start of its break."""
+
+    minutes: np.ndarray
+    closes: np.ndarray
+
+
 @functools.cache
-def _trading_minutes(name: str) -> np.ndarray:
-    """The calendar's trading minutes, as sorted ns since the epoch (loaded once a process)."""
+def _trading(name: str) -> _Trading:
+    """The calendar's trading time (loaded once a process)."""
     calendars = importlib.import_module("exchange_calendars")
     with warnings.catch_warnings():
         # exchange_calendars reads Series.values, which pandas 3.1 deprecates: theirs to fix.
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
         calendar = calendars.get_calendar(name)
-    return np.asarray(calendar.minutes.asi8, dtype=np.int64)
+    minutes = np.asarray(calendar.minutes.asi8, dtype=np.int64)
+    last = np.flatnonzero(np.diff(minutes) != _NS_PER_MINUTE)
+    return _Trading(minutes, np.append(minutes[last], minutes[-1]) + _NS_PER_MINUTE)
 
 
 class Clock:
@@ -75,36 +88,47 @@ class Clock:
     def __init__(self, calendar: str | None):
         self.calendar = calendar
 
-    def _minutes(self, *moments: int) -> np.ndarray | None:
-        """The trading minutes, if the calendar spans ``moments`` (else wall time applies)."""
+    def _trading(self, *moments: int) -> _Trading | None:
+        """The calendar's trading time, if it spans ``moments`` (else wall time applies)."""
         if self.calendar is None:
             return None
-        minutes = _trading_minutes(self.calendar)
+        trading = _trading(self.calendar)
+        minutes = trading.minutes
         if all(minutes[0] <= t <= minutes[-1] for t in moments):
-            return minutes
+            return trading
         return None
 
     def window_start(self, computed: int, window: int) -> int:
         """The moment ``window`` (of trading time) before ``computed``."""
-        minutes = self._minutes(computed)
-        if minutes is None:
+        trading = self._trading(computed)
+        if trading is None:
             return computed - window
+        minutes = trading.minutes
         back = int(np.searchsorted(minutes, computed)) - -(-window // _NS_PER_MINUTE)
         return int(minutes[back]) if back >= 0 else int(minutes[0])
 
-    def elapsed(self, since: int, until: int) -> int:
-        """The time (of trading) from ``since`` to ``until``."""
-        minutes = self._minutes(since, until)
-        if minutes is None:
-            return until - since
-        count = np.searchsorted(minutes, until) - np.searchsorted(minutes, since)
-        return int(count) * _NS_PER_MINUTE
+    def expired(self, computed: int, now: int, ttl: int) -> bool:
+        """Whether rows still forming at ``computed`` are stale at ``now``: ``ttl`` (of trading
+        time) later, or, fetched while the market was open, once that session closed (or broke
+        for lunch): its rows up to then exist, however little trading time passed."""
+        trading = self._trading(computed, now)
+        if trading is None:
+            return now - computed >= ttl
+        minutes, closes = trading
+        passed = np.searchsorted(minutes, now) - np.searchsorted(minutes, computed)
+        if int(passed) * _NS_PER_MINUTE >= ttl:
+            return True
+        last = int(np.searchsorted(minutes, computed, side="right")) - 1
+        if last < 0 or computed >= minutes[last] + _NS_PER_MINUTE:
+            return False  # fetched while closed: only trading time expires it
+        return bool(now >= closes[np.searchsorted(closes, computed, side="right")])
 
 
 class Piece(NamedTuple):
     """The part ``[start, end)`` of a family's coverage and the entry holding its rows (the
     entry may hold more: a piece cut by a newer one keeps its entry). Rows from ``live_from``
-    on were still forming when computed; they expire ``live_ttl`` after ``computed``."""
+    on were still forming when computed; they expire ``live_ttl`` after ``computed`` (or at
+    the close, with a calendar: `Clock.expired`)."""
 
     start: int
     end: int
@@ -141,25 +165,44 @@ def form_of(rows: Any) -> str | None:
     return fingerprint((form, rows.index.dtype, rows.index.name))
 
 
-def moment(value: Any) -> tuple[int, tuple[str | None, str]]:
-    """A start or end as ns since the epoch in UTC (naive counts as UTC), and its style: its
-    time zone and unit."""
+class Style(NamedTuple):
+    """How a request's bounds were given, which is how the function is given its gaps'
+    bounds: the start's time zone (None: naive) and each bound's unit. A family per style,
+    as the function may shape its rows by them."""
+
+    zone: datetime.tzinfo | None
+    start_unit: str
+    end_unit: str
+
+    def key(self) -> tuple[str | None, str, str] | None:
+        """The style as the family's key names it, the zone by its type and name (pytz's,
+        zoneinfo's and dateutil's Europe/Paris are three: the function's rows carry the one it
+        is given); None for a zone whose name is its object's address, which no key can hold."""
+        zone = None
+        if self.zone is not None:
+            zone = f"{type(self.zone).__module__}.{type(self.zone).__qualname__} {self.zone}"
+            if " at 0x" in zone:
+                return None
+        return zone, self.start_unit, self.end_unit
+
+
+def moment(value: Any) -> tuple[int, datetime.tzinfo | None, str]:
+    """A start or end as ns since the epoch in UTC (naive counts as UTC), its time zone and its
+    unit."""
     if value is None or isinstance(value, bool | int | float):
         raise TypeError(f"not a time: {value!r}")
     stamp = pd.Timestamp(value)
     if stamp is pd.NaT:
         raise ValueError("NaT is not a time")
-    zone = None
-    if stamp.tzinfo is not None:
-        zone = str(stamp.tz)
+    zone = stamp.tzinfo
+    if zone is not None:
         stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return int(stamp.as_unit("ns").value), (zone, stamp.unit)
+    return int(stamp.as_unit("ns").value), zone, stamp.unit
 
 
-def as_argument(ns: int, style: tuple[str | None, str]) -> pd.Timestamp:
-    """A gap's bound as the function is given it: a Timestamp in the request's zone and unit
-    (a finer unit if that one cannot hold it)."""
-    zone, unit = style
+def as_argument(ns: int, zone: datetime.tzinfo | None, unit: str) -> pd.Timestamp:
+    """A gap's bound as the function is given it: a Timestamp in the zone and unit the request
+    gave (a finer unit if that one cannot hold it)."""
     stamp = pd.Timestamp(ns, unit="ns")
     with contextlib.suppress(ValueError):
         stamp = stamp.as_unit(unit, round_ok=False)
@@ -198,16 +241,26 @@ def gaps(
 
 
 def align(gap: tuple[int, int], chunk: BaseOffset) -> tuple[int, int]:
-    """A gap widened to ``chunk`` boundaries (in UTC)."""
-    low, high = (pd.Timestamp(t, unit="ns") for t in gap)
-    if isinstance(chunk, Tick):
-        return int(low.floor(chunk).value), int(high.ceil(chunk).value)
-    floor = chunk.rollback(low.normalize())
-    start = floor if floor <= low else floor - chunk
-    end = chunk.rollback(high.normalize())
-    if end < high:
-        end = end + chunk
-    return int(start.as_unit("ns").value), int(end.as_unit("ns").value)
+    """A gap widened to ``chunk`` boundaries (in UTC), or to the earliest (latest) time pandas
+    holds where the boundary lies beyond it: an open-ended request, to Timestamp.max."""
+    return _boundary(gap[0], chunk, down=True), _boundary(gap[1], chunk, down=False)
+
+
+def _boundary(ns: int, chunk: BaseOffset, down: bool) -> int:
+    """The ``chunk`` boundary at or before (``down``) or after ``ns``."""
+    stamp = pd.Timestamp(ns, unit="ns")
+    try:
+        if isinstance(chunk, Tick):
+            found = stamp.floor(chunk) if down else stamp.ceil(chunk)
+        else:
+            found = chunk.rollback(stamp.normalize())
+            if down and found > stamp:
+                found = found - chunk
+            elif not down and found < stamp:
+                found = found + chunk
+        return int(found.as_unit("ns").value)
+    except (OverflowError, ValueError):  # pandas' OutOfBoundsDatetime is a ValueError
+        return _EARLIEST if down else _LATEST
 
 
 def in_unit(index: pd.DatetimeIndex, low: int, high: int) -> tuple[int, int]:

@@ -7,8 +7,9 @@ a coverage record, one entry holding the intervals it was asked for, each backed
 the entry holding what one computation of the function returned. A request computes only its
 gaps in that coverage, under the family's lock, and returns the pieces stitched and sliced to
 the request. Intervals are half-open, in nanoseconds since the epoch, UTC (naive times count as
-UTC); the function is given the bounds of each gap as Timestamps in the time zone and unit of
-the request's start (a family per zone and unit, as the function may shape its rows by them).
+UTC); the function is given the bounds of each gap as Timestamps in the time zone of the
+request's start, each in the unit it was given in (a family per zone and units, as the function
+may shape its rows by them: `Style`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from afml_cache.errors import CacheError
 from afml_cache.range_spans import (
     Clock,
     Piece,
+    Style,
     align,
     as_argument,
     check_calendar,
@@ -137,7 +139,7 @@ class _Family:
 class _Request(_Family):
     start: int
     end: int
-    style: tuple[str | None, str]  # the time zone (None: naive) and unit of the start given
+    style: Style  # how the bounds were given: the start's zone, each bound's unit
     bound: inspect.BoundArguments
 
 
@@ -275,7 +277,8 @@ class RangeEngine(_Engine):
     def _request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Request | None:
         """The family and span of a call, or None when it runs uncached: caching is off, the
         call does not bind (the function raises its own error), start/end are not times, the
-        span is empty, or an argument has no fingerprint."""
+        span is empty, the start's zone has no name (`Style.key`), or an argument has no
+        fingerprint."""
         if not config.cache_enabled():
             return None
         view = self._open()
@@ -287,11 +290,12 @@ class RangeEngine(_Engine):
             return None
         bound.apply_defaults()
         try:
-            start, style = moment(bound.arguments[self.ranges.start])
-            end, _ = moment(bound.arguments[self.ranges.end])
+            start, zone, start_unit = moment(bound.arguments[self.ranges.start])
+            end, _, end_unit = moment(bound.arguments[self.ranges.end])
         except (TypeError, ValueError, OverflowError):
             return None
-        if start >= end:
+        style = Style(zone, start_unit, end_unit)
+        if start >= end or style.key() is None:
             return None
         kin = self._kin(bound.arguments)
         if kin is None:
@@ -300,7 +304,7 @@ class RangeEngine(_Engine):
 
     def _kin(self, arguments: dict[str, Any]) -> str | None:
         """The engine's key of every argument but the range (less ``ignore=``): the family,
-        less the style (time zone and unit) of the range given."""
+        less the style (time zone and units) of the range given."""
         skip = {self.ranges.start, self.ranges.end} | self.options.ignore
         others = {k: v for k, v in arguments.items() if k not in skip}
         return self._key(others, ("afml-cache range family",))
@@ -349,7 +353,7 @@ class RangeEngine(_Engine):
         """The part of a piece that may be served now: all of it, less an expired live tail."""
         if piece.live_from is None:
             return piece.start, piece.end
-        if self.clock.elapsed(piece.computed, now) < self.ranges.live_ttl:
+        if not self.clock.expired(piece.computed, now, self.ranges.live_ttl):
             return piece.start, piece.end
         return piece.start, max(piece.start, piece.live_from)
 
@@ -490,8 +494,9 @@ class RangeEngine(_Engine):
         """Runs the function over ``[low, high)``, checks its rows and stores them as a piece
         (its digest added to ``unstored`` if the store refused it: the call still returns them)."""
         bound = inspect.BoundArguments(self.signature, request.bound.arguments.copy())
-        bound.arguments[self.ranges.start] = as_argument(low, request.style)
-        bound.arguments[self.ranges.end] = as_argument(high, request.style)
+        style = request.style
+        bound.arguments[self.ranges.start] = as_argument(low, style.zone, style.start_unit)
+        bound.arguments[self.ranges.end] = as_argument(high, style.zone, style.end_unit)
         computed = now_ns()
         computing = time.perf_counter()
         frame = self.fn(*bound.args, **bound.kwargs)
@@ -505,9 +510,9 @@ class RangeEngine(_Engine):
     def _new_piece(self, request: _Request, low: int, high: int, computed: int, rows: Any) -> Piece:
         """The piece ``[low, high)`` of ``rows``, computed at ``computed``, with its live
         tail if any."""
-        # Floored to the request's unit, so refetching the tail never needs a finer one.
+        # Floored to the start's unit, so refetching the tail never needs a finer one.
         reach = floor_to_unit(
-            self.clock.window_start(computed, self.ranges.live_window), request.style[1]
+            self.clock.window_start(computed, self.ranges.live_window), request.style.start_unit
         )
         live_from = max(low, reach) if high > reach else None
         return Piece(low, high, _new_digest(request), computed, live_from, form_of(rows))
@@ -711,7 +716,7 @@ class RangeEngine(_Engine):
         pieces were cut or removed."""
         if after is None:
             raise ValueError("invalidate takes after=t: the time from which data are forgotten")
-        after_ns, _ = moment(after)
+        after_ns = moment(after)[0]
         changed = 0
         for request in self._families(args, kwargs):
             lock = self._lock(request.entries, request.family)
@@ -742,8 +747,8 @@ def _around_largest(run: list[Piece], rows: dict[str, int]) -> list[list[Piece]]
     return [run]
 
 
-def _family(kin: str, style: tuple[str | None, str]) -> str:
-    return fingerprint(("afml-cache range family", kin, style))
+def _family(kin: str, style: Style) -> str:
+    return fingerprint(("afml-cache range family", kin, style.key()))
 
 
 def _of_other_forms(pieces: list[Piece]) -> bool:
