@@ -386,17 +386,21 @@ def test_the_mlflow_blocks(
     (setup, _) = USAGE["Setup"]
     setup = setup.replace('"http://localhost:5000"', "None")
     run_block(setup, cell, "000 mlflow setup")
-    run_block(USAGE["Basic Experiment Tracking"][0], cell, "000 basic experiment tracking")
+    # The guide's "second call: uses cached result" is wrong for its own code: a forest without
+    # random_state draws from numpy's global generator, which the first fit advanced, so a
+    # second fit gives another model. The second call computes it, and says why.
+    with pytest.warns(afml_cache.CacheWarning, match="draws from the global random generator"):
+        run_block(USAGE["Basic Experiment Tracking"][0], cell, "000 basic experiment tracking")
     assert cell["metrics2"] == cell["metrics"]
-    np.testing.assert_array_equal(cell["model2"].predict(features), cell["model"].predict(features))
+    assert cell["train_model"].cache_info()["cache_hits"] == 0
     for _ in range(2):
         run_block(USAGE["Manual Experiment Context"][0], cell, "000 manual experiment context")
     assert calls == ["optimize"] and cell["results"]["best_sharpe"] == 2.0
     best = up_to(USAGE["Finding Best Runs"][0], "# Compare multiple runs")
     run_block(best, cell, "000 finding best runs")
-    np.testing.assert_array_equal(
-        cell["best_model"].predict(features), cell["model"].predict(features)
-    )
+    # Both runs have the same metrics: the best is either model.
+    predicted = cell["best_model"].predict(features)
+    assert any(np.array_equal(predicted, cell[m].predict(features)) for m in ("model", "model2"))
 
 
 def use_sqlite_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -593,6 +593,163 @@ def test_the_environment_counts_for_a_function_that_reads_it(
     assert hits(module.unrelated) == 1  # reads no variable: the environment does not count
 
 
+def test_draws_inside_library_calls_count_the_global_generators(
+    cache_dir: Path, load: Loader
+) -> None:
+    # Seeded once at the top of a notebook, then `df.sample()`, a split or a model without
+    # random_state: the draw happens inside the library, where no walk of the user's code
+    # looks. Each a wrong hit before (the seed-7 call returned the seed-42 result).
+    module = load("""
+    import random
+    import numpy as np
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+    from afml_cache import cacheable
+
+    BARS = pd.DataFrame({"close": np.arange(10.0)})
+
+    @cacheable
+    def bootstrap(n):
+        return BARS.sample(n=n)["close"].tolist()
+
+    @cacheable
+    def holdout(n):
+        train, test = train_test_split(BARS, test_size=n)
+        return test["close"].tolist()
+
+    @cacheable
+    def shuffled(n):
+        return random.sample(range(10), n)  # random's own module draw, read by the walk too
+
+    @cacheable
+    def seeded_inside(n):
+        np.random.seed(1)
+        return BARS.sample(n=n)["close"].tolist()
+    """)
+    drawing = [module.bootstrap, module.holdout, module.shuffled]
+    outcomes = {}
+    for seed in (42, 7, 42):
+        np.random.seed(seed)
+        random.seed(seed)
+        got = []
+        for f in drawing:
+            state = (np.random.get_state(), random.getstate())
+            cached = f(3)
+            np.random.set_state(state[0])
+            random.setstate(state[1])
+            assert cached == f.uncached(3), f.__name__
+            got.append(cached)
+        outcomes.setdefault(seed, got)
+        assert got == outcomes[seed]
+    assert outcomes[42] != outcomes[7]
+    # The first call of each could not know it draws: it stored under the seed's state too.
+    assert [hits(f) for f in drawing] == [1, 1, 1]
+    # A function that seeds the generator itself does not depend on the state before it.
+    np.random.seed(3)
+    first = check(module.seeded_inside, 3)
+    np.random.seed(4)
+    assert check(module.seeded_inside, 3) == first and hits(module.seeded_inside) == 1
+
+
+def test_a_library_draw_not_seeded_again_warns_once(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import numpy as np
+    import pandas as pd
+    from afml_cache import cacheable
+
+    BARS = pd.DataFrame({"close": np.arange(10.0)})
+
+    @cacheable
+    def bootstrap(n):
+        return BARS.sample(n=n)["close"].tolist()
+    """)
+    np.random.seed(42)
+    module.bootstrap(3)
+    with pytest.warns(afml_cache.CacheWarning, match="draws from the global random generator"):
+        module.bootstrap(3)  # the state the first call left: a miss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.bootstrap(3)
+    assert hits(module.bootstrap) == 0
+
+
+def test_a_lazy_frame_scanning_a_file_counts_the_file(cache_dir: Path, tmp_path: Path) -> None:
+    # The morning download rewrites the file under the same path: the plan names the path only
+    # (a wrong hit before). A glob's files count too; a remote scan has no fingerprint.
+    pl = pytest.importorskip("polars")
+    daily = tmp_path / "daily"
+    daily.mkdir()
+    path = daily / "bars.parquet"
+
+    @afml_cache.cacheable
+    def total(frame: Any) -> float:
+        return float(frame.select(pl.col("close").sum()).collect().item())
+
+    pl.DataFrame({"close": [1.0, 2.0]}).write_parquet(path)
+    assert check(total, pl.scan_parquet(path)) == 3.0
+    assert check(total, pl.scan_parquet(str(daily / "*.parquet"))) == 3.0
+    pl.DataFrame({"close": [10.0, 20.0]}).write_parquet(path)
+    assert check(total, pl.scan_parquet(path)) == 30.0
+    pl.DataFrame({"close": [5.0]}).write_parquet(daily / "more.parquet")
+    assert check(total, pl.scan_parquet(str(daily / "*.parquet"))) == 35.0
+    assert check(total, pl.scan_parquet(path)) == 30.0 and hits(total) == 1
+    lazy = pl.LazyFrame({"close": [1.0, 2.0]})  # no file: its plan holds the data, as before
+    assert check(total, lazy) == check(total, lazy) == 3.0 and hits(total) == 2
+    with pytest.raises(afml_cache.FingerprintError, match=r"s3://bucket/bars\.parquet"):
+        afml_cache.fingerprint(pl.scan_parquet("s3://bucket/bars.parquet"))
+
+
+def test_a_frame_subclass_counts_its_own_attributes(cache_dir: Path, load: Loader) -> None:
+    # `_metadata` names what pandas carries along a subclass's frames: `symbol` here, which the
+    # fingerprint left out (NQ's bars hit ES's result).
+    module = load("""
+    import pandas as pd
+    from afml_cache import cacheable
+
+    class Bars(pd.DataFrame):
+        _metadata = ["symbol"]
+
+        @property
+        def _constructor(self):
+            return Bars
+
+    def bars(symbol):
+        frame = Bars({"close": [1.0, 2.0]})
+        frame.symbol = symbol
+        return frame
+
+    @cacheable
+    def tick_value(frame):
+        return {"ES": 12.5, "NQ": 5.0}[frame.symbol] * frame["close"].iloc[-1]
+    """)
+    assert check(module.tick_value, module.bars("ES")) == 25.0
+    assert check(module.tick_value, module.bars("NQ")) == 10.0
+    assert check(module.tick_value, module.bars("NQ")) == 10.0 and hits(module.tick_value) == 1
+
+
+def test_attributes_set_on_a_function_count(cache_dir: Path, load: Loader) -> None:
+    # `winsorize.cap = 3.0` between calls kept the result of 2.0 (a wrong hit before).
+    module = load("""
+    from afml_cache import cacheable
+
+    def winsorize(x):
+        return min(x, winsorize.cap) * winsorize.scale["k"]
+
+    winsorize.cap = 2.0
+    winsorize.scale = {"k": 10}
+
+    @cacheable
+    def feature(x):
+        return winsorize(x)
+    """)
+    assert check(module.feature, 5.0) == 20.0
+    module.winsorize.cap = 3.0
+    assert check(module.feature, 5.0) == 30.0
+    module.winsorize.scale["k"] = 100  # in place
+    assert check(module.feature, 5.0) == 300.0
+    assert check(module.feature, 5.0) == 300.0 and hits(module.feature) == 1
+
+
 def test_a_script_reading_its_command_line_counts_it(
     cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> None:

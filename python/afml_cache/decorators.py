@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +42,12 @@ from afml_cache._store.entries import Entries
 from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
 from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
-from afml_cache.codehash.walk import LiveValues, lone_code_state
+from afml_cache.codehash.walk import (
+    LiveValues,
+    global_generators,
+    lone_code_state,
+    seeds_a_global_generator,
+)
 from afml_cache.errors import CacheError, CacheWarning, FingerprintError, caller_stacklevel
 from afml_cache.files import file_contents
 from afml_cache.report import format_latency, format_size
@@ -324,6 +330,11 @@ class _Engine:
         )
         # Failures to store results, found on the writer thread, warned at the next call.
         self._failures: list[str] = []
+        # Whether a call was seen drawing from a process-wide random generator in code no walk
+        # reads (a library's: `df.sample()`); then every key holds the generators' states
+        # (`_with_generators`), and the states the last miss left them in.
+        self._draws = False
+        self._generators_left: tuple[str, ...] = ()
         # Landed by value: (the code fingerprint here on landing, the origin's). What the code
         # reaches was rebuilt by value too and may fingerprint differently here (IPython's
         # `open` does); while it is as it landed, it is the code the origin fingerprinted, and
@@ -571,7 +582,7 @@ class _Engine:
                 if key is None:
                     return None
             if key is not None:
-                return view[2], key, NO_RANGES
+                return view[2], self._with_generators(key), NO_RANGES
         arguments = self._bound(args, kwargs)
         if arguments is None:
             return None
@@ -580,7 +591,50 @@ class _Engine:
             call = Call(time_ranges(arguments, self.time_options))
             ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
         key = self._key(arguments, ranges, state)
-        return None if key is None else (view[2], key, call)
+        return None if key is None else (view[2], self._with_generators(key), call)
+
+    def _with_generators(self, key: str, states: tuple[str, ...] | None = None) -> str:
+        """The key of a call to a function seen drawing from a process-wide random generator
+        inside code it does not own (`_key_after_miss`): the call's key and the generators' states
+        (``states``, or now). A call that finds them as the last miss left them warns once:
+        each such call misses until something seeds them again."""
+        if not self._draws:
+            return key
+        if states is None:
+            states = global_generators()
+            if states == self._generators_left and "changed globals" not in self._warned:
+                self._warn_once(
+                    "generators",
+                    f"afml_cache: {self.name} draws from the global random generator (numpy's "
+                    "or random's, inside a library call: df.sample(), a model or a split "
+                    "without random_state), so its results count the generator's state, and "
+                    "this call finds it as the last call left it: each such call is a miss. "
+                    "Seed it before each call (np.random.seed(...)) or pass random_state= to "
+                    "have hits",
+                )
+        return fingerprint(("afml-cache global generators", key, states))
+
+    def _generators_before(self) -> tuple[str, ...] | None:
+        """Before a miss runs: the process-wide random generators' states, for
+        `_key_after_miss`; None once the function is known to draw (its key holds them)."""
+        return None if self._draws else global_generators()
+
+    def _key_after_miss(self, key: str, before: tuple[str, ...] | None) -> str:
+        """The key to store a miss under. A call that changed a process-wide random
+        generator's state without seeding it (a draw inside a library: nothing in the walk of
+        its code says so) depended on that state: it and the calls after count the states
+        (`_with_generators`), as the walk makes a direct ``np.random.normal`` count them."""
+        fn = self.fn
+        if (
+            before is not None
+            and global_generators() != before
+            and not (isinstance(fn, types.FunctionType) and seeds_a_global_generator(fn))
+        ):
+            self._draws = True
+            key = self._with_generators(key, before)
+        if self._draws:
+            self._generators_left = global_generators()
+        return key
 
     def _remembered_key(
         self, args: tuple[Any, ...], known: tuple[str, str, dict[Any, str]]
@@ -622,9 +676,11 @@ class _Engine:
                 if found:
                     self._record_hit(entries, key, compute_time, start)
                     return value
+            before = self._generators_before()
             computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
             elapsed = time.perf_counter() - computing
+            key = self._key_after_miss(key, before)
             # A value written behind keeps the lock until it is on disk: whoever waits for the
             # key then finds it there.
             self._store(entries, key, result, elapsed, call, lock)
@@ -667,9 +723,11 @@ class _Engine:
             self._record_hit(entries, key, compute_time, start)
             return value
         # No cross-task lock: awaiting a blocking file lock would stall the event loop.
+        before = self._generators_before()
         computing = time.perf_counter()
         result = await self.fn(*args, **kwargs)
         elapsed = time.perf_counter() - computing
+        key = self._key_after_miss(key, before)
         self._store(entries, key, result, elapsed, call)
         self._record_miss(entries, key, elapsed, start)
         if watching:

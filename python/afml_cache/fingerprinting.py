@@ -18,6 +18,8 @@ import decimal
 import enum
 import fractions
 import functools
+import glob
+import json
 import operator
 import pathlib
 import re
@@ -27,7 +29,7 @@ import uuid
 import warnings
 import zoneinfo
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from afml_cache.errors import CacheWarning
@@ -219,6 +221,9 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     numpy = sys.modules.get("numpy")  # an ndarray subclass defined outside numpy
     if numpy is not None and isinstance(obj, numpy.ndarray):
         return _numpy_rule(obj)
+    found = _pandas_subclass_rule(obj, cls)
+    if found is not None:
+        return found
     if hasattr(cls, "__arrow_c_stream__"):
         return _ARROW_STREAM, f"arrow:{_name(cls)}", obj
     if hasattr(cls, "__arrow_c_array__"):
@@ -424,6 +429,23 @@ def _pandas_rule(obj: Any) -> Rule | None:
     return None
 
 
+def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
+    """A DataFrame or Series subclass that carries attributes of its own (``_metadata``, which
+    pandas propagates: ``Bars`` with a ``symbol``): its data as the base class, and them. A
+    subclass without any reads through the Arrow interface, as before."""
+    pandas = sys.modules.get("pandas")
+    if pandas is None or cls in (pandas.DataFrame, pandas.Series):
+        return None
+    base = next((b for b in (pandas.DataFrame, pandas.Series) if isinstance(obj, b)), None)
+    if base is None:
+        return None
+    own = [n for n in getattr(cls, "_metadata", ()) if n not in base._metadata]
+    if not own:
+        return None
+    values = tuple((name, getattr(obj, name, None)) for name in own)
+    return _VALUE, f"pandas subclass:{_name(cls)}", (base(obj), values)
+
+
 def _column(values: Any) -> Any:
     """A frame column as its block stores it: a numpy array (which carries its dtype) as
     itself, an extension array with its dtype. Reading the blocks, rather than a Series per
@@ -535,6 +557,56 @@ def _pyarrow_rule(obj: Any) -> Rule | None:
     return None
 
 
+def _polars_rule(obj: Any) -> Rule | None:
+    """A LazyFrame: its plan (the data it holds, the steps) and the content of each file it
+    scans, which its plan only names (``pl.scan_parquet(path)``: the morning download rewrites
+    the file under the same path). One scanning what cannot be read here (``s3://``) has no
+    fingerprint; one whose plan polars cannot write as JSON (a Python function in it) reads
+    through its pickle reduction, its files unread, as before this rule."""
+    import polars as pl
+
+    if not isinstance(obj, pl.LazyFrame):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = json.loads(obj.serialize(format="json"))
+            binary = obj.serialize()
+    except Exception:
+        return None
+    from afml_cache.files import content_digest
+
+    sources = sorted(set(_scanned(plan)))
+    scanned = []
+    for source in sources:
+        if "://" in source:
+            message = (
+                f"a polars LazyFrame scanning {source} cannot be fingerprinted: the files it "
+                "scans are read by content, and this one is not a local file; collect() it "
+                "and pass the frame, or pass what identifies the data (a version, a date)"
+            )
+            return _UNSUPPORTED, "polars.LazyFrame", message
+        paths = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
+        scanned.append((source, tuple((p, content_digest(pathlib.Path(p))) for p in paths)))
+    return _VALUE, "polars.LazyFrame", (binary, tuple(scanned))
+
+
+def _scanned(plan: Any) -> Iterator[str]:
+    """The paths the Scan nodes of a LazyFrame's JSON plan read."""
+    if isinstance(plan, dict):
+        for key, value in plan.items():
+            if key == "Scan" and isinstance(value, dict):
+                paths = (value.get("sources") or {}).get("Paths") or ()
+                for path in paths:
+                    found = path.get("inner") if isinstance(path, dict) else path
+                    if isinstance(found, str):
+                        yield found
+            yield from _scanned(value)
+    elif isinstance(plan, list):
+        for item in plan:
+            yield from _scanned(item)
+
+
 def _pytz_rule(obj: Any) -> Rule | None:
     zone = getattr(obj, "zone", None)
     if not isinstance(zone, str):
@@ -547,6 +619,7 @@ def _pytz_rule(obj: Any) -> Rule | None:
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
     "numpy": _numpy_rule,
     "pandas": _pandas_rule,
+    "polars": _polars_rule,
     "pyarrow": _pyarrow_rule,
     "pytz": _pytz_rule,
 }

@@ -3,6 +3,7 @@ and the public answers: `code_fingerprint`, `code_state`, `function_key`, `argum
 
 from __future__ import annotations
 
+import array
 import builtins
 import contextlib
 import functools
@@ -101,6 +102,7 @@ class _FunctionNode:
     """What a function's digest was computed from, to tell on a later call whether it holds."""
 
     __slots__ = (
+        "attributes",
         "cells",
         "children",
         "code",
@@ -122,6 +124,8 @@ class _FunctionNode:
         # Keyword defaults live in a dict that can also change in place: their items too.
         self.defaults = fn.__defaults__
         self.kwdefaults = _kwdefaults(fn)
+        # Attributes set on the function (`winsorize.cap = 3.0`), which it may read.
+        self.attributes = _attributes(fn)
         # Global names not followed further: those that must resolve to the same object (most),
         # and the others (by type, or wrapping the same functions).
         self.same: list[tuple[str, Getter]] = []
@@ -148,6 +152,7 @@ class _FunctionNode:
                 (self.kwdefaults is not None or fn.__kwdefaults__ is not None)
                 and not _same_kwdefaults(fn, self.kwdefaults)
             )
+            or ((self.attributes or fn.__dict__) and not _same_attributes(fn, self.attributes))
         ):
             return None
         missing = _MISSING
@@ -348,6 +353,10 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
                 node.live.append(
                     (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
                 )
+        attributes = tuple((k, _ref(v, children)[0]) for k, v in node.attributes)
+        for name, part in attributes:
+            if _is_live(part):
+                node.live.append((f"{fn.__qualname__}.{name}", _attribute_reader(name)))
         held = [
             *map(_cell_contents, fn.__closure__ or ()),
             *(fn.__defaults__ or ()),
@@ -367,6 +376,8 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
             tuple(refs.items()),
             tuple(cells),
         )
+        if attributes:  # functions without any keep their digests
+            form = (*form, ("attributes", attributes))
         node.digest = _digest(form, fn)
         node.readable = _readable(form)
     except Exception as exc:
@@ -455,13 +466,7 @@ def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[L
     the generator itself decides that state on its own: that generator does not count."""
     draws: dict[int, tuple[str, object]] = {}  # by generator: the first draw's name
     seeded: set[int] = set()
-    for name, current, attrs in _starts(fn, references):
-        chain = []
-        for attr in attrs:
-            if not isinstance(current, types.ModuleType):
-                break
-            current = getattr(current, attr, None)
-            chain.append(attr)
+    for name, chain, current in _module_chains(fn, references):
         if not chain and type(current) is not types.BuiltinMethodType:
             continue  # a global bound method of Python code (numpy's) is live already
         generator = _seeded_by(current)
@@ -476,6 +481,41 @@ def _random_draws(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[L
         for key, (name, generator) in draws.items()
         if key not in seeded
     ]
+
+
+def _module_chains(
+    fn: types.FunctionType, references: tuple[Ref, ...]
+) -> Iterator[tuple[str, list[str], object]]:
+    """Each reference ``fn`` reads, followed through modules: the name it starts from, the
+    attributes followed, and the object they lead to (``np.random.seed``)."""
+    for name, current, attrs in _starts(fn, references):
+        chain = []
+        for attr in attrs:
+            if not isinstance(current, types.ModuleType):
+                break
+            current = getattr(current, attr, None)
+            chain.append(attr)
+        yield name, chain, current
+
+
+def seeds_a_global_generator(fn: types.FunctionType) -> bool:
+    """Whether ``fn``'s own code seeds random's or numpy's process-wide generator
+    (``np.random.seed(42)``): what it then draws does not depend on the state before it."""
+    references = _cached_references(fn.__code__)
+    return any(_seeded_by(current) is not None for *_, current in _module_chains(fn, references))
+
+
+def global_generators() -> tuple[str, ...]:
+    """The digests of the states of the process-wide random generators: random's, and numpy's
+    legacy one once ``numpy.random`` is imported. What a draw inside a library reads
+    (``df.sample()``, ``train_test_split``, a model without ``random_state``), which no walk
+    of the user's code sees."""
+    version, words, gauss = random.getstate()
+    states = [fingerprint((version, array.array("Q", words).tobytes(), gauss))]
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        states.append(fingerprint(numpy_random.mtrand._rand.get_state(legacy=False)))
+    return tuple(states)
 
 
 def _seeded_by(function: object) -> object | None:
@@ -551,6 +591,25 @@ def _same_kwdefaults(
 
 def _default_reader(i: int) -> Callable[[types.FunctionType], Any]:
     return lambda fn: fn.__defaults__[i]  # type: ignore[index]
+
+
+def _attributes(fn: types.FunctionType) -> tuple[tuple[str, Any], ...]:
+    """The attributes set on ``fn`` by name, less the names ``functools.wraps`` and
+    decorators' bookkeeping use (``__wrapped__``, ``__afml_cache__``)."""
+    found = ((k, v) for k, v in fn.__dict__.items() if not k.startswith("__"))
+    return tuple(sorted(found, key=lambda item: item[0]))
+
+
+def _same_attributes(fn: types.FunctionType, known: tuple[tuple[str, Any], ...]) -> bool:
+    current = _attributes(fn)
+    return len(current) == len(known) and all(
+        name == known_name and value is known_value
+        for (name, value), (known_name, known_value) in zip(current, known, strict=True)
+    )
+
+
+def _attribute_reader(name: str) -> Callable[[types.FunctionType], Any]:
+    return lambda fn: fn.__dict__.get(name)
 
 
 def _kwdefault_reader(name: str) -> Callable[[types.FunctionType], Any]:
