@@ -289,3 +289,36 @@ def test_an_unknown_compression_is_refused_when_the_decorator_is_applied(level: 
         time_aware_cacheable(compression=level)
     with pytest.raises(ValueError, match="compression="):
         robust_cacheable(compression=level)(lambda x: x)
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"AFML_CACHE_REMOTE": "notaurl"},
+        {"AFML_CACHE_REMOTE": "s3:/bucket/prefix"},
+        {"AFML_CACHE_REMOTE": "file:///nowhere", "AFML_CACHE_KEY": "zz"},
+    ],
+    ids=["not-a-url", "one-slash", "bad-key"],
+)
+def test_bad_remote_settings_in_the_environment_run_calls_uncached(
+    run_python, tmp_path, environment
+):
+    # Set for another job perhaps: every decorated call raised ValueError.
+    out = run_python(
+        """
+        import warnings
+        from afml_cache import CacheWarning, robust_cacheable
+
+        @robust_cacheable
+        def f(x):
+            return x + 1
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print(f(1), f(1))
+        messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+        print(len(messages), "AFML_CACHE_REMOTE" in messages[0])
+        """,
+        env={"AFML_CACHE_DIR": str(tmp_path / "cache"), **environment},
+    )
+    assert out.splitlines() == ["2 2", "1 True"]

@@ -219,3 +219,90 @@ def test_shared_counters_equal_the_files_on_disk_after_concurrent_writes_and_evi
     # Values of 2 to 12 KB: some entries packed, some in files of their own.
     assert stats["count"] == len(stored(directory))
     assert stats["bytes"] == bytes_on_disk(directory)
+
+
+# --- what stands where only entries belong ----------------------------------------------------
+
+
+def test_a_dangling_link_in_place_of_a_namespace_is_a_store_error_not_a_crash(run_python, tmp_path):
+    # A cleanup script, or a scratch disk not mounted: creating the entry's directory met
+    # "not found" under a parent that exists, and called itself until the stack overflowed.
+    directory = tmp_path / "cache"
+    out = run_python(f"""
+        import os, shutil
+        from afml_cache import Cache, StoreError
+        cache = Cache({str(directory)!r})
+        cache.set("a", b"x" * 10_000)
+        namespace = {str(directory / "entries" / "default")!r}
+        shutil.rmtree(namespace)
+        os.symlink({str(tmp_path / "nowhere")!r}, namespace)
+        try:
+            cache.set("b", b"y" * 10_000)
+        except StoreError as exc:
+            print("StoreError", "cannot create the directory" in str(exc))
+        """)
+    assert out.split() == ["StoreError", "True"]
+
+
+def test_a_pipe_in_place_of_an_entry_neither_blocks_nor_hides_from_health(run_python, tmp_path):
+    directory = tmp_path / "cache"
+    out = run_python(
+        f"""
+        import os, warnings
+        import afml_cache
+        from afml_cache import Cache, StoreError
+        cache = Cache({str(directory)!r})
+        cache.set("big", b"x" * 10_000)
+        (entry,) = [os.path.join(d, f) for d, _, fs in os.walk({str(directory / "entries")!r})
+                    for f in fs if f.endswith(".afc")]
+        os.remove(entry)
+        os.mkfifo(entry)
+        fresh = Cache({str(directory)!r})
+        try:
+            fresh.get("big")
+        except StoreError as exc:
+            print("get: StoreError", "not a regular file" in str(exc))
+        problems = fresh.check()
+        print("check:", [p["path"] == entry and "not a regular" in p["problem"] for p in problems])
+        fresh.check(fix=True)
+        print("fixed:", os.path.exists(entry), fresh.check())
+        """,
+        timeout=60,
+    )
+    assert out.splitlines() == ["get: StoreError True", "check: [True]", "fixed: False []"]
+
+
+def test_health_finds_nothing_wrong_while_another_process_writes(tmp_path):
+    # Every check during ordinary writes reported the writer's temp files and the entries it
+    # deleted between the listing and the read; none is a problem.
+    directory = tmp_path / "cache"
+    cache = Cache(directory)
+    for k in range(50):
+        cache.set(k, b"v" * 20_000)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            from afml_cache import Cache
+            cache = Cache({str(directory)!r})
+            print("writing", flush=True)
+            for i in range(1_000_000):
+                cache.set(i % 50, b"v" * (20_000 + i % 7))
+                if i % 3 == 0:
+                    cache.delete(i % 50)
+            """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        found = []
+        for _ in range(20):
+            found.extend(Cache(directory).check())
+        assert writer.poll() is None, "the writer stopped before the checks ended"
+        assert found == []
+    finally:
+        writer.kill()
+        writer.communicate()

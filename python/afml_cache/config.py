@@ -254,6 +254,19 @@ def shared_cache() -> Cache | None:
                     CacheWarning,
                     stacklevel=3,
                 )
+            except ValueError as exc:
+                if _settings["remote"] is not None:  # configure(remote=...): the caller's error
+                    raise
+                # AFML_CACHE_REMOTE or AFML_CACHE_KEY, set for another job perhaps: each call
+                # runs as if uncached rather than failing.
+                _unusable = str(exc)
+                warnings.warn(
+                    f"afml_cache: the cache settings in the environment cannot be used ({exc}); "
+                    "caching is disabled for this process and functions run uncached. Fix or "
+                    "unset AFML_CACHE_REMOTE and AFML_CACHE_KEY",
+                    CacheWarning,
+                    stacklevel=3,
+                )
         return _shared
 
 

@@ -14,10 +14,12 @@ impl From<Error> for PyErr {
             Error::InvalidArgument(message) => PyValueError::new_err(message.clone()),
             // StoreError is an OSError: (errno, message, filename) fill its attributes.
             Error::Io { path, source, .. } => match errors_class(py, &STORE_ERROR, "StoreError") {
-                Ok(ty) => PyErr::from_type(
-                    ty.clone(),
-                    (source.raw_os_error().unwrap_or(0), err.to_string(), path.display().to_string()),
-                ),
+                Ok(ty) => match source.raw_os_error() {
+                    Some(errno) => PyErr::from_type(ty.clone(), (errno, err.to_string(), path.display().to_string())),
+                    // Not from the OS (a pipe where an entry belongs): the message alone, which
+                    // names the path, rather than "[Errno 0]".
+                    None => PyErr::from_type(ty.clone(), (err.to_string(),)),
+                },
                 Err(e) => e,
             },
             _ => match errors_class(py, &CACHE_ERROR, "CacheError") {

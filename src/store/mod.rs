@@ -711,7 +711,7 @@ impl Store {
             dir.push(layout::namespace_dir(namespace));
         }
         let mut files = Vec::new();
-        collect_files(&dir, &mut files)?;
+        collect_files(&dir, &mut files, &mut Vec::new())?;
         let scanned: Vec<Vec<Scanned>> = parallel::map(&files, |path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if let Some(writer) = layout::temp_writer(name) {
@@ -804,8 +804,8 @@ impl Store {
 
     /// `check`, calling `progress(done, total)` as files are verified (from worker threads).
     pub fn check_with_progress(&self, fix: bool, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Problem>> {
-        let mut files = Vec::new();
-        collect_files(&layout::entries_dir(&self.root), &mut files)?;
+        let (mut files, mut misplaced) = (Vec::new(), Vec::new());
+        collect_files(&layout::entries_dir(&self.root), &mut files, &mut misplaced)?;
         let total = files.len();
         let done = AtomicUsize::new(0);
         let results: Vec<(Vec<Problem>, Vec<u64>)> = parallel::map(&files, |path| {
@@ -822,15 +822,29 @@ impl Store {
                 files.iter().zip(&results).flat_map(|(path, (_, sizes))| sizes.iter().map(|s| (path.as_path(), *s)));
             self.rebuild_function_sizes(kept);
         }
-        Ok(results.into_iter().flat_map(|(p, _)| p).collect())
+        let mut problems: Vec<Problem> = results.into_iter().flat_map(|(p, _)| p).collect();
+        for path in misplaced {
+            let removed = match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
+            let problem = "not a regular file (a directory, pipe, device or symbolic link where only entries and \
+                           packs belong): no reader can use it, and `health --fix` removes it";
+            problems.push(Problem { path, problem: problem.into(), fixed: fix && removed.is_ok() });
+        }
+        Ok(problems)
     }
 
     /// One file of `check`: its problems, and the size of each good entry in it.
     fn check_file(&self, path: &Path, fix: bool) -> (Vec<Problem>, Vec<u64>) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if let Some(writer) = layout::temp_writer(name) {
-            let fixed = fix && remove_if_abandoned(path, writer);
-            let problem = "an unfinished temp file (its writer stopped or is still writing)";
+            // A live writer's temp file is a write under way, not a problem.
+            if !is_abandoned(path, writer) {
+                return (Vec::new(), Vec::new());
+            }
+            let fixed = fix && fs::remove_file(path).is_ok();
+            let problem = "an unfinished temp file (its writer stopped)";
             return (vec![Problem { path: path.to_path_buf(), problem: problem.into(), fixed }], Vec::new());
         }
         if layout::is_pack(path) {
@@ -838,6 +852,8 @@ impl Store {
         }
         match self.verify_file(path) {
             Ok(size) => (Vec::new(), vec![size]),
+            // Deleted, evicted or replaced by a pack record since it was listed.
+            Err(_) if !path.exists() => (Vec::new(), Vec::new()),
             Err(why) => {
                 let fixed = fix && fs::remove_file(path).is_ok();
                 (vec![Problem { path: path.to_path_buf(), problem: why, fixed }], Vec::new())
@@ -1082,7 +1098,10 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The regular files under `dir` (into `out`), and what stands where only entries and packs
+/// belong (into `misplaced`): a pipe, device or symbolic link, or a directory named as an
+/// entry or a pack. Nothing follows a symbolic link, and nothing opens a pipe.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, misplaced: &mut Vec<PathBuf>) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -1090,24 +1109,31 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let named_as_file = layout::is_pack(&path) || path.extension().is_some_and(|e| e == layout::ENTRY_SUFFIX);
         match entry.file_type() {
-            Ok(t) if t.is_dir() => collect_files(&path, out)?,
+            Ok(t) if t.is_dir() && !named_as_file => collect_files(&path, out, misplaced)?,
             Ok(t) if t.is_file() => out.push(path),
-            _ => {}
+            Ok(_) => misplaced.push(path),
+            Err(_) => {}
         }
     }
     Ok(())
 }
 
-/// Removes a temp file whose writer is gone (or that is older than any write takes).
-fn remove_if_abandoned(path: &Path, writer: u32) -> bool {
+/// Whether a temp file's writer is gone (or the file is older than any write takes).
+fn is_abandoned(path: &Path, writer: u32) -> bool {
     let writer_alive = writer == std::process::id() || process_alive(writer);
     let old = fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age > STALE_TEMP);
-    (!writer_alive || old) && fs::remove_file(path).is_ok()
+    !writer_alive || old
+}
+
+/// Removes a temp file whose writer is gone (or that is older than any write takes).
+fn remove_if_abandoned(path: &Path, writer: u32) -> bool {
+    is_abandoned(path, writer) && fs::remove_file(path).is_ok()
 }
 
 #[cfg(target_os = "linux")]

@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -717,20 +717,33 @@ fn append(file: &File, index: &mut PackIndex, digest: &[u8; 32], sealed: Option<
 }
 
 /// Opens `path` (read-write if `write` and allowed, for the access counters); None if absent.
+/// What is not a regular file (a pipe, a device, a directory in an entry's place) is an error
+/// naming it; it is opened without blocking, so a pipe never holds the caller.
 fn open(path: &Path, write: bool) -> Result<Option<File>> {
-    match OpenOptions::new().read(true).write(write).open(path) {
-        Ok(file) => Ok(Some(file)),
+    let opened = OpenOptions::new().read(true).write(write).custom_flags(libc::O_NONBLOCK).open(path);
+    match opened {
+        Ok(file) => match file.metadata() {
+            Ok(meta) if meta.is_file() => Ok(Some(file)),
+            Ok(_) => {
+                let why = std::io::Error::other("not a regular file; `afml-cache health --fix` removes it");
+                Err(Error::io("cannot read", path, why))
+            }
+            Err(e) => Err(Error::io("cannot stat", path, e)),
+        },
         Err(e) if is_absent(&e) => Ok(None),
         // A read-only cache still reads.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && write => open(path, false),
+        // A directory where a file belongs (read-write refuses it before the check above).
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            let why = std::io::Error::other("a directory, not a file; `afml-cache health --fix` removes it");
+            Err(Error::io("cannot read", path, why))
+        }
         Err(e) => Err(Error::io("cannot open", path, e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::OpenOptionsExt;
-
     use super::*;
 
     fn write_pack(path: &Path, id: &[u8; ID_LEN], records: &[([u8; 32], &[u8])]) {

@@ -92,7 +92,7 @@ pub(super) fn decoded(loaded: &Loaded) -> Vec<Vec<u8>> {
 /// Entries on disk: entry files, and the live records of packs.
 pub(super) fn files_on_disk(store: &Store) -> (u64, u64) {
     let mut files = Vec::new();
-    collect_files(&layout::entries_dir(store.root()), &mut files).unwrap();
+    collect_files(&layout::entries_dir(store.root()), &mut files, &mut Vec::new()).unwrap();
     let entries: Vec<_> = files.iter().filter(|p| p.extension().is_some_and(|e| e == layout::ENTRY_SUFFIX)).collect();
     let packed: Vec<Scanned> = files.iter().filter(|p| layout::is_pack(p)).flat_map(|p| store.scan_pack(p)).collect();
     let file_bytes: u64 = entries.iter().map(|p| fs::metadata(p).unwrap().len()).sum();

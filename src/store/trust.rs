@@ -51,19 +51,27 @@ impl Trust {
     /// Creates a directory and its missing parents, each with exactly [`Trust::dir_mode`]
     /// (keeping the setgid bit a team directory passes on); existing ones are left as they are.
     pub fn create_dir(self, dir: &Path) -> Result<()> {
+        let mut created = self.create_one(dir);
+        if let (Err(e), Some(parent)) = (&created, dir.parent()) {
+            if e.kind() == ErrorKind::NotFound {
+                // Once: a parent that exists and still yields NotFound (a dangling symbolic
+                // link in its place, /proc) would have this call itself for ever.
+                self.create_dir(parent)?;
+                created = self.create_one(dir);
+            }
+        }
+        created.map_err(|e| Error::io("cannot create the directory", dir, e))
+    }
+
+    fn create_one(self, dir: &Path) -> std::io::Result<()> {
         match fs::DirBuilder::new().mode(self.dir_mode()).create(dir) {
             Ok(()) => {
                 // The umask may have taken bits away (the group's, in a team cache).
                 let inherited = fs::metadata(dir).map(|m| m.mode() & SETGID).unwrap_or(0);
                 fs::set_permissions(dir, Permissions::from_mode(self.dir_mode() | inherited))
-                    .map_err(|e| Error::io("cannot set the mode of", dir, e))
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound && dir.parent().is_some() => {
-                self.create_dir(dir.parent().unwrap())?;
-                self.create_dir(dir)
-            }
-            Err(e) => Err(Error::io("cannot create the directory", dir, e)),
+            Err(e) => Err(e),
         }
     }
 

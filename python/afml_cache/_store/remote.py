@@ -136,7 +136,11 @@ def open_remote(remote: str | Remote | None) -> Remote | None:
     """The remote tier ``remote`` names: a `Remote`, a URL, ``""`` for none, or None for
     ``$AFML_CACHE_REMOTE`` (none when unset)."""
     if remote is None:
-        remote = os.environ.get("AFML_CACHE_REMOTE", "").strip()
+        url = os.environ.get("AFML_CACHE_REMOTE", "").strip()
+        try:
+            return Remote(url) if url else None
+        except ValueError as exc:
+            raise ValueError(f"AFML_CACHE_REMOTE={url!r}: {exc}") from None
     if isinstance(remote, Remote) or not remote:
         return remote or None
     return Remote(remote)
