@@ -1095,3 +1095,17 @@ def test_check_finds_an_entry_stored_under_another_keys_path(cache, directory):
     assert [p["path"] for p in cache.check()] == [str(path_b)]
     assert Cache(directory).get("b") is None  # a's bytes at b's path are not b's value
     assert Cache(directory).get("a") == a
+
+
+def test_a_relative_directory_stays_where_it_was_given(tmp_path, monkeypatch):
+    # Resolved against the current directory at each operation, the cache moved with
+    # os.chdir: a notebook that changed directory lost every entry.
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    cache = Cache("relative")
+    cache.set("k", "v")
+    monkeypatch.chdir(tmp_path / "two")
+    assert cache.get("k") == "v"
+    assert cache.directory == tmp_path / "one" / "relative"
+    assert not (tmp_path / "two" / "relative").exists()

@@ -306,3 +306,38 @@ def test_health_finds_nothing_wrong_while_another_process_writes(tmp_path):
     finally:
         writer.kill()
         writer.communicate()
+
+
+@needs_root
+def test_a_cache_on_a_read_only_mount_still_serves_its_entries(run_python, tmp_path):
+    # A team's cache published read-only: opening its counters for writing failed, so the
+    # whole cache was unusable and every call computed.
+    directory, mount = tmp_path / "cache", tmp_path / "read-only"
+    job = """
+        import warnings
+        import numpy as np
+        from afml_cache import Cache, robust_cacheable
+
+        @robust_cacheable
+        def f(n):
+            return np.full(n, 3)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print([int(f(n).sum()) for n in (10, 100_000)], f.cache_info()["cache_hits"])
+            print(Cache(AT).get("k"), len(caught))
+        """
+    run_python(
+        f"AT = {str(directory)!r}\n" + textwrap.dedent(job) + "Cache(AT).set('k', 'v')",
+        env={"AFML_CACHE_DIR": str(directory)},
+    )
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(directory), str(mount)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        out = run_python(
+            f"AT = {str(mount)!r}\n" + textwrap.dedent(job), env={"AFML_CACHE_DIR": str(mount)}
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert out.splitlines() == ["[30, 300000] 2", "v 0"]

@@ -150,9 +150,10 @@ class Cache:
         # Every argument is checked before anything touches the disk.
         limit = parse_size(size_limit, "size_limit")
         memory = parse_size(memory_limit, "memory_limit")
+        # Absolute: a relative directory would follow the process's os.chdir.
         self.directory = (
             Path(directory).expanduser() if directory is not None else default_directory()
-        )
+        ).absolute()
         if trust_group is None:
             trust_group = os.environ.get("AFML_CACHE_TRUST_GROUP", "").strip().lower() in TRUE_WORDS
         shared = open_remote(remote)

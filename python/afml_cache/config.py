@@ -117,6 +117,8 @@ def configure(
         raise TypeError(f"trust_group must be True or False, got {trust_group!r}")
     if remote is not None:
         remote = open_remote(remote) or ""  # a bad URL or a missing client fails here
+    if directory is not None:  # where it is now: a later os.chdir must not move the cache
+        directory = Path(directory).expanduser().absolute()
     global _shared, _unusable
     with _lock:
         for name, value in (

@@ -15,8 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    entry, is_absent, now, now_ns, replace, same_file, Compression, Counter, Counters, Header, Lookup, Result, Store,
-    Stored,
+    entry, is_absent, is_read_only, now, now_ns, replace, same_file, Compression, Counter, Counters, Header, Lookup,
+    Result, Store, Stored,
 };
 use crate::error::Error;
 
@@ -116,9 +116,7 @@ impl Store {
         // Read-write so the access counters can be updated in place; a read-only cache still reads.
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?
-            }
+            Err(e) if is_read_only(&e) => File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?,
             // Removed since: `get` counts the miss.
             Err(e) if is_absent(&e) => return Ok(Streamed::Whole(self.get(namespace, key)?)),
             Err(e) => return Err(Error::io("cannot open", &path, e)),

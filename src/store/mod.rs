@@ -1153,6 +1153,12 @@ fn is_absent(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory)
 }
 
+/// Whether opening for writing failed because this process may only read there (another
+/// user's file, a read-only mount): it still reads.
+fn is_read_only(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS)
+}
+
 fn file_identity(path: &Path) -> Result<(u64, u64)> {
     let m = fs::metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
     Ok((m.dev(), m.ino()))

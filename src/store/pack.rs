@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::entry::{self, Counters, MAC_LEN};
-use super::{is_absent, layout, lock, Keyring, Problem, Scanned, Store, Trust};
+use super::{is_absent, is_read_only, layout, lock, Keyring, Problem, Scanned, Store, Trust};
 use crate::codec;
 use crate::error::{Error, Result};
 
@@ -732,7 +732,7 @@ fn open(path: &Path, write: bool) -> Result<Option<File>> {
         },
         Err(e) if is_absent(&e) => Ok(None),
         // A read-only cache still reads.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && write => open(path, false),
+        Err(e) if is_read_only(&e) && write => open(path, false),
         // A directory where a file belongs (read-write refuses it before the check above).
         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
             let why = std::io::Error::other("a directory, not a file; `afml-cache health --fix` removes it");

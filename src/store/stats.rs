@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
+use super::is_read_only;
 use super::trust::Trust;
 use crate::error::{Error, Result};
 
@@ -118,7 +119,11 @@ pub struct SharedCounters<S: Slot> {
 
 impl<S: Slot> SharedCounters<S> {
     pub fn open(path: &Path, trust: Trust) -> Result<Self> {
-        let file = trust.open_or_create(path, trust.shared_mode())?;
+        let file = match trust.open_or_create(path, trust.shared_mode()) {
+            Ok(file) => file,
+            Err(Error::Io { source, .. }) if is_read_only(&source) => return Self::private(path),
+            Err(e) => return Err(e),
+        };
         let meta = file.metadata().map_err(|e| Error::io("cannot stat", path, e))?;
         // A sparse file would be given its pages only when the map is first written, and on a
         // full filesystem that write kills the process (SIGBUS). Allocated now, a full disk is an
@@ -144,6 +149,28 @@ impl<S: Slot> SharedCounters<S> {
                 }
                 counters.slot(0).store(S::MAGIC, Ordering::Release);
             }
+        }
+        Ok(counters)
+    }
+
+    /// The counters of a cache this process may only read (a read-only mount, a directory of
+    /// another user's): a private copy of the file, or zeros, that this process counts in
+    /// alone, so that it still reads the cache's entries.
+    fn private(path: &Path) -> Result<Self> {
+        let map = match std::fs::File::open(path) {
+            // SAFETY: private (copy-on-write) pages: the file is never written through them.
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() >= FILE_LEN) => unsafe {
+                memmap2::MmapOptions::new().len(FILE_LEN as usize).map_copy(&file)
+            },
+            _ => MmapMut::map_anon(FILE_LEN as usize),
+        }
+        .map_err(|e| Error::io("cannot map the counters file", path, e))?;
+        let counters = Self { map, _slots: std::marker::PhantomData };
+        if counters.slot(0).load(Ordering::Acquire) != S::MAGIC {
+            for i in 1..(FILE_LEN as usize / 8) {
+                counters.slot(i).store(0, Ordering::Relaxed);
+            }
+            counters.slot(0).store(S::MAGIC, Ordering::Release);
         }
         Ok(counters)
     }
