@@ -198,6 +198,10 @@ def test_health_reports_a_damaged_entry_and_fix_removes_it(filled, capsys, size)
     assert code == 1
     assert [(p["path"], p["fixed"]) for p in document["problems"]] == [(str(victim.path), False)]
     assert locate(filled.directory, "victim") == victim
+    # Its advice starts with the fix, not with "the cache looks healthy".
+    advice = document["report"]["recommendations"]
+    assert advice[0] == "Run `afml-cache health --fix`: 1 problem(s) found in the entries."
+    assert not any("healthy" in line for line in advice)
 
     code, out, _ = run(capsys, "health", "--dir", str(filled.directory), "--fix")
     assert code == 1  # problems were found, even though they are fixed now

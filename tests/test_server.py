@@ -272,6 +272,29 @@ def test_health_answers_while_150_idle_connections_are_open_on_bounded_threads(s
             connection.close()
 
 
+def test_clients_sending_part_of_a_request_hold_no_worker(tmp_path):
+    # One byte at a time, or a head never finished: each held one of the workers for up to
+    # the idle timeout per byte, so four such clients kept /health from answering.
+    server = make_server(Cache(tmp_path / "cache"), "127.0.0.1", 0, workers=1, idle_timeout=600)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    partial = [_connect(server) for _ in range(3)]
+    try:
+        for connection in partial:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(3):
+            status, _, _ = fetch(server.url + "health")
+            assert status == 200
+        partial[0].sendall(b"1\r\n\r\n")  # a head finished late is answered
+        assert partial[0].recv(1 << 16).startswith(b"HTTP/1.0 200")
+    finally:
+        for connection in partial:
+            connection.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT_S)
+
+
 def test_a_connection_that_sends_nothing_is_closed_after_the_idle_timeout(tmp_path):
     server = make_server(Cache(tmp_path / "cache"), "127.0.0.1", 0, idle_timeout=0.3)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

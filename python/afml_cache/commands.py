@@ -151,6 +151,7 @@ def run_health(args: argparse.Namespace) -> int:
         sys.stderr.write(f"afml-cache health: verifying {count:,} entries in {cache.directory}\n")
     problems = cache.check(fix=args.fix)
     health = get_cache_health()
+    unfixed = [p for p in problems if not p["fixed"]]
     if args.json:
         write_json(
             {
@@ -158,7 +159,7 @@ def run_health(args: argparse.Namespace) -> int:
                 "entries": cache.stats()["count"],
                 "problems": problems,
                 "fixed": sum(p["fixed"] for p in problems),
-                "report": _health_summary(health),
+                "report": _health_summary(health, unfixed),
             }
         )
     else:
@@ -179,7 +180,7 @@ def _problems_text(problems: list[dict[str, Any]], fix: bool, entries: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def _health_summary(health: Any) -> dict[str, Any]:
+def _health_summary(health: Any, unfixed: list[dict[str, Any]]) -> dict[str, Any]:
     def names(rows: Sequence[dict[str, Any]]) -> list[str]:
         return [r["function_name"] for r in rows]
 
@@ -194,7 +195,12 @@ def _health_summary(health: Any) -> dict[str, Any]:
         "worst_performers": names(health.worst_performers),
         "stale_caches": names(health.stale_caches),
         "patterns": health.patterns,
-        "recommendations": health.recommendations,
+        "recommendations": (
+            [f"Run `afml-cache health --fix`: {len(unfixed)} problem(s) found in the entries."]
+            if unfixed
+            else []
+        )
+        + health.recommendations,
     }
 
 

@@ -36,6 +36,7 @@ import contextlib
 import datetime
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -86,6 +87,10 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 # Connections waiting for their request beyond this many: the oldest is closed (a bound on the
 # file descriptors idle clients can hold).
 _MAX_WAITING = 512
+# How often a connection holding part of a request is looked at again, and the most of a
+# request's head looked for (a longer one goes to a worker, which answers 431).
+_SNOOZE = 0.05
+_HEAD_LIMIT = 65536
 _ENDPOINTS = ("/metrics", "/health", "/stats")
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -165,32 +170,55 @@ def default_token_file() -> Path:
 
 def admin_token(path: str | os.PathLike[str]) -> str:
     """The bearer token kept in ``path``, created with a random token on first use (the file
-    0600, a directory made for it 0700). A file that others could read, or that belongs to
-    another user, is refused with a `CacheError` naming the fix: its token opens the cache."""
+    0600, a directory made for it 0700). A file that others could read, that belongs to another
+    user or is a symbolic link, or a directory others could write (where they could swap the
+    file for one holding their token), is refused with a `CacheError` naming the fix: its token
+    opens the cache. The file is checked and read through one descriptor."""
     path = Path(path).expanduser()
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # another server made it meanwhile
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_urlsafe(32) + "\n")
-            _audit.info("afml-cache serve: created the admin token file %s", path)
-    info = path.stat()
-    if info.st_uid != os.getuid():
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = path.parent.stat()
+    if folder.st_uid not in (os.getuid(), 0) or folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CacheError(
-            f"the admin token file {path} belongs to another user (uid {info.st_uid}); use a "
-            "token file of your own (--token-file)"
+            f"the admin token file's directory {path.parent} can be written by others (mode "
+            f"{stat.S_IMODE(folder.st_mode):04o}, owner uid {folder.st_uid}), who could put "
+            f"their own token in its place; keep the token in a directory of yours only "
+            f"(chmod 700 {path.parent}, or --token-file in another)"
         )
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    with contextlib.suppress(FileExistsError):  # made before, or by another server meanwhile
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+        _audit.info("afml-cache serve: created the admin token file %s", path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
         raise CacheError(
-            f"the admin token file {path} can be read or written by others (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); make it yours only: chmod 600 {path}"
-        )
-    token = path.read_text().strip()
-    if len(token) < 16:
+            f"the admin token file {path} cannot be opened ({exc.strerror}); it must be a file "
+            "of yours, not a symbolic link"
+        ) from None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheError(f"the admin token file {path} is not a file; remove it")
+        if info.st_uid != os.getuid():
+            raise CacheError(
+                f"the admin token file {path} belongs to another user (uid {info.st_uid}); use "
+                "a token file of your own (--token-file)"
+            )
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CacheError(
+                f"the admin token file {path} can be read or written by others (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); make it yours only: chmod 600 {path}"
+            )
+        content = file.read(4096)
+    try:
+        token = content.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if len(token) < 16 or not token.isprintable() or " " in token:
         raise CacheError(
-            f"the admin token file {path} holds no token of at least 16 characters; remove it "
-            "and a new one is made at the next start"
+            f"the admin token file {path} holds no token of at least 16 printable characters; "
+            "remove it and a new one is made at the next start"
         )
     return token
 
@@ -284,13 +312,25 @@ class CacheServer(HTTPServer):
             self._wake.send(b"\0")
 
     def _watch(self) -> None:
-        """Hands each connection to a worker once its request arrives; closes the silent."""
+        """Hands each connection to a worker once its request's head has arrived; closes those
+        that have not sent it within ``idle_timeout`` of connecting: silent ones, and ones
+        sending a byte at a time, so that neither holds a worker."""
         waiting: OrderedDict[socket.socket, tuple[float, Any]] = OrderedDict()  # oldest first
+        # Connections holding part of a request: out of the selector (their data would wake it
+        # at once, again and again) until this time.
+        snoozed: dict[socket.socket, float] = {}
+
+        def drop(connection: socket.socket) -> None:
+            if snoozed.pop(connection, None) is None:
+                selector.unregister(connection)
+            self.shutdown_request(connection)
+
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_watcher, selectors.EVENT_READ)
             while not self._closing.is_set():
-                first = next(iter(waiting.values()), None)
-                wait = None if first is None else max(0.0, first[0] - time.monotonic())
+                times = [t for t, _ in itertools.islice(waiting.values(), 1)]
+                times.extend(itertools.islice(sorted(snoozed.values()), 1))
+                wait = None if not times else max(0.0, min(times) - time.monotonic())
                 for key, _ in selector.select(wait):
                     connection = key.fileobj
                     if connection is self._wake_watcher:
@@ -298,21 +338,25 @@ class CacheServer(HTTPServer):
                         continue
                     assert isinstance(connection, socket.socket)
                     selector.unregister(connection)
+                    if not _head_arrived(connection):
+                        snoozed[connection] = time.monotonic() + _SNOOZE
+                        continue
                     _, address = waiting.pop(connection)
                     self._workers.submit(self._answer, connection, address)
                 while not self._arrivals.empty():
                     connection, address = self._arrivals.get()
                     if len(waiting) >= _MAX_WAITING:
                         oldest, _ = waiting.popitem(last=False)
-                        selector.unregister(oldest)
-                        self.shutdown_request(oldest)
+                        drop(oldest)
                     selector.register(connection, selectors.EVENT_READ)
                     waiting[connection] = (time.monotonic() + self.idle_timeout, address)
                 now = time.monotonic()
+                for connection in [c for c, at in snoozed.items() if at <= now]:
+                    del snoozed[connection]
+                    selector.register(connection, selectors.EVENT_READ)
                 while waiting and next(iter(waiting.values()))[0] <= now:
                     silent, _ = waiting.popitem(last=False)
-                    selector.unregister(silent)
-                    self.shutdown_request(silent)
+                    drop(silent)
         for connection in waiting:
             self.shutdown_request(connection)
 
@@ -345,6 +389,18 @@ class CacheServer(HTTPServer):
         host = host.decode() if isinstance(host, bytes) else host
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/"
+
+
+def _head_arrived(connection: socket.socket) -> bool:
+    """Whether ``connection`` holds a whole request head (or has closed, or failed, or sent
+    more than a head may hold): a worker can then read it without waiting."""
+    try:
+        data = connection.recv(_HEAD_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # the worker meets the error and closes it
+    return not data or b"\r\n\r\n" in data or b"\n\n" in data or len(data) >= _HEAD_LIMIT
 
 
 def make_server(
@@ -478,17 +534,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._deny(HTTPStatus.FORBIDDEN, "wrong token", {})
             return
         url = urllib.parse.urlsplit(self.path)
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        route: dict[tuple[str, str], Callable[[dict[str, str]], None]] = {
-            ("POST", "/admin/clear"): self._clear,
-            ("DELETE", "/admin/entry"): self._delete_entry,
-            ("POST", "/admin/warm"): self._warm,
-            ("GET", "/admin/export"): self._export,
+        route: dict[tuple[str, str], tuple[Callable[[dict[str, str]], None], tuple[str, ...]]] = {
+            ("POST", "/admin/clear"): (self._clear, ("function", "tag")),
+            ("DELETE", "/admin/entry"): (self._delete_entry, ("function", "digest")),
+            ("POST", "/admin/warm"): (self._warm, ("name",)),
+            ("GET", "/admin/export"): (self._export, ("function",)),
         }
-        act = route.get((self.command, url.path))
-        if act is None:
+        found = route.get((self.command, url.path))
+        if found is None:
             message = f"no admin endpoint {self.command} {url.path}; there are {_ADMIN_HELP}\n"
             self._send(HTTPStatus.NOT_FOUND, _TEXT, message.encode(), {})
+            return
+        act, accepted = found
+        query = self._query(url.query, accepted)
+        if query is None:
             return
         try:
             act(query)
@@ -497,11 +556,39 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"{self.command} {url.path} failed: {type(exc).__name__}: {exc}\n"
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, _TEXT, message.encode(), {})
 
+    def _query(self, text: str, accepted: tuple[str, ...]) -> dict[str, str] | None:
+        """The parameters of an admin request, or None once it is answered 400: a parameter
+        the endpoint does not take, one given twice or empty (``?tag=$TAG`` with TAG unset)
+        would otherwise fall back to doing the most (``/admin/clear``: every entry)."""
+        given = urllib.parse.parse_qs(text, keep_blank_values=True)
+        takes = " and ".join(f"?{name}=" for name in accepted) or "no parameters"
+        for name, values in given.items():
+            problem = None
+            if name not in accepted:
+                problem = f"this endpoint takes {takes}, not ?{name}="
+            elif len(values) > 1:
+                problem = f"?{name}= is given {len(values)} times; give it once"
+            elif not values[0].strip():
+                problem = f"?{name}= is empty; give a value, or leave the parameter out"
+            if problem is not None:
+                self._bad(HTTPStatus.BAD_REQUEST, f"{problem}; nothing was changed")
+                return None
+        return {name: values[0] for name, values in given.items()}
+
+    def _logged_path(self) -> str:
+        """The request's path for the log, its query's values hidden when a request is refused
+        (a client may have put the token there)."""
+        url = urllib.parse.urlsplit(self.path)
+        if not url.query:
+            return url.path
+        names = [part.partition("=")[0] for part in url.query.split("&")]
+        return f"{url.path}?" + "&".join(f"{name}=..." for name in names)
+
     def _deny(self, status: HTTPStatus, why: str, headers: dict[str, str]) -> None:
         _audit.warning(
             "afml-cache serve: refused %s %s from %s: %s",
             self.command,
-            self.path,
+            self._logged_path(),
             self.address_string(),
             why,
         )
