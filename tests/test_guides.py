@@ -389,7 +389,7 @@ def test_the_mlflow_blocks(
     # The guide's "second call: uses cached result" is wrong for its own code: a forest without
     # random_state draws from numpy's global generator, which the first fit advanced, so a
     # second fit gives another model. The second call computes it, and says why.
-    with pytest.warns(afml_cache.CacheWarning, match="draws from the global random generator"):
+    with pytest.warns(afml_cache.CacheWarning, match="draws from numpy's global random generator"):
         run_block(USAGE["Basic Experiment Tracking"][0], cell, "000 basic experiment tracking")
     assert cell["metrics2"] == cell["metrics"]
     assert cell["train_model"].cache_info()["cache_hits"] == 0

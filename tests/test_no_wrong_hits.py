@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import types
 import uuid
 import warnings
@@ -651,6 +652,33 @@ def test_draws_inside_library_calls_count_the_global_generators(
     assert check(module.seeded_inside, 3) == first and hits(module.seeded_inside) == 1
 
 
+def test_a_thread_drawing_from_random_meanwhile_does_not_make_a_function_miss(
+    cache_dir: Path,
+) -> None:
+    # Distributed's threads draw from random's generator all the time: counted, a Dask task
+    # that ran long enough was never a hit.
+    stop = threading.Event()
+
+    def background() -> None:
+        while not stop.is_set():
+            random.random()
+            stop.wait(0.001)
+
+    @afml_cache.cacheable
+    def slow_double(x: int) -> int:
+        stop.wait(0.05)
+        return 2 * x
+
+    thread = threading.Thread(target=background, daemon=True)
+    thread.start()
+    try:
+        assert [check(slow_double, 1) for _ in range(3)] == [2, 2, 2]
+        assert hits(slow_double) == 2
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_a_library_draw_not_seeded_again_warns_once(cache_dir: Path, load: Loader) -> None:
     module = load("""
     import numpy as np
@@ -665,7 +693,7 @@ def test_a_library_draw_not_seeded_again_warns_once(cache_dir: Path, load: Loade
     """)
     np.random.seed(42)
     module.bootstrap(3)
-    with pytest.warns(afml_cache.CacheWarning, match="draws from the global random generator"):
+    with pytest.warns(afml_cache.CacheWarning, match="draws from numpy's global random generator"):
         module.bootstrap(3)  # the state the first call left: a miss
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -605,9 +605,9 @@ class _Engine:
             if states == self._generators_left and "changed globals" not in self._warned:
                 self._warn_once(
                     "generators",
-                    f"afml_cache: {self.name} draws from the global random generator (numpy's "
-                    "or random's, inside a library call: df.sample(), a model or a split "
-                    "without random_state), so its results count the generator's state, and "
+                    f"afml_cache: {self.name} draws from numpy's global random generator "
+                    "(inside a library call: df.sample(), a model or a split without "
+                    "random_state), so its results count the generator's state, and "
                     "this call finds it as the last call left it: each such call is a miss. "
                     "Seed it before each call (np.random.seed(...)) or pass random_state= to "
                     "have hits",

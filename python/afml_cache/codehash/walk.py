@@ -3,7 +3,6 @@ and the public answers: `code_fingerprint`, `code_state`, `function_key`, `argum
 
 from __future__ import annotations
 
-import array
 import builtins
 import contextlib
 import functools
@@ -506,16 +505,16 @@ def seeds_a_global_generator(fn: types.FunctionType) -> bool:
 
 
 def global_generators() -> tuple[str, ...]:
-    """The digests of the states of the process-wide random generators: random's, and numpy's
-    legacy one once ``numpy.random`` is imported. What a draw inside a library reads
-    (``df.sample()``, ``train_test_split``, a model without ``random_state``), which no walk
-    of the user's code sees."""
-    version, words, gauss = random.getstate()
-    states = [fingerprint((version, array.array("Q", words).tobytes(), gauss))]
+    """The digest of numpy's process-wide (legacy) generator's state, once ``numpy.random`` is
+    imported: what a draw inside a library reads (``df.sample()``, ``train_test_split``, a
+    model without ``random_state``), which no walk of the user's code sees. random's own
+    generator is left out: frameworks' threads draw from it all the time (distributed's do), so
+    its state moving during a call says nothing of the call; a draw from it in the user's code
+    counts where the walk sees it (`_random_draws`)."""
     numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        states.append(fingerprint(numpy_random.mtrand._rand.get_state(legacy=False)))
-    return tuple(states)
+    if numpy_random is None:
+        return ()
+    return (fingerprint(numpy_random.mtrand._rand.get_state(legacy=False)),)
 
 
 def _seeded_by(function: object) -> object | None:
