@@ -822,7 +822,10 @@ def test_a_write_by_another_process_just_after_our_set_is_not_hidden_by_memory(d
     ours = Cache(directory)
     theirs = Cache(directory)  # stands for another process: own memory tier, same files
     real = ours.by_digest._store
-    ours.by_digest._store = _StoreInterleaving(real, "put", lambda: theirs.set("k", "theirs"))
+    # `set` writes through put_replacing: a value set replaces what the key holds.
+    ours.by_digest._store = _StoreInterleaving(
+        real, "put_replacing", lambda: theirs.set("k", "theirs")
+    )
     ours.set("k", "ours")
     ours.by_digest._store = real
     assert Cache(directory).get("k") == "theirs"

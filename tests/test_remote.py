@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -346,6 +347,79 @@ def test_an_expired_lease_is_taken_over_by_one_of_several(url: str) -> None:
     contenders = [Remote(url, lease_seconds=30) for _ in range(3)]
     won = [r.lease("f", key, timeout=0.1) for r in contenders]
     assert sum(lease is not None and lease.held for lease in won) == 1
+
+
+def test_a_value_set_again_replaces_the_prefixs_copy_for_every_machine(
+    url: str, tmp_path: Path
+) -> None:
+    # The upload was create-only: the prefix kept the first value for good, so another machine,
+    # and this one once its copy was evicted, read it back.
+    first = Cache(tmp_path / "a", remote=url)
+    first.set("quote", "v1")
+    first.set("quote", "v2")
+    assert Cache(tmp_path / "b", remote=url).get("quote") == "v2"
+    first.delete("quote")  # gone everywhere; set again, then read through a fresh directory
+    first.set("quote", "v3")
+    Cache(tmp_path / "a").delete("quote")  # this machine's copy evicted
+    assert Cache(tmp_path / "a", remote=url).get("quote") == "v3"
+    assert Cache(tmp_path / "c", remote=url).get("quote") == "v3"
+
+
+def test_a_new_time_to_live_reaches_the_prefix(url: str, tmp_path: Path) -> None:
+    first = Cache(tmp_path / "a", remote=url)
+    first.set("model", "fitted", ttl=3600)
+    assert first.touch("model", ttl=None)
+    entry = Cache(tmp_path / "b", remote=url)
+    assert entry.get("model") == "fitted"
+    (info,) = entry.entries()
+    assert info["expires"] is None  # the prefix's copy carries the new expiry
+
+
+def test_a_precached_value_replaces_the_computed_one_on_the_prefix(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afml_cache import robust_cacheable
+
+    def label(n: int) -> tuple[str, int]:
+        return ("computed", n)
+
+    first = robust_cacheable(cache=Cache(tmp_path / "a", remote=url))(label)
+    assert first(1) == ("computed", 1)
+    assert first.precache(("given", 1), 1)
+    second = robust_cacheable(cache=Cache(tmp_path / "b", remote=url))(label)
+    assert second(1) == ("given", 1)
+    with pytest.warns(CacheWarning, match="not cached"):
+        assert not first.precache(threading.Lock(), 2)  # cannot be pickled: said, not stored
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"expires": "inf"}', b'{"expires": 1e300}'],
+    ids=["nested-past-the-recursion-limit", "infinite", "far-ahead"],
+)
+def test_a_lease_no_holder_could_have_written_is_taken_over(url: str, body: bytes) -> None:
+    # Nested JSON raised RecursionError out of the user's call; an expiry no renewal makes
+    # blocked every machine for the whole lock timeout, silently.
+    remote = Remote(url)
+    key = fingerprint("k")
+    obstore.put(remote.client, remote.lease_path("f", key), body)
+    lease = remote.lease("f", key, timeout=1)
+    assert lease is not None and lease.held
+    lease.release()
+
+
+def test_a_damaged_mac_key_in_the_prefix_removes_no_entry(url: str, tmp_path: Path) -> None:
+    # Read as the entry's damage, a key that failed made every reader remove each sound entry it
+    # looked up.
+    Cache(tmp_path / "a", remote=url).set("bars", 1)
+    before = _objects(url)
+    sound = obstore.get(obstore.store.from_url(url), "mac.key").bytes()
+    obstore.put(obstore.store.from_url(url), "mac.key", b"xx")
+    with pytest.warns(CacheWarning, match="mac.key holds 2 bytes"):
+        assert Cache(tmp_path / "b", remote=url).get("bars") is None
+    assert _objects(url) == before
+    obstore.put(obstore.store.from_url(url), "mac.key", bytes(sound))
+    assert Cache(tmp_path / "c", remote=url).get("bars") == 1
 
 
 # --- machines: processes with their own directories ------------------------------------------

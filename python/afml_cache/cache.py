@@ -244,6 +244,7 @@ class Cache:
             compute_time=compute_time,
             time_range=time_range,
             label=key,
+            replace=True,  # a value set replaces what the key holds, on every tier
         )
 
     def get(self, key: Any, default: Any = None) -> Any:

@@ -39,6 +39,7 @@ from afml_cache import config, warming
 from afml_cache._core import SPEC_VERSION, fingerprint
 from afml_cache._store import KeyLock
 from afml_cache._store.entries import Entries
+from afml_cache._store.writer import flush_writes
 from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
 from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
 from afml_cache.codehash import arguments_code, code_fingerprint, code_state
@@ -328,8 +329,10 @@ class _Engine:
             and time_options is None
             else -1
         )
-        # Failures to store results, found on the writer thread, warned at the next call.
+        # Failures to store results, found on the writer thread, warned at the next call, and
+        # how many there have been.
         self._failures: list[str] = []
+        self._unstored = 0
         # Whether a call was seen drawing from a process-wide random generator in code no walk
         # reads (a library's: `df.sample()`); then every key holds the generators' states
         # (`_with_generators`), and the states the last miss left them in.
@@ -518,14 +521,18 @@ class _Engine:
             return False
 
     def precache(self, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-        """Stores ``value`` as the call's result, as a miss would (compute time 0); False when
-        the call would run uncached."""
+        """Stores ``value`` as the call's result, as a miss would (compute time 0), replacing
+        what the call had stored, on every tier; False when the call would run uncached or the
+        value could not be stored (said in one warning)."""
         prepared = self._prepare(args, kwargs)
         if prepared is None:
             return False
         entries, key, call = prepared
-        self._store(entries, key, value, 0.0, call)
-        return True
+        failures = self._unstored
+        self._store(entries, key, value, 0.0, call, replace=True)
+        flush_writes()  # its outcome, before answering
+        self._report_failures()
+        return self._unstored == failures
 
     def code_fingerprint(self) -> str:
         """The fingerprint of the function's current code (what its entries record)."""
@@ -746,10 +753,12 @@ class _Engine:
         extra: dict[str, Any] | None = None,
         time_range: tuple[int, int] | None = None,
         detail: str = "",
+        replace: bool = False,
     ) -> None:
         """Stores a result; releases ``lock`` once it is on disk (or the attempt failed).
         ``extra`` adds to the entry's metadata, ``time_range`` is the data's when no argument
-        gives one (`call.ranges`), ``detail`` ends the verbose line."""
+        gives one (`call.ranges`), ``detail`` ends the verbose line, ``replace`` makes a
+        value given (`precache`) replace what a shared prefix holds for the key."""
         ttl = self.options.ttl
         # The code fingerprint lets smart_cache_clear find entries of code that has changed.
         metadata: dict[str, Any] = {"function": self.name, "code": self.code_fingerprint()}
@@ -779,6 +788,7 @@ class _Engine:
             compute_time=elapsed,
             time_range=time_range,
             behind=behind,
+            replace=replace,
         )
         if self._failures:  # written now and failed: warn at this call
             self._report_failures()
@@ -796,6 +806,7 @@ class _Engine:
         message = f"the result of {self.name} was returned but not cached: {error}"
         _log.warning("%s", message)
         self._failures.append(message)
+        self._unstored += 1
 
     def _report_failures(self) -> None:
         failures, self._failures = self._failures, []

@@ -523,7 +523,7 @@ class FeatureEngine(_Engine):
             kept = [p for p in _parsed(prefixes) if p.key != prefix.key] if found else []
             newest = [tuple(p) for p in [prefix, *kept][:MAX_PREFIXES]]
             metadata = {"function": self.name, "code": self.code_fingerprint()}
-            entries.put(index_key, newest, metadata=metadata)
+            entries.put(index_key, newest, metadata=metadata, replace=True)
         except (CacheError, OSError) as exc:
             self._warn_once("store", f"afml_cache: {self.name}: {exc}")
         finally:

@@ -329,7 +329,8 @@ class RangeEngine(_Engine):
         """Writes the family's record; the pieces it names are already on disk."""
         record = (_RECORD_VERSION, [tuple(p) for p in pieces])
         metadata = {"function": self.name, "code": self.code_fingerprint(), "family": request.kin}
-        return self._put(request, request.family, record, metadata=metadata)
+        # Replacing: a record grows and is cut (`invalidate`); a shared prefix must follow.
+        return self._put(request, request.family, record, metadata=metadata, replace=True)
 
     def _put(self, request: _Family, digest: str, value: Any, **details: Any) -> bool:
         """Stores an entry and waits until it is on disk (a record must never name a piece

@@ -36,6 +36,9 @@ class Store:
         # The core's methods, bound once: a hit calls them with no Python layer in between.
         self.get = core.get
         self.put = core.put
+        # A write the caller means to replace what the key holds (`Cache.set`, `precache`), not
+        # one more copy of a computed value: the prefix behind takes it too.
+        self.put_replacing = core.put
         self.contains = core.contains
         self.current_mac = core.current_mac
         self.generation = core.generation
@@ -62,7 +65,9 @@ class Store:
             # the single-flight lock reach it too.
             tier = RemoteTier(core, remote)
             self.get, self.put, self.contains = tier.get, tier.put, tier.contains
+            self.put_replacing = tier.put_replacing
             self.delete, self.clear, self.lock = tier.delete, tier.clear, tier.lock
+            self.touch = tier.touch
 
     @property
     def size_limit(self) -> int:

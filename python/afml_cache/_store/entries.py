@@ -59,6 +59,8 @@ class _Serialized:
     # Written by the writer thread, in a low-priority pool of its own (`Store.put(background=)`),
     # from a copy of the buffers, while the caller goes on.
     behind: bool = False
+    # Replaces what the key holds everywhere (`Store.put_replacing`): a value set, not computed.
+    replace: bool = False
 
 
 class Entries:
@@ -168,6 +170,7 @@ class Entries:
         time_range: tuple[int, int] | None = None,
         label: Any = None,
         behind: Callable[[Exception | None, int], None] | None = None,
+        replace: bool = False,
     ) -> bool:
         """Stores ``value`` under ``digest``; False (with a warning) if it is larger than the
         whole size limit. ``ttl`` (seconds, checked by the caller) or None; ``label`` is the key
@@ -186,15 +189,16 @@ class Entries:
         into its file.
         """
         if behind is None:
-            return self._write(
-                self._serialize(
-                    digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
-                )
+            entry = self._serialize(
+                digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
             )
+            entry.replace = replace
+            return self._write(entry)
         try:
             entry = self._serialize(
                 digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
             )
+            entry.replace = replace
             if _WRITE_BEHIND_MIN <= entry.nbytes < _WRITE_BEHIND_MAX and self._hold(entry):
                 entry.behind = True
                 self._writing[entry.slot] = entry
@@ -358,7 +362,8 @@ class Entries:
         """Writes an entry: (stored, size on disk, MAC, the generation before the write)."""
         self.flush_accesses()  # the write may evict: let it see every recent hit
         generation = self._store.generation()
-        stored, size, mac, _ = self._store.put(
+        put = self._store.put_replacing if entry.replace else self._store.put
+        stored, size, mac, _ = put(
             *entry.slot,
             entry.stream,
             entry.buffers,

@@ -86,6 +86,10 @@ _UNSIGNED = ("unsigned_payload", "aws_unsigned_payload")
 # After a failure the tier leaves the prefix alone for this long (seconds): each attempt at an
 # unreachable store would cost every lookup its timeouts.
 _PAUSE_AFTER_FAILURE = 30.0
+# No lease is renewed further ahead than this (a day): one that claims to is taken over.
+_LONGEST_LEASE = 86_400.0
+# A wait for another machine's lease this long that ends without its entry is said.
+_WARN_AFTER_WAITING = 60.0
 
 
 def is_remote(location: str | os.PathLike[str]) -> bool:
@@ -239,10 +243,13 @@ class Remote:
         if self._key is not None:
             return self._key
         obs = self._obstore
-        # Of several machines starting at once, one creates the key and everyone uses it.
-        with contextlib.suppress(obs.exceptions.AlreadyExistsError):
-            obs.put(self.client, "mac.key", os.urandom(32), mode="create")
-        key = bytes(obs.get(self.client, "mac.key").bytes())
+        try:  # read first: credentials that may only read the prefix still read its entries
+            key = bytes(obs.get(self.client, "mac.key").bytes())
+        except self._missing:
+            # Of several machines starting at once, one creates the key and everyone uses it.
+            with contextlib.suppress(obs.exceptions.AlreadyExistsError):
+                obs.put(self.client, "mac.key", os.urandom(32), mode="create")
+            key = bytes(obs.get(self.client, "mac.key").bytes())
         if len(key) != 32:
             raise CacheError(
                 f"{self.url}/mac.key holds {len(key)} bytes, not a 32-byte key; remove it only "
@@ -317,6 +324,10 @@ class Remote:
         as ``store.get`` returns it (else None beside it); None if there is none. Raises
         `_Damaged` when it fails the check: nothing of it was unpickled or kept."""
         obs = self._obstore
+        # Before the entry: a prefix whose key is unusable (a damaged mac.key) fails as the
+        # prefix, which the caller reports; read as the entry's damage, every sound entry a
+        # reader looked up was removed.
+        key = self.mac_key()
         try:
             found = obs.get(self.client, path)
         except self._missing:
@@ -326,7 +337,7 @@ class Remote:
         if int(found.meta["size"]) > _AHEAD:
             chunks = _FetchedAhead(chunks)
         try:
-            staged, loaded = store.stage_download(chunks, self.mac_key(), decode)
+            staged, loaded = store.stage_download(chunks, key, decode)
         except StoreError:
             raise  # the local disk failed, not the entry
         except CacheError as exc:
@@ -340,12 +351,18 @@ class Remote:
         return staged, loaded
 
     def upload(
-        self, store: Store, namespace: str, digest: str, sealed: tuple[bytes, bytes] | None = None
+        self,
+        store: Store,
+        namespace: str,
+        digest: str,
+        sealed: tuple[bytes, bytes] | None = None,
+        replace: bool = False,
     ) -> bool:
         """Puts the local entry of ``(namespace, digest)`` under the prefix, unless one is there
-        already (entries are created once: whoever wrote first wrote an equal value). False if
-        the local entry is gone. ``sealed``: its ``(mac, mac under the prefix's key)`` as the
-        write that just made it gave them (``put(seal_for=)``)."""
+        already (entries are created once: whoever wrote first wrote an equal value), or over
+        it with ``replace`` (a value set, not computed; an object store replaces an object
+        whole). False if the local entry is gone. ``sealed``: its ``(mac, mac under the
+        prefix's key)`` as the write that just made it gave them (``put(seal_for=)``)."""
         # A file sealed for the prefix as it was written goes up as it is read: its MAC there
         # was made from the bytes written, so a file damaged since arrives unusable, never
         # resealed. Any other (or one replaced since) is read in one pass that checks each piece
@@ -378,8 +395,9 @@ class Remote:
         try:
             if export.size <= _ONE_PUT_LIMIT:
                 with contextlib.suppress(obs.exceptions.AlreadyExistsError):
-                    obs.put(self.client, path, b"".join(pieces()), mode="create")
-            elif not self.contains(namespace, digest):
+                    mode = "overwrite" if replace else "create"
+                    obs.put(self.client, path, b"".join(pieces()), mode=mode)
+            elif replace or not self.contains(namespace, digest):
                 # Parts in parallel, streamed from the file; the object appears whole when the
                 # upload completes. A machine that passed the check at the same moment writes
                 # an equal value, as whole.
@@ -509,6 +527,15 @@ class Remote:
             if taken is not None:
                 return taken
             if time.monotonic() >= deadline:
+                if timeout < _WARN_AFTER_WAITING:
+                    return None  # a caller that hardly waits expects to find it held
+                self.warn_once(
+                    "lease",
+                    f"afml_cache: waited {timeout:.0f} s for another machine computing "
+                    f"{namespace} {digest} ({self.url}/{path}) and computes it too; if no "
+                    "machine is computing it, its holder may have died with a long lease "
+                    "(lease_seconds) or a clock far ahead",
+                )
                 return None
             # Jitter keeps many waiters from polling in step.
             time.sleep(min(pause * random.uniform(0.8, 1.2), max(0.0, deadline - time.monotonic())))
@@ -525,8 +552,10 @@ class Remote:
             return None  # released meanwhile: the next create may win
         try:
             expires = float(json.loads(body)["expires"])
-        except (ValueError, KeyError, TypeError):
-            expires = 0.0  # unreadable: nobody can be holding it
+        except Exception:  # not JSON, nested past the recursion limit, no expiry: unreadable
+            expires = 0.0  # nobody can be holding it
+        if not math.isfinite(expires) or expires > time.time() + _LONGEST_LEASE:
+            expires = 0.0  # no holder renews that far ahead: a clock far off, or garbage
         if expires > time.time():
             return None
         try:
@@ -625,6 +654,16 @@ class RemoteTier:
         return loaded
 
     def put(self, namespace: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        """Writes a computed value to both tiers: the prefix keeps the first machine's (any
+        other computed an equal one)."""
+        return self._put(namespace, key, False, *args, **kwargs)
+
+    def put_replacing(self, namespace: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        """Writes a value that replaces what the key holds (`Cache.set`, `precache`) to both
+        tiers: the prefix's copy too, which a create-once upload would keep."""
+        return self._put(namespace, key, True, *args, **kwargs)
+
+    def _put(self, namespace: str, key: str, replace: bool, *args: Any, **kwargs: Any) -> Any:
         # Written sealed under the prefix's key too, so that the upload need not hash the file.
         receiver = self._reach(None, self.remote.mac_key)
         if receiver is None:  # the prefix is out of reach: the local tier goes on alone
@@ -633,8 +672,16 @@ class RemoteTier:
         stored, _, mac, sealed = written
         if stored:
             both = (mac, sealed) if sealed is not None else None
-            self._reach(False, self.remote.upload, self._core, namespace, key, both)
+            self._reach(False, self.remote.upload, self._core, namespace, key, both, replace)
         return written
+
+    def touch(self, namespace: str, key: str, expires: float | None) -> bool:
+        """A new expiry, in the local entry and the prefix's copy (else another machine, or
+        this one once its copy is evicted, reads the old one)."""
+        touched = self._core.touch(namespace, key, expires)
+        if touched:
+            self._reach(False, self.remote.upload, self._core, namespace, key, None, True)
+        return bool(touched)
 
     def contains(self, namespace: str, key: str) -> bool:
         return bool(
@@ -656,7 +703,12 @@ class RemoteTier:
         if local is None:
             return None
         left = max(0.0, timeout - (time.monotonic() - started))
-        return TieredLock(local, self._reach(None, self.remote.lease, namespace, key, left))
+        try:
+            lease = self._reach(None, self.remote.lease, namespace, key, left)
+        except BaseException:
+            local.release()  # not kept by a failure (or Ctrl-C) on the way to the lease
+            raise
+        return TieredLock(local, lease)
 
     def _reach(self, failed: Any, action: Any, *args: Any) -> Any:
         """``action(*args)``, or ``failed`` when the prefix cannot be reached or refuses (then,
