@@ -127,7 +127,9 @@ def test_four_processes_sweeping_overlapping_grids_compute_each_point_once(cache
 def test_dask_workers_compute_each_point_once(cache_dir, counter):
     distributed = pytest.importorskip("dask.distributed")
     with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
         distributed.Client(cluster) as client,
     ):
         futures = client.map(
