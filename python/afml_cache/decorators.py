@@ -333,9 +333,9 @@ class _Engine:
         # how many there have been.
         self._failures: list[str] = []
         self._unstored = 0
-        # Whether a call was seen drawing from a process-wide random generator in code no walk
-        # reads (a library's: `df.sample()`); then every key holds the generators' states
-        # (`_with_generators`), and the states the last miss left them in.
+        # Whether a call was seen drawing from numpy's global generator in code no walk reads
+        # (a library's: `df.sample()`); then every key holds its state (`_with_generators`),
+        # and the state the last miss left it in.
         self._draws = False
         self._generators_left: tuple[str, ...] = ()
         # Landed by value: (the code fingerprint here on landing, the origin's). What the code
@@ -601,10 +601,10 @@ class _Engine:
         return None if key is None else (view[2], self._with_generators(key), call)
 
     def _with_generators(self, key: str, states: tuple[str, ...] | None = None) -> str:
-        """The key of a call to a function seen drawing from a process-wide random generator
-        inside code it does not own (`_key_after_miss`): the call's key and the generators' states
-        (``states``, or now). A call that finds them as the last miss left them warns once:
-        each such call misses until something seeds them again."""
+        """The key of a call to a function seen drawing from numpy's global generator inside
+        code it does not own (`_key_after_miss`): the call's key and the generator's state
+        (``states``, or now). A call that finds it as the last miss left it warns once: each
+        such call misses until something seeds it again."""
         if not self._draws:
             return key
         if states is None:
@@ -622,15 +622,15 @@ class _Engine:
         return fingerprint(("afml-cache global generators", key, states))
 
     def _generators_before(self) -> tuple[str, ...] | None:
-        """Before a miss runs: the process-wide random generators' states, for
-        `_key_after_miss`; None once the function is known to draw (its key holds them)."""
+        """Before a miss runs: numpy's global generator's state, for `_key_after_miss`; None
+        once the function is known to draw (its key holds it)."""
         return None if self._draws else global_generators()
 
     def _key_after_miss(self, key: str, before: tuple[str, ...] | None) -> str:
-        """The key to store a miss under. A call that changed a process-wide random
-        generator's state without seeding it (a draw inside a library: nothing in the walk of
-        its code says so) depended on that state: it and the calls after count the states
-        (`_with_generators`), as the walk makes a direct ``np.random.normal`` count them."""
+        """The key to store a miss under. A call that changed numpy's global generator's state
+        without seeding it (a draw inside a library: nothing in the walk of its code says so)
+        depended on that state: it and the calls after count the state (`_with_generators`), as
+        the walk makes a direct ``np.random.normal`` count it."""
         fn = self.fn
         if (
             before is not None

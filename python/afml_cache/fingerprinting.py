@@ -252,7 +252,8 @@ def _with_code(cls: type, value: Any) -> Any:
     return (value, ("code", code_fingerprint(cls)))
 
 
-# What `dataclasses`, `typing.NamedTuple` and `__slots__` put in a class body of their own.
+# What `typing.NamedTuple` puts in a class body besides its fields (dataclasses add dunders, and
+# `__slots__` member descriptors, which `_has_behaviour` passes over too).
 _GENERATED: Final = frozenset({"_fields", "_field_defaults", "_make", "_replace", "_asdict"})
 
 
