@@ -163,6 +163,24 @@ def test_a_directory_that_is_not_a_cache_is_left_untouched(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path, capsys):
+    # A script path or tag holding ESC (`\x1b[2J` clears the screen) went out raw.
+    directory = tmp_path / "cache"
+    name = "__main__[/tmp/\x1b[2Jrun.py].f"
+    cache = Cache(directory)
+    cache.namespaced(name).set("k", 1)
+    cache.record_call(name, False, 0.1, 0.0, 0.1)
+    code, out, _ = run(capsys, "stats", "--dir", str(directory))
+    assert code == 0
+    assert "\x1b" not in out and "/tmp/\\x1b[2Jrun.py" in out
+
+
+def test_a_size_of_zero_says_what_is_wrong_with_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(capsys, "prune", "--dir", str(tmp_path), "--max-size", "0")
+    assert "size must be positive, got 0 (given '0')" in capsys.readouterr().err
+
+
 # --- health -----------------------------------------------------------------------------------
 
 

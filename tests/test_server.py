@@ -170,6 +170,7 @@ def test_metrics_without_prometheus_client_answer_501_and_the_rest_works(served,
 def test_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1") and not is_loopback("")
+    assert is_loopback("127.1") and not is_loopback("10.1")  # inet_aton's short forms
 
 
 # --- `afml-cache serve` in a subprocess --------------------------------------------------------

@@ -368,10 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _size(text: str) -> int:
     try:
         return parse_size(text, "size")
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size; write it like 500MB, 2GB or 1.5GiB"
-        ) from None
+    except (TypeError, ValueError) as exc:
+        # parse_size says what was wrong: not a size, or one of 0 bytes, or too large.
+        raise argparse.ArgumentTypeError(f"{exc} (given {text!r})") from None
 
 
 def _duration(text: str) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 import tarfile
@@ -76,8 +77,14 @@ def write_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, allow_nan=False, default=str) + "\n")
 
 
+# Control characters other than newline and tab (ESC, which drives a terminal, among them).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _write(text: str) -> None:
-    sys.stdout.write(text)
+    # Names come from scripts' paths and users' tags: one holding ESC must not drive the
+    # terminal of whoever reads the report. Shown escaped, as Python writes them.
+    sys.stdout.write(_CONTROL.sub(lambda found: repr(found.group())[1:-1], text))
 
 
 def _interactive_progress() -> bool:

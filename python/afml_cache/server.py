@@ -419,12 +419,17 @@ def make_server(
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost, and short forms
+    of them such as ``127.1``, which the resolver reads as 127.0.0.1)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:  # inet_aton's forms: what binding to the name would use
+        return ipaddress.ip_address(socket.inet_aton(host)).is_loopback
+    except OSError:
         return False
 
 
