@@ -245,11 +245,11 @@ def _with_code(cls: type, value: Any) -> Any:
     fields or state does what its methods say, and an edited method must not find the results
     of the old one (``STRATEGIES = {"mom": Momentum(3)}``), as a function counts its code.
     Classes of libraries, and classes that only hold data, count by their name, as before."""
-    from afml_cache.codehash import _is_user_class, code_fingerprint
+    from afml_cache.codehash import _is_user_class, class_code
 
     if not any(_has_behaviour(c) for c in cls.__mro__[:-1] if _is_user_class(c)):
         return value
-    return (value, ("code", code_fingerprint(cls)))
+    return (value, ("code", class_code(cls)))
 
 
 # What `typing.NamedTuple` puts in a class body besides its fields (dataclasses add dunders, and

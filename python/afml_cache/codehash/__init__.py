@@ -104,6 +104,12 @@ from afml_cache.codehash.scope import _is_user_path as _is_user_path
 from afml_cache.codehash.scope import _version_of as _version_of
 from afml_cache.codehash.values import _frompyfunc_function as _frompyfunc_function
 from afml_cache.codehash.walk import _walk as _walk
-from afml_cache.codehash.walk import arguments_code, code_fingerprint, code_state, function_key
+from afml_cache.codehash.walk import (
+    arguments_code,
+    class_code,
+    code_fingerprint,
+    code_state,
+    function_key,
+)
 
-__all__ = ["arguments_code", "code_fingerprint", "code_state", "function_key"]
+__all__ = ["arguments_code", "class_code", "code_fingerprint", "code_state", "function_key"]
