@@ -124,7 +124,7 @@ DASK = """
     if __name__ == "__main__":
         first = cube(2, COUNTER)
         with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
         ) as cluster, Client(cluster) as client:
             cached = client.gather(client.map(cube, range(5), counter=COUNTER, pure=False))
             again = client.gather(client.map(cube, range(5), counter=COUNTER, pure=False))
