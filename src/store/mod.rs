@@ -824,13 +824,15 @@ impl Store {
         }
         let mut problems: Vec<Problem> = results.into_iter().flat_map(|(p, _)| p).collect();
         for path in misplaced {
-            let removed = match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
-                _ => fs::remove_file(&path),
-            };
+            let fixed = fix
+                && match fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path),
+                    _ => fs::remove_file(&path),
+                }
+                .is_ok();
             let problem = "not a regular file (a directory, pipe, device or symbolic link where only entries and \
                            packs belong): no reader can use it, and `health --fix` removes it";
-            problems.push(Problem { path, problem: problem.into(), fixed: fix && removed.is_ok() });
+            problems.push(Problem { path, problem: problem.into(), fixed });
         }
         Ok(problems)
     }
