@@ -108,6 +108,12 @@ fn append_bytes(path: &Path, bytes: &[u8]) {
     OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
 }
 
+/// What a power loss can leave of the last record appended: all but its last byte.
+fn cut_last_byte(path: &Path) {
+    let size = fs::metadata(path).unwrap().len();
+    OpenOptions::new().write(true).open(path).unwrap().set_len(size - 1).unwrap();
+}
+
 #[test]
 fn a_torn_tail_hides_the_key_it_wrote_and_the_next_writer_ends_that_key() {
     let scratch = Scratch::new("pack-torn");
@@ -116,12 +122,12 @@ fn a_torn_tail_hides_the_key_it_wrote_and_the_next_writer_ends_that_key() {
     let (one, two, three) = (&keys[0], &keys[1], &keys[2]);
     put(&a, small(one, b"one"));
     put(&a, small(three, b"three"));
-    let (pack, ..) = located(&a, one);
+    let (pack, offset, len) = located(&a, one);
     let whole = fs::metadata(&pack).unwrap().len();
     // The first half of a newer record of `one`: its writer was killed, or a power loss cut
     // short an overwrite that had returned. Either way `one`'s older record is not its value.
     let bytes = fs::read(&pack).unwrap();
-    let record = &bytes[64..whole as usize - (whole as usize - 64) / 2]; // `one`'s record
+    let record = &bytes[(offset - 48) as usize..(offset + len) as usize]; // frame and entry
     append_bytes(&pack, &record[..record.len() / 2 + 10]);
 
     // While a writer holds the pack's lock, the tail is an append under way: until its `set`
@@ -191,15 +197,13 @@ fn damage_to_a_keys_newest_record_never_brings_an_older_value_back() {
     put(&a, small(first, b"old"));
     put(&a, small(first, b"new"));
     let (pack, ..) = located(&a, first);
-    let size = fs::metadata(&pack).unwrap().len();
-    OpenOptions::new().write(true).open(&pack).unwrap().set_len(size - 1).unwrap();
+    cut_last_byte(&pack);
     assert!(is_miss(&a, first) && is_miss(&scratch.store(GB), first));
 
     // Deleted, then the tombstone cut short: still deleted.
     put(&a, small(second, b"deleted"));
     assert!(a.delete(NS, second).unwrap());
-    let size = fs::metadata(&pack).unwrap().len();
-    OpenOptions::new().write(true).open(&pack).unwrap().set_len(size - 1).unwrap();
+    cut_last_byte(&pack);
     assert!(is_miss(&a, second) && is_miss(&scratch.store(GB), second));
 
     // Overwritten, then a bit of the newest record's frame flipped in place, records after it.

@@ -142,13 +142,8 @@ impl<S: Slot> SharedCounters<S> {
         match counters.slot(0).compare_exchange(0, S::MAGIC, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {}                           // a new file, now ours
             Err(found) if found == S::MAGIC => {} // ours already
-            Err(_) => {
-                // Not our format: start from zero; the store's sizes are rebuilt by check(fix=True).
-                for i in 1..(FILE_LEN as usize / 8) {
-                    counters.slot(i).store(0, Ordering::Relaxed);
-                }
-                counters.slot(0).store(S::MAGIC, Ordering::Release);
-            }
+            // Not our format: start from zero; the store's sizes are rebuilt by check(fix=True).
+            Err(_) => counters.start_afresh(),
         }
         Ok(counters)
     }
@@ -167,12 +162,17 @@ impl<S: Slot> SharedCounters<S> {
         .map_err(|e| Error::io("cannot map the counters file", path, e))?;
         let counters = Self { map, _slots: std::marker::PhantomData };
         if counters.slot(0).load(Ordering::Acquire) != S::MAGIC {
-            for i in 1..(FILE_LEN as usize / 8) {
-                counters.slot(i).store(0, Ordering::Relaxed);
-            }
-            counters.slot(0).store(S::MAGIC, Ordering::Release);
+            counters.start_afresh();
         }
         Ok(counters)
+    }
+
+    /// Zero counts, marked as ours (a file of another format, or none).
+    fn start_afresh(&self) {
+        for i in 1..(FILE_LEN as usize / 8) {
+            self.slot(i).store(0, Ordering::Relaxed);
+        }
+        self.slot(0).store(S::MAGIC, Ordering::Release);
     }
 
     fn slot(&self, index: usize) -> &AtomicU64 {
