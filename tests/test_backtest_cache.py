@@ -321,6 +321,47 @@ class Signal:
     assert second["score"] == 2 * first["score"]
 
 
+def test_a_sweep_over_one_backtest_object_hits_and_counts_its_strategy_code(
+    cache_dir, tmp_path, monkeypatch, counter
+):
+    """The notebook sweep ``run(bt, params)`` over one ``Backtest``: ``bt.run`` leaves its
+    statistics on the object, which must neither break the next call's key nor be in it; and
+    a Backtest built from the strategy class edited must not find the old class's runs."""
+    source = hb.STRATEGY_SOURCE
+
+    def uncached(bt, params):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return bt.run(**params)
+
+    @cached_backtest("one_backtest_object")
+    def run(bt, params):
+        hb.mark(counter, f"run {params}")
+        return uncached(bt, params)
+
+    module = tmp_path / "swept_strategy.py"
+    module.write_text(source.format(size=0.5))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bt = hb.Backtest(
+        GOOG, importlib.import_module("swept_strategy").Cross, cash=10_000, finalize_trades=True
+    )
+    grid = [{"n1": 10, "n2": 20}, {"n1": 5, "n2": 30}]
+    for _ in range(2):
+        for params in grid:
+            assert_same_stats(run(bt, params), uncached(bt, params))
+    assert len(hb.computed(counter)) == len(grid)
+    module.write_text(source.format(size=0.9))
+    sys.modules.pop("swept_strategy")
+    edited = hb.Backtest(
+        GOOG, importlib.import_module("swept_strategy").Cross, cash=10_000, finalize_trades=True
+    )
+    got = run(edited, grid[0])
+    sys.modules.pop("swept_strategy")
+    assert_same_stats(got, uncached(edited, grid[0]))
+    assert len(hb.computed(counter)) == len(grid) + 1
+
+
 def test_save_trades_false_keeps_trades_out_of_the_stored_value(cache_dir):
     @cached_backtest("no_trades", save_trades=False)
     def backtest(data, params):
@@ -689,6 +730,32 @@ def test_report_never_unpickles_runs_whose_classes_are_gone(cache_dir, tmp_path,
     text = get_backtest_cache().report(tmp_path / "gone.html").read_text()
     assert text.count('class="afml-bt-curve"') == 2
     assert len(get_backtest_cache().index) == 2
+
+
+def test_get_run_of_a_run_whose_class_is_gone_raises_and_keeps_it(cache_dir, tmp_path, monkeypatch):
+    # A sweep in a script, its best run inspected from a notebook where the strategy class
+    # does not import: a clear error, and the run (trades, curve) still there when it does.
+    module = tmp_path / "elsewhere_strategy.py"
+    module.write_text("class Strategy:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    strategy_class = importlib.import_module("elsewhere_strategy").Strategy
+
+    @cached_backtest("elsewhere")
+    def backtest(data, params):
+        return {"sharpe_ratio": float(params)}, strategy_class(), data["close"] * params
+
+    backtest(_frame(), 1)
+    run_id = backtest.last_run_id
+    sys.modules.pop("elsewhere_strategy")
+    module.rename(tmp_path / "moved.py")
+    afml_cache.configure(directory=cache_dir)  # a new session: nothing in memory
+    with pytest.raises(afml_cache.CacheError, match=r"does not unpickle in this process.*kept"):
+        get_backtest_cache().get_run(run_id)
+    assert list(get_backtest_cache().runs("elsewhere").index) == [run_id]
+    (tmp_path / "moved.py").rename(module)
+    run = get_backtest_cache().get_run(run_id)
+    assert run is not None and run.metrics == {"sharpe_ratio": 1.0}
+    sys.modules.pop("elsewhere_strategy")
 
 
 def test_report_renders_in_headless_chromium(swept, tmp_path):

@@ -1318,6 +1318,45 @@ def test_a_class_passed_as_an_argument_counts_by_its_code(cache_dir: Path) -> No
     assert check(predict, nb["Model2"], 5) == 10
 
 
+@pytest.mark.parametrize(
+    ("call", "holder"),
+    [
+        ("run({'strategy': Strategy}, 1)", "a dict argument"),
+        ("run((Strategy, 'sma'), 1)", "a tuple argument"),
+        ("run_registry('sma', 1)", "a global registry"),
+    ],
+)
+def test_a_class_held_inside_a_value_counts_by_its_code(
+    cache_dir: Path, call: str, holder: str
+) -> None:
+    """A class reached inside an argument or a global counts by its code, not only its name:
+    the cell edited and run again must not find the old class's results."""
+    nb = Notebook()
+    strategy = "class Strategy:\n    size = 0.5\n    def buy(self, x):\n        return x * 0.5\n"
+    nb.run(strategy)
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def run(spec, x):
+        cls = spec["strategy"] if isinstance(spec, dict) else spec[0]
+        return cls().buy(x) + cls.size
+
+    @cacheable
+    def run_registry(name, x):
+        return REGISTRY[name]().buy(x)
+    """)
+    nb.run("REGISTRY = {'sma': Strategy}")
+    nb.run(f"got = {call}")
+    assert nb["got"] in (1.0, 0.5), holder
+    for edit in ("x * 0.5", "x * 0.9"), ("size = 0.5", "size = 0.7"):
+        strategy = strategy.replace(*edit)
+        nb.run(strategy)
+        nb.run("REGISTRY = {'sma': Strategy}")
+        nb.run(f"got = {call}; want = {call.replace('(', '.uncached(', 1)}")
+        assert nb["got"] == nb["want"], f"{holder}: {edit}"
+
+
 def test_a_function_argument_counts_its_globals(cache_dir: Path) -> None:
     nb = Notebook()
     nb.run("""
@@ -1734,3 +1773,115 @@ def test_cached_results_equal_uncached_over_edits(
                 nb.run(template.format(value))
     finally:
         afml_cache.configure(directory=previous)
+
+
+# --- values whose content the fingerprint missed (a hunt of the value rules) ----------------
+
+
+def test_a_path_inside_a_config_object_counts_by_the_file(cache_dir: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        bars: Path
+        window: int = 2
+
+    @afml_cache.cacheable
+    def mean_close(config: Any) -> float:
+        rows = config.bars.read_text().split()
+        return sum(map(float, rows[-config.window :])) / config.window
+
+    data = tmp_path / "bars.csv"
+    data.write_text("1\n2\n3\n")
+    for make in (Config, lambda p: types.SimpleNamespace(bars=p, window=2)):
+        data.write_text("1\n2\n3\n")
+        assert check(mean_close, make(data)) == 2.5
+        data.write_text("1\n2\n3\n10\n")  # the morning download rewrites the file
+        assert check(mean_close, make(data)) == 6.5
+
+
+def test_a_bare_arrow_string_array_counts_its_dtype(cache_dir: Path) -> None:
+    pytest.importorskip("pyarrow")
+
+    @afml_cache.cacheable
+    def lengths(values: Any) -> Any:
+        return pd.Series(values).str.len()
+
+    for dtype in ("string[pyarrow]", pd.ArrowDtype(__import__("pyarrow").large_string())):
+        values = pd.Series(["ES", None], dtype=dtype).array
+        same(lengths(values), lengths.uncached(values))
+
+
+def test_a_polars_object_column_counts_by_the_objects(cache_dir: Path) -> None:
+    pl = pytest.importorskip("polars")
+
+    @afml_cache.cacheable
+    def total_weight(frame: Any) -> int:
+        return sum(d["w"] for d in frame["params"].to_list())
+
+    params = {"w": 1}
+    frame = pl.DataFrame({"sym": ["ES"], "params": pl.Series([params], dtype=pl.Object)})
+    assert check(total_weight, frame) == 1
+    params["w"] = 5  # the object changes in place; its address, which polars exports, does not
+    assert check(total_weight, frame) == 5
+    # An all-None column (dtype Null) counts too: before, Arrow's import refused it.
+    notes = pl.DataFrame({"close": [1.0, 2.0], "note": [None, None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert afml_cache.fingerprint(notes) != afml_cache.fingerprint(notes.drop("note"))
+    ds = pytest.importorskip("pyarrow.dataset")
+    pa = pytest.importorskip("pyarrow")
+    table = cache_dir.parent / "t.parquet"
+    __import__("pyarrow.parquet").parquet.write_table(pa.table({"a": [1]}), table)
+    with pytest.raises(afml_cache.FingerprintError, match="Python source"):
+        afml_cache.fingerprint(pl.scan_pyarrow_dataset(ds.dataset(table)))
+
+
+def test_numpy_functions_of_one_name_in_two_modules_differ(cache_dir: Path) -> None:
+    if not hasattr(np.linalg, "trace"):
+        pytest.skip("numpy < 2.0 has no np.linalg.trace")
+
+    @afml_cache.cacheable
+    def apply(op: Any, stack: Any) -> Any:
+        return op(stack)
+
+    stack = np.arange(18.0).reshape(2, 3, 3)
+    same(apply(np.trace, stack), np.trace(stack))
+    same(apply(np.linalg.trace, stack), np.linalg.trace(stack))
+
+
+def test_an_enum_member_inside_a_container_counts_its_class_code(cache_dir: Path) -> None:
+    nb = Notebook()
+    side = (
+        "import enum\n"
+        "class Side(enum.Enum):\n"
+        "    LONG = 1\n"
+        "    def sized(self, n):\n"
+        "        return n * 1\n"
+    )
+    nb.run(side)
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def orders(spec):
+        return [s.sized(10) for s in spec["sides"]]
+    """)
+    nb.run("got = orders({'sides': [Side.LONG]})")
+    assert nb["got"] == [10]
+    nb.run(side.replace("n * 1", "n * 2"))
+    nb.run("got = orders({'sides': [Side.LONG]}); want = orders.uncached({'sides': [Side.LONG]})")
+    assert nb["got"] == nb["want"] == [20]
+
+
+def test_a_value_whose_own_code_raises_runs_uncached_with_a_warning(cache_dir: Path) -> None:
+    # numpy's multi-field view has no dtype.descr: a raw ValueError escaped the cached call.
+    @afml_cache.cacheable
+    def total(records: Any) -> float:
+        return float(records["close"].sum())
+
+    records = np.zeros(3, dtype=[("open", "f8"), ("close", "f8")])
+    records["close"] = [1.0, 2.0, 3.0]
+    view = records[["close", "open"]]
+    with pytest.warns(afml_cache.CacheWarning, match="runs uncached"):
+        assert total(view) == 6.0

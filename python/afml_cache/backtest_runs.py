@@ -296,8 +296,11 @@ class BacktestCache:
         return self.get_run(_manual_run_id(strategy_name, parameters, data))
 
     def get_run(self, run_id: str) -> BacktestResult | None:
-        """The run with this id (from ``index``, ``f.last_run_id`` or a ranking), or None."""
-        found, value, _ = self.cache.by_digest.lookup(run_id)
+        """The run with this id (from ``index``, ``f.last_run_id`` or a ranking), or None.
+
+        Raises `CacheError` if the run is stored but does not unpickle here (its strategy class
+        was defined in another script's ``__main__``); the run is kept."""
+        found, value, _ = self.cache.by_digest.lookup(run_id, keep_unusable=True)
         return value if found and isinstance(value, BacktestResult) else None
 
     @property

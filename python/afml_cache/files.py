@@ -22,12 +22,15 @@ among the first `HELD_ITEMS` items looked at. A plain string is a string:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import pathlib
 import stat
+import sys
+import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -41,8 +44,7 @@ _REMEMBERED = 50_000
 _digests: dict[tuple[Any, ...], str] = {}
 # Argument types that are neither paths nor sequences that may hold paths: skipped at once.
 _NOT_PATHS: set[type] = set()
-# Containers looked into for paths, and how many items of an argument's are looked at in all.
-_CONTAINERS: frozenset[type] = frozenset({list, tuple, dict})
+# How many items of an argument's (`_items`) are looked at for paths in all.
 HELD_ITEMS = 1_000
 # A directory's files are listed at each call: beyond this many, it counts by its path only
 # (a data root the function picks one file from), with one warning per directory.
@@ -69,17 +71,35 @@ def file_contents(arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
             continue
         if isinstance(value, pathlib.Path):
             found.append((name, content_digest(value)))
-        elif cls in _CONTAINERS:
-            if value and cls is not dict and all(isinstance(i, pathlib.Path) for i in value):
-                found.append((name, tuple(map(content_digest, value))))
-            elif held := _held_paths(value):
+        elif cls in (list, tuple) and value and all(isinstance(i, pathlib.Path) for i in value):
+            found.append((name, tuple(map(content_digest, value))))
+        elif _items(value) is not None:
+            if held := _held_paths(value):
                 found.append((name, ("held", held)))
         else:
             _NOT_PATHS.add(cls)
     return tuple(found)
 
 
-def _held_paths(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> tuple[Any, ...]:
+def _items(value: Any) -> Iterable[tuple[Any, Any]] | None:
+    """``(key or position, item)`` of a value that may hold paths: a list, tuple or dict, or a
+    config object (a dataclass, a named tuple, a namespace: ``Config(bars=Path(...))``); None
+    for any other."""
+    if isinstance(value, dict):
+        return value.items()
+    if isinstance(value, (list, tuple)):
+        return enumerate(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ((f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value))
+    argparse = sys.modules.get("argparse")  # its Namespace exists only once it is imported
+    if isinstance(value, types.SimpleNamespace) or (
+        argparse is not None and isinstance(value, argparse.Namespace)
+    ):
+        return vars(value).items()
+    return None
+
+
+def _held_paths(value: Any) -> tuple[Any, ...]:
     """``(where, digest)`` of each path inside ``value`` (``load({"bars": path})``,
     ``[path, None]``), where is the keys and positions leading to it; looking at no more than
     `HELD_ITEMS` items, so a long list of numbers costs microseconds, not a scan of it."""
@@ -91,8 +111,7 @@ def _held_paths(value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> tuple[An
         cls = type(item)
         if isinstance(item, pathlib.Path):
             found.append((where, content_digest(item)))
-        elif cls in _CONTAINERS:
-            items = item.items() if cls is dict else enumerate(item)
+        elif cls not in _NOT_PATHS and (items := _items(item)) is not None:
             inside = [((*where, k), v) for k, v in itertools.islice(items, budget)]
             budget -= len(inside)
             stack.extend(reversed(inside))

@@ -203,7 +203,7 @@ _BUILTIN_BASES: tuple[type, ...] = (
 def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     """Rules that follow from what a value is or exports rather than from its exact type."""
     if isinstance(obj, enum.Enum):
-        return _VALUE, f"enum:{_name(cls)}", (obj.name, obj.value)
+        return _VALUE, f"enum:{_name(cls)}", _with_code(cls, (obj.name, obj.value))
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         value = (fields, _attributes(obj, skip=fields))
@@ -325,8 +325,9 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
             CacheWarning,
             stacklevel=3,
         )
-    if isinstance(reduced, str):  # a global, named by its module-level name
-        return _VALUE, f"reduce:{name}", _with_code(cls, reduced)
+    if isinstance(reduced, str):  # a global, named by its module-level name in its module
+        named = (getattr(obj, "__module__", None), reduced)
+        return _VALUE, f"reduce:{name}", _with_code(cls, named)
     parts = list(reduced)
     # The state is most often the instance's __dict__: the order attributes were set in does
     # not change the object, so it does not count (dicts inside it keep their order).
@@ -352,6 +353,9 @@ def _numpy_rule(obj: Any) -> Rule | None:
         return _VALUE, "numpy.dtype", obj.descr if obj.names is not None else obj.str
     if isinstance(obj, np.ufunc):
         return _ufunc_rule(obj)
+    if type(obj) is type(np.trace) and not isinstance(obj, types.FunctionType):
+        # numpy's functions (np.trace, np.linalg.trace) pickle as a bare name: by module too.
+        return _VALUE, "numpy.function", (obj.__module__, obj.__qualname__)
     if isinstance(obj, np.busdaycalendar):
         return _VALUE, "numpy.busdaycalendar", (obj.weekmask, obj.holidays)
     if isinstance(obj, np.ma.MaskedArray):
@@ -397,7 +401,7 @@ def _pandas_rule(obj: Any) -> Rule | None:
         return _VALUE, "pandas.DataFrame", (obj.columns, columns, obj.index, obj.attrs, flags)
     if isinstance(obj, pd.Series):
         flags = obj.flags.allows_duplicate_labels
-        parts = (obj.name, _dtype(obj.dtype), obj.array, obj.index, obj.attrs, flags)
+        parts = (obj.name, _dtype(obj.dtype), _held(obj.array), obj.index, obj.attrs, flags)
         return _VALUE, "pandas.Series", parts
     if isinstance(obj, pd.Index):
         return _index_rule(obj)
@@ -431,9 +435,9 @@ def _pandas_rule(obj: Any) -> Rule | None:
 
 
 def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
-    """A DataFrame or Series subclass that carries attributes of its own (``_metadata``, which
-    pandas propagates: ``Bars`` with a ``symbol``): its data as the base class, and them. A
-    subclass without any reads through the Arrow interface, as before."""
+    """A DataFrame or Series subclass: its data as the base class, and the attributes of its
+    own that pandas propagates (``_metadata``: ``Bars`` with a ``symbol``). Not through the
+    Arrow interface, which fails on columns of mixed objects (backtesting.py's statistics)."""
     pandas = sys.modules.get("pandas")
     if pandas is None or cls in (pandas.DataFrame, pandas.Series):
         return None
@@ -441,8 +445,6 @@ def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
     if base is None:
         return None
     own = [n for n in getattr(cls, "_metadata", ()) if n not in base._metadata]
-    if not own:
-        return None
     values = tuple((name, getattr(obj, name, None)) for name in own)
     return _VALUE, f"pandas subclass:{_name(cls)}", (base(obj), values)
 
@@ -453,7 +455,30 @@ def _column(values: Any) -> Any:
     column, keeps the rule's cost per column in microseconds."""
     import numpy as np
 
-    return values if type(values) is np.ndarray else (_dtype(values.dtype), values)
+    return values if type(values) is np.ndarray else (_dtype(values.dtype), _held(values))
+
+
+class _ArrowData:
+    """The Arrow data of a pandas array held by a Series, an Index or a frame column, whose
+    rule counts the dtype beside it (a bare array counts its own: `_extension_array_rule`)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+
+_EXACT_RULES[_ArrowData] = lambda held: (
+    _ARROW_STREAM,
+    "pandas.arrow",
+    held.array.__arrow_array__(),
+)
+
+
+def _held(values: Any) -> Any:
+    import pandas as pd
+
+    return _ArrowData(values) if isinstance(values, pd.arrays.ArrowExtensionArray) else values
 
 
 def _dtype(dtype: Any) -> Any:
@@ -488,7 +513,7 @@ def _index_rule(index: Any) -> Rule:
     # DatetimeIndex, TimedeltaIndex, PeriodIndex: the offset itself, as freqstr leaves out
     # holidays, weekmasks and business hours.
     freq = getattr(index, "freq", None)
-    parts = (index.name, _dtype(index.dtype), index.array, freq)
+    parts = (index.name, _dtype(index.dtype), _held(index.array), freq)
     return _VALUE, f"pandas.Index:{type(index).__qualname__}", parts
 
 
@@ -520,7 +545,9 @@ def _extension_array_rule(values: Any) -> Rule:
         parts = (values.categories, values.ordered, values.codes)
         return _VALUE, "pandas.Categorical", parts
     if isinstance(values, pd.arrays.ArrowExtensionArray):
-        return _ARROW_STREAM, "pandas.arrow", values.__arrow_array__()
+        # Alone, with its dtype: "str", "string[pyarrow]" and ArrowDtype(pa.string()) export
+        # the same Arrow data but give different results (`s == x` on a null: NaN, <NA>, False).
+        return _VALUE, "pandas.arrow array", (_dtype(values.dtype), _ArrowData(values))
     masked = _masked_parts(values)
     if masked is not None:
         return _MASKED, f"pandas.masked:{values.dtype}", masked
@@ -566,6 +593,8 @@ def _polars_rule(obj: Any) -> Rule | None:
     through its pickle reduction, its files unread, as before this rule."""
     import polars as pl
 
+    if isinstance(obj, (pl.DataFrame, pl.Series)):
+        return _polars_data_rule(obj)
     if not isinstance(obj, pl.LazyFrame):
         return None
     try:
@@ -577,6 +606,13 @@ def _polars_rule(obj: Any) -> Rule | None:
         return None
     from afml_cache.files import content_digest
 
+    if _python_scans(plan):
+        message = (
+            "a polars LazyFrame over a Python source (scan_pyarrow_dataset, an IO plugin) "
+            "cannot be fingerprinted: what it reads is known only when it is collected; "
+            "collect() it and pass the frame, or pass the files it reads as paths"
+        )
+        return _UNSUPPORTED, "polars.LazyFrame", message
     sources = sorted(set(_scanned(plan)))
     scanned = []
     for source in sources:
@@ -590,6 +626,34 @@ def _polars_rule(obj: Any) -> Rule | None:
         paths = sorted(glob.glob(source)) if glob.has_magic(source) else [source]
         scanned.append((source, tuple((p, content_digest(pathlib.Path(p))) for p in paths)))
     return _VALUE, "polars.LazyFrame", (binary, tuple(scanned))
+
+
+def _polars_data_rule(obj: Any) -> Rule | None:
+    """A polars frame or series with Object columns (Python objects, which polars exports to
+    Arrow as their addresses: never a key's) or Null ones (all None, which Arrow's import
+    refuses): those columns by what they hold, the others through Arrow as before."""
+    import polars as pl
+
+    schema = obj.schema if isinstance(obj, pl.DataFrame) else {obj.name: obj.dtype}
+    objects = [name for name, dtype in schema.items() if dtype == pl.Object]
+    nulls = [name for name, dtype in schema.items() if dtype == pl.Null]
+    if not objects and not nulls:
+        return None
+    if isinstance(obj, pl.Series):
+        held = obj.to_list() if objects else len(obj)
+        return _VALUE, "polars.Series", (obj.name, str(obj.dtype), held)
+    rest = obj.drop(objects + nulls)
+    held = tuple((name, obj[name].to_list()) for name in objects)
+    return _VALUE, "polars.DataFrame", (obj.columns, tuple(nulls), obj.height, rest, held)
+
+
+def _python_scans(plan: Any) -> bool:
+    """Whether a LazyFrame's JSON plan reads through a Python function (``PythonScan``)."""
+    if isinstance(plan, dict):
+        return "PythonScan" in plan or any(_python_scans(value) for value in plan.values())
+    if isinstance(plan, list):
+        return any(_python_scans(value) for value in plan)
+    return False
 
 
 def _scanned(plan: Any) -> Iterator[str]:
@@ -617,7 +681,18 @@ def _pytz_rule(obj: Any) -> Rule | None:
     return _VALUE, "pytz", (zone, state)
 
 
+def _backtesting_rule(obj: Any) -> Rule | None:
+    """backtesting.py's ``Backtest``: what its runs depend on (the data, the broker's settings,
+    the strategy class, ``finalize_trades``), without the statistics of its last run, which
+    ``run`` replaces and never reads: a Backtest reused across a sweep keeps its key."""
+    if _name(type(obj)) != "backtesting.backtesting.Backtest":
+        return None
+    state = sorted((k, v) for k, v in vars(obj).items() if k != "_results")
+    return _VALUE, "backtesting.Backtest", state
+
+
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
+    "backtesting": _backtesting_rule,
     "numpy": _numpy_rule,
     "pandas": _pandas_rule,
     "polars": _polars_rule,

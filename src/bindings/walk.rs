@@ -124,7 +124,8 @@ impl<'py> Walker<'py> {
     /// The digest of `obj`: walks it, then hashes the deferred buffers with the GIL released.
     pub fn hex(mut self, obj: &Bound<'py, PyAny>) -> PyResult<String> {
         let mut enc = Encoder::new();
-        self.walk(obj, &mut enc)?;
+        // Any other exception from a value's own code is a value without a fingerprint too.
+        self.walk(obj, &mut enc).map_err(|e| self.raised(obj, e))?;
         Ok(self.py.detach(|| enc.hex()))
     }
 
@@ -192,13 +193,40 @@ impl<'py> Walker<'py> {
             enc.f64(c.imag());
         } else if unsafe { numpy::npyffi::PyArray_CheckExact(self.py, obj.as_ptr()) } != 0 {
             // SAFETY: the check above guarantees the object is an exact numpy ndarray.
-            self.ndarray(unsafe { obj.cast_unchecked::<PyUntypedArray>() }, enc)?;
+            self.ndarray(unsafe { obj.cast_unchecked::<PyUntypedArray>() }, enc).map_err(|e| self.raised(obj, e))?;
         } else if let Ok(t) = obj.cast::<PyType>() {
-            enc.tag(Tag::Type);
-            enc.str(&t.module()?.to_cow()?);
-            enc.str(&t.qualname()?.to_cow()?);
+            self.class(t, enc)?;
         } else {
             self.by_rule(obj, enc)?;
+        }
+        Ok(())
+    }
+
+    /// A class by its module and qualified name; a class of the user's own code also by its code
+    /// (`codehash.type_code`), wherever it sits in the value (`{"sma": SmaCross}`, a library
+    /// object holding it): an edited method must not find the old method's results.
+    fn class(&mut self, t: &Bound<'py, PyType>, enc: &mut Encoder) -> PyResult<()> {
+        static TYPE_CODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let module = t.module()?;
+        let code = if module.to_cow()? == "builtins" {
+            None
+        } else {
+            let type_code = TYPE_CODE.import(self.py, "afml_cache.codehash", "type_code")?;
+            type_code.call1((t,))?.extract::<Option<String>>()?
+        };
+        let Some(code) = code else {
+            enc.tag(Tag::Type);
+            enc.str(&module.to_cow()?);
+            enc.str(&t.qualname()?.to_cow()?);
+            return Ok(());
+        };
+        enc.tag(Tag::Canonical);
+        enc.str("class");
+        enc.tag(Tag::Tuple);
+        enc.len(3);
+        for part in [module.to_cow()?.as_ref(), t.qualname()?.to_cow()?.as_ref(), code.as_str()] {
+            enc.tag(Tag::Str);
+            enc.str(part);
         }
         Ok(())
     }
@@ -348,16 +376,7 @@ impl<'py> Walker<'py> {
     fn by_rule(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
         static CANONICALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let canonicalize = CANONICALIZE.import(self.py, "afml_cache.fingerprinting", "_canonicalize")?;
-        let answer = match canonicalize.call1((obj, self.strict)) {
-            Ok(answer) => answer,
-            Err(err) if err.is_instance_of::<PyException>(self.py) && !is_fingerprint_error(self.py, &err) => {
-                let type_name = obj.get_type().qualname().map(|q| q.to_string()).unwrap_or_default();
-                let failure = self.fail(&format!("computing the fingerprint of a {type_name} raised {err}"));
-                failure.set_cause(self.py, Some(err));
-                return Err(failure);
-            }
-            Err(err) => return Err(err),
-        };
+        let answer = canonicalize.call1((obj, self.strict)).map_err(|e| self.raised(obj, e))?;
         let (kind, rule, payload): (u8, String, Bound<'py, PyAny>) = answer.extract()?;
         if kind == kind::UNSUPPORTED {
             return Err(self.fail(&payload.str()?.to_cow()?));
@@ -378,7 +397,7 @@ impl<'py> Walker<'py> {
 
     /// Reads an object exporting `__arrow_c_stream__` (tables, chunked arrays, polars frames).
     fn arrow_stream(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
-        let capsule = obj.call_method0(intern!(self.py, "__arrow_c_stream__"))?;
+        let capsule = obj.call_method0(intern!(self.py, "__arrow_c_stream__")).map_err(|e| self.raised(obj, e))?;
         let pointer = capsule.cast::<PyCapsule>()?.pointer_checked(Some(c"arrow_array_stream"))?;
         // SAFETY: the capsule holds an ArrowArrayStream per the Arrow PyCapsule protocol; from_raw
         // moves it out and leaves a released stream behind for the capsule's destructor.
@@ -394,7 +413,7 @@ impl<'py> Walker<'py> {
 
     /// Reads an object exporting only `__arrow_c_array__` (one array or record batch).
     fn arrow_array(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
-        let capsules = obj.call_method0(intern!(self.py, "__arrow_c_array__"))?;
+        let capsules = obj.call_method0(intern!(self.py, "__arrow_c_array__")).map_err(|e| self.raised(obj, e))?;
         let (schema, array): (Bound<'py, PyCapsule>, Bound<'py, PyCapsule>) = capsules.extract()?;
         let schema_ptr = schema.pointer_checked(Some(c"arrow_schema"))?;
         let array_ptr = array.pointer_checked(Some(c"arrow_array"))?;
@@ -482,6 +501,18 @@ impl<'py> Walker<'py> {
         let result = f(self);
         self.open.remove(&address);
         result
+    }
+
+    /// The `FingerprintError` for an exception the value's own code raised (a rule, an Arrow
+    /// export of mixed objects), caused by it: the call then runs uncached, with a warning.
+    fn raised(&self, obj: &Bound<'py, PyAny>, err: PyErr) -> PyErr {
+        if !err.is_instance_of::<PyException>(self.py) || is_fingerprint_error(self.py, &err) {
+            return err;
+        }
+        let type_name = obj.get_type().qualname().map(|q| q.to_string()).unwrap_or_default();
+        let failure = self.fail(&format!("computing the fingerprint of a {type_name} raised {err}"));
+        failure.set_cause(self.py, Some(err));
+        failure
     }
 
     /// A `FingerprintError` whose message ends with where the walker is, e.g. `obj[1]['params'][3]`.

@@ -55,6 +55,31 @@ class SmaCross(Strategy):
             self.sell()
 
 
+# A strategy module a test writes, edits (``size``) and imports again.
+STRATEGY_SOURCE = """
+from backtesting import Strategy
+from backtesting.lib import crossover
+from backtesting.test import SMA
+
+
+class Cross(Strategy):
+    n1 = 10
+    n2 = 20
+
+    def init(self):
+        self.fast = self.I(SMA, self.data.Close, self.n1)
+        self.slow = self.I(SMA, self.data.Close, self.n2)
+
+    def next(self):
+        if crossover(self.fast, self.slow):
+            self.position.close()
+            self.buy(size={size})
+        elif crossover(self.slow, self.fast):
+            self.position.close()
+            self.sell()
+"""
+
+
 def sma_backtest(data: pd.DataFrame, params: dict[str, Any]) -> pd.Series:
     """backtesting.py's statistics Series for one parameter set (uncached)."""
     with warnings.catch_warnings():

@@ -95,8 +95,15 @@ class Entries:
 
     # --- one entry ----------------------------------------------------------------------------
 
-    def lookup(self, digest: str, *, copy: bool = True) -> tuple[bool, Any, float]:
+    def lookup(
+        self, digest: str, *, copy: bool = True, keep_unusable: bool = False
+    ) -> tuple[bool, Any, float]:
         """``(found, value, compute_time)``; the value is a fresh object on every call.
+
+        A value that no longer unpickles (a class renamed, or defined in another process's
+        ``__main__``) is a miss and its entry goes (`_drop_unusable`); with ``keep_unusable``,
+        for a read by id that has nothing to compute again, the entry stays and a `CacheError`
+        says why.
 
         ``copy=False`` spares the copy of the value's buffers when it comes from the memory
         tier (and keeps a value read from disk there without copying it), and hands every such
@@ -117,8 +124,7 @@ class Entries:
                         remembered.stream, list(map(copy_buffer, buffers)) if copy else buffers
                     )
                 except Exception as exc:
-                    self._drop_unusable(digest, exc)
-                    return False, None, 0.0
+                    return self._unusable(digest, exc, keep_unusable)
                 if type(value) in IMMUTABLE:
                     remembered.immutable = (value,)
                 elif not copy and _only_buffers(value):
@@ -154,8 +160,7 @@ class Entries:
         try:
             return True, deserialize(stream, buffers), compute_time
         except Exception as exc:
-            self._drop_unusable(digest, exc)
-            return False, None, 0.0
+            return self._unusable(digest, exc, keep_unusable)
 
     def put(
         self,
@@ -473,6 +478,17 @@ class Entries:
             return True
         self.memory.drop(slot)
         return False
+
+    def _unusable(self, digest: str, error: Exception, keep: bool) -> tuple[bool, Any, float]:
+        if keep:
+            raise CacheError(
+                f"the entry {digest} of {self.namespace!r} is stored intact but does not unpickle "
+                f"in this process ({type(error).__name__}: {error}); import or define the "
+                "classes and functions it refers to (a class defined in the __main__ of the "
+                "script that stored it must be defined here too) and read it again; it was kept"
+            ) from error
+        self._drop_unusable(digest, error)
+        return False, None, 0.0
 
     def _drop_unusable(self, digest: str, error: Exception) -> None:
         """Removes an entry whose value no longer unpickles, from memory and disk alike. The

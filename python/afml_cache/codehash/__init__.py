@@ -110,6 +110,14 @@ from afml_cache.codehash.walk import (
     code_fingerprint,
     code_state,
     function_key,
+    type_code,
 )
 
-__all__ = ["arguments_code", "class_code", "code_fingerprint", "code_state", "function_key"]
+__all__ = [
+    "arguments_code",
+    "class_code",
+    "code_fingerprint",
+    "code_state",
+    "function_key",
+    "type_code",
+]

@@ -950,6 +950,21 @@ def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
 _library_types: set[type] = set()  # argument types known not to be the user's own classes
 
 
+def type_code(cls: type) -> str | None:
+    """The code fingerprint of a class of the user's own (`class_code`) that a value holds as
+    itself, wherever in the value (``{"sma": SmaCross}``, a ``Backtest`` holding its strategy);
+    None for a library's class, which counts by its name."""
+    try:
+        if cls in _library_types:
+            return None
+        if not _is_user_class(cls):
+            _library_types.add(cls)
+            return None
+    except TypeError:  # a metaclass whose instances cannot be hashed: not a library's
+        pass
+    return class_code(cls)
+
+
 def arguments_code(values: Collection[Any]) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
     """The code states (`code_state`) of the user classes among ``values``, given as classes or
     through an instance (``self``, a strategy object): a value's fingerprint names its class but
