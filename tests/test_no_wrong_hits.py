@@ -1885,3 +1885,26 @@ def test_a_value_whose_own_code_raises_runs_uncached_with_a_warning(cache_dir: P
     view = records[["close", "open"]]
     with pytest.warns(afml_cache.CacheWarning, match="runs uncached"):
         assert total(view) == 6.0
+
+
+def test_a_global_partial_whose_keywords_change_in_place_is_a_miss(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load(
+        """
+        import functools
+        from afml_cache import cacheable
+
+        def scale(x, w=1):
+            return x * w
+
+        SCALE = functools.partial(scale, w=2)
+
+        @cacheable
+        def scaled(x):
+            return SCALE(x)
+        """
+    )
+    assert check(module.scaled, 2) == 4
+    module.SCALE.keywords["w"] = 3  # the partial's own dict, changed in place
+    assert check(module.scaled, 2) == 6

@@ -198,6 +198,8 @@ def test_bad_settings_are_usage_errors(suite: Suite) -> None:
 def test_marker_runs_the_test_and_its_fixtures_uncached(suite: Suite) -> None:
     suite.pytester.makepyfile(
         test_marker="""
+            from concurrent.futures import ThreadPoolExecutor
+
             import pytest
 
             from cached import square
@@ -213,16 +215,22 @@ def test_marker_runs_the_test_and_its_fixtures_uncached(suite: Suite) -> None:
                 assert nine == 9
                 assert square(3) == 9
                 assert square(3) == 9
+                # its threads too (a thread pool, joblib's threading backend)
+                with ThreadPoolExecutor(2) as pool:
+                    assert list(pool.map(square, [5, 5])) == [25, 25]
 
 
             def test_cached():
                 assert square(4) == 16
                 assert square(4) == 16
+                with ThreadPoolExecutor(2) as pool:
+                    assert list(pool.map(square, [6])) == [36]
+                    assert list(pool.map(square, [6])) == [36]
         """
     )
     result = suite.run("--strict-markers")
     result.assert_outcomes(passed=2)
-    assert sorted(suite.runs()) == ["3", "3", "3", "4"]
+    assert sorted(suite.runs()) == ["3", "3", "3", "4", "5", "5", "6"]
 
 
 def test_assert_hit_and_assert_miss(suite: Suite) -> None:

@@ -11,7 +11,6 @@ import logging
 import math
 import numbers
 import re
-import threading
 import time
 import types
 import warnings
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from afml_cache import config
+from afml_cache import config, forking
 from afml_cache._core import SPEC_VERSION, fingerprint
 from afml_cache.cache import Cache, flush_writes
 from afml_cache.errors import CacheError, CacheWarning
@@ -660,7 +659,7 @@ def _run_metadata(result: BacktestResult, function: str | None) -> dict[str, Any
 
 
 _global: BacktestCache | None = None
-_global_lock = threading.Lock()
+_global_lock = forking.lock()
 
 
 def get_backtest_cache() -> BacktestCache:

@@ -14,12 +14,12 @@ import math
 import numbers
 import os
 import re
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afml_cache import forking
 from afml_cache._core import fingerprint
 from afml_cache._store import EntryInfo, FunctionTotals, Store
 from afml_cache._store.archive import import_archive, write_archive
@@ -161,9 +161,6 @@ class Cache:
             self.directory, limit, eviction_policy, trust_group=trust_group, remote=shared
         )
         self._entries = Entries(self._store, memory, namespace, compression)
-        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
-        # shared per-function statistics.
-        self.record_call = self._store.record_call
 
     def __repr__(self) -> str:
         return (
@@ -512,4 +509,4 @@ class CacheAddress:
 
 
 _OPENED: dict[CacheAddress, Cache] = {}
-_OPENED_LOCK = threading.Lock()
+_OPENED_LOCK = forking.lock()

@@ -13,12 +13,12 @@ import contextlib
 import contextvars
 import logging
 import os
-import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from afml_cache import forking
 from afml_cache._store.remote import Remote, open_remote
 from afml_cache.cache import TRUE_WORDS, Cache, check_compression, default_directory, parse_size
 from afml_cache.errors import CacheError, CacheWarning
@@ -47,7 +47,7 @@ _settings: dict[str, Any] = {
     "verbose": None,  # None: AFML_CACHE_VERBOSE decides
     "remote": None,  # None: AFML_CACHE_REMOTE decides
 }
-_lock = threading.Lock()
+_lock = forking.lock()
 _shared: Cache | None = None
 _unusable: str | None = None  # why the directory could not be opened, once warned
 _disabled_depth: contextvars.ContextVar[int] = contextvars.ContextVar(

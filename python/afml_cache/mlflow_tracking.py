@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from afml_cache import config
+from afml_cache import config, forking
 from afml_cache._core import fingerprint
 from afml_cache.decorators import function_name
 from afml_cache.errors import CacheError, CacheWarning, FingerprintError, caller_stacklevel
@@ -507,7 +506,7 @@ def _is_invalid_input(exc: Exception) -> bool:
 # --- the one MLflowCache of the process -------------------------------------------------------
 
 _default: MLflowCache | None = None
-_default_lock = threading.Lock()
+_default_lock = forking.lock()
 # Why the decorators could not set up the default MLflowCache, or None: they try once.
 _default_failure: str | None = None
 

@@ -179,11 +179,21 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> Generator[None, object, object]:
-    # Around setup, call and teardown alike, so fixtures of a marked test run uncached too.
+    # Around setup, call and teardown alike, so fixtures of a marked test run uncached too;
+    # through the environment, so that its threads (a thread pool, joblib's threading backend)
+    # and the processes it starts do as well.
     if item.get_closest_marker(_MARKER) is None:
         return (yield)
-    with afml_config.disabled():
-        return (yield)
+    before = os.environ.get("AFML_CACHE_DISABLE")
+    os.environ["AFML_CACHE_DISABLE"] = "1"
+    try:
+        with afml_config.disabled():
+            return (yield)
+    finally:
+        if before is None:
+            os.environ.pop("AFML_CACHE_DISABLE", None)
+        else:
+            os.environ["AFML_CACHE_DISABLE"] = before
 
 
 class CacheFixture:

@@ -7,10 +7,12 @@ and back (`serialize`), the memory tier (`memory`), the writer thread (`writer`)
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
-from afml_cache import _core
+from afml_cache import _core, forking
 from afml_cache._core import EntryInfo, FunctionTotals, KeyLock
 from afml_cache._store.remote import Remote, RemoteTier
 
@@ -30,9 +32,14 @@ class Store:
         trust_group: bool,
         remote: Remote | None = None,
     ) -> None:
-        core = _core.Store(directory, size_limit, eviction_policy, trust_group=trust_group)
-        self._core = core
         self.directory = Path(directory)
+        self.remote = remote
+        self._opening = (size_limit, eviction_policy, trust_group)
+        self._bind(_core.Store(directory, size_limit, eviction_policy, trust_group=trust_group))
+        forking.renew_after_fork(self)
+
+    def _bind(self, core: Any) -> None:
+        self._core = core
         # The core's methods, bound once: a hit calls them with no Python layer in between.
         self.get = core.get
         self.put = core.put
@@ -59,7 +66,7 @@ class Store:
         self.export_reader = core.export_reader
         self.stage_import = core.stage_import
         self.stage_download = core.stage_download
-        self.remote = remote
+        remote = self.remote
         if remote is not None:
             # A prefix of an object store behind the directory: lookups, writes, deletes and
             # the single-flight lock reach it too.
@@ -87,3 +94,19 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.directory)!r})"
+
+    def after_fork(self) -> None:
+        """In a forked child: a core of its own. The parent's may hold locks that another of
+        the parent's threads took (a pack's index, the counters) and that no thread of the
+        child will release; it is left alone, as its teardown could wait on them."""
+        size_limit, eviction_policy, trust_group = self._opening
+        try:
+            core = _core.Store(self.directory, size_limit, eviction_policy, trust_group=trust_group)
+        except Exception as exc:  # the directory went away: the parent's core, as before
+            logging.getLogger("afml_cache").debug("cannot reopen %s after fork: %r", self, exc)
+            return
+        _INHERITED.append(self._core)
+        self._bind(core)
+
+
+_INHERITED: list[Any] = []  # the parent's cores, never torn down in the child

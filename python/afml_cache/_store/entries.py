@@ -76,9 +76,6 @@ class Entries:
         # The values written behind and not yet on disk, by slot (shared by the views): a lookup
         # the memory tier cannot serve decodes them or waits for them.
         self._writing: dict[tuple[str, str], _Serialized] = {}
-        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
-        # shared per-function statistics; the store's own method, as it runs on every call.
-        self.record_call = store.record_call
         self._accesses = Accesses()
         # Namespaces whose values stopped unpickling, warned once (shared by the views).
         self._unpickle_warned: set[str] = set()

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from afml_cache import forking
+
 
 @dataclass
 class Remembered:
@@ -40,6 +42,13 @@ class MemoryTier:
         self.nbytes = 0
         self._items: OrderedDict[tuple[str, str], Remembered] = OrderedDict()
         self._lock = threading.Lock()
+        forking.renew_after_fork(self)
+
+    def after_fork(self) -> None:
+        """The values stay for the child to read; a put cut short by the fork may have left
+        the byte count off."""
+        self._lock = threading.Lock()
+        self.nbytes = sum(item.nbytes for item in list(self._items.values()))
 
     def get(self, slot: tuple[str, str]) -> Remembered | None:
         # No lock on the hot path: each OrderedDict operation is atomic under the GIL.
@@ -94,6 +103,10 @@ class Accesses:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], list[int]] = {}  # slot -> [hits, last access ns]
         self._since = time.time_ns()
+        self._lock = threading.Lock()
+        forking.renew_after_fork(self)
+
+    def after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def note(self, slot: tuple[str, str]) -> bool:

@@ -6,10 +6,11 @@ import atexit
 import logging
 import multiprocessing
 import multiprocessing.util
-import os
 import queue
 import threading
 from collections.abc import Callable
+
+from afml_cache import forking
 
 _log = logging.getLogger("afml_cache")
 
@@ -67,7 +68,7 @@ class Writer:
 
 WRITER = Writer()
 atexit.register(WRITER.flush)
-os.register_at_fork(after_in_child=WRITER.after_fork)
+forking.renew_after_fork(WRITER)
 
 
 def flush_writes() -> None:

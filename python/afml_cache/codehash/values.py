@@ -225,7 +225,8 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         function, _ = _ref(obj.func, children)
         args = tuple(_ref(a, children)[0] for a in obj.args)
         keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
-        if any(_is_live(p) for p in (function, *args, *(v for _, v in keywords))):
+        # Its keywords are a dict that can change in place (`SCALE.keywords["w"] = 3`).
+        if keywords or any(_is_live(p) for p in (function, *args)):
             return _live(obj), _same(obj)
         return (cls.__name__, function, args, keywords), _same(obj)
     np = sys.modules.get("numpy")
