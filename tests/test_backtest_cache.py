@@ -362,6 +362,20 @@ def test_a_sweep_over_one_backtest_object_hits_and_counts_its_strategy_code(
     assert len(hb.computed(counter)) == len(grid) + 1
 
 
+def test_a_backtest_drawing_inside_a_library_counts_the_seed(cache_dir):
+    # A bootstrap strategy: pandas' sample() draws from numpy's global generator.
+    @cached_backtest("bootstrap")
+    def backtest(data, params):
+        return {"score": float(data["close"].sample(n=3).mean()) * params}
+
+    data = _frame(rows=200)
+    for seed in (0, 1, 2, 1, 0):
+        np.random.seed(seed)
+        got = backtest(data, 1.0)
+        np.random.seed(seed)
+        assert got == backtest.uncached(data, 1.0), seed
+
+
 def test_save_trades_false_keeps_trades_out_of_the_stored_value(cache_dir):
     @cached_backtest("no_trades", save_trades=False)
     def backtest(data, params):
@@ -707,6 +721,27 @@ def test_report_of_runs_whose_metric_has_the_name_asked_for(cache_dir, tmp_path)
     text = cache.report(tmp_path / "mr.html").read_text()
     assert text.count('class="afml-bt-curve"') == 2
     assert "window=20" in text and "No heatmap" not in text
+
+
+@pytest.mark.parametrize(
+    ("grid", "shown"),
+    [
+        ({"n1": (5, 10), "n2": (20, 40)}, "inf"),  # an infinite metric: no drawdown
+        ({"weights": ([0.5, 0.5], [0.3, 0.7]), "n": (1, 2)}, "[0.3, 0.7]"),  # list-valued
+        ({"sl": (None, 0.02, "atr"), "n": (1, 2)}, "atr"),  # None, numbers and names
+    ],
+)
+def test_report_heatmap_of_odd_metrics_and_parameters(cache_dir, tmp_path, grid, shown):
+    cache = BacktestCache()
+    equity = pd.Series(np.linspace(1, 2, 30), index=_frame(30).index)
+    (x, xs), (y, ys) = grid.items()
+    for i, a in enumerate(xs):
+        for j, b in enumerate(ys):
+            score = float("inf") if shown == "inf" and (i, j) == (0, 0) else 1.0 + i + j / 10
+            metrics = {"sharpe_ratio": score}
+            cache.cache_backtest("odd", {x: a, y: b}, _frame(), metrics, equity_curve=equity)
+    text = cache.report(tmp_path / "odd.html").read_text()
+    assert "afml-bt-heatmap" in text and f">{shown}<" in text
 
 
 def test_report_never_unpickles_runs_whose_classes_are_gone(cache_dir, tmp_path, monkeypatch):

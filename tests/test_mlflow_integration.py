@@ -450,6 +450,118 @@ def test_mlflow_failing_still_returns_and_caches_with_one_warning(
     assert TAG_SOURCE_RUN not in hit.data.tags  # computed while MLflow was failing
 
 
+def test_refused_params_a_failure_mid_run_and_odd_arguments_leave_no_run_active(
+    tracking: MLflowCache,
+) -> None:
+    # MLflow refuses a param named like a path: the run is tracked without params, and ends.
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def blend(weights: dict[str, float]) -> dict[str, float]:
+        return {"sharpe": sum(weights.values())}
+
+    with pytest.warns(UserWarning, match="MLflow refused the params"):
+        assert blend({"data/eurusd/": 0.5, "SPY": 0.5}) == {"sharpe": 1.0}
+    assert mlflow.active_run() is None
+    [run] = tracking._client.search_runs([tracking.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["sharpe"] == 1.0
+
+    # An argument whose `shape` is no shape, and a metric no float can hold, are not errors.
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def odd(x: Any, big: int) -> dict[str, Any]:
+        return {"sharpe": 2.0, "big": big}
+
+    class Shaped:
+        def shape(self) -> int:
+            return 3
+
+        def __cache_key__(self) -> str:
+            return "shaped"
+
+    assert odd(Shaped(), 10**400) == {"sharpe": 2.0, "big": 10**400}
+    assert mlflow.active_run() is None
+
+    # MLflow failing while the run is open stops tracking, and still ends the run.
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def scored(x: int) -> dict[str, float]:
+        return {"sharpe": float(x)}
+
+    original = tracking._client.log_batch
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("metrics"):
+            raise mlflow.exceptions.MlflowException("the store went away")
+        original(*args, **kwargs)
+
+    tracking._client.log_batch = failing
+    try:
+        with pytest.warns(UserWarning, match="MLflow failed while logging"):
+            assert scored(3) == {"sharpe": 3.0}
+    finally:
+        del tracking._client.log_batch
+    assert mlflow.active_run() is None
+    with mlflow.start_run():  # the user's own run starts
+        pass
+    statuses = {r.info.status for r in tracking._client.search_runs([tracking.experiment_id])}
+    assert statuses == {"FINISHED"}
+
+
+def test_a_hit_run_has_what_the_function_logged_itself(tracking: MLflowCache) -> None:
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def backtest(window: int) -> dict[str, float]:
+        mlflow.log_metric("sharpe", 1.5 + window / 100)  # as MLflow's own tutorials log
+        mlflow.log_param("universe", "EURUSD")
+        return {"total_return": 0.4}
+
+    assert backtest(20) == backtest(20) == {"total_return": 0.4}
+    _, [hit] = runs_by_hit(tracking)
+    assert hit.data.metrics == {"sharpe": 1.7, "total_return": 0.4}
+    assert hit.data.params == {"window": "20", "universe": "EURUSD"}
+
+
+def test_a_tracking_uri_changed_after_setup_tracks_nothing_elsewhere(
+    tracking: MLflowCache, store: dict[str, str], tmp_path: Path
+) -> None:
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def sharpe(window: int) -> dict[str, float]:
+        return {"sharpe": window / 10}
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    try:
+        with pytest.warns(UserWarning, match="tracking URI is now"):
+            assert sharpe(5) == {"sharpe": 0.5}
+        assert mlflow.active_run() is None
+        assert mlflow.MlflowClient(other).search_runs(["0", "1"]) == []
+    finally:
+        mlflow.set_tracking_uri(store["uri"])
+    assert tracking._client.search_runs([tracking.experiment_id]) == []
+    assert sharpe(6) == {"sharpe": 0.6}  # tracked again under the URI it was set up with
+    assert len(tracking._client.search_runs([tracking.experiment_id])) == 1
+
+
+def test_a_notebook_function_is_sent_to_joblib_workers(tmp_path: Path, run_python) -> None:
+    # A function defined in __main__ goes to loky's workers by value (cloudpickle).
+    out = run_python(
+        f"""
+        import warnings
+        warnings.simplefilter("ignore")
+        import afml_cache
+        from joblib import Parallel, delayed
+        from afml_cache import mlflow_cached, setup_mlflow_cache
+
+        afml_cache.configure(directory={str(tmp_path / "cache")!r})
+        setup_mlflow_cache("sweep", tracking_uri="sqlite:///{tmp_path / "mlflow.db"}")
+
+        @mlflow_cached
+        def tracked(window):
+            return {{"sharpe": window / 10}}
+
+        print(Parallel(n_jobs=2)(delayed(tracked)(w) for w in (5, 10)))
+        """,
+        timeout=300,
+    )
+    assert out.strip().splitlines()[-1] == "[{'sharpe': 0.5}, {'sharpe': 1.0}]"
+
+
 # --- setup_production_cache --------------------------------------------------------------------
 
 

@@ -1908,3 +1908,28 @@ def test_a_global_partial_whose_keywords_change_in_place_is_a_miss(
     assert check(module.scaled, 2) == 4
     module.SCALE.keywords["w"] = 3  # the partial's own dict, changed in place
     assert check(module.scaled, 2) == 6
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. __main__.Strategy has no fingerprint rule")
+def test_an_instance_inside_a_container_counts_its_class_attributes(cache_dir: Path) -> None:
+    # `params = {"w": 2}` in the class body, read by its methods: the cell edited and run again
+    # must not find the results of the old dict (it is a value read by content, not code).
+    nb = Notebook()
+    strategy = (
+        "class Strategy:\n"
+        "    params = {'w': 2}\n"
+        "    def score(self, x):\n"
+        "        return x * self.params['w']\n"
+    )
+    nb.run(strategy)
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def run(spec, x):
+        return spec["s"].score(x)
+    """)
+    for w in (2, 3, 4):
+        nb.run(strategy.replace("'w': 2", f"'w': {w}"))
+        nb.run("got = run({'s': Strategy()}, 1); want = run.uncached({'s': Strategy()}, 1)")
+        assert nb["got"] == nb["want"] == w

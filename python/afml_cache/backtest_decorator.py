@@ -168,9 +168,13 @@ class BacktestFunction:
                 if stored is not None:
                     self._local.run_id = run_id
                     return stored.value
+            before = self._engine._generators_before()
             start = time.perf_counter()
             result = fn(*args, **kwargs)
             elapsed = time.perf_counter() - start
+            # A run that drew from numpy's global generator inside a library (a strategy's
+            # `df.sample()`) is stored under that generator's state, as robust_cacheable's are.
+            run_id = self._engine._key_after_miss(run_id, before)
             if self._record(cache, run_id, args, kwargs, result, elapsed):
                 self._local.run_id = run_id
         finally:

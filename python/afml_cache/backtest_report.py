@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from afml_cache.report import STYLE, escape, format_when, table
@@ -142,16 +143,30 @@ def _colour(fraction: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
+def _axis(values: pd.Series) -> pd.Series:
+    """A parameter's values as a heatmap's axis: as they are when they sort, else as text (a
+    list-valued weight, None beside numbers and names)."""
+    present = [v for v in values if not pd.api.types.is_scalar(v) or not pd.isna(v)]
+    try:
+        sorted(present, key=lambda v: (hash(v), v)[1])
+    except TypeError:
+        return values.map(_fmt)
+    return values
+
+
 def heatmap_svg(ranked: pd.DataFrame, metric: str, x_param: str, y_param: str) -> str:
     """The metric over a grid of two parameters (the mean where runs share a cell)."""
-    grid = ranked.pivot_table(index=y_param, columns=x_param, values=metric, aggfunc="mean")
+    axes = ranked[[y_param, x_param, metric]].copy()
+    for param in (y_param, x_param):
+        axes[param] = _axis(axes[param])
+    grid = axes.pivot_table(index=y_param, columns=x_param, values=metric, aggfunc="mean")
     grid = grid.sort_index().sort_index(axis=1)
     x_name, y_name = x_param[len("param_") :], y_param[len("param_") :]
     cell_w, cell_h, left, top = 80, 36, 90, 40
     width = left + cell_w * len(grid.columns) + 20
     height = top + cell_h * len(grid.index) + 40
     values = grid.to_numpy(dtype=float)
-    finite = values[~pd.isna(values)]
+    finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     title = f"{metric} by {x_name} and {y_name}"
     parts = [
@@ -181,7 +196,9 @@ def heatmap_svg(ranked: pd.DataFrame, metric: str, x_param: str, y_param: str) -
             if math.isnan(value):
                 fill, ink = "#eeeeee", "#999"
             else:
+                # An infinite metric (a Calmar ratio without drawdown) takes the scale's end.
                 fraction = (value - low) / (high - low) if high > low else 0.5
+                fraction = min(max(fraction, 0.0), 1.0) if not math.isnan(fraction) else 0.5
                 fill, ink = _colour(fraction), "#fff" if fraction > 0.6 else "#222"
             label = f"{x_name}={_fmt(column)}, {y_name}={_fmt(row_value)}: {_fmt(value)}"
             parts.append(

@@ -835,9 +835,7 @@ class _Engine:
         if watching is not None:
             watching.append((self, hit))
         try:
-            # record_call(function, hit, compute_time, time_saved, latency): one call in the
-            # shared per-function statistics.
-            entries._store.record_call(self.name, hit, compute, saved, latency)
+            entries.record_call(self.name, hit, compute, saved, latency)
         except OSError as exc:  # statistics are a convenience; never fail a call over them
             _log.debug("could not count a call of %s: %s", self.name, exc)
 

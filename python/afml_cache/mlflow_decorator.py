@@ -45,14 +45,31 @@ class _Call:
         start = time.perf_counter()
         try:
             result = function.fn(*args, **kwargs)
-        except BaseException:
+        except BaseException as exc:
             tracker._end_run(run_id, "FAILED")
+            _explain_nested_run(exc)
             raise
         seconds = time.perf_counter() - start
         metrics = _metrics(result)
         if run_id is not None:
-            tracker._finish_computing(run_id, function, result, metrics, seconds)
+            try:
+                logged = tracker._finish_computing(run_id, function, result, metrics, seconds)
+            except BaseException:  # Ctrl-C while the model was being logged
+                tracker._end_run(run_id, "KILLED")
+                raise
+            params, metrics = {**logged[0], **params}, {**logged[1], **metrics}
         return _Computed(result, run_id, params, metrics, key)
+
+
+def _explain_nested_run(exc: BaseException) -> None:
+    """Notes on MLflow's "Run ... is already active" raised by a function that starts its own
+    run (as MLflow's tutorials write it) why one is active: the decorator's."""
+    if "already active" in str(exc) and "start_run" in str(exc):
+        exc.add_note(
+            "afml_cache: @mlflow_cached runs the function inside a run of its own, which is the "
+            "active one; log with mlflow.log_* directly, or start yours with "
+            "mlflow.start_run(nested=True)"
+        )
 
 
 _calls: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -104,17 +121,7 @@ def mlflow_cached(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            call = _Call(function)
-            token = _calls.set(call)
-            try:
-                computed: _Computed = cached(*args, **kwargs)
-            finally:
-                _calls.reset(token)
-            if not call.ran and function.log_hits:
-                tracker = _tracker(function)
-                if tracker is not None:
-                    tracker._record_hit(function, computed)
-            return computed.result
+            return _tracked_call(function, cached, args, kwargs)
 
         for name in ("cache_info", "cache_clear", "cache_entries", "__afml_cache__"):
             setattr(wrapper, name, getattr(cached, name))
@@ -124,6 +131,24 @@ def mlflow_cached(
     return decorate if fn is None else decorate(fn)
 
 
+def _tracked_call(
+    function: _Function, cached: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """A call of a tracked function. Module-level, so that a wrapper defined in a notebook and
+    sent by value to joblib's workers (cloudpickle) holds nothing unpicklable (`_calls`)."""
+    call = _Call(function)
+    token = _calls.set(call)
+    try:
+        computed: _Computed = cached(*args, **kwargs)
+    finally:
+        _calls.reset(token)
+    if not call.ran and function.log_hits:
+        tracker = _tracker(function)
+        if tracker is not None:
+            tracker._record_hit(function, computed)
+    return computed.result
+
+
 def _computing(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What the cache runs on a miss: ``fn`` inside the current call's run. It wraps ``fn``
     (``__wrapped__``), so the cache binds arguments by ``fn``'s signature and names entries
@@ -131,9 +156,13 @@ def _computing(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def compute(*args: Any, **kwargs: Any) -> _Computed:
-        call = _calls.get()
-        if call is None:  # called by other means than the tracked function: untracked
-            return _Computed(fn(*args, **kwargs), None, {}, {}, None)
-        return call.compute(args, kwargs)
+        return _compute_in_call(fn, args, kwargs)
 
     return compute
+
+
+def _compute_in_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    call = _calls.get()
+    if call is None:  # called by other means than the tracked function: untracked
+        return _Computed(fn(*args, **kwargs), None, {}, {}, None)
+    return call.compute(args, kwargs)

@@ -184,6 +184,8 @@ class MLflowCache:
         return result
 
     def _end_run(self, run_id: str | None, status: str) -> None:
+        """Ends the run, also once tracking has stopped (a failure while the run was open): it
+        must not stay active, where the user's own ``mlflow.start_run()`` would refuse to start."""
         if run_id is None:
             return
         mlflow = self._mlflow
@@ -195,7 +197,13 @@ class MLflowCache:
             else:  # the user's code ended or replaced it: close ours all the same
                 self._client.set_terminated(run_id, status)
 
-        self._safely(f"ending run {run_id}", end)
+        if self._broken is None:
+            self._safely(f"ending run {run_id}", end)
+            return
+        try:
+            end()
+        except Exception as exc:  # warned already, when tracking stopped
+            _log.debug("afml_cache: could not end MLflow run %s: %r", run_id, exc)
 
     def _log_batch(
         self,
@@ -257,7 +265,15 @@ class MLflowCache:
             tags[TAG_KEY] = key
         run_id = self._start_run(function.run_name, tags)
         if run_id is not None and params:
-            self._log_batch(run_id, params=params)
+            try:
+                self._log_batch(run_id, params=params, user_input=True)
+            except Exception as exc:  # MLflow refused the arguments' names or values
+                self._warn_once(
+                    f"params:{function.name}",
+                    f"afml_cache: MLflow refused the params of {function.name} "
+                    f"({type(exc).__name__}: {exc}); its runs are tracked without them. Pass "
+                    "arguments whose names MLflow accepts, or list them in ignore=",
+                )
         return run_id
 
     def _finish_computing(
@@ -267,13 +283,21 @@ class MLflowCache:
         result: Any,
         metrics: Mapping[str, float],
         seconds: float,
-    ) -> None:
+    ) -> tuple[dict[str, str], dict[str, float]]:
+        """Logs the result's metrics and model and ends the run; returns the params and
+        metrics the run holds, the function's own ``mlflow.log_*`` calls among them, for the
+        runs of later hits (empty once tracking stopped)."""
         self._log_batch(run_id, metrics={**metrics, METRIC_COMPUTE_SECONDS: seconds})
         if function.log_model:
             model = _model_in(result)
             if model is not None:
                 self._log_model(run_id, function, model)
         self._end_run(run_id, "FINISHED")
+        run = self._safely(f"reading run {run_id}", lambda: self._client.get_run(run_id))
+        if run is None:
+            return {}, {}
+        logged = {k: v for k, v in run.data.metrics.items() if k != METRIC_COMPUTE_SECONDS}
+        return dict(run.data.params), logged
 
     def _log_model(self, run_id: str, function: _Function, model: Any) -> None:
         """Logs the model under the name "model" to the active run, ours; a model MLflow cannot
@@ -590,7 +614,20 @@ def _tracker(function: _Function) -> MLflowCache | None:
                 "setup_mlflow_cache() to resume"
             )
             return None
-    return None if cache._broken is not None else cache
+    if cache._broken is not None:
+        return None
+    current = cache._mlflow.get_tracking_uri()
+    if current != cache.tracking_uri:
+        # MLflow's active runs follow its tracking URI, this experiment's id does not: a run
+        # would land in another store, under whatever experiment has that id there.
+        cache._warn_once(
+            f"uri:{current}",
+            f"afml_cache: MLflow's tracking URI is now {current}, not {cache.tracking_uri} where "
+            f"{cache.experiment_name!r} was set up: @mlflow_cached functions are cached but not "
+            "tracked; call setup_mlflow_cache() for the new URI to track there",
+        )
+        return None
+    return cache
 
 
 _warned: set[str] = set()
@@ -688,8 +725,8 @@ def _describe(params: dict[str, str], name: str, value: Any, *, nested: bool) ->
         if all(_is_plain(v) for v in value):
             params[key] = str(value)[:_VALUE_LIMIT]
             return
-    elif hasattr(value, "shape") and not isinstance(value, type):
-        params[_param_key(f"{name}.shape")] = str(tuple(value.shape))
+    elif hasattr(value, "shape") and not isinstance(value, type) and _shape(value) is not None:
+        params[_param_key(f"{name}.shape")] = str(_shape(value))
     elif isinstance(value, Mapping) and not nested:
         for item_key, item in value.items():
             _describe(params, f"{name}.{item_key}", item, nested=True)
@@ -699,6 +736,15 @@ def _describe(params: dict[str, str], name: str, value: Any, *, nested: bool) ->
         params[_param_key(f"{name}.digest")] = fingerprint(value, strict=True)
     except FingerprintError:
         params[_param_key(f"{name}.type")] = f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _shape(value: Any) -> tuple[Any, ...] | None:
+    """An array's or frame's shape; None for a ``shape`` that is not one (a method, a mock)."""
+    try:
+        shape = tuple(value.shape)
+    except Exception:
+        return None
+    return shape if all(isinstance(n, numbers.Integral) for n in shape) else None
 
 
 def _is_plain(value: Any) -> bool:
@@ -725,11 +771,14 @@ def _metrics(result: Any) -> dict[str, float]:
         found = next((item for item in result if isinstance(item, Mapping)), None)
     if found is None:
         return {}
-    return {
-        _param_key(str(k)): float(v)
-        for k, v in found.items()
-        if isinstance(v, numbers.Real) and not isinstance(v, bool)
-    }
+    metrics = {}
+    for k, v in found.items():
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            try:
+                metrics[_param_key(str(k))] = float(v)
+            except (OverflowError, ValueError, TypeError):  # 10**400: not a float, not logged
+                continue
+    return metrics
 
 
 def _model_in(result: Any) -> Any:

@@ -40,6 +40,7 @@ class Store:
 
     def _bind(self, core: Any) -> None:
         self._core = core
+        self._pid = os.getpid()
         # The core's methods, bound once: a hit calls them with no Python layer in between.
         self.get = core.get
         self.put = core.put
@@ -98,7 +99,10 @@ class Store:
     def after_fork(self) -> None:
         """In a forked child: a core of its own. The parent's may hold locks that another of
         the parent's threads took (a pack's index, the counters) and that no thread of the
-        child will release; it is left alone, as its teardown could wait on them."""
+        child will release; it is left alone, as its teardown could wait on them. Once per
+        child: the entries and caches over this store ask too, in any order."""
+        if self._pid == os.getpid():
+            return
         size_limit, eviction_policy, trust_group = self._opening
         try:
             core = _core.Store(self.directory, size_limit, eviction_policy, trust_group=trust_group)

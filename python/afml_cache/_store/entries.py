@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from afml_cache import forking
 from afml_cache._store import KeyLock, Store
 from afml_cache._store.memory import Accesses, MemoryTier, Remembered
 from afml_cache._store.serialize import IMMUTABLE, copy_buffer, deserialize, serialize
@@ -76,6 +77,10 @@ class Entries:
         # The values written behind and not yet on disk, by slot (shared by the views): a lookup
         # the memory tier cannot serve decodes them or waits for them.
         self._writing: dict[tuple[str, str], _Serialized] = {}
+        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
+        # shared per-function statistics; the store's own method, as it runs on every call.
+        self.record_call = store.record_call
+        forking.renew_after_fork(self)
         self._accesses = Accesses()
         # Namespaces whose values stopped unpickling, warned once (shared by the views).
         self._unpickle_warned: set[str] = set()
@@ -85,12 +90,17 @@ class Entries:
         """The entries of ``namespace`` in the same store, sharing this memory tier;
         ``compression`` (None: this view's) is the level of the entries the view writes."""
         view = copy.copy(self)
+        forking.renew_after_fork(view)
         view.namespace = namespace
         if compression is not None:
             view.compression = compression
         return view
 
     # --- one entry ----------------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        self._store.after_fork()
+        self.record_call = self._store.record_call
 
     def lookup(
         self, digest: str, *, copy: bool = True, keep_unusable: bool = False

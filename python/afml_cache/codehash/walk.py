@@ -877,14 +877,27 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
 
 def class_code(cls: type) -> str:
     """The code fingerprint of a class, as an instance's fingerprint counts it: the digests of
-    its walk, combined as `code_state` combines them (without the values it reads, which the
-    instance's own state does not need; and without `code_fingerprint`'s wrapping of a
-    non-function, a third of the cost, paid once per instance)."""
+    its walk, combined as `code_state` combines them, and the values it reads that count by
+    content as they are now (a class attribute ``params = {"w": 2}`` its methods read); without
+    `code_fingerprint`'s wrapping of a non-function, a third of the cost, paid once per
+    instance. Raises `FingerprintError` when such a value has no fingerprint."""
     try:
-        return _combine(_walk([cls])[0])
+        digests, live, _ = _walk([cls])
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
         return fingerprint((_FORMAT, "unknown", _qualified(cls)))
+    code = _combine(digests)
+    busy = _classes_read.__dict__.setdefault("busy", set())
+    if not live or cls in busy:  # its values hold its own instances (an Enum's members)
+        return code
+    busy.add(cls)
+    try:
+        return fingerprint((code, _current(live)))
+    finally:
+        busy.discard(cls)
+
+
+_classes_read = threading.local()  # the classes whose values `class_code` is reading
 
 
 def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, Any], ...]]:
