@@ -698,6 +698,37 @@ def test_a_request_served_whole_by_one_piece_from_disk_is_not_copied_again(
     assert peak < 1.25 * size  # the rows once, as read
 
 
+def minute_bars(start: Any, end: Any) -> pd.DataFrame:
+    """Minute bars in New York time: four float columns and an int one (two numpy blocks)."""
+    first = pd.Timestamp(start).tz_convert("America/New_York").ceil("min")
+    last = pd.Timestamp(end).tz_convert("America/New_York")
+    index = pd.date_range(first, last, freq="min", inclusive="left", name="time")
+    minutes = index.asi8 // 60_000_000_000
+    close = 4500 + (minutes % 1_009) * 0.25
+    prices = {"open": close - 0.25, "high": close + 0.5, "low": close - 0.5, "close": close}
+    return pd.DataFrame({**prices, "volume": minutes % 313}, index=index)
+
+
+def test_pieces_read_from_disk_stitch_whole_and_cut(tmp_path: Path, clock: list[int]) -> None:
+    # Past what the memory tier keeps, pieces whose blocks go out of band (over 64 KiB each):
+    # whole pieces, and pieces cut at either end of the request, equal the uncached call's rows.
+    log: list[tuple[Any, Any]] = []
+    load = loader(minute_bars, log, cache=Cache(tmp_path / "cache", memory_limit=1))
+    edges = pd.date_range("2024-03-01", periods=9, freq="10D", tz="UTC")
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        load("ES", low, high)  # 8 pieces of 14,400 rows
+    log.clear()
+    for start, end in [
+        (edges[0], edges[-1]),
+        (edges[0] + pd.Timedelta("61min"), edges[-1] - pd.Timedelta("3D")),
+        (edges[3] + pd.Timedelta("1h"), edges[3] + pd.Timedelta("2h")),
+    ]:
+        got = load("ES", start, end)
+        pd.testing.assert_frame_equal(got, minute_bars(start, end))
+        assert got.index.freq == "min"
+    assert log == []
+
+
 def test_merging_leaves_a_piece_larger_than_the_rest_of_its_run_alone(
     cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
