@@ -715,7 +715,7 @@ def test_pieces_read_from_disk_stitch_whole_and_cut(tmp_path: Path, clock: list[
     log: list[tuple[Any, Any]] = []
     load = loader(minute_bars, log, cache=Cache(tmp_path / "cache", memory_limit=1))
     edges = pd.date_range("2024-03-01", periods=9, freq="10D", tz="UTC")
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
+    for low, high in itertools.pairwise(edges):
         load("ES", low, high)  # 8 pieces of 14,400 rows
     log.clear()
     for start, end in [

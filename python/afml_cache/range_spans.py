@@ -474,6 +474,15 @@ def _joined_index(rows: list[_Cut]) -> pd.DatetimeIndex:
     )
 
 
+def _unique(columns: pd.Index) -> bool:
+    """``columns.is_unique``, without the hash table pandas builds for it (tens of µs for a
+    frame read from disk, each piece's its own) when the labels are a few plain strings."""
+    labels = tuple(columns)
+    if len(labels) <= 64 and all(type(label) is str for label in labels):
+        return len(set(labels)) == len(labels)
+    return bool(columns.is_unique)
+
+
 def _layout_of(cut: _Cut) -> tuple[Any, ...] | None:
     shape = cut.shape
     if isinstance(shape.layout, _Unknown):
@@ -490,7 +499,7 @@ def _layout(part: Any, blocks: Any) -> tuple[Any, ...] | None:
         type(part) is not pd.DataFrame
         or type(part.index) is not pd.DatetimeIndex
         or blocks is None  # pandas' block manager is internal: without it, pd.concat
-        or not part.columns.is_unique
+        or not _unique(part.columns)
     ):
         return None
     layout = []
