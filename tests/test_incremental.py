@@ -235,6 +235,41 @@ def test_a_vertical_barrier_in_time(cache_dir: Path) -> None:
     pd.testing.assert_series_equal(result, barrier_return.uncached(bars), check_exact=True)
 
 
+def test_windows_in_time_across_a_weekend_reach_the_bar_beyond_the_gap(cache_dir: Path) -> None:
+    # Friday's bars stored, Monday's appended. A vertical barrier at the first bar at or after
+    # t + 30min (AFML's add_vertical_barrier) is Monday's first bar for Friday's last half hour;
+    # a return as of t - 1D (get_daily_vol) reads Friday's close for Monday.
+    def session(day: str) -> pd.DatetimeIndex:
+        return pd.date_range(f"{day} 09:30", f"{day} 15:59", freq="min", tz="America/New_York")
+
+    index = session("2024-03-07").append(session("2024-03-08")).append(session("2024-03-11"))
+    close = pd.Series(np.linspace(100, 101, len(index)), index=index, name="close")
+
+    @time_aware_cacheable(incremental=True, lookback=0, lookahead="30min")
+    def vertical_barrier(prices: pd.Series) -> pd.Series:
+        after = prices.index.searchsorted(prices.index + pd.Timedelta("30min"))
+        out = pd.Series(pd.NaT, index=prices.index, dtype=prices.index.dtype, name="t1")
+        inside = after < len(prices)
+        out[inside] = prices.index[after[inside]]
+        return out
+
+    vertical_barrier(close[close.index < "2024-03-09"])
+    pd.testing.assert_series_equal(vertical_barrier(close), vertical_barrier.uncached(close))
+
+    days = pd.bdate_range("2024-01-01", "2024-03-29")
+    daily = pd.Series(100 + np.arange(len(days), dtype=float), index=days, name="close")
+
+    @time_aware_cacheable(incremental=True, lookback="1D")
+    def daily_return(prices: pd.Series) -> pd.Series:
+        before = prices.index.searchsorted(prices.index - pd.Timedelta("1D"), side="right") - 1
+        base = np.where(before >= 0, prices.to_numpy()[np.maximum(before, 0)], np.nan)
+        return prices / base - 1
+
+    daily_return(daily[:"2024-03-22"])  # ends a Friday
+    grown = daily[:"2024-03-25"]
+    pd.testing.assert_series_equal(daily_return(grown), daily_return.uncached(grown))
+
+
 def test_running_floating_point_state_matches_the_same_window_computed_fresh(
     cache_dir: Path,
 ) -> None:
@@ -692,3 +727,23 @@ def test_a_result_shares_no_buffer_with_the_stored_prefix(
     pd.testing.assert_frame_equal(
         features(bars.iloc[:600]), exact_features(bars.iloc[:600]), check_exact=True
     )
+
+
+@pytest.mark.parametrize("odd", [0.0, 1e6], ids=["inf", "outlier"])
+def test_verify_sees_a_wrong_result_beside_an_inf_or_an_outlier(
+    cache_dir: Path, odd: float
+) -> None:
+    # An inf (0.0: a zero-volume bar's change is inf on the next row) or one block trade made
+    # the tolerance of a column its largest magnitude: every finite difference passed as noise.
+    days = pd.date_range("2024-01-01", periods=400, freq="D")
+    volume = pd.Series(np.random.default_rng(0).integers(50, 150, 400) * 1.0, index=days)
+    volume.iloc[5] = odd
+
+    @time_aware_cacheable(incremental=True, lookback=5, verify=1.0)
+    def mean_volume(v: pd.Series) -> pd.Series:
+        return v.rolling(60, min_periods=1).mean() + v.pct_change()  # reads 59 rows back
+
+    mean_volume(volume.iloc[:300])
+    with pytest.warns(afml_cache.CacheWarning, match="differs from the full computation"):
+        got = mean_volume(volume)
+    pd.testing.assert_series_equal(got, mean_volume.uncached(volume))

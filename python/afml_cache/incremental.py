@@ -406,11 +406,14 @@ class FeatureEngine(_Engine):
             ahead, back = _in_unit(ahead, index.unit), _in_unit(back, index.unit)
         if isinstance(ahead, int):
             first = max(0, old_rows - ahead)
-        else:  # rows whose look ahead reaches the first new row
-            first = int(index.searchsorted(index[old_rows] - ahead, side="left"))
+        else:
+            # Rows whose look ahead passes the last old row: the first bar at or after t + ahead
+            # (a vertical barrier) may be a new one, across a night or a weekend.
+            first = int(index.searchsorted(index[old_rows - 1] - ahead, side="right"))
         if isinstance(back, int):
             return first, max(0, first - back)
-        return first, int(index.searchsorted(index[first] - back, side="left"))
+        # From the last bar at or before t - back (as of t minus a day, over a weekend: Friday).
+        return first, max(0, int(index.searchsorted(index[first] - back, side="right")) - 1)
 
     def _run_on(
         self,
@@ -698,7 +701,7 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
 
 def _rows_differing(result: Any, full: Any) -> int | None:
     """The first row where ``result`` differs from ``full`` beyond floating-point noise (NOISE
-    of the column's scale), None when they agree (NaN where the other has NaN)."""
+    of the column's median magnitude), None when they agree (NaN where the other has NaN)."""
     if type(result) is not type(full) or not result.index.equals(full.index):
         return 0
     if isinstance(full, pd.Series):
@@ -713,7 +716,10 @@ def _rows_differing(result: Any, full: Any) -> int | None:
             return 0
         if isinstance(theirs.dtype, np.dtype) and theirs.dtype.kind in "fc":
             a, b = mine.to_numpy(), theirs.to_numpy()
-            scale = np.nanmax(np.abs(b), initial=0.0)
+            # The column's typical size, not its largest: an inf (a zero-volume bar's return)
+            # or one outlier would make every finite difference look like noise.
+            finite = np.abs(b[np.isfinite(b)])
+            scale = float(np.median(finite)) if finite.size else 0.0
             same = np.isclose(a, b, rtol=NOISE, atol=NOISE * scale, equal_nan=True)
         else:
             same = (mine.isna() & theirs.isna()).to_numpy() | (mine == theirs).to_numpy(
