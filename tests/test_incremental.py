@@ -747,3 +747,23 @@ def test_verify_sees_a_wrong_result_beside_an_inf_or_an_outlier(
     with pytest.warns(afml_cache.CacheWarning, match="differs from the full computation"):
         got = mean_volume(volume)
     pd.testing.assert_series_equal(got, mean_volume.uncached(volume))
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+
+COUNTER = Counter()
+
+
+def test_a_feature_that_changes_what_it_reads_says_why_it_misses(cache_dir: Path) -> None:
+    @time_aware_cacheable(incremental=True, lookback=WINDOW)
+    def counted(bars: pd.DataFrame) -> pd.DataFrame:
+        COUNTER.n += 1  # read by content: each call makes another family
+        return exact_features(bars)
+
+    bars = minute_bars(300)
+    counted(bars)
+    with pytest.warns(CacheWarning, match=r"changed 'COUNTER' as it ran"):
+        counted(bars)

@@ -1058,3 +1058,42 @@ def test_stitching_keeps_nothing_of_a_part_alive_that_the_part_let_go() -> None:
     gc.collect()
     assert index() is None
     assert columns() is None
+
+
+class CountingVendor:
+    """An API client that counts its requests: state the loader reads, which changes as it runs."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def bars(self, start: Any, end: Any) -> pd.DataFrame:
+        self.requests += 1
+        return hourly(start, end)
+
+
+VENDOR = CountingVendor()
+
+
+def test_a_loader_whose_client_counts_its_requests_says_why_it_misses(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # The client is read by content, so each fetch makes another family: every call misses.
+    # As robust_cacheable does, the second call warns once, naming it and ignore_globals=.
+    @time_aware_cacheable(range=("start", "end"))
+    def load(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+        return VENDOR.bars(start, end)
+
+    load("ES", "2024-01-01", "2024-01-03")
+    with pytest.warns(CacheWarning, match=r"changed 'VENDOR' as it ran.*ignore_globals"):
+        load("ES", "2024-01-01", "2024-01-03")
+
+    @time_aware_cacheable(range=("start", "end"), ignore_globals=("VENDOR",))
+    def listed(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+        return VENDOR.bars(start, end)
+
+    before = VENDOR.requests
+    listed("ES", "2024-01-01", "2024-01-03")
+    pd.testing.assert_frame_equal(
+        listed("ES", "2024-01-01", "2024-01-03"), hourly("2024-01-01", "2024-01-03")
+    )
+    assert VENDOR.requests == before + 1

@@ -246,6 +246,7 @@ class FeatureEngine(_Engine):
         if grown is None:
             return self.fn(*args, **kwargs)
         entries, key = grown.entries, grown.key
+        watching, self._watching = self._watching, ()  # see `_Engine._watch`
         found, value, compute_time = self._stored_result(grown)
         if found:
             self._record_hit(entries, key, compute_time, start)
@@ -267,6 +268,8 @@ class FeatureEngine(_Engine):
                 lock.release()
         self._remember_prefix(grown, stored[1] if _is_stitched(stored) else "")
         self._record_miss(entries, key, elapsed, start)
+        if watching:
+            self._changed_while_running(watching)
         return result
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:

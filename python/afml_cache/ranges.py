@@ -200,6 +200,9 @@ class RangeEngine(_Engine):
         request = self._request(args, kwargs)
         if request is None:
             return self.fn(*args, **kwargs)
+        # The values the family's key read by content (see `_Engine._watch`), compared after a
+        # miss: a vendor client counting its requests changes them at each fetch.
+        watching, self._watching = self._watching, ()
         now = now_ns()  # one moment for the whole read: a tail must not expire midway
         pieces = self._pieces(request)
         if _of_other_forms(pieces):
@@ -213,7 +216,10 @@ class RangeEngine(_Engine):
             if len(pieces) > MERGE_ABOVE:
                 self._merge_now(request, frames, times)
             return result
-        return self._compute(request, started, refresh=False)
+        result = self._compute(request, started, refresh=False)
+        if watching:
+            self._changed_while_running(watching)
+        return result
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """A digest of the call's family and span (what warming tells calls apart by); None

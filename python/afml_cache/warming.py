@@ -210,7 +210,10 @@ def _warm_one(
     if outcome is None:
         return FAILED, "it ran uncached (caching is disabled or unusable where it ran)"
     if not engine.is_cached(one.args, dict(one.kwargs)):
-        return FAILED, "it was computed but its result could not be stored (see the warning)"
+        return FAILED, (
+            "it was computed but is not cached under its key now: its result could not be "
+            "stored, or a value it reads changed as it ran (see the warning)"
+        )
     return COMPUTED, None
 
 
