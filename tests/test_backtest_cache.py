@@ -65,6 +65,15 @@ def test_grid_is_computed_once_and_hits_equal_the_uncached_results(cache_dir, co
         assert type(hit) is type(expected)
 
 
+def test_backtests_count_in_the_functions_statistics(cache_dir, counter):
+    # get_cache_stats() "should show your function" (the guide's troubleshooting), as for
+    # robust_cacheable's: each computed run a miss, each run read back a hit.
+    for params in [*hb.GRID[:2], hb.GRID[0]]:
+        hb.run_sma(GOOG, params, counter)
+    stats = afml_cache.get_cache_stats()[hb.run_sma._name]
+    assert (stats.total_calls, stats.cache_hits, stats.cache_misses) == (3, 1, 2)
+
+
 def test_one_changed_bar_recomputes(cache_dir, counter):
     params = hb.GRID[2]
     hb.run_sma(GOOG, params, counter)

@@ -151,20 +151,21 @@ class BacktestFunction:
         return None if view is None else view.namespaced(NAMESPACE)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        called = time.perf_counter()
         self._local.run_id = None
         fn = self.uncached
         cache = self._cache() if config.cache_enabled() else None
         run_id = None if cache is None else self._engine.key(args, kwargs)
         if cache is None or run_id is None:
             return fn(*args, **kwargs)
-        stored = self._lookup(cache, run_id)
+        stored = self._lookup(cache, run_id, called)
         if stored is not None:
             self._local.run_id = run_id
             return stored.value
         lock = self._lock(cache, run_id)
         try:
             if lock is not None:  # another worker may have run it while this one waited
-                stored = self._lookup(cache, run_id)
+                stored = self._lookup(cache, run_id, called)
                 if stored is not None:
                     self._local.run_id = run_id
                     return stored.value
@@ -180,15 +181,21 @@ class BacktestFunction:
         finally:
             if lock is not None:
                 lock.release()
+        # In the function's statistics (get_cache_stats, afml-cache stats), as its other calls.
+        self._engine._record_miss(cache.by_digest, run_id, elapsed, called)
         return result
 
-    def _lookup(self, cache: Cache, run_id: str) -> BacktestResult | None:
+    def _lookup(self, cache: Cache, run_id: str, called: float) -> BacktestResult | None:
+        """The stored run (a hit, counted in the function's statistics), or None."""
         try:
-            found, value, _ = cache.by_digest.lookup(run_id)
+            found, value, compute_time = cache.by_digest.lookup(run_id)
         except (CacheError, OSError) as exc:  # an unreadable entry is a miss
             self._warn_once("read", f"afml_cache: {self._name} could not read its run: {exc}")
             return None
-        return value if found and isinstance(value, BacktestResult) else None
+        if not (found and isinstance(value, BacktestResult)):
+            return None
+        self._engine._record_hit(cache.by_digest, run_id, compute_time, called)
+        return value
 
     def _lock(self, cache: Cache, run_id: str) -> Any:
         try:
