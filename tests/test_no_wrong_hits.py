@@ -1933,3 +1933,46 @@ def test_an_instance_inside_a_container_counts_its_class_attributes(cache_dir: P
         nb.run(strategy.replace("'w': 2", f"'w': {w}"))
         nb.run("got = run({'s': Strategy()}, 1); want = run.uncached({'s': Strategy()}, 1)")
         assert nb["got"] == nb["want"] == w
+
+
+def test_a_class_keeping_a_registry_of_its_instances_is_read_once_per_call(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `all = []` filled in __init__: reading the class's values meets its own instances, whose
+    # class is being read. Each instance of a call's arguments reads the class once, not again
+    # for every instance and every instance inside the registry (that took minutes).
+    module = load(
+        """
+        from afml_cache import cacheable
+
+        class Leg:
+            all = []
+
+            def __init__(self, w):
+                self.w = w
+                Leg.all.append(self)
+
+            def value(self):
+                return self.w
+
+        @cacheable
+        def total(legs):
+            return sum(leg.value() for leg in legs)
+        """
+    )
+    from afml_cache.codehash import walk
+
+    reads: list[type] = []
+    walk_classes = walk._walk
+
+    def counted(objects: Any) -> Any:
+        reads.extend(o for o in objects if isinstance(o, type))
+        return walk_classes(objects)
+
+    monkeypatch.setattr(walk, "_walk", counted)
+    legs = [module.Leg(i) for i in range(200)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)  # Leg has no fingerprint rule
+        assert check(module.total, legs) == sum(range(200))
+        assert check(module.total, legs) == sum(range(200)) and hits(module.total) == 1
+    assert 0 < reads.count(module.Leg) <= 4

@@ -290,9 +290,13 @@ class BacktestCache:
         self, strategy_name: str, parameters: Any, data: Any
     ) -> BacktestResult | None:
         """The run stored by ``cache_backtest`` for this strategy, parameters and data (equal
-        by content), or None."""
+        by content), or None: the check before computing, so a run that no longer unpickles is
+        a miss (removed with one warning, to be stored again), as a decorated call's is."""
         _check_strategy(strategy_name)
-        return self.get_run(_manual_run_id(strategy_name, parameters, data))
+        found, value, _ = self.cache.by_digest.lookup(
+            _manual_run_id(strategy_name, parameters, data)
+        )
+        return value if found and isinstance(value, BacktestResult) else None
 
     def get_run(self, run_id: str) -> BacktestResult | None:
         """The run with this id (from ``index``, ``f.last_run_id`` or a ranking), or None.

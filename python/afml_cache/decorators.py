@@ -42,7 +42,7 @@ from afml_cache._store.entries import Entries
 from afml_cache._store.writer import flush_writes
 from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
 from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
-from afml_cache.codehash import arguments_code, code_fingerprint, code_state
+from afml_cache.codehash import arguments_code, code_fingerprint, code_state, reading_classes
 from afml_cache.codehash.walk import (
     LiveValues,
     global_generators,
@@ -426,7 +426,8 @@ class _Engine:
             files = file_contents(arguments)
             if files:  # the keys of calls without paths stay as they were
                 material = (*material, files)
-            key = fingerprint(material, strict=self.options.strict)
+            with reading_classes():
+                key = fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
             self._unkeyed(exc, arguments, live)
             return None

@@ -110,6 +110,7 @@ from afml_cache.codehash.walk import (
     code_fingerprint,
     code_state,
     function_key,
+    reading_classes,
     type_code,
 )
 
@@ -119,5 +120,6 @@ __all__ = [
     "code_fingerprint",
     "code_state",
     "function_key",
+    "reading_classes",
     "type_code",
 ]

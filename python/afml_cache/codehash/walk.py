@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import enum
 import functools
 import importlib
 import importlib.util
@@ -878,26 +879,50 @@ def code_fingerprint(fn: Callable[..., Any]) -> str:
 def class_code(cls: type) -> str:
     """The code fingerprint of a class, as an instance's fingerprint counts it: the digests of
     its walk, combined as `code_state` combines them, and the values it reads that count by
-    content as they are now (a class attribute ``params = {"w": 2}`` its methods read); without
-    `code_fingerprint`'s wrapping of a non-function, a third of the cost, paid once per
-    instance. Raises `FingerprintError` when such a value has no fingerprint."""
-    try:
-        digests, live, _ = _walk([cls])
-    except Exception as exc:
-        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
-        return fingerprint((_FORMAT, "unknown", _qualified(cls)))
-    code = _combine(digests)
-    busy = _classes_read.__dict__.setdefault("busy", set())
-    if not live or cls in busy:  # its values hold its own instances (an Enum's members)
-        return code
+    content as they are now (a class attribute ``params = {"w": 2}`` its methods read; not an
+    Enum's members, which count by themselves); without `code_fingerprint`'s wrapping of a
+    non-function, a third of the cost, paid once per instance (once per class inside
+    `reading_classes`). Raises `FingerprintError` when such a value has no fingerprint."""
+    reading = _classes_read.__dict__
+    memo = reading.get("memo")
+    if memo is not None and cls in memo:
+        return memo[cls]
+    busy = reading.setdefault("busy", set())
+    if cls in busy:  # its values hold its own instances (a registry of them): by name there
+        return fingerprint((_FORMAT, "class being read", _qualified(cls)))
     busy.add(cls)
     try:
-        return fingerprint((code, _current(live)))
+        try:
+            digests, live, _ = _walk([cls])
+        except Exception as exc:
+            _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
+            return fingerprint((_FORMAT, "unknown", _qualified(cls)))
+        code = _combine(digests)
+        if live and not issubclass(cls, enum.Enum):
+            code = fingerprint((code, _current(live)))
     finally:
         busy.discard(cls)
+    if memo is not None:
+        memo[cls] = code
+    return code
 
 
-_classes_read = threading.local()  # the classes whose values `class_code` is reading
+_classes_read = threading.local()  # the classes `class_code` is reading, and its memo
+
+
+@contextlib.contextmanager
+def reading_classes() -> Iterator[None]:
+    """Within the block, each class's `class_code` is read once (a key holding many instances
+    of a class, or a list of a class's registered instances, reads its values once)."""
+    reading = _classes_read.__dict__
+    if reading.get("memo") is not None:
+        yield
+        return
+    reading["memo"] = {}
+    try:
+        yield
+    finally:
+        reading["memo"] = None
 
 
 def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, Any], ...]]:
