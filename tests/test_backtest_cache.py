@@ -753,13 +753,21 @@ def test_report_heatmap_of_odd_metrics_and_parameters(cache_dir, tmp_path, grid,
     assert "afml-bt-heatmap" in text and f">{shown}<" in text
 
 
+def _strategy_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> tuple[Path, type]:
+    """A module ``name`` holding a class ``Strategy``, written and imported: its file, and the
+    class (the tests then take the module away, as another process would not have it)."""
+    module = tmp_path / f"{name}.py"
+    module.write_text("class Strategy:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return module, importlib.import_module(name).Strategy
+
+
 def test_report_never_unpickles_runs_whose_classes_are_gone(cache_dir, tmp_path, monkeypatch):
     # As `afml-cache backtests --report` run outside the project: the runs' values refer to a
     # strategy class that does not import there; the report must neither need nor remove them.
-    module = tmp_path / "gone_strategy.py"
-    module.write_text("class Strategy:\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    strategy_class = importlib.import_module("gone_strategy").Strategy
+    module, strategy_class = _strategy_module(tmp_path, monkeypatch, "gone_strategy")
 
     @cached_backtest("gone")
     def backtest(data, params):
@@ -779,10 +787,7 @@ def test_report_never_unpickles_runs_whose_classes_are_gone(cache_dir, tmp_path,
 def test_get_run_of_a_run_whose_class_is_gone_raises_and_keeps_it(cache_dir, tmp_path, monkeypatch):
     # A sweep in a script, its best run inspected from a notebook where the strategy class
     # does not import: a clear error, and the run (trades, curve) still there when it does.
-    module = tmp_path / "elsewhere_strategy.py"
-    module.write_text("class Strategy:\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    strategy_class = importlib.import_module("elsewhere_strategy").Strategy
+    module, strategy_class = _strategy_module(tmp_path, monkeypatch, "elsewhere_strategy")
 
     @cached_backtest("elsewhere")
     def backtest(data, params):

@@ -161,14 +161,12 @@ class Cache:
             self.directory, limit, eviction_policy, trust_group=trust_group, remote=shared
         )
         self._entries = Entries(self._store, memory, namespace, compression)
-        # record_call(function, hit, compute_time, time_saved, latency) adds one call to the
-        # shared per-function statistics.
-        self.record_call = self._store.record_call
-        forking.renew_after_fork(self)
 
-    def after_fork(self) -> None:
-        self._store.after_fork()
-        self.record_call = self._store.record_call
+    @property
+    def record_call(self) -> Any:
+        """``record_call(function, hit, compute_time, time_saved, latency)`` adds one call to
+        the shared per-function statistics (the store's, which a forked child opens anew)."""
+        return self._store.record_call
 
     def __repr__(self) -> str:
         return (
@@ -215,7 +213,6 @@ class Cache:
         if compression is not None:
             check_compression(compression)
         view = copy.copy(self)
-        forking.renew_after_fork(view)
         view._entries = self._entries.namespaced(namespace, compression)
         return view
 

@@ -207,8 +207,9 @@ impl<'py> Walker<'py> {
     /// object holding it): an edited method must not find the old method's results.
     fn class(&mut self, t: &Bound<'py, PyType>, enc: &mut Encoder) -> PyResult<()> {
         static TYPE_CODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let module = t.module()?;
-        let code = if module.to_cow()? == "builtins" {
+        let (module, qualname) = (t.module()?, t.qualname()?);
+        let (module, qualname) = (module.to_cow()?, qualname.to_cow()?);
+        let code = if module == "builtins" {
             None
         } else {
             let type_code = TYPE_CODE.import(self.py, "afml_cache.codehash", "type_code")?;
@@ -216,15 +217,15 @@ impl<'py> Walker<'py> {
         };
         let Some(code) = code else {
             enc.tag(Tag::Type);
-            enc.str(&module.to_cow()?);
-            enc.str(&t.qualname()?.to_cow()?);
+            enc.str(&module);
+            enc.str(&qualname);
             return Ok(());
         };
         enc.tag(Tag::Canonical);
         enc.str("class");
         enc.tag(Tag::Tuple);
         enc.len(3);
-        for part in [module.to_cow()?.as_ref(), t.qualname()?.to_cow()?.as_ref(), code.as_str()] {
+        for part in [module.as_ref(), qualname.as_ref(), code.as_str()] {
             enc.tag(Tag::Str);
             enc.str(part);
         }
