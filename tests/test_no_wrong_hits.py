@@ -1976,3 +1976,346 @@ def test_a_class_keeping_a_registry_of_its_instances_is_read_once_per_call(
         assert check(module.total, legs) == sum(range(200))
         assert check(module.total, legs) == sum(range(200)) and hits(module.total) == 1
     assert 0 < reads.count(module.Leg) <= 4
+
+
+# --- code made at run time, class members, readers held in globals -------------------------------
+
+
+def test_functions_made_by_exec_or_eval_count_their_code(cache_dir: Path) -> None:
+    # A function exec'd or eval'd into a namespace of its own (a strategy built from a formula,
+    # sympy's lambdify) has no module; it counted as a builtin, by its name only.
+    nb = Notebook()
+    nb.run("""
+    import numpy as np
+    from afml_cache import cacheable
+
+    def build(expression):
+        namespace = {}
+        exec(f"def signal(x):\\n    return {expression}\\n", namespace)
+        return namespace["signal"]
+
+    @cacheable
+    def backtest(signal, prices):
+        return float(signal(prices).sum())
+
+    HELPER = build("x * 10")
+
+    @cacheable
+    def feature(prices):
+        return float(HELPER(prices).sum())
+
+    prices = np.arange(5.0)
+    """)
+    backtest, prices = nb["backtest"], nb["prices"]
+    assert check(backtest, nb["build"]("x * 2"), prices) == 20.0
+    assert check(backtest, nb["build"]("x * 3"), prices) == 30.0
+    assert check(backtest, eval("lambda x: x + 1", {}), prices) == 15.0
+    assert check(backtest, eval("lambda x: x - 1", {}), prices) == 5.0
+    assert check(nb["feature"], prices) == 100.0
+    nb.run('HELPER = build("x * 20")')
+    assert check(nb["feature"], prices) == 200.0
+    assert check(backtest, nb["build"]("x * 3"), prices) == 30.0
+    assert hits(backtest) == 1
+
+
+def test_a_dunder_class_member_counts_its_content_after_a_restart(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # Mutable dunder members counted by type: a default edited in the file kept the old results.
+    source = textwrap.dedent("""
+    from afml_cache import cacheable
+
+    class Feature:
+        __defaults__ = {"window": 5}
+
+        def apply(self, x):
+            return x * self.__defaults__["window"]
+
+    @cacheable
+    def run(x):
+        return Feature().apply(x)
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_dunder", "run(10)")
+    assert run(source) == "50"
+    assert run(source) == "50"
+    assert run(source.replace('"window": 5', '"window": 7')) == "70"
+
+
+def test_a_pydantic_model_counts_its_field_defaults(cache_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pydantic")
+    # pydantic keeps a field's default in __pydantic_fields__, not as a class attribute.
+    source = textwrap.dedent("""
+    import pydantic
+    from afml_cache import cacheable
+
+    class Params(pydantic.BaseModel):
+        w: int = 2
+
+    @cacheable
+    def scaled(x):
+        return x * Params().w
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_model", "scaled(10)")
+    assert run(source) == "20"
+    assert run(source.replace("w: int = 2", "w: int = 3")) == "30"
+
+
+@pytest.mark.filterwarnings("ignore::afml_cache.CacheWarning")
+def test_instances_inside_values_count_their_class_code_whatever_their_rule(
+    cache_dir: Path,
+) -> None:
+    # Held in a list or dict, a user class read by __cache_key__, a registered rule, or as a
+    # frame or array subclass counted no code: an edited method kept the old results.
+    nb = Notebook()
+    nb.run("""
+    import numpy as np
+    import pandas as pd
+    import afml_cache
+    from afml_cache import cacheable
+
+    class Momentum:
+        def __init__(self, w):
+            self.w = w
+        def __cache_key__(self):
+            return ("Momentum", self.w)
+        def signal(self, x):
+            return x + self.w
+
+    class Carry:
+        def __init__(self, w):
+            self.w = w
+        def signal(self, x):
+            return x - self.w
+
+    afml_cache.register_fingerprint(Carry, lambda c: c.w)
+
+    class Bars(pd.DataFrame):
+        @property
+        def _constructor(self):
+            return Bars
+        def score(self):
+            return float(self["c"].sum())
+
+    class Prices(np.ndarray):
+        def score(self):
+            return float(np.asarray(self).sum())
+
+    @cacheable
+    def evaluate(strategies, x):
+        return [s.signal(x) for s in strategies]
+
+    @cacheable
+    def scores(data):
+        return {k: v.score() for k, v in data.items()}
+
+    STRATEGIES = [Momentum(3), Carry(1)]
+    DATA = {"bars": Bars({"c": [1.0, 2.0]}), "prices": np.arange(3.0).view(Prices)}
+    """)
+    evaluate, scores = nb["evaluate"], nb["scores"]
+    assert check(evaluate, nb["STRATEGIES"], 10) == [13, 9]
+    assert check(scores, nb["DATA"]) == {"bars": 3.0, "prices": 3.0}
+    nb.run("""
+    Momentum.signal = lambda self, x: x * self.w
+    Carry.signal = lambda self, x: x / self.w
+    Bars.score = lambda self: float(self["c"].max())
+    Prices.score = lambda self: float(np.asarray(self).max())
+    """)
+    assert check(evaluate, nb["STRATEGIES"], 10) == [30, 10.0]
+    assert check(scores, nb["DATA"]) == {"bars": 2.0, "prices": 2.0}
+    assert check(evaluate, nb["STRATEGIES"], 10) == [30, 10.0]
+    assert hits(evaluate) == 1
+
+
+def test_readers_held_in_globals_count_what_they_read(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slot wrapper of an array or dict, a method of os.environ, a partial of os.getenv and a
+    # namespace's globals read as an attribute counted by name: each change hit the old result.
+    monkeypatch.setenv("AFML_TEST_LB", "5")
+    nb = Notebook()
+    nb.run("""
+    import functools
+    import inspect
+    import os
+    import numpy as np
+    from afml_cache import cacheable
+
+    W = np.array([1.0, 2.0, 3.0])
+    SCALE = W.__mul__
+    OVERRIDES = {"a": 1}
+    MERGE = OVERRIDES.__or__
+    GET = os.environ.get
+    LOOKBACK = functools.partial(os.getenv, "AFML_TEST_LB")
+    SETTINGS = {"k": 1}
+
+    def anchor():
+        pass
+
+    @cacheable
+    def scaled(x):
+        return float(SCALE(x).sum())
+
+    @cacheable
+    def merged(k):
+        return MERGE({})[k]
+
+    @cacheable
+    def through_get(x):
+        return x * int(GET("AFML_TEST_LB"))
+
+    @cacheable
+    def through_partial(x):
+        return x * int(LOOKBACK())
+
+    @cacheable
+    def through_frame(name):
+        return inspect.currentframe().f_globals[name]["k"]
+
+    @cacheable
+    def through_function(name):
+        return anchor.__globals__[name]["k"]
+    """)
+    calls = [
+        ("scaled", 2.0, 12.0, 60.0),
+        ("merged", "a", 1, 2),
+        ("through_get", 2, 10, 12),
+        ("through_partial", 2, 10, 12),
+        ("through_frame", "SETTINGS", 1, 2),
+        ("through_function", "SETTINGS", 1, 2),
+    ]
+    assert [check(nb[name], arg) for name, arg, _, _ in calls] == [b for _, _, b, _ in calls]
+    nb.run('W[:] = 10.0\nOVERRIDES["a"] = 2\nSETTINGS["k"] = 2')
+    monkeypatch.setenv("AFML_TEST_LB", "6")
+    assert [check(nb[name], arg) for name, arg, _, _ in calls] == [a for _, _, _, a in calls]
+    assert [check(nb[name], arg) for name, arg, _, _ in calls] == [a for _, _, _, a in calls]
+    assert [hits(nb[name]) for name, _, _, _ in calls] == [1] * len(calls)
+
+
+@pytest.mark.filterwarnings("ignore::afml_cache.CacheWarning")
+def test_an_enum_inside_a_value_counts_the_globals_its_methods_read(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import dataclasses
+    import enum
+    from afml_cache import cacheable
+
+    CONFIG = {"mult": 2}
+
+    class Kind(enum.Enum):
+        A = 1
+        def scale(self, x):
+            return x * CONFIG["mult"] * self.value
+
+    @dataclasses.dataclass
+    class Spec:
+        kind: Kind
+
+    @cacheable
+    def in_list(kinds, x):
+        return kinds[0].scale(x)
+
+    @cacheable
+    def in_dataclass(spec, x):
+        return spec.kind.scale(x)
+    """)
+    kind, spec = nb["Kind"].A, nb["Spec"](nb["Kind"].A)
+    assert (check(nb["in_list"], [kind], 10), check(nb["in_dataclass"], spec, 10)) == (20, 20)
+    nb.run('CONFIG["mult"] = 3')
+    assert (check(nb["in_list"], [kind], 10), check(nb["in_dataclass"], spec, 10)) == (30, 30)
+
+
+def test_a_partial_holding_a_connection_caches(cache_dir: Path) -> None:
+    # Its keywords made it count by content at each call, which a connection has not: every
+    # call ran uncached, with a warning.
+    nb = Notebook()
+    nb.run("""
+    import functools
+    import sqlite3
+    from afml_cache import cacheable
+
+    CONN = sqlite3.connect(":memory:")
+
+    def query(x, conn):
+        return conn.execute(f"select {x} * 2").fetchone()[0]
+
+    RUN = functools.partial(query, conn=CONN)
+
+    @cacheable
+    def doubled(x):
+        return RUN(x)
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(nb["doubled"], 21) for _ in range(3)] == [42, 42, 42]
+    assert hits(nb["doubled"]) == 2
+
+
+def test_a_class_with_an_unhashable_metaclass_inside_a_value(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    from afml_cache import cacheable
+
+    class Meta(type):
+        def __eq__(cls, other):
+            return cls is other
+        __hash__ = None
+
+    class Model(metaclass=Meta):
+        def predict(self, x):
+            return x + 1
+
+    @cacheable
+    def run(models, x):
+        return models["model"]().predict(x)
+    """)
+    models = {"model": nb["Model"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(nb["run"], models, 1) for _ in range(2)] == [2, 2]
+    nb.run("Model.predict = lambda self, x: x + 2")
+    assert check(nb["run"], models, 1) == 3
+    assert hits(nb["run"]) == 1
+
+
+def test_a_registry_of_instances_is_read_once_per_fingerprint(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each instance read its class's registry again: a list of 200 took 40,000 class reads.
+    from afml_cache.codehash import walk
+
+    nb = Notebook()
+    nb.run("""
+    from afml_cache import cacheable
+
+    class Leg:
+        all = []
+        def __init__(self, w):
+            self.w = w
+            Leg.all.append(self)
+        def weight(self):
+            return self.w
+
+    LEGS = [Leg(i) for i in range(200)]
+
+    @cacheable
+    def total(x):
+        return x * sum(leg.weight() for leg in Leg.all)
+    """)
+    walks = []
+    counted = walk._walk
+
+    def counting(roots: list[object]) -> Any:
+        walks.extend(root for root in roots if root is nb["Leg"])
+        return counted(roots)
+
+    monkeypatch.setattr(walk, "_walk", counting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = afml_cache.fingerprint(nb["LEGS"])
+        assert len(walks) == 1
+        assert afml_cache.fingerprint(nb["LEGS"]) == first
+        walks.clear()
+        assert [check(nb["total"], 2) for _ in range(3)] == [39800] * 3
+    assert len(walks) <= 2 * 3 and hits(nb["total"]) == 2  # the key, the live values
+    nb["Leg"](1000)
+    assert afml_cache.fingerprint(nb["LEGS"]) != first

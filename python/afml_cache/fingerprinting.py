@@ -74,9 +74,9 @@ def _canonicalize(obj: Any, strict: bool) -> Rule:
     for base in cls.__mro__:
         fn = _registry.get(base)
         if fn is not None:
-            return _VALUE, f"registered:{_name(cls)}", fn(obj)
+            return _VALUE, f"registered:{_name(cls)}", _with_code(cls, fn(obj))
     if hasattr(cls, "__cache_key__"):
-        return _VALUE, f"cache_key:{_name(cls)}", obj.__cache_key__()
+        return _VALUE, f"cache_key:{_name(cls)}", _with_code(cls, obj.__cache_key__())
     exact = _EXACT_RULES.get(cls)
     if exact is not None:
         return exact(obj)
@@ -168,6 +168,8 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
             None if isinstance(f.__self__, types.ModuleType) else f.__self__,
         ),
     ),
+    # `W.__mul__`: the slot's name and the object it is bound to.
+    types.MethodWrapperType: lambda m: (_VALUE, "method-wrapper", (m.__name__, m.__self__)),
     types.CodeType: lambda c: (_VALUE, "code", _code_parts(c)),
     types.ModuleType: lambda m: (_VALUE, "module", m.__name__),
     defaultdict: lambda d: (_VALUE, "defaultdict", (d.default_factory, dict(d))),
@@ -369,7 +371,8 @@ def _numpy_rule(obj: Any) -> Rule | None:
         # Its attributes say which file backs it, not what it holds.
         return _VALUE, "ndarray:numpy.memmap", np.asarray(obj)
     if isinstance(obj, np.ndarray):
-        return _VALUE, f"ndarray:{_name(type(obj))}", (np.asarray(obj), _attributes(obj))
+        value = (np.asarray(obj), _attributes(obj))
+        return _VALUE, f"ndarray:{_name(type(obj))}", _with_code(type(obj), value)
     return None
 
 
@@ -446,7 +449,7 @@ def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
         return None
     own = [n for n in getattr(cls, "_metadata", ()) if n not in base._metadata]
     values = tuple((name, getattr(obj, name, None)) for name in own)
-    return _VALUE, f"pandas subclass:{_name(cls)}", (base(obj), values)
+    return _VALUE, f"pandas subclass:{_name(cls)}", _with_code(cls, (base(obj), values))
 
 
 def _column(values: Any) -> Any:

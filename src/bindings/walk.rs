@@ -114,19 +114,40 @@ pub struct Walker<'py> {
     /// Arrays whose buffers the encoder hashes later ([`Encoder::defer_pieces`]): they stay
     /// alive as long as the walker, which must outlive the encoder's settling.
     deferred: Vec<Bound<'py, PyAny>>,
+    /// The `codehash.reading_classes` block opened at the first rule or class met: within one
+    /// fingerprint, each user class's code and values are read once (a list of a class's
+    /// registered instances would read the registry once per instance).
+    classes: Option<Bound<'py, PyAny>>,
 }
 
 impl<'py> Walker<'py> {
     pub fn new(py: Python<'py>, strict: bool) -> Self {
-        Self { py, strict, path: Vec::new(), open: HashSet::new(), deferred: Vec::new() }
+        Self { py, strict, path: Vec::new(), open: HashSet::new(), deferred: Vec::new(), classes: None }
     }
 
     /// The digest of `obj`: walks it, then hashes the deferred buffers with the GIL released.
     pub fn hex(mut self, obj: &Bound<'py, PyAny>) -> PyResult<String> {
         let mut enc = Encoder::new();
         // Any other exception from a value's own code is a value without a fingerprint too.
-        self.walk(obj, &mut enc).map_err(|e| self.raised(obj, e))?;
+        let walked = self.walk(obj, &mut enc).map_err(|e| self.raised(obj, e));
+        if let Some(block) = self.classes.take() {
+            let none = self.py.None();
+            block.call_method1(intern!(self.py, "__exit__"), (&none, &none, &none))?;
+        }
+        walked?;
         Ok(self.py.detach(|| enc.hex()))
+    }
+
+    /// Opens the class memo (see [`Walker::classes`]) once per fingerprint, at the first value
+    /// that may read a class's code: builtin values and arrays never pay for it.
+    fn read_classes_once(&mut self) -> PyResult<()> {
+        static READING_CLASSES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        if self.classes.is_none() {
+            let block = READING_CLASSES.import(self.py, "afml_cache.codehash", "reading_classes")?.call0()?;
+            block.call_method0(intern!(self.py, "__enter__"))?;
+            self.classes = Some(block);
+        }
+        Ok(())
     }
 
     pub fn walk(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
@@ -212,6 +233,7 @@ impl<'py> Walker<'py> {
         let code = if module == "builtins" {
             None
         } else {
+            self.read_classes_once()?;
             let type_code = TYPE_CODE.import(self.py, "afml_cache.codehash", "type_code")?;
             type_code.call1((t,))?.extract::<Option<String>>()?
         };
@@ -376,6 +398,7 @@ impl<'py> Walker<'py> {
 
     fn by_rule(&mut self, obj: &Bound<'py, PyAny>, enc: &mut Encoder) -> PyResult<()> {
         static CANONICALIZE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        self.read_classes_once()?;
         let canonicalize = CANONICALIZE.import(self.py, "afml_cache.fingerprinting", "_canonicalize")?;
         let answer = canonicalize.call1((obj, self.strict)).map_err(|e| self.raised(obj, e))?;
         let (kind, rule, payload): (u8, String, Bound<'py, PyAny>) = answer.extract()?;

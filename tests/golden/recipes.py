@@ -197,15 +197,13 @@ OPTIONAL_MODULES = {"pa": "pyarrow", "pl": "polars", "pytz": "pytz"}
 
 
 class Tagged(np.ndarray):
-    """An ndarray subclass with an attribute."""
+    """An ndarray subclass that only holds data (an attribute): one with methods would count
+    their code too (docs/fingerprint.md), which is Python's bytecode, not a golden vector."""
 
-    def __new__(cls, values: Any, info: str) -> Tagged:
-        obj = np.asarray(values).view(cls)
-        obj.info = info
-        return obj
 
-    def __array_finalize__(self, obj: Any) -> None:
-        self.info = getattr(obj, "info", None)
+def tagged(values: Any, info: str) -> Tagged:
+    """The recipes' ``Tagged(values, info)``."""
+    return with_attributes(np.asarray(values).view(Tagged), info=info)
 
 
 @dataclasses.dataclass
@@ -242,7 +240,7 @@ def evaluate(recipe: str) -> Any:
         "zoneinfo": zoneinfo,
         "np": np,
         "pd": pd,
-        "Tagged": Tagged,
+        "Tagged": tagged,
         "Config": Config,
         "Symbol": Symbol,
         "Counts": Counts,

@@ -187,6 +187,11 @@ def _module_of(obj: object) -> str:
 
 
 def _defining_module(fn: types.FunctionType) -> str:
-    """The module whose code defined ``fn`` (``__module__`` may have been copied by wraps)."""
+    """The module whose code defined ``fn`` (``__module__`` may have been copied by wraps);
+    ``""`` for code run by ``exec``/``eval`` in a namespace of its own (``sympy.lambdify``, a
+    strategy built from a formula), which belongs to no module: the user's, not ``builtins``."""
     name = fn.__globals__.get("__name__")
-    return name if isinstance(name, str) else _module_of(fn)
+    if isinstance(name, str):
+        return name
+    module = getattr(fn, "__module__", None)
+    return module if isinstance(module, str) else ""

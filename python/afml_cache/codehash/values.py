@@ -175,6 +175,11 @@ def _is_live(part: Any) -> bool:
     return type(part) is tuple and bool(part) and part[0] == "live"
 
 
+def _is_opaque(part: Any) -> bool:
+    """Whether a part counts by type only: a value with no fingerprint (`_by_content`)."""
+    return type(part) is tuple and bool(part) and part[0] == "object"
+
+
 def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if obj is _MISSING or obj is _EMPTY_CELL:
         return ("missing",), (_SAME, _held(obj))
@@ -225,8 +230,11 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         function, _ = _ref(obj.func, children)
         args = tuple(_ref(a, children)[0] for a in obj.args)
         keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
-        # Its keywords are a dict that can change in place (`SCALE.keywords["w"] = 3`).
-        if keywords or any(_is_live(p) for p in (function, *args)):
+        # Its keywords are a dict that can change in place (`SCALE.keywords["w"] = 3`), so it
+        # counts by content at each call, unless it holds what has no content to read (a
+        # connection: `partial(query, conn=CONN)`), which counts by type, as a global holding it.
+        parts = (function, *args, *(part for _, part in keywords))
+        if (keywords or any(_is_live(p) for p in parts)) and not any(map(_is_opaque, parts)):
             return _live(obj), _same(obj)
         return (cls.__name__, function, args, keywords), _same(obj)
     np = sys.modules.get("numpy")
@@ -247,13 +255,14 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         if _is_live(part):
             return _live(obj), _same(obj)
         return ("cmp_to_key", part), _same(obj)
-    # `GET = PARAMS.get`: a builtin method of a container reads what the container holds. One
+    # `GET = PARAMS.get`, `SCALE = W.__mul__`: a builtin method (or slot wrapper) of a container
+    # reads what the container holds. One
     # that only writes to it (`record = LOG.append`) reads nothing, as `LOG.append(x)` does not
     # (walk.py, `_unless_written_only`); the global generators' draws count where they are read
     # (walk.py, `_random_draws`).
     owner = getattr(obj, "__self__", None)
     if (
-        isinstance(obj, types.BuiltinMethodType)
+        isinstance(obj, types.BuiltinMethodType | types.MethodWrapperType)
         and owner is not None
         and not isinstance(owner, types.ModuleType)
         and not (obj.__name__ in _WRITES and type(owner) in _WRITTEN_TYPES)

@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import types
+import warnings
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from typing import Any, Final
@@ -78,8 +79,32 @@ _SKIPPED_CLASS_KEYS: Final = frozenset(
         "__slotnames__",  # copyreg caches it on the class when an instance is first pickled
     }
 )
+# Dunder members Python makes from a class's body (its annotations; a dataclass's fields, whose
+# defaults count as the class attributes and `__init__` defaults they also are) or a library
+# derives from its others (pydantic's schema, validator and serializer from its fields) or fills
+# in as instances are used: by type (`_made_with_class`).
+_BY_TYPE_CLASS_KEYS: Final = frozenset(
+    {
+        "__annotations__",
+        "__dataclass_fields__",
+        "__dataclass_params__",
+        "__orig_bases__",
+        "__parameters__",
+        "__type_params__",
+        "__protocol_attrs__",
+        "__non_callable_proto_members__",
+        "__signature__",
+        "__pydantic_core_schema__",
+        "__pydantic_validator__",
+        "__pydantic_serializer__",
+        "__pydantic_setattr_handlers__",
+        "__pydantic_parent_namespace__",
+    }
+)
 # Builtins through which code reads its module's globals by names it computes.
 _READ_GLOBALS: Final = (builtins.globals, builtins.eval, builtins.exec)
+# Attributes through which code reads a namespace's globals by names it computes.
+_GLOBALS_ATTRIBUTES: Final = frozenset({"f_globals", "__globals__"})
 # The process environment's readers, reached as `os.<name>` or bound to a name of their own.
 _ENVIRONMENT: Final = tuple(getattr(os, name) for name in _ENVIRONMENT_NAMES if hasattr(os, name))
 # Functions that read environment variables named in their argument, not in the code.
@@ -403,7 +428,10 @@ def _is_user_module_value(value: object) -> bool:
 
 def _reads_globals_by_name(fn: types.FunctionType, references: tuple[Ref, ...]) -> bool:
     """Whether ``fn`` can read its module's globals by names it computes: it calls
-    ``globals()``, ``eval`` or ``exec``, or reads ``sys.modules``."""
+    ``globals()``, ``eval`` or ``exec``, reads ``sys.modules``, or a namespace's globals as an
+    attribute (``inspect.currentframe().f_globals[name]``, ``helper.__globals__[name]``)."""
+    if not _GLOBALS_ATTRIBUTES.isdisjoint(fn.__code__.co_names):
+        return True
     for _, start, attrs in _starts(fn, references):
         if start is sys:
             if attrs[:1] == ("modules",):
@@ -426,9 +454,21 @@ def _environment_names(
             names.add((attrs[0], attrs[0] in _ENVIRONMENT_MAPPINGS))
         elif any(start is reader for reader in _ENVIRONMENT):
             names.add((name, start is os.environ or start is getattr(os, "environb", None)))
-        elif _reaches(start, attrs, _EXPANDING):
+        elif _reaches(start, attrs, _EXPANDING) or _holds_environment_reader(start):
             return None
     return frozenset(names)
+
+
+def _holds_environment_reader(obj: object) -> bool:
+    """Whether ``obj`` reads the environment by a name its code does not show: a method of
+    ``os.environ`` (``GET = os.environ.get``) or a partial of a reader
+    (``functools.partial(os.getenv, "LOOKBACK")``)."""
+    while type(obj) is functools.partial:  # by type: any other question may run user code
+        obj = obj.func
+    if type(obj) in (types.MethodType, types.BuiltinMethodType):
+        owner = obj.__self__  # type: ignore[attr-defined]
+        return owner is os.environ or owner is getattr(os, "environb", None)
+    return any(obj is reader for reader in _ENVIRONMENT)
 
 
 def _reaches(start: object, attrs: Any, targets: tuple[object, ...]) -> bool:
@@ -720,8 +760,7 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
                 continue
             part, check = _ref(value, children)
             if _is_live(part) and name.startswith("__") and name.endswith("__"):
-                # Made with the class from its code (`__annotations__`): by type.
-                part = ("object", _qualified(type(value)))
+                part, check = _made_with_class(name, value)
             node.add_member(name, check)
             if _is_live(part):
                 node.live.append((f"{cls.__qualname__}.{name}", _member_reader(name)))
@@ -740,6 +779,21 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         node.size = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _made_with_class(name: str, value: object) -> tuple[Any, Check]:
+    """A mutable dunder member: by its content as the class is met, and again whenever it is
+    replaced, not at each call. Libraries keep what a class's body says in them (pydantic's
+    ``__pydantic_fields__``, with the defaults, and its schema, which takes 6 ms to hash), so a
+    default edited in the file counts; `_BY_TYPE_CLASS_KEYS` count by type."""
+    if name not in _BY_TYPE_CLASS_KEYS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ("made", _qualified(type(value)), fingerprint(value)), _same(value)
+        except Exception as exc:
+            _log.debug("afml_cache: code fingerprint counts %s by type: %r", name, exc)
+    return ("object", _qualified(type(value))), _same(value)
 
 
 def _digest(form: tuple[Any, ...], owner: object) -> str:
@@ -885,12 +939,15 @@ def class_code(cls: type) -> str:
     `reading_classes`). Raises `FingerprintError` when such a value has no fingerprint."""
     reading = _classes_read.__dict__
     memo = reading.get("memo")
-    if memo is not None and cls in memo:
-        return memo[cls]
+    # By id (a metaclass may make its classes unhashable); the memo holds the class, so its id
+    # stays its own while the block lasts.
+    key = id(cls)
+    if memo is not None and key in memo:
+        return memo[key][1]
     busy = reading.setdefault("busy", set())
-    if cls in busy:  # its values hold its own instances (a registry of them): by name there
+    if key in busy:  # its values hold its own instances (a registry of them): by name there
         return fingerprint((_FORMAT, "class being read", _qualified(cls)))
-    busy.add(cls)
+    busy.add(key)
     try:
         try:
             digests, live, _ = _walk([cls])
@@ -898,13 +955,37 @@ def class_code(cls: type) -> str:
             _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(cls), exc)
             return fingerprint((_FORMAT, "unknown", _qualified(cls)))
         code = _combine(digests)
-        if live and not issubclass(cls, enum.Enum):
+        live = _without_enum_tables(live)
+        if live:
             code = fingerprint((code, _current(live)))
     finally:
-        busy.discard(cls)
+        busy.discard(key)
     if memo is not None:
-        memo[cls] = code
+        memo[key] = (cls, code)
     return code
+
+
+def _without_enum_tables(live: Found) -> Found:
+    """``live`` without an Enum's members and its tables of them (``_member_map_``...): the
+    members count by themselves (`_with_code`). What its methods read, and its other class
+    attributes, stay."""
+    kept: Found = []
+    for entries, owner in live:
+        if isinstance(owner, enum.EnumMeta):
+            members = owner.__members__
+            entries = [
+                (label, read)
+                for label, read in entries
+                if not _is_enum_own(label.rpartition(".")[2], members)
+            ]
+        if entries:
+            kept.append((entries, owner))
+    return kept
+
+
+def _is_enum_own(name: str, members: Any) -> bool:
+    sunder = len(name) > 2 and name[0] == name[-1] == "_" and name[1] != "_" and name[-2] != "_"
+    return sunder or name in members
 
 
 _classes_read = threading.local()  # the classes `class_code` is reading, and its memo
