@@ -170,6 +170,32 @@ def test_a_span_finer_than_the_index_reaches_a_whole_unit_further(
     pd.testing.assert_series_equal(result, highest.uncached(bars), check_exact=True)
 
 
+def test_ticks_stamped_alike_at_the_window_edges_are_all_fed(cache_dir: Path) -> None:
+    # Tick data repeats timestamps: the lookback fed only the last of the ticks at t - lookback,
+    # and the lookahead did not compute again the row whose window ends at the old last tick.
+    @time_aware_cacheable(incremental=True, lookback="2s")
+    def trailing(ticks: pd.Series) -> pd.Series:  # row t reads [t - 2s, t]
+        return ticks.rolling("2s", closed="both").sum()
+
+    @time_aware_cacheable(incremental=True, lookback=0, lookahead="2s")
+    def leading(ticks: pd.Series) -> pd.Series:  # row t reads [t, t + 2s]
+        stamps = ticks.index.as_unit("ns").asi8
+        sums = np.concatenate([[0.0], np.cumsum(ticks.to_numpy())])
+        low = np.searchsorted(stamps, stamps, side="left")
+        high = np.searchsorted(stamps, stamps + 2 * 10**9, side="right")
+        return pd.Series(sums[high] - sums[low], index=ticks.index)
+
+    start = pd.Timestamp("2024-01-02 09:30", tz="UTC")
+    for seconds, old in [([0, 1, 2, 2, 3, 4], 5), ([0, 1, 2, 3, 4, 4, 5], 5)]:
+        index = pd.DatetimeIndex([start + pd.Timedelta(seconds=s) for s in seconds])
+        ticks = pd.Series(10.0 ** np.arange(len(seconds)), index=index, name="size")
+        for feature in (trailing, leading):
+            feature(ticks.iloc[:old])
+            grown = feature(ticks)
+            pd.testing.assert_series_equal(grown, feature.uncached(ticks), check_exact=True)
+            feature.cache_clear()
+
+
 def test_labels_that_look_ahead_are_computed_again_at_the_old_end(cache_dir: Path) -> None:
     @time_aware_cacheable(incremental=True, lookback=0, lookahead=5, ignore_globals=("computed",))
     def direction(bars: pd.DataFrame, horizon: int = 5) -> pd.Series:

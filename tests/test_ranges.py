@@ -198,8 +198,9 @@ def test_rows_outside_the_gap_are_a_value_error_naming_the_function_and_rows(
 def test_bad_options_are_errors_at_decoration() -> None:
     with pytest.raises(ValueError, match="range= takes the names of the start and end"):
         time_aware_cacheable(range="start")
-    with pytest.raises(ValueError, match="chunk= takes a pandas frequency"):
-        time_aware_cacheable(range=("start", "end"), chunk="fortnightly")
+    for chunk in ("fortnightly", "0h", "-1D"):  # no step would widen a gap to all of time
+        with pytest.raises(ValueError, match="chunk= takes a positive pandas frequency"):
+            time_aware_cacheable(range=("start", "end"), chunk=chunk)
     with pytest.raises(ValueError, match="chunk= and live_calendar= are options of range loaders"):
         time_aware_cacheable(chunk="1D")
     with pytest.raises(ValueError, match="live_ttl= takes a duration"):
@@ -224,6 +225,20 @@ def test_gaps_are_aligned_to_chunks(cache_dir: Path, clock: list[int]) -> None:
     by_month = loader(hourly, monthly, chunk="1MS")
     by_month("ES", "2024-02-10", "2024-03-05")
     assert spans(monthly) == spans([("2024-02-01", "2024-04-01")])
+
+
+@pytest.mark.parametrize("chunk", ["1bh", pd.DateOffset(hours=6)], ids=["bh", "6h-offset"])
+def test_chunks_finer_than_a_day_that_are_not_fixed_steps(
+    cache_dir: Path, clock: list[int], chunk: Any
+) -> None:
+    # Widened from midnight by one step, a gap's end fell before the gap's: 1 row of 10.
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, chunk=chunk)
+    for start, end in [("2024-01-03 09:00", "2024-01-03 19:00"), ("2024-01-03", "2024-01-05")]:
+        pd.testing.assert_frame_equal(load("ES", start, end), hourly(start, end))
+    gap = (pd.Timestamp("2024-01-03 09:00").value, pd.Timestamp("2024-01-03 18:49").value)
+    low, high = range_spans.align(gap, pd.tseries.frequencies.to_offset(chunk))
+    assert low <= gap[0] and high >= gap[1]
 
 
 def test_time_zones_and_units_of_the_request_reach_the_function(
@@ -304,11 +319,22 @@ def test_an_open_ended_request_is_aligned_within_the_times_pandas_holds(
     def vendor(start: Any, end: Any) -> pd.DataFrame:
         index = pd.date_range("2024-01-01", periods=72, freq="h", name="time")
         bars = pd.DataFrame({"close": np.arange(72.0)}, index=index)
-        return bars[(index >= start) & (index < end)]
+        return bars[(index >= in_utc(start)) & (index < in_utc(end))]
+
+    def in_utc(moment: Any) -> pd.Timestamp:
+        moment = pd.Timestamp(moment)
+        return moment if moment.tz is None else moment.tz_convert("UTC").tz_localize(None)
 
     log: list[tuple[Any, Any]] = []
     load = loader(vendor, log, chunk=chunk)
-    for start, end in [("2024-01-02", pd.Timestamp.max), (pd.Timestamp.min, "2024-01-02")]:
+    london = pd.Timestamp("2024-01-02", tz="Europe/London")  # east of UTC: past pandas' times
+    new_york = pd.Timestamp.min.tz_localize("America/New_York")  # west of UTC: before them
+    for start, end in [
+        ("2024-01-02", pd.Timestamp.max),
+        (pd.Timestamp.min, "2024-01-02"),
+        (london, pd.Timestamp.max),
+        (new_york, pd.Timestamp("2024-01-02", tz="America/New_York")),
+    ]:
         pd.testing.assert_frame_equal(load("ES", start, end), vendor(start, end))
         computed = len(log)
         pd.testing.assert_frame_equal(load("ES", start, end), vendor(start, end))

@@ -410,13 +410,16 @@ class FeatureEngine(_Engine):
         if isinstance(ahead, int):
             first = max(0, old_rows - ahead)
         else:
-            # Rows whose look ahead passes the last old row: the first bar at or after t + ahead
-            # (a vertical barrier) may be a new one, across a night or a weekend.
-            first = int(index.searchsorted(index[old_rows - 1] - ahead, side="right"))
+            # Rows whose look ahead reaches the last old row: the first bar at or after t + ahead
+            # (a vertical barrier) may be a new one, across a night or a weekend, and a window
+            # up to t + ahead holds the new rows stamped as the last old one (ticks).
+            first = int(index.searchsorted(index[old_rows - 1] - ahead, side="left"))
         if isinstance(back, int):
             return first, max(0, first - back)
-        # From the last bar at or before t - back (as of t minus a day, over a weekend: Friday).
-        return first, max(0, int(index.searchsorted(index[first] - back, side="right")) - 1)
+        # From the last bar at or before t - back (as of t minus a day, over a weekend: Friday),
+        # and every row stamped as it.
+        last = int(index.searchsorted(index[first] - back, side="right")) - 1
+        return first, 0 if last < 0 else int(index.searchsorted(index[last], side="left"))
 
     def _run_on(
         self,

@@ -206,7 +206,12 @@ def as_argument(ns: int, zone: datetime.tzinfo | None, unit: str) -> pd.Timestam
     stamp = pd.Timestamp(ns, unit="ns")
     with contextlib.suppress(ValueError):
         stamp = stamp.as_unit(unit, round_ok=False)
-    return stamp if zone is None else stamp.tz_localize("UTC").tz_convert(zone)
+    if zone is None:
+        return stamp
+    try:
+        return stamp.tz_localize("UTC").tz_convert(zone)
+    except (OverflowError, ValueError):  # beyond what pandas holds in that zone: in UTC
+        return stamp.tz_localize("UTC")
 
 
 def floor_to_unit(ns: int, unit: str) -> int:
@@ -240,6 +245,10 @@ def gaps(
     return gaps
 
 
+# Steps from a day's start to a boundary of `chunk`, at most (a minute's DateOffset: 1,440).
+_MOST_STEPS = 10_000
+
+
 def align(gap: tuple[int, int], chunk: BaseOffset) -> tuple[int, int]:
     """A gap widened to ``chunk`` boundaries (in UTC), or to the earliest (latest) time pandas
     holds where the boundary lies beyond it: an open-ended request, to Timestamp.max."""
@@ -247,16 +256,24 @@ def align(gap: tuple[int, int], chunk: BaseOffset) -> tuple[int, int]:
 
 
 def _boundary(ns: int, chunk: BaseOffset, down: bool) -> int:
-    """The ``chunk`` boundary at or before (``down``) or after ``ns``."""
+    """The last ``chunk`` boundary at or before (``down``), or the first at or after, ``ns``;
+    ``ns`` itself for an offset whose boundaries lie too far apart to step through."""
     stamp = pd.Timestamp(ns, unit="ns")
     try:
         if isinstance(chunk, Tick):
             found = stamp.floor(chunk) if down else stamp.ceil(chunk)
         else:
             found = chunk.rollback(stamp.normalize())
-            if down and found > stamp:
-                found = found - chunk
-            elif not down and found < stamp:
+            # Offsets finer than a day (business hours, `DateOffset(hours=6)`) have boundaries
+            # between midnight and ``stamp``: step to the last one at or before it.
+            for _ in range(_MOST_STEPS):
+                after = found + chunk
+                if after > stamp:
+                    break
+                found = after
+            else:
+                return ns
+            if not down and found < stamp:
                 found = found + chunk
         return int(found.as_unit("ns").value)
     except (OverflowError, ValueError):  # pandas' OutOfBoundsDatetime is a ValueError

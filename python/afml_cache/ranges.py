@@ -100,9 +100,14 @@ def range_options(
     if chunk is not None:
         try:
             offset = to_offset(chunk)
-        except (TypeError, ValueError):
+            day = pd.Timestamp("2024-01-02")
+            forward = day + offset > day and day + 2 * offset > day + offset
+        except (TypeError, ValueError, OverflowError):
+            forward = False
+        if not forward:  # a zero or negative step would widen a gap to all of pandas' time
             raise ValueError(
-                f"chunk= takes a pandas frequency such as '1D', '1h' or '1MS'; got {chunk!r}"
+                f"chunk= takes a positive pandas frequency such as '1D', '1h' or '1MS'; "
+                f"got {chunk!r}"
             ) from None
     if live_calendar is not None:
         check_calendar(live_calendar)
