@@ -2319,3 +2319,199 @@ def test_a_registry_of_instances_is_read_once_per_fingerprint(
     assert len(walks) <= 2 * 3 and hits(nb["total"]) == 2  # the key, the live values
     nb["Leg"](1000)
     assert afml_cache.fingerprint(nb["LEGS"]) != first
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. __main__.Model has no fingerprint rule")
+def test_a_class_whose_first_method_is_a_decorators_wrapper_counts_its_code(
+    cache_dir: Path,
+) -> None:
+    # A notebook class was judged by its first function: a cached method's or a
+    # contextmanager's wrapper lives in a library, so the class counted as a library's.
+    nb = Notebook()
+    nb.run("""
+    import contextlib
+    import dataclasses
+    from afml_cache import cacheable
+
+    @dataclasses.dataclass
+    class Strategy:
+        window: int = 2
+        bonus = 0
+
+        @cacheable
+        def run(self, x):
+            return self.signal(x)
+
+        def signal(self, x):
+            return x * self.window + self.bonus
+
+    class Model:
+        @contextlib.contextmanager
+        def session(self):
+            yield self
+
+        def predict(self, x):
+            return x * 2 + Model.offset
+
+        offset = 0
+
+    @cacheable
+    def evaluate(model, x):
+        return model.predict(x)
+    """)
+    strategy, model = nb["Strategy"](), nb["Model"]()
+    assert (check(nb["Strategy"].run, strategy, 10), check(nb["evaluate"], model, 10)) == (20, 20)
+    nb.run("Strategy.bonus = 100\nModel.offset = 100")
+    assert (check(nb["Strategy"].run, strategy, 10), check(nb["evaluate"], model, 10)) == (
+        120,
+        120,
+    )
+
+
+def test_a_user_module_held_in_a_value_counts_what_it_holds(cache_dir: Path, load: Loader) -> None:
+    # A module passed as an argument, or kept in a tuple, dict or class attribute, counted by
+    # its name: its globals and its functions' code did not count.
+    strategy = load("WINDOW = 2\n\ndef signal(x):\n    return x * WINDOW\n")
+    nb = Notebook()
+    nb.namespace["strategy"] = strategy
+    nb.run("""
+    from afml_cache import cacheable
+
+    STEPS = (strategy,)
+    REGISTRY = {"mom": strategy}
+
+    class Runner:
+        library = strategy
+
+    @cacheable
+    def as_argument(module, x):
+        return module.signal(x)
+
+    @cacheable
+    def in_a_tuple(x):
+        return [m.signal(x) for m in STEPS]
+
+    @cacheable
+    def in_a_dict(x):
+        return REGISTRY["mom"].signal(x)
+
+    @cacheable
+    def in_a_class(x):
+        return Runner.library.signal(x)
+    """)
+    calls = [("as_argument", (strategy, 10)), ("in_a_tuple", (10,)), ("in_a_dict", (10,))]
+    calls.append(("in_a_class", (10,)))
+    assert [check(nb[name], *args) for name, args in calls] == [20, [20], 20, 20]
+    strategy.WINDOW = 7
+    assert [check(nb[name], *args) for name, args in calls] == [70, [70], 70, 70]
+    strategy.signal = lambda x: x - 1
+    assert [check(nb[name], *args) for name, args in calls] == [9, [9], 9, 9]
+
+
+def test_a_submodule_imported_in_the_body_counts_from_the_first_call(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # `from . import helpers`, which the package does not import: its code did not count in a
+    # new process's first call, which found the old helper's result.
+    package = tmp_path / "project" / "research"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "core.py").write_text(
+        textwrap.dedent("""
+        from afml_cache import cacheable
+
+        @cacheable
+        def relative(x):
+            from . import helpers
+            return helpers.smooth(x)
+
+        @cacheable
+        def dotted(x):
+            import research.helpers
+            return research.helpers.smooth(x)
+        """)
+    )
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(factor: int) -> str:
+        (package / "helpers.py").write_text(f"def smooth(x):\n    return x * {factor}\n")
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from research import core; print(core.relative(10), core.dotted(10))",
+            ],
+            cwd=package.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.strip()
+
+    assert run(2) == "20 20"
+    assert run(3) == "30 30"
+
+
+def test_globals_named_in_strings_pandas_evaluates_count(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import pandas as pd
+    from afml_cache import cacheable
+
+    THRESHOLD = 1
+
+    @cacheable
+    def above(df):
+        return int(df.query("x > @THRESHOLD")["x"].sum())
+
+    @cacheable
+    def scaled(df):
+        return int(df.eval("x * @THRESHOLD").sum())
+
+    @cacheable
+    def evaluated(df):
+        x = df["x"]
+        return int(pd.eval("x * THRESHOLD").sum())
+
+    frame = pd.DataFrame({"x": [1, 2, 3, 4]})
+    """)
+    names, frame = ("above", "scaled", "evaluated"), nb["frame"]
+    assert [check(nb[name], frame) for name in names] == [9, 10, 10]
+    nb.run("THRESHOLD = 3")
+    assert [check(nb[name], frame) for name in names] == [4, 30, 30]
+
+
+def test_a_script_parsing_its_command_line_with_argparse_counts_it(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "features.py"
+    script.write_text(
+        textwrap.dedent("""
+        import argparse
+        from afml_cache import cacheable
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--window", type=int, default=5)
+
+        @cacheable
+        def features(x):
+            return x * parser.parse_args().window
+
+        print(features(10))
+        """)
+    )
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir)}
+
+    def run(*arguments: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(script), *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert [run("--window", "2"), run("--window", "3"), run("--window", "2")] == ["20", "30", "20"]

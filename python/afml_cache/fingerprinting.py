@@ -21,9 +21,11 @@ import functools
 import glob
 import json
 import operator
+import os
 import pathlib
 import re
 import sys
+import time
 import types
 import uuid
 import warnings
@@ -102,6 +104,33 @@ def _function(fn: types.FunctionType) -> Rule:
     return _VALUE, "function", function_key(fn)
 
 
+def _module(module: types.ModuleType) -> Rule:
+    # A library module by its name; one of the user's code also by what is in it (a module
+    # passed as an argument or kept in a registry: its functions' code and its values).
+    from afml_cache.codehash import _is_user_module, module_content
+
+    if not _is_user_module(module):
+        return _VALUE, "module", module.__name__
+    return _VALUE, "module", (module.__name__, module_content(module))
+
+
+def _zoneinfo(tz: zoneinfo.ZoneInfo) -> Rule:
+    # By its key, which names the zone's rules only for the zone ZoneInfo(key) gives: one read
+    # with from_file has no key, or any key its caller chose.
+    key = tz.key
+    try:
+        canonical = key is not None and zoneinfo.ZoneInfo(key) is tz
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        canonical = False
+    if not canonical:
+        message = (
+            f"a ZoneInfo made by from_file or no_cache (key {key!r}) is not told apart by its "
+            "key; pass zoneinfo.ZoneInfo(key), or the zone file's path"
+        )
+        return _UNSUPPORTED, "zoneinfo", message
+    return _VALUE, "zoneinfo", key
+
+
 def _wrapper(obj: Any) -> Rule:
     # functools.lru_cache/cache: by the function it wraps, which decides what it returns.
     return _VALUE, "wrapped", (_name(type(obj)), obj.__wrapped__)
@@ -128,7 +157,12 @@ def _code_parts(code: types.CodeType, consts: tuple[Any, ...] | None = None) -> 
 _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     range: lambda r: (_VALUE, "range", (r.start, r.stop, r.step)),
     slice: lambda s: (_VALUE, "slice", (s.start, s.stop, s.step)),
-    memoryview: lambda m: (_VALUE, "memoryview", (m.format, m.shape, m.tobytes())),
+    # A writable view (of a bytearray) can be written through, a read-only one cannot.
+    memoryview: lambda m: (
+        _VALUE,
+        "memoryview",
+        (m.format, m.shape, m.tobytes()) + (() if m.readonly else ("writable",)),
+    ),
     type(Ellipsis): lambda _: (_VALUE, "Ellipsis", None),
     type(NotImplemented): lambda _: (_VALUE, "NotImplemented", None),
     # The UTC offset counts beside the tzinfo: one pytz zone object's wall times an hour apart
@@ -150,11 +184,15 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     ),
     datetime.timedelta: lambda t: (_VALUE, "timedelta", (t.days, t.seconds, t.microseconds)),
     datetime.timezone: lambda tz: (_VALUE, "timezone", (tz.utcoffset(None), tz.tzname(None))),
-    zoneinfo.ZoneInfo: lambda tz: (_VALUE, "zoneinfo", tz.key),
+    zoneinfo.ZoneInfo: lambda tz: _zoneinfo(tz),
     # as_tuple keeps the exponent: Decimal("1.0") and Decimal("1.00") print and round differently.
     decimal.Decimal: lambda d: (_VALUE, "decimal", tuple(d.as_tuple())),
     fractions.Fraction: lambda f: (_VALUE, "fraction", (f.numerator, f.denominator)),
-    uuid.UUID: lambda u: (_VALUE, "uuid", u.bytes),
+    uuid.UUID: lambda u: (
+        _VALUE,
+        "uuid",
+        u.bytes if u.is_safe is uuid.SafeUUID.unknown else (u.bytes, u.is_safe.name),
+    ),
     functools.partial: lambda p: (_VALUE, "partial", (p.func, p.args, p.keywords)),
     functools._lru_cache_wrapper: _wrapper,
     types.FunctionType: _function,
@@ -171,7 +209,7 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     # `W.__mul__`: the slot's name and the object it is bound to.
     types.MethodWrapperType: lambda m: (_VALUE, "method-wrapper", (m.__name__, m.__self__)),
     types.CodeType: lambda c: (_VALUE, "code", _code_parts(c)),
-    types.ModuleType: lambda m: (_VALUE, "module", m.__name__),
+    types.ModuleType: lambda m: _module(m),
     defaultdict: lambda d: (_VALUE, "defaultdict", (d.default_factory, dict(d))),
     # Unlike dicts, OrderedDicts compare (and iterate) by order, so order counts.
     OrderedDict: lambda d: (_VALUE, "OrderedDict", list(d.items())),
@@ -211,7 +249,11 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         value = (fields, _attributes(obj, skip=fields))
         return _VALUE, f"dataclass:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
-        return _VALUE, f"namedtuple:{_name(cls)}", _with_code(cls, (cls._fields, tuple(obj)))
+        value = (cls._fields, tuple(tuple.__iter__(obj)))
+        attributes = _attributes(obj)  # a subclass without __slots__ carries a __dict__
+        if attributes is not None:
+            value = (value, attributes)
+        return _VALUE, f"namedtuple:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, pathlib.PurePath):
         return _VALUE, f"path:{_name(cls)}", str(obj)
     # A namespace is its attributes, in the order they were set, as a dict is its items.
@@ -236,9 +278,28 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"subclass:{_name(cls)}", (value, _attributes(obj))
     for base in _BUILTIN_BASES:
         if isinstance(obj, base):
-            value = (base(obj), _attributes(obj))
+            value = (_as_base(base, obj), _attributes(obj))
             return _VALUE, f"subclass:{_name(cls)}", _with_code(cls, value)
     return None
+
+
+def _as_base(base: type, obj: Any) -> Any:
+    """``obj``'s value as its builtin base, read by the base's own methods: ``str(obj)`` or
+    ``list(obj)`` would call a subclass's ``__str__`` or ``__iter__``, which may show less."""
+    if base in (list, tuple, set, frozenset):
+        return base(base.__iter__(obj))
+    if base is dict:
+        return dict(dict.items(obj))
+    if base is bytearray:
+        return bytearray(memoryview(obj))
+    if base is str:
+        return str.__str__(obj)
+    convert = {int: int.__int__, float: float.__float__, complex: complex.__complex__}
+    if base in convert:
+        return convert[base](obj)
+    if base is bytes:
+        return bytes(memoryview(obj))
+    return base(obj)
 
 
 def _with_code(cls: type, value: Any) -> Any:
@@ -352,7 +413,7 @@ def _numpy_rule(obj: Any) -> Rule | None:
         # A 0-d array carries the scalar's dtype and bytes; the rule name keeps it apart from one.
         return _VALUE, "numpy.scalar", np.asarray(obj)
     if isinstance(obj, np.dtype):
-        return _VALUE, "numpy.dtype", obj.descr if obj.names is not None else obj.str
+        return _VALUE, "numpy.dtype", _numpy_dtype(obj)
     if isinstance(obj, np.ufunc):
         return _ufunc_rule(obj)
     if type(obj) is type(np.trace) and not isinstance(obj, types.FunctionType):
@@ -366,6 +427,8 @@ def _numpy_rule(obj: Any) -> Rule | None:
         # decides filled(), and a hard mask decides what assignments do.
         data = obj.filled(np.zeros((), obj.dtype))
         parts = (mask, data, obj.fill_value, obj.hardmask)
+        if obj.mask is np.ma.nomask:  # `x.mask is nomask` tells it from an all-False mask
+            parts = (*parts, "nomask")
         return _VALUE, f"numpy.ma:{_name(type(obj))}", parts
     if isinstance(obj, np.memmap):
         # Its attributes say which file backs it, not what it holds.
@@ -376,10 +439,42 @@ def _numpy_rule(obj: Any) -> Rule | None:
     return None
 
 
+def _numpy_dtype(dtype: Any) -> Any:
+    """``dtype.str``, or ``dtype.descr`` when structured; a subarray dtype (``("<f8", (2, 3))``,
+    whose ``str`` is ``|V48``) by its base and shape; and what else it carries, when it does:
+    metadata, and the alignment of an aligned struct."""
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return ("subarray", _numpy_dtype(base), shape)
+    form = dtype.descr if dtype.names is not None else dtype.str
+    extra = tuple(
+        part
+        for part in (
+            ("metadata", dict(dtype.metadata)) if dtype.metadata else None,
+            ("aligned",) if dtype.isalignedstruct else None,
+        )
+        if part is not None
+    )
+    return (form, *extra) if extra else form
+
+
 def _ufunc_rule(ufunc: Any) -> Rule:
-    """numpy's ufuncs by name; an ``np.frompyfunc`` ufunc by the function it calls."""
+    """numpy's ufuncs by name; another library's (scipy.special's ``exp2`` is not numpy's) by
+    the module that exposes it and that library's version; an ``np.frompyfunc`` ufunc by the
+    function it calls."""
     if not ufunc.__name__.endswith(" (vectorized)"):
-        return _VALUE, "numpy.ufunc", ufunc.__name__
+        import numpy as np
+
+        if getattr(np, ufunc.__name__, None) is ufunc:
+            return _VALUE, "numpy.ufunc", ufunc.__name__
+        home = _ufunc_home(ufunc)
+        if home is None:
+            message = (
+                f"the ufunc {ufunc.__name__!r} is not numpy's, and no imported module exposes "
+                "it under that name; pass a function that calls it instead"
+            )
+            return _UNSUPPORTED, "ufunc", message
+        return _VALUE, "ufunc", home
     from afml_cache.codehash import _frompyfunc_function
 
     function = _frompyfunc_function(ufunc)
@@ -390,6 +485,26 @@ def _ufunc_rule(ufunc: Any) -> Rule:
         )
         return _UNSUPPORTED, "numpy.frompyfunc", message
     return _VALUE, "numpy.frompyfunc", (function, ufunc.nin, ufunc.nout)
+
+
+_ufunc_homes: dict[int, tuple[Any, tuple[str, str, str | None]]] = {}
+
+
+def _ufunc_home(ufunc: Any) -> tuple[str, str, str | None] | None:
+    """(module, name, version) of an imported module exposing ``ufunc`` (ufuncs carry no
+    module of their own), found once per ufunc."""
+    known = _ufunc_homes.get(id(ufunc))
+    if known is not None and known[0] is ufunc:
+        return known[1]
+    from afml_cache.codehash import _version_of
+
+    name = ufunc.__name__
+    for module_name, module in sorted(sys.modules.copy().items()):
+        if getattr(module, "__dict__", {}).get(name) is ufunc and not module_name.startswith("_"):
+            home = (module_name, name, _version_of(module_name))
+            _ufunc_homes[id(ufunc)] = (ufunc, home)  # holds it: the id stays its own
+            return home
+    return None
 
 
 # --- pandas ---------------------------------------------------------------------------------
@@ -495,7 +610,28 @@ def _dtype(dtype: Any) -> Any:
     # A fixed-offset tz is named by a free label (two datetime.timezone can share one).
     tz = getattr(dtype, "tz", None)
     offset = tz.utcoffset(None) if tz is not None else None
-    return (type(dtype).__qualname__, str(dtype), getattr(dtype, "storage", None), na_value, offset)
+    parts = (
+        type(dtype).__qualname__,
+        str(dtype),
+        getattr(dtype, "storage", None),
+        na_value,
+        offset,
+    )
+    zone = _zone_kind(tz)
+    return parts if zone is None else (*parts, zone)
+
+
+def _zone_kind(tz: Any) -> Any:
+    """What a zone's name leaves out, for zones other than zoneinfo's and fixed offsets: a
+    pytz and a zoneinfo zone of one name resolve wall times differently (``datetime(...,
+    tzinfo=pytz_zone)`` is local mean time), and dateutil's ``tzlocal()`` is whatever zone the
+    machine is in."""
+    if tz is None or isinstance(tz, zoneinfo.ZoneInfo | datetime.timezone):
+        return None
+    kind = _name(type(tz))
+    if kind == "dateutil.tz.tz.tzlocal":
+        return (kind, time.tzname, time.timezone, time.altzone, os.environ.get("TZ"))
+    return kind
 
 
 def _index_rule(index: Any) -> Rule:
@@ -527,6 +663,10 @@ def _plain_levels(index: Any) -> bool:
     for level, codes in zip(index.levels, index.codes, strict=True):
         if not level.is_monotonic_increasing:
             return False
+        # A row without a value (code -1) turns an int level's values to float: its dtype
+        # is then the level's only.
+        if len(codes) and codes.min() < 0:
+            return False
         used = np.bincount(codes[codes >= 0], minlength=len(level))
         if len(used) and not used.all():
             return False
@@ -551,6 +691,12 @@ def _extension_array_rule(values: Any) -> Rule:
         # Alone, with its dtype: "str", "string[pyarrow]" and ArrowDtype(pa.string()) export
         # the same Arrow data but give different results (`s == x` on a null: NaN, <NA>, False).
         return _VALUE, "pandas.arrow array", (_dtype(values.dtype), _ArrowData(values))
+    if isinstance(values, pd.arrays.SparseArray):
+        # Which positions are stored, and how, count beside the values (`npoints`, `density`,
+        # `sp_values` and `kind` tell them apart); the fill value is in the dtype.
+        stored = np.asarray(values.sp_index.indices)
+        parts = (_dtype(values.dtype), len(values), values.kind, stored, values.sp_values)
+        return _VALUE, "pandas.sparse", parts
     masked = _masked_parts(values)
     if masked is not None:
         return _MASKED, f"pandas.masked:{values.dtype}", masked

@@ -110,6 +110,7 @@ from afml_cache.codehash.walk import (
     code_fingerprint,
     code_state,
     function_key,
+    module_content,
     reading_classes,
     type_code,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "code_fingerprint",
     "code_state",
     "function_key",
+    "module_content",
     "reading_classes",
     "type_code",
 ]

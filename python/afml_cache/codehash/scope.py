@@ -93,14 +93,23 @@ def _is_user_function(fn: types.FunctionType) -> bool:
 
 def _class_functions(cls: type) -> Iterator[types.FunctionType]:
     """The functions written in the class's body: not those its metaclass put there (an Enum
-    gets enum's ``_generate_next_value_``), nor functions assigned to it."""
+    gets enum's ``_generate_next_value_``), nor functions assigned to it. A decorated method
+    is the function it wraps: a wrapper (a cached method, a ``contextmanager``) carries the
+    method's names, but its code is the decorator's, in the decorator's module."""
     own = f"{cls.__qualname__}."
     for value in vars(cls).values():
         if isinstance(value, staticmethod | classmethod):
             value = value.__func__
         elif isinstance(value, property):
             value = value.fget
-        if type(value) is types.FunctionType and value.__qualname__.startswith(own):
+        for _ in range(16):  # wrappers of wrappers; a loop of __wrapped__ must end
+            inner = (
+                getattr(value, "__wrapped__", None) if type(value) is types.FunctionType else None
+            )
+            if type(inner) is not types.FunctionType:
+                break
+            value = inner
+        if type(value) is types.FunctionType and value.__code__.co_qualname.startswith(own):
             yield value
 
 

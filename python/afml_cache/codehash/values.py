@@ -205,7 +205,10 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return _library_callable(obj, children), _same(obj)
     if isinstance(obj, types.ModuleType):
         if _is_user_module(obj):
-            return ("module", obj.__name__), _same(obj)
+            # Held in a value (`STEPS = (strategy_module,)`, a class attribute): by what it
+            # holds at each call (`module_content`); reached by name, walkers count its names
+            # one by one instead (walk.py, `_function_reference`).
+            return _live(obj), _same(obj)
         return ("library", obj.__name__, _version_of(obj.__name__)), _same(obj)
     if isinstance(obj, types.MethodType):
         function, _ = _ref(obj.__func__, children)

@@ -339,6 +339,9 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         references = _cached_references(fn.__code__)
         for ref in references:
             _function_reference(fn, ref, node, refs, children)
+        for name in _expression_names(fn):
+            if (name,) not in refs:
+                _function_reference(fn, ("global", name, ()), node, refs, children)
         environment = _environment_names(fn, references)
         if environment != frozenset():
             # Settings read from the environment count by content: the variables it names
@@ -414,6 +417,27 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.code = None  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _expression_names(fn: types.FunctionType) -> list[str]:
+    """The globals named in the strings of a function that has pandas evaluate them
+    (``df.query("x > @THRESH")``, ``pd.eval("x * THRESH")``): pandas reads them from the
+    caller's frame, where the code shows only a string."""
+    code = fn.__code__
+    if _EVALUATES.isdisjoint(code.co_names):
+        return []
+    names = dict.fromkeys(
+        name
+        for constant in code.co_consts
+        if isinstance(constant, str)
+        for name in _IDENTIFIER.findall(constant)
+    )
+    return [name for name in names if name in fn.__globals__]
+
+
+# Methods that evaluate a string naming the caller's variables, and the names in one.
+_EVALUATES: Final = frozenset({"query", "eval"})
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 
 
 def _read_names(namespace: dict[str, Any]) -> list[str]:
@@ -572,11 +596,21 @@ def _seeded_by(function: object) -> object | None:
 
 def _command_line(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[Live]:
     """``sys.argv``, if ``fn`` reads it through ``sys`` (``from sys import argv`` is a global
-    list, counted by content already): a script run again with other arguments gets them."""
+    list, counted by content already) or has argparse read it (``parser.parse_args()``): a
+    script run again with other arguments gets them."""
+    if not _PARSES_ARGUMENTS.isdisjoint(fn.__code__.co_names):
+        return [_COMMAND_LINE]
     for _, current, attrs in _starts(fn, references):
         if current is sys and attrs[:1] == ("argv",):
-            return [("sys.argv", lambda _fn: list(sys.argv))]
+            return [_COMMAND_LINE]
     return []
+
+
+_COMMAND_LINE: Final[Live] = ("sys.argv", lambda _fn: list(sys.argv))
+# argparse's methods that read sys.argv when given no arguments.
+_PARSES_ARGUMENTS: Final = frozenset(
+    {"parse_args", "parse_known_args", "parse_intermixed_args", "parse_known_intermixed_args"}
+)
 
 
 def _state_reader(generator: object) -> Callable[[Any], Any]:
@@ -717,7 +751,13 @@ def _function_reference(
         if not (isinstance(current, types.ModuleType) and _is_user_module(current)):
             break
         modules.append(weakref.ref(current))
-        current = getattr(current, attr, _MISSING)
+        found = getattr(current, attr, _MISSING)
+        if found is _MISSING and ref[0] == "import":
+            # A submodule the body imports (`from . import helpers`), which its package does
+            # not import: imported now, as the call would, so its code counts from the first.
+            _import_if_user(f"{current.__name__}.{attr}")
+            found = getattr(current, attr, _MISSING)
+        current = found
         label = (*label, attr)
     if label in refs:  # `np.mean` and `np.std` both stop at `np`
         return
@@ -726,7 +766,9 @@ def _function_reference(
         check: Check = (_SAME, _held(_NOT_IMPORTED))
     else:
         part, check = _ref(current, children)
-        if ref[0] == "global" and not modules:
+        if whole_modules and _is_user_module_value(current):
+            part = ("module", current.__name__)  # its names count one by one (below)
+        elif ref[0] == "global" and not modules:
             part = _unless_written_only(fn, ref[1], current, part)
     followed = (*ref[:-1], ref[-1][: len(modules)])
     if ref[0] == "global" and not modules:
@@ -1070,6 +1112,44 @@ def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
 
 
 _library_types: set[type] = set()  # argument types known not to be the user's own classes
+
+
+_modules_read = threading.local()  # ids of the modules `module_content` is reading
+
+
+def module_content(module: types.ModuleType) -> dict[str, Any]:
+    """What a module of the user's code counts as where a value holds it (an argument, a
+    registry's item, a class attribute: ``REGISTRY = {"mom": strategies.momentum}``): each
+    name in it that code may read, as a function reaching it would count it (functions and
+    classes by their code and the values they read, other modules likewise, values by
+    content, objects without a fingerprint by type). A module met again inside itself (two
+    modules importing each other) counts by name there."""
+    reading = _modules_read.__dict__.setdefault("ids", set())
+    if id(module) in reading:
+        return {"module being read": module.__name__}
+    reading.add(id(module))
+    try:
+        namespace = dict(vars(module))  # one snapshot, even if another thread edits it
+        return {name: _member(namespace[name]) for name in _read_names(namespace)}
+    finally:
+        reading.discard(id(module))
+
+
+def _member(value: object) -> Any:
+    if type(value) is types.FunctionType:
+        return ("function", function_key(value))
+    if isinstance(value, type):
+        return ("class", _qualified(value), type_code(value))
+    if isinstance(value, types.ModuleType):
+        if _is_user_module(value):
+            return ("module", value.__name__, module_content(value))
+        return ("library", value.__name__, _version_of(value.__name__))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ("value", fingerprint(value))
+    except FingerprintError:
+        return ("object", _qualified(type(value)))
 
 
 def type_code(cls: type) -> str | None:

@@ -1,0 +1,161 @@
+"""Values a function tells apart get different digests: each pair below shared one, so a cached
+function returned the first value's result for the second. Each case names the function that
+tells them apart, and the test checks that it does, then that the digests differ."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+import zoneinfo
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import afml_cache
+from afml_cache import fingerprint
+from afml_cache.errors import FingerprintError
+
+
+class Ticker(str):
+    def __str__(self) -> str:
+        return self.upper()
+
+
+class Active(list):
+    def __iter__(self) -> Any:
+        return (x for x in list.__iter__(self) if x)
+
+
+class Price(float):
+    def __float__(self) -> float:
+        return float(round(float.__float__(self), 0))
+
+
+class Bar(collections.namedtuple("Bar", "open close")):
+    pass  # no __slots__: instances carry a __dict__
+
+
+def _bar(symbol: str) -> Bar:
+    bar = Bar(1.0, 2.0)
+    bar.symbol = symbol  # type: ignore[attr-defined]
+    return bar
+
+
+def _multiindex(level: list[Any]) -> pd.DataFrame:
+    index = pd.MultiIndex(levels=[level, ["a"]], codes=[[0, -1], [0, 0]], names=["id", "k"])
+    return pd.DataFrame({"x": [10, 20]}, index=index)
+
+
+def _sparse(**options: Any) -> pd.Series:
+    return pd.Series(pd.arrays.SparseArray(**options))
+
+
+def _sparse_storing_a_fill_value() -> pd.Series:
+    """[0, 0, 1] with the middle 0 stored as a value, not left to the fill value."""
+    sparse = pd.arrays.SparseArray
+    if hasattr(sparse, "from_indices"):  # pandas 3.1
+        return pd.Series(sparse.from_indices([0, 1], [1, 2], length=3, fill_value=0))
+    from pandas._libs.sparse import IntIndex
+
+    stored = IntIndex(3, np.array([1, 2], np.int32))
+    return pd.Series(sparse([0, 1], sparse_index=stored, fill_value=0))
+
+
+def _cases() -> list[tuple[str, Any, Any, Callable[[Any], Any]]]:
+    pytz = pytest.importorskip("pytz")
+    scipy_special = pytest.importorskip("scipy.special")
+    new_york = "America/New_York"
+    return [
+        ("ufunc of another library", np.log1p, scipy_special.log1p,
+         lambda f: f(np.array([1.0], dtype=np.float16)).dtype),
+        ("pytz and zoneinfo zone of one name",
+         pd.Series(pd.date_range("2021-07-01", periods=2, tz=pytz.timezone(new_york))),
+         pd.Series(pd.date_range("2021-07-01", periods=2, tz=zoneinfo.ZoneInfo(new_york))),
+         lambda s: dt.datetime(2021, 7, 1, tzinfo=s.dt.tz).utcoffset()),
+        ("a missing code's level dtype", _multiindex([1]), _multiindex([1.0]),
+         lambda f: str(f.index.levels[0].dtype)),
+        ("subarray dtypes", np.dtype(("<f8", (2, 3))), np.dtype(("<i4", (12,))),
+         lambda d: np.zeros(1, dtype=d).shape),
+        ("dtype metadata", np.dtype("f8", metadata={"unit": "USD"}), np.dtype("f8"),
+         lambda d: d.metadata),
+        ("str subclass with its own __str__", Ticker("aapl"), Ticker("AAPL"),
+         lambda t: t == t.lower()),
+        ("list subclass with its own __iter__", Active([1, 0, 0]), Active([1]), len),
+        ("float subclass with its own __float__", Price(100.2), Price(100.4), lambda p: p * 2),
+        ("sparse positions stored", _sparse(data=[0, 0, 1], fill_value=0),
+         _sparse_storing_a_fill_value(),
+         lambda s: s.array.npoints),
+        ("sparse kind", _sparse(data=[0, 0, 1], fill_value=0),
+         _sparse(data=[0, 0, 1], fill_value=0, kind="block"), lambda s: s.array.kind),
+        ("named tuple attributes", _bar("ES"), _bar("NQ"), lambda b: b.symbol),
+        ("memoryview writable", memoryview(b"ab"), memoryview(bytearray(b"ab")),
+         lambda m: m.readonly),
+        ("masked array nomask", np.ma.array([1, 2]), np.ma.array([1, 2], mask=[False, False]),
+         lambda a: a.mask is np.ma.nomask),
+        ("uuid is_safe", uuid.UUID(int=1, is_safe=uuid.SafeUUID.safe), uuid.UUID(int=1),
+         lambda u: u.is_safe),
+    ]  # fmt: skip
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize(("label", "a", "b", "tell"), CASES, ids=[c[0] for c in CASES])
+def test_values_a_function_tells_apart_get_different_digests(
+    label: str, a: Any, b: Any, tell: Callable[[Any], Any]
+) -> None:
+    assert tell(a) != tell(b), f"the case {label} does not show a difference"
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_a_cached_function_returns_each_values_own_result(cache_dir: Path) -> None:
+    scipy_special = pytest.importorskip("scipy.special")
+
+    @afml_cache.cacheable
+    def transform(x: np.ndarray, fn: Any) -> list[float]:
+        return fn(x).tolist()
+
+    x = np.array([-0.8959280000000001, -0.88982])
+    assert transform(x, np.exp2) == np.exp2(x).tolist()
+    assert transform(x, scipy_special.exp2) == scipy_special.exp2(x).tolist()
+    assert np.exp2(x).tolist() != scipy_special.exp2(x).tolist()
+
+
+def test_a_zone_read_from_a_file_has_no_fingerprint() -> None:
+    # ZoneInfo counted its key: from_file gives None, or any key its caller names.
+    with open(zoneinfo.TZPATH[0] + "/Europe/Lisbon", "rb") as data:
+        lisbon = zoneinfo.ZoneInfo.from_file(data, key="Europe/London")
+    with pytest.raises(FingerprintError, match="from_file or no_cache"):
+        fingerprint(lisbon, strict=True)
+    fingerprint(zoneinfo.ZoneInfo("Europe/London"), strict=True)
+
+
+def test_the_local_zone_of_dateutil_counts_the_machines_zone(tmp_path: Path) -> None:
+    pytest.importorskip("dateutil")
+    script = textwrap.dedent("""
+        import dateutil.tz, pandas as pd
+        from afml_cache import fingerprint
+        s = pd.Series(pd.to_datetime(["2021-07-01 12:00"], utc=True))
+        print(fingerprint(s.dt.tz_convert(dateutil.tz.tzlocal())))
+        """)
+    digests = {
+        zone: subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "TZ": zone},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for zone in ("America/New_York", "Europe/London")
+    }
+    assert len(set(digests.values())) == 2
