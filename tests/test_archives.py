@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,6 +23,7 @@ import pytest
 from helpers.entry_bytes import bytes_on_disk, stored
 
 from afml_cache import Cache
+from afml_cache._store import archive as archive_module
 from afml_cache.cli import main
 from afml_cache.errors import CacheError
 
@@ -323,3 +325,48 @@ def test_a_1_gib_member_is_streamed_in_bounded_memory(exported: Path, tmp_path: 
     growth_mb = int(lines[1].split()[1]) / 1024
     assert growth_mb < 200, f"importing a 1 GiB member grew the process by {growth_mb:.0f} MB"
     assert files_under(tmp_path / "target") == []
+
+
+def test_a_sparse_member_is_refused_before_anything_is_written(
+    exported: Path, tmp_path: Path
+) -> None:
+    # A sparse member claims gigabytes the archive does not hold: a 20 KB archive wrote them
+    # all out before its MAC failed, and filled the disk on the way.
+    if shutil.which("tar") is None:
+        pytest.skip("needs GNU tar to write a sparse member")
+    source = tmp_path / "sparse"
+    (source / "entries").mkdir(parents=True)
+    original = {m.name: d for m, d in members(exported)}
+    (source / "manifest.json").write_bytes(original["manifest.json"])
+    with open(source / "entries" / "000000000.afc", "wb") as entry:
+        entry.write(original[entry_names(exported)[0]][:64])
+        entry.truncate(64 * (1 << 20))  # a hole: 64 MiB claimed, nothing stored
+    hostile = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", "-cf", str(hostile), "manifest.json", "entries/000000000.afc"],
+        cwd=source,
+        check=True,
+    )
+    assert hostile.stat().st_size < 1 << 20
+    with pytest.raises(CacheError, match=r"is a sparse file, not a plain file.*nothing was"):
+        Cache(tmp_path / "target").import_(hostile)
+    assert files_under(tmp_path / "target") == []
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_anything_is_written(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda _path: free)
+    with pytest.raises(CacheError, match=r"take .* has 1,000 B free.*nothing was imported"):
+        Cache(tmp_path / "target").import_(exported)
+    assert files_under(tmp_path / "target") == []
+
+
+def test_a_file_that_is_no_archive_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    # tarfile's own message lists each compression it tried, a line each.
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an archive\n")
+    code, out, err = run_import(bogus, tmp_path / "target", capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and "it is not a tar archive" in err, err

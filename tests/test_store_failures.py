@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -347,3 +348,151 @@ def test_a_cache_on_a_read_only_mount_still_serves_its_entries(run_python, tmp_p
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert out.splitlines() == ["[30, 300000] 2", "v 0"]
+
+
+# --- the counters file replaced, a key file that is no file ---------------------------------------
+
+
+def test_a_counters_file_deleted_under_a_running_process_does_not_keep_old_values(
+    run_python, tmp_path
+):
+    # The memory tier trusts a copy while the shared generation counter stands still; with the
+    # stats file deleted, this process watched the old one and returned v1 for good.
+    directory = tmp_path / "cache"
+    reader = Cache(directory)
+    reader.set("k", "v1")
+    assert reader.get("k") == "v1"  # now in the memory tier
+    (directory / "stats").unlink()
+    run_python(f"from afml_cache import Cache; Cache({str(directory)!r}).set('k', 'v2')")
+    seen = [reader.get("k") for _ in range(200) if not time.sleep(0.01)]
+    assert seen[-1] == "v2" and set(seen) <= {"v1", "v2"}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_key_file_that_is_no_file_is_refused_without_blocking(run_python, tmp_path, kind):
+    # mac.key was read with a plain blocking read: a pipe hung every call and command, and a
+    # link to /dev/zero read until memory ran out.
+    directory = tmp_path / "cache"
+    (directory / "entries").mkdir(parents=True, mode=0o700)
+    directory.chmod(0o700)
+    if kind == "fifo":
+        os.mkfifo(directory / "mac.key", 0o600)
+    else:
+        (directory / "mac.key").symlink_to("/dev/zero")
+    out = run_python(
+        """
+        import warnings
+        from afml_cache import robust_cacheable
+
+        @robust_cacheable
+        def f(x):
+            return x + 1
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print(f(1), f(1), len(caught), "mac.key" in str(caught[0].message))
+        """,
+        env={"AFML_CACHE_DIR": str(directory)},
+        timeout=60,
+    )
+    assert out.split() == ["2", "2", "1", "True"]
+    done = subprocess.run(
+        [sys.executable, "-m", "afml_cache.cli", "stats", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3 and "not a 32-byte key" in done.stderr
+
+
+@needs_root
+def test_a_read_only_mount_sees_writes_made_elsewhere_and_warns_once_a_function(
+    run_python, tmp_path
+):
+    # Its counters are private: the memory tier trusted its copies for good (a value set
+    # through the writable path never showed), a miss warned twice (lock, then store), and
+    # calls were not counted (functions/ is read-only too).
+    directory, mount = tmp_path / "cache", tmp_path / "read-only"
+    Cache(directory).set("k", "v1")
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", str(directory), str(mount)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
+                import sys, warnings
+                from afml_cache import Cache, configure, robust_cacheable
+
+                configure(directory={str(mount)!r})
+                cache = Cache({str(mount)!r})
+                print(cache.get("k"), flush=True)
+                sys.stdin.readline()
+                print(cache.get("k"), flush=True)
+
+                @robust_cacheable
+                def f(x):
+                    return x * 2
+
+                @robust_cacheable
+                def g(x):
+                    return x * 3
+
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    results = [f(1), f(1), g(1), g(1)]
+                print(results, len(caught), f.cache_info()["total_calls"], flush=True)
+                """),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert reader.stdin is not None and reader.stdout is not None
+        assert reader.stdout.readline() == "v1\n"
+        Cache(directory).set("k", "v2")
+        out, _ = reader.communicate("go\n", timeout=120)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert out.splitlines() == ["v2", "[2, 2, 3, 3] 2 2"]
+
+
+@pytest.mark.parametrize("which", ["stats", "functions"])
+def test_a_counters_file_truncated_under_a_running_process_does_not_kill_it(tmp_path, which):
+    # The counters are a mapped file: truncated under a running process (a backup copied over
+    # the directory, `: > stats`), its next update touched a page that no longer existed, and
+    # the kernel killed the process with SIGBUS.
+    directory = tmp_path / "cache"
+    looping = textwrap.dedent(f"""
+        import os, afml_cache
+        afml_cache.configure(directory={str(directory)!r})
+
+        @afml_cache.robust_cacheable
+        def f(x):
+            return x * 2
+
+        assert f(1) == 2
+        print("running", flush=True)
+        n = 0
+        while n % 1000 or not os.path.exists({str(tmp_path / "stop")!r}):
+            assert f(n % 50) == (n % 50) * 2
+            n += 1
+        print("survived", afml_cache.Cache({str(directory)!r}).get("missing", "ok"), flush=True)
+        """)
+    process = subprocess.Popen(
+        [sys.executable, "-c", looping], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "running\n"
+    time.sleep(0.2)
+    targets = (
+        [directory / "stats"] if which == "stats" else list(directory.glob("functions/*.stats"))
+    )
+    assert targets
+    for target in targets:
+        os.truncate(target, 0)
+    time.sleep(0.2)
+    (tmp_path / "stop").write_text("stop")
+    out, _ = process.communicate(timeout=120)
+    assert (process.returncode, out) == (0, "survived ok\n")

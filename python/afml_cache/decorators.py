@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import errno
 import functools
 import inspect
 import logging
@@ -65,6 +66,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 _log = logging.getLogger("afml_cache")
+# What a directory this process may only read answers a write (a read-only mount, another
+# user's cache).
+_READ_ONLY = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 # How long a call waits for another process computing the same key before computing itself.
 LOCK_TIMEOUT = 600.0
 # Argument types whose equal values (same type, ==) always fingerprint alike, but for the float
@@ -716,7 +720,16 @@ class _Engine:
         try:
             return entries.lock(key, LOCK_TIMEOUT)
         except (CacheError, OSError) as exc:
-            self._warn_once("lock", f"afml_cache: {self.name} computes without its lock: {exc}")
+            if getattr(exc, "errno", None) in _READ_ONLY:
+                # A directory this process may only read: its results cannot be stored either,
+                # and one warning says both (the store's, then, is not repeated).
+                self._warn_once(
+                    "store",
+                    f"afml_cache: {self.name} computes without its lock ({exc}): in a "
+                    "directory it may only read, its results are returned but not cached",
+                )
+            else:
+                self._warn_once("lock", f"afml_cache: {self.name} computes without its lock: {exc}")
             return None
 
     async def call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@
 mod archive;
 pub mod entry;
 mod export;
+mod fault;
 mod large;
 mod layout;
 pub mod lock;
@@ -25,9 +26,9 @@ mod tests;
 mod trust;
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -253,6 +254,8 @@ pub struct Store {
     keyring: RwLock<Arc<Keyring>>,
     /// Bumped each time the keyring is replaced; part of `generation()`.
     epoch: AtomicU64,
+    /// Counts `generation()` calls while the counters are private (see there).
+    unshared_reads: AtomicU64,
     last_check_ns: AtomicU64,
     size_limit: u64,
     policy: Policy,
@@ -269,6 +272,7 @@ impl Store {
             root: root.to_path_buf(),
             keyring: RwLock::new(Arc::new(keyring)),
             epoch: AtomicU64::new(0),
+            unshared_reads: AtomicU64::new(0),
             last_check_ns: AtomicU64::new(now_ns()),
             size_limit,
             policy,
@@ -303,16 +307,21 @@ impl Store {
         self.keyring.read().clone()
     }
 
-    /// Re-reads the keyring if mac.key is no longer the file it was (the directory was replaced).
-    /// Returns whether it changed.
+    /// Re-reads the keyring if mac.key is no longer the file it was (the directory was replaced),
+    /// or the shared counters' file is not (deleted or replaced: the counters this process maps
+    /// would no longer see other processes' writes). Returns whether it changed.
     pub fn refresh(&self) -> Result<bool> {
-        let key_path = self.root.join("mac.key");
-        let identity = match file_identity(&key_path) {
-            Ok(identity) => identity,
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => (0, 0),
-            Err(e) => return Err(e),
+        let identity_of = |path: &Path| match file_identity(path) {
+            Ok(identity) => Ok(identity),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok((0, 0)),
+            Err(e) => Err(e),
         };
-        if identity == self.keyring.read().identity {
+        let identity = identity_of(&self.root.join("mac.key"))?;
+        let current = self.keyring.read().clone();
+        let counters = current.stats.identity();
+        let stats_same = counters.is_none() || counters == Some(identity_of(&self.root.join("stats"))?);
+        // A counters file truncated under this process (`fault.rs`) is opened afresh too.
+        if identity == current.identity && stats_same && !current.stats.detached() {
             return Ok(false);
         }
         let fresh = Arc::new(Keyring::open(&self.root, self.trust)?);
@@ -334,6 +343,11 @@ impl Store {
     /// replaced: a memory copy made at generation g is current while this still returns g.
     pub fn generation(&self) -> u64 {
         let ring = self.keyring();
+        if !ring.stats.is_shared() {
+            // Counters of this process alone (a read-only directory) never see another's
+            // writes: no copy is ever known current by them, and each is checked on disk.
+            return u64::MAX - self.unshared_reads.fetch_add(1, Ordering::Relaxed);
+        }
         (self.epoch.load(Ordering::Relaxed) << 40) ^ ring.stats.get(Counter::Generation)
     }
 
@@ -578,8 +592,17 @@ impl Store {
             return Ok(found.clone());
         }
         let dir = self.root.join("functions");
-        self.trust.create_dir(&dir)?;
         let stem = layout::namespace_dir(namespace);
+        match self.trust.create_dir(&dir) {
+            Ok(()) => {}
+            // A directory this process may only read: counts of its own, as for its stats.
+            Err(Error::Io { source, .. }) if is_read_only(&source) => {
+                let counters = Arc::new(SharedCounters::private(&dir.join(format!("{stem}.stats")))?);
+                ring.functions.lock().insert(namespace.to_string(), counters.clone());
+                return Ok(counters);
+            }
+            Err(e) => return Err(e),
+        }
         // The namespace's own name beside its counters: directory names are escaped and, when
         // long, shortened, so they cannot always be read back.
         let name_path = dir.join(format!("{stem}.name"));
@@ -590,6 +613,8 @@ impl Store {
                     let _ = fs::remove_file(&name_path);
                 }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                // A directory this process may only read: its counters are its own (below).
+                Err(e) if is_read_only(&e) => Ok(()),
                 Err(e) => Err(e),
             };
             written.map_err(|e| Error::io("cannot write", &name_path, e))?;
@@ -610,18 +635,25 @@ impl Store {
             self.rebuild_function_sizes(scanned.iter().map(|s| (s.path.as_path(), s.bytes)));
         }
         let dir = self.root.join("functions");
-        let listing = match fs::read_dir(&dir) {
-            Ok(listing) => listing,
-            Err(e) if is_absent(&e) => return Ok(Vec::new()),
+        let mut namespaces = match fs::read_dir(&dir) {
+            Ok(listing) => listing
+                .flatten()
+                .map(|item| item.path())
+                .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("name"))
+                .filter_map(|path| fs::read_to_string(path).ok())
+                .collect(),
+            Err(e) if is_absent(&e) || is_read_only(&e) => Vec::new(),
             Err(e) => return Err(Error::io("cannot list", &dir, e)),
         };
-        let mut out = Vec::new();
-        for item in listing.flatten() {
-            let path = item.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("name") {
-                continue;
+        // Functions whose counters this process keeps alone (a directory it may only read) have
+        // no name file to be listed by.
+        for (namespace, counters) in self.keyring().functions.lock().iter() {
+            if !counters.is_shared() && !namespaces.contains(namespace) {
+                namespaces.push(namespace.clone());
             }
-            let Ok(namespace) = fs::read_to_string(&path) else { continue };
+        }
+        let mut out = Vec::new();
+        for namespace in namespaces {
             let c = self.function_counters(&namespace)?;
             out.push(FunctionStats {
                 calls: c.get(FunctionCounter::Calls),
@@ -1036,16 +1068,34 @@ fn write_all_pieces(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The bytes of a key file, at most `limit` of them; None if it is absent. Opened without
+/// blocking and refused unless a regular file: a pipe or a device in its place (`/dev/zero`)
+/// must not hold or fill the caller.
+fn read_key_file(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {
     let read = |path: &Path| -> Result<Option<[u8; 32]>> {
-        match fs::read(path) {
-            Ok(bytes) => bytes.try_into().map(Some).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "{} is not a 32-byte key; remove it to start afresh (existing entries become misses)",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // The directory's fault, not the caller's argument: an unusable directory.
+        let bad = || {
+            let why = "not a 32-byte key; remove it to start afresh (existing entries become misses)";
+            Error::io("cannot use the MAC key", path, std::io::Error::other(why))
+        };
+        match read_key_file(path, 33) {
+            Ok(Some(bytes)) => bytes.try_into().map(Some).map_err(|_| bad()),
+            Ok(None) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Other => Err(bad()),
             Err(e) => Err(Error::io("cannot read the MAC key", path, e)),
         }
     };
@@ -1060,7 +1110,10 @@ fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {
     let temp = path.with_extension(format!("{}.tmp", std::process::id()));
     let _ = fs::remove_file(&temp); // left by a process of this pid that died here
     let mut file = trust.create_new(&temp, trust.file_mode()).map_err(|e| Error::io("cannot create", &temp, e))?;
-    file.write_all(&key).map_err(|e| Error::io("cannot write", &temp, e))?;
+    if let Err(e) = file.write_all(&key) {
+        let _ = fs::remove_file(&temp); // a full disk: nothing of this attempt stays behind
+        return Err(Error::io("cannot write", &temp, e));
+    }
     drop(file);
     let linked = fs::hard_link(&temp, path);
     let _ = fs::remove_file(&temp);

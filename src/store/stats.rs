@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
-use super::is_read_only;
 use super::trust::Trust;
+use super::{fault, is_read_only};
 use crate::error::{Error, Result};
 
 const FILE_LEN: u64 = 4096;
@@ -113,7 +113,13 @@ pub fn latency_bucket(ns: u64) -> usize {
 }
 
 pub struct SharedCounters<S: Slot> {
+    /// Keeps a truncated file's SIGBUS from killing the process (`fault.rs`); declared before
+    /// `map`, so it is unregistered before the map is unmapped.
+    guard: fault::Guard,
     map: MmapMut,
+    /// (device, inode) of the file shared with other processes; None for counters of this
+    /// process alone (a read-only directory).
+    identity: Option<(u64, u64)>,
     _slots: std::marker::PhantomData<S>,
 }
 
@@ -138,7 +144,9 @@ impl<S: Slot> SharedCounters<S> {
         }
         // SAFETY: the file is FILE_LEN bytes and only ever accessed through atomics.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("cannot map the counters file", path, e))?;
-        let counters = Self { map, _slots: std::marker::PhantomData };
+        let guard = fault::register(map.as_ptr(), map.len());
+        let identity = Some((meta.dev(), meta.ino()));
+        let counters = Self { guard, map, identity, _slots: std::marker::PhantomData };
         match counters.slot(0).compare_exchange(0, S::MAGIC, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {}                           // a new file, now ours
             Err(found) if found == S::MAGIC => {} // ours already
@@ -151,7 +159,7 @@ impl<S: Slot> SharedCounters<S> {
     /// The counters of a cache this process may only read (a read-only mount, a directory of
     /// another user's): a private copy of the file, or zeros, that this process counts in
     /// alone, so that it still reads the cache's entries.
-    fn private(path: &Path) -> Result<Self> {
+    pub fn private(path: &Path) -> Result<Self> {
         let map = match std::fs::File::open(path) {
             // SAFETY: private (copy-on-write) pages: the file is never written through them.
             Ok(file) if file.metadata().is_ok_and(|m| m.len() >= FILE_LEN) => unsafe {
@@ -160,11 +168,27 @@ impl<S: Slot> SharedCounters<S> {
             _ => MmapMut::map_anon(FILE_LEN as usize),
         }
         .map_err(|e| Error::io("cannot map the counters file", path, e))?;
-        let counters = Self { map, _slots: std::marker::PhantomData };
+        let counters = Self { guard: fault::Guard::none(), map, identity: None, _slots: std::marker::PhantomData };
         if counters.slot(0).load(Ordering::Acquire) != S::MAGIC {
             counters.start_afresh();
         }
         Ok(counters)
+    }
+
+    /// Whether other processes see these counters (and this process theirs): not a read-only
+    /// directory's, nor a file truncated under this process (`detached`).
+    pub fn is_shared(&self) -> bool {
+        self.identity.is_some() && !self.detached()
+    }
+
+    /// Whether the file was truncated under this process, which counts alone since.
+    pub fn detached(&self) -> bool {
+        self.guard.detached()
+    }
+
+    /// (device, inode) of the shared file; None when private.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
     }
 
     /// Zero counts, marked as ours (a file of another format, or none).

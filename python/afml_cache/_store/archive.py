@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 import time
 import zlib
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from afml_cache._core import StagedImport
 from afml_cache.errors import CacheError, StoreError
 from afml_cache.progress import progress
+from afml_cache.report import format_size
 
 if TYPE_CHECKING:
     from afml_cache._store import EntryInfo, Store
@@ -43,14 +45,26 @@ def import_archive(store: Store, path: str | os.PathLike[str]) -> int:
     """Adds the entries of an archive written by ``write_archive``; returns how many. All or
     nothing: see ``Cache.import_``."""
     try:
-        with tarfile.open(path, "r") as archive:
+        with _opened(path) as archive:
             staged = _stage_archive(store, path, archive)
     except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        # Not a tar archive, damaged between members, or this cache's disk failed.
+        # Damaged between members, or this cache's disk failed.
         raise CacheError(f"could not import {path}: {exc}; nothing was imported") from None
     for entry in staged:
         entry.commit()
     return len(staged)
+
+
+def _opened(path: str | os.PathLike[str]) -> tarfile.TarFile:
+    """The archive at ``path``, plain or compressed; a file that is no tar archive is a
+    `CacheError` saying so (tarfile's own message lists each compression it tried)."""
+    try:
+        return tarfile.open(path, "r")  # the caller's `with` closes it
+    except tarfile.ReadError:
+        raise CacheError(
+            f"could not import {path}: it is not a tar archive (as afml-cache export writes "
+            "it, or compressed with gzip, bz2 or xz); nothing was imported"
+        ) from None
 
 
 def _stage_archive(
@@ -68,14 +82,17 @@ def _stage_archive(
                 "fails its checksum); nothing was imported"
             )
         for member in members:
-            if not member.isfile():
+            # A sparse member claims more bytes than the archive holds: written out before its
+            # MAC fails, a 20 KB archive could fill the disk.
+            if not member.isfile() or member.issparse():
                 raise CacheError(
                     f"could not import {path}: its member {member.name} is "
-                    f"{_member_kind(member)}, not a file (export writes only files); "
+                    f"{_member_kind(member)}, not a plain file (export writes only plain files); "
                     "nothing was imported"
                 )
         archive_key = _archive_key(path, archive, members)
         entries = [m for m in members if m.name.startswith("entries/")]
+        _check_room(store, path, sum(m.size for m in entries))
         for member in progress(entries, "import"):
             staged.append(_stage_member(store, path, archive, member, archive_key))
     except BaseException:
@@ -103,6 +120,22 @@ def _stage_member(
         ) from None
 
 
+def _check_room(store: Store, path: str | os.PathLike[str], size: int) -> None:
+    """Refuses an archive whose entries would not fit on the cache's disk, before writing any:
+    a compressed one can claim far more than it takes (every byte is staged before its MAC is
+    checked), and filling the disk would fail every other writer there too."""
+    try:
+        free = shutil.disk_usage(store.directory).free
+    except OSError:
+        return  # the staging reports the disk's own error
+    if size > free:
+        raise CacheError(
+            f"could not import {path}: its entries take {format_size(size)} and the disk of "
+            f"{store.directory} has {format_size(free)} free; free some space or import into "
+            "another directory; nothing was imported"
+        )
+
+
 def _only_zeros_after(archive: tarfile.TarFile) -> bool:
     """Whether all that follows the members tarfile listed is the zero blocks that end an
     archive."""
@@ -128,6 +161,8 @@ def _member_kind(member: tarfile.TarInfo) -> str:
         return f"a symbolic link to {member.linkname}"
     if member.islnk():
         return f"a hard link to {member.linkname}"
+    if member.issparse():
+        return "a sparse file"
     return "a directory" if member.isdir() else "a device, fifo or other special file"
 
 
