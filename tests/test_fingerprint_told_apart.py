@@ -159,3 +159,25 @@ def test_the_local_zone_of_dateutil_counts_the_machines_zone(tmp_path: Path) -> 
         for zone in ("America/New_York", "Europe/London")
     }
     assert len(set(digests.values())) == 2
+
+
+def test_a_ufunc_is_at_home_in_its_library_whatever_else_imports_it(load: Any) -> None:
+    # The first module in sys.modules exposing it was its home: a script importing
+    # `from scipy.special import expit` made the script its home, the key changing with imports.
+    scipy_special = pytest.importorskip("scipy.special")
+    from afml_cache import fingerprinting
+
+    fingerprinting._ufunc_homes.clear()
+    before = fingerprint(scipy_special.expit)
+    load("from scipy.special import expit\n", name="aaa_research_helpers")
+    fingerprinting._ufunc_homes.clear()
+    assert fingerprinting._ufunc_home(scipy_special.expit)[0] == "scipy.special"
+    assert fingerprint(scipy_special.expit) == before
+
+
+def test_a_zone_loaded_by_its_key_keeps_its_fingerprint_after_the_cache_is_cleared() -> None:
+    london = zoneinfo.ZoneInfo("Europe/London")
+    before = fingerprint(london, strict=True)
+    zoneinfo.ZoneInfo.clear_cache()
+    assert fingerprint(london, strict=True) == before
+    assert fingerprint(zoneinfo.ZoneInfo.no_cache("Europe/London"), strict=True) == before

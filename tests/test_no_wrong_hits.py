@@ -2248,6 +2248,24 @@ def test_a_partial_holding_a_connection_caches(cache_dir: Path) -> None:
         warnings.simplefilter("error")
         assert [check(nb["doubled"], 21) for _ in range(3)] == [42, 42, 42]
     assert hits(nb["doubled"]) == 2
+    # ...and its keywords, and the values it binds, still count as they are at each call.
+    nb.run("""
+    WEIGHTS = [1, 2]
+
+    def weighed(conn, weights, scale):
+        return sum(weights) * scale
+
+    SCORE = functools.partial(weighed, CONN, WEIGHTS, scale=1)
+
+    @cacheable
+    def score():
+        return SCORE()
+    """)
+    assert check(nb["score"]) == 3
+    nb.run('SCORE.keywords["scale"] = 10')
+    assert check(nb["score"]) == 30
+    nb.run("WEIGHTS.append(100)")
+    assert check(nb["score"]) == 1030
 
 
 def test_a_class_with_an_unhashable_metaclass_inside_a_value(cache_dir: Path) -> None:
@@ -2515,3 +2533,52 @@ def test_a_script_parsing_its_command_line_with_argparse_counts_it(
         return done.stdout.strip()
 
     assert [run("--window", "2"), run("--window", "3"), run("--window", "2")] == ["20", "30", "20"]
+
+
+def test_modules_importing_each_other_cache_and_are_not_read_whole_at_each_hit(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A module reached by name counted a module it imports by content at each call: modules
+    # importing each other made a cycle (every call uncached), and a hit hashed the big arrays
+    # of modules the function never reads.
+    import importlib
+
+    from afml_cache.codehash import walk
+
+    project = tmp_path / "project"
+    project.mkdir()
+    sources = {
+        "research_data": "import numpy as np\nBIG = np.arange(1_000_000.0)\n",
+        "research_second": (
+            "import research_first\nimport research_data\n\ndef one():\n    return 1\n"
+        ),
+        "research_first": (
+            "import research_second\n\ndef run(name):\n"
+            "    return getattr(research_second, name)()\n"
+        ),
+    }
+    for name, source in sources.items():
+        (project / f"{name}.py").write_text(source)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(project))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    first = importlib.import_module("research_first")
+    nb = Notebook()
+    nb.namespace["research_first"] = first
+    nb.run("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def g(name):
+        return research_first.run(name)
+    """)
+    reads = []
+    counted = walk.module_content
+    monkeypatch.setattr(walk, "module_content", lambda m: reads.append(m) or counted(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(nb["g"], "one") for _ in range(3)] == [1, 1, 1]
+        assert reads == [] and hits(nb["g"]) == 2
+        assert afml_cache.fingerprint(first) == afml_cache.fingerprint(first)
+    for name in sources:
+        sys.modules.pop(name, None)

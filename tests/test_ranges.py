@@ -227,7 +227,11 @@ def test_gaps_are_aligned_to_chunks(cache_dir: Path, clock: list[int]) -> None:
     assert spans(monthly) == spans([("2024-02-01", "2024-04-01")])
 
 
-@pytest.mark.parametrize("chunk", ["1bh", pd.DateOffset(hours=6)], ids=["bh", "6h-offset"])
+@pytest.mark.parametrize(
+    "chunk",
+    ["1bh", pd.DateOffset(hours=6), pd.DateOffset(seconds=10)],
+    ids=["bh", "6h-offset", "10s-offset"],
+)
 def test_chunks_finer_than_a_day_that_are_not_fixed_steps(
     cache_dir: Path, clock: list[int], chunk: Any
 ) -> None:
@@ -236,9 +240,14 @@ def test_chunks_finer_than_a_day_that_are_not_fixed_steps(
     load = loader(hourly, log, chunk=chunk)
     for start, end in [("2024-01-03 09:00", "2024-01-03 19:00"), ("2024-01-03", "2024-01-05")]:
         pd.testing.assert_frame_equal(load("ES", start, end), hourly(start, end))
-    gap = (pd.Timestamp("2024-01-03 09:00").value, pd.Timestamp("2024-01-03 18:49").value)
+    gap = (pd.Timestamp("2024-01-03 09:00:03").value, pd.Timestamp("2024-01-03 18:49").value)
     low, high = range_spans.align(gap, pd.tseries.frequencies.to_offset(chunk))
     assert low <= gap[0] and high >= gap[1]
+    if chunk == pd.DateOffset(seconds=10):  # a fixed step: the grid of 10 s, not left as it was
+        assert (pd.Timestamp(low), pd.Timestamp(high)) == (
+            pd.Timestamp("2024-01-03 09:00:00"),
+            pd.Timestamp("2024-01-03 18:49:00"),
+        )
 
 
 def test_time_zones_and_units_of_the_request_reach_the_function(

@@ -115,12 +115,14 @@ def _module(module: types.ModuleType) -> Rule:
 
 
 def _zoneinfo(tz: zoneinfo.ZoneInfo) -> Rule:
-    # By its key, which names the zone's rules only for the zone ZoneInfo(key) gives: one read
-    # with from_file has no key, or any key its caller chose.
+    # By its key, which names the zone's rules only for a zone loaded by its key (ZoneInfo(key)
+    # or no_cache): one read with from_file has no key, or any key its caller chose, and is
+    # the one kind that refuses to pickle (it could not be loaded again by its key).
     key = tz.key
     try:
-        canonical = key is not None and zoneinfo.ZoneInfo(key) is tz
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        tz.__reduce__()
+        canonical = key is not None
+    except Exception:
         canonical = False
     if not canonical:
         message = (
@@ -492,19 +494,32 @@ _ufunc_homes: dict[int, tuple[Any, tuple[str, str, str | None]]] = {}
 
 def _ufunc_home(ufunc: Any) -> tuple[str, str, str | None] | None:
     """(module, name, version) of an imported module exposing ``ufunc`` (ufuncs carry no
-    module of their own), found once per ufunc."""
+    module of their own), found once per ufunc: a library's public module before the user's
+    (``from scipy.special import expit`` in a script must not make the script its home), the
+    shortest name first, then in order of names; a private module only if nothing else."""
     known = _ufunc_homes.get(id(ufunc))
     if known is not None and known[0] is ufunc:
         return known[1]
-    from afml_cache.codehash import _version_of
+    from afml_cache.codehash import _is_user_module, _version_of
 
     name = ufunc.__name__
-    for module_name, module in sorted(sys.modules.copy().items()):
-        if getattr(module, "__dict__", {}).get(name) is ufunc and not module_name.startswith("_"):
-            home = (module_name, name, _version_of(module_name))
-            _ufunc_homes[id(ufunc)] = (ufunc, home)  # holds it: the id stays its own
-            return home
-    return None
+    # (the user's, private, length, name) of each module exposing it: the least one is its home.
+    found = [
+        (
+            _is_user_module(module),
+            module_name != "__main__" and any(p.startswith("_") for p in module_name.split(".")),
+            len(module_name),
+            module_name,
+        )
+        for module_name, module in list(sys.modules.items())
+        if getattr(module, "__dict__", {}).get(name) is ufunc
+    ]
+    if not found:
+        return None
+    user, _, _, module_name = min(found)
+    home = (module_name, name, None if user else _version_of(module_name))
+    _ufunc_homes[id(ufunc)] = (ufunc, home)  # holds it: the id stays its own
+    return home
 
 
 # --- pandas ---------------------------------------------------------------------------------

@@ -245,6 +245,17 @@ def gaps(
     return gaps
 
 
+def _fixed_step(chunk: BaseOffset) -> pd.Timedelta | None:
+    """The duration of a `DateOffset` of hours, minutes or finer (a fixed step within a day),
+    or None."""
+    fields = getattr(chunk, "kwds", None)
+    if type(chunk) is not pd.DateOffset or not fields or not set(fields) <= _TIME_FIELDS:
+        return None
+    step = pd.Timedelta(**fields) * chunk.n
+    return step if pd.Timedelta(0) < step <= pd.Timedelta(days=1) else None
+
+
+_TIME_FIELDS = frozenset({"hours", "minutes", "seconds", "milliseconds", "microseconds"})
 # Steps from a day's start to a boundary of `chunk`, at most (a minute's DateOffset: 1,440).
 _MOST_STEPS = 10_000
 
@@ -260,8 +271,14 @@ def _boundary(ns: int, chunk: BaseOffset, down: bool) -> int:
     ``ns`` itself for an offset whose boundaries lie too far apart to step through."""
     stamp = pd.Timestamp(ns, unit="ns")
     try:
+        step = _fixed_step(chunk)
         if isinstance(chunk, Tick):
             found = stamp.floor(chunk) if down else stamp.ceil(chunk)
+        elif step is not None:  # `DateOffset(seconds=10)`: whole steps from the day's start
+            day = stamp.normalize()
+            found = day + ((stamp - day) // step) * step
+            if not down and found < stamp:
+                found = found + step
         else:
             found = chunk.rollback(stamp.normalize())
             # Offsets finer than a day (business hours, `DateOffset(hours=6)`) have boundaries

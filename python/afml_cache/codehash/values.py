@@ -175,9 +175,10 @@ def _is_live(part: Any) -> bool:
     return type(part) is tuple and bool(part) and part[0] == "live"
 
 
-def _is_opaque(part: Any) -> bool:
-    """Whether a part counts by type only: a value with no fingerprint (`_by_content`)."""
-    return type(part) is tuple and bool(part) and part[0] == "object"
+def _is_user_module_part(part: Any) -> bool:
+    """Whether a part is a module of the user's code, which a value holding it (a tuple, a
+    class attribute) counts by what it holds (`codehash.module_content`)."""
+    return type(part) is tuple and bool(part) and part[0] == "module"
 
 
 def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
@@ -205,10 +206,9 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return _library_callable(obj, children), _same(obj)
     if isinstance(obj, types.ModuleType):
         if _is_user_module(obj):
-            # Held in a value (`STEPS = (strategy_module,)`, a class attribute): by what it
-            # holds at each call (`module_content`); reached by name, walkers count its names
-            # one by one instead (walk.py, `_function_reference`).
-            return _live(obj), _same(obj)
+            # Reached by name, its names count one by one (walk.py, `_function_reference`);
+            # held in a tuple or a class attribute, by what it holds at each call (`_held`).
+            return ("module", obj.__name__), _same(obj)
         return ("library", obj.__name__, _version_of(obj.__name__)), _same(obj)
     if isinstance(obj, types.MethodType):
         function, _ = _ref(obj.__func__, children)
@@ -236,8 +236,9 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         # Its keywords are a dict that can change in place (`SCALE.keywords["w"] = 3`), so it
         # counts by content at each call, unless it holds what has no content to read (a
         # connection: `partial(query, conn=CONN)`), which counts by type, as a global holding it.
-        parts = (function, *args, *(part for _, part in keywords))
-        if (keywords or any(_is_live(p) for p in parts)) and not any(map(_is_opaque, parts)):
+        # A connection among them (`partial(query, conn=CONN)`) counts by type there, as a
+        # global holding it (walk.py, `_readable`).
+        if keywords or any(_is_live(p) for p in (function, *args)):
             return _live(obj), _same(obj)
         return (cls.__name__, function, args, keywords), _same(obj)
     np = sys.modules.get("numpy")
@@ -275,7 +276,7 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return _live(obj), _same(obj)
     if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
         items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
-        if any(_is_live(item) for item in items):
+        if any(_is_live(item) or _is_user_module_part(item) for item in items):
             return _live(obj), _same(obj)
         return ("tuple", items), _same(obj)
     if _is_user_class(cls):

@@ -51,6 +51,7 @@ from afml_cache.codehash.values import (
     Getter,
     _held,
     _is_live,
+    _is_user_module_part,
     _library_callable,
     _matches,
     _of_type,
@@ -413,10 +414,18 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
         node.globals_size, node.namespaces = -1, []
         node.live, node.readable = [], False
-        node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn)))
+        # Its own code still counts: an edit of the function is a miss, whatever it reaches.
+        node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn), _own_code(fn)))
         node.code = None  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _own_code(fn: types.FunctionType) -> str | None:
+    try:
+        return _code_digest(fn.__code__, None)
+    except Exception:  # a constant with no fingerprint: by name alone
+        return None
 
 
 def _expression_names(fn: types.FunctionType) -> list[str]:
@@ -429,7 +438,7 @@ def _expression_names(fn: types.FunctionType) -> list[str]:
     names = dict.fromkeys(
         name
         for constant in code.co_consts
-        if isinstance(constant, str)
+        if isinstance(constant, str) and constant is not fn.__doc__
         for name in _IDENTIFIER.findall(constant)
     )
     return [name for name in names if name in fn.__globals__]
@@ -766,9 +775,7 @@ def _function_reference(
         check: Check = (_SAME, _held(_NOT_IMPORTED))
     else:
         part, check = _ref(current, children)
-        if whole_modules and _is_user_module_value(current):
-            part = ("module", current.__name__)  # its names count one by one (below)
-        elif ref[0] == "global" and not modules:
+        if ref[0] == "global" and not modules:
             part = _unless_written_only(fn, ref[1], current, part)
     followed = (*ref[:-1], ref[-1][: len(modules)])
     if ref[0] == "global" and not modules:
@@ -801,7 +808,9 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
             if name in _SKIPPED_CLASS_KEYS:
                 continue
             part, check = _ref(value, children)
-            if _is_live(part) and name.startswith("__") and name.endswith("__"):
+            if _is_user_module_part(part):  # `library = strategy_module`: what it holds
+                part = ("live", part[1])
+            elif _is_live(part) and name.startswith("__") and name.endswith("__"):
                 part, check = _made_with_class(name, value)
             node.add_member(name, check)
             if _is_live(part):
@@ -944,10 +953,33 @@ def _current(live: Found) -> LiveValues:
     for entries, owner in live:
         for label, read in entries:
             try:
-                values.append((label, read(owner)))
+                value = read(owner)
             except Exception as exc:  # rebound or deleted by another thread since the walk
                 raise FingerprintError(f"cannot read {label}: {exc!r}") from None
+            values.append(
+                (label, _partial_view(value) if type(value) is functools.partial else value)
+            )
     return tuple(values)
+
+
+def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
+    """A partial's function and the arguments it binds, each by its fingerprint, or by type if
+    it has none (a connection: `partial(query, conn=CONN)`, counted as a global holding it)."""
+    return (
+        "partial",
+        partial.func,
+        tuple(map(_bound_item, partial.args)),
+        {name: _bound_item(value) for name, value in partial.keywords.items()},
+    )
+
+
+def _bound_item(value: object) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ("value", fingerprint(value))
+    except FingerprintError:
+        return ("object", _qualified(type(value)))
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
@@ -1141,8 +1173,10 @@ def _member(value: object) -> Any:
     if isinstance(value, type):
         return ("class", _qualified(value), type_code(value))
     if isinstance(value, types.ModuleType):
+        # Another module it imports by name only: what this one's functions use of it counts
+        # through their code, and a module's imports would otherwise be read whole, at each call
         if _is_user_module(value):
-            return ("module", value.__name__, module_content(value))
+            return ("module", value.__name__)
         return ("library", value.__name__, _version_of(value.__name__))
     try:
         with warnings.catch_warnings():
