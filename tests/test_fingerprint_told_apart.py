@@ -181,3 +181,89 @@ def test_a_zone_loaded_by_its_key_keeps_its_fingerprint_after_the_cache_is_clear
     zoneinfo.ZoneInfo.clear_cache()
     assert fingerprint(london, strict=True) == before
     assert fingerprint(zoneinfo.ZoneInfo.no_cache("Europe/London"), strict=True) == before
+
+
+# --- the same value, the same digest in every process --------------------------------------------
+
+
+def _digest_in_a_new_process(setup: str, value: str, seed: str) -> str:
+    script = (
+        textwrap.dedent(setup)
+        + f"\nfrom afml_cache import fingerprint\nprint(fingerprint({value}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONHASHSEED": seed},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert "Warning" not in done.stderr, done.stderr
+    return done.stdout.strip()
+
+
+STABLE = [
+    pytest.param(
+        """
+        import attrs
+
+        @attrs.frozen
+        class Barrier:
+            pt: float = 1.0
+
+            def upper(self, p):
+                return p * (1 + 0.01 * self.pt)
+        """,
+        "Barrier(2.0)",
+        "attrs",
+        id="attrs frozen class (its __hash__ holds hash() of a string)",
+    ),
+    pytest.param(
+        """
+        import numba
+
+        @numba.njit
+        def kernel(a):
+            return a.sum()
+        """,
+        "{'sum': kernel}",
+        "numba",
+        id="numba dispatcher (its pickle holds a random id)",
+    ),
+    pytest.param(
+        "import scipy.stats",
+        "(scipy.stats.t, scipy.stats.norm(loc=0, scale=0.01))",
+        "scipy",
+        id="scipy.stats distributions (numpy's global generator, seeded afresh)",
+    ),
+    pytest.param(
+        "import datetime, dateutil.tz, pandas as pd, pytz",
+        "(pd.Timestamp('2024-03-08 10:00', tz=dateutil.tz.gettz('America/New_York')),"
+        " pd.Timestamp('2024-03-08 10:00', tz=pytz.FixedOffset(-300)),"
+        " datetime.datetime(2024, 3, 8, 10, tzinfo=dateutil.tz.tzutc()),"
+        " dateutil.tz.tzoffset('desk', 7200))",
+        "dateutil",
+        id="dateutil zones and pytz fixed offsets (no pickle reduction, no warning)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "value", "needs"), STABLE)
+def test_a_value_has_one_digest_in_every_process(setup: str, value: str, needs: str) -> None:
+    pytest.importorskip(needs)
+    first, second = (_digest_in_a_new_process(setup, value, seed) for seed in ("1", "2"))
+    assert first == second
+
+
+def test_an_export_named_tar_gz_is_gzip_and_imports(tmp_path: Path) -> None:
+    source = afml_cache.Cache(tmp_path / "source")
+    source.set("k", list(range(100)))
+    for name, magic in [
+        ("cache.tar", b"manif"),
+        ("cache.tar.gz", b"\x1f\x8b"),
+        ("c.tar.xz", b"\xfd7z"),
+    ]:
+        source.export(tmp_path / name)
+        assert (tmp_path / name).read_bytes().startswith(magic)
+        assert afml_cache.Cache(tmp_path / f"copy-{name}").import_(tmp_path / name) == 1

@@ -250,6 +250,11 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         value = (fields, _attributes(obj, skip=fields))
         return _VALUE, f"dataclass:{_name(cls)}", _with_code(cls, value)
+    attr = sys.modules.get("attr")  # attrs classes, as dataclasses: their fields by name
+    if attr is not None and attr.has(cls):
+        fields = {field.name: getattr(obj, field.name) for field in attr.fields(cls)}
+        value = (fields, _attributes(obj, skip=fields))
+        return _VALUE, f"attrs:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         value = (cls._fields, tuple(tuple.__iter__(obj)))
         attributes = _attributes(obj)  # a subclass without __slots__ carries a __dict__
@@ -837,12 +842,72 @@ def _scanned(plan: Any) -> Iterator[str]:
 
 
 def _pytz_rule(obj: Any) -> Rule | None:
+    if type(obj).__name__ == "_FixedOffset":  # pytz.FixedOffset(-300): its minutes
+        return _VALUE, "pytz.FixedOffset", obj._minutes
     zone = getattr(obj, "zone", None)
     if not isinstance(zone, str):
         return None
     # A localized zone object holds one offset (EDT or EST); times ask it, not the calendar.
     state = tuple(getattr(obj, name, None) for name in ("_utcoffset", "_dst", "_tzname"))
     return _VALUE, "pytz", (zone, state)
+
+
+def _dateutil_rule(obj: Any) -> Rule | None:
+    """dateutil's zones by what decides their offsets: a zone file by its transitions (two
+    machines' tzdata may differ under one file name), a fixed offset by its name and offset,
+    ``tzlocal()`` by the machine's zone."""
+    kind = type(obj).__name__
+    if kind == "tzutc":
+        return _VALUE, "dateutil.tzutc", None
+    if kind == "tzoffset":
+        return _VALUE, "dateutil.tzoffset", (obj._name, obj._offset)
+    if kind == "tzlocal":
+        return _VALUE, "dateutil.tzlocal", _zone_kind(obj)
+    if kind == "tzfile":
+        periods = tuple(
+            tuple(getattr(period, name) for name in _TTINFO_FIELDS) for period in obj._ttinfo_list
+        )
+        order = tuple(obj._ttinfo_list.index(period) for period in obj._trans_idx)
+        return _VALUE, "dateutil.tzfile", (obj._filename, obj._trans_list_utc, order, periods)
+    return None
+
+
+_TTINFO_FIELDS: Final = ("offset", "delta", "isdst", "abbr", "isstd", "isgmt", "dstoffset")
+
+
+def _numba_rule(obj: Any) -> Rule | None:
+    """A jitted function by the Python function it compiles and its options: its pickle holds
+    a random id per process, so every process would key it anew."""
+    py_func = getattr(obj, "py_func", None)
+    options = getattr(obj, "targetoptions", None)
+    if not isinstance(py_func, types.FunctionType) or not isinstance(options, dict):
+        return None
+    return _VALUE, f"numba:{_name(type(obj))}", (py_func, dict(options))
+
+
+def _scipy_rule(obj: Any) -> Rule | None:
+    """A scipy.stats distribution by its parameters, with numpy's global generator (the
+    default ``random_state``, seeded afresh in every process) named, not read: a draw from it
+    counts where a call makes one, as any library's draw does (docs/code_fingerprint.md)."""
+    stats = sys.modules.get("scipy.stats")
+    if stats is None:
+        return None
+    if isinstance(obj, stats.rv_continuous | stats.rv_discrete):
+        state = dict(obj.__getstate__())
+        state["_random_state"] = _random_state(state.get("_random_state"))
+        return _VALUE, f"scipy.stats:{_name(type(obj))}", state
+    frozen = getattr(stats.distributions, "rv_frozen", None)
+    if frozen is not None and isinstance(obj, frozen):
+        return _VALUE, f"scipy.stats.frozen:{_name(type(obj))}", (obj.dist, obj.args, obj.kwds)
+    return None
+
+
+def _random_state(generator: Any) -> Any:
+    import numpy as np
+
+    if generator is np.random.mtrand._rand:
+        return "numpy's global generator"
+    return generator
 
 
 def _backtesting_rule(obj: Any) -> Rule | None:
@@ -862,4 +927,7 @@ _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
     "polars": _polars_rule,
     "pyarrow": _pyarrow_rule,
     "pytz": _pytz_rule,
+    "dateutil": _dateutil_rule,
+    "numba": _numba_rule,
+    "scipy": _scipy_rule,
 }

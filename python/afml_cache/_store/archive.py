@@ -30,7 +30,7 @@ def write_archive(store: Store, entries: list[EntryInfo], path: str | os.PathLik
     were written (an entry removed meanwhile by another process is skipped)."""
     archive_key = os.urandom(32)
     count = 0
-    with tarfile.open(path, "w") as archive:
+    with tarfile.open(path, f"w:{_compression(path)}") as archive:
         manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
         _add_member(archive, "manifest.json", json.dumps(manifest).encode())
         for entry in progress(entries, "export"):
@@ -39,6 +39,15 @@ def write_archive(store: Store, entries: list[EntryInfo], path: str | os.PathLik
                 _add_member(archive, f"entries/{count:09d}.afc", sealed)
                 count += 1
     return count
+
+
+def _compression(path: str | os.PathLike[str]) -> str:
+    """The compression an archive's name asks for (``cache.tar.gz``); none for ``.tar``."""
+    name = os.fspath(path).lower()
+    for suffixes, kind in ((".gz", ".tgz"), "gz"), ((".bz2", ".tbz2"), "bz2"), ((".xz",), "xz"):
+        if name.endswith(suffixes):
+            return kind
+    return ""
 
 
 def import_archive(store: Store, path: str | os.PathLike[str]) -> int:

@@ -805,7 +805,7 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         namespace = tuple(vars(cls).items())  # one snapshot, even if another thread edits it
         node.size = len(namespace)
         for name, value in namespace:
-            if name in _SKIPPED_CLASS_KEYS:
+            if name in _SKIPPED_CLASS_KEYS or (name == "__hash__" and _attrs_hash(value)):
                 continue
             part, check = _ref(value, children)
             if _is_user_module_part(part):  # `library = strategy_module`: what it holds
@@ -830,6 +830,15 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         node.size = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
+
+
+def _attrs_hash(value: object) -> bool:
+    """Whether ``value`` is the ``__hash__`` attrs writes for a frozen class: its code holds
+    ``hash()`` of a string, which differs in every process (PYTHONHASHSEED), and the fields it
+    hashes count as the class's own."""
+    return type(value) is types.FunctionType and value.__code__.co_filename.startswith(
+        "<attrs generated"
+    )
 
 
 def _made_with_class(name: str, value: object) -> tuple[Any, Check]:
