@@ -59,7 +59,7 @@ def exported(tmp_path: Path) -> Path:
     source = Cache(tmp_path / "source")
     for key, value in values().items():
         source.set(key, value, tags=["t"])
-    archive = tmp_path / "cache.tar.gz"
+    archive = tmp_path / "cache.tar"  # plain: tests damage its bytes where tar puts them
     assert source.export(archive) == len(values())
     return archive
 
