@@ -370,3 +370,16 @@ def test_a_file_that_is_no_archive_is_refused_in_one_line(tmp_path: Path, capsys
     code, out, err = run_import(bogus, tmp_path / "target", capsys)
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and "it is not a tar archive" in err, err
+
+
+def test_an_export_named_tar_gz_is_gzip_and_imports(tmp_path: Path) -> None:
+    source = Cache(tmp_path / "source")
+    source.set("k", list(range(100)))
+    for name, magic in [
+        ("cache.tar", b"manif"),
+        ("cache.tar.gz", b"\x1f\x8b"),
+        ("c.tar.xz", b"\xfd7z"),
+    ]:
+        source.export(tmp_path / name)
+        assert (tmp_path / name).read_bytes().startswith(magic)
+        assert Cache(tmp_path / f"copy-{name}").import_(tmp_path / name) == 1

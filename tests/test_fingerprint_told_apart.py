@@ -254,16 +254,3 @@ def test_a_value_has_one_digest_in_every_process(setup: str, value: str, needs: 
     pytest.importorskip(needs)
     first, second = (_digest_in_a_new_process(setup, value, seed) for seed in ("1", "2"))
     assert first == second
-
-
-def test_an_export_named_tar_gz_is_gzip_and_imports(tmp_path: Path) -> None:
-    source = afml_cache.Cache(tmp_path / "source")
-    source.set("k", list(range(100)))
-    for name, magic in [
-        ("cache.tar", b"manif"),
-        ("cache.tar.gz", b"\x1f\x8b"),
-        ("c.tar.xz", b"\xfd7z"),
-    ]:
-        source.export(tmp_path / name)
-        assert (tmp_path / name).read_bytes().startswith(magic)
-        assert afml_cache.Cache(tmp_path / f"copy-{name}").import_(tmp_path / name) == 1
