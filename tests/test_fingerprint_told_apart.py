@@ -232,6 +232,35 @@ STABLE = [
         id="numba dispatcher (its pickle holds a random id)",
     ),
     pytest.param(
+        """
+        import attrs
+
+        @attrs.frozen(cache_hash=True)
+        class Params:
+            window: int
+
+        params = Params(5)
+        seen = {params}  # fills its cached hash, hash() of its fields
+        """,
+        "params",
+        "attrs",
+        id="attrs instance with a cached hash",
+    ),
+    pytest.param(
+        """
+        import scipy.stats
+
+        class Triangle(scipy.stats.rv_continuous):
+            def _pdf(self, x):
+                return 2 * x
+
+        triangle = Triangle(a=0, b=1, name="triangle")
+        """,
+        "(triangle, triangle.freeze(), scipy.stats.poisson(3))",
+        "scipy",
+        id="a user's scipy distribution, a discrete one",
+    ),
+    pytest.param(
         "import scipy.stats",
         "(scipy.stats.t, scipy.stats.norm(loc=0, scale=0.01))",
         "scipy",

@@ -2582,3 +2582,149 @@ def test_modules_importing_each_other_cache_and_are_not_read_whole_at_each_hit(
         assert afml_cache.fingerprint(first) == afml_cache.fingerprint(first)
     for name in sources:
         sys.modules.pop(name, None)
+
+
+def test_a_package_held_or_read_by_a_computed_name_counts_its_submodules(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `held.sub.f(x)`: the submodule of a package in a tuple, an argument, a closure, or read by
+    # `getattr(pkg, name)`, counted by its name only, so an edited `sub.f` kept the old result.
+    import importlib
+
+    package = tmp_path / "project" / "research_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from . import sub\n")
+    (package / "sub.py").write_text("FACTOR = 2\n\ndef f(x):\n    return x * FACTOR\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    for name in ("research_pkg", "research_pkg.sub"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    pkg = importlib.import_module("research_pkg")
+    nb = Notebook()
+    nb.namespace["research_pkg"] = pkg
+    nb.run("""
+    from afml_cache import cacheable
+
+    HELD = (research_pkg,)
+
+    def make(p):
+        @cacheable
+        def in_closure(x):
+            return p.sub.f(x)
+        return in_closure
+
+    @cacheable
+    def in_tuple(x):
+        return HELD[0].sub.f(x)
+
+    @cacheable
+    def as_argument(p, x):
+        return p.sub.f(x)
+
+    @cacheable
+    def by_name(x, name="sub"):
+        return getattr(research_pkg, name).f(x)
+
+    in_closure = make(research_pkg)
+    """)
+    calls = [("in_tuple", (10,)), ("as_argument", (pkg, 10)), ("by_name", (10,))]
+    calls.append(("in_closure", (10,)))
+    assert [check(nb[name], *args) for name, args in calls] == [20] * 4
+    pkg.sub.f = lambda x: x * pkg.sub.FACTOR + 1000
+    assert [check(nb[name], *args) for name, args in calls] == [1020] * 4
+    pkg.sub.FACTOR = 3
+    assert [check(nb[name], *args) for name, args in calls] == [1030] * 4
+    for name in ("research_pkg", "research_pkg.sub"):
+        sys.modules.pop(name, None)
+
+
+def test_a_partial_given_keywords_after_it_is_first_read(cache_dir: Path) -> None:
+    nb = Notebook()
+    nb.run("""
+    import functools
+    from afml_cache import cacheable
+
+    def add(x, w=0):
+        return x + w
+
+    P = functools.partial(add)
+
+    @cacheable
+    def f(x):
+        return P(x)
+    """)
+    assert check(nb["f"], 3) == 3
+    nb.run('P.keywords["w"] = 100')
+    assert check(nb["f"], 3) == 103
+
+
+def test_an_attrs_instance_with_a_field_not_set_yet_counts_its_other_fields(
+    cache_dir: Path,
+) -> None:
+    # An unset init=False field raised in the attrs rule, so the global counted by type.
+    nb = Notebook()
+    nb.run("""
+    import attr
+    from afml_cache import cacheable
+
+    @attr.s
+    class Settings:
+        window = attr.ib()
+        _memo = attr.ib(init=False)
+
+    CFG = Settings(3)
+
+    @cacheable
+    def score(x):
+        return x * CFG.window
+    """)
+    assert check(nb["score"], 10) == 30
+    nb.run("CFG.window = 5")
+    assert check(nb["score"], 10) == 50
+
+
+def test_a_jitted_function_counts_how_numba_compiles_it(cache_dir: Path, tmp_path: Path) -> None:
+    # Its options (error_model) and the signatures it was given counted nothing: a hit returned
+    # inf where the function raises, an int where it returns a float.
+    pytest.importorskip("numba")
+    script = tmp_path / "kernels.py"
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir)}
+
+    def run(decoration: str) -> str:
+        script.write_text(
+            textwrap.dedent(f"""
+            import numba
+            from afml_cache import cacheable
+
+            @numba.njit({decoration})
+            def kernel(x):
+                return x / 3 if x > 0 else 1.0 / x
+
+            @cacheable
+            def by_global(x):
+                return kernel(x)
+
+            @cacheable
+            def by_argument(fn, x):
+                return fn(x)
+
+            for x in (2, 0):
+                try:
+                    print(by_global(x), by_argument(kernel, x))
+                except ZeroDivisionError:
+                    print("ZeroDivisionError")
+            """)
+        )
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+        )
+        return done.stdout.strip()
+
+    assert run('"float64(int64)", error_model="numpy"').splitlines() == [
+        "0.6666666666666666 0.6666666666666666",
+        "inf inf",
+    ]
+    assert run('"int64(int64)", error_model="python"').splitlines() == [
+        "0 0",
+        "ZeroDivisionError",
+    ]

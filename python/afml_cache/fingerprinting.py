@@ -49,6 +49,7 @@ _ARROW_SCHEMA = 5  # an object exporting __arrow_c_schema__ (a field, schema or 
 Rule = tuple[int, str, Any]
 
 _registry: dict[type, Callable[[Any], Any]] = {}
+_UNSET: Final = ("unset",)  # an attrs field with init=False that has no value yet
 _warned_types: set[type] = set()
 
 
@@ -250,10 +251,16 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         value = (fields, _attributes(obj, skip=fields))
         return _VALUE, f"dataclass:{_name(cls)}", _with_code(cls, value)
+    found = _scipy_rule(obj)  # a user's subclass of a scipy distribution too
+    if found is not None:
+        return found
     attr = sys.modules.get("attr")  # attrs classes, as dataclasses: their fields by name
     if attr is not None and attr.has(cls):
-        fields = {field.name: getattr(obj, field.name) for field in attr.fields(cls)}
-        value = (fields, _attributes(obj, skip=fields))
+        # A field with init=False may be unset yet; a hash attrs caches (cache_hash=True) is
+        # hash() of the fields, which differs in every process.
+        fields = {f.name: getattr(obj, f.name, _UNSET) for f in attr.fields(cls)}
+        skip = {*fields, "_attrs_cached_hash", "__attrs_cached_hash"}
+        value = (fields, _attributes(obj, skip=skip))
         return _VALUE, f"attrs:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         value = (cls._fields, tuple(tuple.__iter__(obj)))
@@ -476,9 +483,10 @@ def _ufunc_rule(ufunc: Any) -> Rule:
             return _VALUE, "numpy.ufunc", ufunc.__name__
         home = _ufunc_home(ufunc)
         if home is None:
+            # Made in the user's code (numba's vectorize), its code cannot be read from it.
             message = (
-                f"the ufunc {ufunc.__name__!r} is not numpy's, and no imported module exposes "
-                "it under that name; pass a function that calls it instead"
+                f"the ufunc {ufunc.__name__!r} is not a library's (none exposes it), and its "
+                "code cannot be read from it; pass the function it was made from instead"
             )
             return _UNSUPPORTED, "ufunc", message
         return _VALUE, "ufunc", home
@@ -498,10 +506,11 @@ _ufunc_homes: dict[int, tuple[Any, tuple[str, str, str | None]]] = {}
 
 
 def _ufunc_home(ufunc: Any) -> tuple[str, str, str | None] | None:
-    """(module, name, version) of an imported module exposing ``ufunc`` (ufuncs carry no
-    module of their own), found once per ufunc: a library's public module before the user's
-    (``from scipy.special import expit`` in a script must not make the script its home), the
-    shortest name first, then in order of names; a private module only if nothing else."""
+    """(module, name, version) of a library's module exposing ``ufunc`` (ufuncs carry no
+    module of their own), found once per ufunc: a public module before a private one, the
+    shortest name first, then in order of names; the user's modules do not count (``from
+    scipy.special import expit`` in a script must not make the script its home), and a ufunc
+    only they expose (numba's vectorize) has none: None."""
     known = _ufunc_homes.get(id(ufunc))
     if known is not None and known[0] is ufunc:
         return known[1]
@@ -519,10 +528,9 @@ def _ufunc_home(ufunc: Any) -> tuple[str, str, str | None] | None:
         for module_name, module in list(sys.modules.items())
         if getattr(module, "__dict__", {}).get(name) is ufunc
     ]
-    if not found:
-        return None
-    user, _, _, module_name = min(found)
-    home = (module_name, name, None if user else _version_of(module_name))
+    user, _, _, module_name = min(found, default=(True, False, 0, ""))
+    # None for a ufunc only the user's code exposes (numba's vectorize): not a library's.
+    home = None if user else (module_name, name, _version_of(module_name))
     _ufunc_homes[id(ufunc)] = (ufunc, home)  # holds it: the id stays its own
     return home
 
@@ -868,7 +876,8 @@ def _dateutil_rule(obj: Any) -> Rule | None:
             tuple(getattr(period, name) for name in _TTINFO_FIELDS) for period in obj._ttinfo_list
         )
         order = tuple(obj._ttinfo_list.index(period) for period in obj._trans_idx)
-        return _VALUE, "dateutil.tzfile", (obj._filename, obj._trans_list_utc, order, periods)
+        # Not its file name: a zone read from a stream names the stream's address.
+        return _VALUE, "dateutil.tzfile", (obj._trans_list_utc, order, periods)
     return None
 
 
@@ -876,13 +885,25 @@ _TTINFO_FIELDS: Final = ("offset", "delta", "isdst", "abbr", "isstd", "isgmt", "
 
 
 def _numba_rule(obj: Any) -> Rule | None:
-    """A jitted function by the Python function it compiles and its options: its pickle holds
-    a random id per process, so every process would key it anew."""
+    """A jitted function by the Python function it compiles and how it compiles it
+    (`numba_options`): its pickle holds a random id per process, so every process would key
+    it anew."""
     py_func = getattr(obj, "py_func", None)
-    options = getattr(obj, "targetoptions", None)
-    if not isinstance(py_func, types.FunctionType) or not isinstance(options, dict):
+    if not isinstance(py_func, types.FunctionType) or numba_options(obj) is None:
         return None
-    return _VALUE, f"numba:{_name(type(obj))}", (py_func, dict(options))
+    return _VALUE, f"numba:{_name(type(obj))}", (py_func, numba_options(obj))
+
+
+def numba_options(obj: Any) -> tuple[Any, ...] | None:
+    """How a numba dispatcher compiles: its options (``fastmath``, ``error_model``...), its
+    ``locals``, and the signatures it was given to compile at once (those it compiles lazily,
+    at calls, follow from the arguments); None for another object."""
+    options = getattr(obj, "targetoptions", None)
+    if not isinstance(options, dict):
+        return None
+    given = () if getattr(obj, "_can_compile", True) else tuple(map(str, obj.signatures))
+    typed = sorted((str(k), str(v)) for k, v in (getattr(obj, "locals", None) or {}).items())
+    return (sorted((str(k), repr(v)) for k, v in options.items()), typed, given)
 
 
 def _scipy_rule(obj: Any) -> Rule | None:
@@ -893,9 +914,11 @@ def _scipy_rule(obj: Any) -> Rule | None:
     if stats is None:
         return None
     if isinstance(obj, stats.rv_continuous | stats.rv_discrete):
-        state = dict(obj.__getstate__())
-        state["_random_state"] = _random_state(state.get("_random_state"))
-        return _VALUE, f"scipy.stats:{_name(type(obj))}", state
+        # Its parameters; the methods it binds to itself (vectorized pdf, moments) are its
+        # class's code, which counts by the class (scipy's version, or the user's code).
+        state = {k: v for k, v in obj.__getstate__().items() if not callable(v)}
+        state["_random_state"] = _random_state(obj.__getstate__().get("_random_state"))
+        return _VALUE, f"scipy.stats:{_name(type(obj))}", _with_code(type(obj), state)
     frozen = getattr(stats.distributions, "rv_frozen", None)
     if frozen is not None and isinstance(obj, frozen):
         return _VALUE, f"scipy.stats.frozen:{_name(type(obj))}", (obj.dist, obj.args, obj.kwds)
@@ -929,5 +952,4 @@ _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
     "pytz": _pytz_rule,
     "dateutil": _dateutil_rule,
     "numba": _numba_rule,
-    "scipy": _scipy_rule,
 }

@@ -30,7 +30,10 @@ def write_archive(store: Store, entries: list[EntryInfo], path: str | os.PathLik
     were written (an entry removed meanwhile by another process is skipped)."""
     archive_key = os.urandom(32)
     count = 0
-    with tarfile.open(path, f"w:{_compression(path)}") as archive:
+    kind = _compression(path)
+    # The fastest level of each: entries are compressed already, a second pass saves ~5%.
+    level = {"gz": {"compresslevel": 1}, "bz2": {"compresslevel": 1}, "xz": {"preset": 0}}
+    with tarfile.open(path, f"w:{kind}", **level.get(kind, {})) as archive:
         manifest = {"format": _ARCHIVE_FORMAT, "key": archive_key.hex(), "count": len(entries)}
         _add_member(archive, "manifest.json", json.dumps(manifest).encode())
         for entry in progress(entries, "export"):

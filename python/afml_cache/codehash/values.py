@@ -229,19 +229,26 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if isinstance(obj, functools.cached_property):
         function, _ = _ref(obj.func, children)
         return ("cached_property", function), (_PARTS, (cls, (("func", _same(obj.func)[1]),)))
-    if isinstance(obj, functools.partial | functools.partialmethod):
-        function, _ = _ref(obj.func, children)
-        args = tuple(_ref(a, children)[0] for a in obj.args)
-        keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
-        # Its keywords are a dict that can change in place (`SCALE.keywords["w"] = 3`), so it
-        # counts by content at each call, unless it holds what has no content to read (a
-        # connection: `partial(query, conn=CONN)`), which counts by type, as a global holding it.
-        # A connection among them (`partial(query, conn=CONN)`) counts by type there, as a
-        # global holding it (walk.py, `_readable`).
-        if keywords or any(_is_live(p) for p in (function, *args)):
-            return _live(obj), _same(obj)
-        return (cls.__name__, function, args, keywords), _same(obj)
+    if isinstance(obj, functools.partial):
+        # Its keywords are a dict that can change in place, even when empty now
+        # (`SCALE.keywords["w"] = 3`): a partial a name holds counts by what it binds at each
+        # call; a connection among that (`partial(query, conn=CONN)`) by type, as a global
+        # holding it (walk.py, `_partial_view`).
+        _ref(obj.func, children)
+        return _live(obj), _same(obj)
+    if isinstance(obj, functools.partialmethod):
+        return _bound_form(obj, children), _same(obj)
     np = sys.modules.get("numpy")
+    if _foreign_ufunc(obj, np):
+        # Another library's ufunc by the module exposing it; one made in the user's code
+        # (numba's vectorize), whose code it does not show, by its rule at each call, which
+        # refuses it (`fingerprinting._ufunc_rule`): such a call runs uncached.
+        from afml_cache.fingerprinting import _ufunc_home
+
+        home = _ufunc_home(obj)
+        if home is None:
+            return _live(obj), _same(obj)
+        return ("ufunc", *home), _same(obj)
     if np is not None and isinstance(obj, np.vectorize):
         # Its function and the options that shape its results (it has no __wrapped__).
         function, _ = _ref(obj.pyfunc, children)
@@ -286,6 +293,23 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     return _by_content(obj)
 
 
+def _held_part(value: object, found: list[object]) -> Any:
+    if type(value) is functools.partial:  # its own function and arguments, as it holds them
+        return _bound_form(value, found)
+    return _ref(value, found)[0]
+
+
+def _bound_form(obj: Any, children: list[object]) -> Any:
+    """A partial method, or a partial a library's callable holds (``toolz.curry``): by its
+    function and what it binds, or by content at each call when that can change."""
+    function, _ = _ref(obj.func, children)
+    args = tuple(_ref(a, children)[0] for a in obj.args)
+    keywords = tuple((k, _ref(v, children)[0]) for k, v in sorted(obj.keywords.items()))
+    if keywords or any(_is_live(p) for p in (function, *args)):
+        return _live(obj)
+    return (type(obj).__name__, function, args, keywords)
+
+
 def _by_content(obj: object) -> tuple[Any, Check]:
     """A value: by value, computed once, if it cannot change; by its content at each call if it
     has a fingerprint, or else a pickle reduction (an instance of a plain class, whose state
@@ -304,6 +328,16 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj), _of_type(obj)
+
+
+def _foreign_ufunc(obj: object, np: Any) -> bool:
+    """Whether ``obj`` is a ufunc that is not numpy's own nor made by ``np.frompyfunc``."""
+    return (
+        np is not None
+        and isinstance(obj, np.ufunc)
+        and getattr(np, obj.__name__, None) is not obj
+        and not obj.__name__.endswith(" (vectorized)")
+    )
 
 
 def _single_dispatch(obj: types.FunctionType, children: list[object]) -> tuple[Any, Check]:
@@ -334,6 +368,11 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
             return _live(obj)
         return ("holding", _qualified(type(obj)), _version_of(module), held)
     children.append(inner)
+    from afml_cache.fingerprinting import numba_options
+
+    compiling = numba_options(obj)  # a numba dispatcher: how it compiles counts too
+    if compiling is not None:
+        return ("jitted", _qualified(type(obj)), compiling, ("function", inner.__qualname__))
     # A wrapper carries the wrapped function's names (functools.wraps): name it by its code.
     if isinstance(obj, types.FunctionType):
         module = _defining_module(obj)
@@ -353,7 +392,7 @@ def _held_parts(obj: object, children: list[object]) -> tuple[tuple[str, Any], .
         return None
     found: list[object] = []
     parts = tuple(
-        (name, _ref(value, found)[0])
+        (name, _held_part(value, found))
         for name, value in sorted(state.items())
         if not name.startswith("__")  # the names functools.wraps copies
     )

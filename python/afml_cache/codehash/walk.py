@@ -794,7 +794,13 @@ def _function_reference(
         node.namespaces.append((weakref.ref(current), len(namespace)))
         for name in _read_names(namespace):
             member = (*followed[:-1], (*followed[-1], name))
-            _function_reference(fn, member, node, refs, children, whole_modules=False)
+            # A submodule (`getattr(pkg, name).f`) is read as a value too, once per node (two
+            # modules may import each other).
+            value = namespace[name]
+            nested = _is_user_module_value(value) and not any(
+                seen() is value for seen, _ in node.namespaces
+            )
+            _function_reference(fn, member, node, refs, children, whole_modules=nested)
 
 
 def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
@@ -1182,10 +1188,10 @@ def _member(value: object) -> Any:
     if isinstance(value, type):
         return ("class", _qualified(value), type_code(value))
     if isinstance(value, types.ModuleType):
-        # Another module it imports by name only: what this one's functions use of it counts
-        # through their code, and a module's imports would otherwise be read whole, at each call
+        # A submodule (`pkg.sub`) is reached through the held module (`held.sub.f(x)`): what it
+        # holds counts too (`module_content` guards against modules importing each other).
         if _is_user_module(value):
-            return ("module", value.__name__)
+            return ("module", value.__name__, module_content(value))
         return ("library", value.__name__, _version_of(value.__name__))
     try:
         with warnings.catch_warnings():
