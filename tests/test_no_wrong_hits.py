@@ -2266,6 +2266,20 @@ def test_a_partial_holding_a_connection_caches(cache_dir: Path) -> None:
     assert check(nb["score"]) == 30
     nb.run("WEIGHTS.append(100)")
     assert check(nb["score"]) == 1030
+    # ...held in a tuple or a dict of steps too (they counted by type, or ran uncached).
+    nb.run("""
+    STEPS = (functools.partial(weighed, CONN, [1], scale=2),)
+    REGISTRY = {"q": functools.partial(weighed, CONN, [1], scale=2)}
+
+    @cacheable
+    def stepped():
+        return STEPS[0]() + REGISTRY["q"]()
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(nb["stepped"]) == 4
+        nb.run('STEPS[0].keywords["scale"] = 5\nREGISTRY["q"].keywords["scale"] = 5')
+        assert check(nb["stepped"]) == 10
 
 
 def test_a_class_with_an_unhashable_metaclass_inside_a_value(cache_dir: Path) -> None:

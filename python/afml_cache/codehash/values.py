@@ -310,18 +310,50 @@ def _bound_form(obj: Any, children: list[object]) -> Any:
     return (type(obj).__name__, function, args, keywords)
 
 
+def _view(value: object) -> Any:
+    """A live value as it is fingerprinted: a partial by `_partial_view`, also inside a tuple
+    or dict (`STEPS = (partial(query, conn=CONN),)`); anything else as it is."""
+    if type(value) is functools.partial:
+        return _partial_view(value)
+    if type(value) is tuple and any(type(item) is functools.partial for item in value):
+        return tuple(map(_view, value))
+    if type(value) is dict and any(type(item) is functools.partial for item in value.values()):
+        return {key: _view(item) for key, item in value.items()}
+    return value
+
+
+def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
+    """A partial's function and the arguments it binds, each by its fingerprint, or by type if
+    it has none (a connection: `partial(query, conn=CONN)`, counted as a global holding it)."""
+    return (
+        "partial",
+        partial.func,
+        tuple(map(_bound_item, partial.args)),
+        {name: _bound_item(value) for name, value in partial.keywords.items()},
+    )
+
+
+def _bound_item(value: object) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ("value", fingerprint(value))
+    except FingerprintError:
+        return ("object", _qualified(type(value)))
+
+
 def _by_content(obj: object) -> tuple[Any, Check]:
     """A value: by value, computed once, if it cannot change; by its content at each call if it
     has a fingerprint, or else a pickle reduction (an instance of a plain class, whose state
     may decide the result); by its type's qualified name if it has neither (a lock, an open
     connection)."""
     try:
-        digest = fingerprint(obj, strict=True)
+        digest = fingerprint(_view(obj), strict=True)
     except FingerprintError:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fingerprint(obj)
+                fingerprint(_view(obj))
         except FingerprintError:
             return ("object", _qualified(type(obj))), _of_type(obj)
         return _live(obj), _of_type(obj)

@@ -57,6 +57,7 @@ from afml_cache.codehash.values import (
     _of_type,
     _ref,
     _same,
+    _view,
     is_random_generator,
 )
 from afml_cache.errors import FingerprintError
@@ -971,30 +972,8 @@ def _current(live: Found) -> LiveValues:
                 value = read(owner)
             except Exception as exc:  # rebound or deleted by another thread since the walk
                 raise FingerprintError(f"cannot read {label}: {exc!r}") from None
-            values.append(
-                (label, _partial_view(value) if type(value) is functools.partial else value)
-            )
+            values.append((label, _view(value)))
     return tuple(values)
-
-
-def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
-    """A partial's function and the arguments it binds, each by its fingerprint, or by type if
-    it has none (a connection: `partial(query, conn=CONN)`, counted as a global holding it)."""
-    return (
-        "partial",
-        partial.func,
-        tuple(map(_bound_item, partial.args)),
-        {name: _bound_item(value) for name, value in partial.keywords.items()},
-    )
-
-
-def _bound_item(value: object) -> Any:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ("value", fingerprint(value))
-    except FingerprintError:
-        return ("object", _qualified(type(value)))
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
