@@ -334,6 +334,8 @@ def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
 
 
 def _bound_item(value: object) -> Any:
+    """A value by its fingerprint (its pickle reduction, without a warning, if it has no rule),
+    or by its type if it has none at all (a connection)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

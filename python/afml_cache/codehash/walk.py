@@ -49,6 +49,7 @@ from afml_cache.codehash.values import (
     _SAME,
     Check,
     Getter,
+    _bound_item,
     _held,
     _is_live,
     _is_user_module_part,
@@ -1172,12 +1173,7 @@ def _member(value: object) -> Any:
         if _is_user_module(value):
             return ("module", value.__name__, module_content(value))
         return ("library", value.__name__, _version_of(value.__name__))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ("value", fingerprint(value))
-    except FingerprintError:
-        return ("object", _qualified(type(value)))
+    return _bound_item(value)
 
 
 def type_code(cls: type) -> str | None:
