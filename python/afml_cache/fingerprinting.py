@@ -127,8 +127,8 @@ def _zoneinfo(tz: zoneinfo.ZoneInfo) -> Rule:
         canonical = False
     if not canonical:
         message = (
-            f"a ZoneInfo made by from_file or no_cache (key {key!r}) is not told apart by its "
-            "key; pass zoneinfo.ZoneInfo(key), or the zone file's path"
+            f"a ZoneInfo read with from_file (key {key!r}) is not told apart by its key; pass "
+            "zoneinfo.ZoneInfo(key), or the zone file's path"
         )
         return _UNSUPPORTED, "zoneinfo", message
     return _VALUE, "zoneinfo", key
@@ -187,7 +187,7 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     ),
     datetime.timedelta: lambda t: (_VALUE, "timedelta", (t.days, t.seconds, t.microseconds)),
     datetime.timezone: lambda tz: (_VALUE, "timezone", (tz.utcoffset(None), tz.tzname(None))),
-    zoneinfo.ZoneInfo: lambda tz: _zoneinfo(tz),
+    zoneinfo.ZoneInfo: _zoneinfo,
     # as_tuple keeps the exponent: Decimal("1.0") and Decimal("1.00") print and round differently.
     decimal.Decimal: lambda d: (_VALUE, "decimal", tuple(d.as_tuple())),
     fractions.Fraction: lambda f: (_VALUE, "fraction", (f.numerator, f.denominator)),
@@ -212,7 +212,7 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     # `W.__mul__`: the slot's name and the object it is bound to.
     types.MethodWrapperType: lambda m: (_VALUE, "method-wrapper", (m.__name__, m.__self__)),
     types.CodeType: lambda c: (_VALUE, "code", _code_parts(c)),
-    types.ModuleType: lambda m: _module(m),
+    types.ModuleType: _module,
     defaultdict: lambda d: (_VALUE, "defaultdict", (d.default_factory, dict(d))),
     # Unlike dicts, OrderedDicts compare (and iterate) by order, so order counts.
     OrderedDict: lambda d: (_VALUE, "OrderedDict", list(d.items())),
@@ -502,7 +502,7 @@ def _ufunc_rule(ufunc: Any) -> Rule:
     return _VALUE, "numpy.frompyfunc", (function, ufunc.nin, ufunc.nout)
 
 
-_ufunc_homes: dict[int, tuple[Any, tuple[str, str, str | None]]] = {}
+_ufunc_homes: dict[int, tuple[Any, tuple[str, str, str | None] | None]] = {}
 
 
 def _ufunc_home(ufunc: Any) -> tuple[str, str, str | None] | None:
