@@ -167,8 +167,10 @@ def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("unknown", _qualified(obj)), _same(obj)
 
 
-def _live(obj: object) -> Any:
-    return ("live", _qualified(type(obj)))
+def _live(obj: object, viewed: bool = False) -> Any:
+    """The part of a value that counts by content at each call; ``viewed``: as `_view` shows
+    it (walk.py, `_live_reader`)."""
+    return ("live", _qualified(type(obj)), "viewed") if viewed else ("live", _qualified(type(obj)))
 
 
 def _is_live(part: Any) -> bool:
@@ -235,7 +237,7 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         # call; a connection among that (`partial(query, conn=CONN)`) by type, as a global
         # holding it (walk.py, `_partial_view`).
         _ref(obj.func, children)
-        return _live(obj), _same(obj)
+        return _live(obj, viewed=True), _same(obj)
     if isinstance(obj, functools.partialmethod):
         return _bound_form(obj, children), _same(obj)
     np = sys.modules.get("numpy")
@@ -284,7 +286,7 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
         items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
         if any(_is_live(item) or _is_user_module_part(item) for item in items):
-            return _live(obj), _same(obj)
+            return _live(obj, viewed=_view(obj) is not obj), _same(obj)
         return ("tuple", items), _same(obj)
     if _is_user_class(cls):
         children.append(cls)
@@ -349,19 +351,21 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     has a fingerprint, or else a pickle reduction (an instance of a plain class, whose state
     may decide the result); by its type's qualified name if it has neither (a lock, an open
     connection)."""
+    shown = _view(obj)  # a tuple or dict of partials: what they bind
+    viewed = shown is not obj
     try:
-        digest = fingerprint(_view(obj), strict=True)
+        digest = fingerprint(shown, strict=True)
     except FingerprintError:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fingerprint(_view(obj))
+                fingerprint(shown)
         except FingerprintError:
             return ("object", _qualified(type(obj))), _of_type(obj)
-        return _live(obj), _of_type(obj)
+        return _live(obj, viewed), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
-    return _live(obj), _of_type(obj)
+    return _live(obj, viewed), _of_type(obj)
 
 
 def _foreign_ufunc(obj: object, np: Any) -> bool:

@@ -369,25 +369,26 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
             part, check = _ref(value, children)
             part = _unless_written_only(fn, name, value, part)
             if _is_live(part):
-                node.live.append((name, _cell_reader(i)))
+                node.live.append((name, _live_reader(part, _cell_reader(i))))
             node.cells.append(check)
             cells.append((name, part))
         defaults = tuple(_ref(d, children)[0] for d in fn.__defaults__ or ())
         for i, part in enumerate(defaults):
             if _is_live(part):
-                node.live.append((f"{fn.__qualname__}.__defaults__[{i}]", _default_reader(i)))
+                reader = _live_reader(part, _default_reader(i))
+                node.live.append((f"{fn.__qualname__}.__defaults__[{i}]", reader))
         kwdefaults = tuple(
             (k, _ref(v, children)[0]) for k, v in sorted((fn.__kwdefaults__ or {}).items())
         )
         for name, part in kwdefaults:
             if _is_live(part):
-                node.live.append(
-                    (f"{fn.__qualname__}.__kwdefaults__[{name!r}]", _kwdefault_reader(name))
-                )
+                reader = _live_reader(part, _kwdefault_reader(name))
+                node.live.append((f"{fn.__qualname__}.__kwdefaults__[{name!r}]", reader))
         attributes = tuple((k, _ref(v, children)[0]) for k, v in node.attributes)
         for name, part in attributes:
             if _is_live(part):
-                node.live.append((f"{fn.__qualname__}.{name}", _attribute_reader(name)))
+                reader = _live_reader(part, _attribute_reader(name))
+                node.live.append((f"{fn.__qualname__}.{name}", reader))
         held = [
             *map(_cell_contents, fn.__closure__ or ()),
             *(fn.__defaults__ or ()),
@@ -783,13 +784,12 @@ def _function_reference(
     if ref[0] == "global" and not modules:
         node.add_name(ref[1], check)
         if _is_live(part):
-            node.live.append((ref[1], _global_reader(ref[1])))
+            node.live.append((ref[1], _live_reader(part, _global_reader(ref[1]))))
     else:
         node.paths.append((followed, tuple(modules), check))
         if _is_live(part):
-            node.live.append(
-                (".".join(label[1:] if ref[0] == "import" else label), _path_reader(followed))
-            )
+            reader = _live_reader(part, _path_reader(followed))
+            node.live.append((".".join(label[1:] if ref[0] == "import" else label), reader))
     refs[label] = part
     if whole_modules and _is_user_module_value(current):
         namespace = dict(vars(current))  # one snapshot, even if another thread edits it
@@ -822,7 +822,8 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
                 part, check = _made_with_class(name, value)
             node.add_member(name, check)
             if _is_live(part):
-                node.live.append((f"{cls.__qualname__}.{name}", _member_reader(name)))
+                reader = _live_reader(part, _member_reader(name))
+                node.live.append((f"{cls.__qualname__}.{name}", reader))
             members.append((name, part))
         members.sort(key=lambda item: item[0])
         bases = tuple(_ref(b, children)[0] for b in cls.__bases__)
@@ -973,8 +974,16 @@ def _current(live: Found) -> LiveValues:
                 value = read(owner)
             except Exception as exc:  # rebound or deleted by another thread since the walk
                 raise FingerprintError(f"cannot read {label}: {exc!r}") from None
-            values.append((label, _view(value)))
+            values.append((label, value))
     return tuple(values)
+
+
+def _live_reader(part: Any, reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``reader``, giving the value as `_view` shows it when its part says it must be (a
+    partial, or a container of partials binding a connection); else as it is, at no cost."""
+    if part[2:3] != ("viewed",):
+        return reader
+    return lambda owner: _view(reader(owner))
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
