@@ -1068,38 +1068,29 @@ fn write_all_pieces(file: &mut File, pieces: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The bytes of a key file, at most `limit` of them; None if it is absent. Opened without
-/// blocking and refused unless a regular file: a pipe or a device in its place (`/dev/zero`)
-/// must not hold or fill the caller.
-fn read_key_file(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// The 32-byte key in `path`; None if it is absent. Opened without blocking and read to 33 bytes
+/// at most: a pipe or a device in its place (`/dev/zero`) must not hold or fill the caller.
+fn read_mac_key(path: &Path) -> Result<Option<[u8; 32]>> {
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(Error::io("cannot read the MAC key", path, e)),
     };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+    // The directory's fault, not the caller's argument: an unusable directory.
+    let not_a_key = || {
+        let why = "not a 32-byte key; remove it to start afresh (existing entries become misses)";
+        Error::io("cannot use the MAC key", path, std::io::Error::other(why))
+    };
+    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+        return Err(not_a_key());
     }
     let mut bytes = Vec::new();
-    file.take(limit).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    file.take(33).read_to_end(&mut bytes).map_err(|e| Error::io("cannot read the MAC key", path, e))?;
+    bytes.try_into().map(Some).map_err(|_| not_a_key())
 }
 
 fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {
-    let read = |path: &Path| -> Result<Option<[u8; 32]>> {
-        // The directory's fault, not the caller's argument: an unusable directory.
-        let bad = || {
-            let why = "not a 32-byte key; remove it to start afresh (existing entries become misses)";
-            Error::io("cannot use the MAC key", path, std::io::Error::other(why))
-        };
-        match read_key_file(path, 33) {
-            Ok(Some(bytes)) => bytes.try_into().map(Some).map_err(|_| bad()),
-            Ok(None) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::Other => Err(bad()),
-            Err(e) => Err(Error::io("cannot read the MAC key", path, e)),
-        }
-    };
-    if let Some(key) = read(path)? {
+    if let Some(key) = read_mac_key(path)? {
         return Ok(key);
     }
     let mut key = [0u8; 32];
@@ -1120,7 +1111,7 @@ fn load_or_create_mac_key(path: &Path, trust: Trust) -> Result<[u8; 32]> {
     match linked {
         Ok(()) => Ok(key),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read(path)?.ok_or_else(|| Error::io("cannot read the MAC key", path, e))
+            read_mac_key(path)?.ok_or_else(|| Error::io("cannot read the MAC key", path, e))
         }
         Err(e) => Err(Error::io("cannot create the MAC key", path, e)),
     }
