@@ -1174,6 +1174,123 @@ def test_objects_without_a_fingerprint_count_by_type_and_name(
     assert hits(module.f) == 1
 
 
+WRAPT_CODE = """
+import wrapt
+from afml_cache import cacheable
+
+@wrapt.decorator
+def traced(wrapped, instance, args, kwargs):
+    return wrapped(*args, **kwargs) * WRAPPER_FACTOR
+
+@traced
+def zscore(x):
+    return (x - 1.0) / HELPER_SCALE
+
+@cacheable
+def feature(x):
+    return zscore(x) + 1
+
+@cacheable
+@traced
+def wrapped_feature(x):
+    return x * 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "feature", "doubled"),
+    [
+        ("WRAPPER_FACTOR = 1", 2.0, 6.0),
+        ("WRAPPER_FACTOR = 3", 4.0, 18.0),
+        ("HELPER_SCALE = 4.0", 1.5, 6.0),
+    ],
+)
+def test_a_wrapt_proxy_counts_the_function_it_wraps_and_its_wrapper(
+    cache_dir: Path, load: Loader, edit: str, feature: float, doubled: float
+) -> None:
+    # wrapt's FunctionWrapper passes isinstance(obj, FunctionType): the walker took it for a
+    # class and every call raised AttributeError from inside the cache.
+    name = f"wrapt_user_{uuid.uuid4().hex}"
+    first = load(f"WRAPPER_FACTOR = 1\nHELPER_SCALE = 2.0\n{WRAPT_CODE}", name=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(first.feature, 3.0) == 2.0
+        assert check(first.wrapped_feature, 3.0) == 6.0
+    # The wrapper's or the helper's code edited (a constant it reads), in a module of that name.
+    edited = load(f"WRAPPER_FACTOR = 1\nHELPER_SCALE = 2.0\n{edit}\n{WRAPT_CODE}", name=name)
+    assert check(edited.feature, 3.0) == feature
+    assert check(edited.wrapped_feature, 3.0) == doubled
+    assert check(edited.feature, 3.0) == feature and hits(edited.feature) >= 1
+
+
+def test_a_failure_inside_the_cache_runs_the_call_uncached_with_one_warning(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load("""
+    from afml_cache import cacheable
+
+    @cacheable
+    def f(x):
+        return x + 1
+    """)
+
+    def broken(*_: Any) -> Any:
+        raise AttributeError("a walker's bug")
+
+    monkeypatch.setattr(afml_cache.decorators, "code_state", broken)
+    monkeypatch.setattr(afml_cache.decorators, "lone_code_state", lambda fn: None)
+    with pytest.warns(afml_cache.CacheWarning, match="keying its call failed inside afml-cache"):
+        assert module.f(1) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert module.f(1) == 2  # warned once
+    assert module.f.cache_info()["entries"] == 0
+
+
+def test_a_function_that_adds_a_column_to_its_argument_runs_uncached(cache_dir: Path) -> None:
+    # AFML style: `events["trgt"] = ...; return events`. A hit returned the result but left the
+    # caller's frame without the column, which the code after the call reads.
+    @afml_cache.cacheable
+    def add_target(events: pd.DataFrame, close: pd.Series) -> pd.DataFrame:
+        events["trgt"] = close.pct_change().rolling(3).std().reindex(events.index)
+        return events
+
+    @afml_cache.cacheable(ignore=("calls",))
+    def counted(calls: list[int], x: int) -> int:  # a test's counter: a hit must not add to it
+        calls.append(x)
+        return x * 2
+
+    index = pd.date_range("2024-01-01", periods=10, freq="D")
+    close = pd.Series(np.linspace(100.0, 110.0, 10), index=index)
+    with pytest.warns(afml_cache.CacheWarning, match="changed its argument 'events' in place"):
+        add_target(pd.DataFrame({"t1": index.shift(2)}, index=index), close)
+    for _ in range(2):  # a notebook cell run again: the column is there each time
+        events = pd.DataFrame({"t1": index.shift(2)}, index=index)
+        add_target(events, close)
+        assert list(events.columns) == ["t1", "trgt"]
+    assert add_target.cache_info()["entries"] == 0
+    calls: list[int] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [counted(calls, 2), counted(calls, 2)] == [4, 4] and calls == [2]
+
+
+def test_a_function_that_only_reads_its_frame_is_cached(cache_dir: Path) -> None:
+    # A frame read (pandas 2 consolidates its blocks in place on some reads) is not changed.
+    @afml_cache.cacheable
+    def total(frame: pd.DataFrame) -> float:
+        return float(frame.iloc[0].sum() + frame.iloc[1].sum())
+
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    for name in "bcd":  # one block per column, until something consolidates them
+        frame[name] = [3.0, 4.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(total, frame) == 24.0
+        assert check(total, frame.copy()) == 24.0
+    assert hits(total) == 1
+
+
 def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:
     module = load("""
     from afml_cache import cacheable
@@ -1791,13 +1908,32 @@ def test_a_path_inside_a_config_object_counts_by_the_file(cache_dir: Path, tmp_p
         rows = config.bars.read_text().split()
         return sum(map(float, rows[-config.window :])) / config.window
 
+    attrs = pytest.importorskip("attrs")
+    pydantic = pytest.importorskip("pydantic")
+
+    @attrs.define  # slotted: no __dict__
+    class AttrsConfig:
+        bars: Path
+        window: int = 2
+
+    class Settings(pydantic.BaseModel):
+        bars: Path
+        window: int = 2
+
+    class Plain:
+        def __init__(self, bars: Path) -> None:
+            self.bars, self.window = bars, 2
+
     data = tmp_path / "bars.csv"
     data.write_text("1\n2\n3\n")
-    for make in (Config, lambda p: types.SimpleNamespace(bars=p, window=2)):
+    makers = (Config, lambda p: types.SimpleNamespace(bars=p, window=2), AttrsConfig, Plain)
+    for make in (*makers, lambda p: Settings(bars=p)):
         data.write_text("1\n2\n3\n")
-        assert check(mean_close, make(data)) == 2.5
-        data.write_text("1\n2\n3\n10\n")  # the morning download rewrites the file
-        assert check(mean_close, make(data)) == 6.5
+        with warnings.catch_warnings():  # pydantic's model counts by its pickle: said once
+            warnings.simplefilter("ignore", afml_cache.CacheWarning)
+            assert check(mean_close, make(data)) == 2.5
+            data.write_text("1\n2\n3\n10\n")  # the morning download rewrites the file
+            assert check(mean_close, make(data)) == 6.5
 
 
 def test_a_bare_arrow_string_array_counts_its_dtype(cache_dir: Path) -> None:
@@ -2280,6 +2416,22 @@ def test_a_partial_holding_a_connection_caches(cache_dir: Path) -> None:
         assert check(nb["stepped"]) == 4
         nb.run('STEPS[0].keywords["scale"] = 5\nREGISTRY["q"].keywords["scale"] = 5')
         assert check(nb["stepped"]) == 10
+    # ...and in a list, or a dict of tuples (they counted by type: the old result came back).
+    nb.run("""
+    PIPELINE = [functools.partial(weighed, CONN, [1], scale=2)]
+    STAGES = {"load": (functools.partial(weighed, CONN, [1], scale=2),)}
+
+    @cacheable
+    def piped():
+        return PIPELINE[0]() + STAGES["load"][0]()
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(nb["piped"]) == 4
+        nb.run("PIPELINE[0] = functools.partial(weighed, CONN, [1], scale=7)")
+        assert check(nb["piped"]) == 9
+        nb.run('STAGES["load"] = (functools.partial(weighed, CONN, [1], scale=7),)')
+        assert check(nb["piped"]) == 14
 
 
 def test_a_class_with_an_unhashable_metaclass_inside_a_value(cache_dir: Path) -> None:
@@ -2485,6 +2637,46 @@ def test_a_submodule_imported_in_the_body_counts_from_the_first_call(
     assert run(3) == "30 30"
 
 
+def test_an_optional_backend_that_fails_to_import_is_tried_once(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # `if use_gpu: from . import gpu`, whose import fails here: every walk of the code imported
+    # it again (its start-up cost at each call's key).
+    package = tmp_path / "optional" / "backends"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "gpu.py").write_text("print('imported')\nimport a_library_not_installed\n")
+    (package / "api.py").write_text(
+        textwrap.dedent("""
+        from afml_cache import cacheable
+
+        @cacheable
+        def compute(x, use_gpu=False):
+            if use_gpu:
+                from . import gpu
+                return gpu.run(x)
+            return x * 2
+        """)
+    )
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from backends import api\n"
+            "print([api.compute(x) for x in (1, 1, 2, 2)],"
+            " api.compute.cache_info()['cache_misses'])",
+        ],
+        cwd=package.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert done.stdout.split("\n")[:2] == ["imported", "[2, 2, 4, 4] 2"]
+
+
 def test_globals_named_in_strings_pandas_evaluates_count(cache_dir: Path) -> None:
     nb = Notebook()
     nb.run("""
@@ -2506,12 +2698,29 @@ def test_globals_named_in_strings_pandas_evaluates_count(cache_dir: Path) -> Non
         x = df["x"]
         return int(pd.eval("x * THRESHOLD").sum())
 
+    @cacheable
+    def in_a_comprehension(df):  # the query's code is the comprehension's, not the function's
+        return sum(int(part.query("x > @THRESHOLD")["x"].sum()) for part in (df, df))
+
+    @cacheable
+    def in_a_lambda(df):
+        return int(df.pipe(lambda d: d.eval("x * @THRESHOLD")).sum())
+
+    @cacheable
+    def columns_only(df):  # "x" is the frame's column: the global x is not read
+        return int(df.eval("x * 2").sum())
+
+    x = [0, 1]
     frame = pd.DataFrame({"x": [1, 2, 3, 4]})
     """)
-    names, frame = ("above", "scaled", "evaluated"), nb["frame"]
-    assert [check(nb[name], frame) for name in names] == [9, 10, 10]
+    names = ("above", "scaled", "evaluated", "in_a_comprehension", "in_a_lambda", "columns_only")
+    frame = nb["frame"]
+    assert [check(nb[name], frame) for name in names] == [9, 10, 10, 18, 10, 20]
     nb.run("THRESHOLD = 3")
-    assert [check(nb[name], frame) for name in names] == [4, 30, 30]
+    assert [check(nb[name], frame) for name in names] == [4, 30, 30, 8, 30, 20]
+    nb.run("x = [5, 6]")  # a global that only shares the column's name: still a hit
+    assert check(nb["columns_only"], frame) == 20
+    assert hits(nb["columns_only"]) == 2
 
 
 def test_a_script_parsing_its_command_line_with_argparse_counts_it(

@@ -854,7 +854,7 @@ def test_pieces_of_other_forms_are_never_stitched(cache_dir: Path, clock: list[i
         ("2024-01-02 04:00", "2024-01-02 09:00"),  # a slice of the float day without its gap
         ("2024-01-03 00:00", "2024-01-03 10:00"),  # a slice without the sells
     ]
-    with pytest.warns(CacheWarning, match="other columns or dtypes for other spans") as caught:
+    with pytest.warns(CacheWarning, match="other columns, dtypes or attrs for other") as caught:
         for start, end in requests:
             pd.testing.assert_frame_equal(load("ES", start, end), uneven(start, end))
     assert len(caught) == 1
@@ -868,6 +868,24 @@ def test_pieces_of_other_forms_are_never_stitched(cache_dir: Path, clock: list[i
         same("NQ", start, end)
     pd.testing.assert_frame_equal(same("NQ", days[0], days[-1]), hourly(days[0], days[-1]))
     assert len(log) == 3
+
+
+def test_attrs_that_name_the_span_are_never_stitched(cache_dir: Path, clock: list[int]) -> None:
+    # pd.concat keeps attrs only when every part has the same: stitched, the span's attrs were
+    # dropped where one call over the request returns its own.
+    def asked(start: Any, end: Any) -> pd.DataFrame:
+        bars = hourly(start, end)
+        bars.attrs["asked"] = (str(start), str(end))
+        return bars
+
+    log: list[tuple[Any, Any]] = []
+    load = loader(asked, log)
+    load("ES", "2024-01-01", "2024-01-02")
+    with pytest.warns(CacheWarning, match="other columns, dtypes or attrs for other"):
+        load("ES", "2024-01-02", "2024-01-03")  # said once, at the piece of another form
+        got = load("ES", "2024-01-01", "2024-01-03")
+    pd.testing.assert_frame_equal(got, asked("2024-01-01", "2024-01-03"))
+    assert got.attrs == {"asked": ("2024-01-01", "2024-01-03")}
 
 
 def _frames_of_every_layout() -> dict[str, Any]:

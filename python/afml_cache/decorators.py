@@ -79,6 +79,45 @@ _REMEMBERED_KEYS = 4096
 # What `_Engine._state` reads on each call.
 _State = tuple[tuple[str, str, dict[Any, str]], LiveValues]
 _Lone = tuple[str, Callable[[Any], object], Callable[[], LiveValues] | None]
+
+
+def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(argument, value, outline)`` of each argument whose change in place by the call can be
+    seen cheaply (`_outline`), before a miss runs."""
+    found = []
+    for where, value in (*enumerate(args), *kwargs.items()):
+        outline = _outline(value)
+        if outline is not None:
+            found.append((str(where), value, outline))
+    return found
+
+
+def _outline(value: Any) -> tuple[Any, ...] | None:
+    """What a change of a frame or series in place shows without reading its data: its shape
+    and, by identity, its columns (or name) and index (a column added or dropped, rows sorted
+    or renamed in place); None for other values. Values written into what is there
+    (``df["a"] = ...`` over a column, ``df.iloc[0, 0] = x``) do not show: a frame's blocks are
+    no sign, as pandas 2 consolidates them in place on some reads. A list or dict an argument
+    gives is left alone: counting calls into one (``calls.append(1)``) is how a test tells a
+    hit, which must not do it again."""
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(value, pd.DataFrame | pd.Series):
+        return None
+    columns = value.columns if isinstance(value, pd.DataFrame) else value.name
+    return (value.shape, columns, value.index)
+
+
+def _changed_in_place(outlines: list[tuple[str, Any, Any]]) -> str | None:
+    """The first argument whose outline a call changed, or None."""
+    for where, value, before in outlines:
+        after = _outline(value)
+        if after is None or after[0] != before[0] or len(after) != len(before):
+            return where
+        if any(a is not b for a, b in zip(after[1:], before[1:], strict=True)):
+            return where
+    return None
+
+
 # Every decorated function alive in this process, for maintenance (smart_cache_clear).
 _DECORATED: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
@@ -323,6 +362,8 @@ class _Engine:
         self._watch_next = True
         self._watching: tuple[tuple[str, str], ...] = ()
         self._left: dict[str, str] = {}
+        # The argument a miss changed in place (`_changes_arguments`): it runs uncached since.
+        self._changes_in_place: str | None = None
         # How many arguments a call gives by position when its key may be remembered: all of
         # them (defaults, which may be mutable, never enter); -1 for none.
         binder = self._binder
@@ -576,8 +617,26 @@ class _Engine:
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Entries, str, Call] | None:
-        """The entries, key and details of a call, or None when it must run uncached."""
-        if not config.cache_enabled():
+        """The entries, key and details of a call, or None when it must run uncached: also
+        when keying it failed inside afml-cache, which warns once and never stops the call."""
+        try:
+            return self._keyed(args, kwargs)
+        except FingerprintError:  # strict=True: the caller asked for it
+            raise
+        except Exception as exc:
+            self._warn_once(
+                "internal",
+                f"afml_cache: {self.name} runs uncached: keying its call failed inside "
+                f"afml-cache ({type(exc).__name__}: {exc}); please report this with the "
+                "function's code",
+            )
+            return None
+
+    def _keyed(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Entries, str, Call] | None:
+        """`_prepare`, letting an unexpected exception through."""
+        if not config.cache_enabled() or self._changes_in_place is not None:
             return None
         self._watching = ()  # only the digests this call's key notes count for it
         view = self._open()
@@ -689,9 +748,12 @@ class _Engine:
                     self._record_hit(entries, key, compute_time, start)
                     return value
             before = self._generators_before()
+            outlines = _outlines(args, kwargs)
             computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
             elapsed = time.perf_counter() - computing
+            if self._changes_arguments(outlines):
+                return result
             key = self._key_after_miss(key, before)
             # A value written behind keeps the lock until it is on disk: whoever waits for the
             # key then finds it there.
@@ -704,6 +766,27 @@ class _Engine:
         if watching:
             self._changed_while_running(watching)
         return result
+
+    def _changes_arguments(self, outlines: list[tuple[str, Any, Any]]) -> bool:
+        """After a miss: whether it changed an argument in place (`_outline`). A hit returns the
+        result without doing that again (``events["trgt"] = ...; return events`` would leave
+        the caller's ``events`` without the column), so the result is not stored, and the
+        function runs uncached from then on, which one warning says."""
+        where = _changed_in_place(outlines) if outlines else None
+        if where is None:
+            return False
+        self._changes_in_place = where
+        names = list(self.signature.parameters)
+        if where.isdigit() and int(where) < len(names):
+            where = names[int(where)]
+        what = f"argument {where!r}"
+        self._warn_once(
+            "changes arguments",
+            f"afml_cache: {self.name} changed its {what} in place, which a cached result "
+            "cannot do again, so it runs uncached: return what it computes and leave its "
+            "arguments as they came (events = events.assign(trgt=...)), or copy them first",
+        )
+        return True
 
     def _lookup(self, entries: Entries, key: str, *, copy: bool = True) -> tuple[bool, Any, float]:
         """``entries.lookup``, where an entry that cannot be read (permission denied, a
@@ -745,9 +828,12 @@ class _Engine:
             return value
         # No cross-task lock: awaiting a blocking file lock would stall the event loop.
         before = self._generators_before()
+        outlines = _outlines(args, kwargs)
         computing = time.perf_counter()
         result = await self.fn(*args, **kwargs)
         elapsed = time.perf_counter() - computing
+        if self._changes_arguments(outlines):
+            return result
         key = self._key_after_miss(key, before)
         self._store(entries, key, result, elapsed, call)
         self._record_miss(entries, key, elapsed, start)

@@ -14,8 +14,9 @@ every machine that holds the same bytes (a shared remote store serves them all).
 than `CONTENT_LIMIT` counts by that state itself: a rewrite is still a miss, but another copy of
 the same bytes (another machine's) is too.
 
-Paths held in a list, tuple or dict beside other values (``load({"bars": path})``) count too,
-among the first `HELD_ITEMS` items looked at. A plain string is a string:
+Paths held in a list, tuple or dict beside other values (``load({"bars": path})``), or in a
+config object (a dataclass, an attrs or pydantic model, a namespace, an instance of the user's own
+class), count too, among the first `HELD_ITEMS` items looked at. A plain string is a string:
 ``load_bars("data/ES.parquet")`` counts the path only.
 """
 
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from afml_cache._core import fingerprint
+from afml_cache.codehash.scope import _is_user_class
 from afml_cache.errors import CacheWarning, caller_stacklevel
 
 # Digests of file contents by (path, device, inode, size, mtime, ctime); forgotten all at once
@@ -89,6 +91,7 @@ def _items(value: Any) -> Iterable[tuple[Any, Any]] | None:
         return value.items()
     if isinstance(value, (list, tuple)):
         return enumerate(value)
+    cls = type(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return ((f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value))
     argparse = sys.modules.get("argparse")  # its Namespace exists only once it is imported
@@ -96,6 +99,15 @@ def _items(value: Any) -> Iterable[tuple[Any, Any]] | None:
         argparse is not None and isinstance(value, argparse.Namespace)
     ):
         return vars(value).items()
+    attr = sys.modules.get("attr")  # attrs classes, slotted ones too
+    if attr is not None and attr.has(cls):
+        return ((f.name, getattr(value, f.name, None)) for f in attr.fields(cls))
+    # An instance of the user's own class (a pydantic settings model, a plain config object):
+    # what it holds.
+    if not isinstance(value, type) and _is_user_class(cls):
+        state = getattr(value, "__dict__", None)
+        if type(state) is dict:
+            return state.items()
     return None
 
 

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import functools
 import importlib
+import uuid
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import pandas as pd
 from pandas.tseries.offsets import BaseOffset, Tick
 
 from afml_cache._core import fingerprint
+from afml_cache.errors import FingerprintError
 
 try:
     from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
@@ -155,13 +157,18 @@ def form_of(rows: Any) -> str | None:
     included), and the index's dtype and name; None for no rows (a holiday's piece is never
     stitched). Pieces of other forms cannot make what one call over their spans returns: a
     column that is float where a span missed a value and int elsewhere, categories found in the
-    rows, columns of the symbols that traded."""
+    rows, columns of the symbols that traded, ``attrs`` that name the span."""
     if len(rows) == 0:
         return None
     if isinstance(rows, pd.DataFrame):
         form: tuple[Any, ...] = ("frame", rows.columns, tuple(rows.dtypes))
     else:
         form = ("series", rows.name, rows.dtype)
+    if rows.attrs:  # set from the span (``attrs["asked"] = (start, end)``): pd.concat drops them
+        try:
+            form = (*form, ("attrs", fingerprint(rows.attrs)))
+        except FingerprintError:  # unreadable: a form of its own, never stitched
+            form = (*form, ("attrs", uuid.uuid4().hex))
     return fingerprint((form, rows.index.dtype, rows.index.name))
 
 

@@ -537,11 +537,12 @@ class RangeEngine(_Engine):
         shown = "; ".join(f"[{show(start)}, {show(end)})" for start, end, _ in spans[:3])
         self._warn_once(
             "forms",
-            f"afml_cache: {self.name} returned rows of other columns or dtypes for other spans "
-            f"({shown}), so its pieces cannot be stitched into what one call returns: each call "
-            "now computes its whole range, uncached. Give every span the same columns and "
-            "dtypes (a CategoricalDtype with the categories listed, float64 or Int64 for a "
-            "column with missing values, reindex(columns=...)) to have ranges cached; "
+            f"afml_cache: {self.name} returned rows of other columns, dtypes or attrs for other "
+            f"spans ({shown}), so its pieces cannot be stitched into what one call returns: "
+            "each call now computes its whole range, uncached. Give every span the same "
+            "columns, dtypes and attrs (a CategoricalDtype with the categories listed, float64 "
+            "or Int64 for a column with missing values, reindex(columns=...), no attrs naming "
+            "the span) to have ranges cached; "
             f"{self.name}.invalidate() forgets the pieces",
         )
         if own is not None:

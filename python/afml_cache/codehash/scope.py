@@ -12,6 +12,7 @@ import site
 import sys
 import sysconfig
 import types
+import weakref
 from collections.abc import Iterator
 
 _log = logging.getLogger("afml_cache")
@@ -123,10 +124,21 @@ def _is_user_class(cls: type) -> bool:
     if module is not None and module_name != "__main__":
         return _is_user_module(module)
     # `__main__` of a script run under another tool, or a module not registered: the class's
-    # own methods say where it was written.
-    for fn in _class_functions(cls):
-        return _is_user_function(fn)
-    return module_name == "__main__" or not _is_stdlib_name(module_name)
+    # own methods say where it was written, once per class (a list of a notebook's records
+    # asks for each one).
+    try:
+        return _UNREGISTERED_CLASSES[cls]
+    except (KeyError, TypeError):  # not seen yet, or a metaclass that makes it unhashable
+        pass
+    found = next((_is_user_function(fn) for fn in _class_functions(cls)), None)
+    if found is None:
+        found = module_name == "__main__" or not _is_stdlib_name(module_name)
+    with contextlib.suppress(TypeError):
+        _UNREGISTERED_CLASSES[cls] = found
+    return found
+
+
+_UNREGISTERED_CLASSES: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 # --- versions of libraries ----------------------------------------------------------------------

@@ -193,6 +193,8 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("environment",), _same(obj)
     cls = type(obj)
     if isinstance(obj, types.FunctionType):
+        if cls is not types.FunctionType:  # a proxy that passes for a function
+            return _proxy_form(obj, children), _same(obj)
         if _is_user_function(obj):
             children.append(obj)
             return ("function", obj.__qualname__), _same(obj)
@@ -295,6 +297,20 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     return _by_content(obj)
 
 
+def _proxy_form(obj: Any, children: list[object]) -> Any:
+    """A proxy that passes for the function it wraps (wrapt's ``FunctionWrapper``, under
+    ``@deprecated`` and many tracing or retrying decorators): by that function, the wrapper
+    function it calls first and the instance it is bound to, each by what it is."""
+    module = _module_of(type(obj))
+    parts = tuple(
+        _ref(getattr(obj, name, None), children)[0]
+        for name in ("__wrapped__", "_self_wrapper", "_self_instance")
+    )
+    if any(_is_live(part) for part in parts):
+        return _live(obj)
+    return ("proxy", _qualified(type(obj)), _version_of(module), parts)
+
+
 def _held_part(value: object, found: list[object]) -> Any:
     if type(value) is functools.partial:  # its own function and arguments, as it holds them
         return _bound_form(value, found)
@@ -313,15 +329,32 @@ def _bound_form(obj: Any, children: list[object]) -> Any:
 
 
 def _view(value: object) -> Any:
-    """A live value as it is fingerprinted: a partial by `_partial_view`, also inside a tuple
-    or dict (`STEPS = (partial(query, conn=CONN),)`); anything else as it is."""
+    """A live value as it is fingerprinted: a partial by `_partial_view`, also inside tuples,
+    lists and dicts (`STEPS = [partial(query, conn=CONN)]`, `{"load": (partial(...),)}`);
+    anything else as it is."""
     if type(value) is functools.partial:
         return _partial_view(value)
-    if type(value) is tuple and any(type(item) is functools.partial for item in value):
-        return tuple(map(_view, value))
-    if type(value) is dict and any(type(item) is functools.partial for item in value.values()):
+    if not _holds_partial(value, _VIEWED_DEPTH):
+        return value
+    if type(value) is dict:
         return {key: _view(item) for key, item in value.items()}
-    return value
+    return type(value)(map(_view, value))  # type: ignore[call-arg]
+
+
+def _holds_partial(value: object, depth: int) -> bool:
+    """Whether a tuple, list or dict of at most `_VIEWED_ITEMS` items holds a partial, within
+    ``depth`` levels (a pipeline's steps, not a scan of a long list of numbers)."""
+    cls = type(value)
+    if cls is functools.partial:
+        return True
+    if depth == 0 or cls not in (tuple, list, dict) or len(value) > _VIEWED_ITEMS:  # type: ignore[arg-type]
+        return False
+    items = value.values() if cls is dict else value  # type: ignore[attr-defined]
+    return any(_holds_partial(item, depth - 1) for item in items)  # type: ignore[attr-defined]
+
+
+_VIEWED_DEPTH: Final = 3
+_VIEWED_ITEMS: Final = 256
 
 
 def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:

@@ -29,6 +29,7 @@ from afml_cache.codehash.bytecode import (
     Ref,
     _cached_references,
     _code_digest,
+    _code_objects,
     _environment_variables,
     _written_only,
 )
@@ -320,8 +321,10 @@ def _absolute_import(fn: types.FunctionType, ref: Ref) -> Ref:
 
 def _import_if_user(name: str) -> None:
     """Import a module a function imports in its body, if it is the user's own and not
-    imported yet, so its functions can be read. Library modules are named, never imported."""
-    if name in sys.modules or not name or name.startswith("."):
+    imported yet, so its functions can be read. Library modules are named, never imported;
+    one whose import failed is not tried again in this process (an optional backend that
+    needs what is not installed: its import may cost seconds, at each walk)."""
+    if name in sys.modules or name in _UNIMPORTABLE or not name or name.startswith("."):
         return
     top = name.partition(".")[0]
     if _is_stdlib_name(top) or _packages_distributions().get(top) or _is_own_package(top):
@@ -329,7 +332,11 @@ def _import_if_user(name: str) -> None:
     try:
         importlib.import_module(name)
     except Exception as exc:
+        _UNIMPORTABLE.add(name)
         _log.debug("afml_cache: code fingerprint cannot import %s: %r", name, exc)
+
+
+_UNIMPORTABLE: set[str] = set()  # user modules whose import by `_import_if_user` failed
 
 
 def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]:
@@ -342,7 +349,7 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
         references = _cached_references(fn.__code__)
         for ref in references:
             _function_reference(fn, ref, node, refs, children)
-        for name in _expression_names(fn):
+        for name in _expression_names(fn, references):
             if (name,) not in refs:
                 _function_reference(fn, ("global", name, ()), node, refs, children)
         environment = _environment_names(fn, references)
@@ -431,25 +438,36 @@ def _own_code(fn: types.FunctionType) -> str | None:
         return None
 
 
-def _expression_names(fn: types.FunctionType) -> list[str]:
-    """The globals named in the strings of a function that has pandas evaluate them
-    (``df.query("x > @THRESH")``, ``pd.eval("x * THRESH")``): pandas reads them from the
-    caller's frame, where the code shows only a string."""
-    code = fn.__code__
-    if _EVALUATES.isdisjoint(code.co_names):
+def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> list[str]:
+    """The globals a function has pandas read from the strings it evaluates: each ``@NAME``
+    of a frame's query or eval (``df.query("ret > @THRESH")``, in a comprehension or lambda
+    too), and, when it calls pandas' own ``pd.eval``, every name in its strings, which that
+    reads from the caller's variables (a frame's ``eval`` reads bare names from its columns:
+    a global ``close`` beside a ``"close > open"`` is not read)."""
+    codes = list(_code_objects(fn.__code__))
+    if all(_EVALUATES.isdisjoint(code.co_names) for code in codes):
         return []
+    pandas = sys.modules.get("pandas")
+    top_level = pandas is not None and any(
+        (start is pandas and attrs[:1] == ("eval",)) or start is getattr(pandas, "eval", None)
+        for _, start, attrs in _starts(fn, references)
+    )
+    pattern = _IDENTIFIER if top_level else _LOCAL_VARIABLE
     names = dict.fromkeys(
         name
+        for code in codes
         for constant in code.co_consts
         if isinstance(constant, str) and constant is not fn.__doc__
-        for name in _IDENTIFIER.findall(constant)
+        for name in pattern.findall(constant)
     )
     return [name for name in names if name in fn.__globals__]
 
 
-# Methods that evaluate a string naming the caller's variables, and the names in one.
+# Methods that evaluate a string naming the caller's variables, and the names in one: any
+# identifier for pandas' own eval, ``@name`` for a frame's.
 _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
+_LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 
 
 def _read_names(namespace: dict[str, Any]) -> list[str]:
@@ -1092,10 +1110,23 @@ def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, An
     their content at this moment (mutable globals, closure cells, class attributes, defaults),
     each as ``(name, value)``: a key holds both.
 
-    Raises `FingerprintError` only when a value cannot be read (a race with another thread).
+    Raises `FingerprintError` when a value cannot be read (a race with another thread), or
+    when the code cannot be read at all (the caller then runs it uncached).
     """
-    digests, live, _ = _walk([obj])
-    return _combine(digests), _current(live) if live else ()
+    try:
+        if type(obj) is types.FunctionType or isinstance(obj, type):
+            digests, live, _ = _walk([obj])
+            return _combine(digests), _current(live) if live else ()
+        # A proxy that passes for a function (wrapt's): by what it wraps and calls.
+        children: list[object] = []
+        head, _ = _ref(obj, children)
+        digests, live, _ = _walk(children)
+        code = fingerprint((_FORMAT, "object", _digest((head,), obj), _combine(digests)))
+        return code, _current(live) if live else ()
+    except FingerprintError:
+        raise
+    except Exception as exc:
+        raise FingerprintError(f"its code could not be read ({exc!r})") from exc
 
 
 def lone_code_state(
@@ -1107,6 +1138,8 @@ def lone_code_state(
     (None when there are none). While the check passes, ``code_state(fn)`` is the fingerprint
     and what that reads: a caller that asks on every call spares the walk. None for other
     functions."""
+    if type(fn) is not types.FunctionType:  # a proxy hashes and compares as what it wraps
+        return None
     node = _nodes.get(fn)
     if not isinstance(node, _FunctionNode) or node.children or node.current_children(fn) is None:
         return None
