@@ -830,6 +830,124 @@ def test_a_single_dispatch_helper_counts_every_implementation(
     assert check(module.feature, 2.0) == 6.0 and hits(module.feature) == 1
 
 
+def test_a_single_dispatch_function_held_or_passed_and_a_dispatch_method_count_every_one(
+    cache_dir: Path, tmp_path: Path, load: Loader
+) -> None:
+    # Held in a dict or passed in, the dispatcher counted its default only; a class's
+    # singledispatchmethod counted the last `_` its body defines.
+    source = textwrap.dedent("""
+    import functools
+    from afml_cache import cacheable
+
+    @functools.singledispatch
+    def scale(x):
+        return x
+
+    @scale.register
+    def _(x: int):
+        return x * 2
+
+    OPS = {"scale": scale}
+
+    class Scaler:
+        @functools.singledispatchmethod
+        def go(self, x):
+            return x
+
+        @go.register
+        def _(self, x: int):
+            return x * 2
+
+        @go.register
+        def _(self, x: str):
+            return x + "!"
+
+    @cacheable
+    def held(x):
+        return OPS["scale"](x)
+
+    @cacheable
+    def passed(op, x):
+        return op(x)
+
+    @cacheable
+    def method(x):
+        return Scaler().go(x)
+
+    def calls():
+        return held(3), passed(scale, 3), method(3)
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_dispatch_values", "calls()")
+    assert run(source) == "(6, 6, 6)"
+    assert run(source.replace("x * 2", "x * 5")) == "(15, 15, 15)"  # the int versions edited
+
+    module = load(source)
+    assert [check(module.held, 3), check(module.passed, module.scale, 3)] == [6, 6]
+    exec("@scale.register\ndef _(x: int):\n    return x * 7\n", vars(module))
+    assert [check(module.held, 3), check(module.passed, module.scale, 3)] == [21, 21]
+    assert check(module.method, 3) == 6
+    module.Scaler.__dict__["go"].register(int, lambda self, x: x * 9)
+    assert check(module.method, 3) == 27
+
+
+def test_a_library_wrapper_counts_what_it_holds_beside_the_function(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # `@scaled(2)` (a @contextmanager helper used as a decorator), `@np.errstate(...)` and a
+    # `decorator.decorator` caller counted as "the library's wrapper of helper": their
+    # arguments and the caller's code did not, so editing them kept the old result.
+    pytest.importorskip("decorator")
+    source = textwrap.dedent("""
+    import contextlib
+    import decorator
+    import numpy as np
+    from afml_cache import cacheable
+
+    STATE = {"k": 1}
+
+    @contextlib.contextmanager
+    def scaled(k):
+        old, STATE["k"] = STATE["k"], k
+        try:
+            yield
+        finally:
+            STATE["k"] = old
+
+    @scaled(2)
+    def helper(x):
+        return x * STATE["k"]
+
+    @np.errstate(divide="ignore")
+    def inverse(a):
+        return 1.0 / a
+
+    @decorator.decorator
+    def times(f, k=1, *args, **kwargs):
+        return f(*args, **kwargs) * k * 1
+
+    @times(k=2)
+    def plus_one(x):
+        return x + 1
+
+    @cacheable
+    def features(x):
+        try:
+            inverted = float(inverse(np.array([0.0]))[0])
+        except FloatingPointError:
+            inverted = "raised"
+        return helper(x), inverted, plus_one(x)
+
+    def calls():
+        return features(3)
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_wrappers", "calls()")
+    assert run(source) == "(6, inf, 8)"
+    assert run(source.replace("@scaled(2)", "@scaled(5)")) == "(15, inf, 8)"
+    edited = source.replace("@scaled(2)", "@scaled(5)").replace('divide="ignore"', 'divide="raise"')
+    assert run(edited) == "(15, 'raised', 8)"
+    assert run(edited.replace("k * 1", "k * 3")) == "(15, 'raised', 24)"  # the caller's code
+
+
 def test_instances_of_plain_classes_count_by_their_state(cache_dir: Path, load: Loader) -> None:
     module = load("""
     from afml_cache import cacheable
@@ -1289,6 +1407,127 @@ def test_a_function_that_only_reads_its_frame_is_cached(cache_dir: Path) -> None
         assert check(total, frame) == 24.0
         assert check(total, frame.copy()) == 24.0
     assert hits(total) == 1
+
+
+def test_settings_beside_an_object_without_a_fingerprint_still_count(
+    cache_dir: Path, load: Loader
+) -> None:
+    # One lock (an engine, a pool) in a settings dict or object made the whole of it count by
+    # type: `CONFIG["window"] = 10` kept the result of 3.
+    module = load("""
+    import dataclasses
+    import threading
+    from afml_cache import cacheable
+
+    CONFIG = {"window": 3, "lock": threading.Lock()}
+
+    @dataclasses.dataclass
+    class Settings:
+        scale: int
+        lock: object
+
+    SETTINGS = Settings(2, threading.Lock())
+
+    @cacheable
+    def feature(x):
+        return x * CONFIG["window"] * SETTINGS.scale
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(module.feature, 2) == 12
+        assert check(module.feature, 2) == 12 and hits(module.feature) == 1
+        module.CONFIG["window"] = 10
+        assert check(module.feature, 2) == 40
+        module.SETTINGS.scale = 5
+        assert check(module.feature, 2) == 100
+        module.CONFIG["lock"] = __import__("threading").Lock()  # another lock: the same key
+        assert check(module.feature, 2) == 100 and hits(module.feature) == 2
+
+
+def test_operations_in_place_that_change_nothing_keep_a_function_cached(cache_dir: Path) -> None:
+    # An index set again to the same times, lower-casing lower-case names (as `dropna` or
+    # `sort_index` in place on clean data): a new index or columns object equal to the old one
+    # is no change.
+    @afml_cache.cacheable
+    def cleaned(df: pd.DataFrame) -> float:
+        df.index = pd.DatetimeIndex(df.index.to_numpy(), name="t")
+        df.columns = df.columns.str.lower()
+        return float(df["close"].sum())
+
+    times = pd.DatetimeIndex(["2024-01-01", "2024-01-02", "2024-01-04"], name="t")
+    frame = pd.DataFrame({"close": [1.0, 2.0, 3.0]}, index=times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(cleaned, frame) for _ in range(3)] == [6.0, 6.0, 6.0]
+    assert hits(cleaned) == 2
+
+
+def test_a_stateful_wrapt_decorator_and_a_mock_with_a_spec_count_their_state(
+    cache_dir: Path, load: Loader
+) -> None:
+    module = load("""
+    from unittest import mock
+    import wrapt
+    from afml_cache import cacheable
+
+    class InUnits:
+        def __init__(self, factor):
+            self.factor = factor
+
+        @wrapt.decorator
+        def __call__(self, wrapped, instance, args, kwargs):
+            return wrapped(*args, **kwargs) * self.factor
+
+    UNITS = InUnits(100)
+
+    @UNITS
+    def price(x):
+        return x * 1.5
+
+    def fetch(symbol):
+        return 1.0
+
+    @cacheable
+    def value(x):
+        return price(x) + FETCH("ES")
+
+    @cacheable
+    @UNITS
+    def direct(x):
+        return x * 2
+
+    FETCH = fetch
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)  # the Mock counts by its pickle
+        assert [check(module.value, 1) for _ in range(2)] == [151.0, 151.0]
+        assert [check(module.direct, 1) for _ in range(2)] == [200, 200]
+        assert hits(module.value) == hits(module.direct) == 1
+        module.UNITS.factor = 10_000
+        assert (check(module.value, 1), check(module.direct, 1)) == (15001.0, 20_000)
+        module.FETCH = module.mock.Mock(spec=module.fetch, return_value=250.0)
+        assert check(module.value, 1) == 15250.0
+        module.FETCH = module.mock.Mock(spec=module.fetch, return_value=500.0)
+        assert check(module.value, 1) == 15500.0
+
+
+def test_a_query_kept_in_a_global_counts_the_names_it_reads(cache_dir: Path, load: Loader) -> None:
+    module = load("""
+    import pandas as pd
+    from afml_cache import cacheable
+
+    MIN_VOLUME = 10
+    LIQUID = "volume > @MIN_VOLUME"
+    FILTERS = {"liquid": "volume > @MIN_VOLUME"}
+
+    @cacheable
+    def universe(df):
+        return list(df.query(LIQUID).index) + list(df.query(FILTERS["liquid"]).index)
+    """)
+    frame = pd.DataFrame({"volume": [5, 20, 30, 40]}, index=list("ABCD"))
+    assert check(module.universe, frame) == list("BCD") * 2
+    module.MIN_VOLUME = 35
+    assert check(module.universe, frame) == ["D", "D"]
 
 
 def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:
@@ -1920,13 +2159,9 @@ def test_a_path_inside_a_config_object_counts_by_the_file(cache_dir: Path, tmp_p
         bars: Path
         window: int = 2
 
-    class Plain:
-        def __init__(self, bars: Path) -> None:
-            self.bars, self.window = bars, 2
-
     data = tmp_path / "bars.csv"
     data.write_text("1\n2\n3\n")
-    makers = (Config, lambda p: types.SimpleNamespace(bars=p, window=2), AttrsConfig, Plain)
+    makers = (Config, lambda p: types.SimpleNamespace(bars=p, window=2), AttrsConfig)
     for make in (*makers, lambda p: Settings(bars=p)):
         data.write_text("1\n2\n3\n")
         with warnings.catch_warnings():  # pydantic's model counts by its pickle: said once

@@ -109,13 +109,25 @@ def _outline(value: Any) -> tuple[Any, ...] | None:
 
 def _changed_in_place(outlines: list[tuple[str, Any, Any]]) -> str | None:
     """The first argument whose outline a call changed, or None."""
-    for where, value, before in outlines:
-        after = _outline(value)
-        if after is None or after[0] != before[0] or len(after) != len(before):
-            return where
-        if any(a is not b for a, b in zip(after[1:], before[1:], strict=True)):
+    for where, value, (shape, *held) in outlines:
+        now, *holds = _outline(value) or ((),)
+        if now != shape or not all(map(_same_labels, holds, held)):
             return where
     return None
+
+
+def _same_labels(now: Any, before: Any) -> bool:
+    """Whether a frame's columns or index (or a series' name) are what they were: the same
+    object, or, when an operation in place that changed nothing made another
+    (``dropna(inplace=True)`` on a frame without gaps, a sort of sorted rows), equal to it."""
+    if now is before:
+        return True
+    pd = sys.modules.get("pandas")
+    if pd is None or not isinstance(now, pd.Index) or not isinstance(before, pd.Index):
+        return False
+    return (
+        now.dtype == before.dtype and list(now.names) == list(before.names) and now.equals(before)
+    )
 
 
 # Every decorated function alive in this process, for maintenance (smart_cache_clear).
@@ -621,7 +633,7 @@ class _Engine:
         when keying it failed inside afml-cache, which warns once and never stops the call."""
         try:
             return self._keyed(args, kwargs)
-        except FingerprintError:  # strict=True: the caller asked for it
+        except (FingerprintError, Warning):  # strict=True, or warnings made errors: asked for
             raise
         except Exception as exc:
             self._warn_once(

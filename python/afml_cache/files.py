@@ -15,8 +15,8 @@ than `CONTENT_LIMIT` counts by that state itself: a rewrite is still a miss, but
 the same bytes (another machine's) is too.
 
 Paths held in a list, tuple or dict beside other values (``load({"bars": path})``), or in a
-config object (a dataclass, an attrs or pydantic model, a namespace, an instance of the user's own
-class), count too, among the first `HELD_ITEMS` items looked at. A plain string is a string:
+config object (a dataclass, an attrs or pydantic model, a named tuple or namespace), count too,
+among the first `HELD_ITEMS` items looked at. A plain string is a string:
 ``load_bars("data/ES.parquet")`` counts the path only.
 """
 
@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from afml_cache._core import fingerprint
-from afml_cache.codehash.scope import _is_user_class
 from afml_cache.errors import CacheWarning, caller_stacklevel
 
 # Digests of file contents by (path, device, inode, size, mtime, ctime); forgotten all at once
@@ -102,12 +101,11 @@ def _items(value: Any) -> Iterable[tuple[Any, Any]] | None:
     attr = sys.modules.get("attr")  # attrs classes, slotted ones too
     if attr is not None and attr.has(cls):
         return ((f.name, getattr(value, f.name, None)) for f in attr.fields(cls))
-    # An instance of the user's own class (a pydantic settings model, a plain config object):
-    # what it holds.
-    if not isinstance(value, type) and _is_user_class(cls):
-        state = getattr(value, "__dict__", None)
-        if type(state) is dict:
-            return state.items()
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        return ((name, getattr(value, name, None)) for name in type(value).model_fields)
+    # Not an instance of any other class: a research object's `self.root = Path(...)` would
+    # list a data directory at every hit of its methods.
     return None
 
 
@@ -123,7 +121,11 @@ def _held_paths(value: Any) -> tuple[Any, ...]:
         cls = type(item)
         if isinstance(item, pathlib.Path):
             found.append((where, content_digest(item)))
-        elif cls not in _NOT_PATHS and (items := _items(item)) is not None:
+        elif cls not in _NOT_PATHS:
+            items = _items(item)
+            if items is None:  # a number, a string: never looked into again
+                _NOT_PATHS.add(cls)
+                continue
             inside = [((*where, k), v) for k, v in itertools.islice(items, budget)]
             budget -= len(inside)
             stack.extend(reversed(inside))

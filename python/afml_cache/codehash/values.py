@@ -17,6 +17,7 @@ import os
 import pathlib
 import random
 import sys
+import threading
 import types
 import uuid
 import warnings
@@ -29,6 +30,7 @@ from afml_cache._core import fingerprint
 from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES
 from afml_cache.codehash.scope import (
     _defining_module,
+    _is_own_package,
     _is_user_class,
     _is_user_function,
     _is_user_module,
@@ -141,7 +143,8 @@ def _matches(check: Check, current: object) -> bool:
         function, registered = expected
         if function() is not current:
             return False
-        registry = current.registry  # type: ignore[attr-defined]
+        # A singledispatchmethod keeps its registry in its dispatcher.
+        registry = getattr(current, "dispatcher", current).registry  # type: ignore[attr-defined]
         return len(registry) == len(registered) and all(
             registry.get(cls) is implementation for cls, implementation in registered
         )
@@ -167,10 +170,10 @@ def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
         return ("unknown", _qualified(obj)), _same(obj)
 
 
-def _live(obj: object, viewed: bool = False) -> Any:
-    """The part of a value that counts by content at each call; ``viewed``: as `_view` shows
-    it (walk.py, `_live_reader`)."""
-    return ("live", _qualified(type(obj)), "viewed") if viewed else ("live", _qualified(type(obj)))
+def _live(obj: object, view: str | None = None) -> Any:
+    """The part of a value that counts by content at each call; ``view``: read as `_view`
+    ("viewed") or `_lenient` ("lenient") shows it (walk.py, `_live_reader`)."""
+    return ("live", _qualified(type(obj)), view) if view else ("live", _qualified(type(obj)))
 
 
 def _is_live(part: Any) -> bool:
@@ -239,9 +242,14 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
         # call; a connection among that (`partial(query, conn=CONN)`) by type, as a global
         # holding it (walk.py, `_partial_view`).
         _ref(obj.func, children)
-        return _live(obj, viewed=True), _same(obj)
+        return _live(obj, "viewed"), _same(obj)
     if isinstance(obj, functools.partialmethod):
         return _bound_form(obj, children), _same(obj)
+    if isinstance(obj, functools.singledispatchmethod):  # a class's `@go.register def _(...)`s
+        dispatcher = obj.dispatcher
+        part, _ = _single_dispatch(dispatcher, children)  # type: ignore[arg-type]
+        registered = tuple(dispatcher.registry.items())
+        return ("singledispatchmethod", part), (_REGISTRY, (_same(obj)[1], registered))
     np = sys.modules.get("numpy")
     if _foreign_ufunc(obj, np):
         # Another library's ufunc by the module exposing it; one made in the user's code
@@ -288,7 +296,7 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     if cls is tuple:  # a tuple of helpers (`STEPS = (clip, zscore)`): each by what it is
         items = tuple(_ref(item, children)[0] for item in obj)  # type: ignore[attr-defined]
         if any(_is_live(item) or _is_user_module_part(item) for item in items):
-            return _live(obj, viewed=_view(obj) is not obj), _same(obj)
+            return _live(obj, "viewed" if _view(obj) is not obj else None), _same(obj)
         return ("tuple", items), _same(obj)
     if _is_user_class(cls):
         children.append(cls)
@@ -302,13 +310,27 @@ def _proxy_form(obj: Any, children: list[object]) -> Any:
     ``@deprecated`` and many tracing or retrying decorators): by that function, the wrapper
     function it calls first and the instance it is bound to, each by what it is."""
     module = _module_of(type(obj))
-    parts = tuple(
-        _ref(getattr(obj, name, None), children)[0]
-        for name in ("__wrapped__", "_self_wrapper", "_self_instance")
-    )
-    if any(_is_live(part) for part in parts):
+    if (
+        getattr(obj, "__wrapped__", None) is None
+    ):  # a test's Mock(spec=fn): by content, or not at all
         return _live(obj)
+    parts = tuple(_ref(getattr(obj, name, None), children)[0] for name in _PROXY_PARTS)
+    if any(_is_live(part) for part in parts):  # a wrapper bound to an object with state
+        return _live(obj, "proxy")
     return ("proxy", _qualified(type(obj)), _version_of(module), parts)
+
+
+_PROXY_PARTS: Final = ("__wrapped__", "_self_wrapper", "_self_instance")
+
+
+def _proxy_view(obj: object) -> Any:
+    """A proxy whose wrapper holds state, as it counts at each call: what `_proxy_form` reads,
+    each by content (`_lenient`)."""
+    return (
+        "proxy",
+        _qualified(type(obj)),
+        *(_lenient(getattr(obj, n, None)) for n in _PROXY_PARTS),
+    )
 
 
 def _held_part(value: object, found: list[object]) -> Any:
@@ -355,6 +377,7 @@ def _holds_partial(value: object, depth: int) -> bool:
 
 _VIEWED_DEPTH: Final = 3
 _VIEWED_ITEMS: Final = 256
+_LENIENT_DEPTH: Final = 4
 
 
 def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
@@ -385,20 +408,69 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     may decide the result); by its type's qualified name if it has neither (a lock, an open
     connection)."""
     shown = _view(obj)  # a tuple or dict of partials: what they bind
-    viewed = shown is not obj
+    view = "viewed" if shown is not obj else None
     try:
         digest = fingerprint(shown, strict=True)
     except FingerprintError:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fingerprint(shown)
-        except FingerprintError:
+        if _fingerprints(shown):
+            return _live(obj, view), _of_type(obj)
+        lenient = _lenient(shown)
+        if type(lenient) is tuple and lenient[:1] == ("object",):  # its type is all there is
             return ("object", _qualified(type(obj))), _of_type(obj)
-        return _live(obj, viewed), _of_type(obj)
+        # A settings dict or object holding a lock or an engine: what else it holds counts.
+        return _live(obj, "lenient"), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
-    return _live(obj, viewed), _of_type(obj)
+    return _live(obj, view), _of_type(obj)
+
+
+def _fingerprints(value: object) -> bool:
+    """Whether ``value`` has a fingerprint, its pickle reduction's included (said elsewhere)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fingerprint(value)
+    except FingerprintError:
+        return False
+    return True
+
+
+def _lenient(value: object, depth: int = _LENIENT_DEPTH) -> Any:
+    """``value`` as it counts when something it holds neither has a fingerprint nor pickles (a
+    lock, an engine, a pool beside the settings of ``CONFIG = {"window": 3, "lock": ...}``):
+    its items, or a user instance's attributes, each by content, and each such object by its type,
+    as a global holding one counts. A value with no such item is itself. One met again while
+    it is being read (its attributes' code reads it: an object holding its own cached
+    functions) counts by its type there."""
+    cls = type(value)
+    reading = _lenient_reading.__dict__.setdefault("ids", set())
+    if id(value) in reading:
+        return ("object", _qualified(cls))
+    reading.add(id(value))
+    try:
+        return _lenient_parts(value, cls, depth)
+    finally:
+        reading.discard(id(value))
+
+
+_lenient_reading = threading.local()  # ids of the values `_lenient` is reading, per thread
+
+
+def _lenient_parts(value: object, cls: type, depth: int) -> Any:
+    if _fingerprints(value):
+        return value
+    if depth > 0:
+        if cls is dict:
+            return {key: _lenient(item, depth - 1) for key, item in value.items()}  # type: ignore[attr-defined]
+        if cls is list or cls is tuple:
+            return cls(_lenient(item, depth - 1) for item in value)  # type: ignore[attr-defined]
+        # An instance of the user's class by its attributes; a library's object (an engine,
+        # whose pool's counters change with use) by its type, as a global holding it.
+        state = getattr(value, "__dict__", None) if _is_user_class(cls) else None
+        if type(state) is dict:
+            held = {name: _lenient(item, depth - 1) for name, item in state.items()}
+            return ("instance", _qualified(cls), held)
+    return ("object", _qualified(cls))
 
 
 def _foreign_ufunc(obj: object, np: Any) -> bool:
@@ -430,6 +502,10 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
     module = _module_of(obj)
     if module == "builtins":
         return ("builtin", getattr(obj, "__qualname__", None) or _qualified(obj))
+    if isinstance(obj, types.FunctionType) and isinstance(
+        getattr(obj, "registry", None), types.MappingProxyType
+    ):  # a singledispatch function passed as a value: every implementation, as by name
+        return _single_dispatch(obj, children)[0]  # type: ignore[no-any-return]
     inner = _wrapped_user_function(obj)
     if inner is None:
         held = _held_parts(obj, children)
@@ -448,10 +524,54 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
     if isinstance(obj, types.FunctionType):
         module = _defining_module(obj)
         name = f"{module}.{obj.__code__.co_qualname}"
+        # A cached function counts as the function it caches: its engine is no setting.
+        held = () if _is_own_package(module) else _wrapper_closure(obj, inner, children)
+        if held:  # wrappers that hold nothing else keep their digests
+            return ("wrapped", name, _version_of(module), ("function", inner.__qualname__), held)
     else:
         module = type(obj).__module__
         name = _qualified(type(obj))
     return ("wrapped", name, _version_of(module), ("function", inner.__qualname__))
+
+
+def _wrapper_closure(
+    fn: types.FunctionType, inner: object, children: list[object]
+) -> tuple[tuple[str, Any], ...]:
+    """What a library's wrapper function holds beside the function it wraps, as it is when the
+    wrapper is met: a decorator's arguments and its caller (``@decorator.decorator``), a
+    context manager used as a decorator (``@np.errstate(divide="ignore")``, a
+    ``@contextmanager`` helper's function and arguments)."""
+    held = []
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not filled yet
+            continue
+        if value is inner:
+            continue
+        part = _ref(value, children)[0]
+        if _is_live(part) or (type(part) is tuple and part[:1] == ("object",)):
+            part = ("settings", _settings(value))
+        held.append((name, part))
+    return tuple(held)
+
+
+def _settings(value: object) -> str:
+    """The digest of an object a library's wrapper holds: by content, or else by its
+    attributes (a context manager's function and arguments beside its generator), each by
+    content and by type where it has none."""
+    if _fingerprints(value):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fingerprint(value)
+    state = getattr(value, "__dict__", None)
+    if type(state) is not dict:
+        slots = (n for c in type(value).__mro__ for n in getattr(c, "__slots__", ()))
+        state = {n: getattr(value, n) for n in slots if isinstance(n, str) and hasattr(value, n)}
+    shown = (_qualified(type(value)), {name: _lenient(item) for name, item in state.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fingerprint(shown)
 
 
 def _held_parts(obj: object, children: list[object]) -> tuple[tuple[str, Any], ...] | None:

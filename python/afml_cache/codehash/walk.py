@@ -54,9 +54,11 @@ from afml_cache.codehash.values import (
     _held,
     _is_live,
     _is_user_module_part,
+    _lenient,
     _library_callable,
     _matches,
     _of_type,
+    _proxy_view,
     _ref,
     _same,
     _view,
@@ -453,12 +455,18 @@ def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> li
         for _, start, attrs in _starts(fn, references)
     )
     pattern = _IDENTIFIER if top_level else _LOCAL_VARIABLE
+    strings = [c for code in codes for c in code.co_consts if isinstance(c, str)]
+    # ...and the expressions it reads from globals and defaults (``LIQUID = "volume >
+    # @MIN_VOLUME"``, a dict of named filters).
+    held = [fn.__globals__.get(ref[1]) for ref in references if ref[0] == "global"]
+    for value in (*held, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
+        items = value.values() if type(value) is dict else value
+        if type(value) is str:
+            strings.append(value)
+        elif type(value) in (dict, list, tuple) and len(items) <= _EXPRESSION_ITEMS:  # type: ignore[arg-type]
+            strings.extend(item for item in items if type(item) is str)  # type: ignore[union-attr]
     names = dict.fromkeys(
-        name
-        for code in codes
-        for constant in code.co_consts
-        if isinstance(constant, str) and constant is not fn.__doc__
-        for name in pattern.findall(constant)
+        name for string in strings if string is not fn.__doc__ for name in pattern.findall(string)
     )
     return [name for name in names if name in fn.__globals__]
 
@@ -468,6 +476,7 @@ def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> li
 _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
+_EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
 
 
 def _read_names(namespace: dict[str, Any]) -> list[str]:
@@ -998,10 +1007,20 @@ def _current(live: Found) -> LiveValues:
 
 def _live_reader(part: Any, reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``reader``, giving the value as `_view` shows it when its part says it must be (a
-    partial, or a container of partials binding a connection); else as it is, at no cost."""
-    if part[2:3] != ("viewed",):
-        return reader
-    return lambda owner: _view(reader(owner))
+    partial, or a container of partials binding a connection), or as `_lenient` does (a
+    container or object holding one that has no fingerprint); else as it is, at no cost."""
+    view = part[2:3]
+    if view == ("viewed",):
+        return lambda owner: _view(reader(owner))
+    if view == ("lenient",):
+        return lambda owner: _lenient(_view(reader(owner)))
+    if view == ("proxy",):
+        return lambda owner: _proxy_view(reader(owner))
+    return reader
+
+
+def _itself(value: Any) -> Any:
+    return value
 
 
 def code_fingerprint(fn: Callable[..., Any]) -> str:
@@ -1117,12 +1136,16 @@ def code_state(obj: types.FunctionType | type) -> tuple[str, tuple[tuple[str, An
         if type(obj) is types.FunctionType or isinstance(obj, type):
             digests, live, _ = _walk([obj])
             return _combine(digests), _current(live) if live else ()
-        # A proxy that passes for a function (wrapt's): by what it wraps and calls.
+        # A proxy that passes for a function (wrapt's): by what it wraps and calls, and, when
+        # that holds state (a wrapper bound to an object), by that state at each call.
         children: list[object] = []
         head, _ = _ref(obj, children)
         digests, live, _ = _walk(children)
         code = fingerprint((_FORMAT, "object", _digest((head,), obj), _combine(digests)))
-        return code, _current(live) if live else ()
+        current = _current(live) if live else ()
+        if _is_live(head):
+            current = (*current, ("the decorated proxy", _live_reader(head, _itself)(obj)))
+        return code, current
     except FingerprintError:
         raise
     except Exception as exc:
