@@ -948,6 +948,47 @@ def test_a_library_wrapper_counts_what_it_holds_beside_the_function(
     assert run(edited.replace("k * 1", "k * 3")) == "(15, 'raised', 24)"  # the caller's code
 
 
+def test_a_library_wrapper_holding_state_keys_alike_in_every_process(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # A timer used as a decorator keeps its last reading in the object contextlib's wrapper
+    # holds; counted by content, every process made a new key (as a rate limiter's clock or a
+    # memo's contents did).
+    source = textwrap.dedent("""
+    import contextlib
+    import time
+    from afml_cache import cacheable
+
+    class Timer(contextlib.ContextDecorator):
+        def __enter__(self):
+            self.started = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            self.elapsed = time.perf_counter() - self.started
+            return False
+
+    @Timer()
+    def helper(x):
+        return x * 2
+
+    helper(1)
+
+    @cacheable
+    def feature(x):
+        return helper(x)
+
+    def calls():
+        return feature(3), feature.cache_info()["cache_misses"]
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_timer", "calls()")
+    assert run(source) == "(6, 1)"
+    assert run(source) == "(6, 1)"  # the misses of every process: no second one
+    # ...and the class's own code still counts.
+    assert run(source.replace("x * 2", "x * 2 + 0")) == "(6, 2)"
+    assert run(source.replace("return False", "return None")) == "(6, 3)"
+
+
 def test_instances_of_plain_classes_count_by_their_state(cache_dir: Path, load: Loader) -> None:
     module = load("""
     from afml_cache import cacheable

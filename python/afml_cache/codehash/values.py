@@ -4,6 +4,7 @@ again on a later call."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -17,7 +18,6 @@ import os
 import pathlib
 import random
 import sys
-import threading
 import types
 import uuid
 import warnings
@@ -326,11 +326,12 @@ _PROXY_PARTS: Final = ("__wrapped__", "_self_wrapper", "_self_instance")
 def _proxy_view(obj: object) -> Any:
     """A proxy whose wrapper holds state, as it counts at each call: what `_proxy_form` reads,
     each by content (`_lenient`)."""
-    return (
-        "proxy",
-        _qualified(type(obj)),
-        *(_lenient(getattr(obj, n, None)) for n in _PROXY_PARTS),
-    )
+    parts = [getattr(obj, name, None) for name in _PROXY_PARTS]
+    shown = [
+        part if _fingerprints(part) else _lenient(part, _unreadable_paths(part) or ((),))
+        for part in parts
+    ]
+    return ("proxy", _qualified(type(obj)), *shown)
 
 
 def _held_part(value: object, found: list[object]) -> Any:
@@ -378,6 +379,7 @@ def _holds_partial(value: object, depth: int) -> bool:
 _VIEWED_DEPTH: Final = 3
 _VIEWED_ITEMS: Final = 256
 _LENIENT_DEPTH: Final = 4
+_LENIENT_PATHS: Final = 64
 
 
 def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
@@ -414,11 +416,11 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     except FingerprintError:
         if _fingerprints(shown):
             return _live(obj, view), _of_type(obj)
-        lenient = _lenient(shown)
-        if type(lenient) is tuple and lenient[:1] == ("object",):  # its type is all there is
+        paths = _unreadable_paths(shown)
+        if paths is None:  # its type is all there is
             return ("object", _qualified(type(obj))), _of_type(obj)
         # A settings dict or object holding a lock or an engine: what else it holds counts.
-        return _live(obj, "lenient"), _of_type(obj)
+        return (*_live(obj, "lenient"), paths), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj, view), _of_type(obj)
@@ -435,42 +437,91 @@ def _fingerprints(value: object) -> bool:
     return True
 
 
-def _lenient(value: object, depth: int = _LENIENT_DEPTH) -> Any:
-    """``value`` as it counts when something it holds neither has a fingerprint nor pickles (a
-    lock, an engine, a pool beside the settings of ``CONFIG = {"window": 3, "lock": ...}``):
-    its items, or a user instance's attributes, each by content, and each such object by its type,
-    as a global holding one counts. A value with no such item is itself. One met again while
-    it is being read (its attributes' code reads it: an object holding its own cached
-    functions) counts by its type there."""
+def _unreadable_paths(value: object) -> tuple[tuple[Any, ...], ...] | None:
+    """Where in ``value`` the objects that neither have a fingerprint nor pickle sit (a lock,
+    an engine, a pool beside the settings of ``CONFIG = {"window": 3, "lock": ...}``): the keys,
+    positions and attribute names leading to each, through dicts, lists, tuples and instances
+    of the user's classes, found once when the code is walked; None when the value itself is
+    such an object, or holds too many (`_LENIENT_PATHS`). One met again inside itself (an
+    object its parts point back to) is such an object there."""
+    found: list[tuple[Any, ...]] = []
+    seen: set[int] = set()
+
+    def search(item: object, where: tuple[Any, ...], depth: int) -> bool:
+        steps = None if id(item) in seen or depth == 0 else _steps(item)
+        if steps is None:
+            found.append(where)
+            return len(found) <= _LENIENT_PATHS
+        seen.add(id(item))
+        try:
+            for step, part in steps:
+                if not _fingerprints(part) and not search(part, (*where, step), depth - 1):
+                    return False
+            return True
+        finally:
+            seen.discard(id(item))
+
+    if not search(value, (), _LENIENT_DEPTH) or () in found:
+        return None
+    return tuple(found)
+
+
+def _steps(value: object) -> list[tuple[Any, Any]] | None:
+    """``(step, part)`` of what a dict, list, tuple or user instance holds; None for others (a
+    library's object, an engine whose pool's counters change with use, counts by its type)."""
     cls = type(value)
-    reading = _lenient_reading.__dict__.setdefault("ids", set())
-    if id(value) in reading:
+    if cls is dict:
+        return [(("key", key), item) for key, item in value.items()]  # type: ignore[attr-defined]
+    if cls is list or cls is tuple:
+        return [(("item", i), item) for i, item in enumerate(value)]  # type: ignore[arg-type]
+    state = getattr(value, "__dict__", None) if _is_user_class(cls) else None
+    if type(state) is dict:
+        return [(("attr", name), item) for name, item in state.items()]
+    return None
+
+
+def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
+    """``value`` as it counts at each call (`_unreadable_paths`): what it holds by content, the
+    objects at ``paths`` by their type, a user instance as its type and attributes. Costs a
+    copy of the containers on those paths; a value whose shape changed since has no
+    fingerprint, and the call runs uncached."""
+    cls = type(value)
+    if () in paths:
         return ("object", _qualified(cls))
-    reading.add(id(value))
-    try:
-        return _lenient_parts(value, cls, depth)
-    finally:
-        reading.discard(id(value))
-
-
-_lenient_reading = threading.local()  # ids of the values `_lenient` is reading, per thread
-
-
-def _lenient_parts(value: object, cls: type, depth: int) -> Any:
-    if _fingerprints(value):
+    if not paths:
         return value
-    if depth > 0:
-        if cls is dict:
-            return {key: _lenient(item, depth - 1) for key, item in value.items()}  # type: ignore[attr-defined]
-        if cls is list or cls is tuple:
-            return cls(_lenient(item, depth - 1) for item in value)  # type: ignore[attr-defined]
-        # An instance of the user's class by its attributes; a library's object (an engine,
-        # whose pool's counters change with use) by its type, as a global holding it.
-        state = getattr(value, "__dict__", None) if _is_user_class(cls) else None
-        if type(state) is dict:
-            held = {name: _lenient(item, depth - 1) for name, item in state.items()}
-            return ("instance", _qualified(cls), held)
-    return ("object", _qualified(cls))
+    below: dict[Any, list[tuple[Any, ...]]] = {}
+    for path in paths:
+        below.setdefault(path[0], []).append(path[1:])
+    if cls is dict:
+        shown: Any = dict(value)  # type: ignore[call-overload]
+    elif cls is list or cls is tuple:
+        shown = list(value)  # type: ignore[call-overload]
+    elif type(getattr(value, "__dict__", None)) is dict:
+        shown = dict(vars(value))
+    else:
+        return _SHAPE_CHANGED
+    for (kind, where), inner in below.items():
+        reachable = where < len(shown) if kind == "item" else where in shown
+        if not reachable:
+            return _SHAPE_CHANGED
+        shown[where] = _lenient(shown[where], tuple(inner))
+    if cls is tuple:
+        return tuple(shown)
+    if cls is dict or cls is list:
+        return shown
+    return ("instance", _qualified(cls), shown)
+
+
+class _ShapeChanged:
+    """What `_lenient` shows of a value no longer shaped as its paths say: it has no
+    fingerprint, so the call runs uncached."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the value no longer holds what it held when the code was read")
+
+
+_SHAPE_CHANGED: Final = _ShapeChanged()
 
 
 def _foreign_ufunc(obj: object, np: Any) -> bool:
@@ -539,8 +590,10 @@ def _wrapper_closure(
 ) -> tuple[tuple[str, Any], ...]:
     """What a library's wrapper function holds beside the function it wraps, as it is when the
     wrapper is met: a decorator's arguments and its caller (``@decorator.decorator``), a
-    context manager used as a decorator (``@np.errstate(divide="ignore")``, a
-    ``@contextmanager`` helper's function and arguments)."""
+    context manager used as a decorator (a ``@contextmanager`` helper's function and
+    arguments, ``@np.errstate(divide="ignore")``'s settings). Any other object it holds counts
+    by its type: a rate limiter's clock, a memo's contents or a timer's last reading are the
+    wrapper's state, not settings, and change from call to call and process to process."""
     held = []
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:
@@ -549,29 +602,59 @@ def _wrapper_closure(
             continue
         if value is inner:
             continue
-        part = _ref(value, children)[0]
-        if _is_live(part) or (type(part) is tuple and part[:1] == ("object",)):
-            part = ("settings", _settings(value))
+        if _is_constant(value) or isinstance(value, _CODE_TYPES):
+            part = _ref(value, children)[0]  # an argument, the user's caller
+        elif type(value) is dict and _all_constant(value.values(), value.keys()):
+            part = ("settings", tuple(value.items()))  # keyword arguments
+        else:
+            # Read without its content: a memo's or a limiter's state is not a setting.
+            part = _context_settings(value, children)
         held.append((name, part))
     return tuple(held)
 
 
-def _settings(value: object) -> str:
-    """The digest of an object a library's wrapper holds: by content, or else by its
-    attributes (a context manager's function and arguments beside its generator), each by
-    content and by type where it has none."""
-    if _fingerprints(value):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fingerprint(value)
-    state = getattr(value, "__dict__", None)
-    if type(state) is not dict:
-        slots = (n for c in type(value).__mro__ for n in getattr(c, "__slots__", ()))
-        state = {n: getattr(value, n) for n in slots if isinstance(n, str) and hasattr(value, n)}
-    shown = (_qualified(type(value)), {name: _lenient(item) for name, item in state.items()})
+_CODE_TYPES: Final = (types.FunctionType, types.MethodType, type, types.ModuleType)
+
+
+def _all_constant(*groups: Any) -> bool:
+    """Whether a few (at most 64) values, in groups, are all constants."""
+    items = [item for group in groups for item in group]
+    return len(items) <= 64 and all(map(_is_constant, items))
+
+
+def _context_settings(value: object, children: list[object]) -> Any:
+    """A context manager a wrapper holds, by what it was made with; another object by its type."""
+    cls = type(value)
+    if isinstance(value, contextlib._GeneratorContextManager):  # @contextmanager's, as a decorator
+        function, _ = _ref(getattr(value, "func", None), children)
+        arguments = (getattr(value, "args", ()), getattr(value, "kwds", {}))
+        return ("context", function, _settings_digest(arguments))
+    names = _CONTEXT_SETTINGS.get(_qualified(cls))
+    if names is not None:
+        return (
+            "context",
+            _qualified(cls),
+            _settings_digest([getattr(value, n, None) for n in names]),
+        )
+    if _is_user_class(cls):  # a timer of the user's: its class's code, not its last reading
+        children.append(cls)
+    return ("object", _qualified(cls))
+
+
+# Context managers of libraries used as decorators, by the attributes that hold their settings.
+_CONTEXT_SETTINGS: Final = {
+    "numpy.errstate": ("_call", "_all", "_divide", "_over", "_under", "_invalid"),
+}
+
+
+def _settings_digest(settings: object) -> str:
+    """The digest of a decorator's settings as they are; by type where one has none."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fingerprint(shown)
+        try:
+            return fingerprint(settings)
+        except FingerprintError:
+            return fingerprint(("object", _qualified(type(settings))))
 
 
 def _held_parts(obj: object, children: list[object]) -> tuple[tuple[str, Any], ...] | None:
