@@ -1456,6 +1456,7 @@ def test_settings_beside_an_object_without_a_fingerprint_still_count(
     # One lock (an engine, a pool) in a settings dict or object made the whole of it count by
     # type: `CONFIG["window"] = 10` kept the result of 3.
     module = load("""
+    import collections
     import dataclasses
     import threading
     from afml_cache import cacheable
@@ -1467,11 +1468,18 @@ def test_settings_beside_an_object_without_a_fingerprint_still_count(
         scale: int
         lock: object
 
+    @dataclasses.dataclass(slots=True)
+    class Slotted:
+        shift: int
+        lock: object
+
     SETTINGS = Settings(2, threading.Lock())
+    SLOTTED = Slotted(0, threading.Lock())
+    ORDERED = collections.OrderedDict(extra=0, lock=threading.Lock())
 
     @cacheable
     def feature(x):
-        return x * CONFIG["window"] * SETTINGS.scale
+        return x * CONFIG["window"] * SETTINGS.scale + SLOTTED.shift + ORDERED["extra"]
     """)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -1483,6 +1491,10 @@ def test_settings_beside_an_object_without_a_fingerprint_still_count(
         assert check(module.feature, 2) == 100
         module.CONFIG["lock"] = __import__("threading").Lock()  # another lock: the same key
         assert check(module.feature, 2) == 100 and hits(module.feature) == 2
+        module.SLOTTED.shift = 1
+        assert check(module.feature, 2) == 101
+        module.ORDERED["extra"] = 10
+        assert check(module.feature, 2) == 111
 
 
 def test_operations_in_place_that_change_nothing_keep_a_function_cached(cache_dir: Path) -> None:
@@ -1495,12 +1507,18 @@ def test_operations_in_place_that_change_nothing_keep_a_function_cached(cache_di
         df.columns = df.columns.str.lower()
         return float(df["close"].sum())
 
+    @afml_cache.cacheable
+    def named(series: pd.Series) -> float:
+        series.name = "".join(series.name)  # an equal name, another object
+        return float(series.sum())
+
     times = pd.DatetimeIndex(["2024-01-01", "2024-01-02", "2024-01-04"], name="t")
     frame = pd.DataFrame({"close": [1.0, 2.0, 3.0]}, index=times)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [check(cleaned, frame) for _ in range(3)] == [6.0, 6.0, 6.0]
-    assert hits(cleaned) == 2
+        assert [check(named, frame["close"].copy()) for _ in range(3)] == [6.0, 6.0, 6.0]
+    assert hits(cleaned) == hits(named) == 2
 
 
 def test_a_stateful_wrapt_decorator_and_a_mock_with_a_spec_count_their_state(

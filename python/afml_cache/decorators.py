@@ -124,7 +124,10 @@ def _same_labels(now: Any, before: Any) -> bool:
         return True
     pd = sys.modules.get("pandas")
     if pd is None or not isinstance(now, pd.Index) or not isinstance(before, pd.Index):
-        return False
+        try:  # a series' name: a label
+            return type(now) is type(before) and bool(now == before)
+        except Exception:
+            return False
     return (
         now.dtype == before.dtype and list(now.names) == list(before.names) and now.equals(before)
     )

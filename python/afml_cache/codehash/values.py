@@ -310,9 +310,8 @@ def _proxy_form(obj: Any, children: list[object]) -> Any:
     ``@deprecated`` and many tracing or retrying decorators): by that function, the wrapper
     function it calls first and the instance it is bound to, each by what it is."""
     module = _module_of(type(obj))
-    if (
-        getattr(obj, "__wrapped__", None) is None
-    ):  # a test's Mock(spec=fn): by content, or not at all
+    # A test's Mock(spec=fn) wraps nothing: by content, or, with none, the call runs uncached.
+    if getattr(obj, "__wrapped__", None) is None:
         return _live(obj)
     parts = tuple(_ref(getattr(obj, name, None), children)[0] for name in _PROXY_PARTS)
     if any(_is_live(part) for part in parts):  # a wrapper bound to an object with state
@@ -470,13 +469,23 @@ def _steps(value: object) -> list[tuple[Any, Any]] | None:
     """``(step, part)`` of what a dict, list, tuple or user instance holds; None for others (a
     library's object, an engine whose pool's counters change with use, counts by its type)."""
     cls = type(value)
-    if cls is dict:
-        return [(("key", key), item) for key, item in value.items()]  # type: ignore[attr-defined]
+    if isinstance(value, dict):  # an OrderedDict, a defaultdict too
+        return [(("key", key), item) for key, item in value.items()]
     if cls is list or cls is tuple:
         return [(("item", i), item) for i, item in enumerate(value)]  # type: ignore[arg-type]
-    state = getattr(value, "__dict__", None) if _is_user_class(cls) else None
-    if type(state) is dict:
+    state = _attributes(value) if _is_user_class(cls) else None
+    if state is not None:
         return [(("attr", name), item) for name, item in state.items()]
+    return None
+
+
+def _attributes(value: object) -> dict[str, Any] | None:
+    """An instance's attributes: its ``__dict__``, or a slotted dataclass's fields."""
+    state = getattr(value, "__dict__", None)
+    if type(state) is dict:
+        return state
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
     return None
 
 
@@ -493,12 +502,13 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     below: dict[Any, list[tuple[Any, ...]]] = {}
     for path in paths:
         below.setdefault(path[0], []).append(path[1:])
-    if cls is dict:
-        shown: Any = dict(value)  # type: ignore[call-overload]
+    attributes = None
+    if isinstance(value, dict):
+        shown: Any = dict(value)
     elif cls is list or cls is tuple:
         shown = list(value)  # type: ignore[call-overload]
-    elif type(getattr(value, "__dict__", None)) is dict:
-        shown = dict(vars(value))
+    elif (attributes := _attributes(value)) is not None:
+        shown = dict(attributes)
     else:
         return _SHAPE_CHANGED
     for (kind, where), inner in below.items():
@@ -510,7 +520,7 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
         return tuple(shown)
     if cls is dict or cls is list:
         return shown
-    return ("instance", _qualified(cls), shown)
+    return ("mapping" if attributes is None else "instance", _qualified(cls), shown)
 
 
 class _ShapeChanged:
