@@ -929,13 +929,21 @@ def test_a_library_wrapper_counts_what_it_holds_beside_the_function(
     def plus_one(x):
         return x + 1
 
+    @decorator.decorator
+    def weighted(f, weights=(), *args, **kwargs):
+        return f(*args, **kwargs) * sum(weights)
+
+    @weighted(weights=[1, 2])
+    def weigh(x):
+        return x
+
     @cacheable
     def features(x):
         try:
             inverted = float(inverse(np.array([0.0]))[0])
         except FloatingPointError:
             inverted = "raised"
-        return helper(x), inverted, plus_one(x)
+        return helper(x), inverted, plus_one(x) + weigh(x) - 9
 
     def calls():
         return features(3)
@@ -946,6 +954,7 @@ def test_a_library_wrapper_counts_what_it_holds_beside_the_function(
     edited = source.replace("@scaled(2)", "@scaled(5)").replace('divide="ignore"', 'divide="raise"')
     assert run(edited) == "(15, 'raised', 8)"
     assert run(edited.replace("k * 1", "k * 3")) == "(15, 'raised', 24)"  # the caller's code
+    assert run(edited.replace("[1, 2]", "[1, 5]")) == "(15, 'raised', 17)"  # a list argument
 
 
 def test_a_library_wrapper_holding_state_keys_alike_in_every_process(
@@ -1495,6 +1504,40 @@ def test_settings_beside_an_object_without_a_fingerprint_still_count(
         assert check(module.feature, 2) == 101
         module.ORDERED["extra"] = 10
         assert check(module.feature, 2) == 111
+        module.CONFIG["lock"] = {"mode": 2}  # what sits where the lock was counts by content
+        assert check(module.feature, 2) == 111
+        module.CONFIG["lock"]["mode"] = 3  # read where the lock was: a miss, not an error
+        assert check(module.feature, 2) == 111 and hits(module.feature) == 2
+    # A user object as a key beside a lock, a lock per symbol, a dict subclass's attribute.
+    many = load("""
+    import threading
+    from afml_cache import cacheable
+
+    class Symbol:
+        def __init__(self, name):
+            self.name = name
+
+    class Settings(dict):
+        pass
+
+    KEYED = {"window": 3, Symbol("ES"): threading.Lock()}
+    LOCKS = {"window": 1, "locks": {f"S{i}": threading.Lock() for i in range(100)}}
+    SETTINGS = Settings(lock=threading.Lock())
+    SETTINGS.scale = 1
+
+    @cacheable
+    def feature(x):
+        return x * KEYED["window"] * LOCKS["window"] * SETTINGS.scale
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)  # Symbol counts by its pickle
+        assert check(many.feature, 2) == 6
+        many.KEYED["window"] = 4
+        assert check(many.feature, 2) == 8
+        many.LOCKS["window"] = 2
+        assert check(many.feature, 2) == 16
+        many.SETTINGS.scale = 10
+        assert check(many.feature, 2) == 160
 
 
 def test_operations_in_place_that_change_nothing_keep_a_function_cached(cache_dir: Path) -> None:

@@ -378,7 +378,7 @@ def _holds_partial(value: object, depth: int) -> bool:
 _VIEWED_DEPTH: Final = 3
 _VIEWED_ITEMS: Final = 256
 _LENIENT_DEPTH: Final = 4
-_LENIENT_PATHS: Final = 64
+_LENIENT_PATHS: Final = 4096
 
 
 def _partial_view(partial: functools.partial[Any]) -> tuple[Any, ...]:
@@ -419,7 +419,7 @@ def _by_content(obj: object) -> tuple[Any, Check]:
         if paths is None:  # its type is all there is
             return ("object", _qualified(type(obj))), _of_type(obj)
         # A settings dict or object holding a lock or an engine: what else it holds counts.
-        return (*_live(obj, "lenient"), paths), _of_type(obj)
+        return (*_live(obj, "lenient"), _Paths(paths)), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj, view), _of_type(obj)
@@ -469,8 +469,13 @@ def _steps(value: object) -> list[tuple[Any, Any]] | None:
     """``(step, part)`` of what a dict, list, tuple or user instance holds; None for others (a
     library's object, an engine whose pool's counters change with use, counts by its type)."""
     cls = type(value)
-    if isinstance(value, dict):  # an OrderedDict, a defaultdict too
-        return [(("key", key), item) for key, item in value.items()]
+    if isinstance(value, dict):  # an OrderedDict, a defaultdict, a user's dict subclass too
+        items = [(("key", key), item) for key, item in value.items()]
+        state = getattr(value, "__dict__", None) if cls is not dict else None
+        held = [(("attr", n), item) for n, item in state.items()] if type(state) is dict else []
+        factory = getattr(value, "default_factory", None)
+        extra = [(("attr", "default_factory"), factory)] if factory is not None else []
+        return items + held + extra
     if cls is list or cls is tuple:
         return [(("item", i), item) for i, item in enumerate(value)]  # type: ignore[arg-type]
     state = _attributes(value) if _is_user_class(cls) else None
@@ -495,8 +500,8 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     copy of the containers on those paths; a value whose shape changed since has no
     fingerprint, and the call runs uncached."""
     cls = type(value)
-    if () in paths:
-        return ("object", _qualified(cls))
+    if () in paths:  # what sits there now: by content if it has a fingerprint (a lock replaced)
+        return value if _fingerprints(value) else ("object", _qualified(cls))
     if not paths:
         return value
     below: dict[Any, list[tuple[Any, ...]]] = {}
@@ -505,22 +510,44 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     attributes = None
     if isinstance(value, dict):
         shown: Any = dict(value)
+        if cls is not dict:  # its attributes beside its items
+            attributes = dict(getattr(value, "__dict__", None) or {})
+            factory = getattr(value, "default_factory", None)
+            if factory is not None:
+                attributes["default_factory"] = factory
     elif cls is list or cls is tuple:
         shown = list(value)  # type: ignore[call-overload]
     elif (attributes := _attributes(value)) is not None:
         shown = dict(attributes)
     else:
         return _SHAPE_CHANGED
+    mapping = isinstance(value, dict)
     for (kind, where), inner in below.items():
-        reachable = where < len(shown) if kind == "item" else where in shown
+        target = attributes if mapping and kind == "attr" else shown
+        reachable = where < len(target) if kind == "item" else where in target  # type: ignore[arg-type,operator]
         if not reachable:
             return _SHAPE_CHANGED
-        shown[where] = _lenient(shown[where], tuple(inner))
+        target[where] = _lenient(target[where], tuple(inner))  # type: ignore[index]
     if cls is tuple:
         return tuple(shown)
     if cls is dict or cls is list:
         return shown
-    return ("mapping" if attributes is None else "instance", _qualified(cls), shown)
+    if mapping:
+        return ("mapping", _qualified(cls), shown, attributes)
+    return ("instance", _qualified(cls), shown)
+
+
+class _Paths:
+    """`_unreadable_paths` held in a code part: the value counts by content at each call, so
+    the digest of the code needs none of the keys on them (which may have no fingerprint)."""
+
+    __slots__ = ("paths",)
+
+    def __init__(self, paths: tuple[tuple[Any, ...], ...]) -> None:
+        self.paths = paths
+
+    def __cache_key__(self) -> str:
+        return "paths to objects without a fingerprint"
 
 
 class _ShapeChanged:
@@ -616,6 +643,8 @@ def _wrapper_closure(
             part = _ref(value, children)[0]  # an argument, the user's caller
         elif type(value) is dict and _all_constant(value.values(), value.keys()):
             part = ("settings", tuple(value.items()))  # keyword arguments
+        elif type(value) in (list, tuple, set, frozenset) or _is_array(value):
+            part = ("settings", _settings_digest(value))  # `@weighted(weights=[1, 2])`
         else:
             # Read without its content: a memo's or a limiter's state is not a setting.
             part = _context_settings(value, children)
@@ -624,6 +653,11 @@ def _wrapper_closure(
 
 
 _CODE_TYPES: Final = (types.FunctionType, types.MethodType, type, types.ModuleType)
+
+
+def _is_array(value: object) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and type(value) is np.ndarray
 
 
 def _all_constant(*groups: Any) -> bool:
@@ -637,8 +671,10 @@ def _context_settings(value: object, children: list[object]) -> Any:
     cls = type(value)
     if isinstance(value, contextlib._GeneratorContextManager):  # @contextmanager's, as a decorator
         function, _ = _ref(getattr(value, "func", None), children)
-        arguments = (getattr(value, "args", ()), getattr(value, "kwds", {}))
-        return ("context", function, _settings_digest(arguments))
+        # One by one: a lock among them counts by its type, the others by content.
+        args = tuple(map(_settings_digest, getattr(value, "args", ())))
+        kwds = {key: _settings_digest(item) for key, item in getattr(value, "kwds", {}).items()}
+        return ("context", function, args, tuple(sorted(kwds.items())))
     names = _CONTEXT_SETTINGS.get(_qualified(cls))
     if names is not None:
         return (

@@ -1013,7 +1013,7 @@ def _live_reader(part: Any, reader: Callable[[Any], Any]) -> Callable[[Any], Any
     if view == ("viewed",):
         return lambda owner: _view(reader(owner))
     if view == ("lenient",):
-        paths = part[3]
+        paths = part[3].paths  # values._Paths
         return lambda owner: _lenient(_view(reader(owner)), paths)
     if view == ("proxy",):
         return lambda owner: _proxy_view(reader(owner))
