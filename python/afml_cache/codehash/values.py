@@ -471,17 +471,25 @@ def _steps(value: object) -> list[tuple[Any, Any]] | None:
     cls = type(value)
     if isinstance(value, dict):  # an OrderedDict, a defaultdict, a user's dict subclass too
         items = [(("key", key), item) for key, item in value.items()]
-        state = getattr(value, "__dict__", None) if cls is not dict else None
-        held = [(("attr", n), item) for n, item in state.items()] if type(state) is dict else []
-        factory = getattr(value, "default_factory", None)
-        extra = [(("attr", "default_factory"), factory)] if factory is not None else []
-        return items + held + extra
+        return items + [(("attr", n), item) for n, item in _mapping_attributes(value).items()]
     if cls is list or cls is tuple:
         return [(("item", i), item) for i, item in enumerate(value)]  # type: ignore[arg-type]
     state = _attributes(value) if _is_user_class(cls) else None
     if state is not None:
         return [(("attr", name), item) for name, item in state.items()]
     return None
+
+
+def _mapping_attributes(value: dict[Any, Any]) -> dict[str, Any]:
+    """A dict subclass's attributes beside its items, a defaultdict's factory among them; none
+    for a plain dict."""
+    if type(value) is dict:
+        return {}
+    held = dict(getattr(value, "__dict__", None) or {})
+    factory = getattr(value, "default_factory", None)
+    if factory is not None:
+        held["default_factory"] = factory
+    return held
 
 
 def _attributes(value: object) -> dict[str, Any] | None:
@@ -510,11 +518,7 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     attributes = None
     if isinstance(value, dict):
         shown: Any = dict(value)
-        if cls is not dict:  # its attributes beside its items
-            attributes = dict(getattr(value, "__dict__", None) or {})
-            factory = getattr(value, "default_factory", None)
-            if factory is not None:
-                attributes["default_factory"] = factory
+        attributes = _mapping_attributes(value)
     elif cls is list or cls is tuple:
         shown = list(value)  # type: ignore[call-overload]
     elif (attributes := _attributes(value)) is not None:
