@@ -1632,6 +1632,111 @@ def test_a_query_kept_in_a_global_counts_the_names_it_reads(cache_dir: Path, loa
     assert check(module.universe, frame) == ["D", "D"]
 
 
+def test_a_query_in_a_namespace_or_passed_in_counts_the_names_it_reads(
+    cache_dir: Path, load: Loader
+) -> None:
+    # The @NAME of a query kept in a namespace's or a class's attribute, or given as an
+    # argument (alone, in a list or in a config object), is read from the function's globals:
+    # MIN_VOLUME did not count, and changing it kept the old rows.
+    module = load("""
+    import dataclasses
+    import types
+    import pandas as pd
+    from afml_cache import cacheable
+
+    MIN_VOLUME = 10
+    CFG = types.SimpleNamespace(liquid="volume > @MIN_VOLUME")
+
+    class Filters:
+        liquid = "volume > @MIN_VOLUME"
+
+    @dataclasses.dataclass
+    class Spec:
+        rule: str
+
+    @cacheable
+    def kept(df):
+        return list(df.query(CFG.liquid).index) + list(df.query(Filters.liquid).index)
+
+    @cacheable
+    def given(df, rule, rules=(), spec=None):
+        rules = [rule, *rules] + ([spec.rule] if spec else [])
+        return [list(df.query(r).index) for r in rules]
+
+    @cacheable
+    def symbols(rule):
+        return list(pd.DataFrame({"volume": [5, 20, 30, 40]}, index=list("ABCD")).query(rule).index)
+    """)
+    frame = pd.DataFrame({"volume": [5, 20, 30, 40]}, index=list("ABCD"))
+    rule = "volume > @MIN_VOLUME"
+    calls = [
+        lambda: check(module.kept, frame),
+        lambda: check(module.given, frame, rule),
+        lambda: check(module.given, frame, "volume > 0", rules=[rule]),
+        lambda: check(module.given, frame, "volume > 0", spec=module.Spec(rule)),
+        lambda: check(module.symbols, rule),  # scalar arguments: its key may be remembered
+    ]
+    before = [call() for call in calls]
+    assert [call() for call in calls] == before
+    module.MIN_VOLUME = 35
+    assert [call() for call in calls] == [
+        ["D", "D"],
+        [["D"]],
+        [list("ABCD"), ["D"]],
+        [list("ABCD"), ["D"]],
+        ["D"],
+    ]
+
+
+def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
+    cache_dir: Path, load: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library's decorator holding a list it was given (`@scaled(weights=W)`, then
+    # `W.append(10)`) counted the list as it was when the code was first walked: the edit kept
+    # the old result. And a list among its keyword arguments counted by type only, so editing
+    # it on the decorator line was a wrong hit in the next process too.
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "weighing_library.py").write_text(
+        textwrap.dedent("""
+        import functools
+
+        def scaled(**settings):
+            def decorate(func):
+                @functools.wraps(func)
+                def wrapper(*args):
+                    return func(*args) * sum(settings["weights"])
+                return wrapper
+            return decorate
+        """)
+    )
+    monkeypatch.syspath_prepend(str(library))
+    monkeypatch.delitem(sys.modules, "weighing_library", raising=False)
+    source = """
+    from afml_cache import cacheable
+    from weighing_library import scaled
+
+    W = [1, 2]
+
+    @scaled(weights=W)
+    def weigh(x):
+        return x
+
+    @cacheable
+    def total(x):
+        return weigh(x) + 1
+    """
+    module = load(source)
+    assert [check(module.total, 1) for _ in range(2)] == [4, 4]
+    module.W.append(10)
+    assert check(module.total, 1) == 14
+    assert hits(module.total) == 1
+    monkeypatch.setenv("PYTHONPATH", str(library))
+    run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
+    assert run(textwrap.dedent(source)) == "4"
+    assert run(textwrap.dedent(source).replace("W = [1, 2]", "W = [1, 5]")) == "7"
+
+
 def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:
     module = load("""
     from afml_cache import cacheable

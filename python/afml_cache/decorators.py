@@ -43,7 +43,13 @@ from afml_cache._store.entries import Entries
 from afml_cache._store.writer import flush_writes
 from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
 from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
-from afml_cache.codehash import arguments_code, code_fingerprint, code_state, reading_classes
+from afml_cache.codehash import (
+    argument_expressions,
+    arguments_code,
+    code_fingerprint,
+    code_state,
+    reading_classes,
+)
 from afml_cache.codehash.walk import (
     LiveValues,
     global_generators,
@@ -486,12 +492,25 @@ class _Engine:
             files = file_contents(arguments)
             if files:  # the keys of calls without paths stay as they were
                 material = (*material, files)
+            expressions = self._expressions(arguments)
+            if expressions:  # and those of calls without a query's @NAME too
+                material = (*material, ("expressions", expressions))
             with reading_classes():
                 key = fingerprint(material, strict=self.options.strict)
         except FingerprintError as exc:
             self._unkeyed(exc, arguments, live)
             return None
         return self._with_live(key, live, arguments) if live else key
+
+    def _expressions(self, arguments: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """The globals that strings among the arguments name for pandas to read
+        (`argument_expressions`), with their values now."""
+        fn = self.fn
+        for _ in range(16):  # to the user's function under wrappers
+            if type(fn) is types.FunctionType:
+                return argument_expressions(fn, arguments.values())
+            fn = getattr(fn, "__wrapped__", None)
+        return ()
 
     def _with_live(self, key: str, live: LiveValues, arguments: dict[str, Any]) -> str | None:
         """The key of a call to a function that reads ``live`` values by content: that of the
@@ -729,18 +748,20 @@ class _Engine:
         and all exact scalars (`_SCALAR_TYPES`, no float zero): computed once per code
         fingerprint (``known``, see `_state`), then remembered, so a hit spares binding and
         fingerprinting them. None for other calls."""
-        types = tuple(map(type, args))
-        if not _SCALAR_TYPES.issuperset(types) or 0.0 in args:
+        kinds = tuple(map(type, args))
+        if not _SCALAR_TYPES.issuperset(kinds) or 0.0 in args:
             return None
         remembered = known[2]
-        key = remembered.get((args, types))
+        key = remembered.get((args, kinds))
         if key is None:
             arguments = self._bound(args, {})
-            key = None if arguments is None else self._key(arguments, (), (known, ()))
+            if arguments is None or self._expressions(arguments):
+                return None  # a global a query string names counts as it is at each call
+            key = self._key(arguments, (), (known, ()))
             if key is not None:
                 if len(remembered) >= _REMEMBERED_KEYS:
                     remembered.clear()
-                remembered[(args, types)] = key
+                remembered[(args, kinds)] = key
         return key
 
     def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

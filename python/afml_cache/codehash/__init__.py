@@ -105,6 +105,7 @@ from afml_cache.codehash.scope import _version_of as _version_of
 from afml_cache.codehash.values import _frompyfunc_function as _frompyfunc_function
 from afml_cache.codehash.walk import _walk as _walk
 from afml_cache.codehash.walk import (
+    argument_expressions,
     arguments_code,
     class_code,
     code_fingerprint,
@@ -116,6 +117,7 @@ from afml_cache.codehash.walk import (
 )
 
 __all__ = [
+    "argument_expressions",
     "arguments_code",
     "class_code",
     "code_fingerprint",

@@ -587,10 +587,11 @@ def _single_dispatch(obj: types.FunctionType, children: list[object]) -> tuple[A
     return part, (_REGISTRY, (_same(obj)[1], registered))
 
 
-def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
+def _library_callable(obj: object, children: list[object], *, now: bool = False) -> tuple[Any, ...]:
     """A function, class or callable of a library: by name and version, plus the user function
     it wraps, if any (a cached function, an ``lru_cache``), or, for a callable object, what it
-    holds of the user's (`_held_parts`)."""
+    holds of the user's (`_held_parts`). A wrapper holding a container that can change in
+    place (`_wrapper_closure`) counts by content at each call, as it is ``now`` when asked."""
     module = _module_of(obj)
     if module == "builtins":
         return ("builtin", getattr(obj, "__qualname__", None) or _qualified(obj))
@@ -617,7 +618,11 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
         module = _defining_module(obj)
         name = f"{module}.{obj.__code__.co_qualname}"
         # A cached function counts as the function it caches: its engine is no setting.
-        held = () if _is_own_package(module) else _wrapper_closure(obj, inner, children)
+        held, changeable = (), False
+        if not _is_own_package(module):
+            held, changeable = _wrapper_closure(obj, inner, children)
+        if changeable and not now:
+            return _live(obj)  # read by `walk.function_key` at each call
         if held:  # wrappers that hold nothing else keep their digests
             return ("wrapped", name, _version_of(module), ("function", inner.__qualname__), held)
     else:
@@ -628,14 +633,16 @@ def _library_callable(obj: object, children: list[object]) -> tuple[Any, ...]:
 
 def _wrapper_closure(
     fn: types.FunctionType, inner: object, children: list[object]
-) -> tuple[tuple[str, Any], ...]:
-    """What a library's wrapper function holds beside the function it wraps, as it is when the
-    wrapper is met: a decorator's arguments and its caller (``@decorator.decorator``), a
-    context manager used as a decorator (a ``@contextmanager`` helper's function and
-    arguments, ``@np.errstate(divide="ignore")``'s settings). Any other object it holds counts
+) -> tuple[tuple[tuple[str, Any], ...], bool]:
+    """What a library's wrapper function holds beside the function it wraps, as it is now: a
+    decorator's arguments and its caller (``@decorator.decorator``), a context manager used as
+    a decorator (a ``@contextmanager`` helper's function and arguments,
+    ``@np.errstate(divide="ignore")``'s settings); and whether some of that can change in
+    place (``@weighted(weights=W)``, then ``W.append(3)``). Any other object it holds counts
     by its type: a rate limiter's clock, a memo's contents or a timer's last reading are the
     wrapper's state, not settings, and change from call to call and process to process."""
     held = []
+    changeable = False
     for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:
             value = cell.cell_contents
@@ -646,14 +653,21 @@ def _wrapper_closure(
         if _is_constant(value) or isinstance(value, _CODE_TYPES):
             part = _ref(value, children)[0]  # an argument, the user's caller
         elif type(value) is dict and _all_constant(value.values(), value.keys()):
-            part = ("settings", tuple(value.items()))  # keyword arguments
-        elif type(value) in (list, tuple, set, frozenset) or _is_array(value):
+            part = ("settings", tuple(value.items()))  # keyword arguments, a dict of its own
+        elif type(value) in (dict, list, tuple, set, frozenset) or _is_array(value):
             part = ("settings", _settings_digest(value))  # `@weighted(weights=[1, 2])`
+            changeable = True
         else:
             # Read without its content: a memo's or a limiter's state is not a setting.
             part = _context_settings(value, children)
+            changeable = changeable or (
+                isinstance(value, contextlib._GeneratorContextManager)
+                and not _all_constant(
+                    getattr(value, "args", ()), getattr(value, "kwds", {}).values()
+                )
+            )
         held.append((name, part))
-    return tuple(held)
+    return tuple(held), changeable
 
 
 _CODE_TYPES: Final = (types.FunctionType, types.MethodType, type, types.ModuleType)

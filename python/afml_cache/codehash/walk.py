@@ -9,6 +9,7 @@ import enum
 import functools
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import random
@@ -18,7 +19,7 @@ import threading
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
@@ -456,19 +457,75 @@ def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> li
     )
     pattern = _IDENTIFIER if top_level else _LOCAL_VARIABLE
     strings = [c for code in codes for c in code.co_consts if isinstance(c, str)]
-    # ...and the expressions it reads from globals and defaults (``LIQUID = "volume >
-    # @MIN_VOLUME"``, a dict of named filters).
-    held = [fn.__globals__.get(ref[1]) for ref in references if ref[0] == "global"]
+    # ...and the expressions it reads from globals, their attributes and defaults (``LIQUID =
+    # "volume > @MIN_VOLUME"``, a dict of named filters, ``CFG.liquid`` of a namespace).
+    held = [v for ref in references if ref[0] == "global" for v in _along(fn.__globals__, ref)]
     for value in (*held, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
-        items = value.values() if type(value) is dict else value
-        if type(value) is str:
-            strings.append(value)
-        elif type(value) in (dict, list, tuple) and len(items) <= _EXPRESSION_ITEMS:  # type: ignore[arg-type]
-            strings.extend(item for item in items if type(item) is str)  # type: ignore[union-attr]
+        strings.extend(held_strings(value))
     names = dict.fromkeys(
         name for string in strings if string is not fn.__doc__ for name in pattern.findall(string)
     )
     return [name for name in names if name in fn.__globals__]
+
+
+def argument_expressions(
+    fn: types.FunctionType, values: Iterable[object]
+) -> tuple[tuple[str, Any], ...]:
+    """The globals of ``fn``'s module that strings among its arguments name for pandas to
+    read, each with its value now: ``keep(df, "ret > @THRESH")``, whose ``df.query(rule)``
+    reads ``THRESH`` from the function's globals (and, when its code calls an ``eval``, every
+    name in such a string). The strings themselves count as arguments do."""
+    strings = [string for value in values for string in held_strings(value)]
+    if not strings:
+        return ()
+    pattern = _IDENTIFIER if _evaluates(fn.__code__) else _LOCAL_VARIABLE
+    names = dict.fromkeys(name for string in strings for name in pattern.findall(string))
+    namespace = fn.__globals__
+    return tuple((name, namespace[name]) for name in names if name in namespace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _evaluates(code: types.CodeType) -> bool:
+    """Whether code calls an ``eval`` (pandas', a frame's or Python's), which may read bare
+    names from its caller's variables."""
+    return any("eval" in nested.co_names for nested in _code_objects(code))
+
+
+def _along(namespace: dict[str, Any], ref: Ref) -> list[object]:
+    """The values a global reference passes through: the global's, then each attribute's it
+    reads (found without running a property or ``__getattr__``), as far as they are found."""
+    value = namespace.get(ref[1], _MISSING)
+    values = [] if value is _MISSING else [value]
+    for name in ref[-1][:_EXPRESSION_DEPTH] if values else ():
+        try:
+            value = inspect.getattr_static(value, name)
+        except Exception:  # not an attribute it holds (a property's, a method's result)
+            break
+        values.append(value)
+    return values
+
+
+def held_strings(value: object) -> list[str]:
+    """The strings a value holds where an expression may be kept: itself, the items of a dict,
+    list or tuple, or the attributes of a namespace, a config object or a class (at most
+    `_EXPRESSION_ITEMS` of them)."""
+    if type(value) is str:
+        return [value]
+    if type(value) in (dict, list, tuple):
+        items = value.values() if type(value) is dict else value  # type: ignore[attr-defined]
+    elif isinstance(value, types.ModuleType | types.FunctionType):
+        return []  # a module's names and a function's strings count where they are read
+    else:
+        try:  # past a hostile ``__getattribute__``
+            attributes = object.__getattribute__(value, "__dict__")
+        except Exception:  # a slotted object: nothing kept here
+            return []
+        if not isinstance(attributes, dict | types.MappingProxyType):
+            return []
+        items = attributes.values()
+    if len(items) > _EXPRESSION_ITEMS:
+        return []
+    return [item for item in items if type(item) is str]
 
 
 # Methods that evaluate a string naming the caller's variables, and the names in one: any
@@ -477,6 +534,7 @@ _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 _EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
+_EXPRESSION_DEPTH: Final = 8  # the attributes of a global reference followed, at most
 
 
 def _read_names(namespace: dict[str, Any]) -> list[str]:
@@ -1192,7 +1250,7 @@ def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
         digests, live, readable = _walk([fn])
     else:
         children: list[object] = []
-        library = fingerprint(_library_callable(fn, children), strict=True)
+        library = fingerprint(_library_callable(fn, children, now=True), strict=True)
         digests, live, readable = _walk(children)
         digests = (library, *digests)
     if not readable:
