@@ -1443,6 +1443,24 @@ def test_a_function_that_adds_a_column_to_its_argument_runs_uncached(cache_dir: 
         assert [counted(calls, 2), counted(calls, 2)] == [4, 4] and calls == [2]
 
 
+def test_a_function_that_names_its_arguments_labels_runs_uncached(cache_dir: Path) -> None:
+    # `df.index.name = "date"` renames the same index object: a hit left the caller's frame
+    # unnamed, which the code after the call reads.
+    @afml_cache.cacheable
+    def label(df: pd.DataFrame) -> float:
+        df.index.name = "date"
+        df.columns.name = "field"
+        return float(df["v"].sum())
+
+    with pytest.warns(afml_cache.CacheWarning, match="changed its argument 'df' in place"):
+        label(pd.DataFrame({"v": [1.0, 2.0]}))
+    for _ in range(2):
+        frame = pd.DataFrame({"v": [1.0, 2.0]})
+        assert check(label, frame) == 3.0
+        assert (frame.index.name, frame.columns.name) == ("date", "field")
+    assert label.cache_info()["entries"] == 0
+
+
 def test_a_function_that_only_reads_its_frame_is_cached(cache_dir: Path) -> None:
     # A frame read (pandas 2 consolidates its blocks in place on some reads) is not changed.
     @afml_cache.cacheable
@@ -1538,6 +1556,135 @@ def test_settings_beside_an_object_without_a_fingerprint_still_count(
         assert check(many.feature, 2) == 16
         many.SETTINGS.scale = 10
         assert check(many.feature, 2) == 160
+
+
+def test_settings_objects_that_hide_their_attributes_still_count(
+    cache_dir: Path, load: Loader
+) -> None:
+    # An AttrDict (`__getattr__ = dict.__getitem__`, which raises KeyError) counted by name; one
+    # holding a lock too, and a DotMap-like one gained a `default_factory` key from the look
+    # for a defaultdict's factory (which changed its result); slotted classes, slots in a base
+    # class, a slotted dict subclass and settings five levels down beside a lock counted by type.
+    module = load("""
+    import threading
+    from afml_cache import cacheable
+
+    class AttrDict(dict):
+        __getattr__ = dict.__getitem__
+        __setattr__ = dict.__setitem__
+
+    class Tree(dict):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return self.setdefault(name, Tree())
+
+    class Params:
+        __slots__ = ("window", "lock")
+
+        def __init__(self):
+            self.window, self.lock = 3, threading.Lock()
+
+    class Base:
+        __slots__ = ("__scale",)
+
+    class Mixed(Base):
+        def __init__(self):
+            self._Base__scale, self.lock = 3, threading.Lock()
+
+    class SlotDict(dict):
+        __slots__ = ("shift",)
+
+    PLAIN = AttrDict(window=3)
+    LOCKED = AttrDict(window=3, lock=threading.Lock())
+    TREE = Tree(window=3, lock=threading.Lock())
+    PARAMS, MIXED = Params(), Mixed()
+    SLOTTED = SlotDict(lock=threading.Lock())
+    SLOTTED.shift = 3
+    DEEP = {"a": {"b": {"c": {"d": {"e": {"lock": threading.Lock(), "w": 3}}}}}}
+
+    @cacheable
+    def feature(x):
+        return (
+            x * PLAIN.window * LOCKED["window"] * PARAMS.window * MIXED._Base__scale
+            + SLOTTED.shift + DEEP["a"]["b"]["c"]["d"]["e"]["w"] + TREE["window"] + len(TREE)
+        )
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(module.feature, 1) for _ in range(2)] == [92, 92]
+        assert list(module.TREE) == ["window", "lock"] and hits(module.feature) == 1
+        changes = [
+            lambda: setattr(module.PLAIN, "window", 1),
+            lambda: module.LOCKED.__setitem__("window", 1),
+            lambda: setattr(module.PARAMS, "window", 1),
+            lambda: setattr(module.MIXED, "_Base__scale", 1),
+            lambda: setattr(module.SLOTTED, "shift", 0),
+            lambda: module.DEEP["a"]["b"]["c"]["d"]["e"].__setitem__("w", 0),
+            lambda: module.TREE.__setitem__("window", 0),
+        ]
+        results = []
+        for change in changes:
+            change()
+            results.append(check(module.feature, 1))
+        assert results == [38, 20, 14, 12, 9, 6, 3]
+        assert hits(module.feature) == 1
+
+
+def test_settings_with_too_many_objects_without_a_fingerprint_run_uncached(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past 4,096 locks, or nested deeper than it looks, a settings dict counted by type alone:
+    # a changed window kept the old result. Now such a call runs uncached, with one warning.
+    module = load("""
+    import threading
+    from afml_cache import cacheable
+
+    MANY = {"window": 3, "locks": {f"S{i}": threading.Lock() for i in range(5000)}}
+
+    @cacheable
+    def feature(x):
+        return x * MANY["window"]
+    """)
+    with pytest.warns(afml_cache.CacheWarning, match="'MANY'.*cannot be fingerprinted"):
+        assert check(module.feature, 2) == 6
+    module.MANY["window"] = 5
+    assert check(module.feature, 2) == 10
+    assert module.feature.cache_info()["entries"] == 0
+
+
+def test_a_hit_does_not_try_again_to_fingerprint_what_had_none(
+    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lock a settings dict holds was tried again at each hit (a raised FingerprintError, 6 µs
+    # each: 8 ms a hit beside 1,000 locks). And a settings global rebound to a dict of another
+    # shape ran uncached for the rest of the process.
+    from afml_cache.codehash import values
+
+    module = load("""
+    import threading
+    from afml_cache import cacheable
+
+    CONFIG = {"window": 3, "locks": {f"S{i}": threading.Lock() for i in range(50)}}
+
+    @cacheable
+    def feature(x):
+        return x * CONFIG["window"]
+    """)
+    tries = []
+    real = values._fingerprints
+    monkeypatch.setattr(values, "_fingerprints", lambda v: tries.append(v) or real(v))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check(module.feature, 2) == 6
+        tries.clear()
+        assert [module.feature(2) for _ in range(3)] == [6, 6, 6]
+        assert tries == [] and hits(module.feature) == 3
+        module.CONFIG = {"lock": __import__("threading").Lock(), "w": 1, "window": 4}
+        assert [check(module.feature, 2) for _ in range(2)] == [8, 8]
+        assert hits(module.feature) == 4
+        module.CONFIG["window"] = 5
+        assert check(module.feature, 2) == 10
 
 
 def test_operations_in_place_that_change_nothing_keep_a_function_cached(cache_dir: Path) -> None:
@@ -1735,6 +1882,75 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
     assert run(textwrap.dedent(source)) == "4"
     assert run(textwrap.dedent(source).replace("W = [1, 2]", "W = [1, 5]")) == "7"
+
+
+def test_a_query_in_nested_settings_or_passed_to_a_helper_counts_its_names(
+    cache_dir: Path, load: Loader
+) -> None:
+    # `FILTERS["liquid"]["expr"]`, a list of (name, rule) pairs, and a rule written in the
+    # function but evaluated by a helper: THRESH did not count.
+    module = load("""
+    from afml_cache import cacheable
+
+    THRESH = 2
+    FILTERS = {"liquid": {"expr": "v > @THRESH"}}
+    PAIRS = [("liquid", "v > @THRESH")]
+
+    def keep(df, rule):
+        return df.query(rule)
+
+    @cacheable
+    def nested(df):
+        return len(df.query(FILTERS["liquid"]["expr"]))
+
+    @cacheable
+    def pairs(df):
+        return len(df.query(PAIRS[0][1]))
+
+    @cacheable
+    def helped(df):
+        return len(keep(df, "v > @THRESH"))
+    """)
+    frame = pd.DataFrame({"v": range(10)})
+    functions = (module.nested, module.pairs, module.helped)
+    assert [check(f, frame) for f in functions] == [7, 7, 7]
+    module.THRESH = 7
+    assert [check(f, frame) for f in functions] == [2, 2, 2]
+
+
+def test_a_context_decorator_of_the_users_counts_its_settings(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # `@precision(5)`, a ContextDecorator instance of the user's, counted by its class alone:
+    # `@precision(12)` in the next run returned the five-digit result.
+    source = textwrap.dedent("""
+    import contextlib
+    import decimal
+    from afml_cache import cacheable
+
+    class precision(contextlib.ContextDecorator):
+        def __init__(self, digits):
+            self.digits = digits
+
+        def __enter__(self):
+            self._context = decimal.localcontext()
+            self._context.__enter__().prec = self.digits
+            return self
+
+        def __exit__(self, *exc):
+            return self._context.__exit__(*exc)
+
+    @precision(5)
+    def third(x):
+        return str(decimal.Decimal(1) / decimal.Decimal(x))
+
+    @cacheable
+    def f(x):
+        return third(x)
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_precision", "f(3)")
+    assert run(source) == "0.33333"
+    assert run(source.replace("@precision(5)", "@precision(12)")) == "0.333333333333"
 
 
 def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:

@@ -99,9 +99,9 @@ def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, 
 
 
 def _outline(value: Any) -> tuple[Any, ...] | None:
-    """What a change of a frame or series in place shows without reading its data: its shape
-    and, by identity, its columns (or name) and index (a column added or dropped, rows sorted
-    or renamed in place); None for other values. Values written into what is there
+    """What a change of a frame or series in place shows without reading its data: its shape,
+    by identity its columns (or name) and index (a column added or dropped, rows sorted or
+    renamed in place), and their names; None for other values. Values written into what is there
     (``df["a"] = ...`` over a column, ``df.iloc[0, 0] = x``) do not show: a frame's blocks are
     no sign, as pandas 2 consolidates them in place on some reads. A list or dict an argument
     gives is left alone: counting calls into one (``calls.append(1)``) is how a test tells a
@@ -109,8 +109,11 @@ def _outline(value: Any) -> tuple[Any, ...] | None:
     pd = sys.modules.get("pandas")
     if pd is None or not isinstance(value, pd.DataFrame | pd.Series):
         return None
-    columns = value.columns if isinstance(value, pd.DataFrame) else value.name
-    return (value.shape, columns, value.index)
+    frame = isinstance(value, pd.DataFrame)
+    columns = value.columns if frame else value.name
+    # The labels' names too: `df.index.name = "date"` renames the same object.
+    names = (tuple(value.index.names), tuple(value.columns.names) if frame else ())
+    return (value.shape, columns, value.index, names)
 
 
 def _changed_in_place(outlines: list[tuple[str, Any, Any]]) -> str | None:
@@ -565,11 +568,13 @@ class _Engine:
         culprit = self._culprit(arguments, live)
         if self.options.strict:
             raise FingerprintError(f"{self.name}: {culprit}: {error}") from None
+        remedy = "give its type a __cache_key__() or register_fingerprint()"
+        if culprit.startswith("argument"):
+            remedy += ", or list the argument in ignore="
         self._warn_once(
             "key",
             f"afml_cache: {self.name} runs uncached: {culprit} cannot be fingerprinted "
-            f"({error}); give its type a __cache_key__() or register_fingerprint(), or list "
-            "the argument in ignore=",
+            f"({error}); {remedy}",
         )
 
     def _culprit(self, arguments: dict[str, Any], live: tuple[tuple[str, Any], ...]) -> str:

@@ -4,6 +4,7 @@ again on a later call."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -166,8 +167,10 @@ def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
     try:
         return _classify(obj, children)
     except Exception as exc:
-        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(obj), exc)
-        return ("unknown", _qualified(obj)), _same(obj)
+        # Not by its name: an `AttrDict` whose __getattr__ raises KeyError holds settings. By
+        # its content at each call, then; without a fingerprint the call runs uncached.
+        _log.debug("afml_cache: code fingerprint counts %s by content: %r", _qualified(obj), exc)
+        return _live(obj), _same(obj)
 
 
 def _live(obj: object, view: str | None = None) -> Any:
@@ -283,9 +286,10 @@ def _classify(obj: object, children: list[object]) -> tuple[Any, Check]:
     # that only writes to it (`record = LOG.append`) reads nothing, as `LOG.append(x)` does not
     # (walk.py, `_unless_written_only`); the global generators' draws count where they are read
     # (walk.py, `_random_draws`).
-    owner = getattr(obj, "__self__", None)
+    is_method = isinstance(obj, types.BuiltinMethodType | types.MethodWrapperType)
+    owner = obj.__self__ if is_method else None  # type: ignore[union-attr]
     if (
-        isinstance(obj, types.BuiltinMethodType | types.MethodWrapperType)
+        is_method
         and owner is not None
         and not isinstance(owner, types.ModuleType)
         and not (obj.__name__ in _WRITES and type(owner) in _WRITTEN_TYPES)
@@ -326,10 +330,7 @@ def _proxy_view(obj: object) -> Any:
     """A proxy whose wrapper holds state, as it counts at each call: what `_proxy_form` reads,
     each by content (`_lenient`)."""
     parts = [getattr(obj, name, None) for name in _PROXY_PARTS]
-    shown = [
-        part if _fingerprints(part) else _lenient(part, _unreadable_paths(part) or ((),))
-        for part in parts
-    ]
+    shown = [lenient_now(part) for part in parts]
     return ("proxy", _qualified(type(obj)), *shown)
 
 
@@ -377,7 +378,7 @@ def _holds_partial(value: object, depth: int) -> bool:
 
 _VIEWED_DEPTH: Final = 3
 _VIEWED_ITEMS: Final = 256
-_LENIENT_DEPTH: Final = 4
+_LENIENT_DEPTH: Final = 8
 _LENIENT_PATHS: Final = 4096
 
 
@@ -415,11 +416,14 @@ def _by_content(obj: object) -> tuple[Any, Check]:
     except FingerprintError:
         if _fingerprints(shown):
             return _live(obj, view), _of_type(obj)
-        paths = _unreadable_paths(shown)
-        if paths is None:  # its type is all there is
+        try:
+            leaves = _unreadable_paths(shown)
+        except _TooMuch:  # its content cannot all be read: at each call, it has no fingerprint
+            return _live(obj, view), _of_type(obj)
+        if leaves is None:  # its type is all there is
             return ("object", _qualified(type(obj))), _of_type(obj)
         # A settings dict or object holding a lock or an engine: what else it holds counts.
-        return (*_live(obj, "lenient"), _Paths(paths)), _of_type(obj)
+        return (*_live(obj, "lenient"), _Paths(leaves)), _of_type(obj)
     if _is_frozen(obj):
         return ("value", _qualified(type(obj)), digest), _same(obj)
     return _live(obj, view), _of_type(obj)
@@ -436,31 +440,45 @@ def _fingerprints(value: object) -> bool:
     return True
 
 
-def _unreadable_paths(value: object) -> tuple[tuple[Any, ...], ...] | None:
+# Where an object without a fingerprint sits in a value (keys, positions, attribute names), and
+# its type then.
+Leaf = tuple[tuple[Any, ...], type]
+
+
+class _TooMuch(Exception):
+    """A value holds objects without a fingerprint deeper or more of them than are looked for."""
+
+
+def _unreadable_paths(value: object) -> tuple[Leaf, ...] | None:
     """Where in ``value`` the objects that neither have a fingerprint nor pickle sit (a lock,
-    an engine, a pool beside the settings of ``CONFIG = {"window": 3, "lock": ...}``): the keys,
-    positions and attribute names leading to each, through dicts, lists, tuples and instances
-    of the user's classes, found once when the code is walked; None when the value itself is
-    such an object, or holds too many (`_LENIENT_PATHS`). One met again inside itself (an
-    object its parts point back to) is such an object there."""
-    found: list[tuple[Any, ...]] = []
+    an engine, a pool beside the settings of ``CONFIG = {"window": 3, "lock": ...}``), through
+    dicts, lists, tuples and instances of the user's classes, found once when the code is
+    walked; None when the value itself is such an object. One met again inside itself (an
+    object its parts point back to) is such an object there. Raises `_TooMuch` past
+    `_LENIENT_DEPTH` levels or `_LENIENT_PATHS` such objects: counting the rest by type would
+    hide a change in it."""
+    found: list[Leaf] = []
     seen: set[int] = set()
 
-    def search(item: object, where: tuple[Any, ...], depth: int) -> bool:
-        steps = None if id(item) in seen or depth == 0 else _steps(item)
+    def search(item: object, where: tuple[Any, ...], depth: int) -> None:
+        steps = None if id(item) in seen else _steps(item)
         if steps is None:
-            found.append(where)
-            return len(found) <= _LENIENT_PATHS
+            found.append((where, type(item)))
+            if len(found) > _LENIENT_PATHS:
+                raise _TooMuch(f"more than {_LENIENT_PATHS} objects without a fingerprint")
+            return
+        if depth == 0:
+            raise _TooMuch(f"objects without a fingerprint deeper than {_LENIENT_DEPTH} levels")
         seen.add(id(item))
         try:
             for step, part in steps:
-                if not _fingerprints(part) and not search(part, (*where, step), depth - 1):
-                    return False
-            return True
+                if not _fingerprints(part):
+                    search(part, (*where, step), depth - 1)
         finally:
             seen.discard(id(item))
 
-    if not search(value, (), _LENIENT_DEPTH) or () in found:
+    search(value, (), _LENIENT_DEPTH)
+    if found and found[0][0] == ():
         return None
     return tuple(found)
 
@@ -485,36 +503,57 @@ def _mapping_attributes(value: dict[Any, Any]) -> dict[str, Any]:
     for a plain dict."""
     if type(value) is dict:
         return {}
-    held = dict(getattr(value, "__dict__", None) or {})
-    factory = getattr(value, "default_factory", None)
-    if factory is not None:
-        held["default_factory"] = factory
+    held = _attributes(value) or {}
+    if isinstance(value, collections.defaultdict):
+        held["default_factory"] = value.default_factory
     return held
 
 
 def _attributes(value: object) -> dict[str, Any] | None:
-    """An instance's attributes: its ``__dict__``, or a slotted dataclass's fields."""
-    state = getattr(value, "__dict__", None)
-    if type(state) is dict:
-        return state
-    if dataclasses.is_dataclass(value):
-        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
-    return None
+    """An instance's attributes: its ``__dict__`` and its slots, over its classes (a slotted
+    dataclass's fields too), read as stored, without running its ``__getattr__`` (an
+    ``AttrDict``'s raises KeyError, a ``DotMap``'s adds the key) or a property; None for an
+    object with neither."""
+    try:
+        state = object.__getattribute__(value, "__dict__")
+    except Exception:  # slotted, or a C type's
+        state = None
+    held = dict(state) if type(state) is dict else None
+    for owner in type(value).__mro__:
+        slots = owner.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{owner.__name__.lstrip('_')}{name}"  # a private slot's mangled name
+            descriptor = owner.__dict__.get(name)
+            if name in ("__dict__", "__weakref__") or not hasattr(descriptor, "__get__"):
+                continue
+            held = {} if held is None else held
+            try:
+                held.setdefault(name, descriptor.__get__(value, owner))
+            except AttributeError:  # not set
+                continue
+    return held
 
 
-def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
+def _lenient(value: object, leaves: tuple[Leaf, ...]) -> Any:
     """``value`` as it counts at each call (`_unreadable_paths`): what it holds by content, the
-    objects at ``paths`` by their type, a user instance as its type and attributes. Costs a
-    copy of the containers on those paths; a value whose shape changed since has no
-    fingerprint, and the call runs uncached."""
+    objects at ``leaves`` by their type, a user instance as its type and attributes. Costs a
+    copy of the containers on those paths; `_SHAPE_CHANGED` for a value no longer shaped as
+    they say."""
     cls = type(value)
-    if () in paths:  # what sits there now: by content if it has a fingerprint (a lock replaced)
-        return value if _fingerprints(value) else ("object", _qualified(cls))
-    if not paths:
+    if len(leaves) == 1 and leaves[0][0] == ():
+        # What sits there now: as it was, by its type, not tried again (6 µs a lock); another
+        # object by content if it has a fingerprint (a lock replaced by settings).
+        if cls is leaves[0][1] or not _fingerprints(value):
+            return ("object", _qualified(cls))
         return value
-    below: dict[Any, list[tuple[Any, ...]]] = {}
-    for path in paths:
-        below.setdefault(path[0], []).append(path[1:])
+    if not leaves:
+        return value
+    below: dict[Any, list[Leaf]] = {}
+    for path, leaf in leaves:
+        if not path:
+            return _SHAPE_CHANGED
+        below.setdefault(path[0], []).append((path[1:], leaf))
     attributes = None
     if isinstance(value, dict):
         shown: Any = dict(value)
@@ -522,7 +561,7 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     elif cls is list or cls is tuple:
         shown = list(value)  # type: ignore[call-overload]
     elif (attributes := _attributes(value)) is not None:
-        shown = dict(attributes)
+        shown = attributes
     else:
         return _SHAPE_CHANGED
     mapping = isinstance(value, dict)
@@ -532,6 +571,8 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
         if not reachable:
             return _SHAPE_CHANGED
         target[where] = _lenient(target[where], tuple(inner))  # type: ignore[index]
+        if target[where] is _SHAPE_CHANGED:  # type: ignore[index]
+            return _SHAPE_CHANGED
     if cls is tuple:
         return tuple(shown)
     if cls is dict or cls is list:
@@ -541,25 +582,59 @@ def _lenient(value: object, paths: tuple[tuple[Any, ...], ...]) -> Any:
     return ("instance", _qualified(cls), shown)
 
 
+def lenient_now(value: object) -> Any:
+    """``value`` as `_lenient` shows it, its objects without a fingerprint found now; as it is if
+    it has a fingerprint; an object without one (the call runs uncached) if it holds too many."""
+    if _fingerprints(value):
+        return value
+    try:
+        leaves = _unreadable_paths(value)
+    except _TooMuch as exc:
+        return _Unreadable(str(exc))
+    return ("object", _qualified(type(value))) if leaves is None else _lenient(value, leaves)
+
+
 class _Paths:
     """`_unreadable_paths` held in a code part: the value counts by content at each call, so
-    the digest of the code needs none of the keys on them (which may have no fingerprint)."""
+    the digest of the code needs none of the keys on them (which may have no fingerprint).
+    Found again when the value no longer has that shape (rebound, or a key added)."""
 
-    __slots__ = ("paths",)
+    __slots__ = ("leaves",)
 
-    def __init__(self, paths: tuple[tuple[Any, ...], ...]) -> None:
-        self.paths = paths
+    def __init__(self, leaves: tuple[Leaf, ...]) -> None:
+        self.leaves = leaves
 
     def __cache_key__(self) -> str:
         return "paths to objects without a fingerprint"
 
+    def view(self, value: object) -> Any:
+        """``value`` as it counts at this call (`_lenient`)."""
+        shown = _lenient(value, self.leaves)
+        if shown is not _SHAPE_CHANGED:
+            return shown
+        try:
+            leaves = _unreadable_paths(value)
+        except _TooMuch as exc:
+            return _Unreadable(str(exc))
+        if leaves is None:
+            return ("object", _qualified(type(value)))
+        self.leaves = leaves  # one tuple replaced whole: safe from several threads
+        return _lenient(value, leaves)
 
-class _ShapeChanged:
-    """What `_lenient` shows of a value no longer shaped as its paths say: it has no
-    fingerprint, so the call runs uncached."""
+
+class _Unreadable:
+    """What `_lenient` shows of a value whose content cannot all be read (`_TooMuch`): it has
+    no fingerprint, so the call runs uncached."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
     def __reduce__(self) -> Any:
-        raise TypeError("the value no longer holds what it held when the code was read")
+        raise TypeError(f"it holds {self.why}")
+
+
+class _ShapeChanged:
+    """What `_lenient` returns for a value no longer shaped as its paths say."""
 
 
 _SHAPE_CHANGED: Final = _ShapeChanged()
@@ -700,8 +775,12 @@ def _context_settings(value: object, children: list[object]) -> Any:
             _qualified(cls),
             _settings_digest([getattr(value, n, None) for n in names]),
         )
-    if _is_user_class(cls):  # a timer of the user's: its class's code, not its last reading
+    if _is_user_class(cls):
+        # A `ContextDecorator` of the user's (`@precision(5)`): its class's code and what it
+        # holds as it is met (its settings; a timer's last reading would make one more miss).
         children.append(cls)
+        state = sorted((_attributes(value) or {}).items())
+        return ("object", _qualified(cls), tuple((k, _settings_digest(v)) for k, v in state))
     return ("object", _qualified(cls))
 
 

@@ -55,7 +55,6 @@ from afml_cache.codehash.values import (
     _held,
     _is_live,
     _is_user_module_part,
-    _lenient,
     _library_callable,
     _matches,
     _of_type,
@@ -448,8 +447,6 @@ def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> li
     reads from the caller's variables (a frame's ``eval`` reads bare names from its columns:
     a global ``close`` beside a ``"close > open"`` is not read)."""
     codes = list(_code_objects(fn.__code__))
-    if all(_EVALUATES.isdisjoint(code.co_names) for code in codes):
-        return []
     pandas = sys.modules.get("pandas")
     top_level = pandas is not None and any(
         (start is pandas and attrs[:1] == ("eval",)) or start is getattr(pandas, "eval", None)
@@ -462,6 +459,10 @@ def _expression_names(fn: types.FunctionType, references: tuple[Ref, ...]) -> li
     held = [v for ref in references if ref[0] == "global" for v in _along(fn.__globals__, ref)]
     for value in (*held, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()):
         strings.extend(held_strings(value))
+    if not top_level:
+        # `@NAME`s count in a function that passes the string on, too: a helper's
+        # `df.query(rule)` reads them from its own module, most often this one.
+        strings = [string for string in strings if "@" in string]
     names = dict.fromkeys(
         name for string in strings if string is not fn.__doc__ for name in pattern.findall(string)
     )
@@ -507,25 +508,41 @@ def _along(namespace: dict[str, Any], ref: Ref) -> list[object]:
 
 def held_strings(value: object) -> list[str]:
     """The strings a value holds where an expression may be kept: itself, the items of a dict,
-    list or tuple, or the attributes of a namespace, a config object or a class (at most
-    `_EXPRESSION_ITEMS` of them)."""
-    if type(value) is str:
-        return [value]
-    if type(value) in (dict, list, tuple):
-        items = value.values() if type(value) is dict else value  # type: ignore[attr-defined]
-    elif isinstance(value, types.ModuleType | types.FunctionType):
-        return []  # a module's names and a function's strings count where they are read
-    else:
-        try:  # past a hostile ``__getattribute__``
-            attributes = object.__getattribute__(value, "__dict__")
-        except Exception:  # a slotted object: nothing kept here
-            return []
-        if not isinstance(attributes, dict | types.MappingProxyType):
-            return []
-        items = attributes.values()
-    if len(items) > _EXPRESSION_ITEMS:
-        return []
-    return [item for item in items if type(item) is str]
+    list or tuple, or the attributes of a namespace, a config object or a class, and theirs in
+    turn (at most `_EXPRESSION_ITEMS` items looked at, `_EXPRESSION_DEPTH` levels down)."""
+    found: list[str] = []
+    budget = [_EXPRESSION_ITEMS]
+
+    def look(item: object, depth: int) -> None:
+        if type(item) is str:
+            found.append(item)
+            return
+        if depth == 0 or budget[0] <= 0 or _is_constant_atom(item):
+            return
+        if type(item) in (dict, list, tuple):
+            items = item.values() if type(item) is dict else item  # type: ignore[attr-defined]
+        elif isinstance(item, types.ModuleType | types.FunctionType):
+            return  # a module's names and a function's strings count where they are read
+        else:
+            try:  # past a hostile ``__getattribute__``
+                attributes = object.__getattribute__(item, "__dict__")
+            except Exception:  # a slotted object: nothing kept here
+                return
+            if not isinstance(attributes, dict | types.MappingProxyType):
+                return
+            items = attributes.values()
+        for part in items:  # type: ignore[union-attr]
+            budget[0] -= 1
+            if budget[0] < 0:
+                return
+            look(part, depth - 1)
+
+    look(value, _EXPRESSION_DEPTH)
+    return found
+
+
+def _is_constant_atom(value: object) -> bool:
+    return type(value) in (int, float, bool, bytes, complex) or value is None
 
 
 # Methods that evaluate a string naming the caller's variables, and the names in one: any
@@ -534,7 +551,7 @@ _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 _EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
-_EXPRESSION_DEPTH: Final = 8  # the attributes of a global reference followed, at most
+_EXPRESSION_DEPTH: Final = 8  # attributes of a reference followed, levels of a value looked in
 
 
 def _read_names(namespace: dict[str, Any]) -> list[str]:
@@ -1071,8 +1088,8 @@ def _live_reader(part: Any, reader: Callable[[Any], Any]) -> Callable[[Any], Any
     if view == ("viewed",):
         return lambda owner: _view(reader(owner))
     if view == ("lenient",):
-        paths = part[3].paths  # values._Paths
-        return lambda owner: _lenient(_view(reader(owner)), paths)
+        held = part[3]  # values._Paths
+        return lambda owner: held.view(_view(reader(owner)))
     if view == ("proxy",):
         return lambda owner: _proxy_view(reader(owner))
     return reader
