@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 import tracemalloc
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -634,7 +635,7 @@ def test_is_cached_precache_and_warm_speak_of_spans(cache_dir: Path, clock: list
         load("ES", "2024-02-01", "2024-02-03"), hourly("2024-02-01", "2024-02-03")
     )
     assert len(log) == 2
-    with pytest.raises(ValueError, match="outside the range it was asked for"):
+    with pytest.raises(ValueError, match="outside the range"):
         load.precache(hourly("2024-03-01", "2024-03-03"), "ES", "2024-03-01", "2024-03-02")
 
 
@@ -1150,3 +1151,66 @@ def test_a_loader_whose_client_counts_its_requests_says_why_it_misses(
         listed("ES", "2024-01-01", "2024-01-03"), hourly("2024-01-01", "2024-01-03")
     )
     assert VENDOR.requests == before + 1
+
+
+def test_a_live_tail_with_no_time_to_live_is_served_by_the_call_that_fetched_it(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # With live_ttl="0s" the call that fetched the tail cut it off its own result (the clock
+    # read the same before and after the fetch; always so with a calendar): rows were missing.
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, live_window="1D", live_ttl="0s")
+    clock[0] = pd.Timestamp("2024-03-11 14:37").value
+    asked = ("X", "2024-03-05", "2024-03-12")
+    for _ in range(2):  # the second call fetches the tail again, and serves it too
+        pd.testing.assert_frame_equal(load(*asked), hourly("2024-03-05", "2024-03-12"))
+    assert spans(log) == spans([asked[1:], ("2024-03-10 14:37", "2024-03-12")])
+
+
+def test_invalidate_without_after_forgets_every_piece_as_the_warning_says(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    load("AAPL", "2024-01-01", "2024-01-05")
+    load("MSFT", "2024-01-01", "2024-01-05")
+    assert load.invalidate("AAPL") == 1
+    assert load.coverage("AAPL") == [] and len(load.coverage("MSFT")) == 1
+    assert load.invalidate() == 1 and load.coverage() == []
+
+
+def test_a_family_named_by_an_argument_without_a_fingerprint_is_refused(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # coverage() and invalidate() took such a family for "none named": every family, so
+    # invalidate(lock, after=...) cut every symbol's data.
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    load("AAPL", "2024-01-01", "2024-01-05")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        for act in (load.coverage, lambda s: load.invalidate(s, after="2024-01-02")):
+            with pytest.raises(TypeError, match="no family is named by argument 'symbol'"):
+                act(threading.Lock())
+    [interval] = load.coverage("AAPL")
+    assert interval["end"] == pd.Timestamp("2024-01-05", tz="UTC")
+
+
+def test_rows_outside_the_span_name_who_gave_them_and_what_to_do(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log)
+    have = hourly("2024-01-01", "2024-01-03")
+    with pytest.raises(ValueError, match=r"the frame given to precache holds 24 row.*slice it"):
+        load.precache(have, "X", "2024-01-02", "2024-01-03")
+    local = loader(lambda s, e: hourly(s, e, tz="UTC").tz_convert("America/New_York"), log)
+
+    @time_aware_cacheable(range=("start", "end"))
+    def exchange_local(symbol: str, start: Any, end: Any) -> pd.DataFrame:
+        zone = "America/New_York"
+        return hourly(pd.Timestamp(start).tz_localize(zone), pd.Timestamp(end).tz_localize(zone))
+
+    assert len(local("X", "2024-01-02", "2024-01-03")) == 24
+    with pytest.raises(ValueError, match="without a time zone are read as UTC"):
+        exchange_local("X", "2024-01-02", "2024-01-03")

@@ -260,7 +260,7 @@ class RangeEngine(_Engine):
         request = self._request(args, kwargs)
         if request is None:
             return False
-        self._check_rows(value, request.start, request.end)
+        self._check_rows(value, request.start, request.end, request.style.zone is None, True)
         lock = self._lock(request.entries, request.family)
         try:
             recorded = self._pieces(request)
@@ -436,12 +436,21 @@ class RangeEngine(_Engine):
         return frames, missing, times
 
     def _parts(
-        self, request: _Request, pieces: list[Piece], frames: dict[str, Any], now: int
+        self,
+        request: _Request,
+        pieces: list[Piece],
+        frames: dict[str, Any],
+        now: int,
+        fresh: frozenset[str] = frozenset(),
     ) -> list[tuple[Any, int, int]]:
-        """``(frame, low, high)``: the part of each piece valid at ``now`` in the request."""
+        """``(frame, low, high)``: the part of each piece valid at ``now`` in the request, all
+        of those this call computed (``fresh``, by digest): with ``live_ttl="0s"`` their tail
+        expires at once, and yet is what the function just returned."""
         parts = []
         for piece in pieces:
-            start, end = self._valid(piece, now)
+            start, end = (
+                (piece.start, piece.end) if piece.digest in fresh else self._valid(piece, now)
+            )
             start, end = max(start, request.start), min(end, request.end)
             if start < end:
                 parts.append((frames[piece.digest], start, end))
@@ -469,10 +478,12 @@ class RangeEngine(_Engine):
             changed = bool(missing)
             unstored: set[str] = set()
             frame = None
+            fresh: set[str] = set()
             try:
                 for low, high in missing_spans:
                     piece, frame, elapsed = self._compute_gap(request, low, high, unstored)
                     computed += elapsed
+                    fresh.add(piece.digest)
                     pieces = [q for p in pieces for q in p.cut(low, high)] + [piece]
                     frames[piece.digest], times[piece.digest] = frame, elapsed
                     changed = True
@@ -483,7 +494,7 @@ class RangeEngine(_Engine):
                     self._drop_unused(request, recorded, stored)
             unstitchable = _of_other_forms(pieces)
             if not unstitchable:
-                parts = self._parts(request, pieces, frames, now)
+                parts = self._parts(request, pieces, frames, now, frozenset(fresh))
                 result = stitch(parts, request.start, request.end, fresh=frame)
                 if len(stored) > MERGE_ABOVE:
                     self._merge(request, stored, frames, times)
@@ -513,7 +524,7 @@ class RangeEngine(_Engine):
         computing = time.perf_counter()
         frame = self.fn(*bound.args, **bound.kwargs)
         elapsed = time.perf_counter() - computing
-        self._check_rows(frame, low, high)
+        self._check_rows(frame, low, high, style.zone is None)
         piece = self._new_piece(request, low, high, computed, frame)
         if not self._store_piece(request, piece, frame, elapsed):
             unstored.add(piece.digest)
@@ -562,11 +573,17 @@ class RangeEngine(_Engine):
             time_range=(piece.start, piece.end - 1),
         )
 
-    def _check_rows(self, frame: Any, low: int, high: int) -> None:
-        """A piece must be a frame or series whose sorted time index lies inside its gap."""
+    def _check_rows(
+        self, frame: Any, low: int, high: int, naive: bool = False, given: bool = False
+    ) -> None:
+        """A piece must be a frame or series whose sorted time index lies inside its gap.
+        ``naive``: the request's bounds had no time zone; ``given``: the frame is one given to
+        `precache`, not the function's."""
+        who = "the frame given to precache" if given else self.name
+        returned = "holds" if given else "returned"
         if not isinstance(frame, pd.DataFrame | pd.Series):
             raise TypeError(
-                f"{self.name} returned a {type(frame).__qualname__}; a range loader must return "
+                f"{who} is a {type(frame).__qualname__}; a range loader must return "
                 "a pandas DataFrame or Series on a DatetimeIndex"
             )
         if len(frame) == 0:
@@ -574,22 +591,31 @@ class RangeEngine(_Engine):
         index = frame.index
         if not isinstance(index, pd.DatetimeIndex):
             raise TypeError(
-                f"{self.name} returned rows on a {type(index).__name__}; a range loader must "
+                f"{who} {returned} rows on a {type(index).__name__}; a range loader must "
                 "return them on a DatetimeIndex (set_index on the time column)"
             )
         if not index.is_monotonic_increasing:
             raise ValueError(
-                f"{self.name} returned rows out of time order for [{show(low)}, {show(high)}); "
+                f"{who} {returned} rows out of time order for [{show(low)}, {show(high)}); "
                 "return them sorted (sort_index())"
             )
         first, last = in_unit(index, low, high)
         outside = (index.asi8 < first) | (index.asi8 >= last)
         if outside.any():
             shown = ", ".join(str(t) for t in index[outside][:3])
+            fix = (
+                "slice it to the span first (frame.loc[start:end] without the end)"
+                if given
+                else "a range loader returns only rows with start <= time < end"
+            )
+            if naive and index.tz is not None:
+                fix += (
+                    "; start and end without a time zone are read as UTC: pass them with the "
+                    "zone the loader reads them in (pd.Timestamp(start, tz=...))"
+                )
             raise ValueError(
-                f"{self.name} returned {int(outside.sum())} row(s) outside the range it was asked "
-                f"for, [{show(low)}, {show(high)}): {shown}; a range loader returns only rows "
-                "with start <= time < end"
+                f"{who} {returned} {int(outside.sum())} row(s) outside the range "
+                f"[{show(low)}, {show(high)}) it was for: {shown}; {fix}"
             )
 
     # --- merging ------------------------------------------------------------------------------
@@ -678,6 +704,12 @@ class RangeEngine(_Engine):
                     f"missing {', '.join(missing)}"
                 )
             kin = self._kin(bound.arguments)
+            if kin is None:  # named, but by arguments that have no key: no family, not all
+                others = {k: v for k, v in bound.arguments.items() if k not in skip}
+                raise TypeError(
+                    f"{self.name}: no family is named by {self._culprit(others, ())}, which "
+                    "has no fingerprint; name a family by the arguments its calls are given"
+                )
         found = []
         for entry in entries.listing():
             family = (entry.get("metadata") or {}).get("family")
@@ -725,11 +757,9 @@ class RangeEngine(_Engine):
 
     def invalidate(self, *args: Any, after: Any = None, **kwargs: Any) -> int:  # type: ignore[override]
         """Forgets what a family (or every family, when none is named) holds after ``after``
-        (a vendor revised the data): the next request computes it again. Returns how many
-        pieces were cut or removed."""
-        if after is None:
-            raise ValueError("invalidate takes after=t: the time from which data are forgotten")
-        after_ns = moment(after)[0]
+        (a vendor revised the data), or all of it without ``after``: the next request
+        computes it again. Returns how many pieces were cut or removed."""
+        after_ns = moment(after)[0] if after is not None else -_FOREVER
         changed = 0
         for request in self._families(args, kwargs):
             lock = self._lock(request.entries, request.family)
