@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import datetime
 import decimal
+import dis
 import enum
 import fractions
 import functools
@@ -28,8 +29,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
-from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES
+from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES, _code_objects
 from afml_cache.codehash.scope import (
+    _class_functions,
     _defining_module,
     _is_own_package,
     _is_user_class,
@@ -779,9 +781,28 @@ def _context_settings(value: object, children: list[object]) -> Any:
         # A `ContextDecorator` of the user's (`@precision(5)`): its class's code and what it
         # holds as it is met (its settings; a timer's last reading would make one more miss).
         children.append(cls)
-        state = sorted((_attributes(value) or {}).items())
+        kept = _reassigned(cls)
+        state = sorted((k, v) for k, v in (_attributes(value) or {}).items() if k not in kept)
         return ("object", _qualified(cls), tuple((k, _settings_digest(v)) for k, v in state))
     return ("object", _qualified(cls))
+
+
+def _reassigned(cls: type) -> frozenset[str]:
+    """The attributes the methods of a user class other than ``__init__`` assign on an
+    instance: its state as it is used (a timer's last reading, set in ``__enter__``), not the
+    settings it was made with."""
+    names: set[str] = set()
+    for owner in cls.__mro__:
+        if not _is_user_class(owner):
+            continue
+        for function in _class_functions(owner):
+            if function.__name__ in ("__init__", "__post_init__"):
+                continue
+            for code in _code_objects(function.__code__):
+                names.update(
+                    i.argval for i in dis.get_instructions(code) if i.opname == "STORE_ATTR"
+                )
+    return frozenset(names)
 
 
 # Context managers of libraries used as decorators, by the attributes that hold their settings.

@@ -521,7 +521,7 @@ def held_strings(value: object) -> list[str]:
             return
         if type(item) in (dict, list, tuple):
             items = item.values() if type(item) is dict else item  # type: ignore[attr-defined]
-        elif isinstance(item, types.ModuleType | types.FunctionType):
+        elif issubclass(type(item), types.ModuleType | types.FunctionType):
             return  # a module's names and a function's strings count where they are read
         else:
             try:  # past a hostile ``__getattribute__``
