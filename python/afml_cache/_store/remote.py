@@ -11,13 +11,16 @@ object per key makes a key computed once across machines. The client is `obstore
 Layout under the prefix::
 
     mac.key                                  32 random bytes, created once (see docs/store.md)
+    keys/<check>                             empty: a keyed digest of a key entries are sealed with
     entries/<namespace>/<k0k1>/<digest>.afc  entries, as `Store.export_entry` seals them
     leases/<namespace>/<digest>.lease        {"holder": ..., "expires": unix time}, while computed
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -35,6 +38,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -68,6 +72,9 @@ _AHEAD = 8 * 1024 * 1024
 _ONE_PUT_LIMIT = 64 * 1024 * 1024
 _PART = 16 * 1024 * 1024
 _PARTS_AT_ONCE = 8
+# Larger entries come down in ranges of `_PART` bytes (`_Ranges`), this many at once.
+_ONE_GET_LIMIT = 64 * 1024 * 1024
+_RANGES_AT_ONCE = 4
 # Waiting for another machine's lease: the first poll, the factor, the longest pause.
 _FIRST_POLL = 0.05
 _POLL_GROWTH = 1.5
@@ -86,6 +93,7 @@ _UNSIGNED = ("unsigned_payload", "aws_unsigned_payload")
 # After a failure the tier leaves the prefix alone for this long (seconds): each attempt at an
 # unreachable store would cost every lookup its timeouts.
 _PAUSE_AFTER_FAILURE = 30.0
+_LONGEST_PAUSE = 600.0
 # No lease is renewed further ahead than this (a day): one that claims to is taken over.
 _LONGEST_LEASE = 86_400.0
 # A wait for another machine's lease this long that ends without its entry is said.
@@ -151,9 +159,48 @@ def open_remote(remote: str | Remote | None) -> Remote | None:
 
 
 def brief(error: BaseException) -> str:
-    """An error in one line: obstore appends the whole chain of causes to its messages."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first}"
+    """An error in one line (obstore appends the whole chain of causes to its messages), and
+    what to check for the common ones."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    said = f"{type(error).__name__}: {first}"
+    advice = next((tip for clue, tip in _ADVICE if clue(type(error).__name__, text)), None)
+    return f"{said}; {advice}" if advice else said
+
+
+# What the common failures of a store ask the user to check: (does it apply, what to say).
+_ADVICE: tuple[tuple[Any, str], ...] = (
+    (
+        lambda name, text: "builder error" in text and "http://" in _endpoint(),
+        "an http:// endpoint needs AWS_ALLOW_HTTP=true",
+    ),
+    (
+        lambda name, text: "as boolean" in text,
+        "an option set to an empty or unknown value (AWS_ALLOW_HTTP=true, not empty)",
+    ),
+    (
+        lambda name, text: name in ("PermissionDeniedError", "UnauthenticatedError"),
+        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and what they may do in the bucket",
+    ),
+    (
+        lambda name, text: "error sending request" in text or "onnection refused" in text,
+        "is the endpoint reachable? (AWS_ENDPOINT_URL, AWS_REGION)",
+    ),
+    (
+        lambda name, text: "bucket" in text.lower() and "not found" in text.lower(),
+        "is the bucket named in the URL there?",
+    ),
+)
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL", "") or os.environ.get("AWS_ENDPOINT", "")
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """What the store raises for a request the credentials may not make."""
+    exceptions = _client_module().exceptions
+    return (exceptions.PermissionDeniedError, exceptions.UnauthenticatedError)
 
 
 def client_errors() -> tuple[type[Exception], ...]:
@@ -207,6 +254,7 @@ class Remote:
         _client_module()  # fails now, with what to install, if obstore is missing
         self._client_of: tuple[Any, Any] | None = None
         self._key: bytes | None = _key_from_environment()
+        self._noted = False  # whether this process left its key check (`note_key`)
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -257,6 +305,36 @@ class Remote:
             )
         self._key = key
         return key
+
+    def _key_check(self, key: bytes) -> str:
+        """The object that says entries under the prefix are sealed with ``key`` (a keyed digest
+        of a constant: it shows which keys are in use, never a key)."""
+        check = hashlib.blake2b(b"afml-cache key check", key=key, digest_size=16).hexdigest()
+        return f"keys/{check}"
+
+    def note_key(self) -> None:
+        """Leaves this process's key check in the prefix, once (see `_other_keys`)."""
+        if self._noted:
+            return
+        obs = self._obstore
+        with contextlib.suppress(obs.exceptions.AlreadyExistsError, *_refusals()):
+            obs.put(self.client, self._key_check(self.mac_key()), b"", mode="create")
+        self._noted = True
+
+    def _other_keys(self) -> bool:
+        """Whether entries under the prefix are sealed with another key than this process's (an
+        ``AFML_CACHE_KEY`` set on some machines only, or set to another secret): then an entry
+        that fails its check may be a sound one of theirs, and is not removed."""
+        key = self.mac_key()
+        own, obs = self._key_check(key), self._obstore
+        with contextlib.suppress(obs.exceptions.BaseError, *self._missing):
+            for batch in obs.list(self.client, prefix="keys/"):
+                if any(meta["path"] != own for meta in batch):
+                    return True
+            # A key of our own beside the prefix's (machines that had no AFML_CACHE_KEY).
+            if _key_from_environment() is not None:
+                return bytes(obs.get(self.client, "mac.key").bytes()) != key
+        return False
 
     # --- entries ------------------------------------------------------------------------------
 
@@ -332,18 +410,28 @@ class Remote:
             found = obs.get(self.client, path)
         except self._missing:
             return None
-        chunks: Iterator[Any] = iter(found.stream(min_chunk_size=_STREAM_CHUNK))
-        # Fetching ahead pays only when there is much to overlap with.
-        if int(found.meta["size"]) > _AHEAD:
-            chunks = _FetchedAhead(chunks)
+        size = int(found.meta["size"])
+        chunks: Iterator[Any]
+        if size > _ONE_GET_LIMIT:
+            # In ranges, each its own request: one GET of a large entry on a slow link outlasts
+            # the client's request timeout, every time. This response's body is left unread.
+            chunks = _Ranges(self, path, size, found.meta["e_tag"])
+        else:
+            chunks = iter(found.stream(min_chunk_size=_STREAM_CHUNK))
+            # Fetching ahead pays only when there is much to overlap with.
+            if size > _AHEAD:
+                chunks = _FetchedAhead(chunks)
+        del found
         try:
             staged, loaded = store.stage_download(chunks, key, decode)
         except StoreError:
             raise  # the local disk failed, not the entry
         except CacheError as exc:
             raise _Damaged(str(exc)) from None
+        except obs.exceptions.PreconditionError:
+            return None  # replaced as it was read: the next lookup reads the new one
         finally:
-            if isinstance(chunks, _FetchedAhead):
+            if isinstance(chunks, _FetchedAhead | _Ranges):
                 chunks.close()
         if (staged.namespace, staged.key) != (namespace, digest):
             staged.discard()
@@ -376,6 +464,7 @@ class Remote:
         if export is None:
             return False
         obs = self._obstore
+        self.note_key()  # before any entry sealed with it is there to be read
         path = self.entry_path(namespace, digest)
         damaged: list[CacheError] = []
 
@@ -434,14 +523,24 @@ class Remote:
         return True
 
     def _remove_bad(self, path: str, why: str) -> None:
-        message = (
-            f"afml_cache: removed the entry {self.url}/{path}: {why}; it was not unpickled, "
-            "and it is computed again"
-        )
-        _log.warning("%s", message)
+        if self._other_keys():
+            self.warn_once(
+                "other key",
+                f"afml_cache: the entry {self.url}/{path} fails its check ({why}), and entries "
+                "under this prefix are sealed with more than one key: AFML_CACHE_KEY differs "
+                "between the machines writing it (set the same one everywhere, or none). It was "
+                "not unpickled and is left in place; this process computes such keys itself. "
+                f"`afml-cache health --fix --dir {self.url}` removes the entries this key "
+                "cannot read",
+            )
+            return
         with contextlib.suppress(self._obstore.exceptions.BaseError):
             self._obstore.delete(self.client, path)
-        self.warn_once("bad entry", message)
+        self.warn_once(
+            "bad entry",
+            f"afml_cache: removed the entry {self.url}/{path}: {why}; it was not unpickled, "
+            "and it is computed again",
+        )
 
     def warn_once(self, what: str, message: str) -> None:
         """Logs ``message``; warns the first time this process meets a failure of this kind."""
@@ -642,6 +741,9 @@ class RemoteTier:
         self._core = core
         self.remote = remote
         self._paused_until = 0.0
+        self._failures = 0  # in a row: each makes the next pause longer
+        # Whether the prefix refused a write (read-only credentials): reads go on without them.
+        self._read_only = False
 
     def get(self, namespace: str, key: str) -> Any:
         loaded = self._core.get(namespace, key)
@@ -665,14 +767,14 @@ class RemoteTier:
 
     def _put(self, namespace: str, key: str, replace: bool, *args: Any, **kwargs: Any) -> Any:
         # Written sealed under the prefix's key too, so that the upload need not hash the file.
-        receiver = self._reach(None, self.remote.mac_key)
+        receiver = None if self._read_only else self._reach(None, self.remote.mac_key)
         if receiver is None:  # the prefix is out of reach: the local tier goes on alone
             return self._core.put(namespace, key, *args, **kwargs)
         written = self._core.put(namespace, key, *args, seal_for=receiver, **kwargs)
         stored, _, mac, sealed = written
         if stored:
             both = (mac, sealed) if sealed is not None else None
-            self._reach(False, self.remote.upload, self._core, namespace, key, both, replace)
+            self._write(False, self.remote.upload, self._core, namespace, key, both, replace)
         return written
 
     def touch(self, namespace: str, key: str, expires: float | None) -> bool:
@@ -680,7 +782,7 @@ class RemoteTier:
         this one once its copy is evicted, reads the old one)."""
         touched = self._core.touch(namespace, key, expires)
         if touched:
-            self._reach(False, self.remote.upload, self._core, namespace, key, None, True)
+            self._write(False, self.remote.upload, self._core, namespace, key, None, True)
         return bool(touched)
 
     def contains(self, namespace: str, key: str) -> bool:
@@ -691,11 +793,11 @@ class RemoteTier:
 
     def delete(self, namespace: str, key: str) -> bool:
         local = self._core.delete(namespace, key)
-        return bool(self._reach(False, self.remote.delete, namespace, key) or local)
+        return bool(self._write(False, self.remote.delete, namespace, key) or local)
 
     def clear(self) -> int:
         local = self._core.clear()
-        return max(local, int(self._reach(0, self.remote.clear)))
+        return max(local, int(self._write(0, self.remote.clear)))
 
     def lock(self, namespace: str, key: str, timeout: float) -> TieredLock | None:
         started = time.monotonic()
@@ -704,30 +806,52 @@ class RemoteTier:
             return None
         left = max(0.0, timeout - (time.monotonic() - started))
         try:
-            lease = self._reach(None, self.remote.lease, namespace, key, left)
+            lease = self._write(None, self.remote.lease, namespace, key, left)
         except BaseException:
             local.release()  # not kept by a failure (or Ctrl-C) on the way to the lease
             raise
         return TieredLock(local, lease)
 
-    def _reach(self, failed: Any, action: Any, *args: Any) -> Any:
+    def _write(self, failed: Any, action: Any, *args: Any) -> Any:
+        """`_reach` for an action that writes to the prefix (an entry, a lease, a removal): none
+        once the prefix refused one, which leaves its reads going on (read-only credentials
+        still read what the team computed)."""
+        if self._read_only:
+            return failed
+        return self._reach(failed, action, *args, writes=True)
+
+    def _reach(self, failed: Any, action: Any, *args: Any, writes: bool = False) -> Any:
         """``action(*args)``, or ``failed`` when the prefix cannot be reached or refuses (then,
-        for a while, without trying)."""
+        for a while, without trying: longer after each failure in a row, up to
+        `_LONGEST_PAUSE`, so an endpoint that never answers costs a long run few timeouts)."""
         if time.monotonic() < self._paused_until:
             return failed
         try:
-            return action(*args)
+            done = action(*args)
         except StoreError:
             raise  # the local directory failed: the caller reports it as for any local store
         except client_errors() as exc:
-            self._paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE
+            if writes and isinstance(exc, _refusals()):
+                self._read_only = True
+                self.remote.warn_once(
+                    "read only",
+                    f"afml_cache: the remote cache {self.remote.url} refused a write "
+                    f"({brief(exc)}); this process reads its entries but writes none and takes "
+                    "no leases (the credentials may only read the prefix)",
+                )
+                return failed
+            pause = min(_PAUSE_AFTER_FAILURE * 2**self._failures, _LONGEST_PAUSE)
+            self._failures += 1
+            self._paused_until = time.monotonic() + pause
             self.remote.warn_once(
                 "unreachable",
                 f"afml_cache: the remote cache {self.remote.url} failed ({brief(exc)}); this "
-                f"process goes on with its local directory (trying the remote again every "
-                f"{_PAUSE_AFTER_FAILURE:.0f} s)",
+                f"process goes on with its local directory (trying the remote again in "
+                f"{pause:.0f} s, then less often while it keeps failing)",
             )
             return failed
+        self._failures = 0
+        return done
 
 
 class TieredLock:
@@ -803,6 +927,48 @@ class _FetchedAhead:
 
     def close(self) -> None:
         self._stop.set()  # the fetcher stops at its next chunk
+
+
+class _Ranges:
+    """A large entry's bytes as ranges of `_PART` bytes, `_RANGES_AT_ONCE` of them fetched at
+    once and handed on in order, so that the transfers overlap each other and the work on the
+    bytes; each of the one version of the object its ETag names (If-Match: an entry replaced
+    meanwhile fails the read, never mixes two)."""
+
+    def __init__(self, remote: Remote, path: str, size: int, e_tag: str | None) -> None:
+        self._fetch = functools.partial(self._range, remote, path, size, e_tag)
+        self._starts = iter(range(0, size, _PART))
+        self._pool = ThreadPoolExecutor(_RANGES_AT_ONCE, thread_name_prefix="afml-cache download")
+        self._pending: collections.deque[Future[Any]] = collections.deque()
+        for _ in range(_RANGES_AT_ONCE):
+            self._ask()
+
+    @staticmethod
+    def _range(remote: Remote, path: str, size: int, e_tag: str | None, start: int) -> Any:
+        options: dict[str, Any] = {"range": (start, min(start + _PART, size))}
+        if e_tag is not None:
+            options["if_match"] = e_tag
+        return remote._obstore.get(remote.client, path, options=options).bytes()
+
+    def _ask(self) -> None:
+        start = next(self._starts, None)
+        if start is not None:
+            self._pending.append(self._pool.submit(self._fetch, start))
+
+    def __iter__(self) -> _Ranges:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._pending:
+            raise StopIteration
+        piece = self._pending.popleft().result()
+        self._ask()
+        return piece
+
+    def close(self) -> None:
+        for pending in self._pending:
+            pending.cancel()
+        self._pool.shutdown(wait=False)
 
 
 def _open_remote(url: str, lease_seconds: float, options: dict[str, Any]) -> Remote:
