@@ -281,9 +281,11 @@ def test_a_function_as_a_value_whose_code_cannot_be_read_has_no_key(load: Loader
         return HOSTILE, x
     """)
     module.HOSTILE = _Hostile()
-    with pytest.raises(FingerprintError, match="cannot be read"):
-        function_key(module.f)
-    assert HEX64.fullmatch(code_fingerprint(module.f))  # a decorated function counts it by name
+    # An object of the user's that refuses every question counts by its content, which it
+    # does not give: the function passed as a value has no fingerprint.
+    with pytest.raises(FingerprintError, match="fingerprint of a _Hostile raised"):
+        fingerprint(module.f)
+    assert HEX64.fullmatch(code_fingerprint(module.f))  # its code is read all the same
 
 
 def test_a_global_the_function_assigns_is_state(load: Loader) -> None:
@@ -872,3 +874,19 @@ def test_what_cannot_be_read_counts_by_name(load: Loader) -> None:
     assert len(codehash._walk([module.f])[0]) == 5
     for odd in (None, 42, "text", len, math, np.sqrt, _Hostile(), lambda x: x, object()):
         assert HEX64.fullmatch(code_fingerprint(odd))  # type: ignore[arg-type]
+
+
+def test_only_short_strings_among_the_arguments_are_read_as_expressions(load: Loader) -> None:
+    # Every string argument was searched for names at each call: a 20 MB text argument of a
+    # function whose code calls any `.eval` (a model's) cost a second a hit.
+    from afml_cache.codehash import argument_expressions
+
+    module = load("""
+    T = 1
+
+    def f(model, rule):
+        model.eval()
+        return rule
+    """)
+    assert argument_expressions(module.f, ["v > @T", {"rule": "T"}]) == (("T", 1),)
+    assert argument_expressions(module.f, ["T " * 3000]) == ()

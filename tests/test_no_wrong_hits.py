@@ -1953,6 +1953,155 @@ def test_a_context_decorator_of_the_users_counts_its_settings(
     assert run(source.replace("@precision(5)", "@precision(12)")) == "0.333333333333"
 
 
+def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
+    cache_dir: Path, load: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library's memo (`cache[args] = ...` in its wrapper) and a @contextmanager's sink for
+    # timings counted by content at each call: every call missed ("changed 'prices' as it
+    # ran"), and a hit over a filled memo fingerprinted all of it.
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "memo_library.py").write_text(
+        textwrap.dedent("""
+        import functools
+
+        def memo(f):
+            cache = {}
+
+            @functools.wraps(f)
+            def wrapper(*args):
+                if args not in cache:
+                    cache[args] = f(*args)
+                return cache[args]
+
+            return wrapper
+        """)
+    )
+    monkeypatch.syspath_prepend(str(library))
+    monkeypatch.delitem(sys.modules, "memo_library", raising=False)
+    module = load("""
+    import contextlib
+    import time
+    from afml_cache import cacheable
+    from memo_library import memo
+
+    TIMINGS = {}
+
+    @contextlib.contextmanager
+    def timed(name, sink):
+        started = time.perf_counter()
+        yield
+        sink[name] = time.perf_counter() - started
+
+    @memo
+    def prices(day):
+        return day * 10
+
+    @timed("load", TIMINGS)
+    def load(n):
+        return list(range(n))
+
+    @cacheable
+    def report(days):
+        return sum(prices(d) for d in range(days)) + sum(load(days))
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(module.report, n) for n in (3, 3, 4, 4, 3)] == [33, 33, 66, 66, 33]
+        assert hits(module.report) == 3
+
+
+def test_sql_expressions_count_by_their_sql(cache_dir: Path, tmp_path: Path) -> None:
+    # A global `sa.column("close")` counted by type (its comparator, built by a look at it,
+    # does not pickle): `sa.column("volume")` in the next run returned the closes.
+    pytest.importorskip("sqlalchemy")
+    source = textwrap.dedent("""
+    import sqlalchemy as sa
+    from afml_cache import cacheable
+
+    ENGINE = sa.create_engine("sqlite://")
+    with ENGINE.begin() as connection:
+        connection.exec_driver_sql("create table px (sym text, close real, volume real)")
+        connection.exec_driver_sql("insert into px values ('A', 1.0, 10.0), ('B', 3.0, 30.0)")
+    SYM, FIELD = sa.column("sym"), sa.column("close")
+
+    @cacheable
+    def load(sym):
+        query = sa.select(FIELD).select_from(sa.table("px")).where(SYM == sym)
+        with ENGINE.connect() as connection:
+            return [row[0] for row in connection.execute(query)]
+
+    def calls():
+        return load("A"), load("A"), load.cache_info()["cache_misses"]
+    """)
+    run = Restarts(tmp_path, cache_dir, "research_sql", "calls()")
+    assert run(source) == "([1.0], [1.0], 1)"
+    assert run(source) == "([1.0], [1.0], 1)"  # no miss in the second run
+    assert run(source.replace('sa.column("close")', 'sa.column("volume")')) == "([10.0], [10.0], 2)"
+
+
+def test_settings_holding_a_lock_in_a_named_tuple_a_namespace_or_a_cycle_count(
+    cache_dir: Path, load: Loader
+) -> None:
+    # A named tuple or a SimpleNamespace holding a lock counted by type; a parent pointer met
+    # again inside the settings, pointed elsewhere, counted by type; a lazy proxy whose
+    # __class__ raises made the whole function count by its own code (PARAMS did not count).
+    module = load("""
+    import collections
+    import os
+    import threading
+    import types
+    from afml_cache import cacheable
+
+    Resources = collections.namedtuple("Resources", "lock window")
+
+    class Node:
+        def __init__(self, w, parent=None):
+            self.w, self.parent = w, parent
+
+    class Lazy:
+        def __init__(self, factory):
+            object.__setattr__(self, "_factory", factory)
+
+        @property
+        def __class__(self):
+            return type(object.__getattribute__(self, "_factory")())
+
+    def _connect():
+        raise RuntimeError("DB_URL is not set")
+
+    RES = Resources(threading.Lock(), 3)
+    NS = types.SimpleNamespace(lock=threading.Lock(), window=3)
+    ROOT = Node(3)
+    ROOT.lock = threading.Lock()
+    ROOT.child = Node(2, parent=ROOT)
+    DB = Lazy(_connect)
+    PARAMS = {"scale": 3}
+
+    @cacheable
+    def feature(x):
+        return x * RES.window * NS.window * ROOT.child.parent.w * PARAMS["scale"]
+
+    @cacheable
+    def guarded(x, remote=False):
+        if remote:
+            return DB.fetch(x)
+        return x * PARAMS["scale"]
+    """)
+    with pytest.warns(afml_cache.CacheWarning, match="guarded runs uncached: global 'DB'"):
+        assert check(module.guarded, 1) == 3
+    assert [check(module.feature, 1) for _ in range(2)] == [81, 81]
+    module.RES = module.RES._replace(window=1)
+    assert check(module.feature, 1) == 27
+    module.NS.window = 1
+    assert check(module.feature, 1) == 9
+    module.ROOT.child.parent = module.Node(1)
+    assert check(module.feature, 1) == 3
+    module.PARAMS["scale"] = 1
+    assert check(module.feature, 1) == 1 and check(module.guarded, 1) == 1
+    assert hits(module.feature) == 1
+
+
 def test_ignore_globals_leaves_a_counter_out_of_the_key(cache_dir: Path, load: Loader) -> None:
     module = load("""
     from afml_cache import cacheable

@@ -943,6 +943,22 @@ def _backtesting_rule(obj: Any) -> Rule | None:
     return _VALUE, "backtesting.Backtest", state
 
 
+def _sqlalchemy_rule(obj: Any) -> Rule | None:
+    """A SQLAlchemy expression (a column, a table, a select): its SQL and bound parameters as
+    the default dialect compiles them. Its pickle is no fingerprint: the comparators and caches
+    it builds as it is used change it, and may make it unpicklable."""
+    from sqlalchemy.sql import ClauseElement
+
+    if not isinstance(obj, ClauseElement):
+        return None
+    try:
+        compiled = obj.compile()
+        params = sorted(compiled.params.items())
+    except Exception:  # one that compiles only against a dialect or engine: its pickle, then
+        return None
+    return _VALUE, f"sqlalchemy.{type(obj).__qualname__}", (str(compiled), params)
+
+
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
     "backtesting": _backtesting_rule,
     "numpy": _numpy_rule,
@@ -952,4 +968,5 @@ _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {
     "pytz": _pytz_rule,
     "dateutil": _dateutil_rule,
     "numba": _numba_rule,
+    "sqlalchemy": _sqlalchemy_rule,
 }

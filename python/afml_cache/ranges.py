@@ -583,8 +583,8 @@ class RangeEngine(_Engine):
         returned = "holds" if given else "returned"
         if not isinstance(frame, pd.DataFrame | pd.Series):
             raise TypeError(
-                f"{who} is a {type(frame).__qualname__}; a range loader must return "
-                "a pandas DataFrame or Series on a DatetimeIndex"
+                f"{who} {'is' if given else 'returned'} a {type(frame).__qualname__}; a range "
+                "loader must return a pandas DataFrame or Series on a DatetimeIndex"
             )
         if len(frame) == 0:
             return  # a holiday: no rows, and the span is covered all the same

@@ -107,6 +107,63 @@ def _written_only(code: types.CodeType) -> frozenset[str]:
     return frozenset(written - read)
 
 
+@functools.lru_cache(maxsize=4096)
+def _changes(code: types.CodeType, name: str) -> bool:
+    """Whether ``code`` (or the code nested in it) changes the container a local, argument or
+    free variable ``name`` holds, or binds it again: ``cache[key] = value``, ``del
+    cache[key]``, ``cache.setdefault(...)``, ``sink.append(x)``, ``nonlocal calls; calls +=
+    1``. What a wrapper or a helper changes as it runs is its state (a memo, a sink for
+    timings), not a setting it was made with."""
+    for c in _code_objects(code):
+        instructions = list(dis.get_instructions(c))
+        for i, ins in enumerate(instructions):
+            if ins.argval != name:
+                continue
+            if ins.opname in ("STORE_DEREF", "DELETE_DEREF"):
+                return True
+            if ins.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and _changed_at(
+                instructions, i
+            ):
+                return True
+    return False
+
+
+def _changed_at(instructions: list[dis.Instruction], i: int) -> bool:
+    """Whether the container loaded at ``i`` is changed by what follows: a method that changes
+    it called on it, or a subscript stored into or deleted from it (the stack followed until
+    the store, or until something takes the container itself)."""
+    following = instructions[i + 1] if i + 1 < len(instructions) else None
+    if following is not None and following.opname in _LOADS_ATTR:
+        return following.argval in _CHANGES
+    depth = 1  # what the stack holds from the container up
+    for ins in instructions[i + 1 :]:
+        if ins.opname in ("STORE_SUBSCR", "DELETE_SUBSCR"):
+            return depth == 2  # the container under the key
+        if ins.opname.startswith(("JUMP", "POP_JUMP", "RETURN", "FOR_ITER", "YIELD", "SEND")):
+            return False
+        try:
+            effect = dis.stack_effect(ins.opcode, ins.arg, jump=False)
+        except ValueError:
+            effect = dis.stack_effect(ins.opcode)
+        pushes = (
+            2 if ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1) else 1
+        )
+        if pushes - effect > depth - 1:  # may take the container (counted high: no guess)
+            return False
+        depth += effect
+    return False
+
+
+# Methods that change a list, set, dict or deque in place.
+_CHANGES: Final = frozenset(
+    {
+        "append", "extend", "insert", "add", "update", "clear", "appendleft", "extendleft",
+        "setdefault", "pop", "popitem", "popleft", "remove", "discard", "move_to_end",
+        "sort", "reverse", "__setitem__", "__delitem__", "__iadd__",
+    }
+)  # fmt: skip
+
+
 def _is_write_statement(instructions: list[dis.Instruction], i: int) -> bool:
     """Whether the value loaded at ``i`` is used only as ``value.<write method>(...)`` whose
     result is thrown away: the stack is followed to the call that consumes it, along one path

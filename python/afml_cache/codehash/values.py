@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from afml_cache._core import fingerprint
-from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES, _code_objects
+from afml_cache.codehash.bytecode import _WRITES, _WRITTEN_TYPES, _changes, _code_objects
 from afml_cache.codehash.scope import (
     _class_functions,
     _defining_module,
@@ -169,10 +169,14 @@ def _ref(obj: object, children: list[object]) -> tuple[Any, Check]:
     try:
         return _classify(obj, children)
     except Exception as exc:
-        # Not by its name: an `AttrDict` whose __getattr__ raises KeyError holds settings. By
-        # its content at each call, then; without a fingerprint the call runs uncached.
-        _log.debug("afml_cache: code fingerprint counts %s by content: %r", _qualified(obj), exc)
-        return _live(obj), _same(obj)
+        if _is_user_class(type(obj)):
+            # An instance of the user's class holds settings (an `AttrDict` whose __getattr__
+            # raises KeyError): by its content at each call; with none, the call runs uncached.
+            _log.debug("afml_cache: code fingerprint counts %s by content: %r", type(obj), exc)
+            return _live(obj), _same(obj)
+        # A library's object that refuses questions (an unbound `flask.request`): by name.
+        _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(obj), exc)
+        return ("unknown", _qualified(obj)), _same(obj)
 
 
 def _live(obj: object, view: str | None = None) -> Any:
@@ -443,8 +447,18 @@ def _fingerprints(value: object) -> bool:
 
 
 # Where an object without a fingerprint sits in a value (keys, positions, attribute names), and
-# its type then.
-Leaf = tuple[tuple[Any, ...], type]
+# its type then, or, for one met again inside itself, `_Again`.
+Leaf = tuple[tuple[Any, ...], Any]
+
+
+class _Again:
+    """An object met again inside itself (its parts point back to it), there: its content counts
+    where it was first met."""
+
+    __slots__ = ("held",)
+
+    def __init__(self, held: object) -> None:
+        self.held = held
 
 
 class _TooMuch(Exception):
@@ -465,7 +479,7 @@ def _unreadable_paths(value: object) -> tuple[Leaf, ...] | None:
     def search(item: object, where: tuple[Any, ...], depth: int) -> None:
         steps = None if id(item) in seen else _steps(item)
         if steps is None:
-            found.append((where, type(item)))
+            found.append((where, _Again(item) if id(item) in seen else type(item)))
             if len(found) > _LENIENT_PATHS:
                 raise _TooMuch(f"more than {_LENIENT_PATHS} objects without a fingerprint")
             return
@@ -492,9 +506,9 @@ def _steps(value: object) -> list[tuple[Any, Any]] | None:
     if isinstance(value, dict):  # an OrderedDict, a defaultdict, a user's dict subclass too
         items = [(("key", key), item) for key, item in value.items()]
         return items + [(("attr", n), item) for n, item in _mapping_attributes(value).items()]
-    if cls is list or cls is tuple:
-        return [(("item", i), item) for i, item in enumerate(value)]  # type: ignore[arg-type]
-    state = _attributes(value) if _is_user_class(cls) else None
+    if cls is list or isinstance(value, tuple):  # a named tuple too
+        return [(("item", i), item) for i, item in enumerate(tuple.__iter__(value))]  # type: ignore[arg-type]
+    state = _attributes(value) if _is_user_class(cls) or cls is types.SimpleNamespace else None
     if state is not None:
         return [(("attr", name), item) for name, item in state.items()]
     return None
@@ -545,8 +559,11 @@ def _lenient(value: object, leaves: tuple[Leaf, ...]) -> Any:
     cls = type(value)
     if len(leaves) == 1 and leaves[0][0] == ():
         # What sits there now: as it was, by its type, not tried again (6 µs a lock); another
-        # object by content if it has a fingerprint (a lock replaced by settings).
-        if cls is leaves[0][1] or not _fingerprints(value):
+        # object by content if it has a fingerprint (a lock replaced by settings, a parent
+        # pointed elsewhere).
+        was = leaves[0][1]
+        same = value is was.held if isinstance(was, _Again) else cls is was
+        if same or not _fingerprints(value):
             return ("object", _qualified(cls))
         return value
     if not leaves:
@@ -560,8 +577,8 @@ def _lenient(value: object, leaves: tuple[Leaf, ...]) -> Any:
     if isinstance(value, dict):
         shown: Any = dict(value)
         attributes = _mapping_attributes(value)
-    elif cls is list or cls is tuple:
-        shown = list(value)  # type: ignore[call-overload]
+    elif cls is list or isinstance(value, tuple):
+        shown = list(value) if cls is list else list(tuple.__iter__(value))  # type: ignore[call-overload,arg-type]
     elif (attributes := _attributes(value)) is not None:
         shown = attributes
     else:
@@ -579,6 +596,8 @@ def _lenient(value: object, leaves: tuple[Leaf, ...]) -> Any:
         return tuple(shown)
     if cls is dict or cls is list:
         return shown
+    if isinstance(value, tuple):
+        return ("tuple", _qualified(cls), shown)
     if mapping:
         return ("mapping", _qualified(cls), shown, attributes)
     return ("instance", _qualified(cls), shown)
@@ -729,6 +748,10 @@ def _wrapper_closure(
             continue
         if _is_constant(value) or isinstance(value, _CODE_TYPES):
             part = _ref(value, children)[0]  # an argument, the user's caller
+        elif _changes(fn.__code__, name):
+            # What the wrapper changes as it runs (a memo, a call count) is its state, not a
+            # setting: by type, or each call would read a new key.
+            part = ("object", _qualified(type(value)))
         elif type(value) is dict and _all_constant(value.values(), value.keys()):
             part = ("settings", tuple(value.items()))  # keyword arguments, a dict of its own
         elif type(value) in (dict, list, tuple, set, frozenset) or _is_array(value):
@@ -736,13 +759,8 @@ def _wrapper_closure(
             changeable = True
         else:
             # Read without its content: a memo's or a limiter's state is not a setting.
-            part = _context_settings(value, children)
-            changeable = changeable or (
-                isinstance(value, contextlib._GeneratorContextManager)
-                and not _all_constant(
-                    getattr(value, "args", ()), getattr(value, "kwds", {}).values()
-                )
-            )
+            part, changes = _context_settings(value, children)
+            changeable = changeable or changes
         held.append((name, part))
     return tuple(held), changeable
 
@@ -761,30 +779,42 @@ def _all_constant(*groups: Any) -> bool:
     return len(items) <= 64 and all(map(_is_constant, items))
 
 
-def _context_settings(value: object, children: list[object]) -> Any:
-    """A context manager a wrapper holds, by what it was made with; another object by its type."""
+def _context_settings(value: object, children: list[object]) -> tuple[Any, bool]:
+    """A context manager a wrapper holds, by what it was made with, another object by its type;
+    and whether some of that can change in place (a list among its arguments)."""
     cls = type(value)
     if isinstance(value, contextlib._GeneratorContextManager):  # @contextmanager's, as a decorator
-        function, _ = _ref(getattr(value, "func", None), children)
-        # One by one: a lock among them counts by its type, the others by content.
-        args = tuple(map(_settings_digest, getattr(value, "args", ())))
-        kwds = {key: _settings_digest(item) for key, item in getattr(value, "kwds", {}).items()}
-        return ("context", function, args, tuple(sorted(kwds.items())))
+        func = getattr(value, "func", None)
+        function, _ = _ref(func, children)
+        code = func.__code__ if isinstance(func, types.FunctionType) else None
+        positional = code.co_varnames[: code.co_argcount] if code is not None else ()
+        given = [
+            *((positional[i] if i < len(positional) else None, item)
+              for i, item in enumerate(getattr(value, "args", ()))),
+            *getattr(value, "kwds", {}).items(),
+        ]  # fmt: skip
+        settings, changes = [], False
+        for name, item in given:
+            if code is not None and isinstance(name, str) and _changes(code, name):
+                # An argument the helper fills as it runs (a sink for timings): its state.
+                settings.append((name, ("object", _qualified(type(item)))))
+            else:  # one by one: a lock among them by its type, the others by content
+                settings.append((name, _settings_digest(item)))
+                changes = changes or not _is_constant(item)
+        return ("context", function, tuple(settings)), changes
     names = _CONTEXT_SETTINGS.get(_qualified(cls))
     if names is not None:
-        return (
-            "context",
-            _qualified(cls),
-            _settings_digest([getattr(value, n, None) for n in names]),
-        )
+        settings_now = _settings_digest([getattr(value, n, None) for n in names])
+        return ("context", _qualified(cls), settings_now), False
     if _is_user_class(cls):
         # A `ContextDecorator` of the user's (`@precision(5)`): its class's code and what it
         # holds as it is met (its settings; a timer's last reading would make one more miss).
         children.append(cls)
         kept = _reassigned(cls)
         state = sorted((k, v) for k, v in (_attributes(value) or {}).items() if k not in kept)
-        return ("object", _qualified(cls), tuple((k, _settings_digest(v)) for k, v in state))
-    return ("object", _qualified(cls))
+        digests = tuple((k, _settings_digest(v)) for k, v in state)
+        return ("object", _qualified(cls), digests), False
+    return ("object", _qualified(cls)), False
 
 
 def _reassigned(cls: type) -> frozenset[str]:

@@ -10,6 +10,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -476,10 +477,17 @@ def argument_expressions(
     read, each with its value now: ``keep(df, "ret > @THRESH")``, whose ``df.query(rule)``
     reads ``THRESH`` from the function's globals (and, when its code calls an ``eval``, every
     name in such a string). The strings themselves count as arguments do."""
-    strings = [string for value in values for string in held_strings(value)]
+    strings = [
+        string
+        for value in values
+        for string in held_strings(value)
+        if len(string) <= _EXPRESSION_LENGTH  # a document, not an expression
+    ]
     if not strings:
         return ()
     pattern = _IDENTIFIER if _evaluates(fn.__code__) else _LOCAL_VARIABLE
+    if pattern is _LOCAL_VARIABLE:
+        strings = [string for string in strings if "@" in string]
     names = dict.fromkeys(name for string in strings for name in pattern.findall(string))
     namespace = fn.__globals__
     return tuple((name, namespace[name]) for name in names if name in namespace)
@@ -508,33 +516,41 @@ def _along(namespace: dict[str, Any], ref: Ref) -> list[object]:
 
 def held_strings(value: object) -> list[str]:
     """The strings a value holds where an expression may be kept: itself, the items of a dict,
-    list or tuple, or the attributes of a namespace, a config object or a class, and theirs in
-    turn (at most `_EXPRESSION_ITEMS` items looked at, `_EXPRESSION_DEPTH` levels down)."""
+    list or tuple (a named tuple too), or the attributes of a namespace, a config object or a
+    class, and theirs in turn (at most `_EXPRESSION_ITEMS` items looked at,
+    `_EXPRESSION_DEPTH` levels down). Read as stored: no method of the value runs."""
     found: list[str] = []
     budget = [_EXPRESSION_ITEMS]
 
     def look(item: object, depth: int) -> None:
-        if type(item) is str:
-            found.append(item)
+        cls = type(item)
+        if cls is str:
+            found.append(item)  # type: ignore[arg-type]
             return
         if depth == 0 or budget[0] <= 0 or _is_constant_atom(item):
             return
-        if type(item) in (dict, list, tuple):
-            items = item.values() if type(item) is dict else item  # type: ignore[attr-defined]
-        elif issubclass(type(item), types.ModuleType | types.FunctionType):
+        items: Iterable[object]
+        if issubclass(cls, dict):
+            items = dict.values(item)  # type: ignore[arg-type]
+        elif issubclass(cls, list):
+            items = list.__iter__(item)  # type: ignore[arg-type]
+        elif issubclass(cls, tuple):
+            items = tuple.__iter__(item)  # type: ignore[arg-type]
+        elif issubclass(cls, types.ModuleType | types.FunctionType):
             return  # a module's names and a function's strings count where they are read
         else:
             try:  # past a hostile ``__getattribute__``
                 attributes = object.__getattribute__(item, "__dict__")
             except Exception:  # a slotted object: nothing kept here
                 return
-            if not isinstance(attributes, dict | types.MappingProxyType):
+            if isinstance(attributes, dict):
+                items = dict.values(attributes)
+            elif isinstance(attributes, types.MappingProxyType):
+                items = attributes.values()
+            else:
                 return
-            items = attributes.values()
-        for part in items:  # type: ignore[union-attr]
+        for part in itertools.islice(items, max(budget[0], 0)):
             budget[0] -= 1
-            if budget[0] < 0:
-                return
             look(part, depth - 1)
 
     look(value, _EXPRESSION_DEPTH)
@@ -551,6 +567,7 @@ _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 _EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
+_EXPRESSION_LENGTH: Final = 4096  # the longest string argument read as an expression
 _EXPRESSION_DEPTH: Final = 8  # attributes of a reference followed, levels of a value looked in
 
 
@@ -615,7 +632,7 @@ def _reaches(start: object, attrs: Any, targets: tuple[object, ...]) -> bool:
     current = start
     for attr in (None, *attrs):
         if attr is not None:
-            if not isinstance(current, types.ModuleType):
+            if not issubclass(type(current), types.ModuleType):
                 return False
             current = getattr(current, attr, _MISSING)
         if any(current is target for target in targets):
@@ -669,7 +686,7 @@ def _module_chains(
     for name, current, attrs in _starts(fn, references):
         chain = []
         for attr in attrs:
-            if not isinstance(current, types.ModuleType):
+            if not issubclass(type(current), types.ModuleType):
                 break
             current = getattr(current, attr, None)
             chain.append(attr)
@@ -862,7 +879,7 @@ def _function_reference(
     current = _start(fn, ref)
     modules: list[Getter] = []
     for attr in ref[-1]:
-        if not (isinstance(current, types.ModuleType) and _is_user_module(current)):
+        if not (issubclass(type(current), types.ModuleType) and _is_user_module(current)):
             break
         modules.append(weakref.ref(current))
         found = getattr(current, attr, _MISSING)
