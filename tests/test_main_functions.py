@@ -322,3 +322,91 @@ def test_a_script_imported_by_a_spawned_process_keeps_its_name() -> None:
     namespace = {"__file__": "/home/ana/run.py"}
     spawned = main_function(namespace, module="__mp_main__")
     assert spawned.__afml_cache__.name == main_function(namespace).__afml_cache__.name
+
+
+# A script function reaching a helper module the workers import by name, whose copy in the
+# script's process was changed after import (an attribute set; a file edited and reloaded).
+IMPORTED = """
+    import importlib
+    import json
+    import pathlib
+    import sys
+    import time
+
+    import joblib
+
+    from afml_cache import cacheable
+
+    HERE = pathlib.Path(__file__).resolve().parent
+    (HERE / "helpers_mod.py").write_text("SCALE = 1\\ndef smooth(x):\\n    return x * SCALE\\n")
+    sys.path.insert(0, str(HERE))
+    import helpers_mod
+
+
+    @cacheable
+    def f(x):
+        return helpers_mod.smooth(x)
+
+
+    if __name__ == "__main__":
+        helpers_mod.SCALE = 3  # the workers import the file: theirs is 1
+        swept = joblib.Parallel(n_jobs=2)(joblib.delayed(f)(x) for x in range(1, 5))
+        cached = [f(x) for x in range(1, 5)]
+        print(json.dumps({
+            "swept": swept,
+            "cached": cached,
+            "uncached": [f.uncached(x) for x in range(1, 5)],
+        }))
+"""
+
+
+def test_workers_whose_imported_helpers_differ_keep_their_results_apart(tmp_path: Path) -> None:
+    # A worker keyed what it computed with its own copy of helpers_mod (SCALE = 1) under the
+    # script's fingerprint (SCALE = 3): the script then read [1, 2, 3, 4] for [3, 6, 9, 12].
+    out = run_script(tmp_path / "sweep.py", IMPORTED, tmp_path / "cache")
+    assert out["swept"] == [1, 2, 3, 4]  # what the workers' copy computes
+    assert out["cached"] == out["uncached"] == [3, 6, 9, 12]
+
+
+# A script that configures its cache in its main block, which loky's workers never run.
+CONFIGURED = """
+    import json
+    import sys
+
+    import joblib
+
+    import afml_cache
+    from afml_cache import robust_cacheable
+
+    COUNTER = sys.argv[1]
+
+
+    @robust_cacheable(ignore=("counter",))
+    def square(x, counter):
+        with open(counter, "a") as fh:
+            fh.write(f"{x}\\n")
+        return x * x
+
+
+    if __name__ == "__main__":
+        afml_cache.configure(directory=sys.argv[2])
+        swept = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(x, COUNTER) for x in range(4))
+        here = [square(x, COUNTER) for x in range(4)]  # hits: the workers wrote here
+        afml_cache.configure(enabled=False)
+        off = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(x, COUNTER) for x in range(4))
+        print(json.dumps({"swept": swept, "here": here, "off": off}))
+"""
+
+
+def test_workers_cache_where_the_script_configured_and_not_once_it_turned_caching_off(
+    tmp_path: Path,
+) -> None:
+    # The workers used their own default directory (AFML_CACHE_DIR here), where the script
+    # never looked, and kept caching after configure(enabled=False).
+    counter, configured = tmp_path / "computed.txt", tmp_path / "configured"
+    out = run_script(
+        tmp_path / "sweep.py", CONFIGURED, tmp_path / "default", str(counter), str(configured)
+    )
+    assert out["swept"] == out["here"] == out["off"] == [0, 1, 4, 9]
+    assert computed(counter) == [0, 0, 1, 1, 2, 2, 3, 3]  # the sweep, then uncached: twice
+    assert stored(configured) and not (tmp_path / "default" / "entries").exists()

@@ -308,7 +308,15 @@ def test_read_only_credentials_go_on_reading_after_a_refused_write(
         writer.set(f"k{x}", x * 10)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER["AWS_SECRET_ACCESS_KEY"])
+    saved = afml_cache.config.settings()
     afml_cache.configure(directory=tmp_path / "reader", remote=url)
+    try:
+        _read_only_reader(url, tmp_path)
+    finally:
+        afml_cache.config.restore_settings(saved)
+
+
+def _read_only_reader(url: str, tmp_path: Path) -> None:
     computed: list[int] = []
 
     @afml_cache.cacheable

@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,6 +50,9 @@ _settings: dict[str, Any] = {
 }
 _lock = forking.lock()
 _shared: Cache | None = None
+# Whether this process's own code called `configure`: then the settings decorated functions
+# bring from the process that sent them (`adopt`) leave it alone.
+_own = False
 _unusable: str | None = None  # why the directory could not be opened, once warned
 _disabled_depth: contextvars.ContextVar[int] = contextvars.ContextVar(
     "afml_cache_disabled", default=0
@@ -119,8 +123,9 @@ def configure(
         remote = open_remote(remote) or ""  # a bad URL or a missing client fails here
     if directory is not None:  # where it is now: a later os.chdir must not move the cache
         directory = Path(directory).expanduser().absolute()
-    global _shared, _unusable
+    global _shared, _unusable, _own
     with _lock:
+        _own = True
         for name, value in (
             ("directory", directory),
             ("size_limit", size_limit),
@@ -143,6 +148,36 @@ def settings() -> dict[str, Any]:
     later with `restore_settings`, as test harnesses do."""
     with _lock:
         return dict(_settings)
+
+
+def travelling() -> dict[str, Any]:
+    """The settings a decorated function carries to the worker processes it is sent to (loky,
+    Dask, a spawned pool; see `adopt`): those this process's code set (what it left unset, the
+    worker's environment decides there), whether caching is on now (``configure(enabled=
+    False)``, ``disabled()``, ``AFML_CACHE_DISABLE``), and the host whose directory it is."""
+    with _lock:
+        snapshot = dict(_settings)
+    snapshot["enabled"] = cache_enabled()
+    return {"host": socket.gethostname(), "pid": os.getpid(), "settings": snapshot}
+
+
+def adopt(travelled: Mapping[str, Any]) -> None:
+    """Takes the settings a decorated function brought (`travelling`), unless this process's own
+    code called `configure`: a worker then caches where the process that sent the work does,
+    and not at all while that one's caching is off (a worker started before it changed them,
+    and reused since, kept the old ones). The directory only on that process's host."""
+    if _own or travelled["pid"] == os.getpid():  # a copy made in the process that sent it
+        return
+    settings = dict(travelled["settings"])
+    if travelled["host"] != socket.gethostname():
+        settings.pop("directory", None)  # that path is another machine's
+    global _shared, _unusable
+    with _lock:
+        if all(_settings.get(name) == value for name, value in settings.items()):
+            return
+        _settings.update(settings)
+        _shared, _unusable = None, None
+        _refresh_dirs()
 
 
 def restore_settings(saved: Mapping[str, Any]) -> None:

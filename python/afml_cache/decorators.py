@@ -34,7 +34,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from afml_cache import config, warming
 from afml_cache._core import SPEC_VERSION, fingerprint
@@ -48,6 +48,7 @@ from afml_cache.codehash import (
     arguments_code,
     code_fingerprint,
     code_state,
+    imported_code,
     reading_classes,
 )
 from afml_cache.codehash.walk import (
@@ -354,6 +355,16 @@ def finish_wrapper(
     return wrapper
 
 
+class Origin(NamedTuple):
+    """What a decorated function sent by value brings from the process that sent it: its code
+    fingerprint there, what its code reaches in modules imported by name (`imported_code`),
+    and the decorators' settings (`config.travelling`)."""
+
+    code: str
+    imported: str | None
+    settings: dict[str, Any]
+
+
 class _Engine:
     """What a decorated function does on each call."""
 
@@ -363,7 +374,7 @@ class _Engine:
         options: _Options,
         time_options: TimeOptions | None,
         name: str | None = None,
-        origin_code: str | None = None,
+        origin: Origin | None = None,
     ):
         self.fn = fn
         self.options = options
@@ -410,8 +421,15 @@ class _Engine:
         # Landed by value: (the code fingerprint here on landing, the origin's). What the code
         # reaches was rebuilt by value too and may fingerprint differently here (IPython's
         # `open` does); while it is as it landed, it is the code the origin fingerprinted, and
-        # the origin's entries are this function's.
-        self._landed = None if origin_code is None else (code_fingerprint(fn), origin_code)
+        # the origin's entries are this function's. Unless what it reaches in modules this
+        # process imports by name differs from the origin's (a helper edited and reloaded
+        # there, an attribute set there): then it computes other results, under its own keys.
+        self._landed = None
+        if origin is not None:
+            if options.cache is None:
+                config.adopt(origin.settings)
+            if _imported_code(fn) == origin.imported:
+                self._landed = (code_fingerprint(fn), origin.code)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A function of __main__ (a script, a notebook) travels by value with its engine
@@ -421,8 +439,9 @@ class _Engine:
         options = self.options
         if options.cache is not None:
             options = replace(options, cache=CacheAddress.of(options.cache))
-        origin_code = self._as_origin(code_fingerprint(self.fn))
-        return (_Engine, (self.fn, options, self.time_options, self.name, origin_code))
+        code = self._as_origin(code_fingerprint(self.fn))
+        origin = Origin(code, _imported_code(self.fn), config.travelling())
+        return (_Engine, (self.fn, options, self.time_options, self.name, origin))
 
     def _as_origin(self, code: str) -> str:
         """``code``, a code fingerprint computed in this process, as the process the function
@@ -1034,6 +1053,15 @@ class _Engine:
             return end >= low and (high is None or start <= high)
 
         return cache.remove_entries(e for e in cache.entries() if touches(e))
+
+
+def _imported_code(fn: Callable[..., Any]) -> str | None:
+    """`imported_code` of a function; None for another callable, or one that cannot be read
+    (then no worker takes its origin's fingerprint for its own)."""
+    try:
+        return imported_code(fn) if type(fn) is types.FunctionType else None
+    except Exception:
+        return None
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -40,7 +40,7 @@ import pandas as pd
 
 from afml_cache._core import fingerprint
 from afml_cache.calls import NO_RANGES, TimeOptions, to_ns
-from afml_cache.decorators import _Engine, _Options, finish_wrapper
+from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError
 
 if TYPE_CHECKING:
@@ -228,15 +228,15 @@ class FeatureEngine(_Engine):
         time_options: TimeOptions | None,
         window: Window,
         name: str | None = None,
-        origin_code: str | None = None,
+        origin: Origin | None = None,
     ):
-        super().__init__(fn, options, time_options, name, origin_code)
+        super().__init__(fn, options, time_options, name, origin)
         self.window = window
         self._random = random.Random()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        _, (fn, options, time_options, name, origin_code) = super().__reduce__()
-        return (FeatureEngine, (fn, options, time_options, self.window, name, origin_code))
+        _, (fn, options, time_options, name, origin) = super().__reduce__()
+        return (FeatureEngine, (fn, options, time_options, self.window, name, origin))
 
     # --- calls --------------------------------------------------------------------------------
 

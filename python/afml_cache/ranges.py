@@ -34,7 +34,7 @@ from pandas.tseries.offsets import BaseOffset
 from afml_cache import config
 from afml_cache._core import fingerprint
 from afml_cache._store.entries import Entries
-from afml_cache.decorators import _Engine, _Options, finish_wrapper
+from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError
 from afml_cache.range_spans import (
     Clock,
@@ -188,15 +188,15 @@ class RangeEngine(_Engine):
         options: _Options,
         ranges: RangeOptions,
         name: str | None = None,
-        origin_code: str | None = None,
+        origin: Origin | None = None,
     ):
-        super().__init__(fn, options, None, name, origin_code)
+        super().__init__(fn, options, None, name, origin)
         self.ranges = ranges
         self.clock = Clock(ranges.live_calendar)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        _, (fn, options, _, name, origin_code) = super().__reduce__()
-        return (RangeEngine, (fn, options, self.ranges, name, origin_code))
+        _, (fn, options, _, name, origin) = super().__reduce__()
+        return (RangeEngine, (fn, options, self.ranges, name, origin))
 
     # --- calls --------------------------------------------------------------------------------
 

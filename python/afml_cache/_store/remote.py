@@ -264,6 +264,19 @@ class Remote:
         # What travels to a worker: where, and how; the client is opened where it lands.
         return _open_remote, (self.url, self.lease_seconds, self._options)
 
+    def __eq__(self, other: object) -> bool:
+        # The same prefix, reached the same way: a copy that travelled is the one it came from.
+        if not isinstance(other, Remote):
+            return NotImplemented
+        return (self.url, self.lease_seconds, self._options) == (
+            other.url,
+            other.lease_seconds,
+            other._options,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.url, self.lease_seconds))
+
     # --- the client and the key ---------------------------------------------------------------
 
     @property

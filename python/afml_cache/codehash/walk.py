@@ -141,6 +141,7 @@ class _FunctionNode:
         "defaults",
         "digest",
         "globals_size",
+        "imported",
         "kwdefaults",
         "live",
         "names",
@@ -173,6 +174,9 @@ class _FunctionNode:
         self.digest = ""
         self.live: list[Live] = []  # values counted by their content at each call
         self.readable = True  # False when something reached could only be named
+        # What its references read from modules a worker imports rather than receives with a
+        # function sent by value (`imported_code`): ``helpers.SCALE``, a body's imports.
+        self.imported: list[tuple[Any, Any]] = []
 
     def current_children(self, fn: types.FunctionType) -> list[object] | None:
         """The functions and classes to walk next, or None when the digest no longer holds."""
@@ -425,7 +429,7 @@ def _function_node(fn: types.FunctionType) -> tuple[_FunctionNode, list[object]]
     except Exception as exc:
         _log.debug("afml_cache: code fingerprint counts %s by name: %r", _qualified(fn), exc)
         node.same, node.names, node.paths, node.cells, children = [], [], [], [], []
-        node.globals_size, node.namespaces = -1, []
+        node.globals_size, node.namespaces, node.imported = -1, [], []
         node.live, node.readable = [], False
         # Its own code still counts: an edit of the function is a miss, whatever it reaches.
         node.digest = fingerprint((_FORMAT, "unknown", _qualified(fn), _own_code(fn)))
@@ -906,6 +910,7 @@ def _function_reference(
             node.live.append((ref[1], _live_reader(part, _global_reader(ref[1]))))
     else:
         node.paths.append((followed, tuple(modules), check))
+        node.imported.append((label, part))
         if _is_live(part):
             reader = _live_reader(part, _path_reader(followed))
             node.live.append((".".join(label[1:] if ref[0] == "import" else label), reader))
@@ -1019,9 +1024,10 @@ Found = list[tuple[list[Live], object]]
 Walked = tuple[tuple[str, ...], Found, bool]
 
 
-def _walk(roots: list[object]) -> Walked:
+def _walk(roots: list[object], visited: list[tuple[object, Any]] | None = None) -> Walked:
     """The digests of every function and class reachable from ``roots``, each once, depth
-    first, and the values among what they refer to that count by content."""
+    first, and the values among what they refer to that count by content; each object reached
+    and its node appended to ``visited``, if given."""
     digests: list[str] = []
     live: Found = []
     readable = True
@@ -1053,6 +1059,8 @@ def _walk(roots: list[object]) -> Walked:
             with contextlib.suppress(TypeError):  # not weakly referenceable: recomputed each call
                 nodes[obj] = node
         digests.append(node.digest)
+        if visited is not None:
+            visited.append((obj, node))
         if node.live:
             live.append((node.live, obj))
         if not node.readable:
@@ -1261,6 +1269,38 @@ def lone_code_state(
         return None
     reads = functools.partial(_current, [(node.live, fn)]) if node.live else None
     return _combine((node.digest,)), node.current_children, reads
+
+
+def imported_code(fn: types.FunctionType) -> str:
+    """The digest of what ``fn``'s code reaches in modules a process imports by name, rather
+    than receives with a function sent by value (cloudpickle sends ``__main__``'s): the code of
+    their functions and classes, and what the functions sent by value read from them
+    (``helpers.SCALE``). A worker whose copies of those modules differ from its parent's (one
+    edited and reloaded there, an attribute set) computes other results than the parent's code
+    fingerprint says, so it must not take that fingerprint for its own."""
+    visited: list[tuple[object, Any]] = []
+    _walk([fn], visited)
+    parts = []
+    for obj, node in visited:
+        if _imported_by_name(obj):
+            parts.append((_qualified(obj), node.digest))
+        elif isinstance(node, _FunctionNode) and node.imported:
+            parts.append((_qualified(obj), tuple(node.imported)))
+    return fingerprint(("afml-cache imported code", tuple(parts)))
+
+
+def _imported_by_name(obj: object) -> bool:
+    """Whether a function or class lives in a module a worker imports by name (a file of the
+    user's project), not in ``__main__`` or a module made at run time."""
+    name = (
+        _defining_module(obj)
+        if type(obj) is types.FunctionType
+        else getattr(obj, "__module__", None)
+    )
+    if not isinstance(name, str) or name == "__main__":
+        return False
+    module = sys.modules.get(name)
+    return module is not None and isinstance(getattr(module, "__file__", None), str)
 
 
 def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
