@@ -62,3 +62,20 @@ def test_demo_piped_into_a_closed_reader_exits_quietly():
     )
     assert proc.stdout.startswith("afml-cache ")
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_refuses_a_file_or_a_directory_that_holds_something_else(tmp_path, capsys):
+    # It wrote its cache into any directory (next to the user's files), and with a file for
+    # --dir it printed a nonsense table and exited 1 without saying why.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("important")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for given, says in (
+        (project, "is not an afml-cache directory"),
+        (a_file, "is not a directory"),
+    ):
+        assert main(["demo", "--rows", "5000", "--dir", str(given)]) == 3
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt"]

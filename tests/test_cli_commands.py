@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -311,6 +312,48 @@ def test_clear_everything_needs_yes_when_not_interactive(filled):
     # Like clear_afml_cache(): the statistics go too.
     counts = {raw.namespace: raw.calls for raw in filled.cache._store.function_stats()}
     assert counts == {filled.double_name: 0, filled.triple_name: 0, "default": 0}
+
+
+def without_overriding_permissions(*argv: str) -> subprocess.CompletedProcess:
+    """The command in a child that respects file permissions even as root (setpriv drops the
+    capabilities that bypass them)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a step without its permission overrides")
+    drop = "-dac_override,-dac_read_search,-fowner"
+    command = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", f"--bounding-set={drop}"]
+    return subprocess.run(
+        [*command, sys.executable, "-m", "afml_cache.cli", *argv],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=CHILD_TIMEOUT_S,
+    )
+
+
+def test_a_cache_the_user_may_not_change_or_read_is_said_so(filled, tmp_path):
+    # clear --yes on a read-only cache said it removed 0 entries (and their bytes) and exited 0,
+    # while all was still there; every command on a directory it may not read showed a
+    # traceback (PermissionError).
+    read_only = tmp_path / "read-only"
+    shutil.copytree(filled.directory, read_only)
+    subprocess.run(["chmod", "-R", "a-w", str(read_only)], check=True)
+    try:
+        done = without_overriding_permissions("clear", "--dir", str(read_only), "--yes", "--json")
+        report = json.loads(done.stdout)
+        assert (done.returncode, report["entries_removed"], report["bytes_removed"]) == (1, 0, 0)
+        assert report["errors"] == [
+            f"could not remove 5 entries from {read_only} (do you have write permission there?)"
+        ]
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(read_only)], check=True)
+    assert len(Cache(read_only).scan()) == 5
+    read_only.chmod(0o000)
+    try:
+        refused = without_overriding_permissions("stats", "--dir", str(read_only))
+    finally:
+        read_only.chmod(0o755)
+    assert refused.returncode == 3 and "Traceback" not in refused.stderr
+    assert f"cannot read the cache directory {read_only} (Permission denied)" in refused.stderr
 
 
 def test_clear_everything_asks_on_a_terminal_and_keeps_all_unless_confirmed(

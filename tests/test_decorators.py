@@ -117,6 +117,22 @@ def test_ignored_arguments_share_an_entry(cache_dir: Path) -> None:
     assert len(calls) == 2
 
 
+def test_ignore_naming_no_parameter_is_refused(cache_dir: Path) -> None:
+    # A typo left the argument meant in the key, without a word: every verbose call computed.
+    with pytest.raises(ValueError, match=r"ignore= names 'verbos', which .*total does not take"):
+
+        @robust_cacheable(ignore=("verbos",))
+        def total(values: list[int], verbose: bool = False) -> int:
+            return sum(values)
+
+    @robust_cacheable(ignore=("verbose",))
+    def loose(values: list[int], **options: object) -> int:  # any name may come through here
+        return sum(values)
+
+    assert loose([1, 2], verbose=True) == loose([1, 2], verbose=False) == 3
+    assert loose.cache_info()["cache_hits"] == 1
+
+
 def test_version_bump_recomputes(cache_dir: Path) -> None:
     calls = []
 

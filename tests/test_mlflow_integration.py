@@ -17,12 +17,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ with warnings.catch_warnings():  # MLflow warns about its own type hints when im
 
 import afml_cache  # noqa: E402
 from afml_cache import (  # noqa: E402
+    CacheWarning,
     MLflowCache,
     get_mlflow_cache,
     mlflow_cached,
@@ -681,6 +684,75 @@ def test_against_a_real_tracking_server(
     finally:
         mlflow.set_tracking_uri(previous)
         setup_mlflow_cache(tracking_uri=store["uri"])
+
+
+def test_a_tracking_server_that_stops_answering_costs_a_call_seconds_not_minutes(
+    server: str, store: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that accepted connections and never answered held a tracked call for MLflow's
+    # default of 120 s a try, seven tries: 11 minutes and more, without a warning.
+    for name in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(name, raising=False)
+    previous = mlflow.get_tracking_uri()
+    relay = _Relay(urlsplit(server).port)
+    try:
+        setup_mlflow_cache("silent_server", tracking_uri=relay.url)
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+        # The same bounds, shorter, so the test does not wait 36 s: the call goes on untracked.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        relay.answering = False
+        features, labels = labelled_frame(seed=9)
+        with pytest.warns(CacheWarning, match="MLflow failed while starting a run"):
+            model, metrics = train_model(features, labels, {"n_estimators": 3})
+        assert metrics["accuracy"] > 0.5
+        again, _ = train_model(features, labels, {"n_estimators": 3})  # cached, untracked
+        np.testing.assert_array_equal(again.predict(features), model.predict(features))
+    finally:
+        relay.close()
+        mlflow.set_tracking_uri(previous)
+        setup_mlflow_cache(tracking_uri=store["uri"])
+
+
+class _Relay:
+    """A TCP relay to a local server on ``port`` that, once ``answering`` is False, still
+    accepts connections and requests but never passes an answer back: a server that hangs."""
+
+    def __init__(self, port: int | None) -> None:
+        self.answering = True
+        self._port = port
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._held.append(client)
+            upstream = socket.create_connection(("127.0.0.1", self._port))
+            self._held.append(upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, asking: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if asking or self.answering:
+                    target.sendall(data)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._listener.close()
+        for held in self._held:
+            held.close()
 
 
 def test_tracked_results_are_pickled_under_the_guides_module_path() -> None:

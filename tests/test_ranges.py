@@ -1177,6 +1177,8 @@ def test_invalidate_without_after_forgets_every_piece_as_the_warning_says(
     assert load.invalidate("AAPL") == 1
     assert load.coverage("AAPL") == [] and len(load.coverage("MSFT")) == 1
     assert load.invalidate() == 1 and load.coverage() == []
+    with pytest.raises(ValueError, match=r"invalidate\(after='yesterday-ish'\): not a time"):
+        load.invalidate(after="yesterday-ish")
 
 
 def test_a_family_named_by_an_argument_without_a_fingerprint_is_refused(

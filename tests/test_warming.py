@@ -139,6 +139,8 @@ def test_bad_calls_and_options_are_refused_clearly(cache_dir, counter):
         f.warm([(1, counter), 5])
     with pytest.raises(TypeError, match=r"calls\[0\] is a list"):
         f.warm([[1, counter]])
+    with pytest.raises(TypeError, match=r"warm takes an iterable of calls.*got int 5"):
+        f.warm(5)
     with pytest.raises(ValueError, match="n_jobs=0"):
         f.warm([], n_jobs=0)
     with pytest.raises(ValueError, match="not both"):

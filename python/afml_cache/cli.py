@@ -20,6 +20,7 @@ import re
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import afml_cache
@@ -361,8 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dir", help="cache directory for the demo (default: a temporary one, removed after)"
     )
-    demo.set_defaults(run=lambda args: run_demo(args.rows, args.dir))
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.dir is not None:  # a new, empty or cache directory: never scatter into another
+        commands.check_directory(Path(args.dir).expanduser(), True, "give another with --dir")
+    return run_demo(args.rows, args.dir)
 
 
 def _size(text: str) -> int:

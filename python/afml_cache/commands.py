@@ -49,6 +49,25 @@ def _open_cache(args: argparse.Namespace, *, create: bool = False) -> Cache:
     too, so the monitoring functions report on it."""
     directory = Path(args.dir).expanduser() if args.dir else config.CACHE_DIRS["base"]
     hint = "give the cache's directory with --dir, or set AFML_CACHE_DIR"
+    try:
+        check_directory(directory, create, hint)
+    except OSError as exc:  # a directory this user may not read or search
+        raise Failure(
+            f"cannot read the cache directory {directory} ({exc.strerror or exc}); run the "
+            "command as a user who may read it, or give another with --dir",
+            UNUSABLE,
+        ) from None
+    try:
+        cache = Cache(directory, size_limit=_NO_LIMIT)
+    except (CacheError, OSError, ValueError) as exc:
+        raise Failure(f"cannot use the cache directory {directory}: {exc}", UNUSABLE) from None
+    config.configure(directory=directory)
+    return cache
+
+
+def check_directory(directory: Path, create: bool, hint: str) -> None:
+    """Raises `Failure` (an `OSError` if it cannot be read) unless ``directory`` is an
+    afml-cache directory (or, with ``create``, missing or empty)."""
     if not directory.exists():
         if not create:
             raise Failure(
@@ -65,12 +84,6 @@ def _open_cache(args: argparse.Namespace, *, create: bool = False) -> Cache:
             raise Failure(
                 f"{directory} is not an afml-cache directory (it has no mac.key); {hint}", UNUSABLE
             )
-    try:
-        cache = Cache(directory, size_limit=_NO_LIMIT)
-    except (CacheError, OSError, ValueError) as exc:
-        raise Failure(f"cannot use the cache directory {directory}: {exc}", UNUSABLE) from None
-    config.configure(directory=directory)
-    return cache
 
 
 def write_json(document: Any) -> None:
@@ -291,21 +304,32 @@ def _clear_everything(cache: Cache, args: argparse.Namespace) -> int:
         removed = config.clear_afml_cache(warn=False)
     except OSError as exc:
         raise Failure(f"could not clear {cache.directory}: {exc}", PROBLEMS) from None
+    # What is still there: a directory this user may read but not write keeps it all, and
+    # clearing said nothing.
+    left, freed = len(cache.scan()), size - cache.volume()
+    errors = []
+    if left:
+        errors.append(
+            f"could not remove {_count(left, 'entry')} from {cache.directory} (do you have "
+            "write permission there?)"
+        )
     if args.json:
         write_json(
             {
                 "directory": str(cache.directory),
                 "entries_removed": removed,
-                "bytes_removed": size,
-                "errors": [],
+                "bytes_removed": freed,
+                "errors": errors,
             }
         )
     else:
         _write(
-            f"Removed {_count(removed, 'entry')} ({format_size(size)}) and the statistics from "
+            f"Removed {_count(removed, 'entry')} ({format_size(freed)}) and the statistics from "
             f"{cache.directory}.\n"
         )
-    return OK
+        for error in errors:
+            sys.stderr.write(f"afml-cache clear: {error}\n")
+    return PROBLEMS if errors else OK
 
 
 # --- prune ------------------------------------------------------------------------------------

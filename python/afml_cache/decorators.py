@@ -320,6 +320,7 @@ def _decorate(fn: Any, options: _Options, time_options: TimeOptions | None) -> A
         )
     if not inspect.isfunction(fn):
         raise TypeError(f"cacheable decorators take a function, got {fn!r}")
+    _check_ignored(fn, options.ignore)
     engine = _Engine(fn, options, time_options)
     if inspect.iscoroutinefunction(fn):
 
@@ -335,6 +336,22 @@ def _decorate(fn: Any, options: _Options, time_options: TimeOptions | None) -> A
 
     methods = {"invalidate": engine.invalidate} if time_options is not None else {}
     return finish_wrapper(wrapper, fn, engine, **methods)
+
+
+def _check_ignored(fn: Callable[..., Any], ignore: frozenset[str]) -> None:
+    """A name in ``ignore=`` that is no parameter of ``fn`` (a typo: ``"verbos"``) would leave the
+    argument meant in the key, silently: refused, unless ``fn`` takes ``**kwargs`` (where
+    ``ignore=`` leaves out the keyword arguments of that name)."""
+    parameters = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(ignore - set(parameters))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise ValueError(
+            f"ignore= names {names}, which {fn.__qualname__} does not take; its parameters are "
+            f"{', '.join(parameters) or 'none'}"
+        )
 
 
 def finish_wrapper(
@@ -385,6 +402,15 @@ class _Engine:
         # (base cache, this function's view of it, the view's entries by digest)
         self._view: tuple[Cache, Cache, Entries] | None = None
         self._binder = FastBinder.for_signature(self.signature)
+        # The name of its `**kwargs`, whose keys `ignore=` may name too.
+        self._var_keyword = next(
+            (
+                p.name
+                for p in self.signature.parameters.values()
+                if p.kind is inspect.Parameter.VAR_KEYWORD
+            ),
+            None,
+        )
         # (code fingerprint, identity, the keys of scalar calls under it: see _remembered_key)
         self._known_identity: tuple[str, str, dict[Any, str]] | None = None
         # While the function's walk is its own node alone: `lone_code_state`'s answer.
@@ -461,8 +487,13 @@ class _Engine:
                 return None
             bound.apply_defaults()
             arguments = dict(bound.arguments)
-        if self.options.ignore:
-            return {k: v for k, v in arguments.items() if k not in self.options.ignore}
+        ignore = self.options.ignore
+        if ignore:
+            kept = {k: v for k, v in arguments.items() if k not in ignore}
+            extra = self._var_keyword
+            if extra is not None and isinstance(kept.get(extra), dict):  # `**options` too
+                kept[extra] = {k: v for k, v in kept[extra].items() if k not in ignore}
+            return kept
         return arguments
 
     def _state(self) -> _State:
@@ -1037,10 +1068,19 @@ class _Engine:
         ``after=t``; returns how many."""
         if (overlapping is None) == (after is None):
             raise ValueError("invalidate takes exactly one of overlapping=(t0, t1) or after=t")
-        if overlapping is not None:
-            low, high = (to_ns(t) for t in overlapping)
-        else:
-            low, high = to_ns(after), None
+        try:
+            if overlapping is not None:
+                low, high = (to_ns(t) for t in overlapping)
+            else:
+                low, high = to_ns(after), None
+        except (TypeError, ValueError) as exc:
+            given = (
+                f"overlapping={overlapping!r}" if overlapping is not None else f"after={after!r}"
+            )
+            raise ValueError(
+                f"{self.name}.invalidate({given}): not a time ({exc}); give dates, datetimes, "
+                "Timestamps or strings like '2024-03-01'"
+            ) from None
         cache = self.cache()
         if cache is None:
             return 0

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from afml_cache import config, forking
@@ -105,6 +105,7 @@ class MLflowCache:
         self.tracking_uri: str = mlflow.get_tracking_uri()
         self.experiment_name = experiment_name
         _check_reachable(self.tracking_uri)
+        _bound_requests(self.tracking_uri)
         self._client = mlflow.MlflowClient(self.tracking_uri)
         self.experiment_id = self._experiment_id(artifact_location)
         # Why tracking stopped in this process (set at the first MLflow failure), or None.
@@ -549,6 +550,23 @@ def _check_reachable(tracking_uri: str) -> None:
             f"the MLflow tracking server at {tracking_uri} cannot be reached ({exc}); start it, "
             "or pass another tracking_uri"
         ) from None
+
+
+def _bound_requests(tracking_uri: str) -> None:
+    """For an HTTP tracking server, bounds how long one of MLflow's requests may wait, unless
+    the user chose (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``): a
+    server that accepts connections and stops answering held a tracked call for MLflow's
+    default of 120 s a try, seven tries with back-off; now at most 10 s, three tries (about
+    36 s), after which tracking stops with one warning and calls go on untracked."""
+    if urlsplit(tracking_uri).scheme in ("http", "https"):
+        for name, value in _REQUEST_BOUNDS.items():
+            os.environ.setdefault(name, value)
+
+
+_REQUEST_BOUNDS: Final = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+}
 
 
 def setup_mlflow_cache(

@@ -759,7 +759,13 @@ class RangeEngine(_Engine):
         """Forgets what a family (or every family, when none is named) holds after ``after``
         (a vendor revised the data), or all of it without ``after``: the next request
         computes it again. Returns how many pieces were cut or removed."""
-        after_ns = moment(after)[0] if after is not None else -_FOREVER
+        try:
+            after_ns = moment(after)[0] if after is not None else -_FOREVER
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{self.name}.invalidate(after={after!r}): not a time ({exc}); give a date, a "
+                "datetime, a Timestamp or a string like '2024-03-01'"
+            ) from None
         changed = 0
         for request in self._families(args, kwargs):
             lock = self._lock(request.entries, request.family)

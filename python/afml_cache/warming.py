@@ -239,6 +239,11 @@ def warm(
         raise ValueError("give n_jobs= or client=, not both: a Dask client runs the calls itself")
     if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1):
         raise ValueError(f"n_jobs={n_jobs!r}: give a number of processes, or -1 for every core")
+    if isinstance(calls, str | bytes) or not isinstance(calls, Iterable):
+        raise TypeError(
+            f"{engine.name}.warm takes an iterable of calls (tuples of arguments, dicts of "
+            f"keyword arguments, or call(...)), got {type(calls).__name__} {calls!r}"
+        )
     every = [_as_call(item, i) for i, item in enumerate(calls)]
     report: WarmReport = {
         "function": engine.name,
