@@ -137,6 +137,11 @@ def test_health_json_and_a_degraded_directory(served):
     assert status == 503
     assert document["status"] == "degraded"
     assert document["problems"] == [f"the cache directory {served.cache.directory} is missing"]
+    # Nor do /stats and /metrics make it anew (an empty directory with a new key, counters at 0).
+    for path in ("stats", "metrics"):
+        status, _, body = fetch(served.url + path)
+        assert (status, b"is missing or has no key" in body) == (503, True)
+    assert not served.cache.directory.exists()
 
 
 def test_other_paths_404_and_other_methods_405(served):

@@ -128,6 +128,17 @@ def stats_document(cache: Cache | None) -> dict[str, Any]:
     }
 
 
+def _gone(cache: Cache | None) -> str | None:
+    """Why the cache served cannot be read without making it anew (its directory moved away or
+    its key removed: reading the counters would recreate both, empty), or None."""
+    if cache is None:
+        return None
+    directory = cache.directory
+    if not (directory / "mac.key").is_file():
+        return f"the cache directory {directory} is missing or has no key; see /health"
+    return None
+
+
 def health_document(cache: Cache | None) -> dict[str, Any]:
     """What ``/health`` shows: ``status`` (``ok`` or ``degraded``), ``directory``, ``entries``,
     ``bytes``, ``problems`` (what the quick check found) and ``check`` (what it covers)."""
@@ -502,6 +513,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ImportError as exc:  # its message names the extra to install
             message = f"/metrics is not available: {exc}\n"
             return HTTPStatus.NOT_IMPLEMENTED, _TEXT, message.encode()
+        gone = _gone(self.server.cache)
+        if gone is not None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, f"{gone}\n".encode()
         body, kind = exposition(self.server.cache, self.headers.get("Accept", ""))
         return HTTPStatus.OK, kind, body
 
@@ -511,6 +525,9 @@ class _Handler(BaseHTTPRequestHandler):
         return status, _JSON, _json_bytes(document)
 
     def _stats(self) -> tuple[HTTPStatus, str, bytes]:
+        gone = _gone(self.server.cache)
+        if gone is not None:
+            return HTTPStatus.SERVICE_UNAVAILABLE, _JSON, _json_bytes({"error": gone})
         return HTTPStatus.OK, _JSON, _json_bytes(stats_document(self.server.cache))
 
     # --- the admin endpoints ----------------------------------------------------------------
