@@ -1363,3 +1363,16 @@ def test_cache_info_reads_the_cache_the_function_uses(tmp_path):
     assert (info["total_calls"], info["cache_hits"], info["cache_misses"]) == (2, 1, 1)
     assert info["entries"] == 1
     assert info["cache_size_mb"] > 0
+
+
+def test_a_cache_directory_variable_naming_an_object_store_is_said_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # AFML_CACHE_DIR=s3://bucket/prefix made a local folder `./s3:/bucket/prefix`, silently.
+    from afml_cache.cache import default_directory
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("AFML_CACHE_DIR", "s3://bucket/prefix")
+    with pytest.warns(afml_cache.CacheWarning, match="set AFML_CACHE_REMOTE=s3://bucket/prefix"):
+        assert default_directory() == tmp_path / "xdg" / "afml_cache"

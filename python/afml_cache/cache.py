@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from afml_cache._store.remote import Remote, open_remote
 # Values pickled before serialization moved to _store name their datetime arrays' rebuilder here.
 from afml_cache._store.serialize import _datetime_array as _datetime_array
 from afml_cache._store.writer import flush_writes as flush_writes
+from afml_cache.errors import CacheWarning
 from afml_cache.progress import progress_callback
 
 __all__ = [
@@ -107,7 +109,16 @@ def default_directory() -> Path:
     """``$AFML_CACHE_DIR``, else ``$AFML_CACHE``, else ``~/.cache/afml_cache``."""
     for variable in ("AFML_CACHE_DIR", "AFML_CACHE"):
         value = os.environ.get(variable)
-        if value:
+        if value and re.match(r"^[a-z][a-z0-9+.-]*://", value):
+            # Read as a path it made a local folder named `s3:`: a prefix is a remote tier.
+            warnings.warn(
+                f"afml_cache: {variable}={value} names an object store, not a directory; set "
+                f"AFML_CACHE_REMOTE={value} for a shared prefix, and {variable} to the local "
+                "directory in front of it (it is left out: the default directory is used)",
+                CacheWarning,
+                stacklevel=2,
+            )
+        elif value:
             return Path(value).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "afml_cache"

@@ -127,7 +127,7 @@ def run_stats(args: argparse.Namespace) -> int:
     store, rows = document["store"], document["functions"]
     _write(
         f"Cache directory: {document['directory']}\n"
-        f"  {store['count']:,} entries, {format_size(store['bytes'])}; "
+        f"  {_count(store['count'], 'entry')}, {format_size(store['bytes'])}; "
         f"{store['evictions']:,} evicted so far\n\n"
     )
     if not rows:
@@ -462,7 +462,7 @@ def run_warm(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise Failure(str(exc), USAGE) from None
     except Exception as exc:
-        _log.error("afml-cache warm: %s raised", args.warmup, exc_info=True)
+        _log.error("warm: %s raised", args.warmup, exc_info=True)
         raise Failure(f"{args.warmup} raised {type(exc).__name__}: {exc}", PROBLEMS) from None
     if args.json:
         write_json({"warmup": args.warmup, "failed": failures(reports), "reports": reports})
