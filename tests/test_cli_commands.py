@@ -500,6 +500,10 @@ def test_import_of_something_else_fails_clearly(filled, tmp_path, capsys):
     assert code == 2
     assert "is not a file" in err
     assert len(filled.entries()) == 5
+    # Into a directory that was not there: a failed import leaves none behind.
+    fresh = tmp_path / "fresh"
+    code, _, err = run(capsys, "import", str(bogus), "--dir", str(fresh))
+    assert (code, fresh.exists()) == (1, False)
 
 
 # --- report -----------------------------------------------------------------------------------

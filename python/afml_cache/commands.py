@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import tarfile
@@ -397,10 +398,14 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise Failure(f"{args.file} is not a file; give an archive written by export", USAGE)
+    directory = Path(args.dir).expanduser() if args.dir else config.CACHE_DIRS["base"]
+    made_here = not directory.exists()
     cache = _open_cache(args, create=True)
     try:
         count = cache.import_(args.file)
     except CacheError as exc:  # it names the archive, the member and what is wrong
+        if made_here:  # nothing was imported: leave no cache where there was none
+            shutil.rmtree(cache.directory, ignore_errors=True)
         raise Failure(str(exc), PROBLEMS) from None
     if args.json:
         write_json({"directory": str(cache.directory), "file": args.file, "entries": count})
