@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import inspect
 import json
 import logging
@@ -131,6 +132,20 @@ def test_ignore_naming_no_parameter_is_refused(cache_dir: Path) -> None:
 
     assert loose([1, 2], verbose=True) == loose([1, 2], verbose=False) == 3
     assert loose.cache_info()["cache_hits"] == 1
+
+    def logged(fn):  # a wrapper that takes one more keyword than the function it shows
+        @functools.wraps(fn)
+        def wrapper(*args, log_level="INFO", **kwargs):
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @robust_cacheable(ignore=("log_level",))
+    @logged
+    def features(x: int) -> int:
+        return x * 2
+
+    assert features(1) == 2
 
 
 def test_version_bump_recomputes(cache_dir: Path) -> None:

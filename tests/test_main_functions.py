@@ -394,19 +394,107 @@ CONFIGURED = """
         here = [square(x, COUNTER) for x in range(4)]  # hits: the workers wrote here
         afml_cache.configure(enabled=False)
         off = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(x, COUNTER) for x in range(4))
+        afml_cache.configure(enabled=True)
+        # The same workers, reused: a function of an importable module caches there again.
+        import sweep_helpers
+        for _ in range(2):
+            joblib.Parallel(n_jobs=2)(
+                joblib.delayed(sweep_helpers.cube)(x, sys.argv[4]) for x in range(3)
+            )
         print(json.dumps({"swept": swept, "here": here, "off": off}))
 """
 
 
 def test_workers_cache_where_the_script_configured_and_not_once_it_turned_caching_off(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The workers used their own default directory (AFML_CACHE_DIR here), where the script
     # never looked, and kept caching after configure(enabled=False).
     counter, configured = tmp_path / "computed.txt", tmp_path / "configured"
+    helpers, cubes = tmp_path / "helpers", tmp_path / "cubes.txt"
+    helpers.mkdir()
+    (helpers / "sweep_helpers.py").write_text(
+        textwrap.dedent("""
+        from afml_cache import robust_cacheable
+
+        @robust_cacheable(ignore=("counter",))
+        def cube(x, counter):
+            with open(counter, "a") as fh:
+                fh.write(f"{x}\\n")
+            return x**3
+        """)
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(helpers), *sys.path])))
     out = run_script(
-        tmp_path / "sweep.py", CONFIGURED, tmp_path / "default", str(counter), str(configured)
+        tmp_path / "sweep.py",
+        CONFIGURED,
+        tmp_path / "default",
+        str(counter),
+        str(configured),
+        str(helpers),
+        str(cubes),
     )
     assert out["swept"] == out["here"] == out["off"] == [0, 1, 4, 9]
     assert computed(counter) == [0, 0, 1, 1, 2, 2, 3, 3]  # the sweep, then uncached: twice
-    assert stored(configured) and not (tmp_path / "default" / "entries").exists()
+    assert stored(configured)
+    # Turning caching off reached only the functions sent then, not the workers for good.
+    assert computed(cubes) == [0, 1, 2]
+
+
+def test_loading_a_function_pickled_elsewhere_leaves_this_process_settings(tmp_path: Path) -> None:
+    # Unpickling a script's function rewrote the loading process's settings with the script's
+    # (its directory, caching off): the process's own functions ran uncached from then on.
+    pickled = tmp_path / "pipeline.pkl"
+    run_script(
+        tmp_path / "save.py",
+        """
+        import json
+        import sys
+
+        import cloudpickle
+
+        import afml_cache
+
+        @afml_cache.robust_cacheable
+        def feature(x):
+            return x * 2
+
+        afml_cache.configure(directory=sys.argv[1], enabled=False)
+        with open(sys.argv[2], "wb") as fh:
+            cloudpickle.dump(feature, fh)
+        print(json.dumps({}))
+        """,
+        tmp_path / "cache",
+        str(tmp_path / "elsewhere"),
+        str(pickled),
+    )
+    loaded = run_script(
+        tmp_path / "load.py",
+        """
+        import json
+        import pickle
+        import sys
+
+        import afml_cache
+        from afml_cache import config
+
+        @afml_cache.robust_cacheable
+        def own(x):
+            return x + 1
+
+        before = [config.cache_enabled(), str(config.CACHE_DIRS["base"])]
+        with open(sys.argv[1], "rb") as fh:
+            feature = pickle.load(fh)
+        after = [config.cache_enabled(), str(config.CACHE_DIRS["base"])]
+        print(json.dumps({
+            "before": before,
+            "after": after,
+            "results": [feature(2), own(1), own(1)],
+            "hits": own.cache_info()["cache_hits"],
+        }))
+        """,
+        tmp_path / "cache",
+        str(pickled),
+    )
+    assert loaded["before"] == loaded["after"] == [True, str(tmp_path / "cache")]
+    assert (loaded["results"], loaded["hits"]) == ([4, 2, 2], 1)

@@ -907,7 +907,8 @@ def test_a_library_wrapper_counts_what_it_holds_beside_the_function(
 
     @contextlib.contextmanager
     def scaled(k):
-        old, STATE["k"] = STATE["k"], k
+        k = int(k)  # rebinds its own argument (a cell: the lambda reads it), changes nothing
+        old, STATE["k"] = STATE["k"], (lambda: k)()
         try:
             yield
         finally:
@@ -1816,7 +1817,9 @@ def test_a_query_in_a_namespace_or_passed_in_counts_the_names_it_reads(
     """)
     frame = pd.DataFrame({"volume": [5, 20, 30, 40]}, index=list("ABCD"))
     rule = "volume > @MIN_VOLUME"
+    long_rule = f"volume > @MIN_VOLUME and index != {'x' * 5000!r}"  # over 4,096 characters
     calls = [
+        lambda: check(module.given, frame, long_rule),
         lambda: check(module.kept, frame),
         lambda: check(module.given, frame, rule),
         lambda: check(module.given, frame, "volume > 0", rules=[rule]),
@@ -1827,6 +1830,7 @@ def test_a_query_in_a_namespace_or_passed_in_counts_the_names_it_reads(
     assert [call() for call in calls] == before
     module.MIN_VOLUME = 35
     assert [call() for call in calls] == [
+        [["D"]],
         ["D", "D"],
         [["D"]],
         [list("ABCD"), ["D"]],
@@ -1855,6 +1859,16 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
                     return func(*args) * sum(settings["weights"])
                 return wrapper
             return decorate
+
+        def topped(weights, options):  # normalises what it is given, in place, at each call
+            def decorate(func):
+                @functools.wraps(func)
+                def wrapper(*args):
+                    weights.sort()
+                    options.setdefault("shift", 0)
+                    return func(*args) * weights[-1] + options["shift"]
+                return wrapper
+            return decorate
         """)
     )
     monkeypatch.syspath_prepend(str(library))
@@ -1878,6 +1892,27 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     module.W.append(10)
     assert check(module.total, 1) == 14
     assert hits(module.total) == 1
+    # What the wrapper is given stays the caller's, even when it changes it in place: sorted
+    # and given a default, the list and dict counted by type (a wrong hit).
+    given = load("""
+    from afml_cache import cacheable
+    from weighing_library import topped
+
+    TOPS, OPTIONS = [1, 3], {"shift": 0}  # as the wrapper leaves them
+
+    @topped(TOPS, OPTIONS)
+    def top(x):
+        return x
+
+    @cacheable
+    def tops(x):
+        return top(x)
+    """)
+    assert [check(given.tops, 2) for _ in range(2)] == [6, 6]
+    given.TOPS.append(5)
+    assert check(given.tops, 2) == 10
+    given.OPTIONS["shift"] = 1
+    assert check(given.tops, 2) == 11
     monkeypatch.setenv("PYTHONPATH", str(library))
     run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
     assert run(textwrap.dedent(source)) == "4"
@@ -2001,6 +2036,7 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
     def load(n):
         return list(range(n))
 
+
     @cacheable
     def report(days):
         return sum(prices(d) for d in range(days)) + sum(load(days))
@@ -2038,6 +2074,9 @@ def test_sql_expressions_count_by_their_sql(cache_dir: Path, tmp_path: Path) -> 
     assert run(source) == "([1.0], [1.0], 1)"
     assert run(source) == "([1.0], [1.0], 1)"  # no miss in the second run
     assert run(source.replace('sa.column("close")', 'sa.column("volume")')) == "([10.0], [10.0], 2)"
+    # A type the SQL does not show: the values come back as decimals.
+    typed = source.replace('sa.column("close")', 'sa.column("close", sa.Numeric(10, 2))')
+    assert run(typed) == "([Decimal('1.00')], [Decimal('1.00')], 3)"
 
 
 def test_settings_holding_a_lock_in_a_named_tuple_a_namespace_or_a_cycle_count(

@@ -151,33 +151,28 @@ def settings() -> dict[str, Any]:
 
 
 def travelling() -> dict[str, Any]:
-    """The settings a decorated function carries to the worker processes it is sent to (loky,
-    Dask, a spawned pool; see `adopt`): those this process's code set (what it left unset, the
-    worker's environment decides there), whether caching is on now (``configure(enabled=
-    False)``, ``disabled()``, ``AFML_CACHE_DISABLE``), and the host whose directory it is."""
+    """What a decorated function sent by value carries to the worker it lands in (see
+    `decorators.Origin`): the address of this process's cache when its code chose the directory
+    or the remote (else the worker's own configuration decides), whether caching is on in
+    this thread now (``configure(enabled=False)``, ``AFML_CACHE_DISABLE``; ``disabled()`` holds
+    for the thread that pickles), and the host and process it comes from."""
+    from afml_cache.cache import CacheAddress
+
     with _lock:
-        snapshot = dict(_settings)
-    snapshot["enabled"] = cache_enabled()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "settings": snapshot}
+        chosen = _settings["directory"] is not None or _settings["remote"] is not None
+    cache = shared_cache() if chosen else None
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "address": CacheAddress.of(cache) if cache is not None else None,
+        "enabled": cache_enabled(),
+    }
 
 
-def adopt(travelled: Mapping[str, Any]) -> None:
-    """Takes the settings a decorated function brought (`travelling`), unless this process's own
-    code called `configure`: a worker then caches where the process that sent the work does,
-    and not at all while that one's caching is off (a worker started before it changed them,
-    and reused since, kept the old ones). The directory only on that process's host."""
-    if _own or travelled["pid"] == os.getpid():  # a copy made in the process that sent it
-        return
-    settings = dict(travelled["settings"])
-    if travelled["host"] != socket.gethostname():
-        settings.pop("directory", None)  # that path is another machine's
-    global _shared, _unusable
-    with _lock:
-        if all(_settings.get(name) == value for name, value in settings.items()):
-            return
-        _settings.update(settings)
-        _shared, _unusable = None, None
-        _refresh_dirs()
+def configured_here() -> bool:
+    """Whether this process's own code called `configure`: then what functions bring from the
+    process that sent them (`travelling`) does not override it."""
+    return _own
 
 
 def restore_settings(saved: Mapping[str, Any]) -> None:

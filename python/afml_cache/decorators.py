@@ -27,6 +27,7 @@ import functools
 import inspect
 import logging
 import os
+import socket
 import sys
 import time
 import types
@@ -343,9 +344,12 @@ def _check_ignored(fn: Callable[..., Any], ignore: frozenset[str]) -> None:
     argument meant in the key, silently: refused, unless ``fn`` takes ``**kwargs`` (where
     ``ignore=`` leaves out the keyword arguments of that name)."""
     parameters = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    # A wrapper's own signature too (functools.wraps shows the wrapped one's): `log_level=`.
+    own = inspect.signature(fn, follow_wrapped=False).parameters
+    every = [*parameters.values(), *own.values()]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in every):
         return
-    unknown = sorted(ignore - set(parameters))
+    unknown = sorted(ignore - {p.name for p in every})
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise ValueError(
@@ -451,11 +455,26 @@ class _Engine:
         # process imports by name differs from the origin's (a helper edited and reloaded
         # there, an attribute set there): then it computes other results, under its own keys.
         self._landed = None
+        # Whether the process that sent it had caching on when it did (its `configure(enabled=
+        # False)` reaches the workers it sends functions to, which keep their own settings).
+        self._enabled_at_origin = True
         if origin is not None:
-            if options.cache is None:
-                config.adopt(origin.settings)
             if _imported_code(fn) == origin.imported:
                 self._landed = (code_fingerprint(fn), origin.code)
+            self._take_settings(origin.settings)
+
+    def _take_settings(self, travelled: dict[str, Any]) -> None:
+        """Caches where the process that sent this function does, and not at all while its
+        caching was off, unless this process configured itself (`config.travelling`): for this
+        function only. The directory only on that process's host."""
+        if travelled["pid"] == os.getpid() or config.configured_here():
+            return  # a copy made where it was sent from, or a worker with its own settings
+        self._enabled_at_origin = bool(travelled["enabled"])
+        address = travelled["address"]
+        if address is not None and self.options.cache is None:
+            if travelled["host"] != socket.gethostname():
+                address = replace(address, directory=str(config.CACHE_DIRS["base"]))
+            self.options = replace(self.options, cache=address)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A function of __main__ (a script, a notebook) travels by value with its engine
@@ -463,7 +482,7 @@ class _Engine:
         # warnings stay behind and are rebuilt where it lands. The name travels as it is: there,
         # __main__ is another program.
         options = self.options
-        if options.cache is not None:
+        if isinstance(options.cache, Cache):
             options = replace(options, cache=CacheAddress.of(options.cache))
         code = self._as_origin(code_fingerprint(self.fn))
         origin = Origin(code, _imported_code(self.fn), config.travelling())
@@ -725,7 +744,11 @@ class _Engine:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[Entries, str, Call] | None:
         """`_prepare`, letting an unexpected exception through."""
-        if not config.cache_enabled() or self._changes_in_place is not None:
+        if (
+            not config.cache_enabled()
+            or not self._enabled_at_origin
+            or self._changes_in_place is not None
+        ):
             return None
         self._watching = ()  # only the digests this call's key notes count for it
         view = self._open()

@@ -954,9 +954,16 @@ def _sqlalchemy_rule(obj: Any) -> Rule | None:
     try:
         compiled = obj.compile()
         params = sorted(compiled.params.items())
+        # The SQL names no types, and a table's own columns only where it is selected from.
+        kind = getattr(obj, "type", None)
+        columns = getattr(obj, "selected_columns", None)
+        if columns is None:
+            columns = getattr(obj, "c", ())
+        typed = [(c.key, repr(c.type)) for c in columns]
     except Exception:  # one that compiles only against a dialect or engine: its pickle, then
         return None
-    return _VALUE, f"sqlalchemy.{type(obj).__qualname__}", (str(compiled), params)
+    shown = (str(compiled), params, repr(kind) if kind is not None else None, typed)
+    return _VALUE, f"sqlalchemy.{type(obj).__qualname__}", shown
 
 
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {

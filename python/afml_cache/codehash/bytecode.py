@@ -108,18 +108,18 @@ def _written_only(code: types.CodeType) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _changes(code: types.CodeType, name: str) -> bool:
+def _changes(code: types.CodeType, name: str, rebinding: bool = True) -> bool:
     """Whether ``code`` (or the code nested in it) changes the container a local, argument or
-    free variable ``name`` holds, or binds it again: ``cache[key] = value``, ``del
-    cache[key]``, ``cache.setdefault(...)``, ``sink.append(x)``, ``nonlocal calls; calls +=
-    1``. What a wrapper or a helper changes as it runs is its state (a memo, a sink for
-    timings), not a setting it was made with."""
+    free variable ``name`` holds: ``cache[key] = value``, ``counts[key] += 1``, ``del
+    cache[key]``, ``cache.setdefault(...)``, ``sink.append(x)``; with ``rebinding``, binds the
+    cell again too (``nonlocal calls; calls += 1``). What a wrapper or a helper changes as it
+    runs is its state (a memo, a sink for timings), not a setting it was made with."""
     for c in _code_objects(code):
         instructions = list(dis.get_instructions(c))
         for i, ins in enumerate(instructions):
             if ins.argval != name:
                 continue
-            if ins.opname in ("STORE_DEREF", "DELETE_DEREF"):
+            if rebinding and ins.opname in ("STORE_DEREF", "DELETE_DEREF"):
                 return True
             if ins.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and _changed_at(
                 instructions, i
@@ -130,27 +130,31 @@ def _changes(code: types.CodeType, name: str) -> bool:
 
 def _changed_at(instructions: list[dis.Instruction], i: int) -> bool:
     """Whether the container loaded at ``i`` is changed by what follows: a method that changes
-    it called on it, or a subscript stored into or deleted from it (the stack followed until
-    the store, or until something takes the container itself)."""
+    it called on it, or a subscript stored into or deleted from it (its place on the stack
+    followed until the store, through COPY and SWAP, or until something takes it)."""
     following = instructions[i + 1] if i + 1 < len(instructions) else None
     if following is not None and following.opname in _LOADS_ATTR:
         return following.argval in _CHANGES
-    depth = 1  # what the stack holds from the container up
+    at = 0  # how far below the top of the stack the container is
     for ins in instructions[i + 1 :]:
         if ins.opname in ("STORE_SUBSCR", "DELETE_SUBSCR"):
-            return depth == 2  # the container under the key
+            return at == 1  # the container under the key
         if ins.opname.startswith(("JUMP", "POP_JUMP", "RETURN", "FOR_ITER", "YIELD", "SEND")):
             return False
+        if ins.opname == "SWAP":
+            at = ins.arg - 1 if at == 0 else 0 if at == ins.arg - 1 else at
+            continue
+        if ins.opname == "COPY":
+            at += 1
+            continue
         try:
             effect = dis.stack_effect(ins.opcode, ins.arg, jump=False)
         except ValueError:
             effect = dis.stack_effect(ins.opcode)
-        pushes = (
-            2 if ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1) else 1
-        )
-        if pushes - effect > depth - 1:  # may take the container (counted high: no guess)
+        two = ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1)
+        if (2 if two else 1) - effect > at:  # may take the container (counted high: no guess)
             return False
-        depth += effect
+        at += effect
     return False
 
 

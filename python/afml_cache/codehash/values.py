@@ -14,6 +14,7 @@ import enum
 import fractions
 import functools
 import gc
+import inspect
 import itertools
 import logging
 import os
@@ -748,12 +749,20 @@ def _wrapper_closure(
             continue
         if _is_constant(value) or isinstance(value, _CODE_TYPES):
             part = _ref(value, children)[0]  # an argument, the user's caller
-        elif _changes(fn.__code__, name):
-            # What the wrapper changes as it runs (a memo, a call count) is its state, not a
-            # setting: by type, or each call would read a new key.
+            held.append((name, part))
+            continue
+        origin = _closure_origin(fn, name)
+        if origin == "made" and _changes(fn.__code__, name):
+            # What the decorator made and the wrapper changes as it runs (a memo, a call
+            # count) is its state, not a setting: by type, or each call would read a new key.
+            # What it was given (`@weighted(W)`) is the caller's, whatever it does to it.
             part = ("object", _qualified(type(value)))
-        elif type(value) is dict and _all_constant(value.values(), value.keys()):
-            part = ("settings", tuple(value.items()))  # keyword arguments, a dict of its own
+        elif (
+            origin == "packed"
+            and type(value) in (dict, tuple)
+            and _all_constant(value.values() if type(value) is dict else value, ())  # type: ignore[attr-defined]
+        ):
+            part = ("settings", _settings_digest(value))  # `**settings` of constants: its own
         elif type(value) in (dict, list, tuple, set, frozenset) or _is_array(value):
             part = ("settings", _settings_digest(value))  # `@weighted(weights=[1, 2])`
             changeable = True
@@ -763,6 +772,49 @@ def _wrapper_closure(
             changeable = changeable or changes
         held.append((name, part))
     return tuple(held), changeable
+
+
+def _closure_origin(fn: types.FunctionType, name: str) -> str:
+    """Where the value a wrapper's closure holds under ``name`` comes from, found by reading
+    the decorator's code along the wrapper's qualified name: ``"given"``, an argument of the
+    decorator (the caller's object: `@weighted(W)`); ``"packed"``, its ``*args`` or
+    ``**kwargs`` (a container made for the call); ``"made"``, made by its own code (a memo:
+    ``cache = {}``); ``"unknown"`` when that code cannot be found."""
+    # Its code's names, not those functools.wraps copied from the function it wraps.
+    module = sys.modules.get(_defining_module(fn) or "")
+    names = [part for part in fn.__code__.co_qualname.split(".") if part != "<locals>"][:-1]
+    chain: list[types.CodeType] = []
+    current: Any = module
+    try:
+        for part in names:
+            if chain:  # inside a function: its nested code of that name
+                nested = [
+                    c for c in chain[-1].co_consts if isinstance(c, types.CodeType)
+                    and c.co_name == part
+                ]  # fmt: skip
+                if len(nested) != 1:
+                    return "unknown"
+                chain.append(nested[0])
+                continue
+            current = inspect.getattr_static(current, part)
+            if isinstance(current, staticmethod | classmethod):
+                current = current.__func__
+            code = getattr(current, "__code__", None)
+            if isinstance(code, types.CodeType):
+                chain.append(code)
+    except (AttributeError, TypeError):
+        return "unknown"
+    for code in reversed(chain):
+        if name in code.co_cellvars:
+            positional = code.co_argcount + code.co_kwonlyargcount
+            if name in code.co_varnames[:positional]:
+                return "given"
+            flags = code.co_flags
+            packed = bool(flags & inspect.CO_VARARGS) + bool(flags & inspect.CO_VARKEYWORDS)
+            if name in code.co_varnames[positional : positional + packed]:
+                return "packed"
+            return "made"
+    return "unknown"
 
 
 _CODE_TYPES: Final = (types.FunctionType, types.MethodType, type, types.ModuleType)
@@ -795,7 +847,8 @@ def _context_settings(value: object, children: list[object]) -> tuple[Any, bool]
         ]  # fmt: skip
         settings, changes = [], False
         for name, item in given:
-            if code is not None and isinstance(name, str) and _changes(code, name):
+            fills = not _is_constant(item) and isinstance(name, str) and code is not None
+            if fills and _changes(code, name, rebinding=False):  # type: ignore[arg-type]
                 # An argument the helper fills as it runs (a sink for timings): its state.
                 settings.append((name, ("object", _qualified(type(item)))))
             else:  # one by one: a lock among them by its type, the others by content

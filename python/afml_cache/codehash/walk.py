@@ -481,18 +481,18 @@ def argument_expressions(
     read, each with its value now: ``keep(df, "ret > @THRESH")``, whose ``df.query(rule)``
     reads ``THRESH`` from the function's globals (and, when its code calls an ``eval``, every
     name in such a string). The strings themselves count as arguments do."""
-    strings = [
-        string
-        for value in values
-        for string in held_strings(value)
-        if len(string) <= _EXPRESSION_LENGTH  # a document, not an expression
-    ]
+    strings = [string for value in values for string in held_strings(value)]
     if not strings:
         return ()
-    pattern = _IDENTIFIER if _evaluates(fn.__code__) else _LOCAL_VARIABLE
-    if pattern is _LOCAL_VARIABLE:
-        strings = [string for string in strings if "@" in string]
-    names = dict.fromkeys(name for string in strings for name in pattern.findall(string))
+    evaluates = _evaluates(fn.__code__)
+    names: dict[str, None] = {}
+    for string in strings:
+        # Every name, where the code calls an eval, of a string short enough to be an
+        # expression (a 20 MB text argument took a second a call); the @NAMEs of any.
+        if evaluates and len(string) <= _EXPRESSION_LENGTH:
+            names.update(dict.fromkeys(_IDENTIFIER.findall(string)))
+        elif "@" in string:
+            names.update(dict.fromkeys(_LOCAL_VARIABLE.findall(string)))
     namespace = fn.__globals__
     return tuple((name, namespace[name]) for name in names if name in namespace)
 
@@ -571,7 +571,7 @@ _EVALUATES: Final = frozenset({"query", "eval"})
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 _EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
-_EXPRESSION_LENGTH: Final = 4096  # the longest string argument read as an expression
+_EXPRESSION_LENGTH: Final = 4096  # the longest string argument whose every name is read
 _EXPRESSION_DEPTH: Final = 8  # attributes of a reference followed, levels of a value looked in
 
 
