@@ -890,3 +890,5 @@ def test_only_short_strings_among_the_arguments_are_read_as_expressions(load: Lo
     """)
     assert argument_expressions(module.f, ["v > @T", {"rule": "T"}]) == (("T", 1),)
     assert argument_expressions(module.f, ["T " * 3000]) == ()
+    huge = "".join(f"user{i}@T.com, " for i in range(100_000))  # 1.5 MB of addresses
+    assert argument_expressions(module.f, [huge]) == ()

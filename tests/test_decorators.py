@@ -145,7 +145,14 @@ def test_ignore_naming_no_parameter_is_refused(cache_dir: Path) -> None:
     def features(x: int) -> int:
         return x * 2
 
-    assert features(1) == 2
+    assert [features(1, log_level="DEBUG"), features(1, log_level="INFO"), features(1)] == [2] * 3
+    assert features.cache_info()["cache_hits"] == 2  # the wrapper's keyword left out
+    with pytest.raises(ValueError, match="ignore= names 'verbos'"):
+
+        @robust_cacheable(ignore=("verbos",))
+        @logged
+        def typo(x: int, verbose: bool = False) -> int:
+            return x
 
 
 def test_version_bump_recomputes(cache_dir: Path) -> None:

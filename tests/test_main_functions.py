@@ -498,3 +498,43 @@ def test_loading_a_function_pickled_elsewhere_leaves_this_process_settings(tmp_p
     )
     assert loaded["before"] == loaded["after"] == [True, str(tmp_path / "cache")]
     assert (loaded["results"], loaded["hits"]) == ([4, 2, 2], 1)
+
+
+CHAIN = """
+    import json
+    import pickle
+    import sys
+
+    import cloudpickle
+
+    import afml_cache
+
+    @afml_cache.robust_cacheable
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        step, here = sys.argv[1], sys.argv[2]
+        if step == "origin":
+            afml_cache.configure(directory=here + "/origin", enabled=False)
+            sent = square
+        else:
+            with open(here + "/" + step + ".pkl", "rb") as fh:
+                sent = pickle.load(fh)
+        results = [sent(3), sent(3)]
+        with open(here + "/" + {"origin": "first", "first": "second"}.get(step, "x") + ".pkl",
+                  "wb") as fh:
+            cloudpickle.dump(sent, fh)
+        info = sent.cache_info()
+        print(json.dumps({"results": results, "calls": info["total_calls"]}))
+"""
+
+
+def test_a_function_sent_on_by_a_worker_keeps_its_senders_settings(tmp_path: Path) -> None:
+    # A worker that sent the function on sent its own caching state: the origin's
+    # configure(enabled=False) was lost at the second hop, which cached into its directory.
+    here = str(tmp_path)
+    for step in ("origin", "first", "second"):
+        out = run_script(tmp_path / "chain.py", CHAIN, tmp_path / "cache", step, here)
+        assert out == {"results": [9, 9], "calls": 0}, step  # run uncached at every hop
+    assert stored(tmp_path / "origin") == [] and stored(tmp_path / "cache") == []

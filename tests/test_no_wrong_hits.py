@@ -1860,6 +1860,17 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
                 return wrapper
             return decorate
 
+        def scaled_by(config=None):  # the caller's dict under another name
+            settings = config if config is not None else {}
+
+            def decorate(func):
+                @functools.wraps(func)
+                def wrapper(*args):
+                    settings.setdefault("scale", 1)
+                    return func(*args) * settings["scale"]
+                return wrapper
+            return decorate
+
         def topped(weights, options):  # normalises what it is given, in place, at each call
             def decorate(func):
                 @functools.wraps(func)
@@ -1896,9 +1907,14 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     # and given a default, the list and dict counted by type (a wrong hit).
     given = load("""
     from afml_cache import cacheable
-    from weighing_library import topped
+    from weighing_library import scaled_by, topped
 
     TOPS, OPTIONS = [1, 3], {"shift": 0}  # as the wrapper leaves them
+    SCALE = {"scale": 1}
+
+    @scaled_by(SCALE)
+    def unit(x):
+        return x
 
     @topped(TOPS, OPTIONS)
     def top(x):
@@ -1906,13 +1922,15 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
 
     @cacheable
     def tops(x):
-        return top(x)
+        return top(x) * unit(1)
     """)
     assert [check(given.tops, 2) for _ in range(2)] == [6, 6]
     given.TOPS.append(5)
     assert check(given.tops, 2) == 10
     given.OPTIONS["shift"] = 1
     assert check(given.tops, 2) == 11
+    given.SCALE["scale"] = 2
+    assert check(given.tops, 2) == 22
     monkeypatch.setenv("PYTHONPATH", str(library))
     run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
     assert run(textwrap.dedent(source)) == "4"
@@ -2010,6 +2028,21 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
                 return cache[args]
 
             return wrapper
+
+        def memoize(cache=None):  # a memo it may be given, or makes
+            if cache is None:
+                cache = {}
+
+            def decorate(f):
+                @functools.wraps(f)
+                def wrapper(*args):
+                    if args not in cache:
+                        cache[args] = f(*args)
+                    return cache[args]
+
+                return wrapper
+
+            return decorate
         """)
     )
     monkeypatch.syspath_prepend(str(library))
@@ -2018,9 +2051,18 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
     import contextlib
     import time
     from afml_cache import cacheable
-    from memo_library import memo
+    from memo_library import memo, memoize
 
     TIMINGS = {}
+    MEMO = {}
+
+    @memoize(cache=MEMO)
+    def volumes(day):
+        return day
+
+    @memoize()
+    def spreads(day):
+        return day
 
     @contextlib.contextmanager
     def timed(name, sink):
@@ -2039,7 +2081,8 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
 
     @cacheable
     def report(days):
-        return sum(prices(d) for d in range(days)) + sum(load(days))
+        given = sum(volumes(d) + spreads(d) for d in range(days)) * 0
+        return sum(prices(d) for d in range(days)) + sum(load(days)) + given
     """)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -2077,6 +2120,22 @@ def test_sql_expressions_count_by_their_sql(cache_dir: Path, tmp_path: Path) -> 
     # A type the SQL does not show: the values come back as decimals.
     typed = source.replace('sa.column("close")', 'sa.column("close", sa.Numeric(10, 2))')
     assert run(typed) == "([Decimal('1.00')], [Decimal('1.00')], 3)"
+    # A type of the user's, by its code: editing its conversion is a miss.
+    converted = source.replace(
+        'SYM, FIELD = sa.column("sym"), sa.column("close")',
+        textwrap.dedent("""
+        class Tenths(sa.types.TypeDecorator):
+            impl = sa.Float
+            cache_ok = True
+
+            def process_result_value(self, value, dialect):
+                return value / 10
+
+        SYM, FIELD = sa.column("sym"), sa.column("close", Tenths())
+        """),
+    )
+    assert run(converted) == "([0.1], [0.1], 4)"
+    assert run(converted.replace("value / 10", "value / 100")) == "([0.01], [0.01], 5)"
 
 
 def test_settings_holding_a_lock_in_a_named_tuple_a_namespace_or_a_cycle_count(

@@ -344,12 +344,12 @@ def _check_ignored(fn: Callable[..., Any], ignore: frozenset[str]) -> None:
     argument meant in the key, silently: refused, unless ``fn`` takes ``**kwargs`` (where
     ``ignore=`` leaves out the keyword arguments of that name)."""
     parameters = inspect.signature(fn).parameters
-    # A wrapper's own signature too (functools.wraps shows the wrapped one's): `log_level=`.
-    own = inspect.signature(fn, follow_wrapped=False).parameters
-    every = [*parameters.values(), *own.values()]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in every):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    unknown = sorted(ignore - {p.name for p in every})
+    # A wrapper's own keywords too (functools.wraps shows the wrapped one's): `log_level=`,
+    # which calls drop before binding (`_Engine._bound`).
+    own = inspect.signature(fn, follow_wrapped=False).parameters
+    unknown = sorted(ignore - set(parameters) - set(own))
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise ValueError(
@@ -406,6 +406,8 @@ class _Engine:
         # (base cache, this function's view of it, the view's entries by digest)
         self._view: tuple[Cache, Cache, Entries] | None = None
         self._binder = FastBinder.for_signature(self.signature)
+        # Ignored keywords that only a wrapper under this decorator takes (`log_level=`).
+        self._wrapper_keywords = frozenset(options.ignore) - set(self.signature.parameters)
         # The name of its `**kwargs`, whose keys `ignore=` may name too.
         self._var_keyword = next(
             (
@@ -458,6 +460,7 @@ class _Engine:
         # Whether the process that sent it had caching on when it did (its `configure(enabled=
         # False)` reaches the workers it sends functions to, which keep their own settings).
         self._enabled_at_origin = True
+        self._adopted: tuple[CacheAddress, str] | None = None  # the cache it came with
         if origin is not None:
             if _imported_code(fn) == origin.imported:
                 self._landed = (code_fingerprint(fn), origin.code)
@@ -472,6 +475,7 @@ class _Engine:
         self._enabled_at_origin = bool(travelled["enabled"])
         address = travelled["address"]
         if address is not None and self.options.cache is None:
+            self._adopted = (address, travelled["host"])  # sent on as it came (`__reduce__`)
             if travelled["host"] != socket.gethostname():
                 address = replace(address, directory=str(config.CACHE_DIRS["base"]))
             self.options = replace(self.options, cache=address)
@@ -484,8 +488,15 @@ class _Engine:
         options = self.options
         if isinstance(options.cache, Cache):
             options = replace(options, cache=CacheAddress.of(options.cache))
+        travelled = config.travelling()
+        # Sent on from a worker: the first sender's cache (its host's directory) and whether
+        # its caching was on, not this worker's.
+        travelled["enabled"] = travelled["enabled"] and self._enabled_at_origin
+        if self._adopted is not None:
+            options = replace(options, cache=None)
+            travelled["address"], travelled["host"] = self._adopted
         code = self._as_origin(code_fingerprint(self.fn))
-        origin = Origin(code, _imported_code(self.fn), config.travelling())
+        origin = Origin(code, _imported_code(self.fn), travelled)
         return (_Engine, (self.fn, options, self.time_options, self.name, origin))
 
     def _as_origin(self, code: str) -> str:
@@ -497,7 +508,11 @@ class _Engine:
     # --- keys ---------------------------------------------------------------------------------
 
     def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """The arguments by name, defaults applied; None for a call the function rejects."""
+        """The arguments by name, defaults applied; None for a call the function rejects.
+        Ignored keywords only a wrapper under the decorator takes are dropped first."""
+        dropped = self._wrapper_keywords
+        if dropped and kwargs and not dropped.isdisjoint(kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
         arguments = self._binder.bind(args, kwargs) if self._binder is not None else None
         if arguments is None:  # an unusual signature or call: inspect binds
             try:

@@ -959,11 +959,20 @@ def _sqlalchemy_rule(obj: Any) -> Rule | None:
         columns = getattr(obj, "selected_columns", None)
         if columns is None:
             columns = getattr(obj, "c", ())
-        typed = [(c.key, repr(c.type)) for c in columns]
+        typed = [(str(c.key), _sql_type(c.type)) for c in columns]
     except Exception:  # one that compiles only against a dialect or engine: its pickle, then
         return None
-    shown = (str(compiled), params, repr(kind) if kind is not None else None, typed)
+    shown = (str(compiled), params, _sql_type(kind) if kind is not None else None, typed)
     return _VALUE, f"sqlalchemy.{type(obj).__qualname__}", shown
+
+
+def _sql_type(kind: Any) -> Any:
+    """A column's type: its repr, and, for a type of the user's (a ``TypeDecorator`` converting
+    values), its class's code too."""
+    from afml_cache.codehash import _is_user_class, class_code
+
+    cls = type(kind)
+    return (repr(kind), class_code(cls)) if _is_user_class(cls) else repr(kind)
 
 
 _LIBRARY_RULES: dict[str, Callable[[Any], Rule | None]] = {

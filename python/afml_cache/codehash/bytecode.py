@@ -108,12 +108,18 @@ def _written_only(code: types.CodeType) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _changes(code: types.CodeType, name: str, rebinding: bool = True) -> bool:
+def _changes(
+    code: types.CodeType, name: str, rebinding: bool = True, accumulating: bool = False
+) -> bool:
     """Whether ``code`` (or the code nested in it) changes the container a local, argument or
     free variable ``name`` holds: ``cache[key] = value``, ``counts[key] += 1``, ``del
-    cache[key]``, ``cache.setdefault(...)``, ``sink.append(x)``; with ``rebinding``, binds the
-    cell again too (``nonlocal calls; calls += 1``). What a wrapper or a helper changes as it
-    runs is its state (a memo, a sink for timings), not a setting it was made with."""
+    cache[key]``, ``cache.setdefault(...)``, ``sink.append(x)``, ``weights.sort()``; with
+    ``rebinding``, binds the cell again too (``nonlocal calls; calls += 1``). With
+    ``accumulating``, only the changes that grow or drain it as it runs (a memo's store under
+    a computed key, an append): not those that leave it as they found it the second time (a
+    sort, a default filled in, a store under a constant key). What a wrapper or a helper
+    changes as it runs is its state (a memo, a sink for timings), not a setting it was made
+    with."""
     for c in _code_objects(code):
         instructions = list(dis.get_instructions(c))
         for i, ins in enumerate(instructions):
@@ -121,26 +127,31 @@ def _changes(code: types.CodeType, name: str, rebinding: bool = True) -> bool:
                 continue
             if rebinding and ins.opname in ("STORE_DEREF", "DELETE_DEREF"):
                 return True
-            if ins.opname in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE") and _changed_at(
-                instructions, i
-            ):
+            if ins.opname not in ("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE"):
+                continue
+            change = _changed_at(instructions, i)
+            if change is not None and (not accumulating or change in _ACCUMULATES):
                 return True
     return False
 
 
-def _changed_at(instructions: list[dis.Instruction], i: int) -> bool:
-    """Whether the container loaded at ``i`` is changed by what follows: a method that changes
-    it called on it, or a subscript stored into or deleted from it (its place on the stack
-    followed until the store, through COPY and SWAP, or until something takes it)."""
+def _changed_at(instructions: list[dis.Instruction], i: int) -> str | None:
+    """How the container loaded at ``i`` is changed by what follows: the name of a method that
+    changes it called on it, ``"store"`` for a subscript stored into or deleted from it under
+    a computed key, ``"constant key"`` under a constant one; None if it is not (its place on
+    the stack followed until the store, through COPY and SWAP, or until something takes it)."""
     following = instructions[i + 1] if i + 1 < len(instructions) else None
     if following is not None and following.opname in _LOADS_ATTR:
-        return following.argval in _CHANGES
+        return following.argval if following.argval in _CHANGES else None
     at = 0  # how far below the top of the stack the container is
-    for ins in instructions[i + 1 :]:
+    for k in range(i + 1, len(instructions)):
+        ins = instructions[k]
         if ins.opname in ("STORE_SUBSCR", "DELETE_SUBSCR"):
-            return at == 1  # the container under the key
+            if at != 1:  # not the container under the key
+                return None
+            return "constant key" if instructions[k - 1].opname == "LOAD_CONST" else "store"
         if ins.opname.startswith(("JUMP", "POP_JUMP", "RETURN", "FOR_ITER", "YIELD", "SEND")):
-            return False
+            return None
         if ins.opname == "SWAP":
             at = ins.arg - 1 if at == 0 else 0 if at == ins.arg - 1 else at
             continue
@@ -153,9 +164,9 @@ def _changed_at(instructions: list[dis.Instruction], i: int) -> bool:
             effect = dis.stack_effect(ins.opcode)
         two = ins.opname == "LOAD_METHOD" or (ins.opname == "LOAD_GLOBAL" and ins.arg & 1)
         if (2 if two else 1) - effect > at:  # may take the container (counted high: no guess)
-            return False
+            return None
         at += effect
-    return False
+    return None
 
 
 # Methods that change a list, set, dict or deque in place.
@@ -164,6 +175,15 @@ _CHANGES: Final = frozenset(
         "append", "extend", "insert", "add", "update", "clear", "appendleft", "extendleft",
         "setdefault", "pop", "popitem", "popleft", "remove", "discard", "move_to_end",
         "sort", "reverse", "__setitem__", "__delitem__", "__iadd__",
+    }
+)  # fmt: skip
+# The changes that grow or drain a container as it runs (a memo, a sink), rather than leave it
+# as they found it the second time (a sort, a default filled in).
+_ACCUMULATES: Final = frozenset(
+    {
+        "store", "append", "extend", "insert", "add", "appendleft", "extendleft", "pop",
+        "popitem", "popleft", "remove", "discard", "clear", "__setitem__", "__delitem__",
+        "__iadd__",
     }
 )  # fmt: skip
 

@@ -752,10 +752,11 @@ def _wrapper_closure(
             held.append((name, part))
             continue
         origin = _closure_origin(fn, name)
-        if origin == "made" and _changes(fn.__code__, name):
-            # What the decorator made and the wrapper changes as it runs (a memo, a call
-            # count) is its state, not a setting: by type, or each call would read a new key.
-            # What it was given (`@weighted(W)`) is the caller's, whatever it does to it.
+        if _changes(fn.__code__, name, accumulating=origin != "made"):
+            # What the wrapper changes as it runs (a memo it made or was given, a call count,
+            # a log) is its state, not a setting: by type, or each call would read a new key.
+            # What it was given and only puts in order (`@weighted(W)` sorting W, a default
+            # filled in) stays the caller's setting, counted by content.
             part = ("object", _qualified(type(value)))
         elif (
             origin == "packed"
@@ -813,8 +814,43 @@ def _closure_origin(fn: types.FunctionType, name: str) -> str:
             packed = bool(flags & inspect.CO_VARARGS) + bool(flags & inspect.CO_VARKEYWORDS)
             if name in code.co_varnames[positional : positional + packed]:
                 return "packed"
-            return "made"
+            # Made only if every value it is bound to is new (`cache = {}`, `dict()`): one
+            # bound to another name's (`w = self.weights`, `cfg = config or {}`) may be the
+            # caller's.
+            return "made" if _always_new(code, name) else "unknown"
     return "unknown"
+
+
+def _always_new(code: types.CodeType, name: str) -> bool:
+    """Whether every store to the cell ``name`` in ``code`` stores a container made there: a
+    literal, or a call of a container type with at most one argument."""
+    instructions = list(dis.get_instructions(code))
+    stores = [
+        i
+        for i, ins in enumerate(instructions)
+        if ins.opname == "STORE_DEREF" and ins.argval == name
+    ]
+    for i in stores:
+        if instructions[i].is_jump_target:  # reached from elsewhere: `config if ... else {}`
+            return False
+        before = instructions[i - 1] if i else None
+        if before is not None and before.opname.startswith("BUILD_"):
+            continue
+        window = instructions[max(0, i - 5) : i]
+        called = before is not None and before.opname == "CALL" and before.arg <= 1
+        if called and any(
+            ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD")
+            and ins.argval in _CONTAINER_TYPES
+            for ins in window
+        ):
+            continue
+        return False
+    return bool(stores)
+
+
+_CONTAINER_TYPES: Final = frozenset(
+    {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "Counter"}
+)
 
 
 _CODE_TYPES: Final = (types.FunctionType, types.MethodType, type, types.ModuleType)
@@ -848,7 +884,7 @@ def _context_settings(value: object, children: list[object]) -> tuple[Any, bool]
         settings, changes = [], False
         for name, item in given:
             fills = not _is_constant(item) and isinstance(name, str) and code is not None
-            if fills and _changes(code, name, rebinding=False):  # type: ignore[arg-type]
+            if fills and _changes(code, name, rebinding=False, accumulating=True):  # type: ignore[arg-type]
                 # An argument the helper fills as it runs (a sink for timings): its state.
                 settings.append((name, ("object", _qualified(type(item)))))
             else:  # one by one: a lock among them by its type, the others by content
