@@ -1633,7 +1633,7 @@ def test_settings_objects_that_hide_their_attributes_still_count(
 
 
 def test_settings_with_too_many_objects_without_a_fingerprint_run_uncached(
-    cache_dir: Path, load: Loader, monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, load: Loader
 ) -> None:
     # Past 4,096 locks, or nested deeper than it looks, a settings dict counted by type alone:
     # a changed window kept the old result. Now such a call runs uncached, with one warning.

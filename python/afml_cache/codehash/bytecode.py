@@ -170,13 +170,10 @@ def _changed_at(instructions: list[dis.Instruction], i: int) -> str | None:
 
 
 # Methods that change a list, set, dict or deque in place.
-_CHANGES: Final = frozenset(
-    {
-        "append", "extend", "insert", "add", "update", "clear", "appendleft", "extendleft",
-        "setdefault", "pop", "popitem", "popleft", "remove", "discard", "move_to_end",
-        "sort", "reverse", "__setitem__", "__delitem__", "__iadd__",
-    }
-)  # fmt: skip
+_CHANGES: Final = _WRITES | {
+    "setdefault", "pop", "popitem", "popleft", "remove", "discard", "move_to_end", "sort",
+    "reverse", "__setitem__", "__delitem__", "__iadd__",
+}  # fmt: skip
 # The changes that grow or drain a container as it runs (a memo, a sink), rather than leave it
 # as they found it the second time (a sort, a default filled in).
 _ACCUMULATES: Final = frozenset(
