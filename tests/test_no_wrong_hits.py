@@ -1871,6 +1871,18 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
                 return wrapper
             return decorate
 
+        def biased(weights):  # appends to what it is given, then puts it back
+            def decorate(func):
+                @functools.wraps(func)
+                def wrapper(x):
+                    weights.append(x)
+                    try:
+                        return func(x) * sum(weights)
+                    finally:
+                        weights.pop()
+                return wrapper
+            return decorate
+
         def topped(weights, options):  # normalises what it is given, in place, at each call
             def decorate(func):
                 @functools.wraps(func)
@@ -1907,14 +1919,19 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     # and given a default, the list and dict counted by type (a wrong hit).
     given = load("""
     from afml_cache import cacheable
-    from weighing_library import scaled_by, topped
+    from weighing_library import biased, scaled_by, topped
 
     TOPS, OPTIONS = [1, 3], {"shift": 0}  # as the wrapper leaves them
     SCALE = {"scale": 1}
+    BIAS = [0]
 
     @scaled_by(SCALE)
     def unit(x):
         return x
+
+    @biased(BIAS)
+    def one(x):
+        return 1 if x else 0
 
     @topped(TOPS, OPTIONS)
     def top(x):
@@ -1922,7 +1939,7 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
 
     @cacheable
     def tops(x):
-        return top(x) * unit(1)
+        return top(x) * unit(1) * one(1)
     """)
     assert [check(given.tops, 2) for _ in range(2)] == [6, 6]
     given.TOPS.append(5)
@@ -1931,6 +1948,8 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     assert check(given.tops, 2) == 11
     given.SCALE["scale"] = 2
     assert check(given.tops, 2) == 22
+    given.BIAS.append(1)  # one(1) is now 1 * (0 + 1 + 1)
+    assert check(given.tops, 2) == 44
     monkeypatch.setenv("PYTHONPATH", str(library))
     run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
     assert run(textwrap.dedent(source)) == "4"
@@ -2029,20 +2048,6 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
 
             return wrapper
 
-        def memoize(cache=None):  # a memo it may be given, or makes
-            if cache is None:
-                cache = {}
-
-            def decorate(f):
-                @functools.wraps(f)
-                def wrapper(*args):
-                    if args not in cache:
-                        cache[args] = f(*args)
-                    return cache[args]
-
-                return wrapper
-
-            return decorate
         """)
     )
     monkeypatch.syspath_prepend(str(library))
@@ -2051,18 +2056,9 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
     import contextlib
     import time
     from afml_cache import cacheable
-    from memo_library import memo, memoize
+    from memo_library import memo
 
     TIMINGS = {}
-    MEMO = {}
-
-    @memoize(cache=MEMO)
-    def volumes(day):
-        return day
-
-    @memoize()
-    def spreads(day):
-        return day
 
     @contextlib.contextmanager
     def timed(name, sink):
@@ -2081,8 +2077,7 @@ def test_what_a_wrapper_or_helper_changes_as_it_runs_is_state_not_a_setting(
 
     @cacheable
     def report(days):
-        given = sum(volumes(d) + spreads(d) for d in range(days)) * 0
-        return sum(prices(d) for d in range(days)) + sum(load(days)) + given
+        return sum(prices(d) for d in range(days)) + sum(load(days))
     """)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -350,12 +350,24 @@ def _check_ignored(fn: Callable[..., Any], ignore: frozenset[str]) -> None:
     # which calls drop before binding (`_Engine._bound`).
     own = inspect.signature(fn, follow_wrapped=False).parameters
     unknown = sorted(ignore - set(parameters) - set(own))
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        raise ValueError(
-            f"ignore= names {names}, which {fn.__qualname__} does not take; its parameters are "
-            f"{', '.join(parameters) or 'none'}"
+    if not unknown:
+        return
+    names = ", ".join(repr(name) for name in unknown)
+    said = (
+        f"ignore= names {names}, which {fn.__qualname__} does not take; its parameters are "
+        f"{', '.join(parameters) or 'none'}"
+    )
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+        # The wrapper under the decorator takes any keyword (`kwargs.pop("verbose")`): it may
+        # be one of those. A typo costs misses, not wrong hits.
+        warnings.warn(
+            f"afml_cache: {said}, though the wrapper under the decorator may take it (it takes "
+            "**kwargs); if it is a typo, the argument meant stays in the key",
+            CacheWarning,
+            stacklevel=caller_stacklevel(),
         )
+        return
+    raise ValueError(said)
 
 
 def finish_wrapper(

@@ -752,11 +752,12 @@ def _wrapper_closure(
             held.append((name, part))
             continue
         origin = _closure_origin(fn, name)
-        if _changes(fn.__code__, name, accumulating=origin != "made"):
-            # What the wrapper changes as it runs (a memo it made or was given, a call count,
-            # a log) is its state, not a setting: by type, or each call would read a new key.
-            # What it was given and only puts in order (`@weighted(W)` sorting W, a default
-            # filled in) stays the caller's setting, counted by content.
+        if origin == "made" and _changes(fn.__code__, name):
+            # What the decorator made and the wrapper changes as it runs (a memo, a call
+            # count) is its state, not a setting: by type, or each call would read a new key.
+            # What it was given stays the caller's, counted by content whatever the wrapper
+            # does with it (puts it in order, fills in a default, appends and pops back): a
+            # memo it was given makes each call a miss, with a warning, never a wrong hit.
             part = ("object", _qualified(type(value)))
         elif (
             origin == "packed"
@@ -822,8 +823,9 @@ def _closure_origin(fn: types.FunctionType, name: str) -> str:
 
 
 def _always_new(code: types.CodeType, name: str) -> bool:
-    """Whether every store to the cell ``name`` in ``code`` stores a container made there: a
-    literal, or a call of a container type with at most one argument."""
+    """Whether every store to the cell ``name`` in ``code`` stores a new, empty container: an
+    empty literal, or a container type called without data (`dict()`, `defaultdict(list)`);
+    not a copy of what the decorator was given (`list(weights)`)."""
     instructions = list(dis.get_instructions(code))
     stores = [
         i
@@ -834,14 +836,19 @@ def _always_new(code: types.CodeType, name: str) -> bool:
         if instructions[i].is_jump_target:  # reached from elsewhere: `config if ... else {}`
             return False
         before = instructions[i - 1] if i else None
-        if before is not None and before.opname.startswith("BUILD_"):
+        if before is None:
+            return False
+        if before.opname in ("BUILD_MAP", "BUILD_LIST", "BUILD_SET") and before.arg == 0:
             continue
         window = instructions[max(0, i - 5) : i]
-        called = before is not None and before.opname == "CALL" and before.arg <= 1
-        if called and any(
-            ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD")
-            and ins.argval in _CONTAINER_TYPES
+        types_called = {
+            ins.argval
             for ins in window
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD")
+        }
+        if before.opname == "CALL" and (
+            (before.arg == 0 and types_called & _CONTAINER_TYPES)
+            or (before.arg == 1 and "defaultdict" in types_called)  # its argument: a factory
         ):
             continue
         return False

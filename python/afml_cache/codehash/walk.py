@@ -491,8 +491,11 @@ def argument_expressions(
         # expression (a 20 MB text argument took a second a call); the @NAMEs of any.
         if evaluates and len(string) <= _EXPRESSION_LENGTH:
             names.update(dict.fromkeys(_IDENTIFIER.findall(string)))
-        elif len(string) <= _QUERY_LENGTH and "@" in string:
-            names.update(dict.fromkeys(_LOCAL_VARIABLE.findall(string)))
+        elif len(string) <= _EXPRESSION_LENGTH:
+            if "@" in string:
+                names.update(dict.fromkeys(_LOCAL_VARIABLE.findall(string)))
+        else:  # a long one, scanned once per string (a query listing thousands of symbols)
+            names.update(dict.fromkeys(_long_string_names(string)))
     namespace = fn.__globals__
     return tuple((name, namespace[name]) for name in names if name in namespace)
 
@@ -572,9 +575,21 @@ _IDENTIFIER: Final = re.compile(r"[A-Za-z_]\w*")
 _LOCAL_VARIABLE: Final = re.compile(r"@([A-Za-z_]\w*)")
 _EXPRESSION_ITEMS: Final = 256  # the strings of a global container looked at, at most
 _EXPRESSION_LENGTH: Final = 4096  # the longest string argument whose every name is read
-# The longest whose @NAMEs are: a query listing thousands of symbols, not a 26 MB text of
-# e-mail addresses (0.4 s a hit).
-_QUERY_LENGTH: Final = 1 << 20
+
+
+def _long_string_names(string: str) -> tuple[str, ...]:
+    """The @NAMEs of a long string argument, remembered for the last few strings: passed at
+    each call, a 26 MB text of e-mail addresses was scanned again at each hit (0.4 s)."""
+    found = _LONG_STRINGS.get(string)
+    if found is None:
+        found = tuple(dict.fromkeys(_LOCAL_VARIABLE.findall(string))) if "@" in string else ()
+        if len(_LONG_STRINGS) >= 8:
+            _LONG_STRINGS.clear()
+        _LONG_STRINGS[string] = found
+    return found
+
+
+_LONG_STRINGS: dict[str, tuple[str, ...]] = {}
 _EXPRESSION_DEPTH: Final = 8  # attributes of a reference followed, levels of a value looked in
 
 
