@@ -147,8 +147,8 @@ class Restarts:
             capture_output=True,
             text=True,
             timeout=300,
-            check=True,
         )
+        assert done.returncode == 0, done.stderr  # what failed, not only that it did
         return done.stdout.strip()
 
 
@@ -1871,6 +1871,17 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
                 return wrapper
             return decorate
 
+        def copied(weights):  # a copy of what it is given, put in order at each call
+            own = list(weights)
+
+            def decorate(func):
+                @functools.wraps(func)
+                def wrapper(x):
+                    own.sort()
+                    return func(x) * own[0]
+                return wrapper
+            return decorate
+
         def biased(weights):  # appends to what it is given, then puts it back
             def decorate(func):
                 @functools.wraps(func)
@@ -1950,7 +1961,26 @@ def test_a_library_wrappers_argument_changed_in_place_is_a_miss(
     assert check(given.tops, 2) == 22
     given.BIAS.append(1)  # one(1) is now 1 * (0 + 1 + 1)
     assert check(given.tops, 2) == 44
-    monkeypatch.setenv("PYTHONPATH", str(library))
+    # A copy the decorator made of what it was given is the caller's data too: edited on the
+    # decorator line, the next run computes again.
+    inherited = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(library), inherited])))
+    (tmp_path / "copy").mkdir()
+    copy = Restarts(tmp_path / "copy", cache_dir, "research_copied", "least(3)")
+    copy_source = textwrap.dedent("""
+    from afml_cache import cacheable
+    from weighing_library import copied
+
+    @copied([2, 1])
+    def scaled(x):
+        return x
+
+    @cacheable
+    def least(x):
+        return scaled(x)
+    """)
+    assert copy(copy_source) == "3"
+    assert copy(copy_source.replace("[2, 1]", "[5, 9]")) == "15"
     run = Restarts(tmp_path, cache_dir, "research_weighing", "total(1)")
     assert run(textwrap.dedent(source)) == "4"
     assert run(textwrap.dedent(source).replace("W = [1, 2]", "W = [1, 5]")) == "7"
