@@ -578,18 +578,22 @@ _EXPRESSION_LENGTH: Final = 4096  # the longest string argument whose every name
 
 
 def _long_string_names(string: str) -> tuple[str, ...]:
-    """The @NAMEs of a long string argument, remembered for the last few strings: passed at
-    each call, a 26 MB text of e-mail addresses was scanned again at each hit (0.4 s)."""
-    found = _LONG_STRINGS.get(string)
+    """The @NAMEs of a long string argument, remembered by its digest (a hash pass, as its key
+    already takes; the strings themselves are not kept): passed at each call, a 26 MB text of
+    e-mail addresses was scanned again at each hit (0.4 s)."""
+    if "@" not in string:
+        return ()
+    digest = fingerprint(string)
+    found = _LONG_STRINGS.get(digest)
     if found is None:
-        found = tuple(dict.fromkeys(_LOCAL_VARIABLE.findall(string))) if "@" in string else ()
-        if len(_LONG_STRINGS) >= 8:
+        found = tuple(dict.fromkeys(_LOCAL_VARIABLE.findall(string)))
+        if len(_LONG_STRINGS) >= 256:
             _LONG_STRINGS.clear()
-        _LONG_STRINGS[string] = found
+        _LONG_STRINGS[digest] = found
     return found
 
 
-_LONG_STRINGS: dict[str, tuple[str, ...]] = {}
+_LONG_STRINGS: dict[str, tuple[str, ...]] = {}  # by the string's digest
 _EXPRESSION_DEPTH: Final = 8  # attributes of a reference followed, levels of a value looked in
 
 
