@@ -583,3 +583,24 @@ STRICT_OK = [
 @pytest.mark.parametrize("value", STRICT_OK, ids=lambda v: type(v).__name__)
 def test_strict_mode_accepts_builtin_and_stdlib_values(value):
     assert fingerprint(value, strict=True) == fingerprint(value)
+
+
+class _Expiry(dt.date):
+    """A date that carries more than its day."""
+
+
+class _Tick(Decimal):
+    """A price increment that carries more than its value."""
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
+def test_attributes_a_pickle_reduction_leaves_out_count():
+    # date's and Decimal's reductions hold the value alone: a subclass's attributes were lost,
+    # so arguments that differ only in them shared a key.
+    for make, attribute in ((lambda: _Expiry(2024, 3, 15), "roll"), (lambda: _Tick("0.25"), "n")):
+        one, other, bare = make(), make(), make()
+        setattr(one, attribute, 1)
+        setattr(other, attribute, 2)
+        assert len({fingerprint(one), fingerprint(other), fingerprint(bare)}) == 3
+        setattr(other, attribute, 1)
+        assert fingerprint(one) == fingerprint(other)

@@ -1255,6 +1255,81 @@ def test_defaults_set_again_count_by_their_values(cache_dir: Path, load: Loader)
     assert (hits(scale), hits(shift)) == (1, 1)
 
 
+def test_a_call_relying_on_a_default_changed_since_decoration_binds_the_new_one(
+    cache_dir: Path, load: Loader
+) -> None:
+    # The signature read at decoration bound `f(1)` as `f(1, 1)`: both shared a key, and the
+    # call relying on the default returned the explicit call's result.
+    module = load("""
+    def f(x, y=1):
+        return x + y
+
+    def g(x, *, y=1):
+        return x + y
+
+    def h(x, /, y=1):
+        return x + y
+    """)
+    f, g, h = (afml_cache.cacheable(fn) for fn in (module.f, module.g, module.h))
+    module.f.__defaults__ = (10,)
+    module.g.__kwdefaults__["y"] = 10  # in place: the same dict
+    module.h.__defaults__ = (10,)
+    assert [check(f, 1, 1), check(g, 1, y=1), check(h, 1, 1)] == [2, 2, 2]
+    assert [check(f, 1), check(g, 1), check(h, 1)] == [11, 11, 11]
+    assert [check(f, 1), check(g, 1), check(h, 1)] == [11, 11, 11]
+    assert [hits(f), hits(g), hits(h)] == [1, 1, 1]
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. __main__.(Day|Price) has no fingerprint rule")
+def test_instances_of_immutable_types_that_hold_attributes_count_them(cache_dir: Path) -> None:
+    # A subclass of str, int, date or Decimal, a plain subclass of a frozen dataclass, and a
+    # frozen dataclass given an attribute beside its fields were taken for values that cannot
+    # change, counted once: their attributes changed, the hit did not.
+    nb = Notebook()
+    nb.run("""
+    import dataclasses, datetime, decimal
+    from afml_cache import cacheable
+
+    class Symbol(str): pass
+    class Quantity(int): pass
+    class Day(datetime.date): pass
+    class Price(decimal.Decimal): pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Contract:
+        root: str
+
+    class Future(Contract): pass
+
+    @dataclasses.dataclass(frozen=True)
+    class Universe:
+        name: str
+        def __post_init__(self):
+            object.__setattr__(self, "symbols", [])
+
+    ES = Symbol("ES"); ES.multiplier = 50
+    LOTS = Quantity(3); LOTS.unit = 10
+    EXPIRY = Day(2024, 3, 15); EXPIRY.roll = 1
+    TICK = Price("0.25"); TICK.ticks = 2
+    FRONT = Future("ES"); FRONT.month = 3
+    FUTURES = Universe("futures"); FUTURES.symbols.append("ES")
+
+    @cacheable
+    def sized(x):
+        return (x * ES.multiplier, LOTS.unit, EXPIRY.roll, TICK.ticks, FRONT.month,
+                len(FUTURES.symbols))
+    """)
+    assert check(nb["sized"], 2) == (100, 10, 1, 2, 3, 1)
+    nb.run("ES.multiplier = 20")
+    assert check(nb["sized"], 2) == (40, 10, 1, 2, 3, 1)
+    nb.run("LOTS.unit = 1; EXPIRY.roll = 9; TICK.ticks = 7; FRONT.month = 6")
+    assert check(nb["sized"], 2) == (40, 1, 9, 7, 6, 1)
+    nb.run('FUTURES.symbols.append("NQ")')
+    assert check(nb["sized"], 2) == (40, 1, 9, 7, 6, 2)
+    assert check(nb["sized"], 2) == (40, 1, 9, 7, 6, 2)
+    assert hits(nb["sized"]) == 1
+
+
 def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:
     # Alone, a CategoricalDtype counted as its name, "category".
     @afml_cache.cacheable

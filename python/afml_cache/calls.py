@@ -1,19 +1,23 @@
-"""What the decorators read from a call: its arguments by parameter name (`FastBinder`), and
-for ``time_aware_cacheable`` the time ranges of its inputs (`time_ranges`) and how long an entry
-whose data are still forming may live (`live_ttl`)."""
+"""What the decorators read from a call: its arguments by parameter name (`FastBinder`, with
+the function's defaults as they are now: `Defaults`), and for ``time_aware_cacheable`` the
+time ranges of its inputs (`time_ranges`) and how long an entry whose data are still forming
+may live (`live_ttl`)."""
 
 from __future__ import annotations
 
 import datetime
 import inspect
+import operator
 import sys
 import time
+import types
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "NO_RANGES",
     "Call",
+    "Defaults",
     "FastBinder",
     "TimeOptions",
     "TimeRange",
@@ -64,6 +68,40 @@ class Call:
 
 
 NO_RANGES = Call([])
+
+
+class Defaults:
+    """Whether a function's default values were replaced since they were last read
+    (``f.__defaults__ = (10,)``, ``f.__kwdefaults__["y"] = 10``): a call that relies on a
+    default must be keyed with the one the function will use."""
+
+    def __init__(self, fn: Any) -> None:
+        # Where `inspect.signature` reads them: past `__wrapped__`, a bound method's function.
+        holder = inspect.unwrap(fn)
+        holder = getattr(holder, "__func__", holder)
+        self._holder = holder if isinstance(holder, types.FunctionType) else None
+        self._seen = self._now()
+
+    def _now(self) -> tuple[Any, Any, tuple[Any, ...]]:
+        if self._holder is None:
+            return None, None, ()
+        keywords = self._holder.__kwdefaults__
+        return self._holder.__defaults__, keywords, tuple(keywords.values()) if keywords else ()
+
+    def changed(self) -> bool:
+        """Whether they changed since the last call of this (or since made)."""
+        holder = self._holder
+        if holder is None:
+            return False
+        defaults, keywords, values = self._seen
+        if holder.__defaults__ is defaults and holder.__kwdefaults__ is keywords:
+            if not keywords:
+                return False
+            now = tuple(keywords.values())
+            if len(now) == len(values) and all(map(operator.is_, now, values)):
+                return False
+        self._seen = self._now()
+        return True
 
 
 class FastBinder:

@@ -43,7 +43,16 @@ from afml_cache._store import KeyLock
 from afml_cache._store.entries import Entries
 from afml_cache._store.writer import flush_writes
 from afml_cache.cache import Cache, CacheAddress, check_compression, check_ttl
-from afml_cache.calls import NO_RANGES, Call, FastBinder, TimeOptions, live_ttl, time_ranges, to_ns
+from afml_cache.calls import (
+    NO_RANGES,
+    Call,
+    Defaults,
+    FastBinder,
+    TimeOptions,
+    live_ttl,
+    time_ranges,
+    to_ns,
+)
 from afml_cache.codehash import (
     argument_expressions,
     arguments_code,
@@ -413,11 +422,12 @@ class _Engine:
         self.options = options
         self.time_options = time_options
         self.name = name if name is not None else function_name(fn)
-        self.signature = inspect.signature(fn)
+        self._defaults = Defaults(fn)
+        self._signature = inspect.signature(fn)
         self._warned: set[str] = set()
         # (base cache, this function's view of it, the view's entries by digest)
         self._view: tuple[Cache, Cache, Entries] | None = None
-        self._binder = FastBinder.for_signature(self.signature)
+        self._binder = FastBinder.for_signature(self._signature)
         # Ignored keywords that only a wrapper under this decorator takes (`log_level=`).
         self._wrapper_keywords = frozenset(options.ignore) - set(self.signature.parameters)
         # The name of its `**kwargs`, whose keys `ignore=` may name too.
@@ -519,16 +529,25 @@ class _Engine:
 
     # --- keys ---------------------------------------------------------------------------------
 
+    @property
+    def signature(self) -> inspect.Signature:
+        """The function's signature, with its defaults as they are now."""
+        if self._defaults.changed():
+            self._signature = inspect.signature(self.fn)
+            self._binder = FastBinder.for_signature(self._signature)
+        return self._signature
+
     def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """The arguments by name, defaults applied; None for a call the function rejects.
         Ignored keywords only a wrapper under the decorator takes are dropped first."""
+        signature = self.signature  # first: it reads the defaults again if they changed
         dropped = self._wrapper_keywords
         if dropped and kwargs and not dropped.isdisjoint(kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
         arguments = self._binder.bind(args, kwargs) if self._binder is not None else None
         if arguments is None:  # an unusual signature or call: inspect binds
             try:
-                bound = self.signature.bind(*args, **kwargs)
+                bound = signature.bind(*args, **kwargs)
             except TypeError:  # the function, called uncached, raises Python's own error
                 return None
             bound.apply_defaults()

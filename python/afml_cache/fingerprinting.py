@@ -406,6 +406,12 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
         named = (getattr(obj, "__module__", None), reduced)
         return _VALUE, f"reduce:{name}", _with_code(cls, named)
     parts = list(reduced)
+    if len(parts) < 3 or parts[2] is None:
+        # A reduction that leaves out attributes the instance has (date's and Decimal's, for a
+        # subclass that sets some): they count as its state.
+        attributes = _attributes(obj)
+        if attributes is not None:
+            parts = [*parts[:2], dict(attributes), *parts[3:]]
     # The state is most often the instance's __dict__: the order attributes were set in does
     # not change the object, so it does not count (dicts inside it keep their order).
     if len(parts) > 2 and isinstance(parts[2], dict) and all(isinstance(k, str) for k in parts[2]):

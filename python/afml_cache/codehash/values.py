@@ -74,7 +74,7 @@ def _is_constant(value: object) -> bool:
     if value is None:
         return True
     if isinstance(value, _ATOMS) and not isinstance(value, enum.Enum):
-        return True
+        return _adds_no_state(value, _ATOMS)
     # Exactly tuples and frozensets: a namedtuple or subclass may carry more than its items.
     if isinstance(value, tuple | frozenset) and type(value) in (tuple, frozenset):
         return all(_is_constant(item) for item in value)
@@ -96,11 +96,31 @@ _FROZEN_TYPES: Final = (
 )
 
 
+def _adds_no_state(value: object, bases: tuple[type, ...]) -> bool:
+    """Whether ``value`` holds no more than the immutable type it derives from: an instance
+    of a subclass with a ``__dict__`` or slots of its own changes in place (``ES =
+    Symbol("ES")``, then ``ES.multiplier = 20``). pandas' own scalars keep a ``__dict__`` they
+    never fill."""
+    cls = type(value)
+    if cls in bases:
+        return True
+    if hasattr(value, "__dict__"):
+        return cls.__module__.partition(".")[0] == "pandas"
+    for klass in cls.__mro__:
+        if klass in bases:
+            return True
+        if vars(klass).get("__slots__"):
+            return False
+    return True
+
+
 def _is_frozen(value: object) -> bool:
     """Values that cannot change in place and hold nothing that can: constants, dates and
     times, numpy scalars, frozen dataclasses and namedtuples of such values."""
-    if _is_constant(value) or isinstance(value, _FROZEN_TYPES):
+    if _is_constant(value):
         return True
+    if isinstance(value, _FROZEN_TYPES):
+        return _adds_no_state(value, _FROZEN_TYPES)
     if value is NotImplemented or value is Ellipsis:
         return True
     np = sys.modules.get("numpy")
@@ -113,9 +133,14 @@ def _is_frozen(value: object) -> bool:
     if isinstance(value, tuple) and not hasattr(value, "__dict__"):  # tuples and namedtuples
         return all(_is_frozen(item) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        params = getattr(type(value), "__dataclass_params__", None)
-        return bool(getattr(params, "frozen", False)) and all(
-            _is_frozen(getattr(value, f.name)) for f in dataclasses.fields(value)
+        # Frozen as declared on its own class: a plain subclass of a frozen dataclass takes new
+        # attributes, and any instance may hold some beside its fields (`__post_init__`).
+        params = vars(type(value)).get("__dataclass_params__")
+        fields = dataclasses.fields(value)
+        return (
+            bool(getattr(params, "frozen", False))
+            and getattr(value, "__dict__", {}).keys() <= {f.name for f in fields}
+            and all(_is_frozen(getattr(value, f.name)) for f in fields)
         )
     return False
 
