@@ -18,7 +18,7 @@ mod _core {
     #[pymodule_export]
     use crate::bindings::fingerprint;
     #[pymodule_export]
-    use crate::bindings::store::{EntryExport, EntryInfo, FunctionTotals, KeyLock, StagedImport, Store};
+    use crate::bindings::store::{EntryExport, EntryInfo, FunctionTotals, KeyLock, MappedEntry, StagedImport, Store};
     #[pymodule_export]
     const SPEC_VERSION: u32 = crate::fingerprint::SPEC_VERSION;
 

@@ -923,6 +923,32 @@ def test_a_large_local_entry_damaged_before_it_went_up_is_refused_there_never_un
     np.testing.assert_array_equal(Cache(tmp_path / "d", remote=url).get("big"), _LARGE)
 
 
+def test_a_large_local_entry_that_shrinks_while_it_goes_up_is_removed_not_a_crash(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The sealed file goes up mapped in place: cut short under the mapping (`: > file`, a
+    # restore), reading it would kill the process with SIGBUS; it reads zeros instead, which
+    # fail their MAC, and both copies go.
+    upload_mapped = Remote._upload_mapped
+
+    def shrunk_first(self: Remote, store: object, *args: Any) -> bool:
+        (entry,) = (tmp_path / "a").rglob("*.afc")
+        os.truncate(entry, 4096)
+        return upload_mapped(self, store, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Remote, "_upload_mapped", shrunk_first)
+    cache = Cache(tmp_path / "a", remote=url, memory_limit=1)
+    with caplog.at_level("WARNING", logger="afml_cache"):
+        cache.set("big", _LARGE)
+    assert "shrank while it was uploaded" in caplog.text
+    monkeypatch.setattr(Remote, "_upload_mapped", upload_mapped)
+    assert Remote(url).scan() == []
+    assert list((tmp_path / "a").rglob("*.afc")) == []
+    assert Cache(tmp_path / "b", remote=url).get("big") is None  # computed again, never zeros
+    cache.set("big", _LARGE)
+    np.testing.assert_array_equal(Cache(tmp_path / "c", remote=url).get("big"), _LARGE)
+
+
 def test_uploads_to_s3_skip_the_payload_hash_unless_told_otherwise(
     s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

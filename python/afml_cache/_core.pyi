@@ -1,6 +1,7 @@
 """The compiled core (Rust, PyO3). The public API re-exports these from `afml_cache`."""
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, BinaryIO, final
@@ -14,6 +15,7 @@ __all__ = [
     "EntryInfo",
     "FunctionTotals",
     "KeyLock",
+    "MappedEntry",
     "StagedImport",
     "Store",
     "fingerprint",
@@ -192,6 +194,16 @@ class EntryExport:
     @property
     def size(self) -> int: ...
     def read(self, size: int) -> bytearray: ...
+    def mapped(self) -> MappedEntry | None: ...
+
+@final
+class MappedEntry:
+    @property
+    def damaged(self) -> bool: ...
+    def __len__(self) -> int: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 @final
 class StagedImport:

@@ -516,6 +516,61 @@ impl EntryExport {
         py.detach(|| export.fill(out))?;
         Ok(piece)
     }
+
+    /// The whole export in place, as one read-only buffer (see `store::Mapped`), if it was
+    /// opened sealed and is a file of its own; else None, and `read` gives its pieces.
+    fn mapped(&self) -> Option<MappedEntry> {
+        self.inner.mapped().map(|inner| MappedEntry { inner })
+    }
+}
+
+/// A sealed entry's bytes mapped in place (`EntryExport.mapped`): a read-only buffer for a
+/// client to send whole, with no copy. `damaged` turns true if the file shrank under it; the
+/// bytes sent are then zeros that fail their MAC.
+#[pyclass(frozen, module = "afml_cache._core")]
+pub struct MappedEntry {
+    inner: store::Mapped,
+}
+
+#[pymethods]
+impl MappedEntry {
+    #[getter]
+    fn damaged(&self) -> bool {
+        self.inner.damaged()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.bytes().len()
+    }
+
+    /// # Safety
+    /// `view` is the interpreter's: filled here, over memory that lives as long as this object,
+    /// which the view holds (a frozen object: the mapping never moves or changes).
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let bytes = slf.get().inner.bytes();
+        // SAFETY: read-only (a writable request is refused with BufferError); `view.obj` holds
+        // a reference to `slf`, so the memory outlives every view.
+        let filled = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut std::os::raw::c_void,
+                bytes.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if filled == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
 }
 
 /// An archive's entry, verified and written beside its place by `Store.stage_import`.

@@ -645,6 +645,15 @@ mod tests {
         let unhashed = exported_whole(store.open_export_sealed(namespace, &k, &mac, sealed).unwrap().unwrap());
         assert!(checked == unhashed, "the unhashed export differs from the checked one");
         assert_eq!(checked[checked.len() - MAC_LEN..], sealed);
+        let export = store.open_export_sealed(namespace, &k, &mac, sealed).unwrap().unwrap();
+        let mapped = export.mapped().expect("a sealed entry of its own file maps");
+        assert!(mapped.bytes() == checked && !mapped.damaged(), "the mapped export differs from the checked one");
+        assert!(store.open_export(namespace, &k, &receiver).unwrap().unwrap().mapped().is_none(), "not sealed");
+        // The file shrinks under the mapping (a restore, `: > file`): zeros, not a SIGBUS.
+        let path = store.entry_path(namespace, &k).unwrap();
+        File::options().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        std::hint::black_box(mapped.bytes().iter().map(|&b| u64::from(b)).sum::<u64>()); // reads every page
+        assert!(mapped.damaged() && mapped.bytes() != checked, "a shrunk file must read as damaged");
         // Replaced by another write of the key since: not to be sent as the first was sealed.
         store.put(new_entry(&k, b"another stream", &value)).unwrap();
         assert!(store.open_export_sealed(namespace, &k, &mac, sealed).unwrap().is_none());

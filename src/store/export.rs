@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::entry::{self, Mac, MAC_LEN, PREFIX_LEN};
-use super::{now, Store};
+use super::{fault, now, Store};
 use crate::error::{Error, Result};
 
 /// An entry being read out, sealed under another key.
@@ -107,6 +107,53 @@ impl Export {
         }
         self.at += out.len() as u64;
         Ok(())
+    }
+}
+
+/// A sealed export's bytes in place, for a client to send as one buffer: the file mapped
+/// privately (copy-on-write: nothing is written to it) with the receiver's MAC over the file's.
+/// Reading a large entry into fresh buffers cost this VM more CPU than sending it (new memory is
+/// the host's to fault in again); the page cache's pages are mapped instead. A file truncated
+/// while mapped faults into zeros (`fault.rs`), never kills the process, and `damaged` says so:
+/// the copy sent then fails its MAC wherever it is read.
+pub struct Mapped {
+    /// Declared first, so dropped first: unregistered before the mapping goes.
+    guard: fault::Guard,
+    map: memmap2::MmapMut,
+    file: File,
+}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Whether the file shrank under the mapping: `bytes` then holds zeros where it was read
+    /// here, and a system call given them (a socket's `send`) fails with EFAULT.
+    pub fn damaged(&self) -> bool {
+        self.guard.detached() || self.file.metadata().map_or(true, |m| m.len() < self.map.len() as u64)
+    }
+}
+
+impl Export {
+    /// The whole export mapped (see [`Mapped`]), if it was opened sealed, holds a file of its own
+    /// (not a pack's entry), nothing was read from it yet, and the mapping can be made and
+    /// guarded; else None, and the pieces are read instead.
+    pub fn mapped(&self) -> Option<Mapped> {
+        let sealed = self.sealed?;
+        if self.base != 0 || self.at != 0 {
+            return None;
+        }
+        let len = usize::try_from(self.size()).ok()?;
+        // SAFETY: private pages, never written through to the file; a file truncated under
+        // them faults into the guard's zeros instead of killing the process.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_copy(&self.file) }.ok()?;
+        let guard = fault::register(map.as_ptr(), map.len());
+        if !guard.registered() {
+            return None;
+        }
+        map[self.mac_at as usize..].copy_from_slice(&sealed);
+        Some(Mapped { guard, map, file: self.file.try_clone().ok()? })
     }
 }
 

@@ -1,5 +1,5 @@
-//! Mapped counters files that vanish under a running process. The counters are a file mapped into
-//! memory (`stats.rs`); if someone truncates it while a process runs (a restore copying a backup
+//! Mapped files that vanish under a running process. The counters are a file mapped into memory
+//! (`stats.rs`), and so is an entry while it uploads (`export.rs`); if someone truncates it while a process runs (a restore copying a backup
 //! over the directory, `: > stats`), the next counter update touches a page that no longer exists
 //! and the kernel kills the process with SIGBUS. A cache must never end the user's run, so this
 //! module's SIGBUS handler maps zeros over a registered region that faulted and marks it
@@ -32,6 +32,11 @@ impl Guard {
         Self { slot: None }
     }
 
+    /// Whether the handler covers the region (false when every slot was taken).
+    pub fn registered(&self) -> bool {
+        self.slot.is_some()
+    }
+
     /// Whether the region faulted and now holds this process's zeros instead of the file.
     pub fn detached(&self) -> bool {
         self.slot.is_some_and(|slot| DETACHED[slot].load(Ordering::Acquire))
@@ -48,7 +53,7 @@ impl Drop for Guard {
     }
 }
 
-/// Registers `len` bytes at `start` (a shared file mapping) for the handler.
+/// Registers `len` bytes at `start` (a file mapping) for the handler.
 pub fn register(start: *const u8, len: usize) -> Guard {
     INSTALL.call_once(install);
     let _registering = REGISTERING.lock(); // the handler only reads; registrations take turns

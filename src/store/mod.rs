@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::parallel;
 pub use archive::{Outputs, Staged};
 pub use entry::{Counters, Header};
-pub use export::Export;
+pub use export::{Export, Mapped};
 pub use large::{Filled, LargeEntry, Streamed};
 pub use lock::KeyLock;
 use pack::{Location, PackIndex, PACKED_BELOW};

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from afml_cache.errors import CacheError, CacheWarning, StoreError
 
 if TYPE_CHECKING:
+    from afml_cache._core import MappedEntry
     from afml_cache._store import Store
 
 __all__ = [
@@ -464,11 +465,12 @@ class Remote:
         it with ``replace`` (a value set, not computed; an object store replaces an object
         whole). False if the local entry is gone. ``sealed``: its ``(mac, mac under the
         prefix's key)`` as the write that just made it gave them (``put(seal_for=)``)."""
-        # A file sealed for the prefix as it was written goes up as it is read: its MAC there
-        # was made from the bytes written, so a file damaged since arrives unusable, never
-        # resealed. Any other (or one replaced since) is read in one pass that checks each piece
-        # against the local key and seals it under the prefix's; the last piece, the new MAC,
-        # comes only if the file verified (else the read raises and the upload never completes).
+        # A file sealed for the prefix as it was written goes up as it is, mapped in place: its
+        # MAC there was made from the bytes written, so a file damaged since arrives unusable,
+        # never resealed. Any other (or one replaced since) is read in one pass that checks each
+        # piece against the local key and seals it under the prefix's; the last piece, the new
+        # MAC, comes only if the file verified (else the read raises and the upload never
+        # completes).
         export = None
         if sealed is not None:
             export = store.export_reader(namespace, digest, self.mac_key(), sealed)
@@ -476,8 +478,11 @@ class Remote:
             export = store.export_reader(namespace, digest, self.mac_key())
         if export is None:
             return False
-        obs = self._obstore
         self.note_key()  # before any entry sealed with it is there to be read
+        mapped = export.mapped()
+        if mapped is not None:
+            return self._upload_mapped(store, namespace, digest, mapped, replace)
+        obs = self._obstore
         path = self.entry_path(namespace, digest)
         damaged: list[CacheError] = []
 
@@ -519,6 +524,41 @@ class Remote:
             store.delete(namespace, digest)
             return False
         return True
+
+    def _upload_mapped(
+        self, store: Store, namespace: str, digest: str, mapped: MappedEntry, replace: bool
+    ) -> bool:
+        """``upload`` of a sealed entry's file mapped in place: sent from the page cache with no
+        copy (reading it into fresh buffers cost more CPU than sending it). A file that shrank
+        meanwhile (whose bytes the client then could not read, or read as zeros that fail their
+        MAC) is removed, here and there."""
+        obs = self._obstore
+        path = self.entry_path(namespace, digest)
+        if not replace and self.contains(namespace, digest):
+            return True
+        try:
+            # A machine that passed the check at the same moment writes an equal value, whole.
+            obs.put(
+                self.client,
+                path,
+                memoryview(mapped),
+                chunk_size=_PART,
+                max_concurrency=_PARTS_AT_ONCE,
+            )
+        except Exception:
+            if not mapped.damaged:
+                raise  # the remote's failure, not the file's
+        if not mapped.damaged:
+            return True
+        with contextlib.suppress(obs.exceptions.BaseError):
+            obs.delete(self.client, path)
+        store.delete(namespace, digest)
+        _log.warning(
+            "afml_cache: removed the entry %s %s: its local file shrank while it was uploaded",
+            namespace,
+            digest,
+        )
+        return False
 
     def contains(self, namespace: str, digest: str) -> bool:
         obs = self._obstore
