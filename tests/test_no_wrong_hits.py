@@ -8,6 +8,7 @@ the uncached computation. Notebook code is imitated with ``exec`` in a namespace
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import random
@@ -1328,6 +1329,101 @@ def test_instances_of_immutable_types_that_hold_attributes_count_them(cache_dir:
     assert check(nb["sized"], 2) == (40, 1, 9, 7, 6, 2)
     assert check(nb["sized"], 2) == (40, 1, 9, 7, 6, 2)
     assert hits(nb["sized"]) == 1
+
+
+class _Bars(pd.DataFrame):
+    @property
+    def _constructor(self) -> type:
+        return _Bars
+
+
+class _Params(collections.OrderedDict):  # type: ignore[type-arg]
+    pass
+
+
+class _Quantity(np.ma.MaskedArray):
+    pass
+
+
+def _renamed(name: str) -> Callable[[Any], Any]:
+    def stat(x: Any) -> Any:
+        return x.sum()
+
+    stat.__name__ = name
+    return stat
+
+
+def _with(value: Any, **attributes: Any) -> Any:
+    for name, attribute in attributes.items():
+        object.__setattr__(value, name, attribute)
+    return value
+
+
+def _moved(params: Any) -> Any:
+    params.move_to_end("a")
+    return params
+
+
+# Pairs of arguments a function tells apart, which shared a digest: what each reads of them.
+_TOLD_APART: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[Any], Any]]] = {
+    "a frame's attribute": (
+        lambda: _with(pd.DataFrame({"close": [1.0]}), symbol="ES"),
+        lambda: _with(pd.DataFrame({"close": [1.0]}), symbol="NQ"),
+        lambda df: df.symbol,
+    ),
+    "a series' attribute": (
+        lambda: _with(pd.Series([1.0]), unit="m"),
+        lambda: _with(pd.Series([1.0]), unit="km"),
+        lambda s: s.unit,
+    ),
+    "an index's attribute": (
+        lambda: _with(pd.Index([1, 2]), unit="m"),
+        lambda: _with(pd.Index([1, 2]), unit="km"),
+        lambda i: i.unit,
+    ),
+    "a frame subclass's attrs": (
+        lambda: _with(_Bars({"close": [1.0]}), attrs={"currency": "USD"}),
+        lambda: _with(_Bars({"close": [1.0]}), attrs={"currency": "EUR"}),
+        lambda df: df.attrs["currency"],
+    ),
+    "a frame subclass's flags": (
+        lambda: _Bars({"close": [1.0]}),
+        lambda: _Bars({"close": [1.0]}).set_flags(allows_duplicate_labels=False),
+        lambda df: df.flags.allows_duplicate_labels,
+    ),
+    "an OrderedDict subclass's order": (
+        lambda: _Params(a=1, b=2),
+        lambda: _moved(_Params(a=1, b=2)),
+        lambda params: list(params),
+    ),
+    "a masked array subclass's attribute": (
+        lambda: _with(np.ma.array([1.0, 2.0], mask=[0, 1]).view(_Quantity), unit="m"),
+        lambda: _with(np.ma.array([1.0, 2.0], mask=[0, 1]).view(_Quantity), unit="km"),
+        lambda q: q.unit,
+    ),
+    "a record array's element type": (
+        lambda: np.rec.array([(1.0,)], dtype=[("price", "f8")]).view(np.ndarray),
+        lambda: np.array([(1.0,)], dtype=[("price", "f8")]),
+        lambda a: hasattr(a[0], "price"),
+    ),
+    "a function's name": (
+        lambda: _renamed("total"),
+        lambda: _renamed("pnl"),
+        lambda fn: pd.Series([1.0, 2.0]).agg([fn]).index.tolist(),
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pandas: "doesn't allow columns to be..."
+@pytest.mark.parametrize("case", list(_TOLD_APART))
+def test_arguments_that_differ_in_what_pandas_numpy_or_python_keeps_beside_them_are_a_miss(
+    cache_dir: Path, case: str
+) -> None:
+    one, other, read = _TOLD_APART[case]
+    cached = afml_cache.cacheable(read)
+    assert afml_cache.fingerprint(one()) != afml_cache.fingerprint(other())
+    assert check(cached, one()) != check(cached, other())
+    assert hits(cached) == 0
 
 
 def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:

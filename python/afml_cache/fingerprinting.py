@@ -290,6 +290,9 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     if isinstance(obj, defaultdict):
         value: Any = (obj.default_factory, dict(obj))
         return _VALUE, f"subclass:{_name(cls)}", (value, _attributes(obj))
+    if isinstance(obj, OrderedDict):  # in its own order, which `move_to_end` changes, not dict's
+        value = (list(OrderedDict.items(obj)), _attributes(obj))
+        return _VALUE, f"subclass:{_name(cls)}", _with_code(cls, value)
     for base in _BUILTIN_BASES:
         if isinstance(obj, base):
             value = (_as_base(base, obj), _attributes(obj))
@@ -449,7 +452,10 @@ def _numpy_rule(obj: Any) -> Rule | None:
         parts = (mask, data, obj.fill_value, obj.hardmask)
         if obj.mask is np.ma.nomask:  # `x.mask is nomask` tells it from an all-False mask
             parts = (*parts, "nomask")
-        return _VALUE, f"numpy.ma:{_name(type(obj))}", parts
+        attributes = _attributes(obj, skip=_masked_state())  # a `unit` set on it, a subclass's
+        if attributes is not None:
+            parts = (*parts, ("attributes", attributes))
+        return _VALUE, f"numpy.ma:{_name(type(obj))}", _with_code(type(obj), parts)
     if isinstance(obj, np.memmap):
         # Its attributes say which file backs it, not what it holds.
         return _VALUE, "ndarray:numpy.memmap", np.asarray(obj)
@@ -457,6 +463,20 @@ def _numpy_rule(obj: Any) -> Rule | None:
         value = (np.asarray(obj), _attributes(obj))
         return _VALUE, f"ndarray:{_name(type(obj))}", _with_code(type(obj), value)
     return None
+
+
+def _is_record(dtype: Any) -> bool:
+    import numpy as np
+
+    return dtype.type is not np.void
+
+
+@functools.cache
+def _masked_state() -> frozenset[str]:
+    """The attributes numpy keeps on every masked array (its mask, fill value, ...)."""
+    import numpy as np
+
+    return frozenset(vars(np.ma.masked_array([0], mask=[False])))
 
 
 def _numpy_dtype(dtype: Any) -> Any:
@@ -472,6 +492,8 @@ def _numpy_dtype(dtype: Any) -> Any:
         for part in (
             ("metadata", dict(dtype.metadata)) if dtype.metadata else None,
             ("aligned",) if dtype.isalignedstruct else None,
+            # np.record elements read their fields as attributes (`a[0].price`), void's do not.
+            ("type", _name(dtype.type)) if dtype.names is not None and _is_record(dtype) else None,
         )
         if part is not None
     )
@@ -550,13 +572,15 @@ def _pandas_rule(obj: Any) -> Rule | None:
     if isinstance(obj, pd.DataFrame):
         columns = tuple(_column(values) for values in obj._iter_column_arrays())
         flags = obj.flags.allows_duplicate_labels
-        return _VALUE, "pandas.DataFrame", (obj.columns, columns, obj.index, obj.attrs, flags)
+        parts = (obj.columns, columns, obj.index, obj.attrs, flags)
+        return _VALUE, "pandas.DataFrame", _with_set_attributes(obj, parts)
     if isinstance(obj, pd.Series):
         flags = obj.flags.allows_duplicate_labels
         parts = (obj.name, _dtype(obj.dtype), _held(obj.array), obj.index, obj.attrs, flags)
-        return _VALUE, "pandas.Series", parts
+        return _VALUE, "pandas.Series", _with_set_attributes(obj, parts)
     if isinstance(obj, pd.Index):
-        return _index_rule(obj)
+        kind, name, parts = _index_rule(obj)
+        return kind, name, _with_set_attributes(obj, parts)
     if isinstance(obj, pd.api.extensions.ExtensionArray):
         return _extension_array_rule(obj)
     if isinstance(obj, pd.CategoricalDtype):
@@ -586,6 +610,20 @@ def _pandas_rule(obj: Any) -> Rule | None:
     return None
 
 
+# Attributes pandas keeps on its objects without an underscore (the rest of its own have one).
+_PANDAS_PUBLIC: Final = frozenset({"sortorder"})
+
+
+def _with_set_attributes(obj: Any, parts: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``parts``, and the attributes the user set on a pandas object, if any (``bars.symbol =
+    "ES"``: pandas keeps it on the instance, and a function may read it)."""
+    found = getattr(obj, "__dict__", None) or {}
+    own = [(k, v) for k, v in found.items() if not k.startswith("_") and k not in _PANDAS_PUBLIC]
+    if not own:
+        return parts
+    return (*parts, ("attributes", tuple(sorted(own, key=lambda kv: kv[0]))))
+
+
 def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
     """A DataFrame or Series subclass: its data as the base class, and the attributes of its
     own that pandas propagates (``_metadata``: ``Bars`` with a ``symbol``). Not through the
@@ -598,7 +636,10 @@ def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
         return None
     own = [n for n in getattr(cls, "_metadata", ()) if n not in base._metadata]
     values = tuple((name, getattr(obj, name, None)) for name in own)
-    return _VALUE, f"pandas subclass:{_name(cls)}", _with_code(cls, (base(obj), values))
+    # As the base class, with what converting to it drops: attrs and flags.
+    data = base(obj).set_flags(allows_duplicate_labels=obj.flags.allows_duplicate_labels)
+    data.attrs = obj.attrs
+    return _VALUE, f"pandas subclass:{_name(cls)}", _with_code(cls, (data, values))
 
 
 def _column(values: Any) -> Any:

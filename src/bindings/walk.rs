@@ -311,7 +311,9 @@ impl<'py> Walker<'py> {
             && !dtype.has_object();
         enc.tag(if inline { Tag::NdArray } else { Tag::NdArrayObjects });
         if dtype.has_fields() {
-            enc.u8(1);
+            // np.record elements read their fields as attributes (`a[0].price`), void's do not.
+            let void = py.import(intern!(py, "numpy"))?.getattr(intern!(py, "void"))?;
+            enc.u8(if dtype.getattr(intern!(py, "type"))?.is(&void) { 1 } else { 2 });
             self.walk(&dtype.getattr(intern!(py, "descr"))?, enc)?;
         } else {
             enc.u8(0);

@@ -1355,7 +1355,10 @@ def function_key(fn: types.FunctionType) -> tuple[Any, ...]:
             "cannot be told apart from other functions; pass a function of your own code, or "
             "list the argument in ignore="
         )
-    return (module, _combine(digests), _current(live))
+    key = (module, _combine(digests), _current(live))
+    # A name set after the function was made (`stat.__name__ = "pnl"`), which code reads
+    # (pandas labels an aggregate by it); the code's own name is in its fingerprint.
+    return key if fn.__name__ == fn.__code__.co_name else (*key, fn.__name__)
 
 
 _library_types: set[type] = set()  # argument types known not to be the user's own classes
