@@ -21,7 +21,13 @@ from typing import Any
 from afml_cache import forking
 from afml_cache._store import KeyLock, Store
 from afml_cache._store.memory import Accesses, MemoryTier, Remembered
-from afml_cache._store.serialize import IMMUTABLE, copy_buffer, deserialize, serialize
+from afml_cache._store.serialize import (
+    IMMUTABLE,
+    SpareCopies,
+    copy_buffer,
+    deserialize,
+    serialize,
+)
 from afml_cache._store.writer import WRITER
 from afml_cache.errors import CacheError, CacheWarning
 
@@ -39,6 +45,8 @@ _WRITE_BEHIND_MIN = 1024 * 1024
 # (src/store/large.rs, STREAMED), which is written in the call, so that no second copy of a
 # value this large, compressed or not, is ever held.
 _WRITE_BEHIND_MAX = 64 * 1024 * 1024
+# The memory of copies written behind, kept for the next ones: a few values' worth.
+SPARE = SpareCopies(_WRITE_BEHIND_MAX)
 _log = logging.getLogger("afml_cache")
 
 
@@ -226,7 +234,9 @@ class Entries:
         them, if it fits beside the values already waiting for it (see put)."""
         if entry.nbytes > self.memory.limit - WRITER.pending:
             return False
-        entry.buffers = [(copy_buffer(raw), size) for raw, size in entry.buffers]
+        # A copy the memory tier keeps is its own; any other goes back to SPARE once written.
+        copy = copy_buffer if entry.nbytes <= _REMEMBER_ON_SET else SPARE.copy
+        entry.buffers = [(copy(raw), size) for raw, size in entry.buffers]
         if entry.nbytes <= _REMEMBER_ON_SET:
             # The copy doubles as the memory tier's until it is written (see _write_behind).
             self._remember(
@@ -441,6 +451,10 @@ class Entries:
             error = exc
         finally:
             self._writing.pop(entry.slot, None)
+        if entry.behind and entry.nbytes > _REMEMBER_ON_SET:
+            copies = [copy for copy, _ in entry.buffers]
+            entry.buffers = []  # a lookup that still holds the entry reads the disk instead
+            SPARE.give_back(copies)
         if error is not None:
             self.memory.drop(entry.slot)
         behind(error, 0 if error is not None else size)
