@@ -106,3 +106,20 @@ def test_works_without_optional_pyarrow_and_polars(run_python):
         "array": fingerprint(np.arange(12, dtype=np.float64).reshape(3, 4)),
         "tuple": fingerprint((1, 2.0, "x")),
     }
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
+def test_a_library_value_reduced_without_state_keeps_its_digest_as_it_is_used():
+    # Only a user's subclass of a value type (date, Decimal) adds its attributes to a reduction
+    # without state: a library's instance may hold lazily filled caches there (a network's
+    # cached properties), or the whole process (a Logger's manager, which contains itself).
+    import ipaddress
+    import logging
+
+    network = ipaddress.ip_network("10.0.0.0/24")
+    before = fingerprint(network)
+    _ = network.broadcast_address, network.hostmask  # functools.cached_property, filled now
+    assert fingerprint(network) == before
+    logger = logging.getLogger("afml_cache.tests.reduction")
+    assert fingerprint(logger) == fingerprint(logging.getLogger("afml_cache.tests.reduction"))
+    assert fingerprint(list[int]) != fingerprint(list[float])

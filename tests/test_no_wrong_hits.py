@@ -1426,6 +1426,41 @@ def test_arguments_that_differ_in_what_pandas_numpy_or_python_keeps_beside_them_
     assert hits(cached) == 0
 
 
+def test_a_frozen_dataclass_whose_cached_properties_fill_as_it_runs_counts_once(
+    cache_dir: Path,
+) -> None:
+    # Its cached properties are made from its fields, which cannot change: filled by the call
+    # they are not a change (they cost a miss, with a warning that every call would miss).
+    nb = Notebook()
+    nb.run("""
+    import dataclasses, functools
+    from afml_cache import cacheable
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        window: int
+
+        @functools.cached_property
+        def label(self):
+            return f"w{self.window}"
+
+        @functools.cached_property
+        def weights(self):
+            return tuple(range(self.window))
+
+    CFG = Config(3)
+    CFG.label  # one filled before the first call, another by it
+
+    @cacheable
+    def score(x):
+        return x * sum(CFG.weights)
+    """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [check(nb["score"], 2) for _ in range(4)] == [6, 6, 6, 6]
+    assert hits(nb["score"]) == 3
+
+
 def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:
     # Alone, a CategoricalDtype counted as its name, "category".
     @afml_cache.cacheable

@@ -379,6 +379,23 @@ def _attributes(obj: Any, skip: Any = ()) -> tuple[tuple[str, Any], ...] | None:
     return items or None
 
 
+# Value types of the standard library whose pickle reduction holds the value alone.
+_VALUE_TYPES: Final = (
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    fractions.Fraction,
+    uuid.UUID,
+)
+
+
+def _is_users(cls: type) -> bool:
+    from afml_cache.codehash import _is_user_class
+
+    return bool(_is_user_class(cls))
+
+
 def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
     name = _name(cls)
     advice = (
@@ -410,10 +427,12 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
         return _VALUE, f"reduce:{name}", _with_code(cls, named)
     parts = list(reduced)
     if len(parts) < 3 or parts[2] is None:
-        # A reduction that leaves out attributes the instance has (date's and Decimal's, for a
-        # subclass that sets some): they count as its state.
-        attributes = _attributes(obj)
-        if attributes is not None:
+        # The reduction of a value type (date's, Decimal's) leaves out the attributes a user's
+        # subclass gives its instances: they count as its state. Only there: a library's
+        # reduction without state is how it chose to be rebuilt, and its instance's `__dict__`
+        # may hold caches filled lazily, or the whole process (a Logger's manager).
+        attributes = _attributes(obj) if isinstance(obj, _VALUE_TYPES) else None
+        if attributes is not None and _is_users(cls):
             parts = [*parts[:2], dict(attributes), *parts[3:]]
     # The state is most often the instance's __dict__: the order attributes were set in does
     # not change the object, so it does not count (dicts inside it keep their order).

@@ -114,6 +114,19 @@ def _adds_no_state(value: object, bases: tuple[type, ...]) -> bool:
     return True
 
 
+def _derived(cls: type, fields: tuple[Any, ...]) -> set[str]:
+    """What a frozen dataclass's instance may hold in its ``__dict__`` beside nothing that can
+    change: its fields, and the ``functools.cached_property`` values of its class, made from
+    them once and filled when first read."""
+    cached = {
+        name
+        for klass in cls.__mro__
+        for name, attribute in vars(klass).items()
+        if isinstance(attribute, functools.cached_property)
+    }
+    return {f.name for f in fields} | cached
+
+
 def _is_frozen(value: object) -> bool:
     """Values that cannot change in place and hold nothing that can: constants, dates and
     times, numpy scalars, frozen dataclasses and namedtuples of such values."""
@@ -139,7 +152,7 @@ def _is_frozen(value: object) -> bool:
         fields = dataclasses.fields(value)
         return (
             bool(getattr(params, "frozen", False))
-            and getattr(value, "__dict__", {}).keys() <= {f.name for f in fields}
+            and getattr(value, "__dict__", {}).keys() <= _derived(type(value), fields)
             and all(_is_frozen(getattr(value, f.name)) for f in fields)
         )
     return False
