@@ -182,6 +182,19 @@ def test_copies_written_behind_reuse_the_memory_of_earlier_ones_not_held_elsewhe
         np.testing.assert_array_equal(entries.lookup(name * 32)[1], value)
 
 
+def test_spare_memory_held_elsewhere_is_never_taken_back() -> None:
+    from afml_cache._store.serialize import SpareCopies
+
+    pool = SpareCopies(64 * MIB)
+    pool.give_back([np.zeros(MIB, np.uint8)])
+    copies = [pool.copy(np.ones(MIB, np.uint8))]  # a view into that spare memory
+    held = copies[0].base  # and something holds the spare array itself
+    pool.give_back(copies)
+    assert all(spare is not held for spare in pool._spare)
+    pool.copy(np.full(MIB, 7, np.uint8))
+    assert (held == 1).all()
+
+
 def test_a_large_miss_hits_right_after_its_caller_mutated_it(cache_dir: Path) -> None:
     calls = []
 

@@ -1341,6 +1341,10 @@ class _Params(collections.OrderedDict):  # type: ignore[type-arg]
     pass
 
 
+class _Order(uuid.UUID):
+    pass
+
+
 class _Quantity(np.ma.MaskedArray):
     pass
 
@@ -1386,6 +1390,16 @@ _TOLD_APART: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[Any
         lambda: _with(_Bars({"close": [1.0]}), attrs={"currency": "EUR"}),
         lambda df: df.attrs["currency"],
     ),
+    "a frame subclass's attribute": (
+        lambda: _with(_Bars({"close": [1.0]}), symbol="ES"),
+        lambda: _with(_Bars({"close": [1.0]}), symbol="NQ"),
+        lambda df: df.symbol,
+    ),
+    "a UUID subclass's attribute": (
+        lambda: _with(_Order(int=7), venue="CME"),
+        lambda: _with(_Order(int=7), venue="ICE"),
+        lambda order: order.venue,
+    ),
     "a frame subclass's flags": (
         lambda: _Bars({"close": [1.0]}),
         lambda: _Bars({"close": [1.0]}).set_flags(allows_duplicate_labels=False),
@@ -1415,6 +1429,7 @@ _TOLD_APART: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[Any
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pandas: "doesn't allow columns to be..."
+@pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
 @pytest.mark.parametrize("case", list(_TOLD_APART))
 def test_arguments_that_differ_in_what_pandas_numpy_or_python_keeps_beside_them_are_a_miss(
     cache_dir: Path, case: str
@@ -1426,11 +1441,11 @@ def test_arguments_that_differ_in_what_pandas_numpy_or_python_keeps_beside_them_
     assert hits(cached) == 0
 
 
-def test_a_frozen_dataclass_whose_cached_properties_fill_as_it_runs_counts_once(
-    cache_dir: Path,
-) -> None:
-    # Its cached properties are made from its fields, which cannot change: filled by the call
-    # they are not a change (they cost a miss, with a warning that every call would miss).
+@pytest.mark.filterwarnings("ignore:afml_cache. .*changed 'CFG' as it ran")
+def test_a_frozen_dataclass_counts_its_cached_properties_values(cache_dir: Path) -> None:
+    # Made from its fields, a cached property's value may still be a list the program changes:
+    # filled with one that cannot change, the instance counts once; with a list, or before it
+    # is filled, at each call.
     nb = Notebook()
     nb.run("""
     import dataclasses, functools
@@ -1441,24 +1456,143 @@ def test_a_frozen_dataclass_whose_cached_properties_fill_as_it_runs_counts_once(
         window: int
 
         @functools.cached_property
-        def label(self):
-            return f"w{self.window}"
-
-        @functools.cached_property
         def weights(self):
             return tuple(range(self.window))
 
+        @functools.cached_property
+        def symbols(self):
+            return []
+
     CFG = Config(3)
-    CFG.label  # one filled before the first call, another by it
 
     @cacheable
     def score(x):
-        return x * sum(CFG.weights)
+        return x * sum(CFG.weights) + len(CFG.symbols)
+    """)
+    assert check(nb["score"], 2) == 6  # fills both
+    nb.run('CFG.symbols.append("ES")')
+    assert check(nb["score"], 2) == 7
+    nb.run('CFG.symbols.append("NQ")')
+    assert check(nb["score"], 2) == 8
+    assert check(nb["score"], 2) == 8
+    assert hits(nb["score"]) == 1
+    nb.run("""
+    FILLED = Config(4)
+    FILLED.weights  # a tuple: it cannot change
+
+    @cacheable
+    def total(x):
+        return x * sum(FILLED.weights)
     """)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert [check(nb["score"], 2) for _ in range(4)] == [6, 6, 6, 6]
-    assert hits(nb["score"]) == 3
+        assert [check(nb["total"], 2) for _ in range(3)] == [12, 12, 12]
+    assert hits(nb["total"]) == 2
+
+
+def test_a_registry_of_subclasses_counts_a_new_one_and_not_classes_made_by_each_call(
+    cache_dir: Path,
+) -> None:
+    nb = Notebook()
+    nb.run("""
+    from afml_cache import cacheable
+
+    class Plugin:
+        scale = 2
+
+    class Momentum(Plugin):
+        pass
+
+    @cacheable
+    def available():
+        return sorted(c.__name__ for c in Plugin.__subclasses__())
+
+    @cacheable
+    def scaled(x):
+        class Local(Plugin):  # one per call
+            pass
+        return x * Local.scale
+    """)
+    assert check(nb["available"]) == ["Momentum"]
+    nb.run("class MeanReversion(Plugin): pass")
+    assert check(nb["available"]) == ["MeanReversion", "Momentum"]
+    assert check(nb["available"]) == ["MeanReversion", "Momentum"]
+    assert hits(nb["available"]) == 1
+    assert [check(nb["scaled"], 3) for _ in range(3)] == [6, 6, 6]
+    assert hits(nb["scaled"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
+def test_what_is_set_on_an_enum_member_or_a_path_subclass_counts(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    nb = Notebook()
+    nb.run("""
+    import enum, pathlib
+    from afml_cache import cacheable
+
+    class Profile(enum.Enum):
+        FAST = 5
+
+        def __init__(self, window):
+            self.params = {"window": window}
+
+    class Side(enum.IntEnum):
+        BUY = 1
+
+    class DataFile(type(pathlib.Path())):
+        pass
+
+    @cacheable
+    def lookback(profile):
+        return profile.params["window"] * 2
+
+    @cacheable
+    def signed(side, qty):
+        return int(side) * qty * getattr(side, "leverage", 1)
+
+    @cacheable
+    def rows(file):
+        return file.read_text().count("\\n") - getattr(file, "header_rows", 0)
+    """)
+    data = nb["DataFile"](tmp_path / "bars.csv")
+    data.write_text("h\n1\n2\n")
+    profile, side = nb["Profile"].FAST, nb["Side"].BUY
+    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [10, 10]
+    assert check(nb["rows"], data) == 3
+    profile.params["window"] = 7
+    side.leverage = 3
+    data.header_rows = 1
+    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [14, 30]
+    assert check(nb["rows"], data) == 2
+    assert [hits(nb[f]) for f in ("lookback", "signed", "rows")] == [0, 0, 0]
+
+
+@pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
+def test_masked_memory_maps_and_subclass_frames_holding_duplicates_stay_cached(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # Reading a masked array's attributes took in the memmap's (its mmap has no fingerprint),
+    # and re-setting a frame subclass's flags re-checked its labels: both ran uncached.
+    np.save(tmp_path / "prices.npy", np.array([1.0, -999.0, 3.0]))
+    prices = np.load(tmp_path / "prices.npy", mmap_mode="r")
+    valid = np.ma.masked_array(prices, mask=prices == -999.0)
+    bars = _Bars({"close": [1.0, 2.0]}).set_flags(allows_duplicate_labels=False)
+    bars.index = pd.to_datetime(["2024-01-02", "2024-01-02"])  # pandas does not check this
+
+    @afml_cache.cacheable
+    def mean(a: Any) -> float:
+        return float(a.mean())
+
+    @afml_cache.cacheable
+    def total(b: Any) -> float:
+        return float(b.to_numpy().sum())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", afml_cache.CacheWarning)
+        assert [check(mean, valid), check(mean, valid)] == [2.0, 2.0]
+        assert [check(total, bars), check(total, bars)] == [3.0, 3.0]
+    assert (hits(mean), hits(total)) == (1, 1)
 
 
 def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:

@@ -246,7 +246,12 @@ _BUILTIN_BASES: tuple[type, ...] = (
 def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     """Rules that follow from what a value is or exports rather than from its exact type."""
     if isinstance(obj, enum.Enum):
-        return _VALUE, f"enum:{_name(cls)}", _with_code(cls, (obj.name, obj.value))
+        value: Any = (obj.name, obj.value)
+        # What its `__init__` or later code set on the member (enum's own are _sunder_ names).
+        own = [kv for kv in _attributes(obj) or () if not _is_sunder(kv[0])]
+        if own:
+            value = (*value, ("attributes", tuple(own)))
+        return _VALUE, f"enum:{_name(cls)}", _with_code(cls, value)
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
         value = (fields, _attributes(obj, skip=fields))
@@ -269,6 +274,10 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
             value = (value, attributes)
         return _VALUE, f"namedtuple:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, pathlib.PurePath):
+        # A subclass's attributes too (`DataFile(path).header_rows`); pathlib's own are slots.
+        own = getattr(obj, "__dict__", None)
+        if own:
+            return _VALUE, f"path:{_name(cls)}", (str(obj), sorted(own.items(), key=_by_name))
         return _VALUE, f"path:{_name(cls)}", str(obj)
     # A namespace is its attributes, in the order they were set, as a dict is its items.
     argparse = sys.modules.get("argparse")  # its Namespace exists only once it is imported
@@ -288,7 +297,7 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _ARROW_ARRAY, f"arrow:{_name(cls)}", obj
     # A subclass of a builtin: its value as the builtin, plus any attributes it carries.
     if isinstance(obj, defaultdict):
-        value: Any = (obj.default_factory, dict(obj))
+        value = (obj.default_factory, dict(obj))
         return _VALUE, f"subclass:{_name(cls)}", (value, _attributes(obj))
     if isinstance(obj, OrderedDict):  # in its own order, which `move_to_end` changes, not dict's
         value = (list(OrderedDict.items(obj)), _attributes(obj))
@@ -298,6 +307,14 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
             value = (_as_base(base, obj), _attributes(obj))
             return _VALUE, f"subclass:{_name(cls)}", _with_code(cls, value)
     return None
+
+
+def _is_sunder(name: str) -> bool:
+    return len(name) > 2 and name[0] == name[-1] == "_"
+
+
+def _by_name(item: tuple[str, Any]) -> str:
+    return item[0]
 
 
 def _as_base(base: type, obj: Any) -> Any:
@@ -434,6 +451,8 @@ def _pickle_reduction(obj: Any, cls: type, strict: bool) -> Rule:
         attributes = _attributes(obj) if isinstance(obj, _VALUE_TYPES) else None
         if attributes is not None and _is_users(cls):
             parts = [*parts[:2], dict(attributes), *parts[3:]]
+    elif isinstance(obj, uuid.UUID) and _is_users(cls):  # its state is the number alone
+        parts.append(("attributes", _attributes(obj)))
     # The state is most often the instance's __dict__: the order attributes were set in does
     # not change the object, so it does not count (dicts inside it keep their order).
     if len(parts) > 2 and isinstance(parts[2], dict) and all(isinstance(k, str) for k in parts[2]):
@@ -495,7 +514,10 @@ def _masked_state() -> frozenset[str]:
     """The attributes numpy keeps on every masked array (its mask, fill value, ...)."""
     import numpy as np
 
-    return frozenset(vars(np.ma.masked_array([0], mask=[False])))
+    # And a memmap's, which a masked array made from one copies (which file backs it does
+    # not count, as for the memmap itself).
+    memmap = frozenset({"_mmap", "filename", "mode", "offset"})
+    return frozenset(vars(np.ma.masked_array([0], mask=[False]))) | memmap
 
 
 def _numpy_dtype(dtype: Any) -> Any:
@@ -633,11 +655,13 @@ def _pandas_rule(obj: Any) -> Rule | None:
 _PANDAS_PUBLIC: Final = frozenset({"sortorder"})
 
 
-def _with_set_attributes(obj: Any, parts: tuple[Any, ...]) -> tuple[Any, ...]:
+def _with_set_attributes(
+    obj: Any, parts: tuple[Any, ...], skip: frozenset[str] = _PANDAS_PUBLIC
+) -> tuple[Any, ...]:
     """``parts``, and the attributes the user set on a pandas object, if any (``bars.symbol =
     "ES"``: pandas keeps it on the instance, and a function may read it)."""
     found = getattr(obj, "__dict__", None) or {}
-    own = [(k, v) for k, v in found.items() if not k.startswith("_") and k not in _PANDAS_PUBLIC]
+    own = [(k, v) for k, v in found.items() if not k.startswith("_") and k not in skip]
     if not own:
         return parts
     return (*parts, ("attributes", tuple(sorted(own, key=lambda kv: kv[0]))))
@@ -655,10 +679,14 @@ def _pandas_subclass_rule(obj: Any, cls: type) -> Rule | None:
         return None
     own = [n for n in getattr(cls, "_metadata", ()) if n not in base._metadata]
     values = tuple((name, getattr(obj, name, None)) for name in own)
-    # As the base class, with what converting to it drops: attrs and flags.
-    data = base(obj).set_flags(allows_duplicate_labels=obj.flags.allows_duplicate_labels)
-    data.attrs = obj.attrs
-    return _VALUE, f"pandas subclass:{_name(cls)}", _with_code(cls, (data, values))
+    # As the base class, with what converting to it drops: attrs, flags, attributes set.
+    parts: tuple[Any, ...] = (base(obj), values)
+    if obj.attrs:
+        parts = (*parts, ("attrs", obj.attrs))
+    if not obj.flags.allows_duplicate_labels:
+        parts = (*parts, ("allows_duplicate_labels", False))
+    parts = _with_set_attributes(obj, parts, _PANDAS_PUBLIC | frozenset(own))
+    return _VALUE, f"pandas subclass:{_name(cls)}", _with_code(cls, parts)
 
 
 def _column(values: Any) -> Any:

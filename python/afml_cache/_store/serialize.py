@@ -71,8 +71,8 @@ class SpareCopies:
             if sys.getrefcount(memory) > 2:  # `memory` and the argument: held elsewhere too
                 continue
             if memory.base is not None:  # a view into spare memory: the spare array itself
-                memory = memory.base
-                if sys.getrefcount(memory) > 3:  # and the view it was taken from
+                memory = memory.base  # (the view, held by nothing else, is gone)
+                if sys.getrefcount(memory) > 2:
                     continue
             if not (type(memory) is np.ndarray and memory.base is None and memory.flags.owndata):
                 continue

@@ -115,16 +115,27 @@ def _adds_no_state(value: object, bases: tuple[type, ...]) -> bool:
 
 
 def _derived(cls: type, fields: tuple[Any, ...]) -> set[str]:
-    """What a frozen dataclass's instance may hold in its ``__dict__`` beside nothing that can
-    change: its fields, and the ``functools.cached_property`` values of its class, made from
-    them once and filled when first read."""
-    cached = {
+    """What a frozen dataclass's instance may hold in its ``__dict__`` and stay a value that
+    cannot change (if each holds such a value too): its fields, and the
+    ``functools.cached_property`` values of its class, made from them once and filled when
+    first read."""
+    return {f.name for f in fields} | _cached_properties(cls)
+
+
+def _cached_properties(cls: type) -> set[str]:
+    return {
         name
         for klass in cls.__mro__
         for name, attribute in vars(klass).items()
         if isinstance(attribute, functools.cached_property)
     }
-    return {f.name for f in fields} | cached
+
+
+def _filled(cls: type, held: dict[str, Any]) -> bool:
+    """Whether every cached property of ``cls`` is filled in ``held``: one still to be filled
+    may hold a list the program then changes, so until then the instance counts at each call
+    (a call that fills one is then a miss once)."""
+    return _cached_properties(cls) <= held.keys()
 
 
 def _is_frozen(value: object) -> bool:
@@ -150,10 +161,13 @@ def _is_frozen(value: object) -> bool:
         # attributes, and any instance may hold some beside its fields (`__post_init__`).
         params = vars(type(value)).get("__dataclass_params__")
         fields = dataclasses.fields(value)
+        held = getattr(value, "__dict__", {})
         return (
             bool(getattr(params, "frozen", False))
-            and getattr(value, "__dict__", {}).keys() <= _derived(type(value), fields)
+            and held.keys() <= _derived(type(value), fields)
+            and _filled(type(value), held)
             and all(_is_frozen(getattr(value, f.name)) for f in fields)
+            and all(_is_frozen(item) for item in held.values())
         )
     return False
 
