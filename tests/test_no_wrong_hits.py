@@ -9,6 +9,7 @@ the uncached computation. Notebook code is imitated with ``exec`` in a namespace
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import random
@@ -1345,6 +1346,10 @@ class _Order(uuid.UUID):
     pass
 
 
+def _kind(x: Any) -> str:
+    return type(x).__name__
+
+
 class _Quantity(np.ma.MaskedArray):
     pass
 
@@ -1399,6 +1404,16 @@ _TOLD_APART: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[Any
         lambda: _with(_Order(int=7), venue="CME"),
         lambda: _with(_Order(int=7), venue="ICE"),
         lambda order: order.venue,
+    ),
+    "an lru_cache's typed flag": (
+        lambda: functools.lru_cache(maxsize=None)(_kind),
+        lambda: functools.lru_cache(maxsize=None, typed=True)(_kind),
+        lambda g: (g(1.0), g(True)),
+    ),
+    "the object a memoryview slice views": (
+        lambda: memoryview(bytearray(b"abXYZ"))[:2],
+        lambda: memoryview(bytearray(b"ab123"))[:2],
+        lambda view: bytes(view.obj),
     ),
     "a frame subclass's flags": (
         lambda: _Bars({"close": [1.0]}),
@@ -1490,45 +1505,13 @@ def test_a_frozen_dataclass_counts_its_cached_properties_values(cache_dir: Path)
     assert hits(nb["total"]) == 2
 
 
-def test_a_registry_of_subclasses_counts_a_new_one_and_not_classes_made_by_each_call(
-    cache_dir: Path,
-) -> None:
-    nb = Notebook()
-    nb.run("""
-    from afml_cache import cacheable
-
-    class Plugin:
-        scale = 2
-
-    class Momentum(Plugin):
-        pass
-
-    @cacheable
-    def available():
-        return sorted(c.__name__ for c in Plugin.__subclasses__())
-
-    @cacheable
-    def scaled(x):
-        class Local(Plugin):  # one per call
-            pass
-        return x * Local.scale
-    """)
-    assert check(nb["available"]) == ["Momentum"]
-    nb.run("class MeanReversion(Plugin): pass")
-    assert check(nb["available"]) == ["MeanReversion", "Momentum"]
-    assert check(nb["available"]) == ["MeanReversion", "Momentum"]
-    assert hits(nb["available"]) == 1
-    assert [check(nb["scaled"], 3) for _ in range(3)] == [6, 6, 6]
-    assert hits(nb["scaled"]) == 2
-
-
 @pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
 def test_what_is_set_on_an_enum_member_or_a_path_subclass_counts(
     cache_dir: Path, tmp_path: Path
 ) -> None:
     nb = Notebook()
     nb.run("""
-    import enum, pathlib
+    import enum, functools, pathlib, threading
     from afml_cache import cacheable
 
     class Profile(enum.Enum):
@@ -1536,6 +1519,11 @@ def test_what_is_set_on_an_enum_member_or_a_path_subclass_counts(
 
         def __init__(self, window):
             self.params = {"window": window}
+            self.lock = threading.Lock()  # no fingerprint: it does not count
+
+        @functools.cached_property
+        def seconds(self):  # made from the value: it does not count, read or not
+            return self.value * 60
 
     class Side(enum.IntEnum):
         BUY = 1
@@ -1545,7 +1533,7 @@ def test_what_is_set_on_an_enum_member_or_a_path_subclass_counts(
 
     @cacheable
     def lookback(profile):
-        return profile.params["window"] * 2
+        return profile.params["window"] * 2 + profile.seconds
 
     @cacheable
     def signed(side, qty):
@@ -1558,14 +1546,16 @@ def test_what_is_set_on_an_enum_member_or_a_path_subclass_counts(
     data = nb["DataFile"](tmp_path / "bars.csv")
     data.write_text("h\n1\n2\n")
     profile, side = nb["Profile"].FAST, nb["Side"].BUY
-    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [10, 10]
+    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [310, 10]
     assert check(nb["rows"], data) == 3
     profile.params["window"] = 7
     side.leverage = 3
     data.header_rows = 1
-    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [14, 30]
+    assert [check(nb["lookback"], profile), check(nb["signed"], side, 10)] == [314, 30]
     assert check(nb["rows"], data) == 2
     assert [hits(nb[f]) for f in ("lookback", "signed", "rows")] == [0, 0, 0]
+    assert check(nb["lookback"], profile) == 314
+    assert hits(nb["lookback"]) == 1
 
 
 @pytest.mark.filterwarnings("ignore:afml_cache. .*has no fingerprint rule")
@@ -1593,6 +1583,32 @@ def test_masked_memory_maps_and_subclass_frames_holding_duplicates_stay_cached(
         assert [check(mean, valid), check(mean, valid)] == [2.0, 2.0]
         assert [check(total, bars), check(total, bars)] == [3.0, 3.0]
     assert (hits(mean), hits(total)) == (1, 1)
+
+
+def test_arguments_a_fingerprint_would_use_up_run_uncached(cache_dir: Path) -> None:
+    # Reading a RecordBatchReader's stream emptied it: the function counted 0 rows, stored,
+    # and served to every later reader; a used-up `combinations` pickles as a fresh one.
+    pa = pytest.importorskip("pyarrow")
+
+    def reader(n: int) -> Any:
+        table = pa.table({"x": list(range(n))})
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+    @afml_cache.cacheable
+    def rows(stream: Any) -> int:
+        return stream.read_all().num_rows
+
+    @afml_cache.cacheable
+    def drain(items: Any) -> list[Any]:
+        return list(items)
+
+    used = itertools.combinations([1, 2], 0)
+    list(used)
+    with pytest.warns(afml_cache.CacheWarning, match="used up when it is read"):
+        assert [rows(reader(3)), rows(reader(5))] == [3, 5]
+    with pytest.warns(afml_cache.CacheWarning, match="combinations iterator"):
+        assert [drain(used), drain(itertools.combinations((), 0))] == [[], [()]]
+    assert hits(rows) + hits(drain) == 0
 
 
 def test_a_categorical_dtype_counts_by_its_categories(cache_dir: Path) -> None:

@@ -19,6 +19,7 @@ import enum
 import fractions
 import functools
 import glob
+import itertools
 import json
 import operator
 import os
@@ -135,8 +136,20 @@ def _zoneinfo(tz: zoneinfo.ZoneInfo) -> Rule:
 
 
 def _wrapper(obj: Any) -> Rule:
-    # functools.lru_cache/cache: by the function it wraps, which decides what it returns.
-    return _VALUE, "wrapped", (_name(type(obj)), obj.__wrapped__)
+    # functools.lru_cache/cache: by the function it wraps, which decides what it returns, and
+    # by whether it keys 1.0 and True apart (`typed=`), which decides what it hands back.
+    parts = (_name(type(obj)), obj.__wrapped__)
+    typed = obj.cache_parameters().get("typed", False)
+    return _VALUE, "wrapped", (*parts, "typed") if typed else parts
+
+
+def _memoryview(m: memoryview) -> Rule:
+    # A writable view (of a bytearray) can be written through, a read-only one cannot; a view
+    # of part of an object reaches the rest through `m.obj`.
+    parts = (m.format, m.shape, m.tobytes()) + (() if m.readonly else ("writable",))
+    if m.obj is not None and memoryview(m.obj).nbytes != m.nbytes:
+        parts = (*parts, ("of", m.obj))
+    return _VALUE, "memoryview", parts
 
 
 def _code_parts(code: types.CodeType, consts: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
@@ -161,11 +174,7 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     range: lambda r: (_VALUE, "range", (r.start, r.stop, r.step)),
     slice: lambda s: (_VALUE, "slice", (s.start, s.stop, s.step)),
     # A writable view (of a bytearray) can be written through, a read-only one cannot.
-    memoryview: lambda m: (
-        _VALUE,
-        "memoryview",
-        (m.format, m.shape, m.tobytes()) + (() if m.readonly else ("writable",)),
-    ),
+    memoryview: lambda m: _memoryview(m),
     type(Ellipsis): lambda _: (_VALUE, "Ellipsis", None),
     type(NotImplemented): lambda _: (_VALUE, "NotImplemented", None),
     # The UTC offset counts beside the tzinfo: one pytz zone object's wall times an hour apart
@@ -228,6 +237,13 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     operator.methodcaller: lambda c: (_VALUE, "operator.methodcaller", c.__reduce__()),
 }
 
+_COMBINATORIC: Final = (
+    itertools.combinations,
+    itertools.combinations_with_replacement,
+    itertools.permutations,
+    itertools.product,
+)
+
 _BUILTIN_BASES: tuple[type, ...] = (
     int,
     float,
@@ -247,10 +263,9 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     """Rules that follow from what a value is or exports rather than from its exact type."""
     if isinstance(obj, enum.Enum):
         value: Any = (obj.name, obj.value)
-        # What its `__init__` or later code set on the member (enum's own are _sunder_ names).
-        own = [kv for kv in _attributes(obj) or () if not _is_sunder(kv[0])]
+        own = _set_on(obj, cls, dict(_attributes(obj) or ()))
         if own:
-            value = (*value, ("attributes", tuple(own)))
+            value = (*value, ("attributes", own))
         return _VALUE, f"enum:{_name(cls)}", _with_code(cls, value)
     if dataclasses.is_dataclass(obj):
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
@@ -274,10 +289,9 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
             value = (value, attributes)
         return _VALUE, f"namedtuple:{_name(cls)}", _with_code(cls, value)
     if isinstance(obj, pathlib.PurePath):
-        # A subclass's attributes too (`DataFile(path).header_rows`); pathlib's own are slots.
-        own = getattr(obj, "__dict__", None)
+        own = _set_on(obj, cls, getattr(obj, "__dict__", None) or {})  # pathlib's are slots
         if own:
-            return _VALUE, f"path:{_name(cls)}", (str(obj), sorted(own.items(), key=_by_name))
+            return _VALUE, f"path:{_name(cls)}", (str(obj), own)
         return _VALUE, f"path:{_name(cls)}", str(obj)
     # A namespace is its attributes, in the order they were set, as a dict is its items.
     argparse = sys.modules.get("argparse")  # its Namespace exists only once it is imported
@@ -291,6 +305,19 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     found = _pandas_subclass_rule(obj, cls)
     if found is not None:
         return found
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None and isinstance(obj, arrow.RecordBatchReader):
+        # Reading its stream uses it up: the function would get an empty reader.
+        message = (
+            f"a {_name(cls)} is used up when it is read, so it cannot be fingerprinted without "
+            "emptying it for the function; pass reader.read_all() (a Table) instead"
+        )
+        return _UNSUPPORTED, _name(cls), message
+    if isinstance(obj, _COMBINATORIC):
+        # Pickled when used up, one is a fresh iterator over nothing (`combinations((), 0)`
+        # yields one empty tuple): their reduction does not say what is left.
+        message = f"an {_name(cls)} iterator cannot be fingerprinted; pass list(...) of it instead"
+        return _UNSUPPORTED, _name(cls), message
     if hasattr(cls, "__arrow_c_stream__"):
         return _ARROW_STREAM, f"arrow:{_name(cls)}", obj
     if hasattr(cls, "__arrow_c_array__"):
@@ -309,12 +336,39 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     return None
 
 
+def _set_on(obj: Any, cls: type, found: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """What the code of a user's class set on an instance of a value-like type (an enum
+    member's `__init__`, `DataFile(path).header_rows = 1`), sorted by name: not enum's own
+    `_sunder_` names, nor cached properties (made from the value, filled when first read),
+    nor what has no fingerprint (a lock, which the value never depended on, counted
+    nowhere before). Nothing for a library's class: its members carry what it wrote."""
+    from afml_cache._core import fingerprint
+    from afml_cache.errors import FingerprintError
+
+    if not found or not _is_users(cls):
+        return ()
+    cached = {
+        name
+        for klass in cls.__mro__
+        for name, attribute in vars(klass).items()
+        if isinstance(attribute, functools.cached_property)
+    }
+    kept = []
+    for name, value in sorted(found.items(), key=lambda kv: kv[0]):
+        if _is_sunder(name) or name in cached:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fingerprint(value)
+        except FingerprintError:
+            continue
+        kept.append((name, value))
+    return tuple(kept)
+
+
 def _is_sunder(name: str) -> bool:
     return len(name) > 2 and name[0] == name[-1] == "_"
-
-
-def _by_name(item: tuple[str, Any]) -> str:
-    return item[0]
 
 
 def _as_base(base: type, obj: Any) -> Any:

@@ -243,12 +243,10 @@ class _ClassNode:
         "readable",
         "same",
         "size",
-        "subclasses",
     )
 
     def __init__(self, cls: type) -> None:
         self.size = len(vars(cls))
-        self.subclasses: tuple[Getter, ...] = tuple(_same(c)[1] for c in _subclasses(cls))
         self.same: list[tuple[str, Getter]] = []
         self.members: list[tuple[str, Check]] = []
         self.bases: tuple[Getter, ...] = tuple(_same(b)[1] for b in cls.__bases__)
@@ -267,12 +265,6 @@ class _ClassNode:
             return None
         for base, expected in zip(bases, self.bases, strict=True):
             if base is not expected():
-                return None
-        subclasses = _subclasses(cls)
-        if len(subclasses) != len(self.subclasses):
-            return None
-        for subclass, expected in zip(subclasses, self.subclasses, strict=True):
-            if subclass is not expected():
                 return None
         missing = _MISSING
         for name, expected in self.same:
@@ -982,10 +974,7 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         members.sort(key=lambda item: item[0])
         bases = tuple(_ref(b, children)[0] for b in cls.__bases__)
         metaclass, _ = _ref(type(cls), children)
-        form: tuple[Any, ...] = ("class", cls.__qualname__, bases, metaclass, tuple(members))
-        subclasses = tuple(_ref(c, children)[0] for c in _subclasses(cls))
-        if subclasses:
-            form = (*form, ("subclasses", subclasses))
+        form = ("class", cls.__qualname__, bases, metaclass, tuple(members))
         node.digest = _digest(form, cls)
         node.readable = _readable(form)
     except Exception as exc:
@@ -996,13 +985,6 @@ def _class_node(cls: type) -> tuple[_ClassNode, list[object]]:
         node.size = -1  # never holds: tried again on the next call
     node.children = _weak_children(children)
     return node, children
-
-
-def _subclasses(cls: type) -> list[type]:
-    """The subclasses of ``cls`` a registry lists (`Plugin.__subclasses__()`), in the order
-    they were made, which it keeps: a new one counts. Not classes made inside a function, one
-    per call, which would make every call a miss until they are collected."""
-    return [c for c in type.__subclasses__(cls) if "<locals>" not in c.__qualname__]
 
 
 def _attrs_hash(value: object) -> bool:
