@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 import time
 import types
 import uuid
@@ -143,15 +144,6 @@ def _wrapper(obj: Any) -> Rule:
     return _VALUE, "wrapped", (*parts, "typed") if typed else parts
 
 
-def _memoryview(m: memoryview) -> Rule:
-    # A writable view (of a bytearray) can be written through, a read-only one cannot; a view
-    # of part of an object reaches the rest through `m.obj`.
-    parts = (m.format, m.shape, m.tobytes()) + (() if m.readonly else ("writable",))
-    if m.obj is not None and memoryview(m.obj).nbytes != m.nbytes:
-        parts = (*parts, ("of", m.obj))
-    return _VALUE, "memoryview", parts
-
-
 def _code_parts(code: types.CodeType, consts: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
     # Line numbers, positions and the file name are left out, so moving a function within its
     # file, or adding blank lines and comments, keeps its fingerprint.
@@ -174,7 +166,11 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     range: lambda r: (_VALUE, "range", (r.start, r.stop, r.step)),
     slice: lambda s: (_VALUE, "slice", (s.start, s.stop, s.step)),
     # A writable view (of a bytearray) can be written through, a read-only one cannot.
-    memoryview: lambda m: _memoryview(m),
+    memoryview: lambda m: (
+        _VALUE,
+        "memoryview",
+        (m.format, m.shape, m.tobytes()) + (() if m.readonly else ("writable",)),
+    ),
     type(Ellipsis): lambda _: (_VALUE, "Ellipsis", None),
     type(NotImplemented): lambda _: (_VALUE, "NotImplemented", None),
     # The UTC offset counts beside the tzinfo: one pytz zone object's wall times an hour apart
@@ -339,13 +335,11 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
 def _set_on(obj: Any, cls: type, found: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """What the code of a user's class set on an instance of a value-like type (an enum
     member's `__init__`, `DataFile(path).header_rows = 1`), sorted by name: not enum's own
-    `_sunder_` names, nor cached properties (made from the value, filled when first read),
-    nor what has no fingerprint (a lock, which the value never depended on, counted
-    nowhere before). Nothing for a library's class: its members carry what it wrote."""
-    from afml_cache._core import fingerprint
-    from afml_cache.errors import FingerprintError
-
-    if not found or not _is_users(cls):
+    `_sunder_` names, nor cached properties (made from the value, filled when first read), nor
+    a lock held directly (the value never depended on it; anything else without a
+    fingerprint makes the call run uncached). Nothing for a library's class: its members
+    carry what it wrote."""
+    if not found or not (_is_users(cls) or cls.__module__ == "builtins"):  # `exec` made it
         return ()
     cached = {
         name
@@ -353,18 +347,14 @@ def _set_on(obj: Any, cls: type, found: dict[str, Any]) -> tuple[tuple[str, Any]
         for name, attribute in vars(klass).items()
         if isinstance(attribute, functools.cached_property)
     }
-    kept = []
-    for name, value in sorted(found.items(), key=lambda kv: kv[0]):
-        if _is_sunder(name) or name in cached:
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fingerprint(value)
-        except FingerprintError:
-            continue
-        kept.append((name, value))
-    return tuple(kept)
+    return tuple(
+        (name, value)
+        for name, value in sorted(found.items(), key=lambda kv: kv[0])
+        if not (_is_sunder(name) or name in cached or isinstance(value, _LOCKS))
+    )
+
+
+_LOCKS: Final = (type(threading.Lock()), type(threading.RLock()))
 
 
 def _is_sunder(name: str) -> bool:
