@@ -339,14 +339,11 @@ def _set_on(obj: Any, cls: type, found: dict[str, Any]) -> tuple[tuple[str, Any]
     a lock held directly (the value never depended on it; anything else without a
     fingerprint makes the call run uncached). Nothing for a library's class: its members
     carry what it wrote."""
+    from afml_cache.codehash.values import cached_properties
+
     if not found or not (_is_users(cls) or cls.__module__ == "builtins"):  # `exec` made it
         return ()
-    cached = {
-        name
-        for klass in cls.__mro__
-        for name, attribute in vars(klass).items()
-        if isinstance(attribute, functools.cached_property)
-    }
+    cached = cached_properties(cls)
     return tuple(
         (name, value)
         for name, value in sorted(found.items(), key=lambda kv: kv[0])

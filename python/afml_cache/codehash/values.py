@@ -114,15 +114,8 @@ def _adds_no_state(value: object, bases: tuple[type, ...]) -> bool:
     return True
 
 
-def _derived(cls: type, fields: tuple[Any, ...]) -> set[str]:
-    """What a frozen dataclass's instance may hold in its ``__dict__`` and stay a value that
-    cannot change (if each holds such a value too): its fields, and the
-    ``functools.cached_property`` values of its class, made from them once and filled when
-    first read."""
-    return {f.name for f in fields} | _cached_properties(cls)
-
-
-def _cached_properties(cls: type) -> set[str]:
+def cached_properties(cls: type) -> set[str]:
+    """The names of the ``functools.cached_property`` attributes of ``cls`` and its bases."""
     return {
         name
         for klass in cls.__mro__
@@ -131,11 +124,14 @@ def _cached_properties(cls: type) -> set[str]:
     }
 
 
-def _filled(cls: type, held: dict[str, Any]) -> bool:
-    """Whether every cached property of ``cls`` is filled in ``held``: one still to be filled
-    may hold a list the program then changes, so until then the instance counts at each call
-    (a call that fills one is then a miss once)."""
-    return _cached_properties(cls) <= held.keys()
+def _holds_only_filled_fields(value: object, fields: tuple[Any, ...]) -> bool:
+    """Whether a frozen dataclass's ``__dict__`` holds its fields and its cached properties,
+    each filled (made from the fields once, when first read), and nothing else. One still to
+    be filled may hold a list the program then changes: until then the instance counts at each
+    call (a call that fills one is then a miss once)."""
+    held = getattr(value, "__dict__", {})
+    cached = cached_properties(type(value))
+    return held.keys() <= {f.name for f in fields} | cached and cached <= held.keys()
 
 
 def _is_frozen(value: object) -> bool:
@@ -161,13 +157,11 @@ def _is_frozen(value: object) -> bool:
         # attributes, and any instance may hold some beside its fields (`__post_init__`).
         params = vars(type(value)).get("__dataclass_params__")
         fields = dataclasses.fields(value)
-        held = getattr(value, "__dict__", {})
         return (
             bool(getattr(params, "frozen", False))
-            and held.keys() <= _derived(type(value), fields)
-            and _filled(type(value), held)
+            and _holds_only_filled_fields(value, fields)
             and all(_is_frozen(getattr(value, f.name)) for f in fields)
-            and all(_is_frozen(item) for item in held.values())
+            and all(_is_frozen(item) for item in getattr(value, "__dict__", {}).values())
         )
     return False
 
