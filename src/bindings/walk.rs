@@ -312,8 +312,9 @@ impl<'py> Walker<'py> {
         enc.tag(if inline { Tag::NdArray } else { Tag::NdArrayObjects });
         if dtype.has_fields() {
             // np.record elements read their fields as attributes (`a[0].price`), void's do not.
-            let void = py.import(intern!(py, "numpy"))?.getattr(intern!(py, "void"))?;
-            enc.u8(if dtype.getattr(intern!(py, "type"))?.is(&void) { 1 } else { 2 });
+            static VOID: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let void = VOID.import(py, "numpy", "void")?;
+            enc.u8(if dtype.getattr(intern!(py, "type"))?.is(void) { 1 } else { 2 });
             self.walk(&dtype.getattr(intern!(py, "descr"))?, enc)?;
         } else {
             enc.u8(0);

