@@ -678,6 +678,7 @@ def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
             pd.testing.assert_frame_equal(got, hourly(start, end))
             got.iloc[0, 0] = -1.0
             got.iloc[-1, 1] = -7
+            np.asarray(got.index)[0] = 0  # pandas hands the index's buffer out writable
             got.columns.name = "renamed in place"
             got.index.name = "renamed in place"
     assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
@@ -916,13 +917,19 @@ def _frames_of_every_layout() -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("cut", ["three parts", "one part"])
 @pytest.mark.parametrize("name", list(_frames_of_every_layout()))
-def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str) -> None:
-    # Every layout a vendor's frames may have: the stitched rows share no buffer with the parts.
+def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str, cut: str) -> None:
+    # Every layout a vendor's frames may have: the stitched rows share no buffer with the parts,
+    # not even the index's (np.asarray(result.index) is writable).
     frame = _frames_of_every_layout()[name]
     times = frame.index.as_unit("ns").asi8
     edges = [int(times[0]), int(times[4]), int(times[7]) + 1, int(times[-1]) + 1]
-    parts = [(frame, low, high) for low, high in itertools.pairwise(edges)]
+    if cut == "one part":  # the rows of a part inside the request: sliced, not concatenated
+        edges, frame, full = [edges[1], edges[2]], frame.iloc[4:8], frame
+        parts = [(full, int(times[0]), int(times[-1]) + 1)]
+    else:
+        parts = [(frame, low, high) for low, high in itertools.pairwise(edges)]
     got = range_spans.stitch(parts, edges[0], edges[-1])
     if isinstance(frame, pd.Series):
         pd.testing.assert_series_equal(got, frame)
@@ -933,6 +940,7 @@ def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str) -> None:
     sources = [frame] if isinstance(frame, pd.Series) else [frame.iloc[:, i] for i in range(2)]
     for column, source in itertools.product(columns, sources):
         assert not np.shares_memory(np.asarray(column), np.asarray(source))
+    assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
 
 
 @pytest.mark.parametrize("names", [("close", "close"), ("close", "last"), (None, "close")])
@@ -1038,6 +1046,7 @@ def test_stitching_is_what_pandas_concatenates(
     pd.testing.assert_frame_equal(got, expected)
     assert got.attrs == expected.attrs
     for frame in frames:
+        assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
         for mine, theirs in itertools.product(range(got.shape[1]), range(frame.shape[1])):
             column, source = np.asarray(got.iloc[:, mine]), np.asarray(frame.iloc[:, theirs])
             assert not np.shares_memory(column, source)

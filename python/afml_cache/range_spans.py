@@ -451,7 +451,13 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
     rows = [cut for cut in cuts if cut.stop > cut.start]
     if len(rows) <= 1:
         only = (rows or cuts)[0].rows()
-        return only if only is fresh else only.copy(deep=True)
+        if only is fresh:
+            return only
+        # A deep copy keeps the index's buffer, which np.asarray(result.index) hands out
+        # writable: written, it would move the rows of every later read of the piece.
+        copied = only.copy(deep=True)
+        copied.index = copied.index.copy(deep=True)
+        return copied
     result = _stacked(rows)
     if result is None:
         result = pd.concat([cut.rows() for cut in rows])
