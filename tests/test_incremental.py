@@ -8,11 +8,14 @@ import pickle
 import re
 import tempfile
 import threading
+import zoneinfo
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import pytz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -367,6 +370,105 @@ def test_the_names_of_the_columns_are_part_of_the_family(
     pd.testing.assert_frame_equal(cached(named), changes(named), check_exact=True)
     cached(named.iloc[:200])
     pd.testing.assert_frame_equal(cached(unnamed), changes(unnamed), check_exact=True)
+
+
+def next_session(bars: pd.DataFrame) -> pd.Series:
+    """The session after each bar on the index's own calendar (its holidays included)."""
+    return pd.Series([t + bars.index.freq for t in bars.index], index=bars.index, name="next")
+
+
+def stamps(bars: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"change": bars["close"].diff(), "at": bars.index.to_series()})
+
+
+def _daily(rows: int, freq: Any = "D", tz: Any = None) -> pd.DataFrame:
+    index = pd.date_range("2024-01-08", periods=rows, freq=freq, tz=tz)
+    return pd.DataFrame({"close": np.arange(rows, dtype=float)}, index=index)
+
+
+def _with_labels(dtype: str) -> pd.DataFrame:
+    bars = minute_bars(300).iloc[:, :3]
+    return bars.set_axis(pd.Index(list(bars.columns), dtype=dtype), axis=1)
+
+
+@pytest.mark.parametrize(
+    ("function", "first", "second"),
+    [
+        # str() of a business day omits its holidays: the 15th is one in the second calendar.
+        (
+            next_session,
+            lambda rows: _daily(rows, pd.offsets.CustomBusinessDay()),
+            lambda rows: _daily(rows, pd.offsets.CustomBusinessDay(holidays=["2024-01-15"])),
+        ),
+        # str() of a zone omits its library; a hit would hand on pytz's, with its LMT offsets.
+        (
+            stamps,
+            lambda rows: _daily(rows, tz=pytz.timezone("America/New_York")),
+            lambda rows: _daily(rows, tz=zoneinfo.ZoneInfo("America/New_York")),
+        ),
+        # Column labels held as objects or as pandas strings: equal lists, other dtypes.
+        (
+            changes,
+            lambda rows: _with_labels("object").iloc[:rows],
+            lambda rows: _with_labels("str").iloc[:rows],
+        ),
+    ],
+    ids=["holidays", "zone library", "label dtype"],
+)
+def test_what_text_would_not_tell_apart_is_another_family(
+    cache_dir: Path, function: Any, first: Any, second: Any
+) -> None:
+    cached = time_aware_cacheable(incremental=True, lookback=1)(function)
+    cached(first(5))
+    for rows in (5, 7):  # the same rows, then grown
+        got, expected = cached(second(rows)), function(second(rows))
+        check = (
+            pd.testing.assert_series_equal
+            if isinstance(got, pd.Series)
+            else pd.testing.assert_frame_equal
+        )
+        check(got, expected, check_exact=True)
+        index = got.index
+        assert type(index.tz) is type(expected.index.tz) and index.freq == expected.index.freq
+
+
+def last_seen(bars: pd.DataFrame) -> pd.DataFrame:
+    out = bars.diff()
+    out.attrs = {"last": str(bars.index[-1])}  # set from the rows the function saw
+    return out
+
+
+def as_integer_index(bars: pd.DataFrame) -> pd.DataFrame:
+    return bars.diff().set_axis(pd.Index(np.arange(len(bars)) + bars.index[0]), axis=0)
+
+
+@pytest.mark.parametrize(
+    ("function", "bars"),
+    [
+        (last_seen, minute_bars(300)),
+        (as_integer_index, minute_bars(300).reset_index(drop=True)),  # a RangeIndex made Index
+    ],
+    ids=["attrs from the rows", "another kind of index"],
+)
+def test_parts_that_differ_from_the_whole_are_not_stitched(
+    cache_dir: Path, function: Any, bars: pd.DataFrame
+) -> None:
+    cached = time_aware_cacheable(incremental=True, lookback=1)(function)
+    cached(bars.iloc[:200])
+    got, expected = cached(bars), function(bars)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True, check_index_type=True)
+    assert got.attrs == expected.attrs
+
+
+def test_a_lookback_reaching_before_the_first_time_a_unit_can_count(cache_dir: Path) -> None:
+    # 100,000 days before 1900 lies before 1677, where nanoseconds stop: every row is fed.
+    bars = minute_bars(300).set_axis(pd.date_range("1900-01-01", periods=300, freq="D"), axis=0)
+    bars.index = bars.index.as_unit("ns")
+    cached = time_aware_cacheable(incremental=True, lookback="100000D")(exact_features)
+    cached(bars.iloc[:200])
+    computed.clear()
+    pd.testing.assert_frame_equal(cached(bars), exact_features(bars), check_exact=True)
+    assert computed[0] == 300
 
 
 def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) -> None:

@@ -413,12 +413,14 @@ class FeatureEngine(_Engine):
             # Rows whose look ahead reaches the last old row: the first bar at or after t + ahead
             # (a vertical barrier) may be a new one, across a night or a weekend, and a window
             # up to t + ahead holds the new rows stamped as the last old one (ticks).
-            first = int(index.searchsorted(index[old_rows - 1] - ahead, side="left"))
+            before = _earlier(index[old_rows - 1], ahead)
+            first = 0 if before is None else int(index.searchsorted(before, side="left"))
         if isinstance(back, int):
             return first, max(0, first - back)
         # From the last bar at or before t - back (as of t minus a day, over a weekend: Friday),
         # and every row stamped as it.
-        last = int(index.searchsorted(index[first] - back, side="right")) - 1
+        before = _earlier(index[first], back)
+        last = -1 if before is None else int(index.searchsorted(before, side="right")) - 1
         return first, 0 if last < 0 else int(index.searchsorted(index[last], side="left"))
 
     def _run_on(
@@ -569,22 +571,21 @@ class _FrameKind:
     rows."""
 
     def __init__(self, frame: pd.DataFrame | pd.Series, window: Window) -> None:
+        # The objects themselves, fingerprinted, not their text: str() of a business-day
+        # frequency omits its holidays, of a zone its library (pytz or zoneinfo, which a hit
+        # would hand on), of a categorical dtype its categories, of the columns their dtype.
         index = frame.index
         if isinstance(frame, pd.DataFrame):
-            columns: Any = (
-                list(frame.columns),
-                list(frame.columns.names),
-                [str(t) for t in frame.dtypes],
-            )
+            columns: Any = (frame.columns, list(frame.columns.names), list(frame.dtypes))
         else:
-            columns = (frame.name, str(frame.dtype))
+            columns = (frame.name, frame.dtype)
         self.parts = (
             type(frame).__name__,
             columns,
             type(index).__name__,
-            str(index.dtype),
+            index.dtype,
             list(index.names),
-            str(getattr(index, "freq", None)),
+            getattr(index, "freq", None),
             frame.attrs,
             window,
             BLOCK_ROWS,
@@ -592,6 +593,15 @@ class _FrameKind:
 
     def __cache_key__(self) -> Any:
         return self.parts
+
+
+def _earlier(moment: Any, span: pd.Timedelta) -> Any:
+    """``moment - span``, or None when that lies before the index's unit can count (a span of
+    centuries back on nanoseconds): before every row."""
+    try:
+        return moment - span
+    except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+        return None
 
 
 def _in_unit(reach: int | pd.Timedelta, unit: str) -> int | pd.Timedelta:
@@ -692,10 +702,16 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
             return None
     elif head.name != tail.name or head.dtype != tail.dtype:
         return None
+    # Attributes the function set from the rows it saw (the last bar's time) differ between
+    # the parts: which the whole frame would give cannot be told, so it is computed.
+    if not _equal(head.attrs, tail.attrs):
+        return None
     # Both parts are on the frame's rows (checked when computed): the frame's own index is the
     # result's, without concatenating another copy of it.
     if (
         tail.index.names != index.names
+        or type(tail.index) is not type(index)
+        or type(head.index) is not type(index)
         or tail.index.dtype != index.dtype
         or getattr(tail.index, "freq", None) != getattr(index[cut:], "freq", None)
     ):
@@ -703,6 +719,14 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
     result = pd.concat([head.iloc[:cut], tail], ignore_index=True)
     result.index = index
     return result
+
+
+def _equal(one: Any, other: Any) -> bool:
+    """``one == other`` as a bool; False where it cannot say (arrays compare element-wise)."""
+    try:
+        return bool(one == other)
+    except (TypeError, ValueError):
+        return False
 
 
 def _rows_differing(result: Any, full: Any) -> int | None:
