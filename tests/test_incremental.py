@@ -4,6 +4,7 @@ full computation's."""
 
 from __future__ import annotations
 
+import datetime
 import pickle
 import re
 import tempfile
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import pytz
+from dateutil import relativedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -412,8 +414,14 @@ def _with_labels(dtype: str) -> pd.DataFrame:
             lambda rows: _with_labels("object").iloc[:rows],
             lambda rows: _with_labels("str").iloc[:rows],
         ),
+        # pandas' "UTC" is datetime.timezone.utc; zoneinfo's has a .key.
+        (
+            stamps,
+            lambda rows: _daily(rows, tz=datetime.UTC),
+            lambda rows: _daily(rows, tz=zoneinfo.ZoneInfo("UTC")),
+        ),
     ],
-    ids=["holidays", "zone library", "label dtype"],
+    ids=["holidays", "zone library", "label dtype", "utc"],
 )
 def test_what_text_would_not_tell_apart_is_another_family(
     cache_dir: Path, function: Any, first: Any, second: Any
@@ -430,6 +438,37 @@ def test_what_text_would_not_tell_apart_is_another_family(
         check(got, expected, check_exact=True)
         index = got.index
         assert type(index.tz) is type(expected.index.tz) and index.freq == expected.index.freq
+
+
+def marked(bars: pd.DataFrame) -> pd.DataFrame:
+    computed.append(len(bars))
+    out = bars.diff()
+    out.attrs = {"fill": np.nan, "weights": np.array([0.5, 0.5])}  # == cannot compare these
+    return out
+
+
+def test_parts_whose_attrs_are_alike_are_stitched_with_them(cache_dir: Path) -> None:
+    # NaN unequal to itself, arrays compared element-wise: equal attrs all the same, so the
+    # frame grows by its new rows, and the result keeps them as the full computation does.
+    bars = minute_bars(300).set_axis(
+        pd.Index(["high", "low", "close", "volume"], dtype=object), axis=1
+    )
+    bars.attrs = {"missing": np.nan}  # pandas hands the input's on to bars.diff()
+    cached = time_aware_cacheable(incremental=True, lookback=1, ignore_globals=("computed",))(
+        marked
+    )
+    cached(bars.iloc[:200])
+    got = cached(bars)
+    expected = marked(bars)
+    assert computed == [200, 101, 300]
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert afml_cache.fingerprint(got.attrs) == afml_cache.fingerprint(expected.attrs)
+    # The result's labels are its own: writing them leaves the stored rows' alone.
+    np.asarray(got.columns)[0] = "written"
+    grown = minute_bars(320).set_axis(bars.columns, axis=1)
+    grown.iloc[:300] = bars
+    grown.attrs = bars.attrs
+    assert list(cached(grown).columns) == ["high", "low", "close", "volume"]
 
 
 def last_seen(bars: pd.DataFrame) -> pd.DataFrame:
@@ -460,15 +499,41 @@ def test_parts_that_differ_from_the_whole_are_not_stitched(
     assert got.attrs == expected.attrs
 
 
-def test_a_lookback_reaching_before_the_first_time_a_unit_can_count(cache_dir: Path) -> None:
-    # 100,000 days before 1900 lies before 1677, where nanoseconds stop: every row is fed.
-    bars = minute_bars(300).set_axis(pd.date_range("1900-01-01", periods=300, freq="D"), axis=0)
-    bars.index = bars.index.as_unit("ns")
-    cached = time_aware_cacheable(incremental=True, lookback="100000D")(exact_features)
+@pytest.mark.parametrize(
+    ("unit", "window"),
+    [
+        ("ns", {"lookback": "100000D"}),  # 1900 less 100,000 days lies before 1677
+        ("ns", {"lookback": datetime.timedelta(days=200_000)}),  # more than ns can count
+        ("ns", {"lookback": 1, "lookahead": pd.Timedelta(days=200_000)}),
+        ("us", {"lookback": pd.Timedelta.max}),  # rounded up to µs, past the largest
+        ("s", {"lookback": pd.Timedelta.max}),
+    ],
+    ids=["before 1677", "past ns", "ahead past ns", "max in us", "max in s"],
+)
+def test_a_window_longer_than_the_unit_can_count_feeds_every_row(
+    cache_dir: Path, unit: str, window: dict[str, Any]
+) -> None:
+    bars = minute_bars(300).set_axis(
+        pd.date_range("1900-01-01", periods=300, freq="D", unit=unit), axis=0
+    )
+    cached = time_aware_cacheable(incremental=True, **window)(exact_features)
     cached(bars.iloc[:200])
     computed.clear()
     pd.testing.assert_frame_equal(cached(bars), exact_features(bars), check_exact=True)
     assert computed[0] == 300
+
+
+def test_a_frequency_holding_a_dateutil_weekday_is_read_without_a_warning(
+    cache_dir: Path,
+) -> None:
+    # The third Friday of each month; strict mode raises on any value without a rule.
+    expiries = pd.date_range(
+        "2020-01-01", periods=60, freq=pd.DateOffset(months=1, day=1, weekday=relativedelta.FR(3))
+    )
+    bars = pd.DataFrame({"close": np.arange(60.0)}, index=expiries)
+    cached = time_aware_cacheable(incremental=True, lookback=1, strict=True)(changes)
+    cached(bars.iloc[:40])
+    pd.testing.assert_frame_equal(cached(bars), changes(bars), check_exact=True)
 
 
 def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) -> None:

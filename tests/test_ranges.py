@@ -913,6 +913,7 @@ def _frames_of_every_layout() -> dict[str, Any]:
         "datetime column": plain.assign(at=index.tz_localize(None)),
         "category": plain.assign(side=pd.Categorical(["b", "s"] * 6)),
         "attrs": attrs,
+        "labels as objects": plain.set_axis(pd.Index(["close", "volume"], dtype=object), axis=1),
         "series": plain["close"],
     }
 
@@ -941,6 +942,8 @@ def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str, cut: str) 
     for column, source in itertools.product(columns, sources):
         assert not np.shares_memory(np.asarray(column), np.asarray(source))
     assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
+    if isinstance(got, pd.DataFrame):
+        assert not np.shares_memory(np.asarray(got.columns), np.asarray(frame.columns))
 
 
 @pytest.mark.parametrize("names", [("close", "close"), ("close", "last"), (None, "close")])
@@ -1047,6 +1050,7 @@ def test_stitching_is_what_pandas_concatenates(
     assert got.attrs == expected.attrs
     for frame in frames:
         assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
+        assert not np.shares_memory(np.asarray(got.columns), np.asarray(frame.columns))
         for mine, theirs in itertools.product(range(got.shape[1]), range(frame.shape[1])):
             column, source = np.asarray(got.iloc[:, mine]), np.asarray(frame.iloc[:, theirs])
             assert not np.shares_memory(column, source)

@@ -789,6 +789,10 @@ def _zone_kind(tz: Any) -> Any:
     pytz and a zoneinfo zone of one name resolve wall times differently (``datetime(...,
     tzinfo=pytz_zone)`` is local mean time), and dateutil's ``tzlocal()`` is whatever zone the
     machine is in."""
+    if isinstance(tz, zoneinfo.ZoneInfo) and str(tz) == "UTC":
+        # The one zoneinfo name a datetime.timezone also has (timezone.utc, pandas' "UTC"):
+        # told apart, as a hit hands its zone on (only a ZoneInfo has .key).
+        return "zoneinfo.ZoneInfo"
     if tz is None or isinstance(tz, zoneinfo.ZoneInfo | datetime.timezone):
         return None
     kind = _name(type(tz))
@@ -1000,6 +1004,14 @@ def _dateutil_rule(obj: Any) -> Rule | None:
     machines' tzdata may differ under one file name), a fixed offset by its name and offset,
     ``tzlocal()`` by the machine's zone."""
     kind = type(obj).__name__
+    if kind == "weekday":  # FR(3), as a pandas DateOffset's weekday= holds it
+        return _VALUE, "dateutil.weekday", (obj.weekday, obj.n)
+    if kind == "relativedelta":
+        return (
+            _VALUE,
+            "dateutil.relativedelta",
+            tuple(getattr(obj, name) for name in _RELATIVEDELTA_FIELDS),
+        )
     if kind == "tzutc":
         return _VALUE, "dateutil.tzutc", None
     if kind == "tzoffset":
@@ -1017,6 +1029,11 @@ def _dateutil_rule(obj: Any) -> Rule | None:
 
 
 _TTINFO_FIELDS: Final = ("offset", "delta", "isdst", "abbr", "isstd", "isgmt", "dstoffset")
+# What a relativedelta adds (the plural fields) and sets (the singular ones, and weekday).
+_RELATIVEDELTA_FIELDS: Final = (
+    *("years", "months", "days", "leapdays", "hours", "minutes", "seconds", "microseconds"),
+    *("year", "month", "day", "weekday", "hour", "minute", "second", "microsecond"),
+)
 
 
 def _numba_rule(obj: Any) -> Rule | None:

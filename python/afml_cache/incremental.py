@@ -24,6 +24,7 @@ not the years before it again.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import inspect
@@ -41,7 +42,8 @@ import pandas as pd
 from afml_cache._core import fingerprint
 from afml_cache.calls import NO_RANGES, TimeOptions, to_ns
 from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
-from afml_cache.errors import CacheError
+from afml_cache.errors import CacheError, FingerprintError
+from afml_cache.range_spans import own_labels
 
 if TYPE_CHECKING:
     from afml_cache._store import KeyLock
@@ -595,21 +597,31 @@ class _FrameKind:
         return self.parts
 
 
-def _earlier(moment: Any, span: pd.Timedelta) -> Any:
-    """``moment - span``, or None when that lies before the index's unit can count (a span of
-    centuries back on nanoseconds): before every row."""
+# Spans and times past what the index's unit can count (centuries on nanoseconds).
+_OUT_OF_BOUNDS = (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta)
+
+
+def _earlier(moment: Any, span: pd.Timedelta | None) -> Any:
+    """``moment - span``, or None when that lies before the index's unit can count, or
+    ``span`` is None (longer than it can count): before every row."""
+    if span is None:
+        return None
     try:
         return moment - span
-    except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+    except _OUT_OF_BOUNDS:
         return None
 
 
-def _in_unit(reach: int | pd.Timedelta, unit: str) -> int | pd.Timedelta:
+def _in_unit(reach: int | pd.Timedelta, unit: str) -> int | pd.Timedelta | None:
     """A span of time rounded up to a whole ``unit`` of the index, which cannot hold a finer
-    one: reaching further than the function does is safe, less is not."""
+    one: reaching further than the function does is safe, less is not. None for a span
+    longer than the unit can count (``pd.Timedelta.max`` in microseconds)."""
     if isinstance(reach, int):
         return reach
-    return reach.ceil(unit).as_unit(unit)
+    try:
+        return reach.ceil(unit).as_unit(unit)
+    except _OUT_OF_BOUNDS:
+        return None
 
 
 def _parsed(prefixes: Any) -> list[_Prefix]:
@@ -704,7 +716,7 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
         return None
     # Attributes the function set from the rows it saw (the last bar's time) differ between
     # the parts: which the whole frame would give cannot be told, so it is computed.
-    if not _equal(head.attrs, tail.attrs):
+    if not _same_attrs(head, tail):
         return None
     # Both parts are on the frame's rows (checked when computed): the frame's own index is the
     # result's, without concatenating another copy of it.
@@ -716,17 +728,34 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
         or getattr(tail.index, "freq", None) != getattr(index[cut:], "freq", None)
     ):
         return None
-    result = pd.concat([head.iloc[:cut], tail], ignore_index=True)
+    # pandas compares the parts' attrs with == (NaN is unequal, arrays raise): the head's are
+    # the result's, as checked, and a copy, as are the columns (np.asarray hands theirs out
+    # writable), for the head may be the memory tier's.
+    result = pd.concat([_without_attrs(head.iloc[:cut]), _without_attrs(tail)], ignore_index=True)
     result.index = index
+    if isinstance(result, pd.DataFrame):
+        result.columns = own_labels(result.columns)
+    result.attrs = copy.deepcopy(head.attrs)
     return result
 
 
-def _equal(one: Any, other: Any) -> bool:
-    """``one == other`` as a bool; False where it cannot say (arrays compare element-wise)."""
-    try:
-        return bool(one == other)
-    except (TypeError, ValueError):
-        return False
+def _same_attrs(head: Any, tail: Any) -> bool:
+    """Whether the parts' attrs are equal as digests (NaN as NaN, arrays whole); False where
+    they cannot be read."""
+    if not head.attrs and not tail.attrs:
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read through a pickle or not, only equality counts
+        try:
+            return bool(fingerprint(head.attrs) == fingerprint(tail.attrs))
+        except FingerprintError:
+            return False
+
+
+def _without_attrs(part: Any) -> Any:
+    bare = part.copy(deep=False)
+    bare.attrs = {}
+    return bare
 
 
 def _rows_differing(result: Any, full: Any) -> int | None:

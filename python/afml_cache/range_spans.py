@@ -453,18 +453,21 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
         only = (rows or cuts)[0].rows()
         if only is fresh:
             return only
-        # A deep copy keeps the index's buffer, which np.asarray(result.index) hands out
-        # writable: written, it would move the rows of every later read of the piece.
+        # A deep copy keeps the buffers of the index and the columns, which np.asarray hands
+        # out writable: written, they would change every later read of the piece.
         copied = only.copy(deep=True)
-        copied.index = copied.index.copy(deep=True)
+        copied.index = own_labels(copied.index)
+        if isinstance(copied, pd.DataFrame):
+            copied.columns = own_labels(copied.columns)
         return copied
     result = _stacked(rows)
     if result is None:
         result = pd.concat([cut.rows() for cut in rows])
     if isinstance(result, pd.DataFrame):
         # Both hand the result the first part's columns object, which may be the memory tier's:
-        # a caller renaming the result's columns in place must not rename a part's.
-        result.columns = result.columns.copy()
+        # a caller renaming the result's columns in place, or writing np.asarray(its columns),
+        # must not change a part's.
+        result.columns = own_labels(result.columns)
     freqs = {cut.index.freq for cut in rows}
     if len(freqs) == 1 and None not in freqs and result.index.freq is None:
         # pandas before 3.0 keeps no frequency when concatenating; pieces that do not join on
@@ -472,6 +475,24 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
         with contextlib.suppress(ValueError):
             result.index = pd.DatetimeIndex(result.index, freq=freqs.pop())
     return result
+
+
+def own_labels(labels: pd.Index) -> pd.Index:
+    """A copy of an index or columns that shares no buffer with them (np.asarray hands those
+    out writable). pandas' deep copy of a MultiIndex keeps the tuples it listed, and of a
+    RangeIndex the numbers it listed, so those are built again."""
+    if isinstance(labels, pd.RangeIndex):
+        return pd.RangeIndex(labels.start, labels.stop, labels.step, name=labels.name)
+    copied = labels.copy(deep=True)
+    if isinstance(copied, pd.MultiIndex):
+        return pd.MultiIndex(
+            levels=copied.levels,
+            codes=copied.codes,
+            names=copied.names,
+            sortorder=copied.sortorder,
+            verify_integrity=False,
+        )
+    return copied
 
 
 def _stacked(rows: list[_Cut]) -> pd.DataFrame | None:
