@@ -247,6 +247,46 @@ def test_extra_arguments_and_parameter_types_are_in_the_key(cache_dir):
     assert len(backtest.runs()) == 4
 
 
+def test_every_argument_after_the_data_is_a_parameter_without_params(cache_dir):
+    @cached_backtest("cross")
+    def cross(data, fast, slow):
+        return {"sharpe_ratio": float(slow - fast)}
+
+    for slow in (20, 60, 120):
+        cross(_frame(), 10, slow)
+    best = get_backtest_cache().find_best_parameters("cross", metric="sharpe_ratio", top_n=3)
+    assert list(best["param_slow"]) == [120, 60, 20]
+    assert list(best["param_fast"]) == [10, 10, 10]
+
+
+def test_a_backtest_that_changes_its_data_in_place_runs_uncached(cache_dir):
+    # A hit would leave the caller's frame without the column the run added to it.
+    @cached_backtest("in_place")
+    def signals(data, params):
+        data["signal"] = data["close"].diff() > 0
+        return {"sharpe_ratio": float(data["signal"].sum())}
+
+    with pytest.warns(afml_cache.CacheWarning, match="changed its argument 'data' in place"):
+        first = signals(_frame(), {})
+    again = _frame()
+    assert signals(again, {}) == first
+    assert "signal" in again.columns
+    assert len(signals.runs()) == 0
+
+
+def test_runs_hands_out_parameters_of_its_own(cache_dir):
+    backtests = get_backtest_cache()
+    backtests.cache_backtest(
+        "sma", {"windows": [5, 20], "opts": {}}, _frame(), {"sharpe_ratio": 1.5}
+    )
+    runs = backtests.runs("sma")
+    runs["param_windows"].iloc[0].append(999)
+    runs["param_opts"].iloc[0]["x"] = 1
+    again = backtests.find_best_parameters("sma", metric="sharpe_ratio")
+    assert again["param_windows"].iloc[0] == [5, 20]
+    assert again["param_opts"].iloc[0] == {}
+
+
 def test_a_script_backtest_is_named_and_keyed_as_robust_cacheable_names_and_keys_it(cache_dir):
     # As a script defines it: its runs carry the script's path, like its decorated functions.
     code = (

@@ -471,6 +471,29 @@ def test_parts_whose_attrs_are_alike_are_stitched_with_them(cache_dir: Path) -> 
     assert list(cached(grown).columns) == ["high", "low", "close", "volume"]
 
 
+def buckets(bars: pd.DataFrame) -> pd.DataFrame:
+    codes = bars["volume"].to_numpy() % 7
+    return pd.DataFrame({"bucket": pd.Categorical(codes, categories=np.arange(7))}, bars.index)
+
+
+def test_a_stitched_results_categories_are_its_own(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stored head is read over the memory tier's buffers (every buffer out of band here);
+    # np.asarray hands a categorical's categories out writable.
+    monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
+    cached = time_aware_cacheable(incremental=True, lookback=0)(buckets)
+    bars = minute_bars(300)
+    cached(bars.iloc[:200])
+    for _ in range(2):
+        grown = cached(bars)
+        pd.testing.assert_frame_equal(grown, buckets(bars), check_exact=True)
+        np.asarray(grown["bucket"].cat.categories)[0] = -1
+    pd.testing.assert_frame_equal(
+        cached(bars.iloc[:200]), buckets(bars.iloc[:200]), check_exact=True
+    )
+
+
 def last_seen(bars: pd.DataFrame) -> pd.DataFrame:
     out = bars.diff()
     out.attrs = {"last": str(bars.index[-1])}  # set from the rows the function saw

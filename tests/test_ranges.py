@@ -684,6 +684,39 @@ def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
     assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
 
 
+def numbered(start: Any, end: Any) -> pd.DataFrame:
+    """Hourly rows under labels numpy holds (ints), with a categorical of int categories."""
+    frame = hourly(start, end)
+    minutes = frame.index.as_unit("ns").asi8 // 60_000_000_000
+    frame = frame.assign(bucket=pd.Categorical(minutes % 7, categories=np.arange(7)))
+    return frame.set_axis(pd.Index([10, 20, 30]), axis=1)
+
+
+def test_writing_a_results_labels_leaves_later_reads_alone(
+    cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # np.asarray hands out the buffers of an index, of int column labels and of categories
+    # writable; pieces are read over the memory tier's own (every buffer out of band here).
+    monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
+    log: list[tuple[Any, Any]] = []
+    load = loader(numbered, log)
+    load("ES", "2024-01-01", "2024-01-03")
+    load("ES", "2024-01-03", "2024-01-05")
+    asked = [
+        ("2024-01-01 05:00", "2024-01-02"),  # a slice of one piece
+        ("2024-01-02", "2024-01-04"),  # two pieces stitched
+        ("2024-01-04", "2024-01-06"),  # a piece and a new gap
+    ]
+    for _ in range(2):
+        for start, end in asked:
+            got = load("ES", start, end)
+            pd.testing.assert_frame_equal(got, numbered(start, end))
+            np.asarray(got.index)[0] = 0
+            np.asarray(got.columns)[0] = -1
+            np.asarray(got[30].cat.categories)[0] = -1
+    assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
+
+
 def test_a_request_computed_whole_returns_the_functions_own_frame(
     cache_dir: Path, clock: list[int]
 ) -> None:
@@ -914,6 +947,9 @@ def _frames_of_every_layout() -> dict[str, Any]:
         "category": plain.assign(side=pd.Categorical(["b", "s"] * 6)),
         "attrs": attrs,
         "labels as objects": plain.set_axis(pd.Index(["close", "volume"], dtype=object), axis=1),
+        "numbered categories": plain.assign(
+            bucket=pd.Categorical(numbers % 3, categories=[0, 1, 2])
+        ),
         "series": plain["close"],
     }
 
@@ -941,9 +977,31 @@ def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str, cut: str) 
     sources = [frame] if isinstance(frame, pd.Series) else [frame.iloc[:, i] for i in range(2)]
     for column, source in itertools.product(columns, sources):
         assert not np.shares_memory(np.asarray(column), np.asarray(source))
+    _owns_its_labels(got, frame)
+
+
+def _owns_its_labels(got: Any, frame: Any) -> None:
+    """That no buffer of ``got``'s labels (index, columns, MultiIndex levels, categories)
+    is ``frame``'s: np.asarray hands them out writable."""
     assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
     if isinstance(got, pd.DataFrame):
         assert not np.shares_memory(np.asarray(got.columns), np.asarray(frame.columns))
+        for mine, theirs in zip(
+            getattr(got.columns, "levels", []), getattr(frame.columns, "levels", []), strict=True
+        ):
+            assert not np.shares_memory(np.asarray(mine), np.asarray(theirs))
+    for mine, theirs in itertools.product(_categories(got), _categories(frame)):
+        assert not np.shares_memory(mine, theirs)
+
+
+def _categories(data: Any) -> list[np.ndarray]:
+    """The categories of each categorical column of ``data``, as np.asarray gives them."""
+    columns = [data] if isinstance(data, pd.Series) else [column for _, column in data.items()]
+    return [
+        np.asarray(column.cat.categories)
+        for column in columns
+        if isinstance(column.dtype, pd.CategoricalDtype)
+    ]
 
 
 @pytest.mark.parametrize("names", [("close", "close"), ("close", "last"), (None, "close")])
@@ -1049,8 +1107,7 @@ def test_stitching_is_what_pandas_concatenates(
     pd.testing.assert_frame_equal(got, expected)
     assert got.attrs == expected.attrs
     for frame in frames:
-        assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
-        assert not np.shares_memory(np.asarray(got.columns), np.asarray(frame.columns))
+        _owns_its_labels(got, frame.iloc[: len(got)])
         for mine, theirs in itertools.product(range(got.shape[1]), range(frame.shape[1])):
             column, source = np.asarray(got.iloc[:, mine]), np.asarray(frame.iloc[:, theirs])
             assert not np.shares_memory(column, source)

@@ -33,7 +33,7 @@ from afml_cache.backtest_runs import (
     _without_trades,
 )
 from afml_cache.cache import Cache, check_ttl
-from afml_cache.decorators import _Engine, _Options
+from afml_cache.decorators import _Engine, _Options, _outlines
 from afml_cache.errors import CacheError, CacheWarning
 
 _log = logging.getLogger("afml_cache")
@@ -109,10 +109,6 @@ class BacktestFunction:
         self._name = engine.name
         names = list(engine.signature.parameters)
         self._data_name: str | None = names[0] if names else None
-        # The parameters: an argument named params (the guides'), else the second one.
-        self._params_name: str | None = "params" if "params" in names else None
-        if self._params_name is None and len(names) > 1:
-            self._params_name = names[1]
         self._local = threading.local()
         self._warned: set[str] = set()
 
@@ -158,6 +154,8 @@ class BacktestFunction:
         run_id = None if cache is None else self._engine.key(args, kwargs)
         if cache is None or run_id is None:
             return fn(*args, **kwargs)
+        engine = self._engine
+        watching, engine._watching = engine._watching, ()
         stored = self._lookup(cache, run_id, called)
         if stored is not None:
             self._local.run_id = run_id
@@ -169,21 +167,45 @@ class BacktestFunction:
                 if stored is not None:
                     self._local.run_id = run_id
                     return stored.value
-            before = self._engine._generators_before()
+            before = engine._generators_before()
+            outlines = _outlines(args, kwargs)
             start = time.perf_counter()
             result = fn(*args, **kwargs)
             elapsed = time.perf_counter() - start
+            # A run that changed its data in place (data["signal"] = ...) is not stored, as a
+            # hit would leave the caller's frame without it: as robust_cacheable's.
+            if engine._changes_arguments(outlines):
+                return result
             # A run that drew from numpy's global generator inside a library (a strategy's
             # `df.sample()`) is stored under that generator's state, as robust_cacheable's are.
-            run_id = self._engine._key_after_miss(run_id, before)
+            run_id = engine._key_after_miss(run_id, before)
             if self._record(cache, run_id, args, kwargs, result, elapsed):
                 self._local.run_id = run_id
         finally:
             if lock is not None:
                 lock.release()
         # In the function's statistics (get_cache_stats, afml-cache stats), as its other calls.
-        self._engine._record_miss(cache.by_digest, run_id, elapsed, called)
+        engine._record_miss(cache.by_digest, run_id, elapsed, called)
+        if watching:
+            engine._changed_while_running(watching)
         return result
+
+    def _parameters(self, arguments: dict[str, Any]) -> Any:
+        """What a run records as its parameters (``param_<name>`` in rankings): the argument
+        named params (the guides', whatever else the function takes: a model is no
+        parameter), or the only one after the data; else every argument after the data, by
+        name (``run(data, fast, slow)``), the ignored ones aside."""
+        if "params" in arguments:
+            return arguments["params"]
+        ignored = self._engine.options.ignore
+        rest = {
+            name: value
+            for name, value in arguments.items()
+            if name != self._data_name and name not in ignored
+        }
+        if len(rest) == 1:
+            return next(iter(rest.values()))
+        return rest or None
 
     def _lookup(self, cache: Cache, run_id: str, called: float) -> BacktestResult | None:
         """The stored run (a hit, counted in the function's statistics), or None."""
@@ -222,7 +244,7 @@ class BacktestFunction:
             metrics, trades, equity = _parts(result)
             value = result if self._save_trades else _without_trades(result)
             data = arguments.get(self._data_name) if self._data_name else None
-            parameters = arguments.get(self._params_name) if self._params_name else None
+            parameters = self._parameters(arguments)
             run = BacktestResult(
                 run_id=run_id,
                 strategy=self._strategy,

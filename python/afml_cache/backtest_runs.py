@@ -563,7 +563,8 @@ def _frame(rows: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
     metrics: dict[str, list[float]] = {}
     for i, meta in enumerate(metas):
         for name, value in _flatten(meta["parameters"]).items():
-            params.setdefault(f"param_{name}", [None] * len(metas))[i] = value
+            # Cells of the caller's own: a list or dict in one must not change the kept listing.
+            params.setdefault(f"param_{name}", [None] * len(metas))[i] = _copied(value)
         for name, number in meta["metrics"].items():
             metrics.setdefault(name, [math.nan] * len(metas))[i] = number
     columns.update(params)

@@ -43,7 +43,7 @@ from afml_cache._core import fingerprint
 from afml_cache.calls import NO_RANGES, TimeOptions, to_ns
 from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError, FingerprintError
-from afml_cache.range_spans import own_labels
+from afml_cache.range_spans import own_categories, own_labels
 
 if TYPE_CHECKING:
     from afml_cache._store import KeyLock
@@ -736,7 +736,7 @@ def _stitch(head: Any, tail: Any, cut: int, index: pd.Index) -> Any:
     if isinstance(result, pd.DataFrame):
         result.columns = own_labels(result.columns)
     result.attrs = copy.deepcopy(head.attrs)
-    return result
+    return own_categories(result)
 
 
 def _same_attrs(head: Any, tail: Any) -> bool:

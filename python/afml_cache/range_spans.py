@@ -459,7 +459,7 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
         copied.index = own_labels(copied.index)
         if isinstance(copied, pd.DataFrame):
             copied.columns = own_labels(copied.columns)
-        return copied
+        return own_categories(copied)
     result = _stacked(rows)
     if result is None:
         result = pd.concat([cut.rows() for cut in rows])
@@ -468,6 +468,7 @@ def stitch(parts: list[tuple[Any, int, int]], start: int, end: int, fresh: Any =
         # a caller renaming the result's columns in place, or writing np.asarray(its columns),
         # must not change a part's.
         result.columns = own_labels(result.columns)
+    result = own_categories(result)
     freqs = {cut.index.freq for cut in rows}
     if len(freqs) == 1 and None not in freqs and result.index.freq is None:
         # pandas before 3.0 keeps no frequency when concatenating; pieces that do not join on
@@ -493,6 +494,20 @@ def own_labels(labels: pd.Index) -> pd.Index:
             verify_integrity=False,
         )
     return copied
+
+
+def own_categories(result: Any) -> Any:
+    """``result`` (a frame or series of the caller's) with categories of its own: a copy, or
+    pd.concat, keeps the parts' dtype, whose categories np.asarray hands out writable."""
+    if isinstance(result, pd.Series):
+        if isinstance(result.dtype, pd.CategoricalDtype):
+            result = result.cat.set_categories(own_labels(result.cat.categories))
+        return result
+    for i, dtype in enumerate(result.dtypes):
+        if isinstance(dtype, pd.CategoricalDtype):
+            column = result.iloc[:, i]
+            result.isetitem(i, column.cat.set_categories(own_labels(dtype.categories)))
+    return result
 
 
 def _stacked(rows: list[_Cut]) -> pd.DataFrame | None:
