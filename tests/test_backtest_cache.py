@@ -636,6 +636,23 @@ def test_walk_forward_splits_round_trip_and_empty_folds(cache_dir):
 # --- the guide's examples, as written ----------------------------------------------------------
 
 
+def test_a_damaged_directory_never_stops_a_walk_forward_or_a_ranking(cache_dir):
+    backtests = get_backtest_cache()
+    backtests.cache_backtest("s", {"a": 1}, _frame(), {"sharpe_ratio": 1.0})
+    namespace = cache_dir / "entries" / "afml_cache.backtests"
+    shutil.rmtree(namespace)
+    namespace.write_text("a file where the runs' directory was")
+    with pytest.warns(afml_cache.CacheWarning, match="fold 0 of the split 'wf' was not cached"):
+        assert backtests.cache_walk_forward_split("wf", _frame(), _frame(), 0, 3) == "wf_fold_0"
+    with pytest.warns(afml_cache.CacheWarning, match="could not be listed"):
+        assert len(backtests.runs()) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)
+        assert backtests.get_walk_forward_split("wf", 0) is None
+        assert backtests.get_cached_backtest("s", {"a": 1}, _frame()) is None
+    assert namespace.read_text() == "a file where the runs' directory was"
+
+
 def test_the_guides_examples_as_written(cache_dir):
     from afml_cache.backtest_cache import BacktestCache, cached_backtest
 

@@ -293,10 +293,9 @@ class BacktestCache:
         by content), or None: the check before computing, so a run that no longer unpickles is
         a miss (removed with one warning, to be stored again), as a decorated call's is."""
         _check_strategy(strategy_name)
-        found, value, _ = self.cache.by_digest.lookup(
-            _manual_run_id(strategy_name, parameters, data)
-        )
-        return value if found and isinstance(value, BacktestResult) else None
+        run_id = _manual_run_id(strategy_name, parameters, data)
+        value = self._read(run_id, f"the backtest {strategy_name!r}")
+        return value if isinstance(value, BacktestResult) else None
 
     def get_run(self, run_id: str) -> BacktestResult | None:
         """The run with this id (from ``index``, ``f.last_run_id`` or a ranking), or None.
@@ -491,13 +490,34 @@ class BacktestCache:
             "test_rows": _rows(test_data),
             "created": split.created,
         }
-        self.cache.by_digest.put(_split_key(split_id, fold), split, metadata=metadata)
+        try:
+            self.cache.by_digest.put(_split_key(split_id, fold), split, metadata=metadata)
+        except (CacheError, OSError, ValueError) as exc:
+            warnings.warn(
+                f"afml_cache: fold {fold} of the split {split_id!r} was not cached: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
         return f"{split_id}_fold_{fold}"
 
     def get_walk_forward_split(self, split_id: str, fold_number: int) -> WalkForwardSplit | None:
         """The stored fold (``.train_data``, ``.test_data``), or None."""
-        found, value, _ = self.cache.by_digest.lookup(_split_key(split_id, int(fold_number)))
-        return value if found and isinstance(value, WalkForwardSplit) else None
+        value = self._read(_split_key(split_id, int(fold_number)), f"the split {split_id!r}")
+        return value if isinstance(value, WalkForwardSplit) else None
+
+    def _read(self, key: str, what: str) -> Any:
+        """The value stored under ``key``, or None: one the store cannot read (a damaged
+        directory) is a miss, with a warning naming ``what``."""
+        try:
+            found, value, _ = self.cache.by_digest.lookup(key)
+        except (CacheError, OSError) as exc:
+            warnings.warn(
+                f"afml_cache: {what} could not be read from the cache: {exc}",
+                CacheWarning,
+                stacklevel=3,
+            )
+            return None
+        return value if found else None
 
     def walk_forward_splits(self, split_id: str) -> pd.DataFrame:
         """The stored folds of ``split_id``, indexed by fold: total_folds, the train and test
@@ -536,8 +556,18 @@ class BacktestCache:
         generation = cache.generation()
         listed = self._listed
         if listed is None or listed[0] is not cache or listed[1] != generation:
+            try:
+                entries = cache.entries()
+            except (CacheError, OSError) as exc:
+                # A damaged directory lists nothing, with a warning, as a lookup misses.
+                warnings.warn(
+                    f"afml_cache: the stored backtests could not be listed: {exc}",
+                    CacheWarning,
+                    stacklevel=3,
+                )
+                return []
             found = []
-            for entry in cache.entries():
+            for entry in entries:
                 meta = entry.get("metadata")
                 if isinstance(meta, dict) and "kind" in meta:
                     found.append((entry, meta))
