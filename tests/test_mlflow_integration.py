@@ -539,6 +539,24 @@ def test_a_tracking_uri_changed_after_setup_tracks_nothing_elsewhere(
     assert tracking._client.search_runs([tracking.experiment_id]) == []
     assert sharpe(6) == {"sharpe": 0.6}  # tracked again under the URI it was set up with
     assert len(tracking._client.search_runs([tracking.experiment_id])) == 1
+    # The result computed untracked is a hit now: its run logs that call's params and metrics.
+    assert sharpe(5) == {"sharpe": 0.5}
+    _, [hit] = runs_by_hit(tracking)
+    assert (hit.data.params, hit.data.metrics) == ({"window": "5"}, {"sharpe": 0.5})
+    assert tracking.get_best_run("sharpe") != hit.info.run_id  # 0.6, the computed one
+
+
+def test_a_hit_in_another_tracking_store_names_no_run_of_the_first(
+    tracking: MLflowCache, store: dict[str, str], tmp_path: Path
+) -> None:
+    features, labels = labelled_frame(seed=7)
+    train_model(features, labels, {"n_estimators": 3})  # computed, its model logged here
+    other = setup_mlflow_cache("elsewhere", tracking_uri=f"sqlite:///{tmp_path / 'other.db'}")
+    train_model(features, labels, {"n_estimators": 3})  # a hit, run there
+    best = other.get_best_run("accuracy")
+    assert run_of(other, best).data.tags[TAG_HIT] == "true"
+    with pytest.raises(LookupError, match="went to another store"):
+        other.load_model_from_run(best)
 
 
 def test_a_notebook_function_is_sent_to_joblib_workers(tmp_path: Path, run_python) -> None:

@@ -37,10 +37,13 @@ class _Call:
         self.ran = True
         function = self.function
         tracker = _tracker(function)
-        if tracker is None:
-            return _Computed(function.fn(*args, **kwargs), None, {}, {}, None)
         params = _params(function, args, kwargs)
         key = function.engine.key(args, kwargs)
+        if tracker is None:
+            # Untracked now (MLflow paused or refused): the params and metrics are kept all the
+            # same, for the runs of hits once tracking is back to log.
+            result = function.fn(*args, **kwargs)
+            return _Computed(result, None, params, _metrics(result), key)
         run_id = tracker._start_computing(function, params, key)
         start = time.perf_counter()
         try:

@@ -344,7 +344,9 @@ class MLflowCache:
         tags = {**function.tags, TAG_FUNCTION: function.name, TAG_HIT: "true"}
         if computed.key is not None:
             tags[TAG_KEY] = computed.key
-        if computed.run_id is not None:
+        if computed.run_id is not None and self._has_run(computed.run_id):
+            # Only a run of this store: one logged to another tracking store is not there to
+            # rank or load a model from (get_best_run, load_model_from_run follow the tag).
             tags[TAG_SOURCE_RUN] = computed.run_id
         active = self._mlflow.active_run()
         if active is not None:
@@ -357,6 +359,14 @@ class MLflowCache:
             self._client.set_terminated(run_id)
 
         self._safely("recording a hit run", record)
+
+    def _has_run(self, run_id: str) -> bool:
+        """Whether this tracking store holds run ``run_id``."""
+        try:
+            self._client.get_run(run_id)
+        except Exception:  # MLflow's "not found", or a store that cannot say: not there
+            return False
+        return True
 
     # --- finding runs and models ---------------------------------------------------------------
 
@@ -398,10 +408,17 @@ class MLflowCache:
         try:
             flavors = mlflow.models.get_model_info(uri).flavors
         except Exception as exc:
+            why = (
+                "it is a hit of a result computed while tracking was off or went to another "
+                "store, where its model was logged (the cached result holds the model: call "
+                "the function)"
+                if run.data.tags.get(TAG_HIT) == "true" and source == run_id
+                else "a tracked function logs its model when its result holds one and "
+                "log_model=True"
+            )
             raise LookupError(
                 f"run {run_id} has no model named {model_name!r} in {self.tracking_uri} "
-                f"({type(exc).__name__}: {exc}); a tracked function logs its model when its "
-                "result holds one and log_model=True"
+                f"({type(exc).__name__}: {exc}); {why}"
             ) from exc
         if "sklearn" in flavors:
             import mlflow.sklearn
