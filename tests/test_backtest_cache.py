@@ -259,6 +259,37 @@ def test_every_argument_after_the_data_is_a_parameter_without_params(cache_dir):
     assert list(best["param_fast"]) == [10, 10, 10]
 
 
+class _Runner:
+    def __cache_key__(self) -> str:
+        return "runner"
+
+    @cached_backtest("method")
+    def run(self, data, fast, slow):
+        return {"sharpe_ratio": float(slow - fast)}
+
+
+def test_parameters_are_named_after_the_arguments_that_are_not_the_data(cache_dir):
+    @cached_backtest("options", ignore=["verbose"])
+    def options(data, fast, verbose=False, **extra):
+        return {"sharpe_ratio": float(fast)}
+
+    @cached_backtest("window")
+    def window(data, window):
+        return {"sharpe_ratio": float(window)}
+
+    _Runner().run(_frame(), 1, 2)  # a method: its instance is neither data nor parameter
+    options(_frame(), 1, slow=3)
+    window(_frame(), 5)
+    assert _Runner.run.runs().filter(like="param_").to_dict("records") == [
+        {"param_fast": 1, "param_slow": 2}
+    ]
+    assert _Runner.run.runs()["start"].iloc[0] == _frame().index[0]
+    assert options.runs().filter(like="param_").to_dict("records") == [
+        {"param_fast": 1, "param_slow": 3}
+    ]
+    assert window.runs().filter(like="param_").to_dict("records") == [{"param_window": 5}]
+
+
 def test_a_backtest_that_changes_its_data_in_place_runs_uncached(cache_dir):
     # A hit would leave the caller's frame without the column the run added to it.
     @cached_backtest("in_place")
@@ -650,6 +681,14 @@ def test_a_damaged_directory_never_stops_a_walk_forward_or_a_ranking(cache_dir):
         warnings.simplefilter("ignore", afml_cache.CacheWarning)
         assert backtests.get_walk_forward_split("wf", 0) is None
         assert backtests.get_cached_backtest("s", {"a": 1}, _frame()) is None
+    curves = cache_dir / "entries" / "afml_cache.backtests.curves"
+    shutil.rmtree(curves, ignore_errors=True)
+    curves.write_text("a file where the curves' directory was")
+    with pytest.warns(afml_cache.CacheWarning) as warned:
+        assert backtests.clear() == 0
+    said = [str(w.message) for w in warned]
+    assert any("could not be listed" in m for m in said)
+    assert any("could not all be removed" in m for m in said)
     assert namespace.read_text() == "a file where the runs' directory was"
 
 

@@ -494,6 +494,23 @@ def test_a_stitched_results_categories_are_its_own(
     )
 
 
+def regime(bars: pd.DataFrame) -> pd.Series:
+    up = np.where(bars["close"].diff().to_numpy() > 0, "up", "down")
+    series = pd.Series(pd.Categorical(up), index=bars.index, name="regime")
+    series.attrs = {"model": "v1"}
+    return series.set_flags(allows_duplicate_labels=False)
+
+
+def test_a_stitched_categorical_series_keeps_its_attrs_and_flags(cache_dir: Path) -> None:
+    cached = time_aware_cacheable(incremental=True, lookback=1)(regime)
+    bars = minute_bars(300)
+    cached(bars.iloc[:200])
+    got, expected = cached(bars), regime(bars)
+    pd.testing.assert_series_equal(got, expected, check_exact=True)
+    assert got.attrs == expected.attrs
+    assert not got.flags.allows_duplicate_labels
+
+
 def last_seen(bars: pd.DataFrame) -> pd.DataFrame:
     out = bars.diff()
     out.attrs = {"last": str(bars.index[-1])}  # set from the rows the function saw

@@ -546,6 +546,56 @@ def test_a_tracking_uri_changed_after_setup_tracks_nothing_elsewhere(
     assert tracking.get_best_run("sharpe") != hit.info.run_id  # 0.6, the computed one
 
 
+class _ClosedHandle:
+    """An h5py-like handle whose ``shape`` raises, as a closed dataset's does."""
+
+    @property
+    def shape(self) -> Any:
+        raise ValueError("Not a dataset (not a valid identifier)")
+
+    def __cache_key__(self) -> str:
+        return "closed handle"
+
+
+def test_arguments_that_fail_to_describe_themselves_are_logged_by_type(
+    tracking: MLflowCache,
+) -> None:
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def score(handle: Any, n: int) -> dict[str, float]:
+        return {"sharpe": 1.0}
+
+    assert score(_ClosedHandle(), 10**5000) == {"sharpe": 1.0}
+    [run] = tracking._client.search_runs([tracking.experiment_id])
+    assert run.data.params["handle.type"].endswith("_ClosedHandle")
+
+
+def test_a_hit_whose_params_mlflow_refuses_leaves_tracking_on(
+    tracking: MLflowCache, store: dict[str, str], tmp_path: Path
+) -> None:
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def blend(weights: dict[str, float]) -> dict[str, float]:
+        return {"sharpe": sum(weights.values())}
+
+    @mlflow_cached(ignore_globals=("CALLS",))
+    def other(window: int) -> dict[str, float]:
+        return {"sharpe": window / 10}
+
+    weights = {"data/eurusd/": 0.5, "SPY": 0.5}  # a key MLflow refuses as a param's name
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        with pytest.warns(UserWarning, match="tracking URI is now"):
+            blend(weights)  # untracked: computed, its params kept
+    finally:
+        mlflow.set_tracking_uri(store["uri"])
+    with pytest.warns(UserWarning, match="MLflow refused the params"):
+        assert blend(weights) == {"sharpe": 1.0}  # a hit: its run logs without them
+    assert tracking._broken is None
+    other(3)
+    computed, hits = runs_by_hit(tracking)
+    assert len(computed) == 1 and len(hits) == 1
+    assert hits[0].data.metrics == {"sharpe": 1.0}
+
+
 def test_a_hit_in_another_tracking_store_names_no_run_of_the_first(
     tracking: MLflowCache, store: dict[str, str], tmp_path: Path
 ) -> None:

@@ -935,6 +935,8 @@ def _frames_of_every_layout() -> dict[str, Any]:
     multi = plain.set_axis(pd.MultiIndex.from_tuples([("ES", "close"), ("ES", "volume")]), axis=1)
     attrs = plain.copy()
     attrs.attrs["vendor"] = "x"
+    categorical = plain["close"].astype("category").set_flags(allows_duplicate_labels=False)
+    categorical.attrs["vendor"] = "x"
     return {
         "numbers": plain,
         "mixed blocks": mixed,
@@ -947,6 +949,8 @@ def _frames_of_every_layout() -> dict[str, Any]:
         "category": plain.assign(side=pd.Categorical(["b", "s"] * 6)),
         "attrs": attrs,
         "labels as objects": plain.set_axis(pd.Index(["close", "volume"], dtype=object), axis=1),
+        "categories as labels": plain.set_axis(pd.CategoricalIndex([10, 20]), axis=1),
+        "categorical series": categorical,
         "numbered categories": plain.assign(
             bucket=pd.Categorical(numbers % 3, categories=[0, 1, 2])
         ),
@@ -972,7 +976,8 @@ def test_stitched_parts_equal_the_frame_they_were_cut_from(name: str, cut: str) 
         pd.testing.assert_series_equal(got, frame)
     else:
         pd.testing.assert_frame_equal(got, frame)
-        assert got.attrs == frame.attrs
+    assert got.attrs == frame.attrs
+    assert got.flags.allows_duplicate_labels == frame.flags.allows_duplicate_labels
     columns = [got] if isinstance(got, pd.Series) else [got.iloc[:, i] for i in range(got.shape[1])]
     sources = [frame] if isinstance(frame, pd.Series) else [frame.iloc[:, i] for i in range(2)]
     for column, source in itertools.product(columns, sources):
@@ -986,6 +991,9 @@ def _owns_its_labels(got: Any, frame: Any) -> None:
     assert not np.shares_memory(np.asarray(got.index), np.asarray(frame.index))
     if isinstance(got, pd.DataFrame):
         assert not np.shares_memory(np.asarray(got.columns), np.asarray(frame.columns))
+        if isinstance(got.columns, pd.CategoricalIndex):
+            mine, theirs = got.columns.categories, frame.columns.categories
+            assert not np.shares_memory(np.asarray(mine), np.asarray(theirs))
         for mine, theirs in zip(
             getattr(got.columns, "levels", []), getattr(frame.columns, "levels", []), strict=True
         ):

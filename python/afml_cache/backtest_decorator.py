@@ -108,7 +108,10 @@ class BacktestFunction:
         self._save_trades = save_trades
         self._name = engine.name
         names = list(engine.signature.parameters)
-        self._data_name: str | None = names[0] if names else None
+        # A method's data comes after its instance; neither is a parameter of the run.
+        instance = names[:1] if names[:1] in (["self"], ["cls"]) else []
+        self._data_name: str | None = names[len(instance)] if names[len(instance) :] else None
+        self._not_parameters = {*instance, self._data_name, *engine.options.ignore}
         self._local = threading.local()
         self._warned: set[str] = set()
 
@@ -193,18 +196,22 @@ class BacktestFunction:
     def _parameters(self, arguments: dict[str, Any]) -> Any:
         """What a run records as its parameters (``param_<name>`` in rankings): the argument
         named params (the guides', whatever else the function takes: a model is no
-        parameter), or the only one after the data; else every argument after the data, by
-        name (``run(data, fast, slow)``), the ignored ones aside."""
+        parameter), or else every argument after the data by name (``run(data, fast, slow)``;
+        ``**options`` by their own names; a lone dict by its keys), the ignored ones aside."""
         if "params" in arguments:
             return arguments["params"]
-        ignored = self._engine.options.ignore
-        rest = {
-            name: value
-            for name, value in arguments.items()
-            if name != self._data_name and name not in ignored
-        }
-        if len(rest) == 1:
-            return next(iter(rest.values()))
+        kinds = self._engine.signature.parameters
+        skipped = self._not_parameters
+        rest: dict[str, Any] = {}
+        for name, value in arguments.items():
+            if name in skipped:
+                continue
+            if kinds[name].kind is inspect.Parameter.VAR_KEYWORD:
+                rest.update((key, item) for key, item in value.items() if key not in skipped)
+            else:
+                rest[name] = value
+        if len(rest) == 1 and type(only := next(iter(rest.values()))) is dict:
+            return only
         return rest or None
 
     def _lookup(self, cache: Cache, run_id: str, called: float) -> BacktestResult | None:

@@ -412,13 +412,21 @@ class BacktestCache:
             if strategy_name is None or meta.get("strategy") == strategy_name
         ]
         curves = cache.namespaced(CURVES_NAMESPACE)
-        if strategy_name is None:  # also the curves of runs the size limit evicted
-            doomed_curves = [entry["digest"] for entry in curves.entries()]
-        else:
-            doomed_curves = doomed
-        for digest in doomed_curves:
-            curves.by_digest.delete(digest)
-        return sum(cache.by_digest.delete(d) for d in doomed)
+        try:
+            if strategy_name is None:  # also the curves of runs the size limit evicted
+                doomed_curves = [entry["digest"] for entry in curves.entries()]
+            else:
+                doomed_curves = doomed
+            for digest in doomed_curves:
+                curves.by_digest.delete(digest)
+            return sum(cache.by_digest.delete(d) for d in doomed)
+        except (CacheError, OSError) as exc:
+            warnings.warn(
+                f"afml_cache: the stored backtests could not all be removed: {exc}",
+                CacheWarning,
+                stacklevel=2,
+            )
+            return 0
 
     def report(
         self,
@@ -553,9 +561,17 @@ class BacktestCache:
         which every change to any entry by any process bumps, moves on."""
         cache = self.cache
         flush_writes()  # values this process is still writing behind count
-        generation = cache.generation()
         listed = self._listed
-        if listed is None or listed[0] is not cache or listed[1] != generation:
+        try:
+            generation = cache.generation()
+        except (CacheError, OSError):
+            generation = None  # read the entries again, which says what failed
+        if (
+            listed is None
+            or listed[0] is not cache
+            or generation is None
+            or listed[1] != generation
+        ):
             try:
                 entries = cache.entries()
             except (CacheError, OSError) as exc:

@@ -38,12 +38,12 @@ class _Call:
         function = self.function
         tracker = _tracker(function)
         params = _params(function, args, kwargs)
-        key = function.engine.key(args, kwargs)
         if tracker is None:
             # Untracked now (MLflow paused or refused): the params and metrics are kept all the
             # same, for the runs of hits once tracking is back to log.
             result = function.fn(*args, **kwargs)
-            return _Computed(result, None, params, _metrics(result), key)
+            return _Computed(result, None, params, _metrics(result), None)
+        key = function.engine.key(args, kwargs)
         run_id = tracker._start_computing(function, params, key)
         start = time.perf_counter()
         try:

@@ -269,13 +269,16 @@ class MLflowCache:
             try:
                 self._log_batch(run_id, params=params, user_input=True)
             except Exception as exc:  # MLflow refused the arguments' names or values
-                self._warn_once(
-                    f"params:{function.name}",
-                    f"afml_cache: MLflow refused the params of {function.name} "
-                    f"({type(exc).__name__}: {exc}); its runs are tracked without them. Pass "
-                    "arguments whose names MLflow accepts, or list them in ignore=",
-                )
+                self._refused_params(function, exc)
         return run_id
+
+    def _refused_params(self, function: _Function, exc: Exception) -> None:
+        self._warn_once(
+            f"params:{function.name}",
+            f"afml_cache: MLflow refused the params of {function.name} "
+            f"({type(exc).__name__}: {exc}); its runs are tracked without them. Pass "
+            "arguments whose names MLflow accepts, or list them in ignore=",
+        )
 
     def _finish_computing(
         self,
@@ -355,7 +358,14 @@ class MLflowCache:
         def record() -> None:
             run = self._client.create_run(self.experiment_id, run_name=function.run_name, tags=tags)
             run_id = run.info.run_id
-            self._batch(run_id, computed.params, computed.metrics, {})
+            self._batch(run_id, {}, computed.metrics, {})
+            try:
+                self._batch(run_id, computed.params, {}, {})
+            except Exception as exc:
+                if not _is_invalid_input(exc):
+                    raise
+                # The call's arguments, refused as a miss's run refused them: not MLflow failing.
+                self._refused_params(function, exc)
             self._client.set_terminated(run_id)
 
         self._safely("recording a hit run", record)
@@ -364,8 +374,9 @@ class MLflowCache:
         """Whether this tracking store holds run ``run_id``."""
         try:
             self._client.get_run(run_id)
-        except Exception:  # MLflow's "not found", or a store that cannot say: not there
-            return False
+        except Exception as exc:
+            # Only MLflow's "not found" says so; a store that cannot answer now may hold it.
+            return getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST"
         return True
 
     # --- finding runs and models ---------------------------------------------------------------
@@ -409,9 +420,9 @@ class MLflowCache:
             flavors = mlflow.models.get_model_info(uri).flavors
         except Exception as exc:
             why = (
-                "it is a hit of a result computed while tracking was off or went to another "
-                "store, where its model was logged (the cached result holds the model: call "
-                "the function)"
+                "it is a hit of a result computed while tracking was off (no model was logged) "
+                "or went to another store (its model is there); the cached result holds the "
+                "model: call the function"
                 if run.data.tags.get(TAG_HIT) == "true" and source == run_id
                 else "a tracked function logs its model when its result holds one and "
                 "log_model=True"
@@ -740,12 +751,15 @@ def _params(function: _Function, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     arguments = {k: v for k, v in bound.arguments.items() if k not in function.ignore}
     params: dict[str, str] = {}
     for name, value in arguments.items():
-        if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-            for key, item in value.items():
-                taken = key in arguments or _param_key(key) in params
-                _describe(params, f"{name}.{key}" if taken else key, item, nested=True)
-        else:
-            _describe(params, name, value, nested=False)
+        try:
+            if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+                for key, item in value.items():
+                    taken = key in arguments or _param_key(key) in params
+                    _describe(params, f"{name}.{key}" if taken else key, item, nested=True)
+            else:
+                _describe(params, name, value, nested=False)
+        except Exception:  # a value that fails to describe itself (a closed file's .shape)
+            params[_param_key(f"{name}.type")] = _type_name(value)
     return params
 
 
@@ -770,7 +784,11 @@ def _describe(params: dict[str, str], name: str, value: Any, *, nested: bool) ->
     try:
         params[_param_key(f"{name}.digest")] = fingerprint(value, strict=True)
     except FingerprintError:
-        params[_param_key(f"{name}.type")] = f"{type(value).__module__}.{type(value).__qualname__}"
+        params[_param_key(f"{name}.type")] = _type_name(value)
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def _shape(value: Any) -> tuple[Any, ...] | None:

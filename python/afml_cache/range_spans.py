@@ -484,6 +484,8 @@ def own_labels(labels: pd.Index) -> pd.Index:
     RangeIndex the numbers it listed, so those are built again."""
     if isinstance(labels, pd.RangeIndex):
         return pd.RangeIndex(labels.start, labels.stop, labels.step, name=labels.name)
+    if isinstance(labels, pd.CategoricalIndex):  # whose dtype a copy keeps, categories and all
+        return pd.CategoricalIndex(_own_categorical(labels.array), name=labels.name)
     copied = labels.copy(deep=True)
     if isinstance(copied, pd.MultiIndex):
         return pd.MultiIndex(
@@ -500,14 +502,22 @@ def own_categories(result: Any) -> Any:
     """``result`` (a frame or series of the caller's) with categories of its own: a copy, or
     pd.concat, keeps the parts' dtype, whose categories np.asarray hands out writable."""
     if isinstance(result, pd.Series):
-        if isinstance(result.dtype, pd.CategoricalDtype):
-            result = result.cat.set_categories(own_labels(result.cat.categories))
-        return result
+        if not isinstance(result.dtype, pd.CategoricalDtype):
+            return result
+        values = _own_categorical(result.array)
+        owned = pd.Series(values, index=result.index, name=result.name, copy=False)
+        owned.attrs = result.attrs
+        return owned.set_flags(allows_duplicate_labels=result.flags.allows_duplicate_labels)
     for i, dtype in enumerate(result.dtypes):
         if isinstance(dtype, pd.CategoricalDtype):
-            column = result.iloc[:, i]
-            result.isetitem(i, column.cat.set_categories(own_labels(dtype.categories)))
+            result.isetitem(i, _own_categorical(result.iloc[:, i].array))
     return result
+
+
+def _own_categorical(values: pd.Categorical) -> pd.Categorical:
+    """``values`` with categories of their own (their codes copied too)."""
+    dtype = pd.CategoricalDtype(own_labels(values.categories), ordered=values.ordered)
+    return pd.Categorical.from_codes(values.codes.copy(), dtype=dtype, validate=False)
 
 
 def _stacked(rows: list[_Cut]) -> pd.DataFrame | None:
