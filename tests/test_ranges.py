@@ -6,6 +6,7 @@ counted from the spans they were asked for."""
 from __future__ import annotations
 
 import copy
+import datetime
 import gc
 import itertools
 import subprocess
@@ -204,7 +205,7 @@ def test_bad_options_are_errors_at_decoration() -> None:
             time_aware_cacheable(range=("start", "end"), chunk=chunk)
     with pytest.raises(ValueError, match="chunk= and live_calendar= are options of range loaders"):
         time_aware_cacheable(chunk="1D")
-    with pytest.raises(ValueError, match="live_ttl= takes a duration"):
+    with pytest.raises(ValueError, match="live_ttl=.soon. is not a duration"):
         time_aware_cacheable(range=("start", "end"), live_ttl="soon")
     with pytest.raises(ValueError, match="has no argument 'begin' that range= can name"):
 
@@ -491,6 +492,44 @@ def test_pieces_of_a_family_are_merged_once_it_holds_more_than_n(
     assert len(log) == 7
     pieces = [e for e in load.cache_entries() if (e["metadata"] or {}).get("piece")]
     assert len(pieces) == 1  # the merged pieces' entries are gone
+
+
+def test_a_merged_piece_expires_when_the_first_of_its_pieces_would_have(
+    cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ttl= counts from when rows were fetched: merging them must not start it again.
+    monkeypatch.setattr(ranges, "MERGE_ABOVE", 4)
+    log: list[tuple[Any, Any]] = []
+    load = loader(hourly, log, ttl=100)
+    for day in range(1, 8):
+        load("ES", f"2024-01-{day:02d}", f"2024-01-{day + 1:02d}")
+    clock[0] += 60 * 10**9  # a minute on: 40 s of their 100 are left
+    load("ES", "2024-01-01", "2024-01-08")  # merges them
+    assert [c["pieces"] for c in load.coverage("ES")] == [1]
+    [merged] = [e for e in load.cache_entries() if (e["metadata"] or {}).get("piece")]
+    assert merged["expires"] - merged["created"] == pytest.approx(40, abs=1)
+    clock[0] += 39.5 * 10**9  # less than a second left: nothing is merged, it is fetched soon
+    load("ES", "2024-01-08", "2024-01-09")
+    assert load.__afml_cache__._ttl_left(ranges_of(load)) == 0
+
+
+def test_zones_whose_names_leave_out_their_offset_are_families_apart(
+    cache_dir: Path, clock: list[int]
+) -> None:
+    # Two fixed offsets named alike: a loader given one must not read the other's rows.
+    log: list[tuple[Any, Any]] = []
+
+    def midnights(start: Any, end: Any) -> pd.DataFrame:
+        index = pd.date_range(start.ceil("D"), end, freq="D", inclusive="left")
+        return pd.DataFrame({"x": np.arange(len(index), dtype=float)}, index=index)
+
+    load = loader(midnights, log)
+    start, end = pd.Timestamp("2024-01-01", tz="UTC"), pd.Timestamp("2024-01-05", tz="UTC")
+    for hours in (-5, 9):
+        zone = datetime.timezone(datetime.timedelta(hours=hours), "EXCH")
+        got = load("ES", start.tz_convert(zone), end.tz_convert(zone))
+        pd.testing.assert_frame_equal(got, midnights(start.tz_convert(zone), end.tz_convert(zone)))
+    assert len(log) == 2
 
 
 def ranges_of(load: Any) -> list[Any]:

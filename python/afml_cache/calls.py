@@ -47,6 +47,13 @@ class TimeRange:
     end_ns: int
     rows: int | None
     freq: str | None
+    # `end=None`, read as "up to now": end_ns is when the call was made, which keys nothing.
+    open_end: bool = False
+
+    def key(self) -> tuple[Any, ...]:
+        """What of the range counts in the call's key (arguments as given, never the clock)."""
+        end = self.start_ns if self.open_end else self.end_ns
+        return self.argument, self.start_ns, end, self.rows, self.freq
 
     def describe(self) -> dict[str, Any]:
         import pandas as pd
@@ -155,15 +162,18 @@ def time_ranges(arguments: dict[str, Any], options: TimeOptions) -> list[TimeRan
             found.append(TimeRange(name, *span))
     starts = [arguments[n] for n in options.start_args if arguments.get(n) is not None]
     ends = [arguments[n] for n in options.end_args if arguments.get(n) is not None]
+    # `load(symbol, start, end=None)`: None is "up to now", as loaders read it, so the data
+    # reach the live edge (and a revision after start invalidates them).
+    open_end = not ends and any(n in arguments for n in options.end_args)
     if starts or ends:
         try:
             start = to_ns(starts[0]) if starts else to_ns(ends[0])
-            end = to_ns(ends[0]) if ends else to_ns(starts[0])
+            end = to_ns(ends[0]) if ends else time.time_ns() if open_end else to_ns(starts[0])
         except (TypeError, ValueError, OverflowError):
             # `start="latest"`, or a value the function reads its own way: the call is keyed
             # by its arguments as usual; it just has no time range.
             return found
-        found.append(TimeRange("start/end", start, end, None, None))
+        found.append(TimeRange("start/end", start, end, None, None, open_end))
     return found
 
 
@@ -186,6 +196,26 @@ def _range_of(value: Any, time_column: str | None) -> tuple[int, int, int, str |
         column = value[time_column]
         return to_ns(column.min()), to_ns(column.max()), value.height, None
     return None
+
+
+def duration(name: str, value: Any) -> datetime.timedelta:
+    """A ``live_window=``/``live_ttl=`` option as a timedelta: a timedelta or a string like
+    ``"15min"``. A bare number is refused: pandas reads one as nanoseconds where ``ttl=``
+    counts seconds, and either reading would be a guess."""
+    import pandas as pd
+
+    span = None
+    if not isinstance(value, bool | int | float):
+        try:
+            span = pd.Timedelta(value)
+        except (TypeError, ValueError):
+            span = None
+    if span is None or span is pd.NaT or span < pd.Timedelta(0):
+        raise ValueError(
+            f"{name}={value!r} is not a duration; give a timedelta or a string like '15min' "
+            f"or '1D' (a bare number could be seconds or nanoseconds)"
+        )
+    return span.to_pytimedelta()  # as the defaults are (microseconds: finer means nothing)
 
 
 def to_ns(t: Any) -> int:

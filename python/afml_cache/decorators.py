@@ -49,6 +49,7 @@ from afml_cache.calls import (
     Defaults,
     FastBinder,
     TimeOptions,
+    duration,
     live_ttl,
     time_ranges,
     to_ns,
@@ -285,8 +286,8 @@ def time_aware_cacheable(
         time_column=time_column,
         start_args=tuple(start_args),
         end_args=tuple(end_args),
-        live_window=live_window,
-        live_ttl=live_ttl,
+        live_window=duration("live_window", live_window),
+        live_ttl=duration("live_ttl", live_ttl),
     )
     wrap = robust_cacheable(**options)
     if incremental or lookback is not None or lookahead is not None or verify is not None:
@@ -818,7 +819,7 @@ class _Engine:
         call, ranges = NO_RANGES, ()
         if self.time_options is not None:
             call = Call(time_ranges(arguments, self.time_options))
-            ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
+            ranges = tuple(r.key() for r in call.ranges)
         key = self._key(arguments, ranges, state)
         return None if key is None else (view[2], self._with_generators(key), call)
 

@@ -190,7 +190,18 @@ class Style(NamedTuple):
             zone = f"{type(self.zone).__module__}.{type(self.zone).__qualname__} {self.zone}"
             if " at 0x" in zone:
                 return None
+            if _named_apart(self.zone):
+                zone = f"{zone} {fingerprint(self.zone)}"
         return zone, self.start_unit, self.end_unit
+
+
+def _named_apart(zone: datetime.tzinfo) -> bool:
+    """Whether a zone's name leaves out what it is: a fixed offset given a name of its own
+    (``timezone(timedelta(hours=-5), "EXCH")``), dateutil's ``tzlocal()`` (the machine's zone,
+    whatever it is). Those are keyed by their fingerprint too; the names of others say it."""
+    if isinstance(zone, datetime.timezone):
+        return str(zone) != str(datetime.timezone(zone.utcoffset(None) or datetime.timedelta()))
+    return type(zone).__name__ == "tzlocal"
 
 
 def moment(value: Any) -> tuple[int, datetime.tzinfo | None, str]:

@@ -34,6 +34,7 @@ from pandas.tseries.offsets import BaseOffset
 from afml_cache import config
 from afml_cache._core import fingerprint
 from afml_cache._store.entries import Entries
+from afml_cache.calls import duration
 from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError
 from afml_cache.range_spans import (
@@ -122,15 +123,7 @@ def range_options(
 
 
 def _duration_ns(name: str, value: Any) -> int:
-    try:
-        ns = pd.Timedelta(value).value
-    except (TypeError, ValueError):
-        ns = None
-    if ns is None or ns < 0:
-        raise ValueError(
-            f"{name}= takes a duration (a timedelta or a string like '15min'); got {value!r}"
-        )
-    return int(ns)
+    return int(pd.Timedelta(duration(name, value)).value)
 
 
 @dataclass(frozen=True)
@@ -560,13 +553,16 @@ class RangeEngine(_Engine):
             return own
         return self.fn(*request.bound.args, **request.bound.kwargs)
 
-    def _store_piece(self, request: _Family, piece: Piece, frame: Any, elapsed: float) -> bool:
+    def _store_piece(
+        self, request: _Family, piece: Piece, frame: Any, elapsed: float, ttl: Any = None
+    ) -> bool:
+        """Stores a piece's rows, for ``ttl`` seconds if given, else the function's ``ttl=``."""
         metadata = {"function": self.name, "code": self.code_fingerprint(), "piece": True}
         return self._put(
             request,
             piece.digest,
             frame,
-            ttl=self.options.ttl,
+            ttl=self.options.ttl if ttl is None else ttl,
             tags=self.options.tags,
             metadata=metadata,
             compute_time=elapsed,
@@ -655,15 +651,18 @@ class RangeEngine(_Engine):
         rows = {digest: len(frame) for digest, frame in frames.items()}
         merged = []
         for run in (r for whole in runs for r in _around_largest(whole, rows) if len(r) > 1):
+            ttl = self._ttl_left(run)
+            if ttl == 0:
+                continue  # rows about to expire are fetched again, not kept longer by a merge
             frame = stitch(
                 [(frames[p.digest], p.start, p.end) for p in run], run[0].start, run[-1].end
             )
-            computed = max(p.computed for p in run)
+            computed = min(p.computed for p in run)
             piece = Piece(
                 run[0].start, run[-1].end, _new_digest(request), computed, None, form_of(frame)
             )
             elapsed = sum(times.get(digest, 0.0) for digest in {p.digest for p in run})
-            if self._store_piece(request, piece, frame, elapsed):
+            if self._store_piece(request, piece, frame, elapsed, ttl):
                 merged.append((run, piece))
         if not merged:
             return
@@ -671,6 +670,16 @@ class RangeEngine(_Engine):
         kept = [p for p in pieces if id(p) not in gone] + [piece for _, piece in merged]
         if self._write_record(request, kept):
             self._drop_unused(request, pieces, kept)
+
+    def _ttl_left(self, run: list[Piece]) -> float | None:
+        """The ``ttl=`` of a piece merged from ``run``: what is left of the first of theirs to
+        expire, counted from when it was computed (a merged piece must not keep rows past
+        theirs); 0 when none is left; None without ``ttl=``."""
+        ttl = self.options.ttl
+        if ttl is None:
+            return None
+        left = (min(p.computed for p in run) - now_ns()) / 1e9 + ttl
+        return left if left >= 1 else 0
 
     def _drop_unused(self, request: _Family, before: list[Piece], after: list[Piece]) -> None:
         """Deletes the entries of pieces the record no longer names (after it was written)."""
