@@ -8,6 +8,7 @@ written (with ``afml.cache`` renamed). Computations are counted in files (see he
 
 from __future__ import annotations
 
+import collections
 import decimal
 import importlib
 import json
@@ -277,6 +278,10 @@ def test_parameters_are_named_after_the_arguments_that_are_not_the_data(cache_di
     def window(data, window):
         return {"sharpe_ratio": float(window)}
 
+    @cached_backtest("config")
+    def config(data, config):
+        return {"sharpe_ratio": float(config["x"])}
+
     _Runner().run(_frame(), 1, 2)  # a method: its instance is neither data nor parameter
     options(_frame(), 1, slow=3)
     window(_frame(), 5)
@@ -288,6 +293,8 @@ def test_parameters_are_named_after_the_arguments_that_are_not_the_data(cache_di
         {"param_fast": 1, "param_slow": 3}
     ]
     assert window.runs().filter(like="param_").to_dict("records") == [{"param_window": 5}]
+    config(_frame(), collections.OrderedDict(x=1, y=2))  # a lone mapping: by its keys
+    assert config.runs().filter(like="param_").to_dict("records") == [{"param_x": 1, "param_y": 2}]
 
 
 def test_a_backtest_that_changes_its_data_in_place_runs_uncached(cache_dir):

@@ -13,7 +13,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -210,8 +210,8 @@ class BacktestFunction:
                 rest.update((key, item) for key, item in value.items() if key not in skipped)
             else:
                 rest[name] = value
-        if len(rest) == 1 and type(only := next(iter(rest.values()))) is dict:
-            return only
+        if len(rest) == 1 and isinstance(only := next(iter(rest.values())), Mapping):
+            return dict(only)
         return rest or None
 
     def _lookup(self, cache: Cache, run_id: str, called: float) -> BacktestResult | None:

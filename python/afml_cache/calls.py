@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import numbers
 import operator
+import re
 import sys
 import time
 import types
@@ -47,13 +49,6 @@ class TimeRange:
     end_ns: int
     rows: int | None
     freq: str | None
-    # `end=None`, read as "up to now": end_ns is when the call was made, which keys nothing.
-    open_end: bool = False
-
-    def key(self) -> tuple[Any, ...]:
-        """What of the range counts in the call's key (arguments as given, never the clock)."""
-        end = self.start_ns if self.open_end else self.end_ns
-        return self.argument, self.start_ns, end, self.rows, self.freq
 
     def describe(self) -> dict[str, Any]:
         import pandas as pd
@@ -162,18 +157,15 @@ def time_ranges(arguments: dict[str, Any], options: TimeOptions) -> list[TimeRan
             found.append(TimeRange(name, *span))
     starts = [arguments[n] for n in options.start_args if arguments.get(n) is not None]
     ends = [arguments[n] for n in options.end_args if arguments.get(n) is not None]
-    # `load(symbol, start, end=None)`: None is "up to now", as loaders read it, so the data
-    # reach the live edge (and a revision after start invalidates them).
-    open_end = not ends and any(n in arguments for n in options.end_args)
     if starts or ends:
         try:
             start = to_ns(starts[0]) if starts else to_ns(ends[0])
-            end = to_ns(ends[0]) if ends else time.time_ns() if open_end else to_ns(starts[0])
+            end = to_ns(ends[0]) if ends else to_ns(starts[0])
         except (TypeError, ValueError, OverflowError):
             # `start="latest"`, or a value the function reads its own way: the call is keyed
             # by its arguments as usual; it just has no time range.
             return found
-        found.append(TimeRange("start/end", start, end, None, None, open_end))
+        found.append(TimeRange("start/end", start, end, None, None))
     return found
 
 
@@ -205,7 +197,10 @@ def duration(name: str, value: Any) -> datetime.timedelta:
     import pandas as pd
 
     span = None
-    if not isinstance(value, bool | int | float):
+    bare = isinstance(value, numbers.Number) or (
+        isinstance(value, str) and re.fullmatch(r"\s*[-+]?[\d.]+\s*", value) is not None
+    )
+    if not bare:
         try:
             span = pd.Timedelta(value)
         except (TypeError, ValueError):

@@ -819,7 +819,7 @@ class _Engine:
         call, ranges = NO_RANGES, ()
         if self.time_options is not None:
             call = Call(time_ranges(arguments, self.time_options))
-            ranges = tuple(r.key() for r in call.ranges)
+            ranges = tuple((r.argument, r.start_ns, r.end_ns, r.rows, r.freq) for r in call.ranges)
         key = self._key(arguments, ranges, state)
         return None if key is None else (view[2], self._with_generators(key), call)
 
