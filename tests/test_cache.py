@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from helpers.entry_bytes import bytes_on_disk, entry_files, locate, stored
 
-from afml_cache import Cache, CacheError, fingerprint
+from afml_cache import Cache, CacheError, fingerprint, flush_writes
 
 WORKER = Path(__file__).parent / "helpers" / "cache_worker.py"
 MISSING = object()
@@ -554,6 +554,37 @@ def test_a_value_larger_than_the_limit_warns_is_not_stored_and_evicts_nothing(di
     assert survivors(directory) == {"a", "b"}
     stats = cache.stats()
     assert stats["evictions"] == 0 and stats["sets"] == 2 and stats["count"] == 2
+
+
+def test_a_value_larger_than_the_limit_removes_the_value_it_was_to_replace(directory):
+    cache = small_cache(directory, "lru")
+    cache.set("a", "old")
+    with pytest.warns(UserWarning, match="the value stored before was removed"):
+        assert cache.set("a", noise(150_000, 3)) is False
+    assert "a" not in cache
+    assert cache.get("a") is None
+    assert Cache(directory).get("a") is None
+
+
+def test_a_value_set_after_one_written_behind_is_the_one_kept(directory):
+    # A computed result waits for the writer thread; a set of its key right after must not be
+    # replaced by it once the writer gets to it.
+    cache = Cache(directory)
+    for i in range(5):
+        key = ("k", i)
+        cache.by_digest.put(fingerprint(key), np.full(1_000_000, 1.0), behind=lambda e, n: None)
+        cache.set(key, "new")
+        flush_writes()
+        assert cache.get(key) == "new"
+        assert Cache(directory).get(key) == "new"
+
+
+def test_a_namespace_is_a_non_empty_str(directory):
+    # An empty one would be named on disk as "\x00" is, and the two would share a directory.
+    with pytest.raises(ValueError, match="namespace must be a non-empty str"):
+        Cache(directory, namespace="")
+    with pytest.raises(ValueError, match="namespace must be a non-empty str"):
+        Cache(directory).namespaced("")
 
 
 # --- configuration ------------------------------------------------------------------------------

@@ -123,3 +123,37 @@ def test_children_forked_while_threads_use_the_cache_run(run_python, tmp_path):
         timeout=600,
     )
     assert out.strip() == "stuck 0"
+
+
+def test_a_child_forked_while_a_result_is_written_behind_reads_the_disk(run_python, tmp_path):
+    # The parent's writer writes what it had queued; the child cannot tell when, nor that the
+    # parent cleared it since: it reads the disk, never a copy kept as pending.
+    source = tmp_path / "source.txt"
+    out = run_python(
+        f"""
+        import os, numpy as np, afml_cache
+        afml_cache.configure(directory={str(tmp_path / "cache")!r})
+        source = {str(source)!r}
+        open(source, "w").write("1")
+
+        @afml_cache.robust_cacheable
+        def feature(n):
+            return np.full(n, float(open(source).read()))  # 8 MB: written behind
+
+        feature(1_000_000)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(read, 1)
+            os.write(write, str(feature(1_000_000)[0]).encode())
+            os._exit(0)
+        afml_cache.flush_writes()
+        open(source, "w").write("2")  # the vendor revised the data, and the user clears
+        afml_cache.Cache({str(tmp_path / "cache")!r}).clear()
+        os.write(write, b"x")
+        os.waitpid(pid, 0)
+        print(os.read(read, 16).decode())
+        """,
+        timeout=120,
+    )
+    assert out.strip() == "2.0"

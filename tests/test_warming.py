@@ -12,6 +12,7 @@ import os
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import warmed
 from hypothesis import HealthCheck, given, settings
@@ -223,3 +224,16 @@ def test_precache_of_a_function_defined_here(cache_dir):
 
     slow.precache(10, 5)
     assert slow(5) == 10
+
+
+def test_precache_right_after_a_computed_result_is_the_one_kept(cache_dir):
+    # The computed result (8 MB) waits for the writer thread when precache replaces it.
+    @robust_cacheable
+    def feature(n: int) -> np.ndarray:
+        return np.full(n, 1.0)
+
+    for n in range(1_000_000, 1_000_005):
+        feature(n)
+        feature.precache(np.zeros(3), n)
+        afml_cache.flush_writes()
+        np.testing.assert_array_equal(feature(n), np.zeros(3))

@@ -72,6 +72,13 @@ def parse_size(size: int | str, name: str = "size") -> int:
     return size
 
 
+def _check_namespace(namespace: Any) -> None:
+    """A namespace names a directory: a non-empty str (an empty one would be written as the
+    name of "\\x00", and the two would share it)."""
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
+
+
 def check_ttl(ttl: Any) -> float | None:
     """``ttl`` in seconds, or None (the entry stays until it is evicted or removed).
 
@@ -158,6 +165,7 @@ class Cache:
         remote: str | Remote | None = None,
     ) -> None:
         check_compression(compression)
+        _check_namespace(namespace)
         # Every argument is checked before anything touches the disk.
         limit = parse_size(size_limit, "size_limit")
         memory = parse_size(memory_limit, "memory_limit")
@@ -223,6 +231,7 @@ class Cache:
         cache's) is the level of the entries the view writes."""
         if compression is not None:
             check_compression(compression)
+        _check_namespace(namespace)
         view = copy.copy(self)
         view._entries = self._entries.namespaced(namespace, compression)
         return view

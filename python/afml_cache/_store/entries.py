@@ -109,6 +109,11 @@ class Entries:
     def after_fork(self) -> None:
         self._store.after_fork()
         self.record_call = self._store.record_call
+        # The writer thread stayed in the parent, which writes what it had queued: here those
+        # values are neither waiting nor known to be on disk, so the disk is read for them (a
+        # copy kept as pending would outlive a clear() the parent made of it). The memory tier
+        # drops its copies of them likewise.
+        self._writing.clear()
 
     def lookup(
         self, digest: str, *, copy: bool = True, keep_unusable: bool = False
@@ -208,6 +213,10 @@ class Entries:
         returns: small ones cost little, and a larger one is streamed from the caller's buffers
         into its file.
         """
+        if (self.namespace, digest) in self._writing:
+            # A value of this key still waits for the writer: it must land before this one,
+            # or it would replace it (a precache or set right after the call computed it).
+            WRITER.flush()
         if behind is None:
             entry = self._serialize(
                 digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
@@ -416,10 +425,12 @@ class Entries:
         stored, size, mac, generation = self._put(entry)
         if not stored:
             self.memory.drop(entry.slot)
+            # The key's earlier value must not be read as if this set had not happened.
+            earlier = self._store.delete(*entry.slot)
             warnings.warn(
                 f"afml_cache: the value for {_describe(entry.label)} takes {size:,} bytes on "
                 f"disk, more than the whole size_limit ({self._store.size_limit:,} bytes), so "
-                "it was not stored",
+                f"it was not stored{' (the value stored before was removed)' if earlier else ''}",
                 CacheWarning,
                 stacklevel=4,
             )

@@ -45,9 +45,14 @@ class MemoryTier:
         forking.renew_after_fork(self)
 
     def after_fork(self) -> None:
-        """The values stay for the child to read; a put cut short by the fork may have left
-        the byte count off."""
+        """The values stay for the child to read, but those still being written behind (no
+        MAC yet): the parent's writer writes them, and the child cannot tell when, or whether
+        the parent cleared them since; a put cut short by the fork may have left the byte
+        count off."""
         self._lock = threading.Lock()
+        for slot, item in list(self._items.items()):
+            if item.mac is None:
+                self._items.pop(slot, None)
         self.nbytes = sum(item.nbytes for item in list(self._items.values()))
 
     def get(self, slot: tuple[str, str]) -> Remembered | None:
