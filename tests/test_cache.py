@@ -579,6 +579,13 @@ def test_a_value_set_after_one_written_behind_is_the_one_kept(directory):
         assert Cache(directory).get(key) == "new"
 
 
+def test_an_int_key_too_long_for_json_is_stored(directory):
+    cache = Cache(directory)
+    assert cache.set(10**5000, "v") is True
+    assert cache.get(10**5000) == "v"
+    assert cache.get(10**5000 + 1) is None
+
+
 def test_a_namespace_is_a_non_empty_str(directory):
     # An empty one would be named on disk as "\x00" is, and the two would share a directory.
     with pytest.raises(ValueError, match="namespace must be a non-empty str"):

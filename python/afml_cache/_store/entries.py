@@ -555,7 +555,8 @@ def _flush_at_exit(ref: weakref.ReferenceType[Entries]) -> None:
 
 def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
     described: dict[str, Any] = {}
-    if type(key) in (str, int):
+    # The key as listings show it; an int too long for JSON's text (over 4,300 digits) is not.
+    if type(key) is str or (type(key) is int and key.bit_length() <= 64):
         described["key"] = key
     if metadata is not None:
         described["metadata"] = dict(metadata)
