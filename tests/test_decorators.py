@@ -1380,6 +1380,7 @@ def test_live_options_are_durations_checked_when_decorating(cache_dir: Path, opt
 
     now = pd.Timestamp.now(tz="UTC")
     assert today(now - pd.Timedelta("1h"), now) == 1.0  # live data: read the option
+    time_aware_cacheable(**{option: np.timedelta64(15, "m")})  # a number with its unit
     for bare in (900, np.int64(900), "900"):  # pandas would read each as nanoseconds
         with pytest.raises(ValueError, match=f"{option}=.* is not a duration"):
             time_aware_cacheable(**{option: bare})

@@ -513,24 +513,6 @@ def test_a_merged_piece_expires_when_the_first_of_its_pieces_would_have(
     assert load.__afml_cache__._ttl_left(ranges_of(load)) == 0
 
 
-def test_ttl_counts_from_when_rows_were_fetched_even_if_given_later(
-    cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Pieces stored without ttl= are past an hour's once two hours old: fetched again, then
-    # merged as any others (their entries alone would keep them, split, for good).
-    monkeypatch.setattr(ranges, "MERGE_ABOVE", 4)
-    log: list[tuple[Any, Any]] = []
-    for day in range(1, 8):
-        loader(hourly, log)("ES", f"2024-01-{day:02d}", f"2024-01-{day + 1:02d}")
-    clock[0] += 2 * 3600 * 10**9
-    load = loader(hourly, log, ttl=3600)
-    for _ in range(2):
-        got = load("ES", "2024-01-01", "2024-01-08")
-        pd.testing.assert_frame_equal(got, hourly("2024-01-01", "2024-01-08"))
-    assert spans(log[7:]) == spans([("2024-01-01", "2024-01-08")])
-    assert [c["pieces"] for c in load.coverage("ES")] == [1]
-
-
 def test_zones_whose_names_leave_out_their_offset_are_families_apart(
     cache_dir: Path, clock: list[int]
 ) -> None:

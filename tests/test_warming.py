@@ -237,3 +237,21 @@ def test_precache_right_after_a_computed_result_is_the_one_kept(cache_dir):
         feature.precache(np.zeros(3), n)
         afml_cache.flush_writes()
         np.testing.assert_array_equal(feature(n), np.zeros(3))
+
+
+def test_a_precache_too_large_for_the_cache_removes_the_value_it_was_to_replace(cache_dir):
+    # As a refused set does: the call computes again rather than read the replaced value.
+    afml_cache.configure(directory=cache_dir, size_limit="1MB")
+    calls = []
+
+    @robust_cacheable(ignore_globals=("calls",))
+    def feature(n: int) -> np.ndarray:
+        calls.append(n)
+        return np.full(n, 1.0)
+
+    feature(3)
+    with pytest.warns(afml_cache.CacheWarning):
+        assert feature.precache(np.random.default_rng(0).random(500_000), 3) is False
+    afml_cache.flush_writes()
+    np.testing.assert_array_equal(feature(3), np.full(3, 1.0))
+    assert calls == [3, 3]

@@ -73,8 +73,9 @@ def parse_size(size: int | str, name: str = "size") -> int:
 
 
 def _check_namespace(namespace: Any) -> None:
-    """A namespace names a directory: a non-empty str (an empty one would be written as the
-    name of "\\x00", and the two would share it)."""
+    """A namespace a user names: a non-empty str (an empty one would be written as the name
+    of "\\x00", and the two would share it). Views of the names found on disk (the command's
+    clear, the server's) are not checked: an earlier version may have written one."""
     if not isinstance(namespace, str) or not namespace:
         raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
 
@@ -231,7 +232,6 @@ class Cache:
         cache's) is the level of the entries the view writes."""
         if compression is not None:
             check_compression(compression)
-        _check_namespace(namespace)
         view = copy.copy(self)
         view._entries = self._entries.namespaced(namespace, compression)
         return view

@@ -197,7 +197,8 @@ def duration(name: str, value: Any) -> datetime.timedelta:
     import pandas as pd
 
     span = None
-    bare = isinstance(value, numbers.Number) or (
+    # numpy's timedelta64 registers as a number, but carries its unit.
+    bare = (isinstance(value, numbers.Number) and type(value).__name__ != "timedelta64") or (
         isinstance(value, str) and re.fullmatch(r"\s*[-+]?[\d.]+\s*", value) is not None
     )
     if not bare:

@@ -355,12 +355,7 @@ class RangeEngine(_Engine):
         return True
 
     def _valid(self, piece: Piece, now: int) -> tuple[int, int]:
-        """The part of a piece that may be served now: all of it, less an expired live tail;
-        none once ``ttl=`` has passed since its rows were fetched (whatever its entry says:
-        one stored before ``ttl=`` was given keeps none)."""
-        ttl = self.options.ttl
-        if ttl is not None and now - piece.computed >= ttl * 1e9:
-            return piece.start, piece.start
+        """The part of a piece that may be served now: all of it, less an expired live tail."""
         if piece.live_from is None:
             return piece.start, piece.end
         if not self.clock.expired(piece.computed, now, self.ranges.live_ttl):

@@ -425,8 +425,7 @@ class Entries:
         stored, size, mac, generation = self._put(entry)
         if not stored:
             self.memory.drop(entry.slot)
-            # The key's earlier value must not be read as if this set had not happened.
-            earlier = self._store.delete(*entry.slot)
+            earlier = self._forget_replaced(entry)
             warnings.warn(
                 f"afml_cache: the value for {_describe(entry.label)} takes {size:,} bytes on "
                 f"disk, more than the whole size_limit ({self._store.size_limit:,} bytes), so "
@@ -437,6 +436,12 @@ class Entries:
             return False
         self._keep(entry, mac, generation)
         return True
+
+    def _forget_replaced(self, entry: _Serialized) -> bool:
+        """After a write refused as larger than the size limit: the key's earlier value must
+        not be read as if this set or precache had not happened. It goes from this machine's
+        directory only: the limit is this machine's, and a shared prefix keeps the team's."""
+        return bool(self._store.delete_local(*entry.slot))
 
     def _write_behind(
         self, entry: _Serialized, behind: Callable[[Exception | None, int], None]
@@ -452,6 +457,7 @@ class Entries:
                     f"the value takes {size:,} bytes on disk, more than the whole size_limit "
                     f"({self._store.size_limit:,} bytes)"
                 )
+                self._forget_replaced(entry)
             else:
                 remembered = self.memory.get(entry.slot)
                 if remembered is not None and remembered.stream is entry.stream:
