@@ -18,7 +18,9 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import pandas as pd
 import pytest
 from helpers.entry_bytes import bytes_on_disk, entry_files, locate, stored
 
+import afml_cache
 from afml_cache import Cache, CacheError, fingerprint, flush_writes
 
 WORKER = Path(__file__).parent / "helpers" / "cache_worker.py"
@@ -584,6 +587,31 @@ def test_an_int_key_too_long_for_json_is_stored(directory):
     assert cache.set(10**5000, "v") is True
     assert cache.get(10**5000) == "v"
     assert cache.get(10**5000 + 1) is None
+    cache.set(10**100, "w")
+    assert 10**100 in list(cache.keys())  # listed as itself, where Python can write it
+
+
+def test_a_value_computed_too_large_leaves_what_another_writer_stored(cache_dir):
+    # A computed value replaces nothing: a precache landing while it was computed stays.
+    small = Cache(cache_dir / "small", size_limit="1MB")
+    started, release = threading.Event(), threading.Event()
+
+    @afml_cache.robust_cacheable(cache=small, ignore_globals=("started", "release"))
+    def feature(n: int) -> np.ndarray:
+        started.set()
+        release.wait()
+        return np.random.default_rng(0).random(500_000)  # too large for the limit
+
+    worker = threading.Thread(target=feature, args=(3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)  # the result was not stored
+        worker.start()
+        started.wait()
+        assert feature.precache(np.full(3, 7.0), 3) is True
+        release.set()
+        worker.join()
+        afml_cache.flush_writes()
+        np.testing.assert_array_equal(feature(3), np.full(3, 7.0))
 
 
 def test_a_namespace_is_a_non_empty_str(directory):

@@ -241,10 +241,10 @@ def test_precache_right_after_a_computed_result_is_the_one_kept(cache_dir):
 
 def test_a_precache_too_large_for_the_cache_removes_the_value_it_was_to_replace(cache_dir):
     # As a refused set does: the call computes again rather than read the replaced value.
-    afml_cache.configure(directory=cache_dir, size_limit="1MB")
+    small = afml_cache.Cache(cache_dir / "small", size_limit="1MB")
     calls = []
 
-    @robust_cacheable(ignore_globals=("calls",))
+    @robust_cacheable(cache=small, ignore_globals=("calls",))
     def feature(n: int) -> np.ndarray:
         calls.append(n)
         return np.full(n, 1.0)

@@ -11,6 +11,7 @@ import copy
 import functools
 import json
 import logging
+import sys
 import time
 import warnings
 import weakref
@@ -438,10 +439,11 @@ class Entries:
         return True
 
     def _forget_replaced(self, entry: _Serialized) -> bool:
-        """After a write refused as larger than the size limit: the key's earlier value must
-        not be read as if this set or precache had not happened. It goes from this machine's
-        directory only: the limit is this machine's, and a shared prefix keeps the team's."""
-        return bool(self._store.delete_local(*entry.slot))
+        """After a value that replaces (a set, a precache) is refused as larger than the size
+        limit: the key's earlier value must not be read as if it had not happened, here or
+        through a remote prefix. A computed value replaces nothing: what another writer stored
+        for its key meanwhile stays."""
+        return entry.replace and bool(self._store.delete(*entry.slot))
 
     def _write_behind(
         self, entry: _Serialized, behind: Callable[[Exception | None, int], None]
@@ -559,11 +561,16 @@ def _flush_at_exit(ref: weakref.ReferenceType[Entries]) -> None:
             entries.flush_accesses()
 
 
+def _fits_in_text(number: int) -> bool:
+    """Whether Python writes ``number`` as text (JSON's) under its limit on digits."""
+    limit = sys.get_int_max_str_digits()
+    return limit == 0 or number.bit_length() <= (limit - 1) * 3.32  # < 10 ** (limit - 1)
+
+
 def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
     described: dict[str, Any] = {}
-    # The key as listings show it; an int too long for JSON's text (over 4,300 digits) is not.
-    if type(key) is str or (type(key) is int and key.bit_length() <= 64):
-        described["key"] = key
+    if type(key) is str or (type(key) is int and _fits_in_text(key)):
+        described["key"] = key  # as listings show it
     if metadata is not None:
         described["metadata"] = dict(metadata)
     try:
