@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import datetime
 import inspect
-import numbers
+import math
 import operator
-import re
 import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,23 +190,42 @@ def _range_of(value: Any, time_column: str | None) -> tuple[int, int, int, str |
     return None
 
 
-def duration(name: str, value: Any) -> datetime.timedelta:
-    """A ``live_window=``/``live_ttl=`` option as a timedelta: a timedelta or a string like
-    ``"15min"``. A bare number is refused: pandas reads one as nanoseconds where ``ttl=``
-    counts seconds, and either reading would be a guess."""
+def time_span(value: Any) -> Any:
+    """``value`` as a fixed, non-negative span of time (a ``pd.Timedelta``): a timedelta,
+    numpy's, a fixed pandas offset, or a string with its unit (``"15min"``); None for anything
+    else. A bare number, or one in a string, is None: pandas reads it as nanoseconds, where
+    ``ttl=`` counts seconds, and either reading would be a guess. So is a unit pandas
+    deprecates ("MS": milliseconds, or a month's start?)."""
+    import numpy as np
     import pandas as pd
 
-    span = None
-    # numpy's timedelta64 registers as a number, but carries its unit.
-    bare = (isinstance(value, numbers.Number) and type(value).__name__ != "timedelta64") or (
-        isinstance(value, str) and re.fullmatch(r"\s*[-+]?[\d.]+\s*", value) is not None
-    )
-    if not bare:
+    if isinstance(value, str) and is_number(value):
+        return None
+    if not isinstance(value, str | datetime.timedelta | np.timedelta64 | pd.offsets.Tick):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         try:
             span = pd.Timedelta(value)
-        except (TypeError, ValueError):
-            span = None
-    if span is None or span is pd.NaT or span < pd.Timedelta(0):
+        except (ValueError, Warning):
+            return None
+    if span is pd.NaT or span < pd.Timedelta(0):
+        return None
+    return span
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a finite number and nothing else ("900", " 1.5 ")."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def duration(name: str, value: Any) -> datetime.timedelta:
+    """A ``live_window=``/``live_ttl=`` option as a timedelta (`time_span`)."""
+    span = time_span(value)
+    if span is None:
         raise ValueError(
             f"{name}={value!r} is not a duration; give a timedelta or a string like '15min' "
             f"or '1D' (a bare number could be seconds or nanoseconds)"

@@ -25,10 +25,8 @@ not the years before it again.
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
 import inspect
-import math
 import random
 import time
 import warnings
@@ -40,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from afml_cache._core import fingerprint
-from afml_cache.calls import NO_RANGES, TimeOptions, to_ns
+from afml_cache.calls import NO_RANGES, TimeOptions, is_number, time_span, to_ns
 from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError, FingerprintError
 from afml_cache.range_spans import own_categories, own_labels
@@ -131,35 +129,20 @@ def _reach(option: str, value: Any) -> int | pd.Timedelta:
         if value < 0:
             raise ValueError(f"{option}={value}: give a number of rows >= 0")
         return value
-    if isinstance(value, str) and _is_number(value):
+    if isinstance(value, str) and is_number(value):
         number = value.strip()
         raise ValueError(
             f"{option}={value!r}: a number in a string has no unit (pandas would read it as "
             f"nanoseconds); give rows as an int ({option}={number}) or a span of time with its "
             f"unit ('{number}min', '{number}s')"
         )
-    span = None
-    if isinstance(value, (str, datetime.timedelta, np.timedelta64, pd.offsets.Tick)):
-        # A unit pandas deprecates ("MS": ms, or a month's start?) is as unclear as a bad one.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            try:
-                span = pd.Timedelta(value)
-            except (ValueError, Warning):
-                span = None
-    if span is None or span is pd.NaT or span < pd.Timedelta(0):
+    span = time_span(value)
+    if span is None:
         raise ValueError(
             f"{option}={value!r}: give a number of rows (an int) or a fixed span of time like "
             "'20D', '390min' or pd.Timedelta(hours=6) (not a calendar offset like a month)"
         )
     return span
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def feature_function(
