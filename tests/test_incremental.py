@@ -576,6 +576,25 @@ def test_a_frequency_holding_a_dateutil_weekday_is_read_without_a_warning(
     pd.testing.assert_frame_equal(cached(bars), changes(bars), check_exact=True)
 
 
+def test_a_precache_too_large_for_the_cache_removes_the_result_it_was_to_replace(
+    cache_dir: Path,
+) -> None:
+    small = Cache(cache_dir / "small", size_limit="1MB")
+    cached = time_aware_cacheable(
+        cache=small, incremental=True, lookback=WINDOW - 1, ignore_globals=("computed",)
+    )(exact_features)
+    bars = minute_bars(300)
+    cached(bars)
+    noise = pd.DataFrame(np.random.default_rng(0).random((300, 600)), index=bars.index)
+    cached.precache(noise, bars)  # 1.4 MB: refused, with a warning at the next call
+    afml_cache.flush_writes()
+    expected = exact_features(bars)
+    computed.clear()
+    with pytest.warns(CacheWarning, match="more than the whole size_limit"):
+        pd.testing.assert_frame_equal(cached(bars), expected, check_exact=True)
+    assert computed == [300]  # computed again, not the value the precache was to replace
+
+
 def test_a_stored_prefix_that_is_gone_means_a_full_computation(cache_dir: Path) -> None:
     bars = minute_bars(600)
     features(bars.iloc[:400])

@@ -227,8 +227,9 @@ def duration(name: str, value: Any) -> datetime.timedelta:
     span = time_span(value)
     if span is None:
         raise ValueError(
-            f"{name}={value!r} is not a duration; give a timedelta or a string like '15min' "
-            f"or '1D' (a bare number could be seconds or nanoseconds)"
+            f"{name}={value!r} is not a duration; give a timedelta or a string with a unit "
+            "pandas reads without a warning, like '15min', '1h' or '1D' (a bare number could be "
+            "seconds or nanoseconds)"
         )
     return span.to_pytimedelta()  # as the defaults are (microseconds: finer means nothing)
 

@@ -293,7 +293,7 @@ class FeatureEngine(_Engine):
             return False
         self._check_sorted(grown, 0)
         self._check_aligned(value, grown.frame)
-        self._keep(grown, value, 0.0, 0, None)
+        self._keep(grown, value, 0.0, 0, None, replace=True)
         self._remember_prefix(grown, "")
         return True
 
@@ -527,10 +527,16 @@ class FeatureEngine(_Engine):
                 lock.release()
 
     def _keep(
-        self, grown: _Grown, stored: Any, elapsed: float, fed_rows: int, lock: KeyLock | None
+        self,
+        grown: _Grown,
+        stored: Any,
+        elapsed: float,
+        fed_rows: int,
+        lock: KeyLock | None,
+        replace: bool = False,
     ) -> None:
         """Stores a result (or its `_Parts` form); releases ``lock`` once it is on disk (or the
-        attempt failed)."""
+        attempt failed). ``replace``: a value given (`precache`), as `_Engine._store` says."""
         frame = grown.frame
         time_range = None
         if isinstance(frame.index, pd.DatetimeIndex) and len(frame):
@@ -547,6 +553,7 @@ class FeatureEngine(_Engine):
             extra={"rows": len(frame), "computed_rows": fed_rows},
             time_range=time_range,
             detail=f" ({fed_rows:,} of {len(frame):,} rows computed)",
+            replace=replace,
         )
 
 

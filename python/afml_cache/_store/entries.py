@@ -11,7 +11,6 @@ import copy
 import functools
 import json
 import logging
-import sys
 import time
 import warnings
 import weakref
@@ -562,9 +561,9 @@ def _flush_at_exit(ref: weakref.ReferenceType[Entries]) -> None:
 
 
 def _fits_in_text(number: int) -> bool:
-    """Whether Python writes ``number`` as text (JSON's) under its limit on digits."""
-    limit = sys.get_int_max_str_digits()
-    return limit == 0 or number.bit_length() <= (limit - 1) * 3.32  # < 10 ** (limit - 1)
+    """Whether any process reads ``number`` back from JSON's text: under 640 digits, the
+    least limit a process may set on them (sys.set_int_max_str_digits)."""
+    return number.bit_length() <= 2_000  # < 10**602
 
 
 def _metadata_text(key: Any, metadata: Mapping[str, Any] | None) -> str:
