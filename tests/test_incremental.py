@@ -586,12 +586,11 @@ def test_a_precache_too_large_for_the_cache_removes_the_result_it_was_to_replace
     bars = minute_bars(300)
     cached(bars)
     noise = pd.DataFrame(np.random.default_rng(0).random((300, 600)), index=bars.index)
-    cached.precache(noise, bars)  # 1.4 MB: refused, with a warning at the next call
-    afml_cache.flush_writes()
+    with pytest.warns(CacheWarning, match="more than the whole size_limit"):
+        assert cached.precache(noise, bars) is False  # 1.4 MB: refused, and said so
     expected = exact_features(bars)
     computed.clear()
-    with pytest.warns(CacheWarning, match="more than the whole size_limit"):
-        pd.testing.assert_frame_equal(cached(bars), expected, check_exact=True)
+    pd.testing.assert_frame_equal(cached(bars), expected, check_exact=True)
     assert computed == [300]  # computed again, not the value the precache was to replace
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from afml_cache._core import fingerprint
+from afml_cache._store.writer import flush_writes
 from afml_cache.calls import NO_RANGES, TimeOptions, is_number, time_span, to_ns
 from afml_cache.decorators import Origin, _Engine, _Options, finish_wrapper
 from afml_cache.errors import CacheError, FingerprintError
@@ -287,13 +288,19 @@ class FeatureEngine(_Engine):
 
     def precache(self, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Stores ``value`` as the call's result (one row per row of its frame), which later
-        frames grown from it extend; False when the call would run uncached."""
+        frames grown from it extend; False when the call would run uncached or the value could
+        not be stored (said in one warning)."""
         grown = self._grown(args, kwargs)
         if grown is None:
             return False
         self._check_sorted(grown, 0)
         self._check_aligned(value, grown.frame)
+        failures = self._unstored
         self._keep(grown, value, 0.0, 0, None, replace=True)
+        flush_writes()  # its outcome, before answering, as the decorators' precache does
+        self._report_failures()
+        if self._unstored != failures:
+            return False
         self._remember_prefix(grown, "")
         return True
 
