@@ -695,32 +695,52 @@ def test_a_result_shares_no_buffer_with_the_cache_it_was_read_from(
     cache_dir: Path, clock: list[int], tier: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pieces are read without a copy (lookup(copy=False)); a caller mutating what a call
-    # returned must not change what later calls get. Every column goes out of band, as large
-    # ones do, so the memory tier holds the buffers the pieces are read over.
+    # returned must not change what later calls get.
+    def write(got: pd.DataFrame) -> None:
+        got.iloc[0, 0] = -1.0
+        got.iloc[-1, 1] = -7
+        np.asarray(got.index)[0] = 0  # pandas hands the index's buffer out writable
+        got.columns.name = "renamed in place"
+        got.index.name = "renamed in place"
+
+    asked = [("2024-01-01", "2024-01-03"), *_ASKED]  # one whole piece too
+    log = _read_and_written(monkeypatch, hourly, asked, write, tier)
+    assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
+
+
+# A slice of one piece, two pieces stitched, a piece and a new gap (of pieces 01-01..01-05).
+_ASKED = [
+    ("2024-01-01 05:00", "2024-01-02"),
+    ("2024-01-02", "2024-01-04"),
+    ("2024-01-04", "2024-01-06"),
+]
+
+
+def _read_and_written(
+    monkeypatch: pytest.MonkeyPatch,
+    body: Callable[[Any, Any], pd.DataFrame],
+    asked: list[tuple[str, str]],
+    write: Callable[[pd.DataFrame], None],
+    tier: str = "memory",
+) -> list[tuple[Any, Any]]:
+    """Pieces of ``body`` for 01-01..01-03 and 01-03..01-05, then each request of ``asked``
+    read twice, checked against ``body`` and handed to ``write``; the loader's log. Every
+    buffer goes out of band, as large ones do, so the memory tier holds the buffers the
+    pieces are read over (``tier="disk"``: emptied before each read)."""
     monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
     log: list[tuple[Any, Any]] = []
-    load = loader(hourly, log)
+    load = loader(body, log)
     load("ES", "2024-01-01", "2024-01-03")
     load("ES", "2024-01-03", "2024-01-05")
     entries = load.__afml_cache__._open()[2]
-    asked = [
-        ("2024-01-01", "2024-01-03"),  # one whole piece
-        ("2024-01-01 05:00", "2024-01-02"),  # a slice of one piece
-        ("2024-01-02", "2024-01-04"),  # two pieces stitched
-        ("2024-01-04", "2024-01-06"),  # a piece and a new gap
-    ]
     for _ in range(2):
         for start, end in asked:
             if tier == "disk":
                 entries.memory.clear()
             got = load("ES", start, end)
-            pd.testing.assert_frame_equal(got, hourly(start, end))
-            got.iloc[0, 0] = -1.0
-            got.iloc[-1, 1] = -7
-            np.asarray(got.index)[0] = 0  # pandas hands the index's buffer out writable
-            got.columns.name = "renamed in place"
-            got.index.name = "renamed in place"
-    assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
+            pd.testing.assert_frame_equal(got, body(start, end))
+            write(got)
+    return log
 
 
 def numbered(start: Any, end: Any) -> pd.DataFrame:
@@ -735,24 +755,13 @@ def test_writing_a_results_labels_leaves_later_reads_alone(
     cache_dir: Path, clock: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # np.asarray hands out the buffers of an index, of int column labels and of categories
-    # writable; pieces are read over the memory tier's own (every buffer out of band here).
-    monkeypatch.setattr(serialize, "_IN_BAND_LIMIT", 1)
-    log: list[tuple[Any, Any]] = []
-    load = loader(numbered, log)
-    load("ES", "2024-01-01", "2024-01-03")
-    load("ES", "2024-01-03", "2024-01-05")
-    asked = [
-        ("2024-01-01 05:00", "2024-01-02"),  # a slice of one piece
-        ("2024-01-02", "2024-01-04"),  # two pieces stitched
-        ("2024-01-04", "2024-01-06"),  # a piece and a new gap
-    ]
-    for _ in range(2):
-        for start, end in asked:
-            got = load("ES", start, end)
-            pd.testing.assert_frame_equal(got, numbered(start, end))
-            np.asarray(got.index)[0] = 0
-            np.asarray(got.columns)[0] = -1
-            np.asarray(got[30].cat.categories)[0] = -1
+    # writable.
+    def write(got: pd.DataFrame) -> None:
+        np.asarray(got.index)[0] = 0
+        np.asarray(got.columns)[0] = -1
+        np.asarray(got[30].cat.categories)[0] = -1
+
+    log = _read_and_written(monkeypatch, numbered, _ASKED, write)
     assert spans(log[2:]) == spans([("2024-01-05", "2024-01-06")])
 
 
