@@ -5,12 +5,16 @@ tells them apart, and the test checks that it does, then that the digests differ
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
+import weakref
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
@@ -70,11 +74,60 @@ def _sparse_storing_a_fill_value() -> pd.Series:
     return pd.Series(sparse([0, 1], sparse_index=stored, fill_value=0))
 
 
+@dataclasses.dataclass(eq=False)  # hashable by identity: a weak set holds it
+class Instrument:
+    multiplier: int
+
+
+# Held here: a weak mapping shows only what something else keeps alive.
+_ES, _NQ = Instrument(50), Instrument(20)
+
+
+def _settings(scale: int) -> threading.local:
+    settings = threading.local()
+    settings.scale = scale
+    return settings
+
+
+_ALIGNED = np.dtype([("a", "u1"), ("b", "i4")], align=True)
+_AT_THE_SAME_OFFSETS = np.dtype(
+    {"names": ["a", "b"], "formats": ["u1", "i4"], "offsets": [0, 4], "itemsize": 8}
+)
+
+
 def _cases() -> list[tuple[str, Any, Any, Callable[[Any], Any]]]:
     pytz = pytest.importorskip("pytz")
     scipy_special = pytest.importorskip("scipy.special")
+    pl = pytest.importorskip("polars")
     new_york = "America/New_York"
     return [
+        ("array dtype metadata", np.zeros(3, np.dtype("f8", metadata={"unit": "m"})),
+         np.zeros(3), lambda a: a.dtype.metadata),
+        ("aligned structured array", np.zeros(2, _ALIGNED), np.zeros(2, _AT_THE_SAME_OFFSETS),
+         lambda a: a.dtype.isalignedstruct),
+        ("stat_result beyond its tuple", os.stat_result((1,) * 10, {"st_mtime_ns": 1_000}),
+         os.stat_result((1,) * 10, {"st_mtime_ns": 1_500}), lambda s: s.st_mtime_ns),
+        ("struct_time zone", time.struct_time((2024, 1, 1, 12, 0, 0, 0, 1, 0, "EST", -18000)),
+         time.struct_time((2024, 1, 1, 12, 0, 0, 0, 1, 0, "UTC", 0)), lambda t: t.tm_gmtoff),
+        ("string array missing value", pd.array(["a", "b"], dtype=pd.StringDtype("python")),
+         pd.array(["a", "b"], dtype=pd.StringDtype("python", na_value=np.nan)),
+         lambda a: repr((a == None)[0])),  # noqa: E711
+        ("string array and object array", pd.array(["a"], dtype=pd.StringDtype("python")),
+         pd.arrays.NumpyExtensionArray(np.array(["a"], dtype=object)), lambda a: str(a.dtype)),
+        ("polars sorted flag", pl.Series("x", [3, 1, 2]), pl.Series("x", [3, 1, 2]).set_sorted(),
+         lambda s: s.max()),
+        ("polars frame column sorted flag", pl.DataFrame({"x": [3, 1, 2]}),
+         pl.DataFrame({"x": pl.Series([3, 1, 2]).set_sorted()}), lambda f: f["x"].max()),
+        ("dict items view", {"mom": 1.0, "vol": 2.0}.items(), {"mom": 1.0, "vol": 10.0}.items(),
+         lambda v: sum(w for _, w in v)),
+        ("dict keys view order", {"a": 1, "b": 2}.keys(), {"b": 2, "a": 1}.keys(), list),
+        ("threading.local", _settings(2), _settings(5), lambda s: s.scale),
+        ("weak value mapping", weakref.WeakValueDictionary({"ES": _ES}),
+         weakref.WeakValueDictionary({"ES": _NQ}), lambda d: d["ES"].multiplier),
+        ("weak set", weakref.WeakSet([_ES]), weakref.WeakSet([_NQ]),
+         lambda s: [i.multiplier for i in s]),
+        ("numpy flat iterator", np.array([1.0, 2.0]).flat, np.array([100.0, 2.0]).flat,
+         lambda f: f[0]),
         ("ufunc of another library", np.log1p, scipy_special.log1p,
          lambda f: f(np.array([1.0], dtype=np.float16)).dtype),
         ("pytz and zoneinfo zone of one name",
@@ -115,6 +168,29 @@ def test_values_a_function_tells_apart_get_different_digests(
 ) -> None:
     assert tell(a) != tell(b), f"the case {label} does not show a difference"
     assert fingerprint(a) != fingerprint(b)
+
+
+NEW_CASES = [c for c in CASES if c[0] in {
+    "array dtype metadata", "aligned structured array", "stat_result beyond its tuple",
+    "struct_time zone", "string array missing value", "string array and object array",
+    "polars sorted flag", "dict items view", "threading.local", "weak value mapping",
+    "numpy flat iterator",
+}]  # fmt: skip
+
+
+@pytest.mark.parametrize(("label", "a", "b", "tell"), NEW_CASES, ids=[c[0] for c in NEW_CASES])
+def test_a_cached_call_on_the_second_value_returns_its_own_result(
+    cache_dir: Path, label: str, a: Any, b: Any, tell: Callable[[Any], Any]
+) -> None:
+    cached = afml_cache.cacheable(lambda value: repr(tell(value)))
+    assert cached(a) == repr(tell(a))
+    assert cached(b) == repr(tell(b)) != repr(tell(a))
+
+
+def test_the_masked_constant_has_a_fingerprint() -> None:
+    # Reading its fill_value raised (numpy sets an attribute on it): a call ran uncached.
+    assert fingerprint(np.ma.masked) == fingerprint(np.ma.masked)
+    assert fingerprint(np.ma.masked) != fingerprint(np.ma.array([0], mask=[True]))
 
 
 def test_a_cached_function_returns_each_values_own_result(cache_dir: Path) -> None:

@@ -1207,6 +1207,113 @@ def test_a_read_only_view_of_a_dict_counts_by_the_dict(cache_dir: Path, load: Lo
     assert hits(module.scaled) == 1
 
 
+def test_objects_that_hold_data_but_do_not_pickle_count_by_what_they_hold(
+    cache_dir: Path, load: Loader
+) -> None:
+    # Each counted by its type only: a dict's view, this thread's settings, a registry of weak
+    # references, an array's flat iterator.
+    module = load("""
+    import threading
+    import weakref
+    import numpy as np
+    from afml_cache import cacheable
+
+    WEIGHTS = {"mom": 1.0, "vol": 2.0}
+    ACTIVE = WEIGHTS.items()
+    SETTINGS = threading.local()
+    SETTINGS.scale = 2
+    PRICES = np.array([1.0, 2.0])
+    FLAT = PRICES.flat
+
+    class Instrument:
+        def __init__(self, multiplier):
+            self.multiplier = multiplier
+
+    ES = Instrument(50)
+    REGISTRY = weakref.WeakValueDictionary({"ES": ES})
+
+    @cacheable
+    def score(x):
+        return sum(w * x for _, w in ACTIVE)
+
+    @cacheable
+    def scaled(x):
+        return x * SETTINGS.scale
+
+    @cacheable
+    def first(x):
+        return x + FLAT[0]
+
+    @cacheable
+    def notional(x):
+        return x * REGISTRY["ES"].multiplier
+    """)
+    functions = (module.score, module.scaled, module.first, module.notional)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Instrument goes through its pickle reduction
+        assert [check(f, 1.0) for f in functions] == [3.0, 2.0, 2.0, 50.0]
+        module.WEIGHTS["vol"] = 10.0
+        module.SETTINGS.scale = 5
+        module.PRICES[0] = 100.0
+        module.ES.multiplier = 20
+        assert [check(f, 1.0) for f in functions] == [11.0, 5.0, 101.0, 20.0]
+        assert [check(f, 1.0) for f in functions] == [11.0, 5.0, 101.0, 20.0]
+    assert [hits(f) for f in functions] == [1, 1, 1, 1]
+
+
+def test_an_extension_module_built_in_the_project_counts_by_its_file(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    # Its functions are builtins of a module without a version: they counted by name only, so
+    # after a rebuild a new process returned what the old build computed.
+    import shutil
+    import sysconfig
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build an extension module")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "run.py").write_text(
+        textwrap.dedent("""
+        import afml_cache, fast
+
+        @afml_cache.cacheable
+        def f(x):
+            return x + fast.k()
+
+        print(f(0), f.uncached(0))
+        """)
+    )
+    module = project / f"fast{sysconfig.get_config_var('EXT_SUFFIX')}"
+    env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def build_and_run(k: int) -> str:
+        source = project / "fast.c"
+        source.write_text(
+            "#include <Python.h>\n"
+            f"static PyObject* k(PyObject* s, PyObject* a) {{ return PyLong_FromLong({k}); }}\n"
+            'static PyMethodDef M[] = {{"k", k, METH_NOARGS, ""}, {0}};\n'
+            'static struct PyModuleDef D = {PyModuleDef_HEAD_INIT, "fast", 0, -1, M};\n'
+            "PyMODINIT_FUNC PyInit_fast(void) { return PyModule_Create(&D); }\n"
+        )
+        include = sysconfig.get_paths()["include"]
+        command = ["gcc", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(module)]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "run.py"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.strip()
+
+    assert build_and_run(1) == "1 1"
+    assert build_and_run(2) == "2 2"
+    assert build_and_run(2) == "2 2"
+
+
 def test_an_enum_member_holding_a_dict_counts_by_the_dict(cache_dir: Path, load: Loader) -> None:
     # In a module its value counted by type; in a notebook the Enum itself counted as enum's
     # (the metaclass puts enum's own functions in its body).

@@ -31,6 +31,7 @@ import time
 import types
 import uuid
 import warnings
+import weakref
 import zoneinfo
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -224,6 +225,11 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     deque: lambda d: (_VALUE, "deque", (list(d), d.maxlen)),
     # A read-only view of a dict (`SETTINGS = MappingProxyType(_settings)`): what it shows now.
     types.MappingProxyType: lambda p: (_VALUE, "mappingproxy", dict(p)),
+    # Live views of a dict (`ACTIVE = WEIGHTS.items()`), which do not pickle: what they show
+    # now, in their order.
+    type({}.keys()): lambda v: (_VALUE, "dict_keys", list(v)),
+    type({}.values()): lambda v: (_VALUE, "dict_values", list(v)),
+    type({}.items()): lambda v: (_VALUE, "dict_items", list(v)),
     # A pattern is what it was compiled from; flags hold re.I, re.M, ... (and str's re.U).
     re.Pattern: lambda p: (_VALUE, "re.Pattern", (p.pattern, p.flags)),
     # Their reduction is how they were made: the items, attribute names, or method name and
@@ -278,6 +284,19 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         skip = {*fields, "_attrs_cached_hash", "__attrs_cached_hash"}
         value = (fields, _attributes(obj, skip=skip))
         return _VALUE, f"attrs:{_name(cls)}", _with_code(cls, value)
+    if isinstance(obj, tuple) and isinstance(getattr(cls, "n_sequence_fields", None), int):
+        # A struct sequence (os.stat_result, time.struct_time) holds fields beyond its tuple
+        # part (st_mtime_ns, tm_zone), which its reduction gives.
+        visible, hidden = obj.__reduce__()[1]
+        return _VALUE, f"structseq:{_name(cls)}", (tuple(visible), dict(hidden))
+    # Objects that hold data but do not pickle: what they hold now (this thread's attributes
+    # of a threading.local).
+    if isinstance(obj, threading.local):
+        return _VALUE, f"threading.local:{_name(cls)}", _with_code(cls, dict(vars(obj)))
+    if isinstance(obj, weakref.WeakValueDictionary | weakref.WeakKeyDictionary):
+        return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, dict(obj.items()))
+    if isinstance(obj, weakref.WeakSet):
+        return _VALUE, f"weak set:{_name(cls)}", _with_code(cls, set(obj))
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         value = (cls._fields, tuple(tuple.__iter__(obj)))
         attributes = _attributes(obj)  # a subclass without __slots__ carries a __dict__
@@ -523,6 +542,10 @@ def _numpy_rule(obj: Any) -> Rule | None:
         return _VALUE, "numpy.function", (obj.__module__, obj.__qualname__)
     if isinstance(obj, np.busdaycalendar):
         return _VALUE, "numpy.busdaycalendar", (obj.weekmask, obj.holidays)
+    if obj is np.ma.masked:  # the constant, whose fill_value cannot be read
+        return _VALUE, "numpy.ma.masked", None
+    if isinstance(obj, np.flatiter):  # `FLAT = PRICES.flat`: the array, and where it stands
+        return _VALUE, "numpy.flatiter", (obj.base, obj.index)
     if isinstance(obj, np.ma.MaskedArray):
         mask = np.ma.getmaskarray(obj)
         # What sits under the mask is arbitrary: fill it with the dtype's zero. fill_value
@@ -844,8 +867,11 @@ def _extension_array_rule(values: Any) -> Rule:
     import numpy as np
     import pandas as pd
 
-    if isinstance(values, pd.arrays.NumpyExtensionArray):
+    if type(values) is pd.arrays.NumpyExtensionArray:
         return _VALUE, "pandas.values", values.to_numpy()
+    if isinstance(values, pd.arrays.NumpyExtensionArray):
+        # A StringArray: "string" (missing: <NA>) and "str" (missing: NaN) hold the same objects.
+        return _VALUE, "pandas.values", (_dtype(values.dtype), values.to_numpy())
     if isinstance(
         values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray, pd.arrays.PeriodArray)
     ):
@@ -944,12 +970,22 @@ def _polars_rule(obj: Any) -> Rule | None:
     return _VALUE, "polars.LazyFrame", (binary, tuple(scanned))
 
 
-def _polars_data_rule(obj: Any) -> Rule | None:
+def _polars_data_rule(obj: Any, flags: bool = True) -> Rule | None:
     """A polars frame or series with Object columns (Python objects, which polars exports to
     Arrow as their addresses: never a key's) or Null ones (all None, which Arrow's import
-    refuses): those columns by what they hold, the others through Arrow as before."""
+    refuses): those columns by what they hold, the others through Arrow as before; with
+    ``flags``, the order its columns claim too."""
     import polars as pl
 
+    if flags:
+        # set_sorted() claims an order that polars then trusts (max(), search_sorted); it is
+        # not in the Arrow export.
+        series = obj.iter_columns() if isinstance(obj, pl.DataFrame) else [obj]
+        claimed = tuple(
+            (s.name, flag) for s in series for flag, on in s.flags.items() if on and "SORTED" in flag
+        )
+        if claimed:
+            return _VALUE, "polars.sorted", (claimed, _PolarsUnflagged(obj))
     schema = obj.schema if isinstance(obj, pl.DataFrame) else {obj.name: obj.dtype}
     objects = [name for name, dtype in schema.items() if dtype == pl.Object]
     nulls = [name for name, dtype in schema.items() if dtype == pl.Null]
@@ -961,6 +997,23 @@ def _polars_data_rule(obj: Any) -> Rule | None:
     rest = obj.drop(objects + nulls)
     held = tuple((name, obj[name].to_list()) for name in objects)
     return _VALUE, "polars.DataFrame", (obj.columns, tuple(nulls), obj.height, rest, held)
+
+
+class _PolarsUnflagged:
+    """A polars frame or series whose claimed order counts beside it: the rest of it, as a
+    frame or series that claims none."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+_EXACT_RULES[_PolarsUnflagged] = lambda held: _polars_data_rule(held.data, flags=False) or (
+    _ARROW_STREAM,
+    f"arrow:{_name(type(held.data))}",
+    held.data,
+)
 
 
 def _python_scans(plan: Any) -> bool:

@@ -310,6 +310,15 @@ impl<'py> Walker<'py> {
         let inline = matches!(dtype.kind(), b'b' | b'i' | b'u' | b'f' | b'c' | b'm' | b'M' | b'S' | b'U' | b'V')
             && !dtype.has_object();
         enc.tag(if inline { Tag::NdArray } else { Tag::NdArrayObjects });
+        // What a dtype carries besides its layout (h5py's {'vlen': str}, align=True) counts
+        // where it is there; a plain dtype's arrays keep their digests.
+        let metadata = dtype.getattr(intern!(py, "metadata"))?;
+        let aligned = dtype.getattr(intern!(py, "isalignedstruct"))?.is_truthy()?;
+        if !metadata.is_none() || aligned {
+            enc.u8(3);
+            let metadata = if metadata.is_none() { metadata } else { py.get_type::<PyDict>().call1((metadata,))? };
+            self.walk(&PyTuple::new(py, [metadata, PyBool::new(py, aligned).to_owned().into_any()])?.into_any(), enc)?;
+        }
         if dtype.has_fields() {
             // np.record elements read their fields as attributes (`a[0].price`), void's do not.
             static VOID: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -171,7 +172,23 @@ def _version_of(module_name: str) -> str | None:
         except Exception:
             continue
     version = getattr(sys.modules.get(top), "__version__", None)
-    return version if isinstance(version, str) else None
+    if isinstance(version, str):
+        return version
+    return _file_version(sys.modules.get(module_name))
+
+
+def _file_version(module: types.ModuleType | None) -> str | None:
+    """A module of no distribution and no version, by the bytes of its file: an extension
+    built in the project (C, Cython, pybind11), whose functions cannot be read as code, is
+    another after a rebuild. Read once, as its code was loaded once."""
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return None
+    try:
+        with open(file, "rb") as f:
+            return "file " + hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 # --- names ----------------------------------------------------------------------------------------
