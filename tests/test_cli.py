@@ -40,6 +40,18 @@ def test_demo_computes_once_reads_from_cache_then_recomputes_what_changed(
     assert text.count("new digest (a miss)") == 4
 
 
+def test_a_demo_in_a_directory_an_earlier_demo_used_starts_cold(tmp_path, restore_configuration):
+    # Run 1 read every step from the earlier demo's entries, and the demo failed (exit 1)
+    # saying run 3 recomputed nothing.
+    directory = str(tmp_path / "demo-cache")
+    assert run_demo(5_000, directory, io.StringIO()) == 0
+    out = io.StringIO()
+    assert run_demo(5_000, directory, out) == 0
+    text = out.getvalue()
+    assert "Removed 9 entries an earlier demo left here" in text
+    assert "run 3 recomputed cusum_filter, training_set, triple_barrier_labels:" in text
+
+
 def test_demo_rejects_too_few_rows(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["demo", "--rows", "1"])

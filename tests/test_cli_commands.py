@@ -295,6 +295,11 @@ def test_clear_of_an_unknown_function_is_a_usage_error_with_a_suggestion(filled,
     assert code == 2
     assert f"no cached function is named {short!r}" in err
     assert f"did you mean {filled.double_name}?" in err
+    # A full name missing a letter.
+    code, _, err = run(capsys, "clear", "--dir", str(filled.directory), "--function",
+                       filled.double_name[:-1])  # fmt: skip
+    assert code == 2
+    assert f"did you mean {filled.double_name}" in err  # the closest first
     assert len(filled.entries()) == 5
 
 

@@ -175,6 +175,10 @@ def test_an_unknown_function_name_is_a_key_error_with_close_matches(
         monitor.get_function_stats("afml.labeling.triple_barier")
     with pytest.raises(KeyError, match="no cached function is named 'nothing_like_it'"):
         monitor.get_function_stats("nothing_like_it")
+    # A short name mistyped: it was compared with full names only, and matched none.
+    for typo in ("triple_barier", "tripple_barrier", "labeling.triple_barier"):
+        with pytest.raises(KeyError, match=r"did you mean afml\.labeling\.triple_barrier\?"):
+            monitor.get_function_stats(typo)
 
 
 def test_a_short_name_finds_the_one_function_it_ends_with(cache: afml_cache.Cache) -> None:
@@ -388,6 +392,16 @@ def test_health_report_text(patterned: afml_cache.Cache) -> None:
     assert "m.busy" not in recommendations
     assert max(len(line) for line in lines if not line.startswith("Directory:")) <= 70
     assert text.endswith("=" * 70 + "\n")
+
+
+def test_health_report_never_splits_a_function_name(cache: afml_cache.Cache) -> None:
+    # A script's function, named with its path, was cut mid-word at column 70: the name a
+    # user copied into `clear --function` was wrong.
+    name = "__main__[/home/ana/research/project/labels.py].compute_triple_barrier_labels"
+    record(cache, name, hits=1, misses=1)
+    lines = str(afml_cache.get_cache_health()).splitlines()
+    top = lines.index("Top Performers (by hit rate):")
+    assert lines[top + 1] == f"  1. {name}: 50.0% (2 calls)"
 
 
 def test_health_report_lists_stale_caches(

@@ -24,6 +24,7 @@ from afml_cache import config
 from afml_cache._store import EntryInfo
 from afml_cache.cache import Cache
 from afml_cache.errors import CacheError
+from afml_cache.monitoring import names_like
 from afml_cache.report import MB, format_size, format_when
 
 OK, PROBLEMS, USAGE, UNUSABLE, INTERRUPTED = 0, 1, 2, 3, 130
@@ -276,7 +277,7 @@ def _check_function_name(cache: Cache, entries: list[EntryInfo], name: str) -> N
     known |= {raw.namespace for raw in cache.function_stats()}
     if name in known:
         return
-    alike = sorted(n for n in known if n.endswith("." + name) or n.endswith(name))
+    alike = names_like(name, known)
     hint = f" (did you mean {', '.join(alike)}?)" if alike else ""
     raise Failure(
         f"no cached function is named {name!r} in {cache.directory}{hint}; give the qualified "

@@ -982,7 +982,10 @@ def _polars_data_rule(obj: Any, flags: bool = True) -> Rule | None:
         # not in the Arrow export.
         series = obj.iter_columns() if isinstance(obj, pl.DataFrame) else [obj]
         claimed = tuple(
-            (s.name, flag) for s in series for flag, on in s.flags.items() if on and "SORTED" in flag
+            (s.name, flag)
+            for s in series
+            for flag, on in s.flags.items()
+            if on and "SORTED" in flag
         )
         if claimed:
             return _VALUE, "polars.sorted", (claimed, _PolarsUnflagged(obj))
@@ -1009,10 +1012,13 @@ class _PolarsUnflagged:
         self.data = data
 
 
-_EXACT_RULES[_PolarsUnflagged] = lambda held: _polars_data_rule(held.data, flags=False) or (
-    _ARROW_STREAM,
-    f"arrow:{_name(type(held.data))}",
-    held.data,
+_EXACT_RULES[_PolarsUnflagged] = lambda held: (
+    _polars_data_rule(held.data, flags=False)
+    or (
+        _ARROW_STREAM,
+        f"arrow:{_name(type(held.data))}",
+        held.data,
+    )
 )
 
 

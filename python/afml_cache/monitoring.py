@@ -48,6 +48,7 @@ __all__ = [
     "get_cache_stats",
     "latency_percentiles",
     "names_ending_with",
+    "names_like",
     "print_cache_health",
 ]
 
@@ -265,6 +266,22 @@ def names_ending_with(name: str, known: Iterable[str]) -> list[str]:
     return sorted(k for k in known if k.endswith("." + name))
 
 
+def names_like(name: str, known: Iterable[str]) -> list[str]:
+    """Up to three names in ``known`` a mistyped ``name`` may mean: those ending with it, else
+    those close to it in full or by their last component (``triple_barier_labels``)."""
+    known = sorted(set(known))
+    ending = [k for k in known if k.endswith(name)]
+    if ending:
+        return ending[:3]
+    by_last: dict[str, list[str]] = {}
+    for k in known:
+        by_last.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    alike = difflib.get_close_matches(name, known, n=3)
+    for last in difflib.get_close_matches(name.rsplit(".", 1)[-1], list(by_last), n=3):
+        alike += by_last[last]
+    return list(dict.fromkeys(alike))[:3]
+
+
 def _known_functions(cache: Cache) -> set[str]:
     """The functions ``cache`` knows: counted, with entries, or decorated in a module imported
     in this process, with their entries in its directory."""
@@ -301,7 +318,7 @@ def function_stats(name: str) -> FunctionStats:
             "mean in full"
         )
     if not found:
-        alike = difflib.get_close_matches(name, known, n=3)
+        alike = names_like(name, known)
         hint = f" (did you mean {', '.join(alike)}?)" if alike else ""
         raise KeyError(
             f"no cached function is named {name!r} in {cache.directory}{hint}; give the "

@@ -146,11 +146,17 @@ def health_text(health: CacheHealth) -> str:
     for title, items in sections:
         if items:
             lines += ["", title]
-            lines += (
-                textwrap.fill(i, 70, initial_indent="  ", subsequent_indent="    ") for i in items
-            )
+            lines += map(_item_lines, items)
     lines.append(_RULE)
     return "\n".join(lines)
+
+
+def _item_lines(item: str) -> str:
+    """An item wrapped at 70 columns, unless it names a function too long for a line: a name
+    is never split, nor moved away from its number, as it is what `clear --function` takes."""
+    if max(map(len, item.split()), default=0) > 60:
+        return "  " + item
+    return textwrap.fill(item, 70, initial_indent="  ", subsequent_indent="    ")
 
 
 # --- HTML -------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from typing import Any
 from afml_cache import config
 from afml_cache.cache import Cache
 from afml_cache.errors import CacheError
+from afml_cache.monitoring import names_like
 
 __all__ = [
     "DEFAULT_HOST",
@@ -639,12 +640,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _known_function(self, cache: Cache, name: str) -> bool:
         if name in cache.sizes_by_namespace():
             return True
-        if any(row.namespace == name for row in cache.function_stats()):
+        counted = {row.namespace for row in cache.function_stats()}
+        if name in counted:
             return True
+        alike = names_like(name, counted | set(cache.sizes_by_namespace()))
+        hint = f" (did you mean {', '.join(alike)}?)" if alike else ""
         self._bad(
             HTTPStatus.NOT_FOUND,
-            f"no cached function is named {name!r}; give the qualified name (module.qualname) "
-            "as /stats shows it",
+            f"no cached function is named {name!r}{hint}; give the qualified name "
+            "(module.qualname) as /stats shows it",
         )
         return False
 
