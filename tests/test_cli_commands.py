@@ -593,3 +593,58 @@ def test_the_console_script(filled):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["store"]["count"] == 5
+
+
+# --- a function's entries that live elsewhere, and entries without calls ----------------------
+
+
+def test_a_backtest_functions_runs_are_its_entries_for_stats_clear_and_export(
+    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its runs live in the backtests' namespaces: stats showed the function at 0 MB, and
+    # clear/export --function with the name stats shows removed and exported nothing.
+    import numpy as np
+
+    @afml_cache.cached_backtest("momentum")
+    def run_momentum(data: pd.DataFrame, params: dict[str, int]) -> Any:
+        equity = (1 + data["close"].pct_change().fillna(0) * params["k"]).cumprod()
+        return {"sharpe_ratio": float(params["k"])}, pd.DataFrame({"pnl": [1.0]}), equity
+
+    index = pd.date_range("2024-01-01", periods=5_000, freq="1min")
+    data = pd.DataFrame({"close": np.linspace(1, 2, 5_000)}, index=index)
+    for k in (1, 2, 3):
+        run_momentum(data, {"k": k})
+    afml_cache.flush_writes()
+    cache = Cache(cache_dir)
+    stored = sum(e.size for e in cache.scan())
+    code, document = run_json(capsys, "stats", "--dir", str(cache_dir))
+    assert code == 0
+    (name,) = document["functions"]
+    assert name.endswith(".run_momentum")
+    assert document["functions"][name]["cache_size_mb"] * 2**20 == pytest.approx(stored)
+    archive = tmp_path / "runs.tar"
+    code, document = run_json(
+        capsys, "export", "--dir", str(cache_dir), str(archive), "--function", name
+    )
+    assert (code, document["entries"]) == (0, 6)  # three runs and their curves
+    code, document = run_json(capsys, "clear", "--dir", str(cache_dir), "--function", name)
+    assert (code, document["entries_removed"]) == (0, 6)
+    assert cache.scan() == []
+    assert Cache(tmp_path / "elsewhere").import_(archive) == 6
+
+
+def test_stats_lists_the_functions_of_an_imported_cache(
+    filled: Filled, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Imported entries come without calls: stats listed no function, so a user could not find
+    # the names --function takes.
+    archive = tmp_path / "team.tar"
+    filled.cache.export(archive, every_namespace=True)
+    imported = tmp_path / "imported"
+    Cache(imported).import_(archive)
+    code, document = run_json(capsys, "stats", "--dir", str(imported))
+    assert code == 0
+    functions = document["functions"]
+    assert {filled.double_name, filled.triple_name} <= set(functions)
+    assert functions[filled.double_name]["total_calls"] == 0
+    assert functions[filled.double_name]["cache_size_mb"] > 0

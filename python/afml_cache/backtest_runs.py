@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import logging
 import math
 import numbers
@@ -24,6 +25,7 @@ import pandas as pd
 
 from afml_cache import config, forking
 from afml_cache._core import SPEC_VERSION, fingerprint
+from afml_cache._store import EntryInfo
 from afml_cache.cache import Cache, flush_writes
 from afml_cache.errors import CacheError, CacheWarning
 
@@ -707,6 +709,31 @@ def _run_metadata(result: BacktestResult, function: str | None) -> dict[str, Any
         "data_range": range_text,
         "function": function,
     }
+
+
+def entries_by_function(cache: Cache) -> dict[str, list[EntryInfo]]:
+    """The entries of the runs each decorated function stored (`cached_backtest`), with their
+    equity curves, by the function's qualified name: they live in the backtests' namespaces,
+    so that `BacktestCache` finds every strategy's, and are its entries for `stats`, `clear`
+    and `export --function`."""
+    owner: dict[str, str] = {}
+    found: dict[str, list[EntryInfo]] = {}
+    for entry in cache.scan(NAMESPACE):
+        if entry.namespace != NAMESPACE:  # a name shortened to the same file name
+            continue
+        try:  # a scan does not verify headers: damaged text is no run of a function
+            described = json.loads(entry.metadata or "{}").get("metadata")
+        except (ValueError, AttributeError):
+            continue
+        function = described.get("function") if isinstance(described, dict) else None
+        if isinstance(function, str):
+            owner[entry.digest] = function
+            found.setdefault(function, []).append(entry)
+    for entry in cache.scan(CURVES_NAMESPACE):
+        function = owner.get(entry.digest)
+        if entry.namespace == CURVES_NAMESPACE and function is not None:
+            found[function].append(entry)
+    return found
 
 
 _global: BacktestCache | None = None

@@ -459,17 +459,25 @@ class Cache:
 
     # --- archives -----------------------------------------------------------------------------
 
-    def export(self, path: str | os.PathLike[str], *, every_namespace: bool = False) -> int:
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        every_namespace: bool = False,
+        entries: Iterable[EntryInfo] | None = None,
+    ) -> int:
         """Writes every entry of this namespace (of the whole directory with
-        ``every_namespace=True``) into one archive file; returns how many."""
+        ``every_namespace=True``; or the given ``entries``, from `scan`) into one archive file;
+        returns how many."""
         flush_writes()
         self.flush_accesses()
-        entries = [
-            e
-            for e in self._store.scan(None if every_namespace else self.namespace)
-            if every_namespace or e.namespace == self.namespace  # shortened names can share
-        ]
-        return write_archive(self._store, entries, path)
+        if entries is None:
+            entries = [
+                e
+                for e in self._store.scan(None if every_namespace else self.namespace)
+                if every_namespace or e.namespace == self.namespace  # shortened names can share
+            ]
+        return write_archive(self._store, list(entries), path)
 
     def import_(self, path: str | os.PathLike[str]) -> int:
         """Adds the entries of an archive written by ``export``; returns how many.

@@ -155,7 +155,8 @@ def run_stats(args: argparse.Namespace) -> int:
     hits = sum(r["cache_hits"] for r in rows.values())
     saved = sum(r["time_saved"] for r in rows.values())
     _write(
-        f"\n{_count(len(rows), 'function')}, {_count(calls, 'call')}, hit rate {hits / calls:.1%}, "
+        f"\n{_count(len(rows), 'function')}, {_count(calls, 'call')}, "
+        f"hit rate {hits / calls if calls else 0.0:.1%}, "
         f"{report.format_duration(saved)} saved\n"
     )
     return OK
@@ -236,13 +237,12 @@ def run_clear(args: argparse.Namespace) -> int:
     entries = cache.scan(None)
     if args.function is not None:
         _check_function_name(cache, entries, args.function)
+        entries = _function_entries(cache, args.function, entries)
     cutoff = time.time() - args.older_than if args.older_than is not None else None
     chosen = [
         e
         for e in entries
-        if (args.function is None or e.namespace == args.function)
-        and (args.tag is None or args.tag in e.tags)
-        and (cutoff is None or e.created < cutoff)
+        if (args.tag is None or args.tag in e.tags) and (cutoff is None or e.created < cutoff)
     ]
     removed, size, errors = 0, 0, []
     for entry in chosen:
@@ -270,11 +270,23 @@ def run_clear(args: argparse.Namespace) -> int:
     return PROBLEMS if errors else OK
 
 
+def _function_entries(cache: Cache, name: str, entries: list[EntryInfo]) -> list[EntryInfo]:
+    """The entries of the function ``name`` among ``entries`` (a scan of the directory): of its
+    namespace, and the backtest runs it stored, which live in the backtests' namespaces."""
+    from afml_cache.backtest_runs import entries_by_function
+
+    runs = {(e.namespace, e.digest) for e in entries_by_function(cache).get(name, [])}
+    return [e for e in entries if e.namespace == name or (e.namespace, e.digest) in runs]
+
+
 def _check_function_name(cache: Cache, entries: list[EntryInfo], name: str) -> None:
     """A name that is neither among the entries nor the statistics is a typo, not 'nothing to
     clear': say so, with the names that end like it."""
+    from afml_cache.backtest_runs import entries_by_function
+
     known = {e.namespace for e in entries}
     known |= {raw.namespace for raw in cache.function_stats()}
+    known |= set(entries_by_function(cache))
     if name in known:
         return
     alike = names_like(name, known)
@@ -381,10 +393,12 @@ def run_prune(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     cache = _open_cache(args)
     if args.function is not None:
-        _check_function_name(cache, cache.scan(args.function), args.function)
+        entries = cache.scan(None)
+        _check_function_name(cache, entries, args.function)
+        entries = _function_entries(cache, args.function, entries)
     try:
         if args.function is not None:
-            count = cache.namespaced(args.function).export(args.file)
+            count = cache.export(args.file, entries=entries)
         else:
             count = cache.export(args.file, every_namespace=True)
     except (OSError, tarfile.TarError) as exc:

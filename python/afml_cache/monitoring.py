@@ -27,7 +27,7 @@ from afml_cache import config, report
 from afml_cache._core import LATENCY_BOUNDS
 from afml_cache._store import FunctionTotals
 from afml_cache.cache import Cache
-from afml_cache.errors import CacheWarning, caller_stacklevel
+from afml_cache.errors import CacheError, CacheWarning, caller_stacklevel
 from afml_cache.progress import in_notebook
 from afml_cache.report import MB
 
@@ -186,7 +186,9 @@ def _moment(epoch: float | None) -> pd.Timestamp | None:
     return None if epoch is None else pd.Timestamp(epoch, unit="s", tz="UTC")
 
 
-def _row(raw: FunctionTotals) -> FunctionStats:
+def _row(raw: FunctionTotals, size: int | None = None) -> FunctionStats:
+    """``size``: the bytes of the function's entries, where some live in other namespaces
+    (`_sizes`)."""
     calls, hits, misses = raw.calls, raw.hits, raw.misses
     return FunctionStats(
         {
@@ -197,7 +199,7 @@ def _row(raw: FunctionTotals) -> FunctionStats:
             "hit_rate": hits / calls if calls else 0.0,
             "avg_computation_time": raw.compute_time / misses if misses else 0.0,
             "time_saved": raw.time_saved,
-            "cache_size_mb": raw.bytes / MB,
+            "cache_size_mb": (raw.bytes if size is None else size) / MB,
             "last_accessed": _moment(raw.last_accessed),
             **_latencies(raw),
         }
@@ -225,13 +227,53 @@ def _totals(cache: Cache) -> list[FunctionTotals]:
         return []
 
 
+def _sizes(cache: Cache, totals: list[FunctionTotals]) -> dict[str, int]:
+    """Bytes of entries by function, where they differ from its namespace's: the runs a
+    `cached_backtest` function stored count as its own, not the backtests' namespaces' (which
+    keep what no decorated function stored)."""
+    from afml_cache import backtest_runs
+
+    stored = {raw.namespace: raw.bytes for raw in totals}
+    if not stored.get(backtest_runs.NAMESPACE):
+        return {}
+    try:
+        owned = backtest_runs.entries_by_function(cache)
+    except (CacheError, OSError):
+        return {}  # reported where they are stored
+    sizes: dict[str, int] = {}
+    for function, entries in owned.items():
+        sizes[function] = stored.get(function, 0) + sum(e.size for e in entries)
+        for e in entries:
+            sizes[e.namespace] = sizes.get(e.namespace, stored.get(e.namespace, 0)) - e.size
+    return sizes
+
+
 def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
-    """The statistics of every called function, by name, and the bytes of all entries."""
+    """The statistics of every function called or with entries, by name, and the bytes of
+    all entries."""
     if cache is None:
         return {}, 0
     totals = _totals(cache)  # sorted by namespace
-    rows = {raw.namespace: _row(raw) for raw in totals if raw.calls}
+    sizes = _sizes(cache, totals)
+    rows = {
+        raw.namespace: _row(raw, sizes.get(raw.namespace))
+        for raw in totals
+        if raw.calls or (sizes.get(raw.namespace, raw.bytes) > 0 and _decorated(cache, raw))
+    }
     return rows, sum(raw.bytes for raw in totals)
+
+
+def _decorated(cache: Cache, raw: FunctionTotals) -> bool:
+    """Whether a namespace no call was counted in holds a decorated function's entries
+    (imported from another cache, say): they carry its code's fingerprint, where the entries
+    of a `Cache`'s own namespace (``default``) do not."""
+    from afml_cache.maintenance import _stored_code
+
+    try:
+        entries = cache.scan(raw.namespace)
+    except (CacheError, OSError):
+        return False
+    return any(e.namespace == raw.namespace and _stored_code(e.metadata) for e in entries)
 
 
 def get_cache_stats(cache: Cache | None = None) -> dict[str, FunctionStats]:
@@ -250,9 +292,10 @@ def function_row(cache: Cache | None, name: str) -> FunctionStats:
     it was never called and has no entries, or there is no usable cache)."""
     if cache is None:
         return _empty(name)
-    for raw in _totals(cache):
+    totals = _totals(cache)
+    for raw in totals:
         if raw.namespace == name:
-            return _row(raw)
+            return _row(raw, _sizes(cache, totals).get(name))
     return _empty(name)
 
 
@@ -513,8 +556,8 @@ class CacheHealth:
     @property
     def worst_performers(self) -> list[FunctionStats]:
         """Up to five functions with the lowest hit rates, of those missing more often than they
-        hit (ties: more calls first)."""
-        poor = (r for r in self.functions if r["hit_rate"] < _GOOD_HIT_RATE)
+        hit (ties: more calls first); one not called yet (its entries imported) is not ranked."""
+        poor = (r for r in self.functions if r["total_calls"] and r["hit_rate"] < _GOOD_HIT_RATE)
         ranked = sorted(poor, key=lambda r: (r["hit_rate"], -r["total_calls"], r["function_name"]))
         return ranked[:_TOP]
 
