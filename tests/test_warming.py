@@ -255,3 +255,21 @@ def test_a_precache_too_large_for_the_cache_removes_the_value_it_was_to_replace(
     afml_cache.flush_writes()
     np.testing.assert_array_equal(feature(3), np.full(3, 1.0))
     assert calls == [3, 3]
+
+
+def test_a_failed_call_is_reported_with_each_argument_on_one_short_line(cache_dir):
+    # A Series' repr filled the report's 200 characters across lines, and the argument that
+    # told the calls apart (k) was never shown.
+    import pandas as pd
+
+    @robust_cacheable
+    def labels(close, k):
+        if k == 2:
+            raise ValueError("k=2 is not supported")
+        return close * k
+
+    close = pd.Series(np.linspace(1, 2, 1000), index=pd.date_range("2024", periods=1000, freq="h"))
+    report = labels.warm([(close, 1), call(close, k=2)])
+    (failed,) = report["failed"]
+    assert failed["arguments"] == "Series[1000 float64], k=2"
+    assert failed["error"] == "ValueError: k=2 is not supported"

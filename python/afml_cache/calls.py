@@ -9,6 +9,7 @@ import datetime
 import inspect
 import math
 import operator
+import reprlib
 import sys
 import time
 import types
@@ -252,3 +253,17 @@ def live_ttl(end_ns: int, options: TimeOptions | None) -> float | None:
     if end_ns >= now_ns - options.live_window.total_seconds() * 1e9:
         return options.live_ttl.total_seconds()
     return None
+
+
+def shown(value: Any) -> str:
+    """An argument on one short line, for messages and reports: an array, Series or frame by
+    its type, shape and dtype (``Series[1000 float64]``: its repr spans lines and hides the
+    arguments after it), anything else by its shortened repr."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    name = type(value).__name__
+    if isinstance(shape, tuple) and shape and all(isinstance(n, int) for n in shape):
+        if dtype is not None:
+            return f"{name}[{' x '.join(map(str, shape))} {dtype}]"
+        if hasattr(value, "columns"):  # a frame: its columns' dtypes differ
+            return f"{name}[{' x '.join(map(str, shape))}]"
+    return " ".join(reprlib.repr(value).split())

@@ -19,7 +19,6 @@ The ``afml_cache`` fixture is the session's cache with ``assert_hit`` and ``asse
 from __future__ import annotations
 
 import os
-import reprlib
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import pytest
 
 from afml_cache import config as afml_config
 from afml_cache.cache import Cache, flush_writes
+from afml_cache.calls import shown
 from afml_cache.decorators import watch_calls
 
 __all__ = ["MODES", "CacheFixture"]
@@ -264,8 +264,8 @@ def _assert_outcome(
 
 
 def _describe_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    shown = [reprlib.repr(a) for a in args] + [f"{k}={reprlib.repr(v)}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(shown)})"
+    parts = [shown(a) for a in args] + [f"{k}={shown(v)}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(parts)})"
 
 
 @pytest.fixture

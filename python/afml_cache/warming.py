@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from afml_cache import config
+from afml_cache.calls import shown
 
 __all__ = [
     "Call",
@@ -64,8 +65,8 @@ class Call:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        shown = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        text = ", ".join(shown)
+        parts = [shown(a) for a in self.args] + [f"{k}={shown(v)}" for k, v in self.kwargs.items()]
+        text = ", ".join(parts)
         return text if len(text) <= _SHOWN_ARGUMENTS else text[: _SHOWN_ARGUMENTS - 3] + "..."
 
 
