@@ -636,7 +636,7 @@ def test_a_namespace_is_a_non_empty_str(directory):
         ({"size_limit": -1}, "size_limit must be positive"),
         ({"size_limit": 0}, "size_limit must be positive"),
         ({"size_limit": "lots"}, "not a size"),
-        ({"size_limit": "-5MB"}, "not a size"),
+        ({"size_limit": "-5MB"}, "size_limit must be positive, got '-5MB'"),
         ({"size_limit": "5 parsecs"}, "not a size"),
         ({"memory_limit": -10}, "memory_limit must be positive"),
         ({"memory_limit": "1.5XB"}, "not a size"),

@@ -176,10 +176,21 @@ def test_control_characters_in_names_reach_the_terminal_escaped(tmp_path, capsys
     assert "\x1b" not in out and "/tmp/\\x1b[2Jrun.py" in out
 
 
-def test_a_size_of_zero_says_what_is_wrong_with_it(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("0", "size must be positive, got '0'"),
+        # A negative size was "not a size", and every message repeated the value given.
+        ("-5GB", "size must be positive, got '-5GB'"),
+        ("5XB", "size='5XB' is not a size; write it like 500MB"),
+    ],
+)
+def test_a_bad_size_says_what_is_wrong_with_it(tmp_path, capsys, given, said):
     with pytest.raises(SystemExit):
-        run(capsys, "prune", "--dir", str(tmp_path), "--max-size", "0")
-    assert "size must be positive, got 0 (given '0')" in capsys.readouterr().err
+        run(capsys, "prune", "--dir", str(tmp_path), f"--max-size={given}")
+    err = capsys.readouterr().err
+    assert said in err
+    assert "(given" not in err
 
 
 # --- health -----------------------------------------------------------------------------------

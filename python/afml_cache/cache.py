@@ -58,15 +58,16 @@ def parse_size(size: int | str, name: str = "size") -> int:
     """Bytes from an int or a string like ``"500MB"``, ``"2GB"``, ``"1.5GiB"`` (KB = 1024 B)."""
     if isinstance(size, bool) or not isinstance(size, (int, str)):
         raise TypeError(f"{name} must be a number of bytes or a string like '500MB', got {size!r}")
+    given = size
     if isinstance(size, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", size.upper())
+        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", size.upper())
         if match is None:
             raise ValueError(
                 f"{name}={size!r} is not a size; write it like 500MB, 2GB or 1.5GiB, or give bytes"
             )
         size = int(float(match.group(1)) * _UNITS[match.group(2)])
     if size <= 0:
-        raise ValueError(f"{name} must be positive, got {size}")
+        raise ValueError(f"{name} must be positive, got {given!r}")
     if size > _MAX_SIZE:
         raise ValueError(f"{name}={size!r} is more than any disk holds; give at most 8 EiB")
     return size

@@ -376,8 +376,8 @@ def _size(text: str) -> int:
     try:
         return parse_size(text, "size")
     except (TypeError, ValueError) as exc:
-        # parse_size says what was wrong: not a size, or one of 0 bytes, or too large.
-        raise argparse.ArgumentTypeError(f"{exc} (given {text!r})") from None
+        # parse_size says what was wrong, and with what: not a size, not positive, too large.
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _duration(text: str) -> float:
