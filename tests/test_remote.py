@@ -728,6 +728,33 @@ def test_stats_and_prune_on_a_prefix_remove_the_oldest_writes_first(
     assert {e.namespace for e in Remote(url).scan()} == {"third"}
 
 
+def test_a_command_on_a_prefix_it_cannot_reach_exits_3_saying_what_to_check(
+    s3: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It exited 1, as for problems found in the entries; an unusable directory exits 3.
+    from afml_cache.cli import main
+
+    (port,) = weed.free_ports(1)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    assert main(["stats", "--dir", f"s3://{BUCKET}/nowhere"]) == 3
+    err = capsys.readouterr().err
+    assert "failed:" in err and "is the endpoint reachable?" in err
+
+
+def test_a_failure_to_find_credentials_says_which_variables_to_set() -> None:
+    # Without credentials the client asks the instance metadata service; its refusal (or
+    # timeout) was all the message said.
+    from afml_cache._store.remote import brief
+
+    error = RuntimeError(
+        "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token in "
+        "1.2ms - Server returned non-2xx status code: 403 Forbidden"
+    )
+    assert brief(error).endswith(
+        "; no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+    )
+
+
 def test_health_on_a_prefix_finds_a_damaged_entry_and_fix_removes_it(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

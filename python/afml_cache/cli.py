@@ -27,7 +27,7 @@ import afml_cache
 from afml_cache import commands, config
 from afml_cache._store.remote import is_remote
 from afml_cache.cache import parse_size
-from afml_cache.commands import INTERRUPTED, PROBLEMS, USAGE, Failure, write_json
+from afml_cache.commands import INTERRUPTED, PROBLEMS, UNUSABLE, USAGE, Failure, write_json
 from afml_cache.demo import run_demo
 from afml_cache.errors import CacheError
 
@@ -101,6 +101,8 @@ def _on_remote(args: argparse.Namespace) -> int:
         )
     try:
         return remote_admin.run(args)
+    except remote_admin.Unusable as exc:
+        raise Failure(str(exc), UNUSABLE) from None
     except (CacheError, ValueError) as exc:
         raise Failure(str(exc), PROBLEMS) from None
 

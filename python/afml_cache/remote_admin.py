@@ -23,13 +23,18 @@ from afml_cache._store.remote import Remote, brief, client_errors
 from afml_cache.errors import CacheError
 from afml_cache.report import format_size, format_when
 
-__all__ = ["COMMANDS", "run"]
+__all__ = ["COMMANDS", "Unusable", "run"]
 
 #: The commands that accept a remote prefix as ``--dir``.
 COMMANDS = ("stats", "health", "clear", "prune", "export", "import")
 OK, PROBLEMS = 0, 1
 # A scratch directory holds whatever passes through it: no size limit.
 _NO_LIMIT = 2**62
+
+
+class Unusable(CacheError):
+    """The prefix could not be used at all (not reached, refused, no credentials): what a
+    missing cache directory is to the local commands."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except CacheError:
         raise  # it says what is wrong and what to do (a StoreError: the scratch directory's)
     except client_errors() as exc:
-        raise CacheError(f"the remote cache {remote.url} failed: {brief(exc)}") from None
+        raise Unusable(f"the remote cache {remote.url} failed: {brief(exc)}") from None
     if args.json:
         sys.stdout.write(json.dumps({"remote": remote.url, **document}, indent=2) + "\n")
     else:

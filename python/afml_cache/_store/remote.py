@@ -184,6 +184,12 @@ _ADVICE: tuple[tuple[Any, str], ...] = (
         "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and what they may do in the bucket",
     ),
     (
+        # obstore found no credentials in the environment and asked the instance metadata
+        # service, which only a cloud machine has.
+        lambda name, text: "169.254.169.254" in text,
+        "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+    ),
+    (
         lambda name, text: "error sending request" in text or "onnection refused" in text,
         "is the endpoint reachable? (AWS_ENDPOINT_URL, AWS_REGION)",
     ),
