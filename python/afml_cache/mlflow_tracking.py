@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import urlsplit
@@ -412,7 +412,7 @@ class MLflowCache:
     def load_model_from_run(self, run_id: str, model_name: str = "model") -> Any:
         """The model logged by run ``run_id`` (for a hit run, by the run that computed it):
         the scikit-learn estimator itself for the sklearn flavor, else MLflow's pyfunc model."""
-        run = self._client.get_run(run_id)
+        (run,) = self._runs([run_id])
         source = run.data.tags.get(TAG_SOURCE_RUN, run_id)
         uri = f"runs:/{source}/{model_name}"
         mlflow = self._mlflow
@@ -446,12 +446,30 @@ class MLflowCache:
         the metrics they logged when ``metrics`` is None."""
         import pandas as pd
 
-        rows = {run_id: self._client.get_run(run_id).data.metrics for run_id in run_ids}
+        rows = {run.info.run_id: run.data.metrics for run in self._runs(run_ids)}
         frame = pd.DataFrame.from_dict(rows, orient="index", dtype=float)
         columns = list(metrics) if metrics is not None else sorted(frame.columns)
         frame = frame.reindex(index=list(run_ids), columns=columns)
         frame.index.name = "run_id"
         return frame
+
+    def _runs(self, run_ids: Iterable[str]) -> list[Any]:
+        """The MLflow runs of ``run_ids``; a KeyError naming those the tracking store does not
+        have (as `BacktestCache.compare_runs` for its ids)."""
+        found, unknown = [], []
+        for run_id in run_ids:
+            try:
+                found.append(self._client.get_run(run_id))
+            except self._mlflow.exceptions.MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                unknown.append(run_id)
+        if unknown:
+            raise KeyError(
+                f"no MLflow run in {self.tracking_uri} has the id(s) {', '.join(unknown)}; "
+                "runs() lists the experiment's, get_best_run(metric) gives the best one's"
+            )
+        return found
 
     def runs(self) -> pd.DataFrame:
         """Every run of the experiment, newest first, indexed by run id (MLflow's columns:
