@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.entry_bytes import bytes_on_disk, stored
 
-from afml_cache import Cache, fingerprint
+from afml_cache import Cache, StoreError, fingerprint
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts a tmpfs)")
 
@@ -366,6 +366,131 @@ def test_a_counters_file_deleted_under_a_running_process_does_not_keep_old_value
     run_python(f"from afml_cache import Cache; Cache({str(directory)!r}).set('k', 'v2')")
     seen = [reader.get("k") for _ in range(200) if not time.sleep(0.01)]
     assert seen[-1] == "v2" and set(seen) <= {"v1", "v2"}
+
+
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+def test_a_counters_file_made_anew_counts_the_entries_already_there(tmp_path, how):
+    # A restore from backup, `: > stats` or `rm stats`: the entries on disk were never counted
+    # again, so reports said 0 entries and the cache stayed far over its size limit for good.
+    import numpy as np
+
+    directory = tmp_path / "cache"
+    limit = 2 * 2**20
+    cache = Cache(directory, size_limit=limit, compression="none")
+    for i in range(20):
+        cache.set(("a", i), np.random.default_rng(i).random(12_000))
+    before = cache.stats()
+    assert before["count"] == 20
+    del cache
+    if how == "removed":
+        (directory / "stats").unlink()
+    else:
+        (directory / "stats").write_bytes(b"")
+    cache = Cache(directory, size_limit=limit, compression="none")
+    assert (cache.stats()["count"], cache.stats()["bytes"]) == (20, before["bytes"])
+    for i in range(20, 80):
+        cache.set(("a", i), np.random.default_rng(i).random(12_000))
+    on_disk = sum(e.size for e in cache.scan())
+    assert on_disk <= limit
+    assert (cache.stats()["count"], cache.stats()["bytes"]) == (len(cache.scan()), on_disk)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "dangling link"])
+def test_a_counters_file_that_is_no_file_says_to_remove_it(tmp_path, kind):
+    # Cache() raised "Is a directory", "Illegal seek" or "No such file" (a dangling link).
+    directory = tmp_path / "cache"
+    Cache(directory).set("k", "v")
+    stats = directory / "stats"
+    stats.unlink()
+    if kind == "directory":
+        stats.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(stats)
+    else:
+        stats.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="stats: not a regular file .*remove it and the counters"):
+        Cache(directory)
+    if stats.is_dir():
+        stats.rmdir()
+    else:
+        stats.unlink()
+    assert Cache(directory).get("k") == "v"
+    assert Cache(directory).stats()["count"] == 1
+
+
+@pytest.mark.parametrize("where", ["pack lock", "locks directory", "evict lock"])
+def test_health_finds_and_fix_removes_what_stands_where_a_lock_belongs(tmp_path, where):
+    # A directory where a pack's lock file belongs failed every small set of its shard, and
+    # check() said nothing was wrong.
+    directory = tmp_path / "cache"
+    cache = Cache(directory)
+    cache.set("k", "v")
+    (lock,) = (directory / "locks" / "packs" / "default").glob("*.lock")
+    place = {
+        "pack lock": lock,
+        "locks directory": directory / "locks",
+        "evict lock": directory / "evict.lock",
+    }[where]
+    if place.is_dir():
+        subprocess.run(["rm", "-rf", str(place)], check=True)
+        place.write_text("")  # a file where the locks' directory belongs
+    else:
+        place.unlink(missing_ok=True)
+        place.mkdir()
+    (problem,) = cache.check(fix=True)
+    assert problem["path"] == str(place) and problem["fixed"]
+    assert "not a regular file" in problem["problem"]
+    cache.set("k", "v2")
+    assert Cache(directory).get("k") == "v2"
+    assert cache.check() == []
+
+
+@needs_root
+def test_health_reports_a_directory_it_cannot_list_and_checks_the_rest() -> None:
+    # The check stopped at the first such directory with a traceback (root lists any, so the
+    # cache's owner here is another user), checking nothing else.
+    import json
+    import pwd
+
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="afml-unlistable-"))  # under /tmp: every user reaches it
+    base.chmod(0o755)
+    os.chown(base, nobody.pw_uid, nobody.pw_gid)
+    directory = base / "cache"
+    script = f"""
+import json, os, sys
+import numpy as np
+from afml_cache import Cache  # before: that user cannot read this interpreter's packages
+os.setgroups([]); os.setresgid({nobody.pw_gid}, {nobody.pw_gid}, {nobody.pw_gid})
+os.setresuid({nobody.pw_uid}, {nobody.pw_uid}, {nobody.pw_uid})
+cache = Cache({str(directory)!r})
+if sys.argv[1] == "fill":
+    for i in range(8):
+        cache.set(("k", i), np.random.default_rng(i).random(100_000))  # files, not packed
+else:
+    print(json.dumps(cache.check()))
+"""
+
+    def run(step: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, step], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    try:
+        run("fill")
+        hidden = next(p for p in (directory / "entries" / "default").iterdir() if p.is_dir())
+        hidden.chmod(0o000)
+        (problem,) = json.loads(run("check"))
+    finally:
+        shutil.rmtree(base)
+    assert problem["path"] == str(hidden) and not problem["fixed"]
+    assert problem["problem"].startswith("cannot list: Permission denied")
+    assert "chmod 700" in problem["problem"]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])

@@ -237,7 +237,14 @@ impl Keyring {
         let mac_key = load_or_create_mac_key(&key_path, trust)?;
         trust.check_key(&key_path)?;
         let identity = file_identity(&key_path)?;
-        let stats = Stats::open(&root.join("stats"), trust)?;
+        let stats_path = root.join("stats");
+        if fs::symlink_metadata(&stats_path).is_ok() && !fs::metadata(&stats_path).is_ok_and(|m| m.is_file()) {
+            // Only counters live there, which the entries rebuild: say what to do, as for mac.key.
+            let why = "not a regular file (a directory, pipe or broken link); remove it and the counters \
+                       start again from the entries";
+            return Err(Error::io("cannot use the counters file", &stats_path, std::io::Error::other(why)));
+        }
+        let stats = Stats::open(&stats_path, trust)?;
         Ok(Self {
             mac_key,
             stats,
@@ -268,7 +275,7 @@ impl Store {
     /// anyone `trust` does not cover could write it.
     pub fn open(root: &Path, size_limit: u64, policy: Policy, trust: Trust) -> Result<Self> {
         let keyring = Keyring::open(root, trust)?;
-        Ok(Self {
+        let store = Self {
             root: root.to_path_buf(),
             keyring: RwLock::new(Arc::new(keyring)),
             epoch: AtomicU64::new(0),
@@ -278,7 +285,25 @@ impl Store {
             policy,
             trust,
             temp_sequence: AtomicU64::new(0),
-        })
+        };
+        store.count_entries_if_fresh();
+        Ok(store)
+    }
+
+    /// Counts the entries on disk into counters this process started from zero (a counters
+    /// file removed, emptied or restored from elsewhere): the size limit and every report read
+    /// them, and left at zero they would never see the entries already there. A new cache's
+    /// scan is of an empty directory.
+    fn count_entries_if_fresh(&self) {
+        let ring = self.keyring.read().clone();
+        if !ring.stats.fresh() {
+            return;
+        }
+        // Unlistable entries stay uncounted, as before; check(fix=True) reports them.
+        if let Ok(entries) = self.scan(None) {
+            ring.stats.set(Counter::Bytes, entries.iter().map(|s| s.bytes).sum());
+            ring.stats.set(Counter::Count, entries.len() as u64);
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -327,6 +352,7 @@ impl Store {
         let fresh = Arc::new(Keyring::open(&self.root, self.trust)?);
         *self.keyring.write() = fresh;
         self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.count_entries_if_fresh();
         Ok(true)
     }
 
@@ -836,8 +862,17 @@ impl Store {
 
     /// `check`, calling `progress(done, total)` as files are verified (from worker threads).
     pub fn check_with_progress(&self, fix: bool, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Problem>> {
-        let (mut files, mut misplaced) = (Vec::new(), Vec::new());
-        collect_files(&layout::entries_dir(&self.root), &mut files, &mut misplaced)?;
+        let (mut files, mut misplaced, mut unlistable) = (Vec::new(), Vec::new(), Vec::new());
+        collect_files_noting(&layout::entries_dir(&self.root), &mut files, &mut misplaced, &mut unlistable)?;
+        let locks = self.root.join("locks");
+        if fs::symlink_metadata(&locks).is_ok_and(|m| !m.is_dir()) {
+            misplaced.push(locks);
+        } else {
+            misplaced_locks(&locks, &mut misplaced);
+        }
+        if fs::symlink_metadata(self.root.join("evict.lock")).is_ok_and(|m| !m.is_file()) {
+            misplaced.push(self.root.join("evict.lock"));
+        }
         let total = files.len();
         let done = AtomicUsize::new(0);
         let results: Vec<(Vec<Problem>, Vec<u64>)> = parallel::map(&files, |path| {
@@ -862,9 +897,21 @@ impl Store {
                     _ => fs::remove_file(&path),
                 }
                 .is_ok();
-            let problem = "not a regular file (a directory, pipe, device or symbolic link where only entries and \
-                           packs belong): no reader can use it, and `health --fix` removes it";
+            let problem = if path.extension().is_some_and(|e| e == "lock") || path.ends_with("locks") {
+                "not a regular file (a directory, pipe or symbolic link where a lock file belongs): no writer \
+                 can take the lock, and `health --fix` removes it"
+            } else {
+                "not a regular file (a directory, pipe, device or symbolic link where only entries and packs \
+                 belong): no reader can use it, and `health --fix` removes it"
+            };
             problems.push(Problem { path, problem: problem.into(), fixed });
+        }
+        for (path, error) in unlistable {
+            let problem = format!(
+                "cannot list: {error}; the entries under it are neither read nor checked: give the directory back \
+                 its owner's rights (chmod 700) or remove it"
+            );
+            problems.push(Problem { path, problem, fixed: false });
         }
         Ok(problems)
     }
@@ -1148,22 +1195,56 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// belong (into `misplaced`): a pipe, device or symbolic link, or a directory named as an
 /// entry or a pack. Nothing follows a symbolic link, and nothing opens a pipe.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, misplaced: &mut Vec<PathBuf>) -> Result<()> {
+    let mut unlistable = Vec::new();
+    collect_files_noting(dir, out, misplaced, &mut unlistable)?;
+    match unlistable.into_iter().next() {
+        Some((path, e)) => Err(Error::io("cannot list", &path, e)),
+        None => Ok(()),
+    }
+}
+
+/// `collect_files`, going on past the directories below `dir` it cannot list (into
+/// `unlistable`), as `check` does to report them beside everything else.
+fn collect_files_noting(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    misplaced: &mut Vec<PathBuf>,
+    unlistable: &mut Vec<(PathBuf, std::io::Error)>,
+) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("cannot list", dir, e)),
+        Err(e) => {
+            unlistable.push((dir.to_path_buf(), e));
+            return Ok(());
+        }
     };
     for entry in entries.flatten() {
         let path = entry.path();
         let named_as_file = layout::is_pack(&path) || path.extension().is_some_and(|e| e == layout::ENTRY_SUFFIX);
         match entry.file_type() {
-            Ok(t) if t.is_dir() && !named_as_file => collect_files(&path, out, misplaced)?,
+            Ok(t) if t.is_dir() && !named_as_file => collect_files_noting(&path, out, misplaced, unlistable)?,
             Ok(t) if t.is_file() => out.push(path),
             Ok(_) => misplaced.push(path),
             Err(_) => {}
         }
     }
     Ok(())
+}
+
+/// What stands where a lock file belongs under `dir` (`locks/`) and is no regular file: a
+/// directory named as a lock, a pipe, a symbolic link. Every write of its shard fails on it.
+fn misplaced_locks(dir: &Path, misplaced: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let named_as_lock = path.extension().is_some_and(|e| e == "lock");
+        match entry.file_type() {
+            Ok(t) if t.is_dir() && !named_as_lock => misplaced_locks(&path, misplaced),
+            Ok(t) if !t.is_file() => misplaced.push(path),
+            _ => {}
+        }
+    }
 }
 
 /// Whether a temp file's writer is gone (or the file is older than any write takes).

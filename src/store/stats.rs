@@ -120,6 +120,9 @@ pub struct SharedCounters<S: Slot> {
     /// (device, inode) of the file shared with other processes; None for counters of this
     /// process alone (a read-only directory).
     identity: Option<(u64, u64)>,
+    /// Whether `open` found the file new, or of another format, and started it from zero: the
+    /// counts that are sizes of what is on disk are then to be rebuilt from the entries.
+    fresh: bool,
     _slots: std::marker::PhantomData<S>,
 }
 
@@ -146,13 +149,16 @@ impl<S: Slot> SharedCounters<S> {
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("cannot map the counters file", path, e))?;
         let guard = fault::register(map.as_ptr(), map.len());
         let identity = Some((meta.dev(), meta.ino()));
-        let counters = Self { guard, map, identity, _slots: std::marker::PhantomData };
-        match counters.slot(0).compare_exchange(0, S::MAGIC, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {}                           // a new file, now ours
-            Err(found) if found == S::MAGIC => {} // ours already
-            // Not our format: start from zero; the store's sizes are rebuilt by check(fix=True).
-            Err(_) => counters.start_afresh(),
-        }
+        let mut counters = Self { guard, map, identity, fresh: false, _slots: std::marker::PhantomData };
+        counters.fresh = match counters.slot(0).compare_exchange(0, S::MAGIC, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,                            // a new file, now ours
+            Err(found) if found == S::MAGIC => false, // ours already
+            // Not our format: start from zero.
+            Err(_) => {
+                counters.start_afresh();
+                true
+            }
+        };
         Ok(counters)
     }
 
@@ -168,7 +174,8 @@ impl<S: Slot> SharedCounters<S> {
             _ => MmapMut::map_anon(FILE_LEN as usize),
         }
         .map_err(|e| Error::io("cannot map the counters file", path, e))?;
-        let counters = Self { guard: fault::Guard::none(), map, identity: None, _slots: std::marker::PhantomData };
+        let counters =
+            Self { guard: fault::Guard::none(), map, identity: None, fresh: false, _slots: std::marker::PhantomData };
         if counters.slot(0).load(Ordering::Acquire) != S::MAGIC {
             counters.start_afresh();
         }
@@ -179,6 +186,11 @@ impl<S: Slot> SharedCounters<S> {
     /// directory's, nor a file truncated under this process (`detached`).
     pub fn is_shared(&self) -> bool {
         self.identity.is_some() && !self.detached()
+    }
+
+    /// Whether this process started the shared file from zero (see the field).
+    pub fn fresh(&self) -> bool {
+        self.fresh
     }
 
     /// Whether the file was truncated under this process, which counts alone since.
