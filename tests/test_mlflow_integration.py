@@ -291,9 +291,9 @@ def test_the_best_run_gives_back_a_model_that_predicts_like_the_returned_one(
     with pytest.raises(LookupError, match=r"sharpe_ratio.*accuracy"):
         tracking.get_best_run("sharpe_ratio")
     # An id the store does not have: MLflow's own exception and traceback came through.
-    with pytest.raises(KeyError, match="has the id[(]s[)] abc123; runs[(][)] lists"):
+    with pytest.raises(KeyError, match=r"has the id\(s\) abc123; runs\(\) lists"):
         tracking.compare_runs([best, "abc123"], metrics=["accuracy"])
-    with pytest.raises(KeyError, match="has the id[(]s[)] abc123"):
+    with pytest.raises(KeyError, match=r"has the id\(s\) abc123"):
         tracking.load_model_from_run("abc123")
 
 

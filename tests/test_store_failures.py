@@ -408,7 +408,7 @@ def test_a_counters_file_that_is_no_file_says_to_remove_it(tmp_path, kind):
         os.mkfifo(stats)
     else:
         stats.symlink_to(tmp_path / "nowhere")
-    with pytest.raises(StoreError, match="stats: not a regular file .*remove it and the counters"):
+    with pytest.raises(StoreError, match=r"stats: not a regular file .*remove it and the counters"):
         Cache(directory)
     if stats.is_dir():
         stats.rmdir()
@@ -451,7 +451,6 @@ def test_health_reports_a_directory_it_cannot_list_and_checks_the_rest() -> None
     # cache's owner here is another user), checking nothing else.
     import json
     import pwd
-
     import shutil
     import tempfile
 
