@@ -951,6 +951,25 @@ def test_processes_finish_their_writes_before_they_exit(
     assert counted(Path(counter)) == ["big_block 8"]
 
 
+@pytest.mark.parametrize("how", ["spawn", "fork"])
+def test_workers_of_a_pool_left_by_with_finish_their_writes(
+    how: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # `with Pool() as pool:` ends with terminate(): SIGTERM killed the workers still writing
+    # behind, and their results were lost without a word.
+    counter = str(tmp_path / "computed.txt")
+    directory = worker_env["AFML_CACHE_DIR"]
+    with multiprocessing.get_context(how).Pool(2) as pool:
+        arguments = [(directory, seed, counter, 0.5) for seed in (1, 2, 3)]
+        assert pool.starmap(decorated.big_block_sum, arguments) == [
+            seed * 512 * 1024 for seed in (1, 2, 3)
+        ]
+    afml_cache.configure(directory=directory)
+    for seed in (1, 2, 3):
+        assert decorated.big_block(seed, counter)[0] == seed
+    assert sorted(counted(Path(counter))) == ["big_block 1", "big_block 2", "big_block 3"]
+
+
 # --- code changes --------------------------------------------------------------------------------
 
 MODULE_SOURCE = """\
