@@ -681,6 +681,81 @@ def test_a_thread_drawing_from_random_meanwhile_does_not_make_a_function_miss(
         thread.join()
 
 
+def test_what_another_thread_changes_while_a_miss_runs_is_not_stored_under_its_key(
+    cache_dir: Path, load: Loader, tmp_path: Path
+) -> None:
+    # The key holds the globals and files as the call began; the function read them later, as
+    # another thread had changed them: that result was stored under the first values' key, and
+    # every later call with those values (any process, any day) got it.
+    module = load("""
+    import threading
+    from afml_cache import cacheable
+
+    CONFIG = {"window": 20}
+    STARTED, EDITED = threading.Event(), threading.Event()
+
+    @cacheable
+    def feature(x):
+        STARTED.set()
+        EDITED.wait(30)
+        return x * CONFIG["window"]
+
+    @cacheable
+    def load(path):
+        STARTED.set()
+        EDITED.wait(30)
+        return path.read_text()
+    """)
+    bars = tmp_path / "bars.csv"
+    bars.write_text("1\n")
+
+    def race(call: Callable[[], object], edit: Callable[[], None]) -> None:
+        module.STARTED.clear()
+        module.EDITED.clear()
+        thread = threading.Thread(target=call)
+        thread.start()
+        assert module.STARTED.wait(30)
+        edit()
+        module.EDITED.set()
+        thread.join()
+
+    with pytest.warns(afml_cache.CacheWarning, match="changed while it ran") as caught:
+        race(lambda: module.feature(10), lambda: module.CONFIG.update(window=50))
+        race(lambda: module.load(bars), lambda: bars.write_text("2\n"))
+    said = " ".join(str(w.message) for w in caught)
+    assert "the globals it reads" in said and "the files its Path arguments name" in said
+    module.CONFIG["window"] = 20
+    bars.write_text("1\n")
+    assert (check(module.feature, 10), check(module.load, bars)) == (200, "1\n")
+    assert (hits(module.feature), hits(module.load)) == (0, 0)
+    assert (check(module.feature, 10), check(module.load, bars)) == (200, "1\n")
+    assert (hits(module.feature), hits(module.load)) == (1, 1)
+
+
+def test_a_draw_from_the_global_generator_in_a_thread_pool_is_not_stored(cache_dir: Path) -> None:
+    # Which thread drew first decided each result, stored under the seed's state: after
+    # np.random.seed(0), noisy(0) returned another thread's draws.
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Barrier(4)
+
+    @afml_cache.cacheable
+    def noisy(i: int) -> float:
+        gate.wait(30)  # all four draw at once
+        return float(np.random.normal(size=100).sum()) + i
+
+    np.random.seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", afml_cache.CacheWarning)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(noisy, range(4)))
+    gate = threading.Barrier(1)
+    np.random.seed(0)
+    cached = noisy(0)
+    np.random.seed(0)
+    assert cached == noisy.uncached(0)
+
+
 def test_a_library_draw_not_seeded_again_warns_once(cache_dir: Path, load: Loader) -> None:
     module = load("""
     import numpy as np

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import types
 import warnings
@@ -97,6 +98,22 @@ _REMEMBERED_KEYS = 4096
 # What `_Engine._state` reads on each call.
 _State = tuple[tuple[str, str, dict[Any, str]], LiveValues]
 _Lone = tuple[str, Callable[[Any], object], Callable[[], LiveValues] | None]
+
+
+class _Read(NamedTuple):
+    """What a miss's key read that may change from outside the call while it runs (see
+    `_Engine._read_now`): file digests; and, while other threads run, the digest of the values
+    its code reads by content and numpy's global generator's state."""
+
+    files: tuple[tuple[str, Any], ...]
+    threaded: tuple[Any, tuple[str, ...]] | None
+
+
+def _other_threads() -> bool:
+    """Whether a thread besides this one may run the user's code now: a non-daemon one
+    (a thread pool's, a user's); a notebook kernel's and afml-cache's own are daemons."""
+    current = threading.current_thread()
+    return any(not t.daemon and t is not current for t in threading.enumerate())
 
 
 def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -910,10 +927,11 @@ class _Engine:
                     return value
             before = self._generators_before()
             outlines = _outlines(args, kwargs)
+            read = self._read_now(args, kwargs)
             computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
             elapsed = time.perf_counter() - computing
-            if self._changes_arguments(outlines):
+            if self._changes_arguments(outlines) or self._read_changed(read, args, kwargs):
                 return result
             key = self._key_after_miss(key, before)
             # A value written behind keeps the lock until it is on disk: whoever waits for the
@@ -927,6 +945,50 @@ class _Engine:
         if watching:
             self._changed_while_running(watching)
         return result
+
+    def _read_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Read | None:
+        """Before a miss runs: what its key read that may change while it runs, from outside
+        the call: the contents of the files its ``Path`` arguments name (a download rewrites
+        one); and, while other threads run, the values its code reads by content and numpy's
+        global generator (another thread edits a global, or draws). None when there is none."""
+        arguments = self._bound(args, kwargs)
+        files = file_contents(arguments) if arguments is not None else ()
+        if not _other_threads():
+            return _Read(files, None) if files else None
+        try:
+            live: Any = fingerprint(self._state()[1])
+        except FingerprintError:
+            live = None
+        return _Read(files, (live, global_generators()))
+
+    def _read_changed(
+        self, read: _Read | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        """After a miss: whether what `_read_now` noted changed while it ran. Its result may
+        then be another state's than the one its key holds, and stored, it would be that
+        state's hit for good: it is returned, not stored, with one warning."""
+        if read is None:
+            return False
+        now = self._read_now(args, kwargs)
+        changed = []
+        if now is None or now.files != read.files:
+            changed.append("the files its Path arguments name")
+        if read.threaded is not None:
+            if now is None or now.threaded is None or now.threaded[0] != read.threaded[0]:
+                changed.append("the globals it reads")
+            if now is None or now.threaded is None or now.threaded[1] != read.threaded[1]:
+                changed.append("numpy's global random generator")
+        if not changed:
+            return False
+        self._warn_once(
+            "read changed",
+            f"afml_cache: {self.name}: {' and '.join(changed)} changed while it ran"
+            f"{' (other threads ran meanwhile)' if read.threaded is not None else ''}, so its "
+            "result may not be the one its key's values give: it was returned, not stored; "
+            "keep them unchanged while it runs (pass values as arguments; give each thread its "
+            "own np.random.default_rng(seed))",
+        )
+        return True
 
     def _changes_arguments(self, outlines: list[tuple[str, Any, Any]]) -> bool:
         """After a miss: whether it changed an argument in place (`_outline`). A hit returns the
