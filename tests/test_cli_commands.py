@@ -641,7 +641,11 @@ def test_a_backtest_functions_runs_are_its_entries_for_stats_clear_and_export(
     code, document = run_json(capsys, "clear", "--dir", str(cache_dir), "--function", name)
     assert (code, document["entries_removed"]) == (0, 6)
     assert cache.scan() == []
-    assert Cache(tmp_path / "elsewhere").import_(archive) == 6
+    elsewhere = tmp_path / "elsewhere"
+    assert Cache(elsewhere).import_(archive) == 6
+    code, document = run_json(capsys, "stats", "--dir", str(elsewhere))
+    assert list(document["functions"]) == [name]  # imported, never called there
+    assert document["functions"][name]["cache_size_mb"] * 2**20 == pytest.approx(stored)
 
 
 def test_stats_lists_the_functions_of_an_imported_cache(

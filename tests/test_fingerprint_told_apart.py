@@ -121,6 +121,8 @@ def _cases() -> list[tuple[str, Any, Any, Callable[[Any], Any]]]:
         ("dict items view", {"mom": 1.0, "vol": 2.0}.items(), {"mom": 1.0, "vol": 10.0}.items(),
          lambda v: sum(w for _, w in v)),
         ("dict keys view order", {"a": 1, "b": 2}.keys(), {"b": 2, "a": 1}.keys(), list),
+        ("ordered dict values view", collections.OrderedDict(a=1.0, b=2.0).values(),
+         collections.OrderedDict(a=1.0, b=10.0).values(), sum),
         ("threading.local", _settings(2), _settings(5), lambda s: s.scale),
         ("weak value mapping", weakref.WeakValueDictionary({"ES": _ES}),
          weakref.WeakValueDictionary({"ES": _NQ}), lambda d: d["ES"].multiplier),
@@ -185,6 +187,31 @@ def test_a_cached_call_on_the_second_value_returns_its_own_result(
     cached = afml_cache.cacheable(lambda value: repr(tell(value)))
     assert cached(a) == repr(tell(a))
     assert cached(b) == repr(tell(b)) != repr(tell(a))
+
+
+def test_what_holds_a_client_or_a_lock_counts_it_by_type_and_the_rest_by_content() -> None:
+    # A session kept per thread made the whole threading.local unreadable: the function that
+    # read it ran uncached.
+    def settings(scale: int) -> threading.local:
+        held = _settings(scale)
+        held.lock = threading.Lock()
+        return held
+
+    assert fingerprint(settings(2)) == fingerprint(settings(2)) != fingerprint(settings(5))
+    registry = weakref.WeakValueDictionary({"lock": threading.Lock})
+    assert fingerprint(registry) == fingerprint(
+        weakref.WeakValueDictionary({"lock": threading.Lock})
+    )
+
+
+def test_a_sorted_claim_the_data_bears_out_changes_no_digest() -> None:
+    # Sorted in memory or read back from a file (which drops the flag): the same data.
+    pl = pytest.importorskip("polars")
+    assert fingerprint(pl.Series("x", [1, 2, 3]).set_sorted()) == fingerprint(
+        pl.Series("x", [1, 2, 3])
+    )
+    frame = pl.DataFrame({"t": [1, 2, 3], "v": [3.0, 1.0, 2.0]})
+    assert fingerprint(frame.sort("t")) == fingerprint(frame)
 
 
 def test_the_masked_constant_has_a_fingerprint() -> None:

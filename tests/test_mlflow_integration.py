@@ -295,6 +295,8 @@ def test_the_best_run_gives_back_a_model_that_predicts_like_the_returned_one(
         tracking.compare_runs([best, "abc123"], metrics=["accuracy"])
     with pytest.raises(KeyError, match=r"has the id\(s\) abc123"):
         tracking.load_model_from_run("abc123")
+    with pytest.raises(KeyError, match=r"has the id\(s\) abc def"):
+        tracking.compare_runs(["abc def"])
 
 
 class Doubler(mlflow.pyfunc.PythonModel):

@@ -755,6 +755,16 @@ def test_a_draw_from_the_global_generator_in_a_thread_pool_is_not_stored(cache_d
     np.random.seed(0)
     assert cached == noisy.uncached(0)
 
+    # One that seeds it itself depends on its argument alone: stored, from a pool too.
+    @afml_cache.cacheable
+    def seeded(n: int) -> float:
+        np.random.seed(n)
+        return float(np.random.rand(3).sum())
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(seeded, [1, 2, 1, 2])) == [seeded.uncached(n) for n in (1, 2, 1, 2)]
+    assert seeded.cache_info()["entries"] == 2
+
 
 def test_a_library_draw_not_seeded_again_warns_once(cache_dir: Path, load: Loader) -> None:
     module = load("""

@@ -445,6 +445,17 @@ def test_health_finds_and_fix_removes_what_stands_where_a_lock_belongs(tmp_path,
     assert cache.check() == []
 
 
+def test_a_namespace_named_like_a_lock_is_no_misplaced_lock(tmp_path):
+    # `utils.lock` (a function `lock` of a module `utils`) holds its packs' locks in a
+    # directory of that name: health --fix removed it, with the locks a writer may hold.
+    directory = tmp_path / "cache"
+    cache = Cache(directory).namespaced("utils.lock")
+    for i in range(5):
+        cache.set(i, i)
+    assert cache.check(fix=True) == []
+    assert len(list((directory / "locks" / "packs" / "utils.lock").glob("*.lock"))) > 0
+
+
 @needs_root
 def test_health_reports_a_directory_it_cannot_list_and_checks_the_rest() -> None:
     # The check stopped at the first such directory with a traceback (root lists any, so the

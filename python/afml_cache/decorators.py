@@ -36,7 +36,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from afml_cache import config, warming
 from afml_cache._core import SPEC_VERSION, fingerprint
@@ -110,10 +110,26 @@ class _Read(NamedTuple):
 
 
 def _other_threads() -> bool:
-    """Whether a thread besides this one may run the user's code now: a non-daemon one
-    (a thread pool's, a user's); a notebook kernel's and afml-cache's own are daemons."""
+    """Whether a thread besides this one may change what a call reads while it runs: a
+    non-daemon one (a thread pool's, a user's; a notebook kernel's and afml-cache's own are
+    daemons), unless it idles where only new work wakes it (a thread pool's worker waiting for
+    a task, a server waiting for a request): one left behind by an executor never shut down
+    would otherwise keep every result that changes the globals it reads (a generator it draws
+    from, seeded before each call) from being stored for as long as it lingers."""
     current = threading.current_thread()
-    return any(not t.daemon and t is not current for t in threading.enumerate())
+    others = [t.ident for t in threading.enumerate() if not t.daemon and t is not current]
+    if not others:
+        return False
+    frames = sys._current_frames()
+    for ident in others:
+        frame = frames.get(ident)  # type: ignore[arg-type]
+        if frame is None or frame.f_globals.get("__name__") not in _IDLING_IN:
+            return True
+    return False
+
+
+# Where a thread waits for new work: its innermost Python frame's module.
+_IDLING_IN: Final = frozenset({"concurrent.futures.thread", "queue", "selectors", "socketserver"})
 
 
 def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -931,13 +947,13 @@ class _Engine:
             computing = time.perf_counter()
             result = self.fn(*args, **kwargs)
             elapsed = time.perf_counter() - computing
-            if self._changes_arguments(outlines) or self._read_changed(read, args, kwargs):
-                return result
-            key = self._key_after_miss(key, before)
-            # A value written behind keeps the lock until it is on disk: whoever waits for the
-            # key then finds it there.
-            self._store(entries, key, result, elapsed, call, lock)
-            lock = None
+            # A result that cannot be stored as this key's is returned, counted as a miss.
+            if not (self._changes_arguments(outlines) or self._read_changed(read, args, kwargs)):
+                key = self._key_after_miss(key, before)
+                # A value written behind keeps the lock until it is on disk: whoever waits for
+                # the key then finds it there.
+                self._store(entries, key, result, elapsed, call, lock)
+                lock = None
         finally:
             if lock is not None:
                 lock.release()
@@ -959,7 +975,9 @@ class _Engine:
             live: Any = fingerprint(self._state()[1])
         except FingerprintError:
             live = None
-        return _Read(files, (live, global_generators()))
+        fn = self.fn  # one that seeds the generator itself does not depend on its state
+        seeds = isinstance(fn, types.FunctionType) and seeds_a_global_generator(fn)
+        return _Read(files, (live, () if seeds else global_generators()))
 
     def _read_changed(
         self, read: _Read | None, args: tuple[Any, ...], kwargs: dict[str, Any]

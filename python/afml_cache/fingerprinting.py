@@ -230,6 +230,9 @@ _EXACT_RULES: dict[type, Callable[[Any], Rule]] = {
     type({}.keys()): lambda v: (_VALUE, "dict_keys", list(v)),
     type({}.values()): lambda v: (_VALUE, "dict_values", list(v)),
     type({}.items()): lambda v: (_VALUE, "dict_items", list(v)),
+    type(OrderedDict().keys()): lambda v: (_VALUE, "dict_keys", list(v)),
+    type(OrderedDict().values()): lambda v: (_VALUE, "dict_values", list(v)),
+    type(OrderedDict().items()): lambda v: (_VALUE, "dict_items", list(v)),
     # A pattern is what it was compiled from; flags hold re.I, re.M, ... (and str's re.U).
     re.Pattern: lambda p: (_VALUE, "re.Pattern", (p.pattern, p.flags)),
     # Their reduction is how they were made: the items, attribute names, or method name and
@@ -259,6 +262,21 @@ _BUILTIN_BASES: tuple[type, ...] = (
     set,
     frozenset,
 )
+
+
+def _or_type(value: Any) -> Any:
+    """``value``, or its type's name where it has no fingerprint (a lock, a client), as a
+    function's global holding one counts (`codehash`)."""
+    from afml_cache._core import fingerprint
+    from afml_cache.errors import FingerprintError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fingerprint(value)
+    except FingerprintError:
+        return ("object", _name(type(value)))
+    return value
 
 
 def _protocol_rule(obj: Any, cls: type) -> Rule | None:
@@ -291,12 +309,18 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
         return _VALUE, f"structseq:{_name(cls)}", (tuple(visible), dict(hidden))
     # Objects that hold data but do not pickle: what they hold now (this thread's attributes
     # of a threading.local).
+    # A client or a lock kept there (a session per thread) counts by its type.
     if isinstance(obj, threading.local):
-        return _VALUE, f"threading.local:{_name(cls)}", _with_code(cls, dict(vars(obj)))
-    if isinstance(obj, weakref.WeakValueDictionary | weakref.WeakKeyDictionary):
-        return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, dict(obj.items()))
+        held = {name: _or_type(value) for name, value in vars(obj).items()}
+        return _VALUE, f"threading.local:{_name(cls)}", _with_code(cls, held)
+    if isinstance(obj, weakref.WeakValueDictionary):
+        held = {key: _or_type(value) for key, value in obj.items()}
+        return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, held)
+    if isinstance(obj, weakref.WeakKeyDictionary):
+        pairs = [(_or_type(key), _or_type(value)) for key, value in obj.items()]
+        return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, pairs)
     if isinstance(obj, weakref.WeakSet):
-        return _VALUE, f"weak set:{_name(cls)}", _with_code(cls, set(obj))
+        return _VALUE, f"weak set:{_name(cls)}", _with_code(cls, [_or_type(i) for i in obj])
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         value = (cls._fields, tuple(tuple.__iter__(obj)))
         attributes = _attributes(obj)  # a subclass without __slots__ carries a __dict__
@@ -985,7 +1009,7 @@ def _polars_data_rule(obj: Any, flags: bool = True) -> Rule | None:
             (s.name, flag)
             for s in series
             for flag, on in s.flags.items()
-            if on and "SORTED" in flag
+            if on and "SORTED" in flag and not _bears_out(s, flag)
         )
         if claimed:
             return _VALUE, "polars.sorted", (claimed, _PolarsUnflagged(obj))
@@ -1000,6 +1024,15 @@ def _polars_data_rule(obj: Any, flags: bool = True) -> Rule | None:
     rest = obj.drop(objects + nulls)
     held = tuple((name, obj[name].to_list()) for name in objects)
     return _VALUE, "polars.DataFrame", (obj.columns, tuple(nulls), obj.height, rest, held)
+
+
+def _bears_out(series: Any, flag: str) -> bool:
+    """Whether a polars series is in the order its flag claims: then the flag changes no
+    result, and the same data read back from a file (which drops it) keeps its digest."""
+    import polars as pl
+
+    plain = pl.Series(series.name, series.to_arrow())  # without the flag: checked, not trusted
+    return bool(plain.is_sorted(descending=flag == "SORTED_DESC"))
 
 
 class _PolarsUnflagged:

@@ -461,7 +461,8 @@ class MLflowCache:
             try:
                 found.append(self._client.get_run(run_id))
             except self._mlflow.exceptions.MlflowException as exc:
-                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                # Unknown, or no run id at all ("abc def", "../runs").
+                if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                     raise
                 unknown.append(run_id)
         if unknown:

@@ -260,7 +260,12 @@ def _collect(cache: Cache | None) -> tuple[dict[str, FunctionStats], int]:
         for raw in totals
         if raw.calls or (sizes.get(raw.namespace, raw.bytes) > 0 and _decorated(cache, raw))
     }
-    return rows, sum(raw.bytes for raw in totals)
+    # A backtest function whose runs were imported, never called here: its runs, no calls.
+    counted = {raw.namespace for raw in totals}
+    for name, size in sizes.items():
+        if name not in counted and size > 0:
+            rows[name] = FunctionStats({**_empty(name), "cache_size_mb": size / MB})
+    return dict(sorted(rows.items())), sum(raw.bytes for raw in totals)
 
 
 def _decorated(cache: Cache, raw: FunctionTotals) -> bool:
@@ -295,7 +300,9 @@ def function_row(cache: Cache | None, name: str) -> FunctionStats:
     totals = _totals(cache)
     for raw in totals:
         if raw.namespace == name:
-            return _row(raw, _sizes(cache, totals).get(name))
+            # Entries elsewhere are a backtest function's, whose own namespace holds none:
+            # any other function's row reads no backtest run.
+            return _row(raw, _sizes(cache, totals).get(name) if raw.bytes == 0 else None)
     return _empty(name)
 
 

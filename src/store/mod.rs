@@ -299,10 +299,15 @@ impl Store {
         if !ring.stats.fresh() {
             return;
         }
+        // Other processes may count their writes meanwhile: the scan's totals replace only what
+        // was counted before it began (whose entries it lists), by adding the difference.
+        let (bytes_before, count_before) = (ring.stats.get(Counter::Bytes), ring.stats.get(Counter::Count));
         // Unlistable entries stay uncounted, as before; check(fix=True) reports them.
         if let Ok(entries) = self.scan(None) {
-            ring.stats.set(Counter::Bytes, entries.iter().map(|s| s.bytes).sum());
-            ring.stats.set(Counter::Count, entries.len() as u64);
+            let bytes: u64 = entries.iter().map(|s| s.bytes).sum();
+            // Wrapping, as every count here: an entry removed meanwhile cancels out.
+            ring.stats.add(Counter::Bytes, bytes.wrapping_sub(bytes_before));
+            ring.stats.add(Counter::Count, (entries.len() as u64).wrapping_sub(count_before));
         }
     }
 
@@ -1232,17 +1237,28 @@ fn collect_files_noting(
     Ok(())
 }
 
-/// What stands where a lock file belongs under `dir` (`locks/`) and is no regular file: a
-/// directory named as a lock, a pipe, a symbolic link. Every write of its shard fails on it.
-fn misplaced_locks(dir: &Path, misplaced: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let named_as_lock = path.extension().is_some_and(|e| e == "lock");
+/// What stands where a lock file belongs under `locks/` and is no regular file: a directory
+/// named as a lock, a pipe, a symbolic link. Every write of its shard fails on it. Lock files
+/// sit one level down: `locks/<d0d1>/` and `locks/packs/<namespace>/` (a namespace may end in
+/// `.lock`: `utils.lock`).
+fn misplaced_locks(locks: &Path, misplaced: &mut Vec<PathBuf>) {
+    let children = |dir: &Path| fs::read_dir(dir).into_iter().flatten().flatten().collect::<Vec<_>>();
+    let mut holders = Vec::new();
+    for entry in children(locks) {
         match entry.file_type() {
-            Ok(t) if t.is_dir() && !named_as_lock => misplaced_locks(&path, misplaced),
-            Ok(t) if !t.is_file() => misplaced.push(path),
+            Ok(t) if t.is_dir() && entry.file_name() == "packs" => {
+                holders.extend(children(&entry.path()).into_iter().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            }
+            Ok(t) if t.is_dir() => holders.push(entry),
             _ => {}
+        }
+    }
+    for holder in holders {
+        for entry in children(&holder.path()) {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "lock") && !entry.file_type().is_ok_and(|t| t.is_file()) {
+                misplaced.push(path);
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ from afml_cache._store.serialize import (
     deserialize,
     serialize,
 )
-from afml_cache._store.writer import WRITER
+from afml_cache._store.writer import WRITER, may_write_behind
 from afml_cache.errors import CacheError, CacheWarning
 
 __all__ = ["Entries"]
@@ -205,8 +205,9 @@ class Entries:
         is not JSON, and ``StoreError`` (an ``OSError``) if the disk refuses the write. With
         ``behind``, the outcome goes to ``behind(None, size on disk)`` or ``behind(error, 0)``,
         called exactly once, and nothing is raised. A value from 1 MiB to 64 MiB is then written
-        behind by the process's writer thread, which calls ``behind``, unless the values waiting
-        for it would then hold more than the memory tier's limit. As the caller may mutate the
+        behind by the process's writer thread (not in a pool's worker: `may_write_behind`),
+        which calls ``behind``, unless the values waiting for it would then hold more than the
+        memory tier's limit. As the caller may mutate the
         original once this returns, the writer works from a copy of the buffers made now, which
         up to 8 MiB the memory tier keeps (a copy on huge pages costs a fifth of compressing in
         the call: 1 ms against 4.7 ms for 16 MB here). Any other value is written before this
@@ -228,7 +229,11 @@ class Entries:
                 digest, value, ttl, tags, protect, metadata, compute_time, time_range, label
             )
             entry.replace = replace
-            if _WRITE_BEHIND_MIN <= entry.nbytes < _WRITE_BEHIND_MAX and self._hold(entry):
+            if (
+                _WRITE_BEHIND_MIN <= entry.nbytes < _WRITE_BEHIND_MAX
+                and may_write_behind()
+                and self._hold(entry)
+            ):
                 entry.behind = True
                 self._writing[entry.slot] = entry
                 WRITER.submit(functools.partial(self._write_behind, entry, behind), entry.nbytes)

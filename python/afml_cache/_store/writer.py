@@ -6,11 +6,8 @@ import atexit
 import logging
 import multiprocessing
 import multiprocessing.util
-import os
 import queue
-import signal
 import threading
-import time
 from collections.abc import Callable
 
 from afml_cache import forking
@@ -42,7 +39,6 @@ class Writer:
                 if multiprocessing.parent_process() is not None:
                     # A multiprocessing child leaves through os._exit: atexit never runs there.
                     multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
-                    _finish_on_terminate()
         self._jobs.put((job, nbytes))
 
     def _run(self) -> None:
@@ -57,20 +53,9 @@ class Writer:
                     self.pending -= nbytes
                 self._jobs.task_done()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Waits for every job submitted so far, at most ``timeout`` seconds; whether they
-        are done."""
-        if self._thread is None or threading.current_thread() is self._thread:
-            return True
-        jobs = self._jobs
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with jobs.all_tasks_done:
-            while jobs.unfinished_tasks:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                jobs.all_tasks_done.wait(left)
-        return True
+    def flush(self) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._jobs.join()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's jobs and thread are the parent's (a job's lock, held
@@ -85,30 +70,14 @@ WRITER = Writer()
 atexit.register(WRITER.flush)
 forking.renew_after_fork(WRITER)
 
-# How long a worker told to stop (SIGTERM) takes to finish its writes before it stops.
-_TERMINATE_FLUSH_SECONDS = 30.0
 
-
-def _finish_on_terminate() -> None:
-    """In a multiprocessing worker: SIGTERM, which ``Pool.terminate()`` sends (and ``with
-    Pool() as pool:`` on leaving), first finishes the values written behind, then ends the
-    worker as it would have (their results were lost, silently). Only where nothing else
-    handles SIGTERM, and from the main thread, where handlers are set."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return
-        signal.signal(signal.SIGTERM, _flush_then_terminate)
-    except (ValueError, OSError):  # not the main interpreter
-        return
-
-
-def _flush_then_terminate(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if not WRITER.flush(_TERMINATE_FLUSH_SECONDS):
-        _log.warning("afml_cache: a worker stopped before its last results were written")
-    os.kill(os.getpid(), signal.SIGTERM)
+def may_write_behind() -> bool:
+    """Whether a value may be written after its call returns: not in a worker of a
+    ``multiprocessing.Pool``, whose ``terminate()`` (which ``with Pool() as pool:`` calls on
+    leaving) kills its workers at once, with the writes still in flight (their results were
+    lost without a word). Other workers end by returning (``ProcessPoolExecutor``, loky,
+    Dask), and their writes finish first."""
+    return "PoolWorker-" not in multiprocessing.current_process().name
 
 
 def flush_writes() -> None:
