@@ -171,3 +171,31 @@ def test_ray_workers_share_one_directory(tmp_path, counter):
     assert results == [warmed.label_uncached(x) for x in xs]
     assert warmed.computed(counter) == [f"label {x} 1" for x in range(4)]
     assert len(Cache(directory).namespaced(warmed.label.__afml_cache__.name).entries()) == 4
+
+
+def test_the_results_of_workers_are_kept_when_their_cluster_closes(tmp_path):
+    # Closing the cluster ends its worker processes: the results they were still writing behind
+    # were lost without a word (a new process found 8 to 13 of 16).
+    from helpers import decorated
+
+    counter, directory = str(tmp_path / "computed.txt"), str(tmp_path / "cache")
+    seeds = list(range(6))
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        # Each write behind takes 0.5 s longer: the cluster closes while they are in flight.
+        sums = client.gather(
+            client.map(decorated.big_block_sum, [directory] * 6, seeds, [counter] * 6, [0.5] * 6)
+        )
+    assert sums == [seed * 512 * 1024 for seed in seeds]
+    previous = afml_cache.CACHE_DIRS["base"]
+    afml_cache.configure(directory=directory)
+    try:
+        for seed in seeds:
+            assert decorated.big_block(seed, counter)[0] == seed
+    finally:
+        afml_cache.configure(directory=previous)
+    assert sorted(warmed.computed(counter)) == [f"big_block {seed}" for seed in seeds]

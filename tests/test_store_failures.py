@@ -439,7 +439,7 @@ def test_health_finds_and_fix_removes_what_stands_where_a_lock_belongs(tmp_path,
         place.mkdir()
     (problem,) = cache.check(fix=True)
     assert problem["path"] == str(place) and problem["fixed"]
-    assert "not a regular file" in problem["problem"]
+    assert "not what belongs among the locks" in problem["problem"]
     cache.set("k", "v2")
     assert Cache(directory).get("k") == "v2"
     assert cache.check() == []

@@ -36,7 +36,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from afml_cache import config, warming
 from afml_cache._core import SPEC_VERSION, fingerprint
@@ -111,25 +111,11 @@ class _Read(NamedTuple):
 
 def _other_threads() -> bool:
     """Whether a thread besides this one may change what a call reads while it runs: a
-    non-daemon one (a thread pool's, a user's; a notebook kernel's and afml-cache's own are
-    daemons), unless it idles where only new work wakes it (a thread pool's worker waiting for
-    a task, a server waiting for a request): one left behind by an executor never shut down
-    would otherwise keep every result that changes the globals it reads (a generator it draws
-    from, seeded before each call) from being stored for as long as it lingers."""
+    non-daemon one (a thread pool's, an event loop's, a user's; a notebook kernel's and
+    afml-cache's own are daemons). An idle one counts too: it may wake during the call, and
+    its innermost frame does not say what a C call it runs does."""
     current = threading.current_thread()
-    others = [t.ident for t in threading.enumerate() if not t.daemon and t is not current]
-    if not others:
-        return False
-    frames = sys._current_frames()
-    for ident in others:
-        frame = frames.get(ident)  # type: ignore[arg-type]
-        if frame is None or frame.f_globals.get("__name__") not in _IDLING_IN:
-            return True
-    return False
-
-
-# Where a thread waits for new work: its innermost Python frame's module.
-_IDLING_IN: Final = frozenset({"concurrent.futures.thread", "queue", "selectors", "socketserver"})
+    return any(not t.daemon and t is not current for t in threading.enumerate())
 
 
 def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -972,12 +958,13 @@ class _Engine:
         if not _other_threads():
             return _Read(files, None) if files else None
         try:
-            live: Any = fingerprint(self._state()[1])
+            # The globals it reads by identity (an int rebound) and those read by content.
+            known, live = self._state()
+            read: Any = fingerprint((known[1], live))
         except FingerprintError:
-            live = None
-        fn = self.fn  # one that seeds the generator itself does not depend on its state
-        seeds = isinstance(fn, types.FunctionType) and seeds_a_global_generator(fn)
-        return _Read(files, (live, () if seeds else global_generators()))
+            read = None
+        # Even one that seeds the generator itself: another thread may seed or draw between.
+        return _Read(files, (read, global_generators()))
 
     def _read_changed(
         self, read: _Read | None, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -279,6 +279,13 @@ def _or_type(value: Any) -> Any:
     return value
 
 
+def _by_digest(items: list[Any]) -> list[Any]:
+    """``items`` in the order of their digests: the same in every process."""
+    from afml_cache._core import fingerprint
+
+    return [item for _, item in sorted(((fingerprint(i), i) for i in items), key=lambda p: p[0])]
+
+
 def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     """Rules that follow from what a value is or exports rather than from its exact type."""
     if isinstance(obj, enum.Enum):
@@ -316,11 +323,13 @@ def _protocol_rule(obj: Any, cls: type) -> Rule | None:
     if isinstance(obj, weakref.WeakValueDictionary):
         held = {key: _or_type(value) for key, value in obj.items()}
         return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, held)
+    # Keys and members hashed by identity iterate in another order in each process.
     if isinstance(obj, weakref.WeakKeyDictionary):
-        pairs = [(_or_type(key), _or_type(value)) for key, value in obj.items()]
+        pairs = _by_digest([(_or_type(key), _or_type(value)) for key, value in obj.items()])
         return _VALUE, f"weak mapping:{_name(cls)}", _with_code(cls, pairs)
     if isinstance(obj, weakref.WeakSet):
-        return _VALUE, f"weak set:{_name(cls)}", _with_code(cls, [_or_type(i) for i in obj])
+        members = _by_digest([_or_type(i) for i in obj])
+        return _VALUE, f"weak set:{_name(cls)}", _with_code(cls, members)
     if isinstance(obj, tuple) and hasattr(cls, "_fields"):
         value = (cls._fields, tuple(tuple.__iter__(obj)))
         attributes = _attributes(obj)  # a subclass without __slots__ carries a __dict__
@@ -1032,7 +1041,9 @@ def _bears_out(series: Any, flag: str) -> bool:
     import polars as pl
 
     plain = pl.Series(series.name, series.to_arrow())  # without the flag: checked, not trusted
-    return bool(plain.is_sorted(descending=flag == "SORTED_DESC"))
+    # The flag says nothing of where the nulls are (sort(nulls_last=True) sets it too).
+    nulls_last = bool(plain.null_count()) and plain[-1] is None
+    return bool(plain.is_sorted(descending=flag == "SORTED_DESC", nulls_last=nulls_last))
 
 
 class _PolarsUnflagged:

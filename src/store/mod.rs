@@ -301,7 +301,7 @@ impl Store {
         }
         // Other processes may count their writes meanwhile: the scan's totals replace only what
         // was counted before it began (whose entries it lists), by adding the difference.
-        let (bytes_before, count_before) = (ring.stats.get(Counter::Bytes), ring.stats.get(Counter::Count));
+        let (bytes_before, count_before) = (ring.stats.raw(Counter::Bytes), ring.stats.raw(Counter::Count));
         // Unlistable entries stay uncounted, as before; check(fix=True) reports them.
         if let Ok(entries) = self.scan(None) {
             let bytes: u64 = entries.iter().map(|s| s.bytes).sum();
@@ -902,9 +902,9 @@ impl Store {
                     _ => fs::remove_file(&path),
                 }
                 .is_ok();
-            let problem = if path.extension().is_some_and(|e| e == "lock") || path.ends_with("locks") {
-                "not a regular file (a directory, pipe or symbolic link where a lock file belongs): no writer \
-                 can take the lock, and `health --fix` removes it"
+            let problem = if path.starts_with(self.root.join("locks")) || path.ends_with("evict.lock") {
+                "not what belongs among the locks (a directory, pipe or symbolic link where a lock file or \
+                 its directory belongs): no writer can take the lock, and `health --fix` removes it"
             } else {
                 "not a regular file (a directory, pipe, device or symbolic link where only entries and packs \
                  belong): no reader can use it, and `health --fix` removes it"
@@ -1250,7 +1250,8 @@ fn misplaced_locks(locks: &Path, misplaced: &mut Vec<PathBuf>) {
                 holders.extend(children(&entry.path()).into_iter().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())))
             }
             Ok(t) if t.is_dir() => holders.push(entry),
-            _ => {}
+            // Only directories belong here (a link where a shard's belongs hides its locks).
+            _ => misplaced.push(entry.path()),
         }
     }
     for holder in holders {

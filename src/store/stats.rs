@@ -231,6 +231,12 @@ impl<S: Slot> SharedCounters<S> {
         self.slot(counter.index()).fetch_max(value, Ordering::Relaxed);
     }
 
+    /// The counter as stored, a wrapped negative included (see `sub`): for arithmetic that
+    /// must cancel out, as `get`'s reading of it as 0 would not.
+    pub fn raw(&self, counter: S) -> u64 {
+        self.slot(counter.index()).load(Ordering::Relaxed)
+    }
+
     pub fn get(&self, counter: S) -> u64 {
         let value = self.slot(counter.index()).load(Ordering::Relaxed);
         // No counter reaches 2^63; above it is a wrapped negative (see `sub`).

@@ -72,12 +72,14 @@ forking.renew_after_fork(WRITER)
 
 
 def may_write_behind() -> bool:
-    """Whether a value may be written after its call returns: not in a worker of a
-    ``multiprocessing.Pool``, whose ``terminate()`` (which ``with Pool() as pool:`` calls on
-    leaving) kills its workers at once, with the writes still in flight (their results were
-    lost without a word). Other workers end by returning (``ProcessPoolExecutor``, loky,
-    Dask), and their writes finish first."""
-    return "PoolWorker-" not in multiprocessing.current_process().name
+    """Whether a value may be written after its call returns: not in a worker that is ended
+    by a signal, with the writes still in flight (their results were lost without a word): a
+    ``multiprocessing.Pool``'s, whose ``terminate()`` (which ``with Pool() as pool:`` calls on
+    leaving) kills them, and a Dask worker process, which its nanny ends as the cluster closes.
+    Other workers end by returning (``ProcessPoolExecutor``, loky), and their writes finish
+    first."""
+    name = multiprocessing.current_process().name
+    return "PoolWorker-" not in name and not name.startswith("Dask Worker")
 
 
 def flush_writes() -> None:
