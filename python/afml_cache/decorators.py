@@ -102,20 +102,38 @@ _Lone = tuple[str, Callable[[Any], object], Callable[[], LiveValues] | None]
 
 class _Read(NamedTuple):
     """What a miss's key read that may change from outside the call while it runs (see
-    `_Engine._read_now`): file digests; and, while other threads run, the digest of the values
-    its code reads by content and numpy's global generator's state."""
+    `_Engine._read_now`): file digests; and, while other threads live, how long each has run
+    (`_run_times`), the digest of the globals its code reads and numpy's global generator's
+    state."""
 
     files: tuple[tuple[str, Any], ...]
-    threaded: tuple[Any, tuple[str, ...]] | None
+    threaded: tuple[dict[int, int], Any, tuple[str, ...]] | None
 
 
-def _other_threads() -> bool:
-    """Whether a thread besides this one may change what a call reads while it runs: a
-    non-daemon one (a thread pool's, an event loop's, a user's; a notebook kernel's and
-    afml-cache's own are daemons). An idle one counts too: it may wake during the call, and
-    its innermost frame does not say what a C call it runs does."""
+def _run_times() -> dict[int, int]:
+    """Nanoseconds each thread besides this one has run (Linux's schedstat), by native id, for
+    the non-daemon ones (a thread pool's, an event loop's, a user's; a notebook kernel's and
+    afml-cache's own are daemons). A thread that ran during a call may have changed what it
+    read; one that stayed blocked (an idle pool a library keeps) did not. -1 where the time
+    cannot be read: such a thread counts as having run."""
     current = threading.current_thread()
-    return any(not t.daemon and t is not current for t in threading.enumerate())
+    times = {}
+    for thread in threading.enumerate():
+        if thread.daemon or thread is current or thread.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat", "rb") as stat:
+                times[thread.native_id] = int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            times[thread.native_id] = -1
+    return times
+
+
+def _ran(before: dict[int, int], after: dict[int, int]) -> bool:
+    """Whether a thread other than the caller's ran between the two readings."""
+    return any(
+        before.get(tid) != after.get(tid) or after.get(tid, -1) < 0 for tid in {*before, *after}
+    )
 
 
 def _outlines(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -955,7 +973,8 @@ class _Engine:
         global generator (another thread edits a global, or draws). None when there is none."""
         arguments = self._bound(args, kwargs)
         files = file_contents(arguments) if arguments is not None else ()
-        if not _other_threads():
+        times = _run_times()
+        if not times:
             return _Read(files, None) if files else None
         try:
             # The globals it reads by identity (an int rebound) and those read by content.
@@ -964,7 +983,7 @@ class _Engine:
         except FingerprintError:
             read = None
         # Even one that seeds the generator itself: another thread may seed or draw between.
-        return _Read(files, (read, global_generators()))
+        return _Read(files, (times, read, global_generators()))
 
     def _read_changed(
         self, read: _Read | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -978,17 +997,22 @@ class _Engine:
         changed = []
         if now is None or now.files != read.files:
             changed.append("the files its Path arguments name")
+        ran = False
         if read.threaded is not None:
-            if now is None or now.threaded is None or now.threaded[0] != read.threaded[0]:
+            times, globals_read, generators = read.threaded
+            later = now.threaded if now is not None else None
+            ran = later is None or _ran(times, later[0])
+            # Unless another thread ran, the changes are this call's own (a counter, its draws).
+            if ran and (later is None or later[1] != globals_read):
                 changed.append("the globals it reads")
-            if now is None or now.threaded is None or now.threaded[1] != read.threaded[1]:
+            if ran and (later is None or later[2] != generators):
                 changed.append("numpy's global random generator")
         if not changed:
             return False
         self._warn_once(
             "read changed",
             f"afml_cache: {self.name}: {' and '.join(changed)} changed while it ran"
-            f"{' (other threads ran meanwhile)' if read.threaded is not None else ''}, so its "
+            f"{' (another thread ran meanwhile)' if ran else ''}, so its "
             "result may not be the one its key's values give: it was returned, not stored; "
             "keep them unchanged while it runs (pass values as arguments; give each thread its "
             "own np.random.default_rng(seed))",
