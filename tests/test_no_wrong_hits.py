@@ -4029,7 +4029,9 @@ def test_a_registry_of_instances_is_read_once_per_fingerprint(
         assert afml_cache.fingerprint(nb["LEGS"]) == first
         walks.clear()
         assert [check(nb["total"], 2) for _ in range(3)] == [39800] * 3
-    assert len(walks) <= 2 * 3 and hits(nb["total"]) == 2  # the key, the live values
+    # The key and the live values; a miss beside other threads (another test's, in a full run)
+    # reads its globals again before and after it runs.
+    assert len(walks) <= 2 * 3 + 2 and hits(nb["total"]) == 2
     nb["Leg"](1000)
     assert afml_cache.fingerprint(nb["LEGS"]) != first
 
