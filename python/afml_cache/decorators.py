@@ -971,19 +971,28 @@ class _Engine:
         the call: the contents of the files its ``Path`` arguments name (a download rewrites
         one); and, while other threads run, the values its code reads by content and numpy's
         global generator (another thread edits a global, or draws). None when there is none."""
-        arguments = self._bound(args, kwargs)
-        files = file_contents(arguments) if arguments is not None else ()
+        files = self._files_read(args, kwargs)
         times = _run_times()
         if not times:
             return _Read(files, None) if files else None
+        return _Read(files, (times, *self._globals_read()))
+
+    def _files_read(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[str, Any], ...]:
+        arguments = self._bound(args, kwargs)
+        return file_contents(arguments) if arguments is not None else ()
+
+    def _globals_read(self) -> tuple[Any, tuple[str, ...]]:
+        """The digest of the globals the code reads (by identity, an int rebound, and by
+        content), and numpy's global generator's state (even for a function that seeds it
+        itself: another thread may seed or draw between)."""
         try:
-            # The globals it reads by identity (an int rebound) and those read by content.
             known, live = self._state()
             read: Any = fingerprint((known[1], live))
         except FingerprintError:
             read = None
-        # Even one that seeds the generator itself: another thread may seed or draw between.
-        return _Read(files, (times, read, global_generators()))
+        return read, global_generators()
 
     def _read_changed(
         self, read: _Read | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -993,19 +1002,17 @@ class _Engine:
         state's hit for good: it is returned, not stored, with one warning."""
         if read is None:
             return False
-        now = self._read_now(args, kwargs)
         changed = []
-        if now is None or now.files != read.files:
+        if self._files_read(args, kwargs) != read.files:
             changed.append("the files its Path arguments name")
-        ran = False
-        if read.threaded is not None:
-            times, globals_read, generators = read.threaded
-            later = now.threaded if now is not None else None
-            ran = later is None or _ran(times, later[0])
-            # Unless another thread ran, the changes are this call's own (a counter, its draws).
-            if ran and (later is None or later[1] != globals_read):
+        # Unless another thread ran, the changes are this call's own (a counter, its draws).
+        threaded = read.threaded
+        ran = threaded is not None and _ran(threaded[0], _run_times())
+        if threaded is not None and ran:
+            globals_read, generators = self._globals_read()
+            if globals_read != threaded[1]:
                 changed.append("the globals it reads")
-            if ran and (later is None or later[2] != generators):
+            if generators != threaded[2]:
                 changed.append("numpy's global random generator")
         if not changed:
             return False

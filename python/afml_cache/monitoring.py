@@ -274,6 +274,8 @@ def _decorated(cache: Cache, raw: FunctionTotals) -> bool:
     of a `Cache`'s own namespace (``default``) do not."""
     from afml_cache.maintenance import _stored_code
 
+    if "." not in raw.namespace:  # a function's is its qualified name: `default` is none
+        return False
     try:
         entries = cache.scan(raw.namespace)
     except (CacheError, OSError):
