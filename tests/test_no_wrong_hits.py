@@ -1354,11 +1354,13 @@ def test_objects_that_hold_data_but_do_not_pickle_count_by_what_they_hold(
     assert [hits(f) for f in functions] == [1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("where", ["module", "package with a version"])
 def test_an_extension_module_built_in_the_project_counts_by_its_file(
-    cache_dir: Path, tmp_path: Path
+    cache_dir: Path, tmp_path: Path, where: str
 ) -> None:
-    # Its functions are builtins of a module without a version: they counted by name only, so
-    # after a rebuild a new process returned what the old build computed.
+    # Its functions are builtins of a module without a version: they counted by name only (or
+    # by their package's __version__, which a rebuild keeps), so after a rebuild a new process
+    # returned what the old build computed.
     import shutil
     import sysconfig
 
@@ -1366,9 +1368,15 @@ def test_an_extension_module_built_in_the_project_counts_by_its_file(
         pytest.skip("needs gcc to build an extension module")
     project = tmp_path / "project"
     project.mkdir()
+    home = project
+    if where != "module":
+        home = project / "proj"
+        home.mkdir()
+        (home / "__init__.py").write_text('__version__ = "0.1.0"\n')
     (project / "run.py").write_text(
-        textwrap.dedent("""
-        import afml_cache, fast
+        textwrap.dedent(f"""
+        import afml_cache
+        {"import fast" if where == "module" else "from proj import fast"}
 
         @afml_cache.cacheable
         def f(x):
@@ -1377,7 +1385,7 @@ def test_an_extension_module_built_in_the_project_counts_by_its_file(
         print(f(0), f.uncached(0))
         """)
     )
-    module = project / f"fast{sysconfig.get_config_var('EXT_SUFFIX')}"
+    module = home / f"fast{sysconfig.get_config_var('EXT_SUFFIX')}"
     env = {**os.environ, "AFML_CACHE_DIR": str(cache_dir), "PYTHONDONTWRITEBYTECODE": "1"}
 
     def build_and_run(k: int) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.machinery
 import importlib.metadata
 import logging
 import os
@@ -157,7 +158,22 @@ def _packages_distributions() -> dict[str, list[str]]:
 @functools.lru_cache(maxsize=1024)
 def _version_of(module_name: str) -> str | None:
     """The version a library module comes with: its distribution's, or Python's for the
-    standard library; None when none is found."""
+    standard library; None when none is found. An extension built in the project counts by
+    its file's bytes too (`_file_version`): a rebuild keeps the package's version."""
+    version = _package_version(module_name)
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if version is None:
+        return _file_version(module)
+    if isinstance(file, str) and file.endswith(_EXTENSIONS) and _is_user_path(file):
+        return f"{version} {_file_version(module)}"
+    return version
+
+
+_EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _package_version(module_name: str) -> str | None:
     top = module_name.partition(".")[0]
     if top == "builtins" or _is_stdlib_name(top):
         return "python {}.{}".format(*sys.version_info[:2])
@@ -172,9 +188,7 @@ def _version_of(module_name: str) -> str | None:
         except Exception:
             continue
     version = getattr(sys.modules.get(top), "__version__", None)
-    if isinstance(version, str):
-        return version
-    return _file_version(sys.modules.get(module_name))
+    return version if isinstance(version, str) else None
 
 
 def _file_version(module: types.ModuleType | None) -> str | None:
